@@ -1,0 +1,196 @@
+"""NHS 111 flat case JSON (as a 111 call system exports it) -> `Referral`.
+
+The format is documented in docs/formats/nhs111-case.md. Everything is checked at
+once and every problem is reported with its JSON path; unknown fields are kept as
+warnings (never dropped silently).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from adapters.jsonparse import parse_json_object
+from adapters.problems import GatewayInputError, Kind, Problem, ProblemList
+from adapters.referral import (
+    Channel,
+    Demographics,
+    PathwaysOutcome,
+    RedFlagAnswer,
+    Referral,
+    check_nhs_number,
+    normalise_dx,
+)
+from fhir_mapping.datetimes import OffsetMissing, parse_source_date, parse_source_datetime
+
+__all__ = ["parse_nhs111_case", "CASE_ID_SYSTEM", "FORMAT_NAME"]
+
+FORMAT_NAME = "nhs111-case/1"
+CASE_ID_SYSTEM = "https://fhir.iap-gateway.org/Id/nhs111-case-id"
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow", str_strip_whitespace=True)
+
+
+class _Patient(_Open):
+    nhs_number: str
+    family: str | None = None
+    given: list[str] = Field(default_factory=list)
+    birth_date: str | None = None
+    gender: Literal["male", "female", "other", "unknown"] | None = None
+    address_lines: list[str] = Field(default_factory=list)
+    city: str | None = None
+    postcode: str | None = None
+    phone: str | None = None
+
+
+class _Pathways(_Open):
+    dx: str | None = None
+    dx_display: str | None = None
+    symptom_group: str | None = None
+    symptom_discriminator: str | None = None
+    pathway: str | None = None
+
+
+class _RedFlag(_Open):
+    id: str = Field(min_length=1)
+    question: str = Field(min_length=1)
+    answer: bool
+
+
+class _Caller(_Open):
+    relationship: str | None = None
+
+
+class _Case(_Open):
+    format: Literal["nhs111-case/1"] | None = None
+    case_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9.\-]+$")
+    channel: Literal["111-option-1", "111-option-2", "111-online", "third-party", "bsl-interpreter"]
+    destination_dos_id: str = Field(min_length=1, max_length=32)
+    call_time: str
+    patient: _Patient
+    gp_practice_ods: str | None = Field(default=None, pattern=r"^[A-Z0-9]{3,10}$")
+    pathways: _Pathways | None = None
+    red_flags: list[_RedFlag] = Field(default_factory=list)
+    caller: _Caller | None = None
+    free_text: str | None = None
+
+
+def parse_nhs111_case(raw: bytes) -> Referral:
+    """Parse one flat 111 case. Raises GatewayInputError listing every problem found."""
+    data = parse_json_object(raw, "$")
+    if "resourceType" in data:
+        raise GatewayInputError(
+            Problem(
+                Kind.STRUCTURE,
+                "resourceType",
+                f"this endpoint takes the flat NHS 111 case JSON, not a FHIR {data['resourceType']!s:.40}; "
+                "send FHIR message Bundles to POST /fhir/$process-message",
+            )
+        )
+    try:
+        case = _Case.model_validate(data)
+    except ValidationError as exc:
+        raise GatewayInputError([_problem_from_pydantic(err) for err in exc.errors()]) from None
+
+    problems = ProblemList()
+    call_time = None
+    try:
+        call_time = parse_source_datetime(case.call_time)
+    except OffsetMissing as exc:
+        problems.error(Kind.VALUE, "call_time", f"dates must carry a timezone: {exc}")
+    except ValueError as exc:
+        problems.error(Kind.VALUE, "call_time", str(exc))
+
+    nhs, reason = check_nhs_number(case.patient.nhs_number)
+    if reason:
+        problems.error(Kind.VALUE, "patient.nhs_number", reason)
+
+    birth_date = None
+    if case.patient.birth_date:
+        try:
+            birth_date = parse_source_date(case.patient.birth_date)
+        except ValueError as exc:
+            problems.error(Kind.VALUE, "patient.birth_date", str(exc))
+
+    channel = Channel(case.channel)
+    pathways = None
+    if case.pathways is not None:
+        dx = None
+        if case.pathways.dx:
+            dx = normalise_dx(case.pathways.dx)
+            if dx is None:
+                problems.error(Kind.VALUE, "pathways.dx", f"{case.pathways.dx!r} is not an NHS Pathways Dx code (Dx + digits)")
+        pathways = PathwaysOutcome(
+            dx=dx,
+            dx_display=case.pathways.dx_display,
+            dx_element="pathways.dx",
+            symptom_group=case.pathways.symptom_group,
+            symptom_discriminator=case.pathways.symptom_discriminator,
+            pathway=case.pathways.pathway,
+        )
+    if channel.pathways_assessed and (pathways is None or not case.pathways or not case.pathways.dx):
+        problems.error(
+            Kind.REQUIRED,
+            "pathways.dx",
+            f"a {channel.value} case has been through NHS Pathways and must carry its disposition (Dx) code (CAS-05)",
+        )
+
+    unused = tuple(_extra_paths(case))
+    for path in unused:
+        problems.warning(Kind.NOT_SUPPORTED, path, "field not recognised by format nhs111-case/1; kept in the raw message only")
+    if call_time is None:
+        problems.raise_if_errors("parse")
+    assert call_time is not None
+
+    return Referral(
+        source="nhs111-case",
+        source_system=CASE_ID_SYSTEM,
+        source_id=case.case_id,
+        message_id=case.case_id,
+        channel=channel,
+        destination=case.destination_dos_id,
+        destination_element="destination_dos_id",
+        call_time=call_time,
+        patient=Demographics(
+            nhs_number=nhs or case.patient.nhs_number,
+            family=case.patient.family,
+            given=tuple(case.patient.given),
+            birth_date=birth_date,
+            gender=case.patient.gender,
+            address_lines=tuple(case.patient.address_lines),
+            city=case.patient.city,
+            postcode=case.patient.postcode,
+            phone=case.patient.phone,
+        ),
+        gp_practice_ods=case.gp_practice_ods,
+        pathways=pathways,
+        red_flags=tuple(RedFlagAnswer(f.id, f.question, f.answer) for f in case.red_flags),
+        caller_relationship=case.caller.relationship if case.caller else None,
+        free_text=case.free_text,
+        problems=tuple(problems.items),
+        unused=unused,
+    )
+
+
+def _problem_from_pydantic(err: Any) -> Problem:
+    path = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in err["loc"]).replace(".[", "[")
+    kind = Kind.REQUIRED if err["type"] == "missing" else Kind.VALUE
+    message = err["msg"]
+    if err["type"] == "literal_error":
+        message = f"must be one of: {err['ctx']['expected']}"
+    return Problem(kind, path or "$", message)
+
+
+def _extra_paths(model: BaseModel, prefix: str = "") -> list[str]:
+    paths = [f"{prefix}{key}" for key in (model.model_extra or {})]
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        items = value if isinstance(value, list) else [value]
+        for index, item in enumerate(items):
+            if isinstance(item, BaseModel):
+                suffix = f"[{index}]" if isinstance(value, list) else ""
+                paths += _extra_paths(item, f"{prefix}{name}{suffix}.")
+    return paths

@@ -1,0 +1,1 @@
+"""Pure mapping functions: typed source models -> fhir.resources R4B objects."""

@@ -1,0 +1,108 @@
+"""The one datetime module: source times in, FHIR instants out, Europe/London explicit.
+
+Rules (style.md, lessons from LinuxForHealth #55 / FHIR-Converter #481):
+- a source time without a UTC offset is refused, never guessed from the host zone;
+- FHIR output is written in Europe/London local time with its offset (GMT/BST aware);
+- durations are ISO 8601 (``PT6H``) in rule files.
+
+This module has no FHIR model imports, so adapters and rules may use it too.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+__all__ = [
+    "LONDON",
+    "parse_source_datetime",
+    "parse_source_date",
+    "to_fhir_instant",
+    "parse_iso_duration",
+    "format_iso_duration",
+    "OffsetMissing",
+    "add_working_days",
+]
+
+LONDON = ZoneInfo("Europe/London")
+
+_OFFSET_RE = re.compile(r"(Z|[+-]\d{2}:\d{2})$")
+_DATETIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:\d{2})?$")
+
+
+class OffsetMissing(ValueError):
+    """A date-time was given without a UTC offset."""
+
+
+def parse_source_datetime(value: str) -> datetime:
+    """Parse an ISO 8601 date-time that must carry an offset; return it as an aware UTC datetime.
+
+    Raises ValueError (OffsetMissing when only the offset is missing) with a message fit for a sender.
+    """
+    if not isinstance(value, str) or not _DATETIME_RE.match(value):
+        raise ValueError(f"{value!r} is not an ISO 8601 date-time (YYYY-MM-DDThh:mm:ss+hh:mm)")
+    if not _OFFSET_RE.search(value):
+        raise OffsetMissing(f"{value!r} has no timezone offset; send Z or +hh:mm")
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{value!r} is not a real date-time") from None
+    return parsed.astimezone(UTC)
+
+
+def parse_source_date(value: str) -> date:
+    """Parse a calendar date YYYY-MM-DD."""
+    try:
+        return date.fromisoformat(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{value!r} is not a date (YYYY-MM-DD)") from None
+
+
+def to_fhir_instant(moment: datetime) -> str:
+    """Write an aware datetime as a FHIR instant in Europe/London local time with its offset."""
+    if moment.tzinfo is None:
+        raise ValueError("naive datetime reached the FHIR boundary")
+    local = moment.astimezone(LONDON)
+    return local.isoformat(timespec="seconds")
+
+
+_DURATION_RE = re.compile(r"^P(?:(?P<d>\d+)D)?(?:T(?:(?P<h>\d+)H)?(?:(?P<m>\d+)M)?(?:(?P<s>\d+)S)?)?$")
+
+
+def parse_iso_duration(value: str) -> timedelta:
+    """Parse the ISO 8601 durations rule files use: PnD, PTnH, PTnM, PTnS and combinations."""
+    match = _DURATION_RE.match(value or "")
+    if not match or value in ("P", "PT") or value.endswith("T"):
+        raise ValueError(f"{value!r} is not an ISO 8601 duration such as PT6H or PT20M")
+    parts = {k: int(v) for k, v in match.groupdict().items() if v}
+    return timedelta(days=parts.get("d", 0), hours=parts.get("h", 0), minutes=parts.get("m", 0), seconds=parts.get("s", 0))
+
+
+def format_iso_duration(delta: timedelta) -> str:
+    """Write a (possibly negative) timedelta as ISO 8601, e.g. PT1H20M or -PT5M."""
+    sign = "-" if delta < timedelta(0) else ""
+    total = abs(int(delta.total_seconds()))
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, seconds = divmod(rest, 60)
+    out = f"{sign}P" + (f"{days}D" if days else "")
+    time = (f"{hours}H" if hours else "") + (f"{minutes}M" if minutes else "") + (f"{seconds}S" if seconds else "")
+    if time or not days:
+        out += "T" + (time or "0S")
+    return out
+
+
+def add_working_days(moment: datetime, days: int) -> datetime:
+    """`moment` plus `days` England working days (Mon-Fri, not an England bank holiday), same London wall time."""
+    import holidays  # local import: only rules with working-day windows pay for the calendar
+
+    local = moment.astimezone(LONDON)
+    calendar = holidays.country_holidays("GB", subdiv="ENG", years=range(local.year, local.year + 2))
+    day = local.date()
+    remaining = days
+    while remaining > 0:
+        day += timedelta(days=1)
+        if day.weekday() < 5 and day not in calendar:
+            remaining -= 1
+    return datetime.combine(day, local.time(), tzinfo=LONDON).astimezone(UTC)

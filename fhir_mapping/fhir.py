@@ -1,0 +1,51 @@
+"""The one import shim for FHIR models.
+
+The gateway uses fhir.resources' R4B models: wire-compatible with R4 4.0.1 for the
+resources used here (UK Core is R4). Import FHIR classes from here, nowhere else, so
+a move to another model package is one edit.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fhir.resources.R4B.bundle import Bundle, BundleEntry, BundleEntryResponse, BundleLink
+from fhir.resources.R4B.capabilitystatement import CapabilityStatement
+from fhir.resources.R4B.careplan import CarePlan
+from fhir.resources.R4B.codeableconcept import CodeableConcept
+from fhir.resources.R4B.coding import Coding
+from fhir.resources.R4B.encounter import Encounter
+from fhir.resources.R4B.flag import Flag
+from fhir.resources.R4B.messageheader import MessageHeader
+from fhir.resources.R4B.operationoutcome import OperationOutcome
+from fhir.resources.R4B.patient import Patient
+from fhir.resources.R4B.questionnaireresponse import QuestionnaireResponse
+from fhir.resources.R4B.resource import Resource
+from fhir.resources.R4B.servicerequest import ServiceRequest
+from fhir.resources.R4B.task import Task
+
+__all__ = [
+    "Bundle",
+    "BundleEntry",
+    "BundleEntryResponse",
+    "BundleLink",
+    "CapabilityStatement",
+    "CarePlan",
+    "CodeableConcept",
+    "Coding",
+    "Encounter",
+    "Flag",
+    "MessageHeader",
+    "OperationOutcome",
+    "Patient",
+    "QuestionnaireResponse",
+    "Resource",
+    "ServiceRequest",
+    "Task",
+    "to_json_dict",
+]
+
+
+def to_json_dict(resource: Resource) -> dict[str, Any]:
+    """The resource as FHIR JSON (a plain dict, empty elements left out)."""
+    return resource.model_dump(mode="json", exclude_none=True, by_alias=True)

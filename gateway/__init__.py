@@ -1,0 +1,1 @@
+"""The IAP gateway: FastAPI app, routing rules engine, store, CLI."""

@@ -1,0 +1,58 @@
+"""The FastAPI application factory: settings, store (migrated), rule files (validated), clock, routes."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from starlette.responses import JSONResponse, Response
+
+from gateway.api import fhir_read, ingest, queue
+from gateway.api.responses import install_error_handlers
+from gateway.clock import Clock, SystemClock
+from gateway.intake import Intake
+from gateway.logging import configure_logging
+from gateway.rules.schema import load_rules
+from gateway.settings import Settings
+from gateway.store.db import make_engine, make_sessionmaker, migrate
+
+__all__ = ["create_app"]
+
+_ECHO_HEADERS = ("x-request-id", "x-correlation-id")
+
+
+def create_app(settings: Settings | None = None, clock: Clock | None = None) -> FastAPI:
+    """Build the app. Fails fast on a bad rule file or an unreachable database (the prestart checks)."""
+    settings = settings or Settings()
+    configure_logging(settings.log_level, settings.log_json)
+    registry = load_rules(settings.rules_dir)
+    engine = make_engine(settings.database_url)
+    migrate(engine)
+    sessions = make_sessionmaker(engine)
+    clock = clock or SystemClock()
+
+    app = FastAPI(title="IAP gateway", version="0.1.0", description="FHIR R4 integration gateway for NHS mental health services")
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.sessions = sessions
+    app.state.registry = registry
+    app.state.clock = clock
+    app.state.intake = Intake(sessions, registry, clock)
+    install_error_handlers(app)
+
+    @app.middleware("http")
+    async def echo_transaction_headers(request: Request, call_next):  # type: ignore[no-untyped-def]
+        """BaRS transaction integrity: X-Request-Id and X-Correlation-Id echoed in every reply."""
+        response: Response = await call_next(request)
+        for name in _ECHO_HEADERS:
+            value = request.headers.get(name)
+            if value and len(value) <= 128:
+                response.headers[name] = value
+        return response
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> Response:
+        return JSONResponse({"status": "ok"})
+
+    app.include_router(ingest.router)
+    app.include_router(queue.router)
+    app.include_router(fhir_read.router)
+    return app

@@ -1,0 +1,43 @@
+"""Typed dependency aliases, so routes stay short (full-stack-fastapi-template style)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Iterator
+
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session
+
+from gateway.clock import Clock
+from gateway.intake import Intake
+from gateway.rules.schema import RuleRegistry
+from gateway.settings import Settings
+
+__all__ = ["SessionDep", "IntakeDep", "ClockDep", "RegistryDep", "SettingsDep"]
+
+
+def _session(request: Request) -> Iterator[Session]:
+    with request.app.state.sessions() as session:
+        yield session
+
+
+def _intake(request: Request) -> Intake:
+    return request.app.state.intake  # type: ignore[no-any-return]
+
+
+def _clock(request: Request) -> Clock:
+    return request.app.state.clock  # type: ignore[no-any-return]
+
+
+def _registry(request: Request) -> RuleRegistry:
+    return request.app.state.registry  # type: ignore[no-any-return]
+
+
+def _settings(request: Request) -> Settings:
+    return request.app.state.settings  # type: ignore[no-any-return]
+
+
+SessionDep = Annotated[Session, Depends(_session)]
+IntakeDep = Annotated[Intake, Depends(_intake)]
+ClockDep = Annotated[Clock, Depends(_clock)]
+RegistryDep = Annotated[RuleRegistry, Depends(_registry)]
+SettingsDep = Annotated[Settings, Depends(_settings)]

@@ -1,0 +1,71 @@
+"""Inbound NHS 111: the flat case JSON and the BaRS $process-message endpoint. HTTP only; work is in gateway.intake."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
+
+from adapters.problems import GatewayInputError, Kind, Problem
+from gateway.api.deps import IntakeDep, SettingsDep
+from gateway.api.responses import FhirResponse
+from gateway.intake import Reply
+
+__all__ = ["router"]
+
+router = APIRouter()
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 past `limit` bytes (checked before and while reading)."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise GatewayInputError(Problem(Kind.TOO_LARGE, "body", f"body of {declared} bytes is over the {limit}-byte limit"))
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise GatewayInputError(Problem(Kind.TOO_LARGE, "body", f"body is over the {limit}-byte limit"))
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    if not body:
+        raise GatewayInputError(Problem(Kind.REQUIRED, "body", "request body is empty"))
+    return body
+
+
+def _respond(reply: Reply) -> Response:
+    return FhirResponse(reply.body, status_code=reply.status, headers=reply.headers)
+
+
+@router.post(
+    "/ingest/nhs111",
+    status_code=201,
+    summary="Receive a flat NHS 111 case (docs/formats/nhs111-case.md); a re-sent case id gets its original reply",
+)
+async def ingest_nhs111(request: Request, intake: IntakeDep, settings: SettingsDep) -> Response:
+    raw = await read_body(request, settings.max_body_bytes)
+    return _respond(await run_in_threadpool(intake.receive_nhs111_case, raw))
+
+
+@router.post(
+    "/fhir/$process-message",
+    summary="BaRS: receive a servicerequest-request message Bundle (X-Request-Id and X-Correlation-Id required)",
+)
+async def process_message(request: Request, intake: IntakeDep, settings: SettingsDep) -> Response:
+    raw = await read_body(request, settings.max_body_bytes)
+    reply = await run_in_threadpool(
+        intake.receive_bars, raw, request.headers.get("x-request-id"), request.headers.get("x-correlation-id")
+    )
+    return _respond(reply)
+
+
+@router.api_route("/fhir/$process-message", methods=["GET", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+async def process_message_other() -> Response:
+    return FhirResponse(
+        {
+            "resourceType": "OperationOutcome",
+            "issue": [{"severity": "error", "code": "not-supported", "diagnostics": "$process-message takes POST only"}],
+        },
+        status_code=405,
+        headers={"Allow": "POST"},
+    )

@@ -1,0 +1,74 @@
+"""FHIR JSON responses and the exception handlers that turn every error into an OperationOutcome."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from adapters.problems import GatewayInputError, Kind, Problem
+from fhir_mapping.replies import operation_outcome, server_error_outcome
+
+__all__ = ["FhirResponse", "install_error_handlers", "FHIR_JSON"]
+
+FHIR_JSON = "application/fhir+json"
+log = structlog.get_logger("iap.api")
+
+
+class FhirResponse(Response):
+    media_type = FHIR_JSON
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def _outcome_response(status: int, problems: list[Problem], headers: dict[str, str] | None = None) -> FhirResponse:
+    return FhirResponse(operation_outcome(problems), status_code=status, headers=headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(GatewayInputError)
+    async def _input_error(request: Request, exc: GatewayInputError) -> Response:
+        log.info(
+            "message.refused",
+            path=request.url.path,
+            stage=exc.stage,
+            status=exc.http_status,
+            elements=[p.element for p in exc.problems if p.is_error],
+        )
+        return _outcome_response(exc.http_status, exc.problems)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        kind = {404: Kind.NOT_FOUND, 413: Kind.TOO_LARGE}.get(exc.status_code, Kind.INVALID)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            message = f"method {request.method} is not allowed here"
+            return FhirResponse(
+                {
+                    "resourceType": "OperationOutcome",
+                    "issue": [{"severity": "error", "code": "not-supported", "diagnostics": message}],
+                },
+                status_code=405,
+                headers=headers,
+            )
+        return _outcome_response(exc.status_code, [Problem(kind, request.url.path, str(exc.detail))], headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
+        problems = [
+            Problem(Kind.VALUE, ".".join(str(p) for p in err["loc"][1:]) or "request", err["msg"]) for err in exc.errors()
+        ]
+        return _outcome_response(400, problems)
+
+    @app.exception_handler(Exception)
+    async def _crash(request: Request, exc: Exception) -> Response:
+        reference = str(uuid.uuid4())
+        log.error("request.crashed", path=request.url.path, reference=reference, error=type(exc).__name__)
+        return FhirResponse(server_error_outcome(reference), status_code=500)

@@ -1,0 +1,222 @@
+"""NHS 111 intake: adapter -> rules -> mapping -> store + reply, in one transaction.
+
+The reply is computed before the commit and stored with the message, and the sender
+sees it only after the commit (nothing acknowledged before it is durable). A re-sent
+message (same message id, or same BaRS MessageHeader id) stores nothing: the flat
+JSON gets its original reply back, BaRS gets 409 REC_CONFLICT `duplicate` as the
+standard requires. Two copies racing on PostgreSQL meet the unique constraints on
+`inbound_messages`; the loser rolls back and answers as a re-send.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Callable
+
+import structlog
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from adapters.bars import parse_bars_message
+from adapters.nhs111_case import parse_nhs111_case
+from adapters.problems import GatewayInputError, Kind, Problem
+from adapters.referral import Referral
+from fhir_mapping.cas_referral import TaskPlan, map_cas_referral
+from fhir_mapping.datetimes import to_fhir_instant
+from fhir_mapping.ids import resource_id
+from fhir_mapping.replies import batch_response, bars_response_message, operation_outcome
+from gateway.clock import Clock
+from gateway.rules.cas_intake import QueueDecision, decide_intake
+from gateway.rules.schema import RuleRegistry
+from gateway.store.models import InboundMessage
+from gateway.store.repo import find_inbound, put_resource
+
+__all__ = ["Intake", "Reply", "CHANNEL_NHS111", "CHANNEL_BARS", "plan_for", "decide", "detect_kind", "map_offline"]
+
+log = structlog.get_logger("iap.intake")
+
+CHANNEL_NHS111 = "nhs111-case"
+CHANNEL_BARS = "bars"
+_ATTEMPTS = 3
+
+
+@dataclass
+class Reply:
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+    duplicate: bool = False
+
+
+def plan_for(decision: QueueDecision) -> TaskPlan:
+    rules = decision.rules
+    return TaskPlan(
+        priority=decision.priority,
+        classification=decision.classification,
+        breach_time=decision.breach_time,
+        timeframe=decision.timeframe,
+        service_name=rules.service.name,
+        provider_ods=rules.service.provider_ods,
+        rule_set=rules.label,
+        rule_ids=decision.rule_ids,
+        reasons=decision.reasons,
+    )
+
+
+def decide(referral: Referral, registry: RuleRegistry) -> QueueDecision:
+    """Rules on a parsed referral; raises with every problem (the adapter's and the rules') if it is refused."""
+    outcome = decide_intake(referral, registry)
+    problems = list(referral.problems) + ([] if isinstance(outcome, QueueDecision) else outcome)
+    if not isinstance(outcome, QueueDecision) or any(p.is_error for p in problems):
+        if not any(p.is_error for p in problems):  # defensive: never refuse without saying why
+            problems.append(Problem(Kind.INVALID, "", "referral could not be placed on a queue"))
+        raise GatewayInputError(problems, stage="rules")
+    return outcome
+
+
+class Intake:
+    def __init__(self, sessions: sessionmaker[Session], registry: RuleRegistry, clock: Clock) -> None:
+        self.sessions = sessions
+        self.registry = registry
+        self.clock = clock
+
+    # -- flat NHS 111 case JSON ------------------------------------------------------------
+    def receive_nhs111_case(self, raw: bytes) -> Reply:
+        referral = parse_nhs111_case(raw)
+        original = self._previous(CHANNEL_NHS111, referral.message_id, None)
+        if original is not None:
+            return self._resend(original)
+        decision = decide(referral, self.registry)
+        return self._commit(CHANNEL_NHS111, referral, decision, raw, self._nhs111_reply)
+
+    def _nhs111_reply(self, referral: Referral, stored: list[dict[str, Any]], created: set[str], now: datetime) -> Reply:
+        task = stored[0]
+        body = batch_response(stored, created, [p for p in referral.problems if not p.is_error], resource_id("Bundle", "nhs111-reply", referral.message_id))
+        return Reply(201, body, {"Location": f"/fhir/Task/{task['id']}"})
+
+    # -- BaRS $process-message ---------------------------------------------------------------
+    def receive_bars(self, raw: bytes, request_id: str | None, correlation_id: str | None) -> Reply:
+        if request_id and correlation_id and self._previous(CHANNEL_BARS, request_id, None) is not None:
+            return _bars_duplicate()
+        referral = parse_bars_message(raw, request_id, correlation_id)
+        if self._previous(CHANNEL_BARS, referral.message_id, referral.header_id) is not None:
+            return _bars_duplicate()
+        decision = decide(referral, self.registry)
+        return self._commit(CHANNEL_BARS, referral, decision, raw, self._bars_reply)
+
+    def _bars_reply(self, referral: Referral, stored: list[dict[str, Any]], created: set[str], now: datetime) -> Reply:
+        task, service_request = stored[0], next(r for r in stored if r["resourceType"] == "ServiceRequest")
+        body = bars_response_message(
+            request_id=referral.message_id,
+            original_bundle_id=referral.source_id,
+            our_endpoint=f"https://fhir.nhs.uk/Id/dos-service-id|{referral.destination}",
+            reply_to=referral.reply_to,
+            stored=[service_request, task],
+            focus=service_request,
+            warnings=[p for p in referral.problems if not p.is_error],
+            timestamp=to_fhir_instant(now),
+        )
+        return Reply(200, body)
+
+    # -- shared ------------------------------------------------------------------------------
+    def _previous(self, channel: str, message_id: str, header_id: str | None) -> InboundMessage | None:
+        with self.sessions() as session:
+            return find_inbound(session, channel, message_id, header_id)
+
+    def _resend(self, original: InboundMessage) -> Reply:
+        log.info("message.resent", channel=original.channel, seq=original.seq)
+        return Reply(original.response_status, json.loads(original.response_body), {"X-Duplicate-Of": str(original.seq)}, duplicate=True)
+
+    def _commit(
+        self,
+        channel: str,
+        referral: Referral,
+        decision: QueueDecision,
+        raw: bytes,
+        make_reply: Callable[[Referral, list[dict[str, Any]], set[str], datetime], Reply],
+    ) -> Reply:
+        now = self.clock.now()
+        resources = map_cas_referral(referral, plan_for(decision), now).as_json()
+        service_id = decision.rules.service.id
+        for attempt in range(1, _ATTEMPTS + 1):
+            try:
+                with self.sessions.begin() as session:
+                    stored, created = [], set()
+                    for resource in reversed(resources):  # Task first in the reply
+                        result, outcome = put_resource(session, resource, now, service_id if resource["resourceType"] == "Task" else None)
+                        if outcome == "created":
+                            created.add(f"{result['resourceType']}/{result['id']}")
+                        stored.append(result)
+                    reply = make_reply(referral, stored, created, now)
+                    session.add(
+                        InboundMessage(
+                            channel=channel,
+                            message_id=referral.message_id,
+                            header_id=referral.header_id,
+                            correlation_id=referral.correlation_id,
+                            received_at=now,
+                            raw=raw,
+                            task_id=stored[0]["id"],
+                            rule_set=decision.rules.label,
+                            unused=json.dumps(list(referral.unused)),
+                            response_status=reply.status,
+                            response_body=json.dumps(reply.body, separators=(",", ":")),
+                        )
+                    )
+                    session.flush()
+                log.info(
+                    "message.accepted",
+                    channel=channel,
+                    message=_digest(referral.message_id),
+                    service=service_id,
+                    rules=list(decision.rule_ids),
+                    priority=decision.priority,
+                    warnings=[p.element for p in referral.problems if not p.is_error],
+                    unused=len(referral.unused),
+                )
+                return reply
+            except (IntegrityError, OperationalError) as exc:
+                # a racing copy of this message won, or a racing write on the same Patient: look, then retry
+                original = self._previous(channel, referral.message_id, referral.header_id)
+                if original is not None:
+                    return _bars_duplicate() if channel == CHANNEL_BARS else self._resend(original)
+                log.warning("store.retry", channel=channel, attempt=attempt, error=type(exc).__name__)
+                if attempt == _ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")
+
+
+def _bars_duplicate() -> Reply:
+    problem = Problem(Kind.DUPLICATE, "header:X-Request-Id", "the message has been identified as having already been processed")
+    return Reply(409, operation_outcome([problem]), duplicate=True)
+
+
+def _digest(value: str) -> str:
+    """Message ids in logs as a short digest: enough to correlate, nothing a reader could misuse."""
+    return hashlib.sha256(value.encode()).hexdigest()[:12]
+
+
+def detect_kind(raw: bytes) -> str:
+    """'bars' for a FHIR Bundle, else 'nhs111' (the flat case JSON). Cheap sniff; the adapters do the real checks."""
+    head = raw[:4096].decode("utf-8", "replace")
+    return CHANNEL_BARS if '"resourceType"' in head and '"Bundle"' in head else CHANNEL_NHS111
+
+
+def map_offline(raw: bytes, registry: RuleRegistry, received_at: datetime, kind: str | None = None) -> dict[str, Any]:
+    """What `raw` becomes, without a store: a collection Bundle of the mapped resources (the `map` CLI, golden tests)."""
+    from fhir_mapping.bundles import bundle_of
+
+    kind = kind or detect_kind(raw)
+    if kind == CHANNEL_BARS:
+        # offline there are no transport headers: derive stable ones from the content
+        digest = hashlib.sha256(raw).hexdigest()
+        request_id = f"{digest[:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:20]}-{digest[20:32]}"
+        referral = parse_bars_message(raw, request_id, request_id)
+    else:
+        referral = parse_nhs111_case(raw)
+    decision = decide(referral, registry)
+    resources = map_cas_referral(referral, plan_for(decision), received_at).as_json()
+    return bundle_of(resources, "collection", resource_id("Bundle", referral.source_system, referral.source_id), to_fhir_instant(received_at))

@@ -1,0 +1,103 @@
+"""CAS queue intake: the priority, classification and breach time of a new case.
+
+Applies CAS-01 (one queue per service), CAS-03 (call-handler cases: 6-hour default),
+CAS-04 (any red flag -> Urgent CN Review, set by the system), CAS-05 (Pathways cases:
+timeframe of the Dx code), and the BaRS callback deadline cap (occurrencePeriod.end).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from adapters.problems import Kind, Problem
+from adapters.referral import Referral
+from fhir_mapping.datetimes import add_working_days, format_iso_duration
+from gateway.rules.schema import RuleRegistry, ServiceRules
+
+__all__ = ["QueueDecision", "decide_intake"]
+
+
+@dataclass(frozen=True)
+class QueueDecision:
+    """Everything the CAS queue Task needs, and why (rule ids and plain reasons, no patient data)."""
+
+    rules: ServiceRules
+    timeframe: timedelta
+    breach_time: datetime
+    priority: str  # FHIR Task.priority
+    classification: str | None  # e.g. "urgent-cn-review"; None = blank classification
+    dx: str | None
+    rule_ids: tuple[str, ...]
+    reasons: tuple[str, ...]
+
+
+def decide_intake(referral: Referral, registry: RuleRegistry) -> QueueDecision | list[Problem]:
+    """The queue decision for `referral`, or the problems that stop one (unknown destination or Dx)."""
+    rules = registry.for_destination(referral.destination)
+    if rules is None:
+        return [
+            Problem(
+                Kind.NOT_SUPPORTED,
+                referral.destination_element,
+                f"destination DoS service id {referral.destination!r} is not a service this gateway receives for",
+            )
+        ]
+    rule_ids = ["CAS-01"]
+    reasons = [f"CAS-01: case lands on the {rules.service.name} CAS queue"]
+    dx = referral.pathways.dx if referral.pathways else None
+
+    if referral.channel.pathways_assessed:
+        if dx is None:
+            # the adapter has already reported the missing/invalid Dx; nothing more to decide
+            return []
+        disposition = rules.dispositions.get(dx)
+        if disposition is None:
+            return [
+                Problem(
+                    Kind.NOT_SUPPORTED,
+                    referral.pathways.dx_element if referral.pathways else "",
+                    f"NHS Pathways disposition {dx} has no callback timeframe in the {rules.label} rules; "
+                    "this service does not take that disposition",
+                )
+            ]
+        if disposition.within is not None:
+            breach = referral.call_time + disposition.within
+        else:
+            breach = add_working_days(referral.call_time, disposition.within_working_days or 0)
+        rule_ids.append("CAS-05")
+        reasons.append(f"CAS-05: {dx} '{disposition.wording}'")
+    else:
+        breach = referral.call_time + rules.call_handler_timeframe
+        rule_ids.append("CAS-03")
+        reasons.append(f"CAS-03: {referral.channel.value} call-handler case, {format_iso_duration(rules.call_handler_timeframe)} default")
+
+    if referral.callback_deadline is not None and referral.callback_deadline < breach:
+        breach = referral.callback_deadline
+        reasons.append("sender's callback deadline (ServiceRequest.occurrencePeriod.end) is earlier: breach time capped to it")
+
+    classification = None
+    positive = [f.question_id for f in referral.red_flags if f.answer]
+    matched = [
+        f.code
+        for f in referral.risk_flags
+        for m in rules.red_flags.bars_flags
+        if (f.category_system, f.category_code) == (m.system, m.code) or (f.code_system, f.code) == (m.system, m.code)
+    ]
+    if positive or matched:
+        classification = rules.red_flags.classification
+        rule_ids.append("CAS-04")
+        what = f"red-flag question(s) {', '.join(positive)} answered yes" if positive else "risk Flag in the referral"
+        reasons.append(f"CAS-04: {what}: classified Urgent CN Review")
+
+    timeframe = breach - referral.call_time
+    return QueueDecision(
+        rules=rules,
+        timeframe=timeframe,
+        breach_time=breach,
+        priority=rules.task_priority_for(timeframe),
+        classification=classification,
+        dx=dx,
+        rule_ids=tuple(rule_ids),
+        reasons=tuple(reasons),
+    )

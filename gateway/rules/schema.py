@@ -1,0 +1,162 @@
+"""Rule files: their schema, validated at load time, and the registry that routes by destination.
+
+A rule file holds every local policy value for one service (domain-rules.md "(config)").
+Loading refuses a bad file with the file name and the failing field, so a bad rule
+change stops the gateway at start-up rather than misrouting a patient.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from fhir_mapping.datetimes import parse_iso_duration
+
+__all__ = ["ServiceRules", "Disposition", "RuleRegistry", "RuleFileError", "load_rules", "DEFAULT_RULES_DIR"]
+
+DEFAULT_RULES_DIR = Path(__file__).parent / "services"
+_DX_KEY = re.compile(r"^Dx\d{2,5}$")
+
+
+class RuleFileError(Exception):
+    """A rule file is missing, unreadable or breaks the schema."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Disposition(_Strict):
+    """CAS-05: one NHS Pathways disposition and the callback window its wording states."""
+
+    within: timedelta | None = None
+    within_working_days: int | None = Field(default=None, ge=1, le=20)
+    wording: str = Field(min_length=3)
+    source: str = Field(min_length=3)
+
+    @field_validator("within", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> object:
+        return parse_iso_duration(value) if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _one_window(self) -> "Disposition":
+        if (self.within is None) == (self.within_working_days is None):
+            raise ValueError("give exactly one of 'within' (ISO duration) or 'within_working_days'")
+        if self.within is not None and self.within <= timedelta(0):
+            raise ValueError("'within' must be positive")
+        return self
+
+
+class ServiceInfo(_Strict):
+    id: str = Field(pattern=r"^[a-z0-9-]{2,32}$")
+    name: str
+    provider_ods: str = Field(pattern=r"^[A-Z0-9]{3,10}$")
+    dos_service_ids: list[str] = Field(min_length=1)
+
+
+class FlagMatch(_Strict):
+    system: str
+    code: str
+    display: str
+
+
+class RedFlagRules(_Strict):
+    classification: Literal["urgent-cn-review"]
+    bars_flags: list[FlagMatch] = Field(default_factory=list)
+
+
+class PriorityBand(_Strict):
+    up_to: timedelta | None = None
+    priority: Literal["routine", "urgent", "asap", "stat"]
+
+    @field_validator("up_to", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> object:
+        return parse_iso_duration(value) if isinstance(value, str) else value
+
+
+class ServiceRules(_Strict):
+    schema_: Literal["cas-intake/1"] = Field(alias="schema")
+    version: str = Field(min_length=1)
+    service: ServiceInfo
+    call_handler_timeframe: timedelta
+    red_flags: RedFlagRules
+    task_priority: list[PriorityBand] = Field(min_length=1)
+    dispositions: dict[str, Disposition]
+
+    @field_validator("call_handler_timeframe", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> object:
+        return parse_iso_duration(value) if isinstance(value, str) else value
+
+    @field_validator("dispositions")
+    @classmethod
+    def _dx_keys(cls, value: dict[str, Disposition]) -> dict[str, Disposition]:
+        bad = [key for key in value if not _DX_KEY.match(key)]
+        if bad:
+            raise ValueError(f"disposition keys must be written Dx + digits (e.g. Dx02): {bad}")
+        return value
+
+    @field_validator("task_priority")
+    @classmethod
+    def _bands(cls, bands: list[PriorityBand]) -> list[PriorityBand]:
+        limits = [b.up_to for b in bands[:-1]]
+        if any(limit is None for limit in limits) or bands[-1].up_to is not None:
+            raise ValueError("every band but the last needs 'up_to'; the last band has none")
+        if limits != sorted(limits):  # type: ignore[type-var]
+            raise ValueError("bands must be in increasing 'up_to' order")
+        return bands
+
+    @property
+    def label(self) -> str:
+        return f"{self.service.id} cas-intake {self.version}"
+
+    def task_priority_for(self, timeframe: timedelta) -> str:
+        for band in self.task_priority:
+            if band.up_to is None or timeframe <= band.up_to:
+                return band.priority
+        raise AssertionError("validated: the last band is open")
+
+
+class RuleRegistry:
+    """All services' rules, and routing by destination DoS service id."""
+
+    def __init__(self, services: list[ServiceRules]) -> None:
+        self.services = {s.service.id: s for s in services}
+        self._by_destination: dict[str, ServiceRules] = {}
+        for rules in services:
+            for dos_id in rules.service.dos_service_ids:
+                other = self._by_destination.get(dos_id)
+                if other is not None:
+                    raise RuleFileError(f"DoS service id {dos_id} is claimed by both {other.service.id} and {rules.service.id}")
+                self._by_destination[dos_id] = rules
+
+    def for_destination(self, dos_service_id: str) -> ServiceRules | None:
+        return self._by_destination.get(dos_service_id)
+
+
+def load_rules(directory: Path = DEFAULT_RULES_DIR) -> RuleRegistry:
+    """Load and validate every `*.yaml` rule file in `directory`."""
+    files = sorted(directory.glob("*.yaml"))
+    if not files:
+        raise RuleFileError(f"no rule files (*.yaml) in {directory}")
+    services = []
+    for path in files:
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+            rules = ServiceRules.model_validate(data)
+        except (OSError, yaml.YAMLError) as exc:
+            raise RuleFileError(f"{path.name}: cannot read: {exc}") from None
+        except ValidationError as exc:
+            details = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+            raise RuleFileError(f"{path.name}: {details}") from None
+        if rules.service.id != path.stem:
+            raise RuleFileError(f"{path.name}: service.id {rules.service.id!r} must match the file name")
+        services.append(rules)
+    return RuleRegistry(services)

@@ -1,0 +1,31 @@
+"""One Settings object (pydantic-settings): environment variables, safe defaults for local use only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from gateway.rules.schema import DEFAULT_RULES_DIR
+
+__all__ = ["Settings"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="IAP_", extra="ignore")
+
+    environment: Literal["local", "test", "production"] = "local"
+    # DATABASE_URL (no prefix, the usual name): SQLite file by default; postgresql://... for several instances
+    database_url: str = Field(default="sqlite:///./iap-gateway.db", validation_alias="DATABASE_URL")
+    rules_dir: Path = DEFAULT_RULES_DIR
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    log_json: bool = True
+    log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _no_unsafe_defaults(self) -> "Settings":
+        if self.environment == "production" and "DATABASE_URL" not in self.model_fields_set and self.database_url.startswith("sqlite:///./"):
+            raise ValueError("IAP_ENVIRONMENT=production needs an explicit DATABASE_URL (refusing the local SQLite default)")
+        return self

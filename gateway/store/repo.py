@@ -1,0 +1,183 @@
+"""Named queries: put/get resources, search Tasks, the CAS queue, inbound message records."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Select, func, select
+from sqlalchemy.orm import Session
+
+from fhir_mapping.datetimes import parse_source_datetime, to_fhir_instant
+from gateway.store.models import IdentifierRow, InboundMessage, ResourceRow
+
+__all__ = [
+    "put_resource",
+    "get_resource",
+    "TaskQuery",
+    "search_tasks",
+    "queue_rows",
+    "find_by_identifier",
+    "find_inbound",
+    "ACTIVE_TASK_STATUSES",
+    "count_rows",
+    "sortable_task_params",
+]
+
+ACTIVE_TASK_STATUSES = ("requested", "received", "accepted", "ready", "in-progress", "on-hold")
+
+
+def _dumps(resource: dict[str, Any]) -> str:
+    return json.dumps(resource, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
+
+
+def put_resource(
+    session: Session, resource: dict[str, Any], now: datetime, service_id: str | None = None
+) -> tuple[dict[str, Any], str]:
+    """Create or update (`resource` has its stable id); returns (stored resource, "created"|"updated"|"unchanged").
+
+    Same content as stored -> unchanged (same version); otherwise version + 1.
+
+    Locks the row on PostgreSQL so two writers cannot both take the same next version.
+    """
+    rtype, rid = resource["resourceType"], resource["id"]
+    row = session.execute(
+        select(ResourceRow).where(ResourceRow.resource_type == rtype, ResourceRow.id == rid).with_for_update()
+    ).scalar_one_or_none()
+    body = {k: v for k, v in resource.items() if k != "meta"}
+    meta = dict(resource.get("meta") or {})
+    if row is not None:
+        stored = json.loads(row.content)
+        if {k: v for k, v in stored.items() if k != "meta"} == body:
+            return stored, "unchanged"
+        row.version_id += 1
+        outcome = "updated"
+    else:
+        row = ResourceRow(resource_type=rtype, id=rid, version_id=1)
+        session.add(row)
+        outcome = "created"
+    meta.update(versionId=str(row.version_id), lastUpdated=to_fhir_instant(now))
+    full = {"resourceType": rtype, "id": rid, "meta": meta, **{k: v for k, v in body.items() if k not in ("resourceType", "id")}}
+    row.last_updated = now
+    row.content = _dumps(full)
+    _index(row, full, service_id)
+    _put_identifiers(session, full)
+    return full, outcome
+
+
+def _index(row: ResourceRow, res: dict[str, Any], service_id: str | None) -> None:
+    row.status = res.get("status")
+    row.priority = res.get("priority")
+    codings = (res.get("businessStatus") or {}).get("coding") or []
+    row.business_status = codings[0].get("code") if codings else None
+    subject = (res.get("for") or res.get("subject") or {}).get("reference", "")
+    row.subject_id = subject.split("/", 1)[1] if subject.startswith("Patient/") else None
+    if service_id is not None:
+        row.service_id = service_id
+    row.authored_on = parse_source_datetime(res["authoredOn"]) if res.get("authoredOn") else None
+    end = ((res.get("restriction") or {}).get("period") or {}).get("end")
+    row.breach_at = parse_source_datetime(end) if end else None
+
+
+def _put_identifiers(session: Session, res: dict[str, Any]) -> None:
+    for ident in res.get("identifier") or []:
+        if not ident.get("system") or not ident.get("value"):
+            continue
+        key = (res["resourceType"], ident["system"], ident["value"])
+        existing = session.get(IdentifierRow, key)
+        if existing is None:
+            session.add(IdentifierRow(resource_type=key[0], system=key[1], value=key[2], resource_id=res["id"]))
+        elif existing.resource_id != res["id"]:
+            raise ValueError(f"identifier {key[1]} is already used by another {key[0]}")
+
+
+def get_resource(session: Session, resource_type: str, resource_id: str) -> dict[str, Any] | None:
+    row = session.get(ResourceRow, (resource_type, resource_id))
+    return json.loads(row.content) if row else None
+
+
+def find_by_identifier(session: Session, resource_type: str, system: str | None, value: str) -> list[dict[str, Any]]:
+    query = select(IdentifierRow.resource_id).where(IdentifierRow.resource_type == resource_type, IdentifierRow.value == value)
+    if system:
+        query = query.where(IdentifierRow.system == system)
+    ids = sorted(set(session.execute(query).scalars()))
+    return [r for r in (get_resource(session, resource_type, i) for i in ids) if r]
+
+
+@dataclass
+class TaskQuery:
+    status: list[str] | None = None
+    business_status: list[str] | None = None
+    priority: list[str] | None = None
+    patient: str | None = None
+    sort: list[tuple[str, bool]] | None = None  # (column, descending)
+    count: int = 50
+    offset: int = 0
+
+
+_SORTABLE = {
+    "authored-on": ResourceRow.authored_on,
+    "_lastUpdated": ResourceRow.last_updated,
+    "priority": ResourceRow.priority,
+    "status": ResourceRow.status,
+    "breach-time": ResourceRow.breach_at,
+}
+
+
+def search_tasks(session: Session, query: TaskQuery) -> tuple[list[dict[str, Any]], int]:
+    """Tasks matching `query` (one page) and the total match count."""
+    stmt: Select[Any] = select(ResourceRow).where(ResourceRow.resource_type == "Task")
+    if query.status:
+        stmt = stmt.where(ResourceRow.status.in_(query.status))
+    if query.business_status:
+        stmt = stmt.where(ResourceRow.business_status.in_(query.business_status))
+    if query.priority:
+        stmt = stmt.where(ResourceRow.priority.in_(query.priority))
+    if query.patient:
+        stmt = stmt.where(ResourceRow.subject_id == query.patient.removeprefix("Patient/"))
+    total = session.execute(select(func.count()).select_from(stmt.subquery())).scalar_one()
+    order = []
+    for name, descending in query.sort or []:
+        column = _SORTABLE[name]
+        order.append(column.desc() if descending else column.asc())
+    order.append(ResourceRow.id.asc())
+    rows = session.execute(stmt.order_by(*order).limit(query.count).offset(query.offset)).scalars()
+    return [json.loads(r.content) for r in rows], total
+
+
+def sortable_task_params() -> list[str]:
+    return list(_SORTABLE)
+
+
+def queue_rows(session: Session, service_id: str | None) -> list[dict[str, Any]]:
+    """CAS-02: open CAS queue Tasks, earliest breach time first (so breached cases lead, most overdue first)."""
+    stmt = select(ResourceRow).where(
+        ResourceRow.resource_type == "Task",
+        ResourceRow.status.in_(ACTIVE_TASK_STATUSES),
+        ResourceRow.breach_at.is_not(None),
+    )
+    if service_id:
+        stmt = stmt.where(ResourceRow.service_id == service_id)
+    stmt = stmt.order_by(ResourceRow.breach_at.asc(), ResourceRow.authored_on.asc(), ResourceRow.id.asc())
+    return [json.loads(r.content) | {"_service": r.service_id} for r in session.execute(stmt).scalars()]
+
+
+def find_inbound(session: Session, channel: str, message_id: str, header_id: str | None) -> InboundMessage | None:
+    """The stored message this one re-sends: same channel and the same message id or MessageHeader id."""
+    row = session.execute(
+        select(InboundMessage).where(InboundMessage.channel == channel, InboundMessage.message_id == message_id)
+    ).scalar_one_or_none()
+    if row is None and header_id:
+        row = session.execute(
+            select(InboundMessage).where(InboundMessage.channel == channel, InboundMessage.header_id == header_id)
+        ).scalar_one_or_none()
+    return row
+
+
+def count_rows(session: Session) -> dict[str, int]:
+    """Row counts by resource type plus inbound messages (tests and `/readyz` use it)."""
+    out = dict(session.execute(select(ResourceRow.resource_type, func.count()).group_by(ResourceRow.resource_type)).all())
+    out["InboundMessage"] = session.execute(select(func.count()).select_from(InboundMessage)).scalar_one()
+    return out
