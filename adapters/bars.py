@@ -130,8 +130,9 @@ class _Message:
                     elif self._lookup(target) is None:
                         self.problems.warning(Kind.INVALID, element, f"reference {target!r} resolves to no entry in the Bundle")
                 elif _is_uuid(target):
-                    if self._lookup(f"urn:uuid:{target}") is None:
-                        self.problems.warning(Kind.VALUE, element, f"reference {target!r} lacks 'urn:uuid:' and resolves to nothing")
+                    found = self._lookup(f"urn:uuid:{target}")
+                    where = f"read as {found.path}" if found else "resolves to nothing"
+                    self.problems.warning(Kind.VALUE, element, f"reference {target!r} lacks the 'urn:uuid:' prefix; {where}")
                 elif not re.match(r"^[A-Z][A-Za-z]+/[A-Za-z0-9\-.]{1,64}$", target):
                     self.problems.warning(Kind.VALUE, element, f"reference {target!r} is neither urn:uuid nor Type/id")
 

@@ -1,0 +1,76 @@
+"""The `iap-gateway` command as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import FIXTURES, ROOT
+
+CLI = [sys.executable, "-m", "gateway.cli"]
+
+
+def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, cwd=ROOT, env={**os.environ, **(env or {})}, timeout=120)
+
+
+@pytest.mark.parametrize("name", ["option2-standard.case.json", "bars-dx13-self-harm-flag.bundle.json"])
+def test_map_prints_the_fhir_bundle_an_input_becomes(name: str) -> None:
+    result = _run("map", f"fixtures/nhs111/{name}")
+    assert result.returncode == 0, result.stderr
+    bundle = json.loads(result.stdout)
+    assert bundle["resourceType"] == "Bundle" and bundle["type"] == "collection"
+    assert [e["resource"]["resourceType"] for e in bundle["entry"]][-1] == "Task"
+    assert all(e["fullUrl"] == f"urn:uuid:{e['resource']['id']}" for e in bundle["entry"])
+
+
+def test_map_of_refused_input_prints_the_operation_outcome_and_fails(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text((FIXTURES / "option1-dx12.case.json").read_text().replace('"DX12"', '"Dx0122"'))
+    result = _run("map", str(bad))
+    assert result.returncode == 1 and result.stdout == ""
+    outcome = json.loads(result.stderr)
+    assert outcome["issue"][0]["expression"] == ["pathways.dx"] and "Dx0122" in outcome["issue"][0]["diagnostics"]
+
+
+def test_demo_loads_the_fixtures_once_however_often_it_runs(tmp_path: Path) -> None:
+    env = {"DATABASE_URL": f"sqlite:///{tmp_path / 'demo.db'}"}
+    first = _run("demo", env=env)
+    assert first.returncode == 0, first.stderr
+    cases = len([p for p in FIXTURES.glob("*.json") if not p.name.endswith(".expected.json")])
+    assert f"demo: {cases} new case(s) loaded" in first.stderr
+    second = _run("demo", env=env)
+    assert "demo: 0 new case(s) loaded" in second.stderr
+
+
+def test_serve_starts_and_answers_on_http(tmp_path: Path) -> None:
+    import socket
+    import time
+
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'serve.db'}"}
+    log = (tmp_path / "serve.log").open("wb")
+    server = subprocess.Popen([*CLI, "serve", "--port", str(port), "--demo"], cwd=ROOT, env=env, stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        queue = httpx.get(f"http://127.0.0.1:{port}/queue", timeout=5).json()
+        assert queue["count"] >= 8
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+        log.close()

@@ -1,0 +1,82 @@
+"""Everything the gateway emits for the fixtures passes the independent FHIR R4 validator with 0 errors.
+
+`fhir.resources` accepts invalid codes (Task.status = "bogus"); shared/tools/fhir-validate
+(three engines: medplum, FHIR.js, strict) does not.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import BARS_EXAMPLES, FIXTURES, ROOT, bars_headers
+
+VALIDATOR = ROOT.parent / "shared" / "tools" / "fhir-validate" / "fhir-validate"
+NHS_NUMBER = "https://fhir.nhs.uk/Id/nhs-number"
+ODS = "https://fhir.nhs.uk/Id/ods-organization-code"
+
+
+def _validate(folder: Path) -> subprocess.CompletedProcess[str]:
+    assert VALIDATOR.exists(), f"the validator is expected at {VALIDATOR}"
+    return subprocess.run([str(VALIDATOR), "--errors-only", str(folder)], capture_output=True, text=True, timeout=300)
+
+
+def _collect(client) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    emitted: dict[str, Any] = {}
+    for source in sorted(FIXTURES.glob("*.json")):
+        if source.name.endswith(".expected.json"):
+            emitted[f"map-{source.name}"] = json.loads(source.read_text())  # what `iap-gateway map` prints
+            continue
+        if source.name.endswith(".bundle.json"):
+            headers = bars_headers()
+            reply = client.post("/fhir/$process-message", content=source.read_bytes(), headers=headers)
+            emitted[f"duplicate-{source.name}"] = client.post("/fhir/$process-message", content=source.read_bytes(), headers=headers).json()
+        else:
+            reply = client.post("/ingest/nhs111", content=source.read_bytes())
+        assert reply.status_code in (200, 201), reply.text
+        emitted[f"reply-{source.name}"] = reply.json()
+        for entry in reply.json()["entry"]:
+            resource = entry["resource"]
+            if resource["resourceType"] in ("MessageHeader", "OperationOutcome"):
+                continue
+            stored = client.get(f"/fhir/{resource['resourceType']}/{resource['id']}").json()
+            emitted[f"stored-{resource['resourceType']}-{resource['id']}"] = stored
+    emitted["search-task"] = client.get("/fhir/Task", params={"_count": 3}).json()
+    emitted["search-patient"] = client.get("/fhir/Patient", params={"identifier": f"{NHS_NUMBER}|9990000018"}).json()
+    emitted["metadata"] = client.get("/fhir/metadata").json()
+    for example in ("servicerequest-request-validation.json", "999-to-cas-servicerequest-older.json", "111-to-ed-servicerequest-older.not-valid-json.txt"):
+        emitted[f"refusal-{example}"] = client.post("/fhir/$process-message", content=(BARS_EXAMPLES / example).read_bytes(), headers=bars_headers()).json()
+    emitted["refusal-not-found"] = client.get("/fhir/Task/nope").json()
+    return emitted
+
+
+def test_everything_emitted_for_the_fixtures_passes_the_independent_validator(client, tmp_path: Path) -> None:
+    emitted = _collect(client)
+    for name, resource in emitted.items():
+        (tmp_path / f"{name.replace('/', '_')}.json").write_text(json.dumps(resource))
+    result = _validate(tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip().endswith(" 0 errors"), result.stdout
+    assert len(emitted) > 40
+
+
+def test_the_validator_really_catches_what_fhir_resources_lets_through(tmp_path: Path) -> None:
+    (tmp_path / "bogus.json").write_text(json.dumps({"resourceType": "Task", "id": "t1", "intent": "order", "status": "bogus"}))
+    result = _validate(tmp_path)
+    assert result.returncode == 1 and "bogus" in result.stdout
+
+
+def test_emitted_resources_carry_uk_core_identifier_systems(client) -> None:
+    emitted = _collect(client)
+    patients = [r for r in emitted.values() if r.get("resourceType") == "Patient"]
+    tasks = [r for r in emitted.values() if r.get("resourceType") == "Task"]
+    assert patients and tasks
+    for patient in patients:
+        assert [i["system"] for i in patient["identifier"]] == [NHS_NUMBER]
+        assert patient["meta"]["profile"] == ["https://fhir.hl7.org.uk/StructureDefinition/UKCore-Patient"]
+        for gp in patient.get("generalPractitioner", []):
+            assert gp["identifier"]["system"] == ODS
+    for task in tasks:
+        assert task["owner"]["identifier"]["system"] == ODS

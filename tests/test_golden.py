@@ -1,0 +1,48 @@
+"""Golden fixture pairs: fixtures/nhs111/<case>.{case,bundle}.json -> <case>.expected.json.
+
+Regenerate after an intended mapping change with IAP_UPDATE_GOLDEN=1 and review the diff.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from gateway.intake import map_offline
+from gateway.rules.schema import load_rules
+from tests.conftest import FIXTURES
+
+RECEIVED_AT = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+INPUTS = sorted(p for p in FIXTURES.glob("*.json") if not p.name.endswith(".expected.json"))
+
+
+def expected_path(source: Path) -> Path:
+    stem = source.name.removesuffix(".json").removesuffix(".case").removesuffix(".bundle")
+    return source.with_name(f"{stem}.expected.json")
+
+
+def test_every_input_fixture_has_its_expected_pair() -> None:
+    assert len(INPUTS) >= 8
+    assert all(expected_path(p).exists() for p in INPUTS)
+    pairs = {expected_path(p) for p in INPUTS}
+    assert set(FIXTURES.glob("*.expected.json")) == pairs
+
+
+@pytest.mark.parametrize("source", INPUTS, ids=lambda p: p.name)
+def test_fixture_maps_to_its_golden_bundle(source: Path) -> None:
+    actual = map_offline(source.read_bytes(), load_rules(), RECEIVED_AT)
+    golden = expected_path(source)
+    if os.environ.get("IAP_UPDATE_GOLDEN") == "1":
+        golden.write_text(json.dumps(actual, indent=2, ensure_ascii=False) + "\n")
+    assert actual == json.loads(golden.read_text())
+
+
+@pytest.mark.parametrize("source", INPUTS, ids=lambda p: p.name)
+def test_mapping_is_deterministic_so_replays_map_to_the_same_ids(source: Path) -> None:
+    first = map_offline(source.read_bytes(), load_rules(), RECEIVED_AT)
+    again = map_offline(source.read_bytes(), load_rules(), RECEIVED_AT)
+    assert [e["fullUrl"] for e in first["entry"]] == [e["fullUrl"] for e in again["entry"]]

@@ -1,0 +1,120 @@
+"""Flat NHS 111 case JSON over HTTP: priority, classification and breach time from the rule files."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from fhir_mapping.datetimes import parse_source_datetime
+from gateway.rules.schema import load_rules
+from tests.conftest import fixture_bytes, fixture_json, task_of
+
+RULES = load_rules()
+
+
+def _post(client, name):  # type: ignore[no-untyped-def]
+    return client.post("/ingest/nhs111", content=fixture_bytes(name), headers={"Content-Type": "application/json"})
+
+
+def _breach(task):  # type: ignore[no-untyped-def]
+    return parse_source_datetime(task["restriction"]["period"]["end"])
+
+
+def test_option2_case_gets_the_six_hour_default_CAS_03(client) -> None:
+    response = _post(client, "option2-standard.case.json")
+    assert response.status_code == 201, response.text
+    task = task_of(response.json())
+    call_time = parse_source_datetime(fixture_json("option2-standard.case.json")["call_time"])
+    assert RULES.services["bnssg"].call_handler_timeframe == timedelta(hours=6)
+    assert task["restriction"]["period"]["end"] == "2026-11-23T15:15:00Z"
+    assert _breach(task) == call_time + RULES.services["bnssg"].call_handler_timeframe
+    assert task["priority"] == "urgent"
+    assert task["status"] == "ready" and task["intent"] == "order"
+    assert "businessStatus" not in task  # blank classification
+    assert response.headers["location"] == f"/fhir/Task/{task['id']}"
+    assert "CAS-03" in " ".join(i.get("valueString", "") for i in task["input"])
+
+
+def test_third_party_call_routes_to_bsw_with_six_hour_default_CAS_03(client) -> None:
+    task = task_of(_post(client, "third-party-bsw.case.json").json())
+    assert task["owner"]["display"] == "IAP MHCAS BSW"
+    assert task["restriction"]["period"]["end"] == "2026-11-23T17:40:00Z"
+
+
+def test_positive_red_flag_answer_sets_urgent_cn_review_and_keeps_six_hours_CAS_04(client) -> None:
+    response = _post(client, "option2-red-flag.case.json")
+    task = task_of(response.json())
+    assert task["businessStatus"]["coding"][0] == {
+        "system": "https://fhir.iap-gateway.org/CodeSystem/cas-classification",
+        "code": "urgent-cn-review",
+        "display": "Urgent CN Review",
+    }
+    assert task["restriction"]["period"]["end"] == "2026-11-23T16:05:00Z"  # still 6-hour
+    qr = client.get(f"/fhir/QuestionnaireResponse/{_supporting(client, task, 'QuestionnaireResponse')}").json()
+    assert [item["answer"][0]["valueBoolean"] for item in qr["item"]] == [True, False, False]
+
+
+def test_option1_case_takes_its_dx_timeframe_CAS_05(client) -> None:
+    task = task_of(_post(client, "option1-dx12.case.json").json())
+    dx12 = RULES.services["bnssg"].dispositions["Dx12"]
+    assert dx12.within == timedelta(hours=2)
+    assert task["restriction"]["period"]["end"] == "2026-11-23T14:30:00Z"
+    assert task["priority"] == "asap"
+    assert {"system": "https://fhir.nhs.uk/CodeSystem/pathways-dx-codes", "code": "Dx12"} in [
+        i.get("valueCoding") for i in task["input"]
+    ]
+
+
+def test_online_case_in_summer_time_is_written_with_the_bst_offset_CAS_05(client) -> None:
+    task = task_of(_post(client, "online-dx92-summer.case.json").json())
+    # Dx92: within 4 hours; 22:10 BST + 4h = 02:10 BST next day
+    assert task["restriction"]["period"] == {"start": "2026-07-15T22:10:00+01:00", "end": "2026-07-16T02:10:00+01:00"}
+    assert task["businessStatus"]["coding"][0]["code"] == "urgent-cn-review"
+
+
+def test_working_day_disposition_skips_christmas_bank_holidays_CAS_05(client) -> None:
+    task = task_of(_post(client, "option1-dx75-christmas.case.json").json())
+    # 24 Dec 2026 (Thu) + 3 working days: 25 Dec and 28 Dec (Boxing Day substitute) are bank holidays
+    assert task["restriction"]["period"]["end"] == "2026-12-31T16:00:00Z"
+    assert task["priority"] == "routine"
+
+
+def test_resent_case_gets_its_original_reply_and_creates_nothing(client, stored) -> None:
+    first = _post(client, "option2-standard.case.json")
+    before = stored()
+    second = _post(client, "option2-standard.case.json")
+    assert second.status_code == first.status_code == 201
+    assert second.json() == first.json()
+    assert task_of(second.json())["id"] == task_of(first.json())["id"]
+    assert second.headers.get("x-duplicate-of")
+    assert stored() == before
+    assert before["Task"] == 1 and before["InboundMessage"] == 1
+
+
+def test_same_patient_in_two_cases_is_one_patient(client, stored) -> None:
+    import json
+
+    case = fixture_json("option2-standard.case.json")
+    case["case_id"] = "NHS111-BNSSG-20261123-0099"
+    _post(client, "option2-standard.case.json")
+    response = client.post("/ingest/nhs111", content=json.dumps(case))
+    assert response.status_code == 201
+    counts = stored()
+    assert counts["Task"] == 2 and counts["Patient"] == 1
+
+
+@pytest.mark.parametrize("name", ["option2-standard.case.json", "option1-dx12.case.json"])
+def test_reply_is_sent_only_for_what_was_committed(client, name) -> None:
+    reply = _post(client, name).json()
+    for entry in reply["entry"]:
+        resource = entry["resource"]
+        read = client.get(f"/fhir/{resource['resourceType']}/{resource['id']}")
+        assert read.status_code == 200
+        assert read.json() == resource
+
+
+def _supporting(client, task, rtype):  # type: ignore[no-untyped-def]
+    service_request = client.get(f"/fhir/{task['focus']['reference']}").json()
+    refs = [s["reference"] for s in service_request["supportingInfo"]]
+    return next(r.split("/")[1] for r in refs if r.startswith(rtype))
