@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Iterator
+from typing import Any
 
 from adapters.jsonparse import parse_json_object
 from adapters.problems import GatewayInputError, Kind, Problem, ProblemList
@@ -103,9 +104,7 @@ class _Message:
             kind(Kind.INVALID, element, f"reference {target!r} resolves to no entry in the Bundle")
             return None
         if found.resource["resourceType"] != expected:
-            self.problems.error(
-                Kind.INVALID, element, f"reference points at a {found.resource['resourceType']}, expected a {expected}"
-            )
+            self.problems.error(Kind.INVALID, element, f"reference points at a {found.resource['resourceType']}, expected a {expected}")
             return None
         return found
 
@@ -140,11 +139,11 @@ class _Message:
 def parse_bars_message(raw: bytes, request_id: str | None, correlation_id: str | None) -> Referral:
     """Parse a BaRS `servicerequest-request` message. Raises GatewayInputError listing every problem."""
     problems = ProblemList()
-    for header, value in (("X-Request-Id", request_id), ("X-Correlation-Id", correlation_id)):
+    for name, value in (("X-Request-Id", request_id), ("X-Correlation-Id", correlation_id)):
         if not value:
-            problems.error(Kind.INVALID, f"header:{header}", f"the {header} header is required (BaRS transaction integrity)")
+            problems.error(Kind.INVALID, f"header:{name}", f"the {name} header is required (BaRS transaction integrity)")
         elif not _GUID_RE.match(value):
-            problems.error(Kind.INVALID, f"header:{header}", f"the {header} header must be a GUID")
+            problems.error(Kind.INVALID, f"header:{name}", f"the {name} header must be a GUID")
     problems.raise_if_errors("parse")
 
     bundle = parse_json_object(raw, "Bundle")
@@ -153,7 +152,9 @@ def parse_bars_message(raw: bytes, request_id: str | None, correlation_id: str |
             Problem(Kind.STRUCTURE, "resourceType", f"expected a Bundle of type message, got {str(bundle.get('resourceType'))[:40]!r}")
         )
     if bundle.get("type") != "message":
-        problems.error(Kind.INVALID, "Bundle.type", f"$process-message takes a Bundle of type 'message', got {str(bundle.get('type'))[:20]!r}")
+        problems.error(
+            Kind.INVALID, "Bundle.type", f"$process-message takes a Bundle of type 'message', got {str(bundle.get('type'))[:20]!r}"
+        )
     bundle_id = bundle.get("id")
     if not isinstance(bundle_id, str) or not bundle_id:
         problems.error(Kind.REQUIRED, "Bundle.id", "the sender's Bundle.id is required (kept across updates of this referral)")
@@ -162,7 +163,9 @@ def parse_bars_message(raw: bytes, request_id: str | None, correlation_id: str |
 
     header = msg.entries[0]
     if header.resource["resourceType"] != "MessageHeader":
-        raise GatewayInputError(Problem(Kind.INVARIANT, "Bundle.entry[0].resource", "the first entry of a message Bundle must be its MessageHeader (bdl-12)"))
+        raise GatewayInputError(
+            Problem(Kind.INVARIANT, "Bundle.entry[0].resource", "the first entry of a message Bundle must be its MessageHeader (bdl-12)")
+        )
     hdr = header.resource
     event = hdr.get("eventCoding") or {}
     if (event.get("system"), event.get("code")) not in {(s, "servicerequest-request") for s in EVENT_SYSTEMS}:
@@ -184,7 +187,11 @@ def parse_bars_message(raw: bytes, request_id: str | None, correlation_id: str |
 
     sr = sr_entry.resource
     if sr.get("status") != "active":
-        problems.error(Kind.NOT_SUPPORTED, f"{sr_entry.path}.status", f"ServiceRequest.status {sr.get('status')!r}: only new active referrals are supported")
+        problems.error(
+            Kind.NOT_SUPPORTED,
+            f"{sr_entry.path}.status",
+            f"ServiceRequest.status {sr.get('status')!r}: only new active referrals are supported",
+        )
     patient_entry = msg.resolve(sr.get("subject"), f"{sr_entry.path}.subject", "Patient", required=True)
     encounter_entry = msg.resolve(sr.get("encounter"), f"{sr_entry.path}.encounter", "Encounter", required=False)
     based_on = sr.get("basedOn") if isinstance(sr.get("basedOn"), list) else []
@@ -196,7 +203,12 @@ def parse_bars_message(raw: bytes, request_id: str | None, correlation_id: str |
     pathways = _pathways(careplan_entry, sr_entry, problems)
     deadline = _datetime_at(sr, "occurrencePeriod.end", sr_entry.path, problems)
     call_time = None
-    for entry, path in ((careplan_entry, "period.start"), (encounter_entry, "period.start"), (sr_entry, "authoredOn"), (sr_entry, "occurrencePeriod.start")):
+    for entry, path in (
+        (careplan_entry, "period.start"),
+        (encounter_entry, "period.start"),
+        (sr_entry, "authoredOn"),
+        (sr_entry, "occurrencePeriod.start"),
+    ):
         if entry is not None:
             found = _datetime_at(entry.resource, path, entry.path, problems)
             call_time = call_time or found
@@ -215,10 +227,10 @@ def parse_bars_message(raw: bytes, request_id: str | None, correlation_id: str |
         )
     if patient is None or call_time is None:
         problems.raise_if_errors("parse")
-    assert patient is not None and call_time is not None and isinstance(bundle_id, str)
+    assert patient is not None and patient_entry is not None and call_time is not None and isinstance(bundle_id, str)
 
     header_id = hdr.get("id") or (header.full_url[9:] if header.full_url and header.full_url.startswith("urn:uuid:") else None)
-    source = hdr.get("source") if isinstance(hdr.get("source"), dict) else {}
+    source: dict[str, Any] = hdr["source"] if isinstance(hdr.get("source"), dict) else {}
     used = {e.index for e in (header, sr_entry, patient_entry, encounter_entry, careplan_entry) if e is not None}
     used |= {e.index for e in msg.of_type("Flag")}
     unused = tuple(
@@ -269,7 +281,7 @@ def _destination(hdr: dict[str, Any], path: str, problems: ProblemList) -> str |
 
 def _patient(entry: _Entry, msg: _Message, problems: ProblemList) -> Demographics | None:
     res = entry.resource
-    identifiers = res.get("identifier") if isinstance(res.get("identifier"), list) else []
+    identifiers = _as_list(res.get("identifier"))
     index = next((i for i, ident in enumerate(identifiers) if isinstance(ident, dict) and ident.get("system") == NHS_NUMBER_SYSTEM), None)
     if index is None:
         problems.error(Kind.REQUIRED, f"{entry.path}.identifier", f"the patient's NHS number ({NHS_NUMBER_SYSTEM}) is required")
@@ -278,7 +290,7 @@ def _patient(entry: _Entry, msg: _Message, problems: ProblemList) -> Demographic
     nhs, reason = check_nhs_number(raw_nhs)
     if reason:
         problems.error(Kind.VALUE, f"{entry.path}.identifier[{index}].value", reason)
-    names = res.get("name") if isinstance(res.get("name"), list) else []
+    names = _as_list(res.get("name"))
     name = next((n for n in names if isinstance(n, dict) and n.get("use") == "official"), names[0] if names else {})
     birth_date = None
     if isinstance(res.get("birthDate"), str):
@@ -286,9 +298,9 @@ def _patient(entry: _Entry, msg: _Message, problems: ProblemList) -> Demographic
             birth_date = parse_source_date(res["birthDate"])
         except ValueError as exc:
             problems.error(Kind.VALUE, f"{entry.path}.birthDate", str(exc))
-    addresses = res.get("address") if isinstance(res.get("address"), list) else []
+    addresses = _as_list(res.get("address"))
     address = addresses[0] if addresses and isinstance(addresses[0], dict) else {}
-    telecoms = res.get("telecom") if isinstance(res.get("telecom"), list) else []
+    telecoms = _as_list(res.get("telecom"))
     phone = next((t.get("value") for t in telecoms if isinstance(t, dict) and t.get("system") == "phone"), None)
     gender = res.get("gender") if res.get("gender") in ("male", "female", "other", "unknown") else None
     return Demographics(
@@ -313,7 +325,9 @@ def _gp_ods(entry: _Entry, msg: _Message) -> str | None:
         ident = ref.get("identifier")
         if isinstance(ident, dict) and ident.get("system") == ODS_SYSTEM and ident.get("value"):
             return str(ident["value"])
-        org = msg.resolve(ref, f"{entry.path}.generalPractitioner[{index}]", "Organization", required=False) if ref.get("reference") else None
+        org = (
+            msg.resolve(ref, f"{entry.path}.generalPractitioner[{index}]", "Organization", required=False) if ref.get("reference") else None
+        )
         for org_ident in (org.resource.get("identifier") or []) if org else []:
             if isinstance(org_ident, dict) and org_ident.get("system") == ODS_SYSTEM and org_ident.get("value"):
                 return str(org_ident["value"])
@@ -415,6 +429,10 @@ def _references(node: Any, path: str) -> Iterator[tuple[str, str]]:
     elif isinstance(node, list):
         for index, item in enumerate(node):
             yield from _references(item, f"{path}[{index}]")
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
 
 
 def _is_uuid(value: str) -> bool:

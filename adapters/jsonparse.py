@@ -15,9 +15,7 @@ def parse_json_object(raw: bytes, what: str) -> dict[str, Any]:
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise GatewayInputError(
-            Problem(Kind.STRUCTURE, what, f"body is not UTF-8 (byte {exc.start})")
-        ) from None
+        raise GatewayInputError(Problem(Kind.STRUCTURE, what, f"body is not UTF-8 (byte {exc.start})")) from None
     try:
         value = json.loads(text, parse_constant=_reject_constant)
     except json.JSONDecodeError as exc:
@@ -31,9 +29,7 @@ def parse_json_object(raw: bytes, what: str) -> dict[str, Any]:
     except ValueError as exc:
         raise GatewayInputError(Problem(Kind.STRUCTURE, what, f"body is not valid JSON: {exc}")) from None
     if not isinstance(value, dict):
-        raise GatewayInputError(
-            Problem(Kind.STRUCTURE, what, f"expected a JSON object, got {type(value).__name__}")
-        )
+        raise GatewayInputError(Problem(Kind.STRUCTURE, what, f"expected a JSON object, got {type(value).__name__}"))
     return value
 
 

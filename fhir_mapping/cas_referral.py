@@ -25,6 +25,7 @@ from fhir_mapping.fhir import (
     Resource,
     ServiceRequest,
     Task,
+    build,
     to_json_dict,
 )
 from fhir_mapping.ids import resource_id
@@ -74,7 +75,8 @@ def map_cas_referral(referral: Referral, plan: TaskPlan, received_at: datetime) 
     encounter_ref = {"reference": f"Encounter/{ids['Encounter']}"}
     call_time = to_fhir_instant(referral.call_time)
 
-    encounter = Encounter(
+    encounter = build(
+        Encounter,
         id=ids["Encounter"],
         meta={"profile": [f"{codes.UKCORE}Encounter"]},
         identifier=[{"system": referral.source_system, "value": referral.source_id}],
@@ -86,12 +88,11 @@ def map_cas_referral(referral: Referral, plan: TaskPlan, received_at: datetime) 
     )
     qr = _red_flag_answers(referral, ids["QuestionnaireResponse"], patient_ref, encounter_ref, call_time)
     flags = [_flag(referral, index, patient_ref, encounter_ref) for index in range(len(referral.risk_flags))]
-    supporting = ([{"reference": f"QuestionnaireResponse/{qr.id}"}] if qr else []) + [
-        {"reference": f"Flag/{f.id}"} for f in flags
-    ]
+    supporting = ([{"reference": f"QuestionnaireResponse/{qr.id}"}] if qr else []) + [{"reference": f"Flag/{f.id}"} for f in flags]
     owner = {"identifier": {"system": codes.ODS_ORG, "value": plan.provider_ods}, "display": plan.service_name}
 
-    service_request = ServiceRequest(
+    service_request = build(
+        ServiceRequest,
         id=ids["ServiceRequest"],
         meta={"profile": [f"{codes.UKCORE}ServiceRequest"]},
         identifier=[{"system": referral.source_system, "value": referral.source_id}],
@@ -109,9 +110,9 @@ def map_cas_referral(referral: Referral, plan: TaskPlan, received_at: datetime) 
         performer=[owner],
         reasonCode=_pathways_codes(referral) or None,
         supportingInfo=supporting or None,
-        note=[{"text": referral.free_text}] if referral.free_text else (
-            [{"text": referral.pathways.summary}] if referral.pathways and referral.pathways.summary else None
-        ),
+        note=[{"text": referral.free_text}]
+        if referral.free_text
+        else ([{"text": referral.pathways.summary}] if referral.pathways and referral.pathways.summary else None),
     )
     task = _task(referral, plan, ids["Task"], ids["ServiceRequest"], patient_ref, encounter_ref, owner, received_at)
     return CasReferralResources(patient, service_request, encounter, task, qr, flags)
@@ -133,7 +134,8 @@ def _patient(referral: Referral) -> Patient:
         address["city"] = demo.city
     if demo.postcode:
         address["postalCode"] = demo.postcode
-    return Patient(
+    return build(
+        Patient,
         id=resource_id("Patient", codes.NHS_NUMBER, demo.nhs_number),
         meta={"profile": [f"{codes.UKCORE}Patient"]},
         identifier=[{"system": codes.NHS_NUMBER, "value": demo.nhs_number}],
@@ -170,7 +172,8 @@ def _red_flag_answers(
 ) -> QuestionnaireResponse | None:
     if not referral.red_flags:
         return None
-    return QuestionnaireResponse(
+    return build(
+        QuestionnaireResponse,
         id=qr_id,
         meta={"profile": [f"{codes.UKCORE}QuestionnaireResponse"]},
         questionnaire=codes.RED_FLAG_QUESTIONNAIRE,
@@ -179,8 +182,7 @@ def _red_flag_answers(
         encounter=encounter_ref,
         authored=call_time,
         item=[
-            {"linkId": flag.question_id, "text": flag.question, "answer": [{"valueBoolean": flag.answer}]}
-            for flag in referral.red_flags
+            {"linkId": flag.question_id, "text": flag.question, "answer": [{"valueBoolean": flag.answer}]} for flag in referral.red_flags
         ],
     )
 
@@ -195,7 +197,8 @@ def _flag(referral: Referral, index: int, patient_ref: dict[str, str], encounter
     code: dict[str, Any] = {"text": sent.display or "Risk flag sent with the referral"}
     if sent.code_system and sent.code:
         code["coding"] = [{"system": sent.code_system, "code": sent.code, **({"display": sent.display} if sent.display else {})}]
-    return Flag(
+    return build(
+        Flag,
         id=resource_id("Flag", referral.source_system, f"{referral.source_id}#{index}"),
         meta={"profile": [f"{codes.UKCORE}Flag"]},
         status="active",
@@ -218,21 +221,36 @@ def _task(
 ) -> Task:
     minutes = int(plan.timeframe.total_seconds() // 60)
     inputs: list[dict[str, Any]] = [
-        _input("callback-timeframe", "Callback timeframe", valueDuration={"value": minutes, "unit": "min", "system": codes.UCUM, "code": "min"}),
+        _input(
+            "callback-timeframe", "Callback timeframe", valueDuration={"value": minutes, "unit": "min", "system": codes.UCUM, "code": "min"}
+        ),
         _input("rule-set", "Rule set that decided this case", valueString=plan.rule_set),
         _input("rules-applied", "Rule ids applied", valueString=" ".join(plan.rule_ids)),
         *[_input("rule-reason", "Why", valueString=reason) for reason in plan.reasons],
     ]
     if referral.pathways and referral.pathways.dx:
-        inputs.append(_input("pathways-disposition", "NHS Pathways disposition", valueCoding={"system": codes.PATHWAYS_DX, "code": referral.pathways.dx}))
+        inputs.append(
+            _input(
+                "pathways-disposition", "NHS Pathways disposition", valueCoding={"system": codes.PATHWAYS_DX, "code": referral.pathways.dx}
+            )
+        )
     inputs.append(_input("source-channel", "How the case arrived", valueString=referral.channel.value))
     business_status = (
-        {"coding": [{"system": codes.CAS_CLASSIFICATION, "code": plan.classification, "display": codes.CLASSIFICATION_DISPLAY[plan.classification]}]}
+        {
+            "coding": [
+                {
+                    "system": codes.CAS_CLASSIFICATION,
+                    "code": plan.classification,
+                    "display": codes.CLASSIFICATION_DISPLAY[plan.classification],
+                }
+            ]
+        }
         if plan.classification
         else None
     )
     received = to_fhir_instant(received_at)
-    return Task(
+    return build(
+        Task,
         id=task_id,
         meta={"profile": [f"{codes.UKCORE}Task"]},
         identifier=[{"system": referral.source_system, "value": referral.source_id}],

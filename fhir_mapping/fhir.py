@@ -7,7 +7,7 @@ a move to another model package is one edit.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from fhir.resources.R4B.bundle import Bundle, BundleEntry, BundleEntryResponse, BundleLink
 from fhir.resources.R4B.capabilitystatement import CapabilityStatement
@@ -43,9 +43,21 @@ __all__ = [
     "ServiceRequest",
     "Task",
     "to_json_dict",
+    "build",
 ]
+
+R = TypeVar("R", bound="Resource")
 
 
 def to_json_dict(resource: Resource) -> dict[str, Any]:
     """The resource as FHIR JSON (a plain dict, empty elements left out)."""
     return resource.model_dump(mode="json", exclude_none=True, by_alias=True)
+
+
+def build(model: type[R], **fields: Any) -> R:
+    """Construct a FHIR model from plain FHIR-JSON-shaped values (dicts for datatypes, ISO strings for times).
+
+    The models coerce and validate these at run time; going through `model_validate` keeps the
+    call sites readable and honest to type checkers.
+    """
+    return model.model_validate({k: v for k, v in fields.items() if v is not None})

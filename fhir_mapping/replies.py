@@ -11,7 +11,7 @@ from typing import Any
 from adapters.problems import Problem
 from fhir_mapping import codes
 from fhir_mapping.bundles import bundle_of, entry_full_url
-from fhir_mapping.fhir import Bundle, MessageHeader, OperationOutcome, to_json_dict
+from fhir_mapping.fhir import Bundle, MessageHeader, OperationOutcome, build, to_json_dict
 from fhir_mapping.ids import resource_id
 
 __all__ = ["operation_outcome", "bars_response_message", "batch_response", "HTTP_ERROR_CODES", "server_error_outcome"]
@@ -35,7 +35,8 @@ def operation_outcome(problems: list[Problem], outcome_id: str | None = None) ->
         issues.append(issue)
     if not issues:
         issues = [{"severity": "information", "code": "informational", "diagnostics": "no problems"}]
-    outcome = OperationOutcome(
+    outcome = build(
+        OperationOutcome,
         id=outcome_id,
         meta={"profile": [f"{codes.UKCORE}OperationOutcome"]},
         issue=issues,
@@ -80,7 +81,8 @@ def bars_response_message(
     response: dict[str, Any] = {"identifier": original_bundle_id, "code": "ok"}
     if outcome:
         response["details"] = {"reference": f"OperationOutcome/{outcome['id']}"}
-    header = MessageHeader(
+    header = build(
+        MessageHeader,
         id=header_id,
         eventCoding={"system": BARS_EVENTS, "code": "servicerequest-response"},
         destination=[{"endpoint": reply_to}] if reply_to else None,
@@ -109,5 +111,3 @@ def batch_response(stored: list[dict[str, Any]], created: set[str], warnings: li
     bundle = {"resourceType": "Bundle", "id": bundle_id, "type": "batch-response", "entry": entries}
     Bundle.model_validate(bundle)
     return bundle
-
-

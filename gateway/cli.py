@@ -6,7 +6,7 @@ import json
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -16,7 +16,16 @@ from fhir_mapping.replies import operation_outcome
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="IAP gateway: NHS 111 referrals -> FHIR R4 CAS queue.")
 
-FIXTURES_DIR = Path(__file__).resolve().parent.parent / "fixtures"
+
+def _fixtures_dir() -> Path:
+    """IAP_FIXTURES_DIR, else the repo's fixtures/ (editable install), else ./fixtures (container image)."""
+    import os
+
+    configured = os.environ.get("IAP_FIXTURES_DIR")
+    if configured:
+        return Path(configured)
+    beside_code = Path(__file__).resolve().parent.parent / "fixtures"
+    return beside_code if beside_code.is_dir() else Path.cwd() / "fixtures"
 
 
 @app.command()
@@ -40,7 +49,7 @@ def serve(
 @app.command("map")
 def map_file(
     file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True, help="A 111 case JSON or BaRS message Bundle.")],
-    received_at: Annotated[Optional[str], typer.Option(help="Receipt time to use (ISO 8601 with offset); default now.")] = None,
+    received_at: Annotated[str | None, typer.Option(help="Receipt time to use (ISO 8601 with offset); default now.")] = None,
 ) -> None:
     """Print the FHIR Bundle a given input becomes (no server, no database)."""
     from gateway.clock import SystemClock
@@ -84,7 +93,10 @@ def _load_demo(application: object) -> None:
 
     intake: Intake = application.state.intake  # type: ignore[attr-defined]
     loaded = 0
-    for path in sorted((FIXTURES_DIR / "nhs111").glob("*.json")):
+    folder = _fixtures_dir() / "nhs111"
+    if not folder.is_dir():
+        raise typer.BadParameter(f"no demo fixtures at {folder} (set IAP_FIXTURES_DIR)")
+    for path in sorted(folder.glob("*.json")):
         if path.name.endswith(".expected.json"):
             continue
         raw = path.read_bytes()
@@ -98,7 +110,7 @@ def _load_demo(application: object) -> None:
             typer.echo(f"demo: {path.name}: refused: {exc}", err=True)
             continue
         loaded += 0 if reply.duplicate else 1
-    typer.echo(f"demo: {loaded} new case(s) loaded from {FIXTURES_DIR / 'nhs111'}", err=True)
+    typer.echo(f"demo: {loaded} new case(s) loaded from {folder}", err=True)
 
 
 if __name__ == "__main__":

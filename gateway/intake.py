@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any
 
 import structlog
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -27,7 +28,7 @@ from adapters.referral import Referral
 from fhir_mapping.cas_referral import TaskPlan, map_cas_referral
 from fhir_mapping.datetimes import to_fhir_instant
 from fhir_mapping.ids import resource_id
-from fhir_mapping.replies import batch_response, bars_response_message, operation_outcome
+from fhir_mapping.replies import bars_response_message, batch_response, operation_outcome
 from gateway.clock import Clock
 from gateway.rules.cas_intake import QueueDecision, decide_intake
 from gateway.rules.schema import RuleRegistry
@@ -94,7 +95,9 @@ class Intake:
 
     def _nhs111_reply(self, referral: Referral, stored: list[dict[str, Any]], created: set[str], now: datetime) -> Reply:
         task = stored[0]
-        body = batch_response(stored, created, [p for p in referral.problems if not p.is_error], resource_id("Bundle", "nhs111-reply", referral.message_id))
+        body = batch_response(
+            stored, created, [p for p in referral.problems if not p.is_error], resource_id("Bundle", "nhs111-reply", referral.message_id)
+        )
         return Reply(201, body, {"Location": f"/fhir/Task/{task['id']}"})
 
     # -- BaRS $process-message ---------------------------------------------------------------
@@ -219,4 +222,6 @@ def map_offline(raw: bytes, registry: RuleRegistry, received_at: datetime, kind:
         referral = parse_nhs111_case(raw)
     decision = decide(referral, registry)
     resources = map_cas_referral(referral, plan_for(decision), received_at).as_json()
-    return bundle_of(resources, "collection", resource_id("Bundle", referral.source_system, referral.source_id), to_fhir_instant(received_at))
+    return bundle_of(
+        resources, "collection", resource_id("Bundle", referral.source_system, referral.source_id), to_fhir_instant(received_at)
+    )

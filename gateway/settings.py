@@ -25,7 +25,11 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
 
     @model_validator(mode="after")
-    def _no_unsafe_defaults(self) -> "Settings":
-        if self.environment == "production" and "DATABASE_URL" not in self.model_fields_set and self.database_url.startswith("sqlite:///./"):
+    def _no_unsafe_defaults(self) -> Settings:
+        if (
+            self.environment == "production"
+            and "DATABASE_URL" not in self.model_fields_set
+            and self.database_url.startswith("sqlite:///./")
+        ):
             raise ValueError("IAP_ENVIRONMENT=production needs an explicit DATABASE_URL (refusing the local SQLite default)")
         return self

@@ -56,14 +56,26 @@ FLAT_CASES = [
     pytest.param(_case(patient__nhs_number=_DELETE), "patient.nhs_number", "Field required", 400, id="missing-nhs-number"),
     pytest.param(_case(patient__nhs_number="9990000019"), "patient.nhs_number", "modulus 11", 400, id="invalid-nhs-number"),
     pytest.param(_case(patient__nhs_number="99900000"), "patient.nhs_number", "10 digits", 400, id="short-nhs-number"),
-    pytest.param(_case(channel="111-option-1"), "pathways.dx", "must carry its disposition (Dx) code (CAS-05)", 400, id="option1-without-dx"),
-    pytest.param(_case(channel="111-option-1", pathways={"dx": "Dx0122"}), "pathways.dx", "Dx0122 has no callback timeframe", 422, id="unknown-dx"),
-    pytest.param(_case(channel="111-online", pathways={"dx": "Pathways-12"}), "pathways.dx", "not an NHS Pathways Dx code", 400, id="not-a-dx-code"),
+    pytest.param(
+        _case(channel="111-option-1"), "pathways.dx", "must carry its disposition (Dx) code (CAS-05)", 400, id="option1-without-dx"
+    ),
+    pytest.param(
+        _case(channel="111-option-1", pathways={"dx": "Dx0122"}), "pathways.dx", "Dx0122 has no callback timeframe", 422, id="unknown-dx"
+    ),
+    pytest.param(
+        _case(channel="111-online", pathways={"dx": "Pathways-12"}), "pathways.dx", "not an NHS Pathways Dx code", 400, id="not-a-dx-code"
+    ),
     pytest.param(_case(call_time="2026-11-23T09:15:00"), "call_time", "no timezone offset", 400, id="date-without-timezone"),
     pytest.param(_case(call_time="2026-02-31T09:15:00Z"), "call_time", "not a real date-time", 400, id="impossible-date"),
     pytest.param(_case(destination_dos_id="999999"), "destination_dos_id", "'999999' is not a service", 422, id="unknown-destination"),
     pytest.param(_case(channel="111-option-3"), "channel", "must be one of", 400, id="unknown-channel"),
-    pytest.param(_case(red_flags=[{"id": "rf-1", "question": "q?", "answer": "maybe"}]), "red_flags[0].answer", "boolean", 400, id="red-flag-answer-not-boolean"),
+    pytest.param(
+        _case(red_flags=[{"id": "rf-1", "question": "q?", "answer": "maybe"}]),
+        "red_flags[0].answer",
+        "boolean",
+        400,
+        id="red-flag-answer-not-boolean",
+    ),
 ]
 
 
@@ -114,9 +126,17 @@ BARS_CASES = [
     pytest.param(_no_nhs_number, "Bundle.entry[5].resource.identifier", "NHS number", 400, id="missing-nhs-number"),
     pytest.param(_bad_nhs_number, "Bundle.entry[5].resource.identifier[0].value", "modulus 11", 400, id="invalid-nhs-number"),
     pytest.param(_no_dx, f"{CARE_PLAN}.activity.outcomeCodeableConcept", "no NHS Pathways disposition", 400, id="missing-dx"),
-    pytest.param(_unknown_dx, f"{CARE_PLAN}.activity[0].outcomeCodeableConcept[2].coding[0].code", "Dx999 has no callback timeframe", 422, id="unknown-dx"),
+    pytest.param(
+        _unknown_dx,
+        f"{CARE_PLAN}.activity[0].outcomeCodeableConcept[2].coding[0].code",
+        "Dx999 has no callback timeframe",
+        422,
+        id="unknown-dx",
+    ),
     pytest.param(_naive_date, f"{CARE_PLAN}.period.start", "no timezone offset", 400, id="date-without-timezone"),
-    pytest.param(_unknown_destination, "Bundle.entry[0].resource.destination[0].endpoint", "'123' is not a service", 422, id="unknown-destination"),
+    pytest.param(
+        _unknown_destination, "Bundle.entry[0].resource.destination[0].endpoint", "'123' is not a service", 422, id="unknown-destination"
+    ),
 ]
 
 
@@ -155,7 +175,7 @@ def test_crash_mid_request_stores_nothing(client, stored, monkeypatch) -> None:
     monkeypatch.setattr(gateway.intake, "batch_response", explode)
     response = client.post("/ingest/nhs111", content=fixture_bytes(CASE))
     assert response.status_code == 500
-    (severity, _, text), = issues(response.json())
+    ((severity, _, text),) = issues(response.json())
     assert severity == "error" and "nothing was stored" in text
     assert response.json()["issue"][0]["details"]["coding"][0]["code"] == "REC_SERVER_ERROR"
     assert stored() == {"InboundMessage": 0}

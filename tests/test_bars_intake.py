@@ -134,7 +134,7 @@ def test_public_older_111_example_with_a_trailing_comma_says_where_the_json_brea
     response = _send(client, raw)
     assert response.status_code == 400
     assert _error_code(response.json()) == "REC_BAD_REQUEST"
-    (severity, element, text), = issues(response.json())
+    ((severity, element, text),) = issues(response.json())
     assert "line 710 column 21" in text and element == "Bundle"
     assert stored().get("Task", 0) == 0
 

@@ -46,8 +46,14 @@ def _collect(client) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     emitted["search-task"] = client.get("/fhir/Task", params={"_count": 3}).json()
     emitted["search-patient"] = client.get("/fhir/Patient", params={"identifier": f"{NHS_NUMBER}|9990000018"}).json()
     emitted["metadata"] = client.get("/fhir/metadata").json()
-    for example in ("servicerequest-request-validation.json", "999-to-cas-servicerequest-older.json", "111-to-ed-servicerequest-older.not-valid-json.txt"):
-        emitted[f"refusal-{example}"] = client.post("/fhir/$process-message", content=(BARS_EXAMPLES / example).read_bytes(), headers=bars_headers()).json()
+    for example in (
+        "servicerequest-request-validation.json",
+        "999-to-cas-servicerequest-older.json",
+        "111-to-ed-servicerequest-older.not-valid-json.txt",
+    ):
+        emitted[f"refusal-{example}"] = client.post(
+            "/fhir/$process-message", content=(BARS_EXAMPLES / example).read_bytes(), headers=bars_headers()
+        ).json()
     emitted["refusal-not-found"] = client.get("/fhir/Task/nope").json()
     return emitted
 

@@ -30,7 +30,10 @@ def test_queue_is_in_breach_order_with_breached_cases_first_CAS_02(client, clock
     clock.set(NOW + timedelta(hours=3))  # 15:00: only the Dx12 case (14:30) has breached
     body = client.get("/queue").json()
     order = [entry["task"] for entry in body["entries"]]
-    assert order == [f"Task/{ids[n]}" for n in ("option1-dx12.case.json", "option2-standard.case.json", "bars", "option2-red-flag.case.json", "third-party-bsw.case.json")]
+    assert order == [
+        f"Task/{ids[n]}"
+        for n in ("option1-dx12.case.json", "option2-standard.case.json", "bars", "option2-red-flag.case.json", "third-party-bsw.case.json")
+    ]
     first, second = body["entries"][0], body["entries"][1]
     assert first["breached"] is True and first["time_to_breach"] == "-PT30M" and first["time_to_breach_seconds"] == -1800
     assert second["breached"] is False and second["time_to_breach"] == "PT15M"

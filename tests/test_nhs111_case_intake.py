@@ -61,9 +61,7 @@ def test_option1_case_takes_its_dx_timeframe_CAS_05(client) -> None:
     assert dx12.within == timedelta(hours=2)
     assert task["restriction"]["period"]["end"] == "2026-11-23T14:30:00Z"
     assert task["priority"] == "asap"
-    assert {"system": "https://fhir.nhs.uk/CodeSystem/pathways-dx-codes", "code": "Dx12"} in [
-        i.get("valueCoding") for i in task["input"]
-    ]
+    assert {"system": "https://fhir.nhs.uk/CodeSystem/pathways-dx-codes", "code": "Dx12"} in [i.get("valueCoding") for i in task["input"]]
 
 
 def test_online_case_in_summer_time_is_written_with_the_bst_offset_CAS_05(client) -> None:

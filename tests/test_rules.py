@@ -52,7 +52,10 @@ def test_dx_table_holds_the_public_windows_CAS_05() -> None:
     assert "Dx0122" not in dispositions  # an ambulance disposition has no callback window
 
 
-@pytest.mark.parametrize(("sent", "normal"), [("DX02", "Dx02"), ("dx02", "Dx02"), ("Dx02", "Dx02"), ("Dx010", "Dx010"), (" DX335 ", "Dx335"), ("D02", None), ("Dx", None)])
+@pytest.mark.parametrize(
+    ("sent", "normal"),
+    [("DX02", "Dx02"), ("dx02", "Dx02"), ("Dx02", "Dx02"), ("Dx010", "Dx010"), (" DX335 ", "Dx335"), ("D02", None), ("Dx", None)],
+)
 def test_dx_codes_are_case_normalised_but_digits_kept_CAS_05(sent: str, normal: str | None) -> None:
     assert normalise_dx(sent) == normal
 
@@ -65,7 +68,7 @@ def test_dx_codes_are_case_normalised_but_digits_kept_CAS_05(sent: str, normal: 
         ("Dx12:  {within: PT2H,", "DX12:  {within: PT2H,", "written Dx"),
         ("  - {up_to: PT2H, priority: asap}", "  - {up_to: PT2H, priority: high}", "task_priority"),
         ("schema: cas-intake/1", "schema: cas-intake/2", "schema"),
-        ("version: \"2026.11.1\"", "version: \"2026.11.1\"\nunexpected: 1", "unexpected"),
+        ('version: "2026.11.1"', 'version: "2026.11.1"\nunexpected: 1', "unexpected"),
         ("  id: bnssg", "  id: bristol", "must match the file name"),
         ('    - "2000070001"', '    - "2000070002"', "claimed by both"),
     ],

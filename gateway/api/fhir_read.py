@@ -10,10 +10,10 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from adapters.problems import GatewayInputError, Kind, Problem
-from fhir_mapping.fhir import CapabilityStatement, to_json_dict
+from fhir_mapping.datetimes import to_fhir_instant
+from fhir_mapping.fhir import CapabilityStatement, build, to_json_dict
 from gateway.api.deps import ClockDep, SessionDep
 from gateway.api.responses import FhirResponse
-from fhir_mapping.datetimes import to_fhir_instant
 from gateway.store.repo import TaskQuery, find_by_identifier, get_resource, search_tasks, sortable_task_params
 
 __all__ = ["router", "READABLE_TYPES"]
@@ -44,7 +44,9 @@ def task_search(request: Request, session: SessionDep) -> Response:
             continue
         key = name.removeprefix("-")
         if key not in sortable_task_params():
-            raise GatewayInputError(Problem(Kind.NOT_SUPPORTED, "_sort", f"cannot sort Tasks by {key!r}; use one of {sortable_task_params()}"))
+            raise GatewayInputError(
+                Problem(Kind.NOT_SUPPORTED, "_sort", f"cannot sort Tasks by {key!r}; use one of {sortable_task_params()}")
+            )
         sort.append((key, name.startswith("-")))
     query = TaskQuery(
         status=_list(params.get("status")),
@@ -74,7 +76,9 @@ def patient_search(request: Request, session: SessionDep) -> Response:
 @router.get("/{resource_type}/{resource_id}", summary="Read a resource by id")
 def read(resource_type: str, resource_id: str, session: SessionDep) -> Response:
     if resource_type not in READABLE_TYPES:
-        raise GatewayInputError(Problem(Kind.NOT_SUPPORTED, "type", f"resource type {resource_type[:40]!r} is not served here; see /fhir/metadata"))
+        raise GatewayInputError(
+            Problem(Kind.NOT_SUPPORTED, "type", f"resource type {resource_type[:40]!r} is not served here; see /fhir/metadata")
+        )
     if not _ID_RE.match(resource_id):
         raise GatewayInputError(Problem(Kind.VALUE, "id", "not a valid FHIR id"))
     resource = get_resource(session, resource_type, resource_id)
@@ -87,7 +91,10 @@ def _refuse_unknown(names: Any, allowed: set[str], rtype: str) -> None:
     unknown = sorted(set(names) - allowed)
     if unknown:
         raise GatewayInputError(
-            [Problem(Kind.NOT_SUPPORTED, name, f"search parameter {name!r} is not supported for {rtype}; supported: {sorted(allowed)}") for name in unknown]
+            [
+                Problem(Kind.NOT_SUPPORTED, name, f"search parameter {name!r} is not supported for {rtype}; supported: {sorted(allowed)}")
+                for name in unknown
+            ]
         )
 
 
@@ -120,19 +127,15 @@ def _searchset(request: Request, resources: list[dict[str, Any]], total: int, co
         "type": "searchset",
         "total": total,
         "link": links,
-        "entry": [
-            {"fullUrl": f"{base}/fhir/{r['resourceType']}/{r['id']}", "resource": r, "search": {"mode": "match"}}
-            for r in resources
-        ],
+        "entry": [{"fullUrl": f"{base}/fhir/{r['resourceType']}/{r['id']}", "resource": r, "search": {"mode": "match"}} for r in resources],
     }
 
 
 def capability_statement(date: str) -> dict[str, Any]:
     """What this server supports, and nothing it does not."""
-    read_only = [
-        {"type": t, "interaction": [{"code": "read"}]} for t in ("ServiceRequest", "Encounter", "QuestionnaireResponse", "Flag")
-    ]
-    statement = CapabilityStatement(
+    read_only = [{"type": t, "interaction": [{"code": "read"}]} for t in ("ServiceRequest", "Encounter", "QuestionnaireResponse", "Flag")]
+    statement = build(
+        CapabilityStatement,
         status="active",
         date=date,
         kind="instance",

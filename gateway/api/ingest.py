@@ -53,9 +53,7 @@ async def ingest_nhs111(request: Request, intake: IntakeDep, settings: SettingsD
 )
 async def process_message(request: Request, intake: IntakeDep, settings: SettingsDep) -> Response:
     raw = await read_body(request, settings.max_body_bytes)
-    reply = await run_in_threadpool(
-        intake.receive_bars, raw, request.headers.get("x-request-id"), request.headers.get("x-correlation-id")
-    )
+    reply = await run_in_threadpool(intake.receive_bars, raw, request.headers.get("x-request-id"), request.headers.get("x-correlation-id"))
     return _respond(reply)
 
 

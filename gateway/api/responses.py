@@ -62,9 +62,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
-        problems = [
-            Problem(Kind.VALUE, ".".join(str(p) for p in err["loc"][1:]) or "request", err["msg"]) for err in exc.errors()
-        ]
+        problems = [Problem(Kind.VALUE, ".".join(str(p) for p in err["loc"][1:]) or "request", err["msg"]) for err in exc.errors()]
         return _outcome_response(400, problems)
 
     @app.exception_handler(Exception)

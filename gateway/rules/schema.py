@@ -45,7 +45,7 @@ class Disposition(_Strict):
         return parse_iso_duration(value) if isinstance(value, str) else value
 
     @model_validator(mode="after")
-    def _one_window(self) -> "Disposition":
+    def _one_window(self) -> Disposition:
         if (self.within is None) == (self.within_working_days is None):
             raise ValueError("give exactly one of 'within' (ISO duration) or 'within_working_days'")
         if self.within is not None and self.within <= timedelta(0):

@@ -33,9 +33,7 @@ def _dumps(resource: dict[str, Any]) -> str:
     return json.dumps(resource, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
 
 
-def put_resource(
-    session: Session, resource: dict[str, Any], now: datetime, service_id: str | None = None
-) -> tuple[dict[str, Any], str]:
+def put_resource(session: Session, resource: dict[str, Any], now: datetime, service_id: str | None = None) -> tuple[dict[str, Any], str]:
     """Create or update (`resource` has its stable id); returns (stored resource, "created"|"updated"|"unchanged").
 
     Same content as stored -> unchanged (same version); otherwise version + 1.
@@ -138,7 +136,7 @@ def search_tasks(session: Session, query: TaskQuery) -> tuple[list[dict[str, Any
     if query.patient:
         stmt = stmt.where(ResourceRow.subject_id == query.patient.removeprefix("Patient/"))
     total = session.execute(select(func.count()).select_from(stmt.subquery())).scalar_one()
-    order = []
+    order: list[Any] = []
     for name, descending in query.sort or []:
         column = _SORTABLE[name]
         order.append(column.desc() if descending else column.asc())
