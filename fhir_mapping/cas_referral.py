@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from adapters.referral import Referral
 from fhir_mapping import codes
@@ -75,10 +75,9 @@ def map_cas_referral(referral: Referral, plan: TaskPlan, received_at: datetime) 
     encounter_ref = {"reference": f"Encounter/{ids['Encounter']}"}
     call_time = to_fhir_instant(referral.call_time)
 
-    encounter = build(
+    encounter = _uk_core(
         Encounter,
         id=ids["Encounter"],
-        meta={"profile": [f"{codes.UKCORE}Encounter"]},
         identifier=[{"system": referral.source_system, "value": referral.source_id}],
         status="finished",
         class_fhir={"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "VR", "display": "virtual"},
@@ -91,10 +90,9 @@ def map_cas_referral(referral: Referral, plan: TaskPlan, received_at: datetime) 
     supporting = ([{"reference": f"QuestionnaireResponse/{qr.id}"}] if qr else []) + [{"reference": f"Flag/{f.id}"} for f in flags]
     owner = {"identifier": {"system": codes.ODS_ORG, "value": plan.provider_ods}, "display": plan.service_name}
 
-    service_request = build(
+    service_request = _uk_core(
         ServiceRequest,
         id=ids["ServiceRequest"],
-        meta={"profile": [f"{codes.UKCORE}ServiceRequest"]},
         identifier=[{"system": referral.source_system, "value": referral.source_id}],
         status="active",
         intent="order",
@@ -118,6 +116,14 @@ def map_cas_referral(referral: Referral, plan: TaskPlan, received_at: datetime) 
     return CasReferralResources(patient, service_request, encounter, task, qr, flags)
 
 
+M = TypeVar("M", bound=Resource)
+
+
+def _uk_core(model: type[M], **fields: Any) -> M:
+    """A resource claiming its UK Core profile (https://fhir.hl7.org.uk/StructureDefinition/UKCore-<Type>)."""
+    return build(model, meta={"profile": [f"{codes.UKCORE}{model.__name__}"]}, **fields)
+
+
 def _patient(referral: Referral) -> Patient:
     demo = referral.patient
     name: dict[str, Any] = {"use": "official"}
@@ -134,10 +140,9 @@ def _patient(referral: Referral) -> Patient:
         address["city"] = demo.city
     if demo.postcode:
         address["postalCode"] = demo.postcode
-    return build(
+    return _uk_core(
         Patient,
         id=resource_id("Patient", codes.NHS_NUMBER, demo.nhs_number),
-        meta={"profile": [f"{codes.UKCORE}Patient"]},
         identifier=[{"system": codes.NHS_NUMBER, "value": demo.nhs_number}],
         name=[name] if len(name) > 1 else None,
         gender=demo.gender,
@@ -172,10 +177,9 @@ def _red_flag_answers(
 ) -> QuestionnaireResponse | None:
     if not referral.red_flags:
         return None
-    return build(
+    return _uk_core(
         QuestionnaireResponse,
         id=qr_id,
-        meta={"profile": [f"{codes.UKCORE}QuestionnaireResponse"]},
         questionnaire=codes.RED_FLAG_QUESTIONNAIRE,
         status="completed",
         subject=patient_ref,
@@ -197,10 +201,9 @@ def _flag(referral: Referral, index: int, patient_ref: dict[str, str], encounter
     code: dict[str, Any] = {"text": sent.display or "Risk flag sent with the referral"}
     if sent.code_system and sent.code:
         code["coding"] = [{"system": sent.code_system, "code": sent.code, **({"display": sent.display} if sent.display else {})}]
-    return build(
+    return _uk_core(
         Flag,
         id=resource_id("Flag", referral.source_system, f"{referral.source_id}#{index}"),
-        meta={"profile": [f"{codes.UKCORE}Flag"]},
         status="active",
         category=category,
         code=code,
@@ -249,10 +252,9 @@ def _task(
         else None
     )
     received = to_fhir_instant(received_at)
-    return build(
+    return _uk_core(
         Task,
         id=task_id,
-        meta={"profile": [f"{codes.UKCORE}Task"]},
         identifier=[{"system": referral.source_system, "value": referral.source_id}],
         basedOn=[{"reference": f"ServiceRequest/{service_request_id}"}],
         status="ready",

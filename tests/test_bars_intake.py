@@ -20,6 +20,7 @@ def _error_code(outcome: dict) -> str:  # type: ignore[type-arg]
 
 
 def test_bars_referral_is_acknowledged_with_a_response_message_and_queued_CAS_05(client) -> None:
+    """CAS-05: bars referral is acknowledged with a response message and queued."""
     headers = bars_headers()
     response = _send(client, fixture_bytes("bars-dx335-immediate.bundle.json"), headers)
     assert response.status_code == 200, response.text
@@ -38,6 +39,7 @@ def test_bars_referral_is_acknowledged_with_a_response_message_and_queued_CAS_05
 
 
 def test_breach_time_is_never_later_than_the_senders_callback_deadline_CAS_05(client) -> None:
+    """CAS-05: breach time is never later than the senders callback deadline."""
     task = task_of(_send(client, fixture_bytes("bars-dx13-self-harm-flag.bundle.json")).json())
     # Dx13 says 6 hours (20:00) but occurrencePeriod.end says 16:00
     assert task["restriction"]["period"]["end"] == "2026-11-23T16:00:00Z"
@@ -45,6 +47,7 @@ def test_breach_time_is_never_later_than_the_senders_callback_deadline_CAS_05(cl
 
 
 def test_self_harm_safeguarding_flag_counts_as_a_red_flag_CAS_04(client) -> None:
+    """CAS-04: self harm safeguarding flag counts as a red flag."""
     reply = _send(client, fixture_bytes("bars-dx13-self-harm-flag.bundle.json")).json()
     task = task_of(reply)
     assert task["businessStatus"]["coding"][0]["code"] == "urgent-cn-review"

@@ -26,6 +26,7 @@ def _load(client) -> dict[str, str]:  # type: ignore[no-untyped-def]
 
 
 def test_queue_is_in_breach_order_with_breached_cases_first_CAS_02(client, clock) -> None:
+    """CAS-02: queue is in breach order with breached cases first."""
     ids = _load(client)
     clock.set(NOW + timedelta(hours=3))  # 15:00: only the Dx12 case (14:30) has breached
     body = client.get("/queue").json()
@@ -41,6 +42,7 @@ def test_queue_is_in_breach_order_with_breached_cases_first_CAS_02(client, clock
 
 
 def test_queue_can_be_read_per_service_CAS_01(client) -> None:
+    """CAS-01: queue can be read per service."""
     ids = _load(client)
     bsw = client.get("/queue", params={"service": "bsw"}).json()
     assert [e["task"] for e in bsw["entries"]] == [f"Task/{ids['third-party-bsw.case.json']}"]

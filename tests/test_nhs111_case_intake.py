@@ -22,6 +22,7 @@ def _breach(task):  # type: ignore[no-untyped-def]
 
 
 def test_option2_case_gets_the_six_hour_default_CAS_03(client) -> None:
+    """CAS-03: option2 case gets the six hour default."""
     response = _post(client, "option2-standard.case.json")
     assert response.status_code == 201, response.text
     task = task_of(response.json())
@@ -37,12 +38,14 @@ def test_option2_case_gets_the_six_hour_default_CAS_03(client) -> None:
 
 
 def test_third_party_call_routes_to_bsw_with_six_hour_default_CAS_03(client) -> None:
+    """CAS-03: third party call routes to bsw with six hour default."""
     task = task_of(_post(client, "third-party-bsw.case.json").json())
     assert task["owner"]["display"] == "IAP MHCAS BSW"
     assert task["restriction"]["period"]["end"] == "2026-11-23T17:40:00Z"
 
 
 def test_positive_red_flag_answer_sets_urgent_cn_review_and_keeps_six_hours_CAS_04(client) -> None:
+    """CAS-04: positive red flag answer sets urgent cn review and keeps six hours."""
     response = _post(client, "option2-red-flag.case.json")
     task = task_of(response.json())
     assert task["businessStatus"]["coding"][0] == {
@@ -56,6 +59,7 @@ def test_positive_red_flag_answer_sets_urgent_cn_review_and_keeps_six_hours_CAS_
 
 
 def test_option1_case_takes_its_dx_timeframe_CAS_05(client) -> None:
+    """CAS-05: option1 case takes its dx timeframe."""
     task = task_of(_post(client, "option1-dx12.case.json").json())
     dx12 = RULES.services["bnssg"].dispositions["Dx12"]
     assert dx12.within == timedelta(hours=2)
@@ -65,6 +69,7 @@ def test_option1_case_takes_its_dx_timeframe_CAS_05(client) -> None:
 
 
 def test_online_case_in_summer_time_is_written_with_the_bst_offset_CAS_05(client) -> None:
+    """CAS-05: online case in summer time is written with the bst offset."""
     task = task_of(_post(client, "online-dx92-summer.case.json").json())
     # Dx92: within 4 hours; 22:10 BST + 4h = 02:10 BST next day
     assert task["restriction"]["period"] == {"start": "2026-07-15T22:10:00+01:00", "end": "2026-07-16T02:10:00+01:00"}
@@ -72,6 +77,7 @@ def test_online_case_in_summer_time_is_written_with_the_bst_offset_CAS_05(client
 
 
 def test_working_day_disposition_skips_christmas_bank_holidays_CAS_05(client) -> None:
+    """CAS-05: working day disposition skips christmas bank holidays."""
     task = task_of(_post(client, "option1-dx75-christmas.case.json").json())
     # 24 Dec 2026 (Thu) + 3 working days: 25 Dec and 28 Dec (Boxing Day substitute) are bank holidays
     assert task["restriction"]["period"]["end"] == "2026-12-31T16:00:00Z"

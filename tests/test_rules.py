@@ -30,6 +30,7 @@ def _edit(path: Path, old: str, new: str) -> None:
 
 
 def test_shipped_rule_files_load_and_route_by_destination_CAS_01() -> None:
+    """CAS-01: shipped rule files load and route by destination."""
     registry = load_rules()
     assert set(registry.services) == {"bnssg", "bsw"}
     assert registry.for_destination("2000070001").service.id == "bnssg"
@@ -39,11 +40,13 @@ def test_shipped_rule_files_load_and_route_by_destination_CAS_01() -> None:
 
 
 def test_call_handler_default_is_six_hours_in_both_services_CAS_03() -> None:
+    """CAS-03: call handler default is six hours in both services."""
     registry = load_rules()
     assert {s.call_handler_timeframe for s in registry.services.values()} == {timedelta(hours=6)}
 
 
 def test_dx_table_holds_the_public_windows_CAS_05() -> None:
+    """CAS-05: dx table holds the public windows."""
     dispositions = load_rules().services["bnssg"].dispositions
     assert [dispositions[f"Dx{n}"].within for n in (11, 12, 13, 14, 15)] == [timedelta(hours=h) for h in (1, 2, 6, 12, 24)]
     assert dispositions["Dx92"].within == timedelta(hours=4)
@@ -57,6 +60,7 @@ def test_dx_table_holds_the_public_windows_CAS_05() -> None:
     [("DX02", "Dx02"), ("dx02", "Dx02"), ("Dx02", "Dx02"), ("Dx010", "Dx010"), (" DX335 ", "Dx335"), ("D02", None), ("Dx", None)],
 )
 def test_dx_codes_are_case_normalised_but_digits_kept_CAS_05(sent: str, normal: str | None) -> None:
+    """CAS-05: dx codes are case normalised but digits kept."""
     assert normalise_dx(sent) == normal
 
 
