@@ -97,8 +97,6 @@ def _load_demo(application: object) -> None:
     if not folder.is_dir():
         raise typer.BadParameter(f"no demo fixtures at {folder} (set IAP_FIXTURES_DIR)")
     for path in sorted(folder.glob("*.json")):
-        if path.name.endswith(".expected.json"):
-            continue
         raw = path.read_bytes()
         try:
             if detect_kind(raw) == CHANNEL_BARS:

@@ -25,10 +25,9 @@ def _validate(folder: Path) -> subprocess.CompletedProcess[str]:
 
 def _collect(client) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     emitted: dict[str, Any] = {}
+    for golden in sorted((FIXTURES / "expected").glob("*.json")):
+        emitted[f"map-{golden.name}"] = json.loads(golden.read_text())  # what `iap-gateway map` prints
     for source in sorted(FIXTURES.glob("*.json")):
-        if source.name.endswith(".expected.json"):
-            emitted[f"map-{source.name}"] = json.loads(source.read_text())  # what `iap-gateway map` prints
-            continue
         if source.name.endswith(".bundle.json"):
             headers = bars_headers()
             reply = client.post("/fhir/$process-message", content=source.read_bytes(), headers=headers)

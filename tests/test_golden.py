@@ -1,4 +1,4 @@
-"""Golden fixture pairs: fixtures/nhs111/<case>.{case,bundle}.json -> <case>.expected.json.
+"""Golden fixture pairs: fixtures/nhs111/<case>.{case,bundle}.json -> fixtures/nhs111/expected/<case>.expected.json.
 
 Regenerate after an intended mapping change with IAP_UPDATE_GOLDEN=1 and review the diff.
 """
@@ -17,19 +17,20 @@ from gateway.rules.schema import load_rules
 from tests.conftest import FIXTURES
 
 RECEIVED_AT = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
-INPUTS = sorted(p for p in FIXTURES.glob("*.json") if not p.name.endswith(".expected.json"))
+INPUTS = sorted(FIXTURES.glob("*.json"))
+EXPECTED = FIXTURES / "expected"
 
 
 def expected_path(source: Path) -> Path:
     stem = source.name.removesuffix(".json").removesuffix(".case").removesuffix(".bundle")
-    return source.with_name(f"{stem}.expected.json")
+    return EXPECTED / f"{stem}.expected.json"
 
 
 def test_every_input_fixture_has_its_expected_pair() -> None:
     assert len(INPUTS) >= 8
     assert all(expected_path(p).exists() for p in INPUTS)
     pairs = {expected_path(p) for p in INPUTS}
-    assert set(FIXTURES.glob("*.expected.json")) == pairs
+    assert set(EXPECTED.glob("*.json")) == pairs
 
 
 @pytest.mark.parametrize("source", INPUTS, ids=lambda p: p.name)
