@@ -27,6 +27,8 @@ class Kind(Enum):
     VALUE = (400, "REC_BAD_REQUEST", "value")
     INVARIANT = (400, "REC_BAD_REQUEST", "invariant")
     NOT_SUPPORTED = (422, "REC_UNPROCESSABLE_ENTITY", "not-supported")
+    UNPROCESSABLE = (422, "REC_UNPROCESSABLE_ENTITY", "processing")  # well-formed, but breaks the definition it claims
+    BUSINESS_RULE = (422, "REC_UNPROCESSABLE_ENTITY", "business-rule")
     TOO_LARGE = (413, "REC_UNPROCESSABLE_ENTITY", "too-costly")
     DUPLICATE = (409, "REC_CONFLICT", "duplicate")
     NOT_FOUND = (404, "REC_NOT_FOUND", "not-found")

@@ -11,14 +11,11 @@ standard requires. Two copies racing on PostgreSQL meet the unique constraints o
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import structlog
-from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from adapters.bars import parse_bars_message
@@ -30,10 +27,9 @@ from fhir_mapping.datetimes import to_fhir_instant
 from fhir_mapping.ids import resource_id
 from fhir_mapping.replies import bars_response_message, batch_response, operation_outcome
 from gateway.clock import Clock
+from gateway.messages import Inbound, Reply, commit_message, previous, resend
 from gateway.rules.cas_intake import QueueDecision, decide_intake
 from gateway.rules.schema import RuleRegistry
-from gateway.store.models import InboundMessage
-from gateway.store.repo import find_inbound, put_resource
 
 __all__ = ["Intake", "Reply", "CHANNEL_NHS111", "CHANNEL_BARS", "plan_for", "decide", "detect_kind", "map_offline"]
 
@@ -41,15 +37,6 @@ log = structlog.get_logger("iap.intake")
 
 CHANNEL_NHS111 = "nhs111-case"
 CHANNEL_BARS = "bars"
-_ATTEMPTS = 3
-
-
-@dataclass
-class Reply:
-    status: int
-    body: dict[str, Any]
-    headers: dict[str, str] = field(default_factory=dict)
-    duplicate: bool = False
 
 
 def plan_for(decision: QueueDecision) -> TaskPlan:
@@ -87,9 +74,9 @@ class Intake:
     # -- flat NHS 111 case JSON ------------------------------------------------------------
     def receive_nhs111_case(self, raw: bytes) -> Reply:
         referral = parse_nhs111_case(raw)
-        original = self._previous(CHANNEL_NHS111, referral.message_id, None)
+        original = previous(self.sessions, CHANNEL_NHS111, referral.message_id, None)
         if original is not None:
-            return self._resend(original)
+            return resend(original)
         decision = decide(referral, self.registry)
         return self._commit(CHANNEL_NHS111, referral, decision, raw, self._nhs111_reply)
 
@@ -102,10 +89,10 @@ class Intake:
 
     # -- BaRS $process-message ---------------------------------------------------------------
     def receive_bars(self, raw: bytes, request_id: str | None, correlation_id: str | None) -> Reply:
-        if request_id and correlation_id and self._previous(CHANNEL_BARS, request_id, None) is not None:
+        if request_id and correlation_id and previous(self.sessions, CHANNEL_BARS, request_id, None) is not None:
             return _bars_duplicate()
         referral = parse_bars_message(raw, request_id, correlation_id)
-        if self._previous(CHANNEL_BARS, referral.message_id, referral.header_id) is not None:
+        if previous(self.sessions, CHANNEL_BARS, referral.message_id, referral.header_id) is not None:
             return _bars_duplicate()
         decision = decide(referral, self.registry)
         return self._commit(CHANNEL_BARS, referral, decision, raw, self._bars_reply)
@@ -125,14 +112,6 @@ class Intake:
         return Reply(200, body)
 
     # -- shared ------------------------------------------------------------------------------
-    def _previous(self, channel: str, message_id: str, header_id: str | None) -> InboundMessage | None:
-        with self.sessions() as session:
-            return find_inbound(session, channel, message_id, header_id)
-
-    def _resend(self, original: InboundMessage) -> Reply:
-        log.info("message.resent", channel=original.channel, seq=original.seq)
-        return Reply(original.response_status, json.loads(original.response_body), {"X-Duplicate-Of": str(original.seq)}, duplicate=True)
-
     def _commit(
         self,
         channel: str,
@@ -144,52 +123,36 @@ class Intake:
         now = self.clock.now()
         resources = map_cas_referral(referral, plan_for(decision), now).as_json()
         service_id = decision.rules.service.id
-        for attempt in range(1, _ATTEMPTS + 1):
-            try:
-                with self.sessions.begin() as session:
-                    stored, created = [], set()
-                    for resource in reversed(resources):  # Task first in the reply
-                        result, outcome = put_resource(session, resource, now, service_id if resource["resourceType"] == "Task" else None)
-                        if outcome == "created":
-                            created.add(f"{result['resourceType']}/{result['id']}")
-                        stored.append(result)
-                    reply = make_reply(referral, stored, created, now)
-                    session.add(
-                        InboundMessage(
-                            channel=channel,
-                            message_id=referral.message_id,
-                            header_id=referral.header_id,
-                            correlation_id=referral.correlation_id,
-                            received_at=now,
-                            raw=raw,
-                            task_id=stored[0]["id"],
-                            rule_set=decision.rules.label,
-                            unused=json.dumps(list(referral.unused)),
-                            response_status=reply.status,
-                            response_body=json.dumps(reply.body, separators=(",", ":")),
-                        )
-                    )
-                    session.flush()
-                log.info(
-                    "message.accepted",
-                    channel=channel,
-                    message=_digest(referral.message_id),
-                    service=service_id,
-                    rules=list(decision.rule_ids),
-                    priority=decision.priority,
-                    warnings=[p.element for p in referral.problems if not p.is_error],
-                    unused=len(referral.unused),
-                )
-                return reply
-            except (IntegrityError, OperationalError) as exc:
-                # a racing copy of this message won, or a racing write on the same Patient: look, then retry
-                original = self._previous(channel, referral.message_id, referral.header_id)
-                if original is not None:
-                    return _bars_duplicate() if channel == CHANNEL_BARS else self._resend(original)
-                log.warning("store.retry", channel=channel, attempt=attempt, error=type(exc).__name__)
-                if attempt == _ATTEMPTS:
-                    raise
-        raise AssertionError("unreachable")
+        inbound = Inbound(
+            channel=channel,
+            message_id=referral.message_id,
+            raw=raw,
+            header_id=referral.header_id,
+            correlation_id=referral.correlation_id,
+            rule_set=decision.rules.label,
+            unused=referral.unused,
+        )
+        reply = commit_message(
+            self.sessions,
+            inbound,
+            now,
+            # Task first: it leads the reply
+            write=lambda _session: [(r, service_id if r["resourceType"] == "Task" else None) for r in reversed(resources)],
+            make_reply=lambda stored, created: make_reply(referral, stored, created, now),
+            on_race=(lambda _original: _bars_duplicate()) if channel == CHANNEL_BARS else resend,
+        )
+        if not reply.duplicate:
+            log.info(
+                "message.accepted",
+                channel=channel,
+                message=_digest(referral.message_id),
+                service=service_id,
+                rules=list(decision.rule_ids),
+                priority=decision.priority,
+                warnings=[p.element for p in referral.problems if not p.is_error],
+                unused=len(referral.unused),
+            )
+        return reply
 
 
 def _bars_duplicate() -> Reply:

@@ -9,7 +9,7 @@ from starlette.responses import Response
 from adapters.problems import GatewayInputError, Kind, Problem
 from gateway.api.deps import IntakeDep, SettingsDep
 from gateway.api.responses import FhirResponse
-from gateway.intake import Reply
+from gateway.messages import Reply
 
 __all__ = ["router"]
 
