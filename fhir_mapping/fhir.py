@@ -17,8 +17,10 @@ from fhir.resources.R4B.coding import Coding
 from fhir.resources.R4B.encounter import Encounter
 from fhir.resources.R4B.flag import Flag
 from fhir.resources.R4B.messageheader import MessageHeader
+from fhir.resources.R4B.observation import Observation
 from fhir.resources.R4B.operationoutcome import OperationOutcome
 from fhir.resources.R4B.patient import Patient
+from fhir.resources.R4B.questionnaire import Questionnaire
 from fhir.resources.R4B.questionnaireresponse import QuestionnaireResponse
 from fhir.resources.R4B.resource import Resource
 from fhir.resources.R4B.servicerequest import ServiceRequest
@@ -36,8 +38,10 @@ __all__ = [
     "Encounter",
     "Flag",
     "MessageHeader",
+    "Observation",
     "OperationOutcome",
     "Patient",
+    "Questionnaire",
     "QuestionnaireResponse",
     "Resource",
     "ServiceRequest",

@@ -196,10 +196,12 @@ def score_answers(measure: Measure, answers: dict[str, dict[str, Any]]) -> Score
         result.scores.append(_score(measure, spec, item_scores, not_applicable))
     for item in measure.spec.items:
         answer = answers.get(item.link_id)
-        if item.risk and answer is not None and item.risk.raised_by(item_scores.get(item.link_id), answer):
-            entry = _entry_for(measure, item.link_id, answer)
-            shown = (entry.display if entry else None) or _describe(answer)
-            result.risks.append(RiskHit(item.link_id, item.risk.reason, shown))
+        if item.risk is None or answer is None:
+            continue
+        entry = _entry_for(measure, item.link_id, answer)
+        # thresholds are on the answer's own scale, before any reversal (ReQoL-10 item 6 is both reversed and a risk item)
+        if item.risk.raised_by(entry.score if entry else None, answer):
+            result.risks.append(RiskHit(item.link_id, item.risk.reason, (entry.display if entry else None) or _describe(answer)))
     return result
 
 

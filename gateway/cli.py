@@ -67,6 +67,25 @@ def map_file(
 
 
 @app.command()
+def score(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True, help="A QuestionnaireResponse (FHIR JSON).")],
+    received_at: Annotated[str | None, typer.Option(help="Time to use (ISO 8601 with offset); default now.")] = None,
+) -> None:
+    """Print, as a FHIR Bundle, the resources the gateway would store for a QuestionnaireResponse (no server)."""
+    from fhir_mapping.measures import load_measures
+    from gateway.clock import SystemClock
+    from gateway.responses import score_offline
+
+    moment: datetime = parse_source_datetime(received_at) if received_at else SystemClock().now()
+    try:
+        bundle = score_offline(file.read_bytes(), load_measures(), moment)
+    except GatewayInputError as exc:
+        typer.echo(json.dumps(operation_outcome(exc.problems), indent=2), err=True)
+        raise typer.Exit(code=1) from None
+    sys.stdout.write(json.dumps(bundle, indent=2, ensure_ascii=False) + "\n")
+
+
+@app.command()
 def demo() -> None:
     """Load the demo fixtures (fixtures/nhs111) into the database, through the same intake as HTTP."""
     from gateway.api.app import create_app

@@ -5,11 +5,13 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from starlette.responses import JSONResponse, Response
 
-from gateway.api import fhir_read, ingest, queue
+from fhir_mapping.measures import load_measures
+from gateway.api import fhir_read, ingest, measures, queue
 from gateway.api.responses import install_error_handlers
 from gateway.clock import Clock, SystemClock
 from gateway.intake import Intake
 from gateway.logging import configure_logging
+from gateway.responses import ResponseIntake
 from gateway.rules.schema import load_rules
 from gateway.settings import Settings
 from gateway.store.db import make_engine, make_sessionmaker, migrate
@@ -24,6 +26,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
     settings = settings or Settings()
     configure_logging(settings.log_level, settings.log_json)
     registry = load_rules(settings.rules_dir)
+    catalogue = load_measures()
     engine = make_engine(settings.database_url)
     migrate(engine)
     sessions = make_sessionmaker(engine)
@@ -36,6 +39,8 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
     app.state.registry = registry
     app.state.clock = clock
     app.state.intake = Intake(sessions, registry, clock)
+    app.state.measures = catalogue
+    app.state.responses = ResponseIntake(sessions, catalogue, clock)
     install_error_handlers(app)
 
     @app.middleware("http")
@@ -54,5 +59,6 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
 
     app.include_router(ingest.router)
     app.include_router(queue.router)
+    app.include_router(measures.router)
     app.include_router(fhir_read.router)
     return app

@@ -10,7 +10,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-__all__ = ["Base", "ResourceRow", "IdentifierRow", "InboundMessage", "UTCDateTime"]
+__all__ = ["Base", "ResourceRow", "IdentifierRow", "TokenRow", "InboundMessage", "UTCDateTime"]
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -53,6 +53,7 @@ class ResourceRow(Base):
     service_id: Mapped[str | None] = mapped_column(String(32))
     authored_on: Mapped[datetime | None] = mapped_column(UTCDateTime)
     breach_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    effective_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # Observation.effective / QR.authored: `date` search
 
     __table_args__ = (
         Index("ix_resources_type_status", "resource_type", "status"),
@@ -70,6 +71,20 @@ class IdentifierRow(Base):
     system: Mapped[str] = mapped_column(String(255), primary_key=True)
     value: Mapped[str] = mapped_column(String(255), primary_key=True)
     resource_id: Mapped[str] = mapped_column(String(64), nullable=False)
+
+
+class TokenRow(Base):
+    """Token search values (e.g. Observation `code`, QuestionnaireResponse `questionnaire`), one row per coding."""
+
+    __tablename__ = "resource_tokens"
+
+    resource_type: Mapped[str] = mapped_column(String(64), primary_key=True)
+    resource_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    param: Mapped[str] = mapped_column(String(32), primary_key=True)
+    system: Mapped[str] = mapped_column(String(255), primary_key=True)
+    code: Mapped[str] = mapped_column(String(255), primary_key=True)
+
+    __table_args__ = (Index("ix_tokens_lookup", "resource_type", "param", "code"),)
 
 
 class InboundMessage(Base):

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, delete, func, select
 from sqlalchemy.orm import Session
 
 from fhir_mapping.datetimes import parse_source_datetime, to_fhir_instant
-from gateway.store.models import IdentifierRow, InboundMessage, ResourceRow
+from gateway.store.models import IdentifierRow, InboundMessage, ResourceRow, TokenRow
 
 __all__ = [
     "put_resource",
@@ -24,6 +24,9 @@ __all__ = [
     "ACTIVE_TASK_STATUSES",
     "count_rows",
     "sortable_task_params",
+    "ResourceQuery",
+    "search_resources",
+    "open_cas_tasks",
 ]
 
 ACTIVE_TASK_STATUSES = ("requested", "received", "accepted", "ready", "in-progress", "on-hold")
@@ -62,6 +65,7 @@ def put_resource(session: Session, resource: dict[str, Any], now: datetime, serv
     row.content = _dumps(full)
     _index(row, full, service_id)
     _put_identifiers(session, full)
+    _put_tokens(session, full)
     return full, outcome
 
 
@@ -77,6 +81,25 @@ def _index(row: ResourceRow, res: dict[str, Any], service_id: str | None) -> Non
     row.authored_on = parse_source_datetime(res["authoredOn"]) if res.get("authoredOn") else None
     end = ((res.get("restriction") or {}).get("period") or {}).get("end")
     row.breach_at = parse_source_datetime(end) if end else None
+    effective = res.get("effectiveDateTime") or res.get("authored")
+    row.effective_at = parse_source_datetime(effective) if isinstance(effective, str) and "T" in effective else None
+
+
+def _tokens(res: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(param, system, code) rows for token search: Observation.code, QuestionnaireResponse.questionnaire."""
+    if res["resourceType"] == "Observation":
+        return [("code", c.get("system", ""), c["code"]) for c in (res.get("code") or {}).get("coding", []) if c.get("code")]
+    if res["resourceType"] == "QuestionnaireResponse" and res.get("questionnaire"):
+        return [("questionnaire", "", res["questionnaire"].split("|", 1)[0])]
+    return []
+
+
+def _put_tokens(session: Session, res: dict[str, Any]) -> None:
+    rows = set(_tokens(res))
+    if not rows:
+        return
+    session.execute(delete(TokenRow).where(TokenRow.resource_type == res["resourceType"], TokenRow.resource_id == res["id"]))
+    session.add_all(TokenRow(resource_type=res["resourceType"], resource_id=res["id"], param=p, system=s, code=c) for p, s, c in rows)
 
 
 def _put_identifiers(session: Session, res: dict[str, Any]) -> None:
@@ -143,6 +166,56 @@ def search_tasks(session: Session, query: TaskQuery) -> tuple[list[dict[str, Any
     order.append(ResourceRow.id.asc())
     rows = session.execute(stmt.order_by(*order).limit(query.count).offset(query.offset)).scalars()
     return [json.loads(r.content) for r in rows], total
+
+
+@dataclass
+class ResourceQuery:
+    """Search on any stored type: patient, token params (system may be None), dates (prefix, instant)."""
+
+    resource_type: str
+    patient: str | None = None
+    tokens: list[tuple[str, str | None, str]] | None = None
+    dates: list[tuple[str, datetime]] | None = None
+    count: int = 50
+    offset: int = 0
+
+
+_DATE_OPS = {"eq": "__eq__", "ge": "__ge__", "le": "__le__", "gt": "__gt__", "lt": "__lt__"}
+
+
+def search_resources(session: Session, query: ResourceQuery) -> tuple[list[dict[str, Any]], int]:
+    """Matches (one page, oldest first by effective date) and the total count."""
+    stmt: Select[Any] = select(ResourceRow).where(ResourceRow.resource_type == query.resource_type)
+    if query.patient:
+        stmt = stmt.where(ResourceRow.subject_id == query.patient.removeprefix("Patient/"))
+    for param, system, code in query.tokens or []:
+        match = select(TokenRow.resource_id).where(
+            TokenRow.resource_type == query.resource_type, TokenRow.param == param, TokenRow.code == code
+        )
+        if system is not None:
+            match = match.where(TokenRow.system == system)
+        stmt = stmt.where(ResourceRow.id.in_(match))
+    for op, moment in query.dates or []:
+        stmt = stmt.where(getattr(ResourceRow.effective_at, _DATE_OPS[op])(moment))
+    total = session.execute(select(func.count()).select_from(stmt.subquery())).scalar_one()
+    stmt = stmt.order_by(ResourceRow.effective_at.asc(), ResourceRow.id.asc()).limit(query.count).offset(query.offset)
+    return [json.loads(r.content) for r in session.execute(stmt).scalars()], total
+
+
+def open_cas_tasks(session: Session, patient_id: str) -> list[dict[str, Any]]:
+    """The patient's open CAS queue Tasks, locked for update on PostgreSQL (a risk answer may escalate them)."""
+    stmt = (
+        select(ResourceRow)
+        .where(
+            ResourceRow.resource_type == "Task",
+            ResourceRow.subject_id == patient_id,
+            ResourceRow.status.in_(ACTIVE_TASK_STATUSES),
+            ResourceRow.breach_at.is_not(None),
+        )
+        .order_by(ResourceRow.id)
+        .with_for_update()
+    )
+    return [json.loads(r.content) for r in session.execute(stmt).scalars()]
 
 
 def sortable_task_params() -> list[str]:

@@ -1,0 +1,147 @@
+"""A scored QuestionnaireResponse -> the resources the gateway stores for it.
+
+Takes: the checked response (FHIR JSON), its `ScoredResponse`, and the references the
+gateway resolved (Patient, Encounter). Returns: the QuestionnaireResponse as stored
+(linkIds normalised, canonical questionnaire), one Observation per computed score
+(FHIR R4 Observation: code = LOINC/SNOMED total code, valueQuantity `{score}`,
+interpretation = band, derivedFrom = the response), and for each risk item raised
+either an escalated CAS Task (CAS-04/CAS-10) or a Flag on the patient.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from fhir_mapping import codes
+from fhir_mapping.datetimes import to_fhir_instant
+from fhir_mapping.fhir import Flag, Observation, QuestionnaireResponse, build, to_json_dict
+from fhir_mapping.ids import resource_id
+from fhir_mapping.scoring import RiskHit, ScoredResponse
+
+__all__ = ["stored_response", "score_observations", "risk_flag", "escalate_task", "BAND_SYSTEM"]
+
+BAND_SYSTEM = f"{codes.GATEWAY_BASE}/CodeSystem/score-band"
+RISK_ITEM_SYSTEM = f"{codes.GATEWAY_BASE}/CodeSystem/measure-risk-item"
+
+
+def stored_response(
+    qr: dict[str, Any], scored: ScoredResponse, qr_id: str, subject: dict[str, str], encounter: dict[str, str] | None
+) -> dict[str, Any]:
+    """The response as we keep it: our id, canonical questionnaire|version, bare linkIds, resolved references."""
+    body = {k: v for k, v in qr.items() if k not in ("id", "meta", "text", "contained")}
+    body.update(
+        id=qr_id,
+        meta={"profile": [f"{codes.UKCORE}QuestionnaireResponse"]},
+        questionnaire=f"{scored.measure.url}|{scored.measure.questionnaire['version']}",
+        subject=subject,
+        item=_bare_link_ids(qr.get("item") or []),
+    )
+    if encounter:
+        body["encounter"] = encounter
+    return to_json_dict(build(QuestionnaireResponse, **body))
+
+
+def _bare_link_ids(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for item in items:
+        copy = dict(item, linkId=str(item["linkId"]).lstrip("/"))
+        if item.get("item"):
+            copy["item"] = _bare_link_ids(item["item"])
+        out.append(copy)
+    return out
+
+
+def score_observations(
+    scored: ScoredResponse, qr_id: str, subject: dict[str, str], encounter: dict[str, str] | None, effective: str
+) -> list[dict[str, Any]]:
+    """One Observation per score that has a value; scores without one are reported, not stored as data."""
+    out = []
+    for score in scored.scores:
+        if score.value is None:
+            continue
+        spec = score.spec
+        observation = build(
+            Observation,
+            id=resource_id("Observation", qr_id, spec.id),
+            meta={"profile": [f"{codes.UKCORE}Observation"]},
+            status="final",
+            category=[
+                {
+                    "coding": [
+                        {"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "survey", "display": "Survey"}
+                    ]
+                }
+            ],
+            code={
+                "coding": [c.model_dump(exclude_none=True) for c in spec.codes],
+                "text": f"{scored.measure.spec.title} {spec.id.replace('-', ' ')}",
+            },
+            subject=subject,
+            encounter=encounter,
+            effectiveDateTime=effective,
+            valueQuantity={"value": score.value, "unit": "{score}", "system": codes.UCUM, "code": "{score}"},
+            interpretation=(
+                [
+                    {
+                        "coding": [
+                            {"system": BAND_SYSTEM, "code": f"{scored.measure.id}-{score.band.code}", "display": score.band.display}
+                        ],
+                        "text": score.band.display,
+                    }
+                ]
+                if score.band
+                else None
+            ),
+            note=[{"text": score.note}] if score.note else None,
+            derivedFrom=[{"reference": f"QuestionnaireResponse/{qr_id}"}],
+        )
+        out.append(to_json_dict(observation))
+    return out
+
+
+def risk_flag(
+    scored: ScoredResponse, hit: RiskHit, qr_id: str, subject: dict[str, str], encounter: dict[str, str] | None, start: str
+) -> dict[str, Any]:
+    """A Flag on the patient for a risk answer when no open CAS case can take it (never lost)."""
+    flag = build(
+        Flag,
+        id=resource_id("Flag", qr_id, hit.link_id),
+        meta={"profile": [f"{codes.UKCORE}Flag"]},
+        extension=[
+            {
+                "url": "http://hl7.org/fhir/StructureDefinition/flag-detail",
+                "valueReference": {"reference": f"QuestionnaireResponse/{qr_id}"},
+            }
+        ],
+        status="active",
+        category=[{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/flag-category", "code": "safety", "display": "Safety"}]}],
+        code={
+            "coding": [{"system": RISK_ITEM_SYSTEM, "code": f"{scored.measure.id}-{hit.link_id}", "display": hit.reason}],
+            "text": f"{hit.reason}: answered '{hit.answer_display}'",
+        },
+        subject=subject,
+        encounter=encounter,
+        period={"start": start},
+    )
+    return to_json_dict(flag)
+
+
+def escalate_task(task: dict[str, Any], scored: ScoredResponse, hit: RiskHit, qr_id: str, now: datetime) -> dict[str, Any]:
+    """CAS-04/CAS-10: the open CAS case for this patient becomes Urgent CN Review, saying why."""
+    updated = {k: v for k, v in task.items() if k != "meta"}
+    updated["businessStatus"] = {
+        "coding": [
+            {"system": codes.CAS_CLASSIFICATION, "code": "urgent-cn-review", "display": codes.CLASSIFICATION_DISPLAY["urgent-cn-review"]}
+        ]
+    }
+    updated["lastModified"] = to_fhir_instant(now)
+    reason = (
+        f"CAS-10: {scored.measure.spec.title} {hit.reason} answered '{hit.answer_display}' "
+        f"(QuestionnaireResponse/{qr_id}): classified Urgent CN Review"
+    )
+    updated["input"] = [
+        *task.get("input", []),
+        {"type": {"coding": [{"system": codes.CAS_TASK_INPUT, "code": "rule-reason", "display": "Why"}]}, "valueString": reason},
+    ]
+    return updated
