@@ -64,7 +64,9 @@ def to_fhir_instant(moment: datetime) -> str:
     if moment.tzinfo is None:
         raise ValueError("naive datetime reached the FHIR boundary")
     local = moment.astimezone(LONDON)
-    return local.isoformat(timespec="seconds")
+    text = local.isoformat(timespec="seconds")
+    # GMT is written "Z", as the FHIR models serialise it, so one instant always has one spelling
+    return text[:-6] + "Z" if text.endswith("+00:00") else text
 
 
 _DURATION_RE = re.compile(r"^P(?:(?P<d>\d+)D)?(?:T(?:(?P<h>\d+)H)?(?:(?P<m>\d+)M)?(?:(?P<s>\d+)S)?)?$")

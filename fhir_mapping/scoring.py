@@ -141,11 +141,13 @@ def _all_link_ids(questionnaire: dict[str, Any]) -> list[str]:
 def _check_answer(measure: Measure, question: dict[str, Any], link_id: str, answer: dict[str, Any]) -> str | None:
     qtype = question.get("type", "string")
     keys = [k for k in answer if k.startswith("value")]
+    options = question.get("answerOption") or []
     allowed_keys = _VALUE_KEYS.get(qtype, ())
+    if qtype == "choice" and options:  # the options say which value type answers them
+        allowed_keys = tuple(dict.fromkeys(k for o in options for k in o if k.startswith("value")))
     if len(keys) != 1 or keys[0] not in allowed_keys:
         expected = " or ".join(allowed_keys) or "nothing"
         return f"item {link_id!r} is of type {qtype}: answer with {expected}, got {', '.join(keys) or 'no value'}"
-    options = question.get("answerOption") or []
     if qtype == "choice" and options:
         if _entry_for(measure, link_id, answer) is not None:
             return None

@@ -74,3 +74,24 @@ def test_serve_starts_and_answers_on_http(tmp_path: Path) -> None:
         server.terminate()
         server.wait(timeout=20)
         log.close()
+
+
+def test_score_prints_the_observations_and_the_risk_flag_for_a_response() -> None:
+    result = _run("score", "fixtures/measures/phq-9-item9-risk.qr.json", "--received-at", "2026-11-23T14:00:00Z")
+    assert result.returncode == 0, result.stderr
+    bundle = json.loads(result.stdout)
+    kinds = [e["resource"]["resourceType"] for e in bundle["entry"]]
+    assert kinds == ["QuestionnaireResponse", "Observation", "Flag"]
+    observation = bundle["entry"][1]["resource"]
+    assert observation["code"]["coding"][0]["code"] == "44261-6" and observation["valueQuantity"]["value"] == 11
+    assert observation["interpretation"][0]["text"] == "Moderate"
+
+
+def test_score_of_a_bad_response_prints_the_operation_outcome(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    data = json.loads((ROOT / "fixtures/measures/phq-9-lhc-forms.qr.json").read_text())
+    data["questionnaire"] = "https://example.org/Questionnaire/unknown"
+    bad.write_text(json.dumps(data))
+    result = _run("score", str(bad))
+    assert result.returncode == 1
+    assert json.loads(result.stderr)["issue"][0]["expression"] == ["QuestionnaireResponse.questionnaire"]

@@ -54,6 +54,15 @@ def _collect(client) -> dict[str, Any]:  # type: ignore[no-untyped-def]
             "/fhir/$process-message", content=(BARS_EXAMPLES / example).read_bytes(), headers=bars_headers()
         ).json()
     emitted["refusal-not-found"] = client.get("/fhir/Task/nope").json()
+    # outcome measures: every shipped Questionnaire, and what each measure fixture becomes (response, scores, risk)
+    for entry in client.get("/fhir/Questionnaire").json()["entry"]:
+        emitted[f"questionnaire-{entry['resource']['id']}"] = entry["resource"]
+    for source in sorted((FIXTURES.parent / "measures").glob("*.json")):
+        reply = client.post("/fhir/QuestionnaireResponse", content=source.read_bytes())
+        assert reply.status_code == 201, reply.text
+        emitted[f"measure-reply-{source.name}"] = reply.json()
+    patient = client.get("/fhir/Patient", params={"identifier": f"{NHS_NUMBER}|9990000042"}).json()["entry"][0]["resource"]
+    emitted["observation-search"] = client.get("/fhir/Observation", params={"patient": patient["id"]}).json()
     return emitted
 
 
@@ -64,7 +73,7 @@ def test_everything_emitted_for_the_fixtures_passes_the_independent_validator(cl
     result = _validate(tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip().endswith(" 0 errors"), result.stdout
-    assert len(emitted) > 40
+    assert len(emitted) > 50
 
 
 def test_the_validator_really_catches_what_fhir_resources_lets_through(tmp_path: Path) -> None:
@@ -85,3 +94,16 @@ def test_emitted_resources_carry_uk_core_identifier_systems(client) -> None:
             assert gp["identifier"]["system"] == ODS
     for task in tasks:
         assert task["owner"]["identifier"]["system"] == ODS
+
+
+def test_shipped_questionnaires_and_produced_responses_parse_with_fhir_resources(client) -> None:
+    from fhir.resources.R4B import get_fhir_model_class
+
+    emitted = _collect(client)
+    checked = 0
+    for resource in emitted.values():
+        for item in [e["resource"] for e in resource.get("entry", [])] if resource["resourceType"] == "Bundle" else [resource]:
+            if item["resourceType"] in ("Questionnaire", "QuestionnaireResponse", "Observation", "Flag"):
+                get_fhir_model_class(item["resourceType"]).model_validate(item)
+                checked += 1
+    assert checked > 20

@@ -101,7 +101,7 @@ def test_patient_search_by_nhs_number(client) -> None:
     assert body["total"] == 1
     patient = body["entry"][0]["resource"]
     assert patient["identifier"] == [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": "9990000042"}]
-    assert patient["meta"]["versionId"] == "1" and patient["meta"]["lastUpdated"] == "2026-11-23T12:00:00+00:00"
+    assert patient["meta"]["versionId"] == "1" and patient["meta"]["lastUpdated"] == "2026-11-23T12:00:00Z"
     assert client.get("/fhir/Patient", params={"identifier": "https://fhir.nhs.uk/Id/nhs-number|9990000107"}).json()["total"] == 0
     assert client.get("/fhir/Patient").status_code == 400
 
@@ -110,7 +110,7 @@ def test_read_of_unknown_resource_is_404_operation_outcome(client) -> None:
     response = client.get("/fhir/Task/00000000-0000-0000-0000-000000000000")
     assert response.status_code == 404
     assert response.json()["issue"][0]["code"] == "not-found"
-    assert client.get("/fhir/Observation/x").status_code == 422
+    assert client.get("/fhir/Medication/x").status_code == 422
     assert client.get("/no/such/path").json()["resourceType"] == "OperationOutcome"
 
 
@@ -125,9 +125,21 @@ def test_capability_statement_lists_only_what_is_served(client) -> None:
     statement = client.get("/fhir/metadata").json()
     assert statement["resourceType"] == "CapabilityStatement" and statement["fhirVersion"] == "4.0.1"
     resources = {r["type"]: r for r in statement["rest"][0]["resource"]}
-    assert set(resources) == {"Task", "Patient", "ServiceRequest", "Encounter", "QuestionnaireResponse", "Flag"}
+    assert set(resources) == {
+        "Task",
+        "Patient",
+        "ServiceRequest",
+        "Encounter",
+        "QuestionnaireResponse",
+        "Flag",
+        "Observation",
+        "Questionnaire",
+    }
     assert {p["name"] for p in resources["Task"]["searchParam"]} == {"status", "business-status", "patient", "priority"}
     assert statement["rest"][0]["operation"][0]["name"] == "process-message"
     # every advertised search parameter really works
-    for param in resources["Task"]["searchParam"]:
-        assert client.get("/fhir/Task", params={param["name"]: "x"}).status_code == 200
+    probe = {"date": "ge2026-01-01", "patient": "Patient/x"}
+    for rtype, entry in resources.items():
+        for param in entry.get("searchParam", []):
+            response = client.get(f"/fhir/{rtype}", params={param["name"]: probe.get(param["name"], "x")})
+            assert response.status_code == 200, (rtype, param, response.text)

@@ -36,7 +36,7 @@ def test_put_resource_keeps_the_version_for_the_same_content_and_counts_up_on_ch
     assert outcome == "updated" and changed["meta"]["versionId"] == "2"
     with app.state.sessions() as session:
         stored = get_resource(session, "Patient", "p1")
-    assert stored is not None and stored["gender"] == "female" and stored["meta"]["lastUpdated"] == "2026-11-23T12:02:00+00:00"
+    assert stored is not None and stored["gender"] == "female" and stored["meta"]["lastUpdated"] == "2026-11-23T12:02:00Z"
 
 
 def test_migrating_twice_is_harmless(app: Any) -> None:

@@ -87,36 +87,45 @@ def read(resource_type: str, resource_id: str, session: SessionDep) -> Response:
 
 def capability_statement(date: str) -> dict[str, Any]:
     """What this server supports, and nothing it does not."""
-    read_only = [{"type": t, "interaction": [{"code": "read"}]} for t in ("ServiceRequest", "Encounter", "QuestionnaireResponse", "Flag")]
+
+    def resource(rtype: str, interactions: list[str], params: dict[str, str] | None = None, **extra: Any) -> dict[str, Any]:
+        entry: dict[str, Any] = {"type": rtype, "interaction": [{"code": code} for code in interactions]}
+        if params:
+            entry["searchParam"] = [{"name": name, "type": kind} for name, kind in params.items()]
+        return entry | extra
+
     statement = build(
         CapabilityStatement,
         status="active",
         date=date,
         kind="instance",
         software={"name": "iap-gateway", "version": "0.1.0"},
-        implementation={"description": "IAP gateway: NHS 111 referrals to the MHCAS CAS queue"},
+        implementation={"description": "IAP gateway: NHS 111 referrals to the MHCAS CAS queue; outcome measures"},
         fhirVersion="4.0.1",
         format=["application/fhir+json", "json"],
         rest=[
             {
                 "mode": "server",
                 "resource": [
-                    {
-                        "type": "Task",
-                        "interaction": [{"code": "read"}, {"code": "search-type"}],
-                        "searchParam": [
-                            {"name": "status", "type": "token"},
-                            {"name": "business-status", "type": "token"},
-                            {"name": "patient", "type": "reference"},
-                            {"name": "priority", "type": "token"},
+                    resource(
+                        "Task",
+                        ["read", "search-type"],
+                        {"status": "token", "business-status": "token", "patient": "reference", "priority": "token"},
+                    ),
+                    resource(
+                        "Patient",
+                        ["read", "search-type"],
+                        {"identifier": "token"},
+                        operation=[
+                            {"name": "outcome-summary", "definition": "https://fhir.iap-gateway.org/OperationDefinition/outcome-summary"}
                         ],
-                    },
-                    {
-                        "type": "Patient",
-                        "interaction": [{"code": "read"}, {"code": "search-type"}],
-                        "searchParam": [{"name": "identifier", "type": "token"}],
-                    },
-                    *read_only,
+                    ),
+                    resource("Questionnaire", ["read", "search-type"], {"url": "uri", "name": "string", "code": "token"}),
+                    resource(
+                        "QuestionnaireResponse", ["create", "read", "search-type"], {"patient": "reference", "questionnaire": "reference"}
+                    ),
+                    resource("Observation", ["read", "search-type"], {"patient": "reference", "code": "token", "date": "date"}),
+                    *[resource(t, ["read"]) for t in ("ServiceRequest", "Encounter", "Flag")],
                 ],
                 "operation": [
                     {"name": "process-message", "definition": "http://hl7.org/fhir/OperationDefinition/MessageHeader-process-message"}

@@ -103,7 +103,8 @@ def _put_tokens(session: Session, res: dict[str, Any]) -> None:
 
 
 def _put_identifiers(session: Session, res: dict[str, Any]) -> None:
-    for ident in res.get("identifier") or []:
+    identifiers = res.get("identifier") or []
+    for ident in identifiers if isinstance(identifiers, list) else [identifiers]:  # QuestionnaireResponse has one
         if not ident.get("system") or not ident.get("value"):
             continue
         key = (res["resourceType"], ident["system"], ident["value"])
