@@ -33,17 +33,22 @@ def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="HTTP port.")] = 8080,
     demo: Annotated[bool, typer.Option("--demo/--no-demo", help="Load the demo fixtures before serving.")] = False,
+    workers: Annotated[int, typer.Option(min=1, max=64, help="Worker processes (each its own app; share the database).")] = 1,
 ) -> None:
     """Run the gateway (HTTP API), on DATABASE_URL (default: SQLite file ./iap-gateway.db)."""
     import uvicorn
 
     from gateway.api.app import create_app
 
-    application = create_app()
+    application = create_app()  # migrates and checks the rule files before anything listens
     if demo:
         _load_demo(application)
     typer.echo(f"IAP gateway on http://{host}:{port}  (FHIR: /fhir/metadata, queue: /queue, API docs: /docs)", err=True)
-    uvicorn.run(application, host=host, port=port, log_level="warning")
+    if workers == 1:
+        uvicorn.run(application, host=host, port=port, log_level="warning")
+    else:
+        application.state.engine.dispose()
+        uvicorn.run("gateway.api.app:create_app", factory=True, host=host, port=port, workers=workers, log_level="warning")
 
 
 @app.command("map")

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from adapters.problems import GatewayInputError, Kind, Problem
 from gateway.api.deps import IntakeDep, SettingsDep
-from gateway.api.responses import FhirResponse
+from gateway.api.responses import FhirResponse, SenderGone
 from gateway.messages import Reply
 
-__all__ = ["router"]
+__all__ = ["router", "read_body", "SenderGone"]
 
 router = APIRouter()
 
@@ -22,11 +23,15 @@ async def read_body(request: Request, limit: int) -> bytes:
     if declared and declared.isdigit() and int(declared) > limit:
         raise GatewayInputError(Problem(Kind.TOO_LARGE, "body", f"body of {declared} bytes is over the {limit}-byte limit"))
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise GatewayInputError(Problem(Kind.TOO_LARGE, "body", f"body is over the {limit}-byte limit"))
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise GatewayInputError(Problem(Kind.TOO_LARGE, "body", f"body is over the {limit}-byte limit"))
+            chunks.append(chunk)
+    except ClientDisconnect:
+        # the sender hung up before its message arrived: nothing was received, nothing is stored, nobody to answer
+        raise SenderGone() from None
     body = b"".join(chunks)
     if not body:
         raise GatewayInputError(Problem(Kind.REQUIRED, "body", "request body is empty"))

@@ -15,10 +15,14 @@ from starlette.responses import Response
 from adapters.problems import GatewayInputError, Kind, Problem
 from fhir_mapping.replies import operation_outcome, server_error_outcome
 
-__all__ = ["FhirResponse", "install_error_handlers", "FHIR_JSON"]
+__all__ = ["FhirResponse", "install_error_handlers", "FHIR_JSON", "SenderGone"]
 
 FHIR_JSON = "application/fhir+json"
 log = structlog.get_logger("iap.api")
+
+
+class SenderGone(Exception):
+    """The client disconnected while sending its body (not a server fault: logged at info, no 500)."""
 
 
 class FhirResponse(Response):
@@ -64,6 +68,11 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
         problems = [Problem(Kind.VALUE, ".".join(str(p) for p in err["loc"][1:]) or "request", err["msg"]) for err in exc.errors()]
         return _outcome_response(400, problems)
+
+    @app.exception_handler(SenderGone)
+    async def _sender_gone(request: Request, exc: SenderGone) -> Response:
+        log.info("request.abandoned", path=request.url.path)
+        return Response(status_code=400)  # the client has gone; this is never read
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception) -> Response:
