@@ -165,7 +165,8 @@ def test_wsas_bands_follow_mundt_with_20_in_the_middle_band(total: int, band: st
     assert total_and_band(score("wsas", spread("wsas", total, 8))) == (total, band)
 
 
-def test_wsas_allows_no_missing_item_but_work_can_be_not_applicable() -> None:
+def test_wsas_allows_no_missing_item_but_work_can_be_not_applicable_TT_11() -> None:
+    """TT-11: WSAS (minimum data set) has no prorating; the work item may be not applicable."""
     raws = dict.fromkeys(items("wsas"), 2)
     del raws["wsas-work"]
     assert score("wsas", raws).score("total").value is None  # type: ignore[union-attr]
@@ -186,21 +187,26 @@ def test_dialog_means_and_the_minimum_answered_rule_PC_11() -> None:
     assert score("dialog", five_of_eight).score("sqol-mean").value is None  # type: ignore[union-attr]
 
 
-def test_reqol10_reverses_negative_items_and_flags_item6_on_its_own_scale() -> None:
+def test_reqol10_reverses_negative_items_and_flags_item6_on_its_own_scale_PC_14() -> None:
+    """PC-14: ReQoL-10, one of the primary care outcome measures; no total if an item is missing."""
     links = items("reqol-10")
     best = {link: (0 if CATALOGUE.measures["reqol-10"].item_spec(link).reversed else 4) for link in links}  # type: ignore[union-attr]
     assert total_and_band(score("reqol-10", best))[0] == 40
+    incomplete = {k: v for k, v in best.items() if k != "reqol-2-trust-others"}
+    assert score("reqol-10", incomplete).score("total").value is None  # type: ignore[union-attr]
     result = score("reqol-10", best | {"reqol-6-life-not-worth-living": 4})  # "most or all of the time"
     assert total_and_band(result)[0] == 36
     assert [r.link_id for r in result.risks] == ["reqol-6-life-not-worth-living"]
 
 
-def test_gbo_scores_each_goal_on_its_own() -> None:
+def test_gbo_scores_each_goal_on_its_own_PC_14() -> None:
+    """PC-14: GBO records up to 3 goals, each scored on its own."""
     result = score("gbo", {"gbo-goal-1-rating": 3, "gbo-goal-2-rating": 7})
     assert (result.score("goal-1").value, result.score("goal-2").value, result.score("goal-3").value) == (3, 7, None)  # type: ignore[union-attr]
 
 
-def test_iapt_phobia_items_are_reported_separately() -> None:
+def test_iapt_phobia_items_are_reported_separately_TT_11() -> None:
+    """TT-11: the phobia scales (minimum data set) are three separate scores."""
     result = score("iapt-phobia", dict(zip(items("iapt-phobia"), [2, 5, 8], strict=True)))
     assert [s.value for s in result.scores] == [2, 5, 8]
 
