@@ -213,53 +213,36 @@ def _reverse(measure: Measure, scale: str, score: float) -> float:
 
 
 def _score(measure: Measure, spec: ScoreSpec, item_scores: dict[str, float | None], not_applicable: set[str]) -> Score:
+    """One score by its method and missing-item rule; without a value, the note says why."""
     link_ids = [i for i in measure.score_items(spec) if i not in not_applicable]
-    values = [item_scores[i] for i in link_ids if item_scores.get(i) is not None]
-    numbers = [v for v in values if v is not None]
+    numbers = [v for i in link_ids if (v := item_scores.get(i)) is not None]
     expected, used = len(link_ids), len(numbers)
     missing = [i for i in link_ids if item_scores.get(i) is None]
     rule = spec.missing
+
+    def unscored(reason: str) -> Score:
+        return Score(spec, None, None, used, expected, reason)
+
+    unanswered = f"not scored: {len(missing)} item(s) unanswered ({', '.join(missing)})"
     note = None
     if not link_ids:
-        return Score(spec, None, None, 0, 0, "every item was answered 'not applicable'")
+        return unscored("every item was answered 'not applicable'")
     if spec.method == "item":
-        value = numbers[0] if numbers else None
+        if not numbers:
+            return unscored("not scored: item unanswered")
+        value: float = numbers[0]
     elif missing and rule.rule == "none":
-        return Score(
-            spec,
-            None,
-            None,
-            used,
-            expected,
-            f"not scored: {len(missing)} item(s) unanswered ({', '.join(missing)}); {measure.spec.title} allows no missing items",
-        )
+        return unscored(f"{unanswered}; {measure.spec.title} allows no missing items")
     elif spec.method == "sum":
         if missing and (rule.rule != "prorate" or len(missing) > (rule.max_missing or 0)):
-            return Score(
-                spec,
-                None,
-                None,
-                used,
-                expected,
-                f"not scored: {len(missing)} item(s) unanswered ({', '.join(missing)}); at most {rule.max_missing or 0} may be prorated",
-            )
-        value = sum(numbers) * expected / used if missing else sum(numbers)
-        value = round(value, spec.decimals or 0)
+            return unscored(f"{unanswered}; at most {rule.max_missing or 0} may be prorated")
+        value = round(sum(numbers) * expected / used if missing else sum(numbers), spec.decimals or 0)
         note = f"prorated from {used} of {expected} items" if missing else None
     else:  # mean
         if missing and (rule.rule != "min_answered" or used < (rule.at_least or expected)):
-            return Score(
-                spec,
-                None,
-                None,
-                used,
-                expected,
-                f"not scored: {used} of {expected} items answered; at least {rule.at_least or expected} needed",
-            )
+            return unscored(f"not scored: {used} of {expected} items answered; at least {rule.at_least or expected} needed")
         value = round(sum(numbers) / used, spec.decimals if spec.decimals is not None else 2)
         note = f"mean of {used} of {expected} items" if missing else None
-    if value is None:
-        return Score(spec, None, None, used, expected, "not scored: item unanswered")
     if spec.decimals is None and float(value).is_integer():
         value = int(value)
     return Score(spec, value, spec.band_for(value), used, expected, note)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -57,18 +58,12 @@ def map_file(
     received_at: Annotated[str | None, typer.Option(help="Receipt time to use (ISO 8601 with offset); default now.")] = None,
 ) -> None:
     """Print the FHIR Bundle a given input becomes (no server, no database)."""
-    from gateway.clock import SystemClock
     from gateway.intake import map_offline
     from gateway.rules.schema import load_rules
     from gateway.settings import Settings
 
-    moment: datetime = parse_source_datetime(received_at) if received_at else SystemClock().now()
-    try:
-        bundle = map_offline(file.read_bytes(), load_rules(Settings().rules_dir), moment)
-    except GatewayInputError as exc:
-        typer.echo(json.dumps(operation_outcome(exc.problems), indent=2), err=True)
-        raise typer.Exit(code=1) from None
-    sys.stdout.write(json.dumps(bundle, indent=2, ensure_ascii=False) + "\n")
+    rules = load_rules(Settings().rules_dir)
+    _print_offline(lambda moment: map_offline(file.read_bytes(), rules, moment), received_at)
 
 
 @app.command()
@@ -78,16 +73,10 @@ def score(
 ) -> None:
     """Print, as a FHIR Bundle, the resources the gateway would store for a QuestionnaireResponse (no server)."""
     from fhir_mapping.measures import load_measures
-    from gateway.clock import SystemClock
     from gateway.responses import score_offline
 
-    moment: datetime = parse_source_datetime(received_at) if received_at else SystemClock().now()
-    try:
-        bundle = score_offline(file.read_bytes(), load_measures(), moment)
-    except GatewayInputError as exc:
-        typer.echo(json.dumps(operation_outcome(exc.problems), indent=2), err=True)
-        raise typer.Exit(code=1) from None
-    sys.stdout.write(json.dumps(bundle, indent=2, ensure_ascii=False) + "\n")
+    catalogue = load_measures()
+    _print_offline(lambda moment: score_offline(file.read_bytes(), catalogue, moment), received_at)
 
 
 @app.command()
@@ -107,6 +96,19 @@ def migrate() -> None:
 
     run_migrations(make_engine(Settings().database_url))
     typer.echo("database is at the newest schema", err=True)
+
+
+def _print_offline(produce: Callable[[datetime], dict[str, Any]], received_at: str | None) -> None:
+    """Print what `produce` returns as JSON, or the OperationOutcome on stderr and exit 1."""
+    from gateway.clock import SystemClock
+
+    moment = parse_source_datetime(received_at) if received_at else SystemClock().now()
+    try:
+        bundle = produce(moment)
+    except GatewayInputError as exc:
+        typer.echo(json.dumps(operation_outcome(exc.problems), indent=2), err=True)
+        raise typer.Exit(code=1) from None
+    sys.stdout.write(json.dumps(bundle, indent=2, ensure_ascii=False) + "\n")
 
 
 def _load_demo(application: object) -> None:
