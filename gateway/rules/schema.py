@@ -81,12 +81,40 @@ class PriorityBand(_Strict):
         return parse_iso_duration(value) if isinstance(value, str) else value
 
 
+class BreachStatusRules(_Strict):
+    """CAS-09 thresholds: amber when this close to breaching, black when this long breached."""
+
+    amber_within: timedelta
+    black_after: timedelta
+
+    @field_validator("amber_within", "black_after", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> object:
+        return parse_iso_duration(value) if isinstance(value, str) else value
+
+
+class SafetyCallRules(_Strict):
+    every: timedelta
+
+    @field_validator("every", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> object:
+        return parse_iso_duration(value) if isinstance(value, str) else value
+
+
+class FailedContactRules(_Strict):
+    attempts: int = Field(ge=1, le=10)
+
+
 class ServiceRules(_Strict):
-    schema_: Literal["cas-intake/1"] = Field(alias="schema")
+    schema_: Literal["cas-queue/1"] = Field(alias="schema")
     version: str = Field(min_length=1)
     service: ServiceInfo
     call_handler_timeframe: timedelta
     red_flags: RedFlagRules
+    breach_status: BreachStatusRules
+    safety_calls: SafetyCallRules
+    failed_contacts: FailedContactRules
     task_priority: list[PriorityBand] = Field(min_length=1)
     dispositions: dict[str, Disposition]
 
@@ -115,7 +143,7 @@ class ServiceRules(_Strict):
 
     @property
     def label(self) -> str:
-        return f"{self.service.id} cas-intake {self.version}"
+        return f"{self.service.id} cas-queue {self.version}"
 
     def task_priority_for(self, timeframe: timedelta) -> str:
         for band in self.task_priority:
