@@ -31,6 +31,7 @@ class Kind(Enum):
     BUSINESS_RULE = (422, "REC_UNPROCESSABLE_ENTITY", "business-rule")
     TOO_LARGE = (413, "REC_UNPROCESSABLE_ENTITY", "too-costly")
     DUPLICATE = (409, "REC_CONFLICT", "duplicate")
+    CONFLICT = (409, "REC_CONFLICT", "conflict")  # refused state change (e.g. a priority downgrade, CAS-08)
     NOT_FOUND = (404, "REC_NOT_FOUND", "not-found")
 
     @property

@@ -17,6 +17,9 @@ __all__ = [
     "CAS_TASK_TYPE",
     "CAS_TASK_INPUT",
     "CLASSIFICATION_DISPLAY",
+    "CAS_OPERATION",
+    "PRACTITIONER_SUITABILITY",
+    "PRIORITY_ORDER",
     "PATHWAYS_DX",
     "PATHWAYS_SG",
     "PATHWAYS_SD",
@@ -46,4 +49,9 @@ CLASSIFICATION_DISPLAY = {
     "urgent-cn-review": "Urgent CN Review",
     "refer-to-known-service": "Refer to a Known Service",
     "referred-to-known-service": "Referred to Known Service",
+    "awaiting-ratification": "Awaiting CN ratification",
+    "urgent-follow-up": "Urgent Follow Up",
 }
+CAS_OPERATION = f"{GATEWAY_BASE}/CodeSystem/cas-operation"
+PRACTITIONER_SUITABILITY = f"{GATEWAY_BASE}/CodeSystem/practitioner-suitability"
+PRIORITY_ORDER = ("routine", "urgent", "asap", "stat")  # FHIR request-priority, least to most urgent

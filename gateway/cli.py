@@ -80,6 +80,27 @@ def score(
 
 
 @app.command()
+def tick(
+    now: Annotated[str | None, typer.Option(help="The time to tick at (ISO 8601 with offset); default now.")] = None,
+) -> None:
+    """Create the safety-call Tasks due now for amber and red cases (CAS-09), once; safe to run anywhere, any number of times."""
+    from gateway.clock import SystemClock
+    from gateway.rules.schema import load_rules
+    from gateway.safety_calls import tick as run_tick
+    from gateway.settings import Settings
+    from gateway.store.db import make_engine, make_sessionmaker
+    from gateway.store.db import migrate as run_migrations
+
+    settings = Settings()
+    engine = make_engine(settings.database_url)
+    run_migrations(engine)
+    moment = parse_source_datetime(now) if now else SystemClock().now()
+    created = run_tick(make_sessionmaker(engine), load_rules(settings.rules_dir), moment)
+    typer.echo(f"tick: {len(created)} safety call(s) created", err=True)
+    engine.dispose()
+
+
+@app.command()
 def demo() -> None:
     """Load the demo fixtures (fixtures/nhs111) into the database, through the same intake as HTTP."""
     from gateway.api.app import create_app

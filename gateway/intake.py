@@ -29,7 +29,9 @@ from fhir_mapping.replies import bars_response_message, batch_response, operatio
 from gateway.clock import Clock
 from gateway.messages import Inbound, Reply, commit_message, previous, resend
 from gateway.rules.cas_intake import QueueDecision, decide_intake
+from gateway.rules.cas_queue import merge_resent_task
 from gateway.rules.schema import RuleRegistry
+from gateway.store.repo import get_resource
 
 __all__ = ["Intake", "Reply", "CHANNEL_NHS111", "CHANNEL_BARS", "plan_for", "decide", "detect_kind", "map_offline"]
 
@@ -137,7 +139,9 @@ class Intake:
             inbound,
             now,
             # Task first: it leads the reply
-            write=lambda _session: [(r, service_id if r["resourceType"] == "Task" else None) for r in reversed(resources)],
+            write=lambda session: [
+                (_never_downgrade(session, r), service_id if r["resourceType"] == "Task" else None) for r in reversed(resources)
+            ],
             make_reply=lambda stored, created: make_reply(referral, stored, created, now),
             on_race=(lambda _original: _bars_duplicate()) if channel == CHANNEL_BARS else resend,
         )
@@ -153,6 +157,14 @@ class Intake:
                 unused=len(referral.unused),
             )
         return reply
+
+
+def _never_downgrade(session: Session, resource: dict[str, Any]) -> dict[str, Any]:
+    """CAS-08 on re-sent referrals: an existing case keeps its history and can only become more urgent."""
+    if resource["resourceType"] != "Task":
+        return resource
+    existing = get_resource(session, "Task", resource["id"])
+    return merge_resent_task(existing, resource) if existing else resource
 
 
 def _bars_duplicate() -> Reply:

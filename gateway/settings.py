@@ -21,6 +21,7 @@ class Settings(BaseSettings):
     database_url: str = Field(default="sqlite:///./iap-gateway.db", validation_alias="DATABASE_URL")
     rules_dir: Path = DEFAULT_RULES_DIR
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    tick_seconds: int = Field(default=60, ge=0)  # safety-call worker interval; 0 = off (run `iap-gateway tick` instead)
     log_json: bool = True
     log_level: str = "INFO"
 

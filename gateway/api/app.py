@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
+
 from fastapi import FastAPI, Request
 from starlette.responses import JSONResponse, Response
 
 from fhir_mapping.measures import load_measures
-from gateway.api import fhir_read, ingest, measures, queue
+from gateway.api import cases, fhir_read, ingest, measures, queue
 from gateway.api.responses import install_error_handlers
+from gateway.cases import CaseOperations
 from gateway.clock import Clock, SystemClock
 from gateway.intake import Intake
 from gateway.logging import configure_logging
 from gateway.responses import ResponseIntake
 from gateway.rules.schema import load_rules
+from gateway.safety_calls import run_ticker
 from gateway.settings import Settings
 from gateway.store.db import make_engine, make_sessionmaker, migrate
 
@@ -32,7 +39,22 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
     sessions = make_sessionmaker(engine)
     clock = clock or SystemClock()
 
-    app = FastAPI(title="IAP gateway", version="0.1.0", description="FHIR R4 integration gateway for NHS mental health services")
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        """The safety-call worker (CAS-09) runs beside the API when `tick_seconds` > 0."""
+        worker = None
+        if settings.tick_seconds > 0:
+            worker = asyncio.create_task(run_ticker(sessions, registry, clock, timedelta(seconds=settings.tick_seconds)))
+        yield
+        if worker:
+            worker.cancel()
+
+    app = FastAPI(
+        title="IAP gateway",
+        version="0.1.0",
+        description="FHIR R4 integration gateway for NHS mental health services",
+        lifespan=lifespan,
+    )
     app.state.settings = settings
     app.state.engine = engine
     app.state.sessions = sessions
@@ -41,6 +63,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
     app.state.intake = Intake(sessions, registry, clock)
     app.state.measures = catalogue
     app.state.responses = ResponseIntake(sessions, catalogue, clock)
+    app.state.cases = CaseOperations(sessions, registry, clock)
     install_error_handlers(app)
 
     @app.middleware("http")
@@ -60,5 +83,6 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
     app.include_router(ingest.router)
     app.include_router(queue.router)
     app.include_router(measures.router)
+    app.include_router(cases.router)
     app.include_router(fhir_read.router)
     return app

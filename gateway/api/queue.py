@@ -8,6 +8,7 @@ from starlette.responses import JSONResponse, Response
 from adapters.problems import GatewayInputError, Kind, Problem
 from fhir_mapping.datetimes import format_iso_duration, parse_source_datetime, to_fhir_instant
 from gateway.api.deps import ClockDep, RegistryDep, SessionDep
+from gateway.rules.cas_queue import breach_status
 from gateway.store.repo import queue_rows
 
 __all__ = ["router"]
@@ -25,6 +26,7 @@ def queue(session: SessionDep, clock: ClockDep, registry: RegistryDep, service: 
         breach = parse_source_datetime(task["restriction"]["period"]["end"])
         remaining = breach - now
         classification = ((task.get("businessStatus") or {}).get("coding") or [{}])[0]
+        rules = registry.services[task["_service"]]
         entries.append(
             {
                 "position": position,
@@ -34,7 +36,8 @@ def queue(session: SessionDep, clock: ClockDep, registry: RegistryDep, service: 
                 "priority": task.get("priority"),
                 "classification": classification.get("display"),
                 "breach_time": task["restriction"]["period"]["end"],
-                "breached": remaining.total_seconds() < 0,
+                "breached": remaining.total_seconds() <= 0,
+                "breach_status": breach_status(breach, now, rules.breach_status),  # CAS-09
                 "time_to_breach": format_iso_duration(remaining),
                 "time_to_breach_seconds": int(remaining.total_seconds()),
             }

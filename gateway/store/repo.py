@@ -27,6 +27,7 @@ __all__ = [
     "ResourceQuery",
     "search_resources",
     "open_cas_tasks",
+    "get_for_update",
 ]
 
 ACTIVE_TASK_STATUSES = ("requested", "received", "accepted", "ready", "in-progress", "on-hold")
@@ -91,6 +92,8 @@ def _tokens(res: dict[str, Any]) -> list[tuple[str, str, str]]:
         return [("code", c.get("system", ""), c["code"]) for c in (res.get("code") or {}).get("coding", []) if c.get("code")]
     if res["resourceType"] == "QuestionnaireResponse" and res.get("questionnaire"):
         return [("questionnaire", "", res["questionnaire"].split("|", 1)[0])]
+    if res["resourceType"] == "Provenance":
+        return [("target", "", t["reference"].split("/_history/", 1)[0]) for t in res.get("target", []) if t.get("reference")]
     return []
 
 
@@ -201,6 +204,14 @@ def search_resources(session: Session, query: ResourceQuery) -> tuple[list[dict[
     total = session.execute(select(func.count()).select_from(stmt.subquery())).scalar_one()
     stmt = stmt.order_by(ResourceRow.effective_at.asc(), ResourceRow.id.asc()).limit(query.count).offset(query.offset)
     return [json.loads(r.content) for r in session.execute(stmt).scalars()], total
+
+
+def get_for_update(session: Session, resource_type: str, resource_id: str) -> tuple[dict[str, Any], str | None] | None:
+    """A resource and its service, locked on PostgreSQL until the transaction ends (operations read-modify-write)."""
+    row = session.execute(
+        select(ResourceRow).where(ResourceRow.resource_type == resource_type, ResourceRow.id == resource_id).with_for_update()
+    ).scalar_one_or_none()
+    return (json.loads(row.content), row.service_id) if row else None
 
 
 def open_cas_tasks(session: Session, patient_id: str) -> list[dict[str, Any]]:

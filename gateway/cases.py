@@ -1,0 +1,104 @@
+"""Operations on CAS queue cases, each stored with a Provenance (who, when, which rules, why); and $explain."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import structlog
+from sqlalchemy.orm import Session, sessionmaker
+
+from adapters.jsonparse import parse_json_object
+from adapters.problems import GatewayInputError, Kind, Problem
+from fhir_mapping import codes
+from fhir_mapping.datetimes import to_fhir_instant
+from fhir_mapping.ids import resource_id
+from gateway.clock import Clock
+from gateway.rules.cas_ops import OPERATIONS, apply_operation, parse_parameters
+from gateway.rules.schema import RuleRegistry
+from gateway.store.repo import ResourceQuery, get_for_update, get_resource, put_resource, search_resources
+
+__all__ = ["CaseOperations", "provenance", "explain", "RULE_SYSTEM"]
+
+log = structlog.get_logger("iap.cases")
+RULE_SYSTEM = f"{codes.GATEWAY_BASE}/CodeSystem/domain-rule"
+
+
+def provenance(target: dict[str, Any], activity: str, who: str, rule_ids: tuple[str, ...], summary: str, now: datetime) -> dict[str, Any]:
+    """Who did what to which version of a resource, when, under which rules, and why (in words)."""
+    version = target["meta"]["versionId"]
+    ref = f"{target['resourceType']}/{target['id']}"
+    return {
+        "resourceType": "Provenance",
+        "id": resource_id("Provenance", ref, f"{version}-{activity}"),
+        "target": [{"reference": f"{ref}/_history/{version}"}],
+        "recorded": to_fhir_instant(now),
+        "activity": {"coding": [{"system": codes.CAS_OPERATION, "code": activity}]},
+        "reason": [{"coding": [{"system": RULE_SYSTEM, "code": rule} for rule in rule_ids], "text": summary}],
+        "agent": [{"who": {"display": who}}],
+    }
+
+
+class CaseOperations:
+    def __init__(self, sessions: sessionmaker[Session], registry: RuleRegistry, clock: Clock) -> None:
+        self.sessions = sessions
+        self.registry = registry
+        self.clock = clock
+
+    def run(self, task_id: str, name: str, raw: bytes) -> dict[str, Any]:
+        """Apply operation `name` to Task `task_id`; the new Task version, or GatewayInputError and nothing changed."""
+        if name not in OPERATIONS:
+            raise GatewayInputError(
+                Problem(Kind.NOT_SUPPORTED, "operation", f"unknown operation ${name[:40]}; known: {sorted(OPERATIONS)}")
+            )
+        params = parse_parameters(parse_json_object(raw, "Parameters"))
+        now = self.clock.now()
+        with self.sessions.begin() as session:
+            task, service_id = get_for_update(session, "Task", task_id) or ({}, None)
+            if service_id is None:
+                raise GatewayInputError(Problem(Kind.NOT_FOUND, "id", f"Task/{task_id[:64]} is not a CAS queue case"))
+            rules = self.registry.services[service_id]
+            result = apply_operation(name, task, params, rules, now)
+            stored, _ = put_resource(session, result.task, now, service_id)
+            for extra in result.extra:
+                put_resource(session, extra, now)
+            if name == "record-contact-attempt" and params.values.get("safety-call"):
+                _complete_safety_call(session, task_id, params.values["safety-call"], now)
+            who = params.string("practitioner") or ""
+            put_resource(session, provenance(stored, name, who, result.rule_ids, result.summary, now), now)
+        log.info("case.operation", operation=name, task=task_id, rules=list(result.rule_ids), status=stored["status"])
+        return stored
+
+
+def _complete_safety_call(session: Session, case_id: str, reference: Any, now: datetime) -> None:
+    """The safety call this contact attempt answers is done (it must belong to this case)."""
+    ref = reference.get("reference") if isinstance(reference, dict) else reference
+    element = "Parameters.parameter.where(name='safety-call')"
+    call = get_resource(session, "Task", str(ref).removeprefix("Task/")) if isinstance(ref, str) else None
+    if call is None or {"reference": f"Task/{case_id}"} not in call.get("basedOn", []):
+        raise GatewayInputError(Problem(Kind.VALUE, element, f"{str(ref)[:80]} is not a safety call of Task/{case_id}"))
+    if call["status"] != "completed":
+        call = {k: v for k, v in call.items() if k != "meta"} | {"status": "completed", "lastModified": to_fhir_instant(now)}
+        put_resource(session, call, now)
+
+
+def explain(session: Session, task_id: str) -> dict[str, Any]:
+    """Every decision on a case in plain words: the intake rules, then each operation and automatic action, in order."""
+    task = get_resource(session, "Task", task_id)
+    if task is None:
+        raise GatewayInputError(Problem(Kind.NOT_FOUND, "id", f"Task/{task_id[:64]} is not known"))
+    steps = []
+    intake_rules = next((i.get("valueString") for i in task.get("input", []) if i["type"]["coding"][0]["code"] == "rules-applied"), "")
+    intake_reasons = [i["valueString"] for i in task.get("input", []) if i["type"]["coding"][0]["code"] == "rule-reason"]
+    steps.append(f"{task['authoredOn']} intake ({intake_rules}) by the gateway: " + "; ".join(intake_reasons))
+    records, _ = search_resources(session, ResourceQuery("Provenance", tokens=[("target", None, f"Task/{task_id}")], count=10_000))
+    for record in sorted(records, key=lambda r: r["recorded"]):
+        rules = ", ".join(c["code"] for c in record["reason"][0].get("coding", []))
+        who = record["agent"][0]["who"].get("display", "")
+        activity = record["activity"]["coding"][0]["code"]
+        steps.append(f"{record['recorded']} {activity} ({rules}) by {who}: {record['reason'][0]['text']}")
+    return {
+        "resourceType": "Parameters",
+        "parameter": [{"name": "task", "valueReference": {"reference": f"Task/{task_id}"}}]
+        + [{"name": "step", "valueString": step} for step in steps],
+    }

@@ -1,0 +1,93 @@
+"""The safety-call worker (CAS-09): one safety-call Task per amber or red case per due interval.
+
+Idempotent across restarts and across gateway instances sharing PostgreSQL: the safety call
+for (case, interval) has a deterministic id, each is written in its own transaction, and a
+copy that another instance wrote first is a primary-key conflict that is simply skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta
+from typing import Any
+
+import structlog
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from fhir_mapping import codes
+from fhir_mapping.datetimes import to_fhir_instant
+from fhir_mapping.ids import resource_id
+from gateway.cases import provenance
+from gateway.clock import Clock
+from gateway.rules.cas_queue import breach_status, breach_time
+from gateway.rules.schema import RuleRegistry, ServiceRules
+from gateway.store.repo import get_resource, put_resource, queue_rows
+
+__all__ = ["tick", "safety_call_for", "run_ticker"]
+
+log = structlog.get_logger("iap.safety_calls")
+
+
+def safety_call_for(case: dict[str, Any], rules: ServiceRules, now: datetime) -> dict[str, Any] | None:
+    """The safety-call Task due now for `case`, or None when the case is green (CAS-09)."""
+    breach = breach_time(case)
+    status = breach_status(breach, now, rules.breach_status)
+    if status == "green":
+        return None
+    since_amber = now - (breach - rules.breach_status.amber_within)
+    interval = int(since_amber / rules.safety_calls.every)
+    due_from = breach - rules.breach_status.amber_within + interval * rules.safety_calls.every
+    return {
+        "resourceType": "Task",
+        "id": resource_id("Task", f"Task/{case['id']}", f"safety-call-{interval}"),
+        "meta": {"profile": [f"{codes.UKCORE}Task"]},
+        "basedOn": [{"reference": f"Task/{case['id']}"}],
+        "partOf": [{"reference": f"Task/{case['id']}"}],
+        "status": "requested",
+        "intent": "order",
+        "priority": case.get("priority", "urgent"),
+        "code": {"coding": [{"system": codes.CAS_TASK_TYPE, "code": "safety-call", "display": "Operational safety call"}]},
+        "description": f"Safety call: case is {status} (CAS-09); check for new or worsening concern (CAS-10)",
+        "for": case["for"],
+        "authoredOn": to_fhir_instant(now),
+        "lastModified": to_fhir_instant(now),
+        "executionPeriod": {"start": to_fhir_instant(due_from), "end": to_fhir_instant(due_from + rules.safety_calls.every)},
+        "owner": case.get("owner"),
+    }
+
+
+def tick(sessions: sessionmaker[Session], registry: RuleRegistry, now: datetime) -> list[str]:
+    """Create the safety calls due at `now`; returns the ids created by this call (others' are skipped)."""
+    with sessions() as session:
+        cases = queue_rows(session, None)
+    created = []
+    for case in cases:
+        rules = registry.services.get(case.pop("_service") or "")
+        call = safety_call_for(case, rules, now) if rules else None
+        if call is None:
+            continue
+        try:
+            with sessions.begin() as session:
+                if get_resource(session, "Task", call["id"]) is not None:
+                    continue
+                stored, _ = put_resource(session, call, now)
+                record = provenance(stored, "safety-call", "iap-gateway safety-call worker", ("CAS-09",), call["description"], now)
+                record["target"].append({"reference": f"Task/{case['id']}"})
+                put_resource(session, record, now)
+            created.append(call["id"])
+        except IntegrityError:
+            continue  # another instance created this safety call first
+    if created:
+        log.info("safety_calls.created", count=len(created))
+    return created
+
+
+async def run_ticker(sessions: sessionmaker[Session], registry: RuleRegistry, clock: Clock, every: timedelta) -> None:
+    """The background worker started with `serve`: tick, sleep, repeat (errors logged, never fatal)."""
+    while True:
+        try:
+            await asyncio.to_thread(tick, sessions, registry, clock.now())
+        except Exception as exc:  # noqa: BLE001 - the worker must outlive a bad tick; the next one retries
+            log.error("safety_calls.tick_failed", error=type(exc).__name__)
+        await asyncio.sleep(every.total_seconds())
