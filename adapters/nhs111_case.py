@@ -7,22 +7,22 @@ warnings (never dropped silently).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
+from adapters.case_json import OpenModel, PatientBlock, RedFlagBlock, demographics_of, extra_field_warnings, problem_from_pydantic
 from adapters.jsonparse import parse_json_object
 from adapters.problems import GatewayInputError, Kind, Problem, ProblemList
 from adapters.referral import (
     Channel,
-    Demographics,
     PathwaysOutcome,
     RedFlagAnswer,
     Referral,
     check_nhs_number,
     normalise_dx,
 )
-from fhir_mapping.datetimes import OffsetMissing, parse_source_date, parse_source_datetime
+from fhir_mapping.datetimes import OffsetMissing, parse_source_datetime
 
 __all__ = ["parse_nhs111_case", "CASE_ID_SYSTEM", "FORMAT_NAME"]
 
@@ -30,23 +30,7 @@ FORMAT_NAME = "nhs111-case/1"
 CASE_ID_SYSTEM = "https://fhir.iap-gateway.org/Id/nhs111-case-id"
 
 
-class _Open(BaseModel):
-    model_config = ConfigDict(extra="allow", str_strip_whitespace=True)
-
-
-class _Patient(_Open):
-    nhs_number: str
-    family: str | None = None
-    given: list[str] = Field(default_factory=list)
-    birth_date: str | None = None
-    gender: Literal["male", "female", "other", "unknown"] | None = None
-    address_lines: list[str] = Field(default_factory=list)
-    city: str | None = None
-    postcode: str | None = None
-    phone: str | None = None
-
-
-class _Pathways(_Open):
+class _Pathways(OpenModel):
     dx: str | None = None
     dx_display: str | None = None
     symptom_group: str | None = None
@@ -54,26 +38,20 @@ class _Pathways(_Open):
     pathway: str | None = None
 
 
-class _RedFlag(_Open):
-    id: str = Field(min_length=1)
-    question: str = Field(min_length=1)
-    answer: bool
-
-
-class _Caller(_Open):
+class _Caller(OpenModel):
     relationship: str | None = None
 
 
-class _Case(_Open):
+class _Case(OpenModel):
     format: Literal["nhs111-case/1"] | None = None
     case_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9.\-]+$")
     channel: Literal["111-option-1", "111-option-2", "111-online", "third-party", "bsl-interpreter"]
     destination_dos_id: str = Field(min_length=1, max_length=32)
     call_time: str
-    patient: _Patient
+    patient: PatientBlock
     gp_practice_ods: str | None = Field(default=None, pattern=r"^[A-Z0-9]{3,10}$")
     pathways: _Pathways | None = None
-    red_flags: list[_RedFlag] = Field(default_factory=list)
+    red_flags: list[RedFlagBlock] = Field(default_factory=list)
     caller: _Caller | None = None
     free_text: str | None = None
 
@@ -93,7 +71,7 @@ def parse_nhs111_case(raw: bytes) -> Referral:
     try:
         case = _Case.model_validate(data)
     except ValidationError as exc:
-        raise GatewayInputError([_problem_from_pydantic(err) for err in exc.errors()]) from None
+        raise GatewayInputError([problem_from_pydantic(err) for err in exc.errors()]) from None
 
     problems = ProblemList()
     call_time = None
@@ -104,16 +82,10 @@ def parse_nhs111_case(raw: bytes) -> Referral:
     except ValueError as exc:
         problems.error(Kind.VALUE, "call_time", str(exc))
 
-    nhs, reason = check_nhs_number(case.patient.nhs_number)
+    _, reason = check_nhs_number(case.patient.nhs_number)
     if reason:
         problems.error(Kind.VALUE, "patient.nhs_number", reason)
-
-    birth_date = None
-    if case.patient.birth_date:
-        try:
-            birth_date = parse_source_date(case.patient.birth_date)
-        except ValueError as exc:
-            problems.error(Kind.VALUE, "patient.birth_date", str(exc))
+    demographics = demographics_of(case.patient, problems)
 
     channel = Channel(case.channel)
     pathways = None
@@ -138,9 +110,7 @@ def parse_nhs111_case(raw: bytes) -> Referral:
             f"a {channel.value} case has been through NHS Pathways and must carry its disposition (Dx) code (CAS-05)",
         )
 
-    unused = tuple(_extra_paths(case))
-    for path in unused:
-        problems.warning(Kind.NOT_SUPPORTED, path, "field not recognised by format nhs111-case/1; kept in the raw message only")
+    unused = extra_field_warnings(case, problems)
     if call_time is None:
         problems.raise_if_errors("parse")
     assert call_time is not None
@@ -154,17 +124,7 @@ def parse_nhs111_case(raw: bytes) -> Referral:
         destination=case.destination_dos_id,
         destination_element="destination_dos_id",
         call_time=call_time,
-        patient=Demographics(
-            nhs_number=nhs or case.patient.nhs_number,
-            family=case.patient.family,
-            given=tuple(case.patient.given),
-            birth_date=birth_date,
-            gender=case.patient.gender,
-            address_lines=tuple(case.patient.address_lines),
-            city=case.patient.city,
-            postcode=case.patient.postcode,
-            phone=case.patient.phone,
-        ),
+        patient=demographics,
         gp_practice_ods=case.gp_practice_ods,
         pathways=pathways,
         red_flags=tuple(RedFlagAnswer(f.id, f.question, f.answer) for f in case.red_flags),
@@ -173,24 +133,3 @@ def parse_nhs111_case(raw: bytes) -> Referral:
         problems=tuple(problems.items),
         unused=unused,
     )
-
-
-def _problem_from_pydantic(err: Any) -> Problem:
-    path = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in err["loc"]).replace(".[", "[")
-    kind = Kind.REQUIRED if err["type"] == "missing" else Kind.VALUE
-    message = err["msg"]
-    if err["type"] == "literal_error":
-        message = f"must be one of: {err['ctx']['expected']}"
-    return Problem(kind, path or "$", message)
-
-
-def _extra_paths(model: BaseModel, prefix: str = "") -> list[str]:
-    paths = [f"{prefix}{key}" for key in (model.model_extra or {})]
-    for name in type(model).model_fields:
-        value = getattr(model, name)
-        items = value if isinstance(value, list) else [value]
-        for index, item in enumerate(items):
-            if isinstance(item, BaseModel):
-                suffix = f"[{index}]" if isinstance(value, list) else ""
-                paths += _extra_paths(item, f"{prefix}{name}{suffix}.")
-    return paths

@@ -25,6 +25,7 @@ __all__ = [
     "PathwaysOutcome",
     "RedFlagAnswer",
     "RiskFlag",
+    "Professional",
     "Referral",
     "normalise_dx",
     "check_nhs_number",
@@ -40,6 +41,7 @@ class Channel(Enum):
     THIRD_PARTY = "third-party"  # MHCAS call handler, caller is not the patient (CAS-03)
     BSL = "bsl-interpreter"  # MHCAS call handler via BSL interpreter (CAS-03)
     BARS = "bars"  # BaRS referral: Pathways-assessed, Dx timeframe (CAS-05)
+    MHPL = "mhpl"  # Emergency Services Mental Health Professional Line: timeframe by caller service (CAS-06)
 
     @property
     def pathways_assessed(self) -> bool:
@@ -93,6 +95,17 @@ class RiskFlag:
 
 
 @dataclass(frozen=True)
+class Professional:
+    """The emergency-services professional who called the MHPL (CAS-06)."""
+
+    service: str  # police | ambulance | fire | coastguard | other-emergency-service
+    name: str
+    role: str | None = None
+    staff_id: str | None = None  # collar / staff number
+    phone: str | None = None
+
+
+@dataclass(frozen=True)
 class Referral:
     source: str  # "nhs111-case" | "bars"
     source_system: str  # identifier system of the sender's case / message id
@@ -109,6 +122,7 @@ class Referral:
     risk_flags: tuple[RiskFlag, ...] = ()
     callback_deadline: datetime | None = None  # sender's deadline (BaRS occurrencePeriod.end)
     caller_relationship: str | None = None
+    professional: Professional | None = None
     free_text: str | None = None
     correlation_id: str | None = None
     header_id: str | None = None  # BaRS MessageHeader id (second dedupe key)

@@ -46,6 +46,7 @@ class TaskPlan:
     rule_set: str
     rule_ids: tuple[str, ...]
     reasons: tuple[str, ...]
+    specialist_desk: bool = False
 
 
 @dataclass
@@ -106,6 +107,7 @@ def map_cas_referral(referral: Referral, plan: TaskPlan, received_at: datetime) 
             **({"end": to_fhir_instant(referral.callback_deadline)} if referral.callback_deadline else {}),
         },
         performer=[owner],
+        requester=_requester(referral),
         reasonCode=_pathways_codes(referral) or None,
         supportingInfo=supporting or None,
         note=[{"text": referral.free_text}]
@@ -122,6 +124,15 @@ M = TypeVar("M", bound=Resource)
 def _uk_core(model: type[M], **fields: Any) -> M:
     """A resource claiming its UK Core profile (https://fhir.hl7.org.uk/StructureDefinition/UKCore-<Type>)."""
     return build(model, meta={"profile": [f"{codes.UKCORE}{model.__name__}"]}, **fields)
+
+
+def _requester(referral: Referral) -> dict[str, Any] | None:
+    """The MHPL professional who called (CAS-06), as a display reference (no directory to resolve them against)."""
+    pro = referral.professional
+    if pro is None:
+        return None
+    words = ", ".join(w for w in (pro.name, pro.role, f"{pro.service} (emergency services)", pro.staff_id) if w)
+    return {"display": words}
 
 
 def _patient(referral: Referral) -> Patient:
@@ -238,6 +249,8 @@ def _task(
             )
         )
     inputs.append(_input("source-channel", "How the case arrived", valueString=referral.channel.value))
+    if plan.specialist_desk:
+        inputs.append(_input("specialist-desk", "Specialist Desk case: GP notified on completion (CAS-15)", valueBoolean=True))
     business_status = (
         {
             "coding": [

@@ -14,6 +14,7 @@ from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 from fhir.resources.R4B.careplan import CarePlan
 from fhir.resources.R4B.codeableconcept import CodeableConcept
 from fhir.resources.R4B.coding import Coding
+from fhir.resources.R4B.communicationrequest import CommunicationRequest
 from fhir.resources.R4B.encounter import Encounter
 from fhir.resources.R4B.flag import Flag
 from fhir.resources.R4B.messageheader import MessageHeader
@@ -35,6 +36,7 @@ __all__ = [
     "CarePlan",
     "CodeableConcept",
     "Coding",
+    "CommunicationRequest",
     "Encounter",
     "Flag",
     "MessageHeader",

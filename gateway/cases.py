@@ -13,6 +13,7 @@ from adapters.problems import GatewayInputError, Kind, Problem
 from fhir_mapping import codes
 from fhir_mapping.datetimes import to_fhir_instant
 from fhir_mapping.ids import resource_id
+from fhir_mapping.notifications import specialist_desk_gp_notification
 from gateway.clock import Clock
 from gateway.rules.cas_ops import OPERATIONS, apply_operation, parse_parameters
 from gateway.rules.schema import RuleRegistry
@@ -59,15 +60,26 @@ class CaseOperations:
                 raise GatewayInputError(Problem(Kind.NOT_FOUND, "id", f"Task/{task_id[:64]} is not a CAS queue case"))
             rules = self.registry.services[service_id]
             result = apply_operation(name, task, params, rules, now)
+            who = params.string("practitioner") or ""
             stored, _ = put_resource(session, result.task, now, service_id)
             for extra in result.extra:
                 put_resource(session, extra, now)
             if name == "record-contact-attempt" and params.values.get("safety-call"):
                 _complete_safety_call(session, task_id, params.values["safety-call"], now)
-            who = params.string("practitioner") or ""
+            if stored["status"] == "completed" and _is_specialist_desk(stored):
+                # CAS-15: recorded in the same transaction as the completion, so it cannot be lost
+                patient = get_resource(session, "Patient", stored["for"]["reference"].split("/", 1)[1])
+                notification, _ = put_resource(session, specialist_desk_gp_notification(stored, patient, now), now)
+                record = provenance(notification, "gp-notification", who, ("CAS-15",), "GP notification recorded for delivery", now)
+                record["target"].append({"reference": f"Task/{task_id}"})
+                put_resource(session, record, now)
             put_resource(session, provenance(stored, name, who, result.rule_ids, result.summary, now), now)
         log.info("case.operation", operation=name, task=task_id, rules=list(result.rule_ids), status=stored["status"])
         return stored
+
+
+def _is_specialist_desk(task: dict[str, Any]) -> bool:
+    return any(i["type"]["coding"][0]["code"] == "specialist-desk" and i.get("valueBoolean") for i in task.get("input", []))
 
 
 def _complete_safety_call(session: Session, case_id: str, reference: Any, now: datetime) -> None:

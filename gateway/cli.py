@@ -143,10 +143,13 @@ def _load_demo(application: object) -> None:
     folder = _fixtures_dir() / "nhs111"
     if not folder.is_dir():
         raise typer.BadParameter(f"no demo fixtures at {folder} (set IAP_FIXTURES_DIR)")
-    for path in sorted(folder.glob("*.json")):
+    calls = sorted((_fixtures_dir() / "mhpl").glob("*.json"))
+    for path in [*sorted(folder.glob("*.json")), *calls]:
         raw = path.read_bytes()
         try:
-            if detect_kind(raw) == CHANNEL_BARS:
+            if path in calls:
+                reply = intake.receive_mhpl_call(raw)
+            elif detect_kind(raw) == CHANNEL_BARS:
                 request_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"demo:{path.name}"))
                 reply = intake.receive_bars(raw, request_id, request_id)
             else:

@@ -19,6 +19,7 @@ import structlog
 from sqlalchemy.orm import Session, sessionmaker
 
 from adapters.bars import parse_bars_message
+from adapters.mhpl import parse_mhpl_call
 from adapters.nhs111_case import parse_nhs111_case
 from adapters.problems import GatewayInputError, Kind, Problem
 from adapters.referral import Referral
@@ -39,6 +40,7 @@ log = structlog.get_logger("iap.intake")
 
 CHANNEL_NHS111 = "nhs111-case"
 CHANNEL_BARS = "bars"
+CHANNEL_MHPL = "mhpl"
 
 
 def plan_for(decision: QueueDecision) -> TaskPlan:
@@ -53,6 +55,7 @@ def plan_for(decision: QueueDecision) -> TaskPlan:
         rule_set=rules.label,
         rule_ids=decision.rule_ids,
         reasons=decision.reasons,
+        specialist_desk=decision.specialist_desk,
     )
 
 
@@ -88,6 +91,15 @@ class Intake:
             stored, created, [p for p in referral.problems if not p.is_error], resource_id("Bundle", "nhs111-reply", referral.message_id)
         )
         return Reply(201, body, {"Location": f"/fhir/Task/{task['id']}"})
+
+    # -- MHPL (professional line) calls ---------------------------------------------------------
+    def receive_mhpl_call(self, raw: bytes) -> Reply:
+        referral = parse_mhpl_call(raw)
+        original = previous(self.sessions, CHANNEL_MHPL, referral.message_id)
+        if original is not None:
+            return resend(original)
+        decision = decide(referral, self.registry)
+        return self._commit(CHANNEL_MHPL, referral, decision, raw, self._nhs111_reply)
 
     # -- BaRS $process-message ---------------------------------------------------------------
     def receive_bars(self, raw: bytes, request_id: str | None, correlation_id: str | None) -> Reply:

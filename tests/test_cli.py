@@ -42,7 +42,7 @@ def test_demo_loads_the_fixtures_once_however_often_it_runs(tmp_path: Path) -> N
     env = {"DATABASE_URL": f"sqlite:///{tmp_path / 'demo.db'}"}
     first = _run("demo", env=env)
     assert first.returncode == 0, first.stderr
-    cases = len(list(FIXTURES.glob("*.json")))
+    cases = len(list(FIXTURES.glob("*.json"))) + len(list((FIXTURES.parent / "mhpl").glob("*.json")))
     assert f"demo: {cases} new case(s) loaded" in first.stderr
     second = _run("demo", env=env)
     assert "demo: 0 new case(s) loaded" in second.stderr

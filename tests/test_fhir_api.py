@@ -134,6 +134,8 @@ def test_capability_statement_lists_only_what_is_served(client) -> None:
         "Flag",
         "Observation",
         "Questionnaire",
+        "CommunicationRequest",
+        "Provenance",
     }
     assert {p["name"] for p in resources["Task"]["searchParam"]} == {"status", "business-status", "patient", "priority"}
     assert statement["rest"][0]["operation"][0]["name"] == "process-message"

@@ -14,13 +14,31 @@ from fhir_mapping.fhir import CapabilityStatement, build, to_json_dict
 from gateway.api.deps import ClockDep, SessionDep
 from gateway.api.responses import FhirResponse
 from gateway.api.search import paging, refuse_unknown, searchset, split_list
-from gateway.store.repo import TaskQuery, find_by_identifier, get_resource, search_tasks, sortable_task_params
+from gateway.store.repo import (
+    ResourceQuery,
+    TaskQuery,
+    find_by_identifier,
+    get_resource,
+    search_resources,
+    search_tasks,
+    sortable_task_params,
+)
 
 __all__ = ["router", "READABLE_TYPES"]
 
 router = APIRouter(prefix="/fhir")
 
-READABLE_TYPES = ("Task", "Patient", "ServiceRequest", "Encounter", "QuestionnaireResponse", "Flag", "Observation")
+READABLE_TYPES = (
+    "Task",
+    "Patient",
+    "ServiceRequest",
+    "Encounter",
+    "QuestionnaireResponse",
+    "Flag",
+    "Observation",
+    "CommunicationRequest",
+    "Provenance",
+)
 _TASK_PARAMS = {"status", "business-status", "patient", "priority", "_sort", "_count", "_offset", "_format"}
 _PATIENT_PARAMS = {"identifier", "_format"}
 _ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
@@ -69,6 +87,18 @@ def patient_search(request: Request, session: SessionDep) -> Response:
     system, _, value = token.rpartition("|")
     resources = find_by_identifier(session, "Patient", system or None, value)
     return FhirResponse(searchset(request, resources, len(resources), len(resources) or 1, 0))
+
+
+@router.get("/CommunicationRequest", summary="Pending notifications (e.g. CAS-15 GP notifications): status, patient")
+def communication_request_search(request: Request, session: SessionDep) -> Response:
+    params = request.query_params
+    refuse_unknown(params.keys(), {"status", "patient", "_count", "_offset", "_format"}, "CommunicationRequest")
+    count, offset = paging(params)
+    query = ResourceQuery(
+        "CommunicationRequest", patient=params.get("patient"), status=split_list(params.get("status")), count=count, offset=offset
+    )
+    resources, total = search_resources(session, query)
+    return FhirResponse(searchset(request, resources, total, count, offset))
 
 
 @router.get("/{resource_type}/{resource_id}", summary="Read a resource by id")
@@ -125,7 +155,8 @@ def capability_statement(date: str) -> dict[str, Any]:
                         "QuestionnaireResponse", ["create", "read", "search-type"], {"patient": "reference", "questionnaire": "reference"}
                     ),
                     resource("Observation", ["read", "search-type"], {"patient": "reference", "code": "token", "date": "date"}),
-                    *[resource(t, ["read"]) for t in ("ServiceRequest", "Encounter", "Flag")],
+                    resource("CommunicationRequest", ["read", "search-type"], {"status": "token", "patient": "reference"}),
+                    *[resource(t, ["read"]) for t in ("ServiceRequest", "Encounter", "Flag", "Provenance")],
                 ],
                 "operation": [
                     {"name": "process-message", "definition": "http://hl7.org/fhir/OperationDefinition/MessageHeader-process-message"}

@@ -53,6 +53,16 @@ async def ingest_nhs111(request: Request, intake: IntakeDep, settings: SettingsD
 
 
 @router.post(
+    "/ingest/mhpl",
+    status_code=201,
+    summary="Receive an Emergency Services Mental Health Professional Line call (docs/formats/mhpl-call.md); timeframe by caller (CAS-06)",
+)
+async def ingest_mhpl(request: Request, intake: IntakeDep, settings: SettingsDep) -> Response:
+    raw = await read_body(request, settings.max_body_bytes)
+    return _respond(await run_in_threadpool(intake.receive_mhpl_call, raw))
+
+
+@router.post(
     "/fhir/$process-message",
     summary="BaRS: receive a servicerequest-request message Bundle (X-Request-Id and X-Correlation-Id required)",
 )

@@ -1,6 +1,7 @@
 """CAS queue intake: the priority, classification and breach time of a new case.
 
-Applies CAS-01 (one queue per service), CAS-03 (call-handler cases: 6-hour default),
+Applies CAS-01 (one queue per service), CAS-03 (call-handler cases: 6-hour default), CAS-06 (MHPL:
+timeframe by caller service), CAS-15 (Specialist Desk: out of hours only),
 CAS-04 (any red flag -> Urgent CN Review, set by the system), CAS-05 (Pathways cases:
 timeframe of the Dx code), and the BaRS callback deadline cap (occurrencePeriod.end).
 """
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from adapters.problems import Kind, Problem
-from adapters.referral import Referral
+from adapters.referral import Channel, Referral
 from fhir_mapping.datetimes import add_working_days, format_iso_duration
 from gateway.rules.schema import RuleRegistry, ServiceRules
 
@@ -30,6 +31,7 @@ class QueueDecision:
     dx: str | None
     rule_ids: tuple[str, ...]
     reasons: tuple[str, ...]
+    specialist_desk: bool = False  # CAS-15: out-of-hours Specialist Desk case: GP notified when it completes
 
 
 def decide_intake(referral: Referral, registry: RuleRegistry) -> QueueDecision | list[Problem]:
@@ -67,10 +69,38 @@ def decide_intake(referral: Referral, registry: RuleRegistry) -> QueueDecision |
             breach = add_working_days(referral.call_time, disposition.within_working_days or 0)
         rule_ids.append("CAS-05")
         reasons.append(f"CAS-05: {dx} '{disposition.wording}'")
+    elif referral.channel is Channel.MHPL:
+        service = referral.professional.service if referral.professional else ""
+        window = rules.mhpl.timeframes.get(service)
+        if window is None:
+            return [
+                Problem(
+                    Kind.NOT_SUPPORTED,
+                    "caller.service",
+                    f"MHPL caller service {service!r} has no timeframe in the {rules.label} rules; "
+                    f"known: {sorted(rules.mhpl.timeframes)} (CAS-06)",
+                )
+            ]
+        breach = referral.call_time + window
+        rule_ids.append("CAS-06")
+        reasons.append(f"CAS-06: MHPL call from {service}, {format_iso_duration(window)} timeframe")
     else:
         breach = referral.call_time + rules.call_handler_timeframe
         rule_ids.append("CAS-03")
         reasons.append(f"CAS-03: {referral.channel.value} call-handler case, {format_iso_duration(rules.call_handler_timeframe)} default")
+
+    specialist_desk = referral.caller_relationship == rules.specialist_desk.caller_relationship
+    if specialist_desk:
+        if rules.specialist_desk.in_hours.covers(referral.call_time):
+            return [
+                Problem(
+                    Kind.BUSINESS_RULE,
+                    "caller.relationship",
+                    "CAS-15: in hours the Specialist Desk caller is transferred to the patient's GP practice; no case is created",
+                )
+            ]
+        rule_ids.append("CAS-15")
+        reasons.append("CAS-15: out-of-hours Specialist Desk case: notes go to the GP practice when the case completes")
 
     if referral.callback_deadline is not None and referral.callback_deadline < breach:
         breach = referral.callback_deadline
@@ -100,4 +130,5 @@ def decide_intake(referral: Referral, registry: RuleRegistry) -> QueueDecision |
         dx=dx,
         rule_ids=tuple(rule_ids),
         reasons=tuple(reasons),
+        specialist_desk=specialist_desk,
     )

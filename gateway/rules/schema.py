@@ -8,14 +8,14 @@ change stops the gateway at start-up rather than misrouting a patient.
 from __future__ import annotations
 
 import re
-from datetime import timedelta
+from datetime import datetime, time, timedelta
 from pathlib import Path
 from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from fhir_mapping.datetimes import parse_iso_duration
+from fhir_mapping.datetimes import LONDON, parse_iso_duration
 
 __all__ = ["ServiceRules", "Disposition", "RuleRegistry", "RuleFileError", "load_rules", "DEFAULT_RULES_DIR"]
 
@@ -106,6 +106,61 @@ class FailedContactRules(_Strict):
     attempts: int = Field(ge=1, le=10)
 
 
+class MhplRules(_Strict):
+    """CAS-06: callback timeframe by the calling emergency service."""
+
+    timeframes: dict[str, timedelta] = Field(min_length=1)
+
+    @field_validator("timeframes", mode="before")
+    @classmethod
+    def _durations(cls, value: object) -> object:
+        if isinstance(value, dict):
+            return {k: parse_iso_duration(v) if isinstance(v, str) else v for k, v in value.items()}
+        return value
+
+
+class InHours(_Strict):
+    weekdays: list[int] = Field(min_length=1)  # ISO weekday numbers, Monday = 1
+    start: time
+    end: time
+
+    def covers(self, moment: datetime) -> bool:
+        """Whether `moment` (any zone) is in hours in Europe/London; England bank holidays are out of hours."""
+        import holidays
+
+        local = moment.astimezone(LONDON)
+        if local.date() in holidays.country_holidays("GB", subdiv="ENG", years=local.year):
+            return False
+        return local.isoweekday() in self.weekdays and self.start <= local.time() < self.end
+
+
+class SpecialistDeskRules(_Strict):
+    """CAS-15: Mental Health Specialist Desk calls (out of hours: a case; in hours: transferred to the GP, no case)."""
+
+    caller_relationship: str
+    in_hours: InHours
+
+
+class RiskThresholds(_Strict):
+    breached_at_least: int = Field(ge=0)
+    unallocated_urgent_at_least: int = Field(ge=0)
+    extreme_age_waiting_at_least: int | None = Field(default=None, ge=0)
+
+
+class QueueRiskRules(_Strict):
+    """CAS-16: evidence thresholds for the suggested queue risk level."""
+
+    extreme_age: dict[Literal["under", "over"], int]
+    worsening_within: timedelta
+    high: RiskThresholds
+    medium: RiskThresholds
+
+    @field_validator("worsening_within", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> object:
+        return parse_iso_duration(value) if isinstance(value, str) else value
+
+
 class ServiceRules(_Strict):
     schema_: Literal["cas-queue/1"] = Field(alias="schema")
     version: str = Field(min_length=1)
@@ -115,6 +170,9 @@ class ServiceRules(_Strict):
     breach_status: BreachStatusRules
     safety_calls: SafetyCallRules
     failed_contacts: FailedContactRules
+    mhpl: MhplRules
+    specialist_desk: SpecialistDeskRules
+    queue_risk: QueueRiskRules
     task_priority: list[PriorityBand] = Field(min_length=1)
     dispositions: dict[str, Disposition]
 

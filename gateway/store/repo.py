@@ -82,7 +82,7 @@ def _index(row: ResourceRow, res: dict[str, Any], service_id: str | None) -> Non
     row.authored_on = parse_source_datetime(res["authoredOn"]) if res.get("authoredOn") else None
     end = ((res.get("restriction") or {}).get("period") or {}).get("end")
     row.breach_at = parse_source_datetime(end) if end else None
-    effective = res.get("effectiveDateTime") or res.get("authored")
+    effective = res.get("effectiveDateTime") or res.get("authored") or res.get("recorded")
     row.effective_at = parse_source_datetime(effective) if isinstance(effective, str) and "T" in effective else None
 
 
@@ -178,6 +178,7 @@ class ResourceQuery:
 
     resource_type: str
     patient: str | None = None
+    status: list[str] | None = None
     tokens: list[tuple[str, str | None, str]] | None = None
     dates: list[tuple[str, datetime]] | None = None
     count: int = 50
@@ -192,6 +193,8 @@ def search_resources(session: Session, query: ResourceQuery) -> tuple[list[dict[
     stmt: Select[Any] = select(ResourceRow).where(ResourceRow.resource_type == query.resource_type)
     if query.patient:
         stmt = stmt.where(ResourceRow.subject_id == query.patient.removeprefix("Patient/"))
+    if query.status:
+        stmt = stmt.where(ResourceRow.status.in_(query.status))
     for param, system, code in query.tokens or []:
         match = select(TokenRow.resource_id).where(
             TokenRow.resource_type == query.resource_type, TokenRow.param == param, TokenRow.code == code

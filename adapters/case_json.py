@@ -1,0 +1,86 @@
+"""Pieces shared by the flat JSON case formats (NHS 111 case, MHPL call): patient block, red flags, error paths."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from adapters.problems import Kind, Problem, ProblemList
+from adapters.referral import Demographics, check_nhs_number
+from fhir_mapping.datetimes import parse_source_date
+
+__all__ = ["OpenModel", "PatientBlock", "RedFlagBlock", "demographics_of", "extra_field_warnings", "problem_from_pydantic"]
+
+
+class OpenModel(BaseModel):
+    model_config = ConfigDict(extra="allow", str_strip_whitespace=True)
+
+
+class PatientBlock(OpenModel):
+    nhs_number: str
+    family: str | None = None
+    given: list[str] = Field(default_factory=list)
+    birth_date: str | None = None
+    gender: Literal["male", "female", "other", "unknown"] | None = None
+    address_lines: list[str] = Field(default_factory=list)
+    city: str | None = None
+    postcode: str | None = None
+    phone: str | None = None
+
+
+class RedFlagBlock(OpenModel):
+    id: str = Field(min_length=1)
+    question: str = Field(min_length=1)
+    answer: bool
+
+
+def demographics_of(patient: PatientBlock, problems: ProblemList) -> Demographics:
+    """The patient block as `Demographics` (NHS number normalised when valid; the caller reports an invalid one)."""
+    nhs, _ = check_nhs_number(patient.nhs_number)
+    birth_date = None
+    if patient.birth_date:
+        try:
+            birth_date = parse_source_date(patient.birth_date)
+        except ValueError as exc:
+            problems.error(Kind.VALUE, "patient.birth_date", str(exc))
+    return Demographics(
+        nhs_number=nhs or patient.nhs_number,
+        family=patient.family,
+        given=tuple(patient.given),
+        birth_date=birth_date,
+        gender=patient.gender,
+        address_lines=tuple(patient.address_lines),
+        city=patient.city,
+        postcode=patient.postcode,
+        phone=patient.phone,
+    )
+
+
+def extra_field_warnings(model: BaseModel, problems: ProblemList) -> tuple[str, ...]:
+    """Fields the format does not know: warned about and kept in the raw message, never dropped silently."""
+    unused = tuple(_extra_paths(model))
+    for path in unused:
+        problems.warning(Kind.NOT_SUPPORTED, path, "field not recognised by this format; kept in the raw message only")
+    return unused
+
+
+def problem_from_pydantic(err: Any) -> Problem:
+    path = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in err["loc"]).replace(".[", "[")
+    kind = Kind.REQUIRED if err["type"] == "missing" else Kind.VALUE
+    message = err["msg"]
+    if err["type"] == "literal_error":
+        message = f"must be one of: {err['ctx']['expected']}"
+    return Problem(kind, path or "$", message)
+
+
+def _extra_paths(model: BaseModel, prefix: str = "") -> list[str]:
+    paths = [f"{prefix}{key}" for key in (model.model_extra or {})]
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        items = value if isinstance(value, list) else [value]
+        for index, item in enumerate(items):
+            if isinstance(item, BaseModel):
+                suffix = f"[{index}]" if isinstance(value, list) else ""
+                paths += _extra_paths(item, f"{prefix}{name}{suffix}.")
+    return paths

@@ -1,0 +1,41 @@
+"""Pending GP notifications, recorded durably as FHIR CommunicationRequests (delivered by the outbox, later).
+
+CAS-15: an out-of-hours Mental Health Specialist Desk case, when it completes, must have its
+notes (with the RiO notes) sent to the patient's GP practice.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from fhir_mapping import codes
+from fhir_mapping.datetimes import to_fhir_instant
+from fhir_mapping.fhir import CommunicationRequest, build, to_json_dict
+from fhir_mapping.ids import resource_id
+
+__all__ = ["specialist_desk_gp_notification"]
+
+
+def specialist_desk_gp_notification(task: dict[str, Any], patient: dict[str, Any] | None, now: datetime) -> dict[str, Any]:
+    """The GP notification a completed Specialist Desk case owes (one per case: a stable id)."""
+    gp = next(iter((patient or {}).get("generalPractitioner", [])), None)
+    recipient = [gp] if gp else None
+    request = build(
+        CommunicationRequest,
+        id=resource_id("CommunicationRequest", f"Task/{task['id']}", "gp-notification"),
+        status="active",
+        category=[{"coding": [{"system": codes.CAS_TASK_TYPE, "code": "gp-notification", "display": "GP notification"}]}],
+        priority="routine",
+        subject=task["for"],
+        about=[{"reference": f"Task/{task['id']}"}],
+        recipient=recipient,
+        payload=[
+            {"contentString": "Mental Health Specialist Desk case completed out of hours: consultation notes and the RiO notes (CAS-15)"},
+            {"contentReference": {"reference": f"Task/{task['id']}"}},
+        ],
+        authoredOn=to_fhir_instant(now),
+        reasonCode=[{"text": "CAS-15: Specialist Desk notes are sent to the GP practice when the case completes"}],
+        note=None if gp else [{"text": "The patient's GP practice is not known: the notification cannot be addressed yet"}],
+    )
+    return to_json_dict(request)
