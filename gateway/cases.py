@@ -27,12 +27,12 @@ RULE_SYSTEM = f"{codes.GATEWAY_BASE}/CodeSystem/domain-rule"
 
 def provenance(target: dict[str, Any], activity: str, who: str, rule_ids: tuple[str, ...], summary: str, now: datetime) -> dict[str, Any]:
     """Who did what to which version of a resource, when, under which rules, and why (in words)."""
-    version = target["meta"]["versionId"]
+    version = (target.get("meta") or {}).get("versionId")
     ref = f"{target['resourceType']}/{target['id']}"
     return {
         "resourceType": "Provenance",
-        "id": resource_id("Provenance", ref, f"{version}-{activity}"),
-        "target": [{"reference": f"{ref}/_history/{version}"}],
+        "id": resource_id("Provenance", ref, f"{version or target.get('lastModified')}-{activity}"),
+        "target": [{"reference": f"{ref}/_history/{version}" if version else ref}],
         "recorded": to_fhir_instant(now),
         "activity": {"coding": [{"system": codes.CAS_OPERATION, "code": activity}]},
         "reason": [{"coding": [{"system": RULE_SYSTEM, "code": rule} for rule in rule_ids], "text": summary}],
@@ -100,9 +100,6 @@ def explain(session: Session, task_id: str) -> dict[str, Any]:
     if task is None:
         raise GatewayInputError(Problem(Kind.NOT_FOUND, "id", f"Task/{task_id[:64]} is not known"))
     steps = []
-    intake_rules = next((i.get("valueString") for i in task.get("input", []) if i["type"]["coding"][0]["code"] == "rules-applied"), "")
-    intake_reasons = [i["valueString"] for i in task.get("input", []) if i["type"]["coding"][0]["code"] == "rule-reason"]
-    steps.append(f"{task['authoredOn']} intake ({intake_rules}) by the gateway: " + "; ".join(intake_reasons))
     records, _ = search_resources(session, ResourceQuery("Provenance", tokens=[("target", None, f"Task/{task_id}")], count=10_000))
     for record in sorted(records, key=lambda r: r["recorded"]):
         rules = ", ".join(c["code"] for c in record["reason"][0].get("coding", []))

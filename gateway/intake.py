@@ -27,6 +27,7 @@ from fhir_mapping.cas_referral import TaskPlan, map_cas_referral
 from fhir_mapping.datetimes import to_fhir_instant
 from fhir_mapping.ids import resource_id
 from fhir_mapping.replies import bars_response_message, batch_response, operation_outcome
+from gateway.cases import provenance
 from gateway.clock import Clock
 from gateway.messages import Inbound, Reply, commit_message, previous, resend
 from gateway.rules.cas_intake import QueueDecision, decide_intake
@@ -86,6 +87,7 @@ class Intake:
         return self._commit(CHANNEL_NHS111, referral, decision, raw, self._nhs111_reply)
 
     def _nhs111_reply(self, referral: Referral, stored: list[dict[str, Any]], created: set[str], now: datetime) -> Reply:
+        stored = [r for r in stored if r["resourceType"] != "Provenance"]  # the rule trace is ours, not the sender's
         task = stored[0]
         body = batch_response(
             stored, created, [p for p in referral.problems if not p.is_error], resource_id("Bundle", "nhs111-reply", referral.message_id)
@@ -150,10 +152,7 @@ class Intake:
             self.sessions,
             inbound,
             now,
-            # Task first: it leads the reply
-            write=lambda session: [
-                (_never_downgrade(session, r), service_id if r["resourceType"] == "Task" else None) for r in reversed(resources)
-            ],
+            write=lambda session: _intake_writes(session, resources, decision, service_id, now),
             make_reply=lambda stored, created: make_reply(referral, stored, created, now),
             on_race=(lambda _original: _bars_duplicate()) if channel == CHANNEL_BARS else resend,
         )
@@ -169,6 +168,16 @@ class Intake:
                 unused=len(referral.unused),
             )
         return reply
+
+
+def _intake_writes(
+    session: Session, resources: list[dict[str, Any]], decision: QueueDecision, service_id: str, now: datetime
+) -> list[tuple[dict[str, Any], str | None]]:
+    """The Task first (it leads the reply), then the rest, then the rule trace of the intake decision."""
+    writes = [(_never_downgrade(session, r), service_id if r["resourceType"] == "Task" else None) for r in reversed(resources)]
+    summary = "; ".join(decision.reasons)
+    trace = provenance(writes[0][0], "intake", "iap-gateway intake rules", decision.rule_ids, summary, now)
+    return [*writes, (trace, None)]
 
 
 def _never_downgrade(session: Session, resource: dict[str, Any]) -> dict[str, Any]:

@@ -233,7 +233,10 @@ def test_explain_tells_every_decision_in_plain_words(client, clock) -> None:
     clock.set(NOW + timedelta(minutes=5))
     op(client, task["id"], "cn-review", practitioner="CN Smith", timeframe="PT1H")
     steps = [p["valueString"] for p in client.get(f"/fhir/Task/{task['id']}/$explain").json()["parameter"] if p["name"] == "step"]
-    assert steps[0].startswith("2026-11-23T12:00:00Z intake (CAS-01 CAS-03 CAS-04)") and "Urgent CN Review" in steps[0]
+    assert (
+        steps[0].startswith("2026-11-23T12:00:00Z intake (CAS-01, CAS-03, CAS-04) by iap-gateway intake rules")
+        and "Urgent CN Review" in steps[0]
+    )
     assert steps[1].startswith("2026-11-23T12:05:00Z cn-review (CAS-07, CAS-08) by CN Smith: CN review: pinked")
 
 

@@ -70,6 +70,13 @@ def test_serve_starts_and_answers_on_http(tmp_path: Path) -> None:
                 time.sleep(0.2)
         queue = httpx.get(f"http://127.0.0.1:{port}/queue", timeout=5).json()
         assert queue["count"] >= 8
+        # the safety-call worker started with serve: the demo's long-breached summer case has had its safety call
+        deadline = time.monotonic() + 30
+        calls = 0
+        while time.monotonic() < deadline and not calls:
+            calls = httpx.get(f"http://127.0.0.1:{port}/fhir/Task", params={"status": "requested"}, timeout=5).json()["total"]
+            time.sleep(0.2)
+        assert calls >= 1
     finally:
         server.terminate()
         server.wait(timeout=20)

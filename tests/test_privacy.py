@@ -20,6 +20,9 @@ def _identifiers() -> set[str]:
         else:
             patient = data["patient"]
             found |= {patient["nhs_number"], patient["family"], *patient["given"], patient["postcode"]}
+    for path in (FIXTURES.parent / "mhpl").glob("*.json"):
+        patient = json.loads(path.read_text())["patient"]
+        found |= {patient["nhs_number"], patient["family"], *patient["given"], patient["postcode"]}
     found.add("3478526985")  # the public examples' number
     return found
 
@@ -31,6 +34,8 @@ def test_logs_of_accepted_resent_and_refused_messages_hold_no_patient_identifier
                 client.post("/fhir/$process-message", content=path.read_bytes(), headers=bars_headers())
             else:
                 client.post("/ingest/nhs111", content=path.read_bytes())
+    for path in (FIXTURES.parent / "mhpl").glob("*.json"):
+        client.post("/ingest/mhpl", content=path.read_bytes())
     bad = json.loads((FIXTURES / "option2-standard.case.json").read_text())
     bad["patient"]["nhs_number"] = "9990000019"
     client.post("/ingest/nhs111", content=json.dumps(bad))
