@@ -63,11 +63,43 @@ def _collect(client) -> dict[str, Any]:  # type: ignore[no-untyped-def]
         emitted[f"measure-reply-{source.name}"] = reply.json()
     patient = client.get("/fhir/Patient", params={"identifier": f"{NHS_NUMBER}|9990000042"}).json()["entry"][0]["resource"]
     emitted["observation-search"] = client.get("/fhir/Observation", params={"patient": patient["id"]}).json()
+    emitted.update(_cas_scenario(client))
     return emitted
+
+
+def _cas_scenario(client) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """Operations, safety calls, MHPL, Specialist Desk, risk level: what they emit."""
+    from gateway.safety_calls import tick
+    from tests.conftest import NOW, task_of
+    from tests.test_cas_operations import op, params
+
+    out: dict[str, Any] = {}
+    desk = task_of(client.post("/ingest/nhs111", content=(FIXTURES / "specialist-desk-ooh.case.json").read_bytes()).json())
+    out["op-cn-review"] = op(client, desk["id"], "cn-review", practitioner="CN", suitability="registered", timeframe="PT1H").json()
+    out["op-contact"] = op(client, desk["id"], "record-contact-attempt", practitioner="CH", kind="safety-call", outcome="failed").json()
+    out["op-end"] = op(client, desk["id"], "end-assessment", practitioner="R", registered=True, notes="Synthetic notes.").json()
+    app = client.app
+    tick(app.state.sessions, app.state.registry, NOW.replace(hour=23))
+    mhpl = (FIXTURES.parent / "mhpl" / "police-call.mhpl.json").read_bytes()
+    out["mhpl-reply"] = client.post("/ingest/mhpl", content=mhpl).json()
+    out["risk-level"] = client.post("/queue/$confirm-risk-level", content=params(service="bnssg", level="low", practitioner="CN")).json()
+    out["explain"] = client.get(f"/fhir/Task/{desk['id']}/$explain").json()
+    out["notifications"] = client.get("/fhir/CommunicationRequest", params={"status": "active"}).json()
+    return out
+
+
+def _everything_stored(app) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    from sqlalchemy import select
+
+    from gateway.store.models import ResourceRow
+
+    with app.state.sessions() as session:
+        return {f"stored-all-{r.resource_type}-{r.id}": json.loads(r.content) for r in session.execute(select(ResourceRow)).scalars()}
 
 
 def test_everything_emitted_for_the_fixtures_passes_the_independent_validator(client, tmp_path: Path) -> None:
     emitted = _collect(client)
+    emitted.update(_everything_stored(client.app))  # every resource in the store, whatever wrote it
     for name, resource in emitted.items():
         (tmp_path / f"{name.replace('/', '_')}.json").write_text(json.dumps(resource))
     result = _validate(tmp_path)
