@@ -104,7 +104,7 @@ class Server:
 
 def start_server(database_url: str, log_path: Path) -> Server:
     port = free_port()
-    env = dict(os.environ, DATABASE_URL=database_url, IAP_ENVIRONMENT="test")
+    env = dict(os.environ, DATABASE_URL=database_url, IAP_ENVIRONMENT="test", IAP_MLLP_PORT="0", IAP_TICK_SECONDS="0")
     log_file = open(log_path, "wb")  # noqa: SIM115 - closed in stop_server
     proc = subprocess.Popen(
         [*gateway_command(), "serve", "--host", "127.0.0.1", "--port", str(port)],

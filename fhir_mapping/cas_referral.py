@@ -29,6 +29,7 @@ from fhir_mapping.fhir import (
     to_json_dict,
 )
 from fhir_mapping.ids import resource_id
+from fhir_mapping.patients import patient_resource
 
 __all__ = ["TaskPlan", "CasReferralResources", "map_cas_referral"]
 
@@ -136,34 +137,7 @@ def _requester(referral: Referral) -> dict[str, Any] | None:
 
 
 def _patient(referral: Referral) -> Patient:
-    demo = referral.patient
-    name: dict[str, Any] = {"use": "official"}
-    if demo.family:
-        name["family"] = demo.family
-    if demo.given:
-        name["given"] = list(demo.given)
-    if demo.prefix:
-        name["prefix"] = list(demo.prefix)
-    address: dict[str, Any] = {"use": "home"}
-    if demo.address_lines:
-        address["line"] = list(demo.address_lines)
-    if demo.city:
-        address["city"] = demo.city
-    if demo.postcode:
-        address["postalCode"] = demo.postcode
-    return _uk_core(
-        Patient,
-        id=resource_id("Patient", codes.NHS_NUMBER, demo.nhs_number),
-        identifier=[{"system": codes.NHS_NUMBER, "value": demo.nhs_number}],
-        name=[name] if len(name) > 1 else None,
-        gender=demo.gender,
-        birthDate=demo.birth_date,
-        address=[address] if len(address) > 1 else None,
-        telecom=[{"system": "phone", "value": demo.phone, "use": "home"}] if demo.phone else None,
-        generalPractitioner=(
-            [{"identifier": {"system": codes.ODS_ORG, "value": referral.gp_practice_ods}}] if referral.gp_practice_ods else None
-        ),
-    )
+    return patient_resource(referral.patient, referral.gp_practice_ods)
 
 
 def _pathways_codes(referral: Referral) -> list[dict[str, Any]]:

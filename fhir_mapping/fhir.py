@@ -15,6 +15,7 @@ from fhir.resources.R4B.careplan import CarePlan
 from fhir.resources.R4B.codeableconcept import CodeableConcept
 from fhir.resources.R4B.coding import Coding
 from fhir.resources.R4B.communicationrequest import CommunicationRequest
+from fhir.resources.R4B.documentreference import DocumentReference
 from fhir.resources.R4B.encounter import Encounter
 from fhir.resources.R4B.flag import Flag
 from fhir.resources.R4B.messageheader import MessageHeader
@@ -37,6 +38,7 @@ __all__ = [
     "CodeableConcept",
     "Coding",
     "CommunicationRequest",
+    "DocumentReference",
     "Encounter",
     "Flag",
     "MessageHeader",

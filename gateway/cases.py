@@ -19,7 +19,7 @@ from gateway.rules.cas_ops import OPERATIONS, apply_operation, parse_parameters
 from gateway.rules.schema import RuleRegistry
 from gateway.store.repo import ResourceQuery, get_for_update, get_resource, put_resource, search_resources
 
-__all__ = ["CaseOperations", "provenance", "explain", "RULE_SYSTEM"]
+__all__ = ["CaseOperations", "provenance", "explain", "RULE_SYSTEM", "is_specialist_desk"]
 
 log = structlog.get_logger("iap.cases")
 RULE_SYSTEM = f"{codes.GATEWAY_BASE}/CodeSystem/domain-rule"
@@ -66,10 +66,14 @@ class CaseOperations:
                 put_resource(session, extra, now)
             if name == "record-contact-attempt" and params.values.get("safety-call"):
                 _complete_safety_call(session, task_id, params.values["safety-call"], now)
-            if stored["status"] == "completed" and _is_specialist_desk(stored):
+            if stored["status"] == "completed" and is_specialist_desk(stored):
                 # CAS-15: recorded in the same transaction as the completion, so it cannot be lost
                 patient = get_resource(session, "Patient", stored["for"]["reference"].split("/", 1)[1])
-                notification, _ = put_resource(session, specialist_desk_gp_notification(stored, patient, now), now)
+                notes, _ = search_resources(
+                    session, ResourceQuery("DocumentReference", tokens=[("related", None, f"Task/{task_id}")], count=1000)
+                )
+                documents = [f"DocumentReference/{d['id']}" for d in notes]
+                notification, _ = put_resource(session, specialist_desk_gp_notification(stored, patient, now, documents), now)
                 record = provenance(notification, "gp-notification", who, ("CAS-15",), "GP notification recorded for delivery", now)
                 record["target"].append({"reference": f"Task/{task_id}"})
                 put_resource(session, record, now)
@@ -78,7 +82,7 @@ class CaseOperations:
         return stored
 
 
-def _is_specialist_desk(task: dict[str, Any]) -> bool:
+def is_specialist_desk(task: dict[str, Any]) -> bool:
     return any(i["type"]["coding"][0]["code"] == "specialist-desk" and i.get("valueBoolean") for i in task.get("input", []))
 
 

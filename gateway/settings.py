@@ -22,6 +22,8 @@ class Settings(BaseSettings):
     rules_dir: Path = DEFAULT_RULES_DIR
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     tick_seconds: int = Field(default=60, ge=0)  # safety-call worker interval; 0 = off (run `iap-gateway tick` instead)
+    mllp_host: str = "127.0.0.1"
+    mllp_port: int = Field(default=2575, ge=0, le=65535)  # HL7 v2 over MLLP (RiO); 0 = off
     log_json: bool = True
     log_level: str = "INFO"
 

@@ -60,7 +60,7 @@ def clock() -> FixedClock:
 
 @pytest.fixture
 def settings(database_url: str) -> Settings:
-    return Settings(DATABASE_URL=database_url, environment="test", max_body_bytes=262_144, log_json=True, tick_seconds=0)
+    return Settings(DATABASE_URL=database_url, environment="test", max_body_bytes=262_144, log_json=True, tick_seconds=0, mllp_port=0)
 
 
 @pytest.fixture

@@ -57,7 +57,7 @@ def test_serve_starts_and_answers_on_http(tmp_path: Path) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'serve.db'}"}
+    env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'serve.db'}", "IAP_MLLP_PORT": "0"}
     log = (tmp_path / "serve.log").open("wb")
     server = subprocess.Popen([*CLI, "serve", "--port", str(port), "--demo"], cwd=ROOT, env=env, stdout=log, stderr=log)
     try:

@@ -84,6 +84,8 @@ def _cas_scenario(client) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     out["mhpl-reply"] = client.post("/ingest/mhpl", content=mhpl).json()
     out["risk-level"] = client.post("/queue/$confirm-risk-level", content=params(service="bnssg", level="low", practitioner="CN")).json()
     out["explain"] = client.get(f"/fhir/Task/{desk['id']}/$explain").json()
+    for message in sorted((FIXTURES.parent / "rio").glob("*.hl7")):
+        assert client.post("/ingest/hl7v2", content=message.read_bytes()).headers["x-hl7-ack-code"] == "AA"
     out["notifications"] = client.get("/fhir/CommunicationRequest", params={"status": "active"}).json()
     return out
 

@@ -15,8 +15,10 @@ from gateway.api import cases, fhir_read, ingest, measures, queue
 from gateway.api.responses import install_error_handlers
 from gateway.cases import CaseOperations
 from gateway.clock import Clock, SystemClock
+from gateway.hl7_intake import Hl7Intake
 from gateway.intake import Intake
 from gateway.logging import configure_logging
+from gateway.mllp import start_mllp_server
 from gateway.responses import ResponseIntake
 from gateway.rules.schema import load_rules
 from gateway.safety_calls import run_ticker
@@ -41,13 +43,18 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        """The safety-call worker (CAS-09) runs beside the API when `tick_seconds` > 0."""
-        worker = None
+        """Beside the API: the safety-call worker (CAS-09) and the MLLP listener (HL7 v2), when configured."""
+        worker = mllp = None
         if settings.tick_seconds > 0:
             worker = asyncio.create_task(run_ticker(sessions, registry, clock, timedelta(seconds=settings.tick_seconds)))
+        if settings.mllp_port > 0:
+            mllp = await start_mllp_server(app.state.hl7.receive, settings.mllp_host, settings.mllp_port, settings.max_body_bytes)
         yield
         if worker:
             worker.cancel()
+        if mllp:
+            mllp.close()
+            await mllp.wait_closed()
 
     app = FastAPI(
         title="IAP gateway",
@@ -64,6 +71,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
     app.state.measures = catalogue
     app.state.responses = ResponseIntake(sessions, catalogue, clock)
     app.state.cases = CaseOperations(sessions, registry, clock)
+    app.state.hl7 = Hl7Intake(sessions, clock)
     install_error_handlers(app)
 
     @app.middleware("http")

@@ -63,6 +63,17 @@ async def ingest_mhpl(request: Request, intake: IntakeDep, settings: SettingsDep
 
 
 @router.post(
+    "/ingest/hl7v2",
+    summary="Receive one HL7 v2.4 message (ER7 text, RiO): the reply is its ACK (AA, or AE/AR with MSA-3 and ERR)",
+)
+async def ingest_hl7v2(request: Request, settings: SettingsDep) -> Response:
+    raw = await read_body(request, settings.max_body_bytes)
+    ack = await run_in_threadpool(request.app.state.hl7.receive, raw)
+    code = ack.split(b"\rMSA|", 1)[1][:2].decode() if b"\rMSA|" in ack else "AR"
+    return Response(ack, media_type="x-application/hl7-v2+er7", headers={"X-HL7-Ack-Code": code})
+
+
+@router.post(
     "/fhir/$process-message",
     summary="BaRS: receive a servicerequest-request message Bundle (X-Request-Id and X-Correlation-Id required)",
 )

@@ -92,6 +92,8 @@ def _tokens(res: dict[str, Any]) -> list[tuple[str, str, str]]:
         return [("code", c.get("system", ""), c["code"]) for c in (res.get("code") or {}).get("coding", []) if c.get("code")]
     if res["resourceType"] == "QuestionnaireResponse" and res.get("questionnaire"):
         return [("questionnaire", "", res["questionnaire"].split("|", 1)[0])]
+    if res["resourceType"] == "DocumentReference":
+        return [("related", "", r["reference"]) for r in (res.get("context") or {}).get("related", []) if r.get("reference")]
     if res["resourceType"] == "Provenance":
         return [("target", "", t["reference"].split("/_history/", 1)[0]) for t in res.get("target", []) if t.get("reference")]
     return []

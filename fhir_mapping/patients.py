@@ -1,0 +1,51 @@
+"""The Patient every source maps to: one per NHS number (deterministic id), UK Core identifiers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from adapters.referral import Demographics
+from fhir_mapping import codes
+from fhir_mapping.fhir import Patient, build
+from fhir_mapping.ids import resource_id
+
+__all__ = ["patient_resource", "merge_patient"]
+
+
+def patient_resource(demo: Demographics, gp_practice_ods: str | None) -> Patient:
+    """UK Core Patient from demographics; its id comes from the NHS number, so every source maps to one patient."""
+    name: dict[str, Any] = {"use": "official"}
+    if demo.family:
+        name["family"] = demo.family
+    if demo.given:
+        name["given"] = list(demo.given)
+    if demo.prefix:
+        name["prefix"] = list(demo.prefix)
+    address: dict[str, Any] = {"use": "home"}
+    if demo.address_lines:
+        address["line"] = list(demo.address_lines)
+    if demo.city:
+        address["city"] = demo.city
+    if demo.postcode:
+        address["postalCode"] = demo.postcode
+    return build(
+        Patient,
+        meta={"profile": [f"{codes.UKCORE}Patient"]},
+        id=resource_id("Patient", codes.NHS_NUMBER, demo.nhs_number),
+        identifier=[{"system": codes.NHS_NUMBER, "value": demo.nhs_number}],
+        name=[name] if len(name) > 1 else None,
+        gender=demo.gender,
+        birthDate=demo.birth_date,
+        address=[address] if len(address) > 1 else None,
+        telecom=[{"system": "phone", "value": demo.phone, "use": "home"}] if demo.phone else None,
+        generalPractitioner=([{"identifier": {"system": codes.ODS_ORG, "value": gp_practice_ods}}] if gp_practice_ods else None),
+    )
+
+
+def merge_patient(stored: dict[str, Any] | None, update: dict[str, Any]) -> dict[str, Any]:
+    """An update (e.g. ADT^A08/A31) over what is stored: elements it sends replace ours; those it omits are kept."""
+    if stored is None:
+        return update
+    merged = {k: v for k, v in stored.items() if k != "meta"}
+    merged.update({k: v for k, v in update.items() if k not in ("meta", "id", "resourceType") and v})
+    return merged

@@ -1,0 +1,216 @@
+"""RiO over HL7 v2: HTTP and a real MLLP session, ACKs, duplicates, bad input, fuzzing."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from adapters.hl7v2 import MLLP_END, MLLP_START, Hl7Error, MllpFramer, frame, parse_hl7
+from gateway.mllp import start_mllp_server
+from tests.conftest import ROOT, fixture_bytes, task_of
+from tests.test_cas_operations import op
+
+RIO = ROOT / "fixtures" / "rio"
+
+
+def rio(name: str) -> bytes:
+    return (RIO / name).read_bytes()
+
+
+def msa(ack: bytes) -> list[str]:
+    segment = next(s for s in ack.decode().split("\r") if s.startswith("MSA|"))
+    return segment.split("|")
+
+
+def err(ack: bytes) -> str:
+    return next((s for s in ack.decode().split("\r") if s.startswith("ERR|")), "")
+
+
+def post(client, body: bytes):  # type: ignore[no-untyped-def]
+    return client.post("/ingest/hl7v2", content=body, headers={"Content-Type": "x-application/hl7-v2+er7"})
+
+
+def patient(client, nhs: str) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    return client.get("/fhir/Patient", params={"identifier": f"https://fhir.nhs.uk/Id/nhs-number|{nhs}"}).json()["entry"][0]["resource"]
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in RIO.glob("*.hl7")))
+def test_every_rio_fixture_is_acknowledged_AA_with_msa2_its_control_id(client, name: str) -> None:
+    response = post(client, rio(name))
+    assert response.status_code == 200 and response.headers["x-hl7-ack-code"] == "AA"
+    control_id = rio(name).decode().split("\r")[0].split("|")[9]
+    assert msa(response.content)[:3] == ["MSA", "AA", control_id]
+
+
+def test_adt_a31_updates_the_registered_gp_and_keeps_what_it_does_not_send(client) -> None:
+    client.post("/ingest/nhs111", content=fixture_bytes("option1-dx12.case.json"))  # 9990000042 at L81003
+    assert post(client, rio("adt-a31-update.hl7")).headers["x-hl7-ack-code"] == "AA"
+    updated = patient(client, "9990000042")
+    assert updated["generalPractitioner"] == [{"identifier": {"system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": "L81099"}}]
+    assert updated["address"][0]["line"] == ["9 Moved Road"] and updated["meta"]["versionId"] == "2"
+
+
+def test_ref_i12_becomes_a_service_request_and_notes_become_documents(client) -> None:
+    post(client, rio("ref-i12-referral.hl7"))
+    post(client, rio("mdm-t02-document.hl7"))
+    referral = client.get("/fhir/ServiceRequest/" + _id(client, "ServiceRequest", "9990000042")).json()
+    assert referral["reasonCode"][0]["text"] == "Step up to primary care mental health hub"
+    assert referral["identifier"][0]["value"] == "RIO-REF-9001"
+
+
+def _id(client, rtype: str, nhs: str) -> str:  # type: ignore[no-untyped-def]
+    from sqlalchemy import select
+
+    from gateway.store.models import ResourceRow
+
+    pid = patient(client, nhs)["id"]
+    with client.app.state.sessions() as session:
+        return (
+            session.execute(select(ResourceRow.id).where(ResourceRow.resource_type == rtype, ResourceRow.subject_id == pid)).scalars().one()
+        )
+
+
+def test_duplicate_control_id_gets_the_original_ack_and_is_not_processed_twice(client, stored) -> None:
+    first = post(client, rio("mdm-t02-document.hl7"))
+    before = stored()
+    again = post(client, rio("mdm-t02-document.hl7"))
+    assert again.content == first.content and stored() == before
+
+
+@pytest.mark.parametrize(
+    ("body", "ack", "where", "code"),
+    [
+        (b"GARBAGE\rPID|1", "AR", "MSH", "100"),
+        (rio("adt-a04-register.hl7").replace(b"|^~\\&|", b"|^~#&|", 1), "AR", "MSH^1^2", "102"),
+        (rio("adt-a04-register.hl7").replace(b"|2.4\r", b"|2.7\r", 1), "AR", "MSH^1^12", "203"),
+        (rio("adt-a04-register.hl7").replace(b"ADT^A04^ADT_A01", b"SIU^S12^SIU_S12", 1), "AR", "MSH^1^9", "200"),
+        (rio("oru-r01-progress-note.hl7").split(b"\rOBX|")[0] + b"\r", "AE", "OBX", "100"),
+        (rio("adt-a04-register.hl7").replace(b"9990000131", b"9990000132", 1), "AE", "PID^1^3", "102"),
+        (rio("adt-a04-register.hl7").replace(b"^^^NHS^NH", b"^^^XX^PI", 1), "AE", "PID^1^3", "101"),
+        (rio("mdm-t02-document.hl7").replace(b"20261123105500+0000", b"20261123105500", 1), "AE", "TXA^1^4", "102"),
+        (rio("ref-i12-referral.hl7").replace(b"|RIO-REF-9001|", b"||", 1), "AE", "RF1^1^6", "101"),
+    ],
+    ids=[
+        "garbled",
+        "wrong-encoding-characters",
+        "unsupported-version",
+        "unsupported-type",
+        "missing-segment",
+        "bad-nhs-number",
+        "no-nhs-number",
+        "time-without-offset",
+        "missing-referral-id",
+    ],
+)
+def test_bad_hl7_gets_an_ae_or_ar_ack_naming_the_field_and_stores_nothing(
+    client, stored, body: bytes, ack: str, where: str, code: str
+) -> None:
+    before = stored()
+    response = post(client, body)
+    assert response.headers["x-hl7-ack-code"] == ack
+    assert msa(response.content)[1] == ack and len(msa(response.content)) == 4  # MSA-3 says why
+    assert err(response.content).startswith(f"ERR|{where}") and f"^{code}&" in err(response.content)
+    assert stored() == before
+
+
+def test_rio_notes_for_a_specialist_desk_case_go_with_its_gp_notification_CAS_15(client) -> None:
+    """CAS-15: notes pulled from RiO attach to the case and to the GP notification sent when it completes."""
+    task = task_of(client.post("/ingest/nhs111", content=fixture_bytes("specialist-desk-ooh.case.json")).json())
+    assert post(client, rio("oru-r01-progress-note.hl7")).headers["x-hl7-ack-code"] == "AA"  # before completion
+    op(client, task["id"], "end-assessment", practitioner="Practitioner R", registered=True, notes="Reviewed RiO notes.")
+    (request,) = [e["resource"] for e in client.get("/fhir/CommunicationRequest", params={"status": "active"}).json()["entry"]]
+    documents = [p["contentReference"]["reference"] for p in request["payload"] if "contentReference" in p][1:]
+    assert len(documents) == 1
+    document = client.get(f"/fhir/{documents[0]}").json()
+    assert document["context"]["related"] == [{"reference": f"Task/{task['id']}"}]
+    late = rio("oru-r01-progress-note.hl7").replace(b"RIO-ORU-0001", b"RIO-ORU-0002").replace(b"RIO-NOTE-77", b"RIO-NOTE-78")
+    assert post(client, late).headers["x-hl7-ack-code"] == "AA"  # after completion: added to the pending notification
+    (request,) = [e["resource"] for e in client.get("/fhir/CommunicationRequest", params={"status": "active"}).json()["entry"]]
+    assert len([p for p in request["payload"] if "contentReference" in p]) == 3
+
+
+@pytest.fixture
+def mllp_port(app: Any) -> Iterator[int]:
+    loop = asyncio.new_event_loop()
+    server = loop.run_until_complete(start_mllp_server(app.state.hl7.receive, "127.0.0.1", 0, 1_048_576))
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    yield server.sockets[0].getsockname()[1]
+
+    async def shutdown() -> None:  # close the listener and every session, so no socket outlives the test
+        server.close()
+        await server.wait_closed()
+        sessions = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in sessions:
+            task.cancel()
+        await asyncio.gather(*sessions, return_exceptions=True)
+
+    asyncio.run_coroutine_threadsafe(shutdown(), loop).result(timeout=10)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(timeout=10)
+    loop.close()
+
+
+def _read_acks(sock: socket.socket, count: int) -> list[bytes]:
+    framer, acks = MllpFramer(), []
+    sock.settimeout(30)
+    while len(acks) < count:
+        acks += framer.feed(sock.recv(65536))
+    return acks
+
+
+def test_a_real_mllp_session_acks_every_message_and_the_resources_appear(client, mllp_port: int) -> None:
+    adt, oru, ref = rio("adt-a04-register.hl7"), rio("oru-r01-progress-note.hl7"), rio("ref-i12-referral.hl7")
+    with socket.create_connection(("127.0.0.1", mllp_port)) as sock:
+        sock.sendall(frame(adt) + frame(oru))  # two in one write
+        split = frame(ref)
+        sock.sendall(split[:40])  # one split across writes
+        sock.sendall(split[40:])
+        acks = _read_acks(sock, 3)
+    assert [msa(a)[1:3] for a in acks] == [["AA", "RIO-ADT-0002"], ["AA", "RIO-ORU-0001"], ["AA", "RIO-REF-0001"]]
+    assert patient(client, "9990000131")["generalPractitioner"][0]["identifier"]["value"] == "J83002"
+    assert client.get(f"/fhir/ServiceRequest/{_id(client, 'ServiceRequest', '9990000042')}").status_code == 200
+
+
+def test_mllp_bad_message_gets_its_nack_on_the_same_session(mllp_port: int) -> None:
+    with socket.create_connection(("127.0.0.1", mllp_port)) as sock:
+        sock.sendall(
+            b"noise" + frame(b"MSH|^~\\&|RIO|RVN|IAPGW|IAP|20261123+0000||ADT^A04|C1|P|2.3\r") + frame(rio("adt-a04-register.hl7"))
+        )
+        first, second = _read_acks(sock, 2)
+    assert msa(first)[1:3] == ["AR", "C1"] and msa(second)[1] == "AA"
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.binary(max_size=600)
+    | st.sampled_from(sorted(RIO.glob("*.hl7")))
+    .map(lambda p: p.read_bytes())
+    .flatmap(
+        lambda good: st.integers(0, len(good)).flatmap(lambda cut: st.binary(max_size=20).map(lambda junk: good[:cut] + junk + good[cut:]))
+    )
+)
+def test_parser_never_fails_except_with_an_hl7_error(data: bytes) -> None:
+    try:
+        parse_hl7(data)
+    except Hl7Error as error:
+        assert error.ack in ("AE", "AR") and error.text
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=200), max_size=8))
+def test_mllp_framer_reassembles_whatever_the_split(chunks: list[bytes]) -> None:
+    payload = b"".join(chunks).replace(MLLP_START, b"").replace(MLLP_END, b"")
+    stream = frame(payload) + frame(b"second")
+    framer, out = MllpFramer(), []
+    step = max(1, len(stream) // (len(chunks) + 1))
+    for start in range(0, len(stream), step):
+        out += framer.feed(stream[start : start + step])
+    assert out == [payload, b"second"]
