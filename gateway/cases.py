@@ -15,7 +15,7 @@ from fhir_mapping.datetimes import to_fhir_instant
 from fhir_mapping.ids import resource_id
 from fhir_mapping.notifications import specialist_desk_gp_notification
 from gateway.clock import Clock
-from gateway.rules.cas_ops import OPERATIONS, apply_operation, parse_parameters
+from gateway.rules.cas_ops import OPERATIONS, Params, apply_operation, parse_parameters
 from gateway.rules.schema import RuleRegistry
 from gateway.store.repo import ResourceQuery, get_for_update, get_resource, put_resource, search_resources
 
@@ -48,38 +48,44 @@ class CaseOperations:
 
     def run(self, task_id: str, name: str, raw: bytes) -> dict[str, Any]:
         """Apply operation `name` to Task `task_id`; the new Task version, or GatewayInputError and nothing changed."""
+        params = parse_parameters(parse_json_object(raw, "Parameters"))
+        with self.sessions.begin() as session:
+            return self.apply_in(session, task_id, name, params, self.clock.now())
+
+    def apply_in(self, session: Session, task_id: str, name: str, params: Params, now: datetime) -> dict[str, Any]:
+        """The operation inside the caller's transaction (so a CLEO update and its message record commit together)."""
         if name not in OPERATIONS:
             raise GatewayInputError(
                 Problem(Kind.NOT_SUPPORTED, "operation", f"unknown operation ${name[:40]}; known: {sorted(OPERATIONS)}")
             )
-        params = parse_parameters(parse_json_object(raw, "Parameters"))
-        now = self.clock.now()
-        with self.sessions.begin() as session:
-            task, service_id = get_for_update(session, "Task", task_id) or ({}, None)
-            if service_id is None:
-                raise GatewayInputError(Problem(Kind.NOT_FOUND, "id", f"Task/{task_id[:64]} is not a CAS queue case"))
-            rules = self.registry.services[service_id]
-            result = apply_operation(name, task, params, rules, now)
-            who = params.string("practitioner") or ""
-            stored, _ = put_resource(session, result.task, now, service_id)
-            for extra in result.extra:
-                put_resource(session, extra, now)
-            if name == "record-contact-attempt" and params.values.get("safety-call"):
-                _complete_safety_call(session, task_id, params.values["safety-call"], now)
-            if stored["status"] == "completed" and is_specialist_desk(stored):
-                # CAS-15: recorded in the same transaction as the completion, so it cannot be lost
-                patient = get_resource(session, "Patient", stored["for"]["reference"].split("/", 1)[1])
-                notes, _ = search_resources(
-                    session, ResourceQuery("DocumentReference", tokens=[("related", None, f"Task/{task_id}")], count=1000)
-                )
-                documents = [f"DocumentReference/{d['id']}" for d in notes]
-                notification, _ = put_resource(session, specialist_desk_gp_notification(stored, patient, now, documents), now)
-                record = provenance(notification, "gp-notification", who, ("CAS-15",), "GP notification recorded for delivery", now)
-                record["target"].append({"reference": f"Task/{task_id}"})
-                put_resource(session, record, now)
-            put_resource(session, provenance(stored, name, who, result.rule_ids, result.summary, now), now)
-        log.info("case.operation", operation=name, task=task_id, rules=list(result.rule_ids), status=stored["status"])
+        task, service_id = get_for_update(session, "Task", task_id) or ({}, None)
+        if service_id is None:
+            raise GatewayInputError(Problem(Kind.NOT_FOUND, "id", f"Task/{task_id[:64]} is not a CAS queue case"))
+        rules = self.registry.services[service_id]
+        result = apply_operation(name, task, params, rules, now)
+        who = params.string("practitioner") or ""
+        stored, _ = put_resource(session, result.task, now, service_id)
+        for extra in result.extra:
+            put_resource(session, extra, now)
+        if name == "record-contact-attempt" and params.values.get("safety-call"):
+            _complete_safety_call(session, task_id, params.values["safety-call"], now)
+        if stored["status"] == "completed" and is_specialist_desk(stored):
+            _record_gp_notification(session, stored, who, now)
+        put_resource(session, provenance(stored, name, who, result.rule_ids, result.summary, now), now)
+        log.info("case.operation", operation=name, rules=list(result.rule_ids), status=stored["status"])
         return stored
+
+
+def _record_gp_notification(session: Session, task: dict[str, Any], who: str, now: datetime) -> None:
+    """CAS-15: recorded in the same transaction as the completion, so it cannot be lost; RiO notes attached."""
+    patient = get_resource(session, "Patient", task["for"]["reference"].split("/", 1)[1])
+    related: list[tuple[str, str | None, str]] = [("related", None, f"Task/{task['id']}")]
+    notes, _ = search_resources(session, ResourceQuery("DocumentReference", tokens=related, count=1000))
+    documents = [f"DocumentReference/{d['id']}" for d in notes]
+    notification, _ = put_resource(session, specialist_desk_gp_notification(task, patient, now, documents), now)
+    record = provenance(notification, "gp-notification", who, ("CAS-15",), "GP notification recorded for delivery", now)
+    record["target"].append({"reference": f"Task/{task['id']}"})
+    put_resource(session, record, now)
 
 
 def is_specialist_desk(task: dict[str, Any]) -> bool:

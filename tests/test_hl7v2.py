@@ -126,14 +126,16 @@ def test_rio_notes_for_a_specialist_desk_case_go_with_its_gp_notification_CAS_15
     assert post(client, rio("oru-r01-progress-note.hl7")).headers["x-hl7-ack-code"] == "AA"  # before completion
     op(client, task["id"], "end-assessment", practitioner="Practitioner R", registered=True, notes="Reviewed RiO notes.")
     (request,) = [e["resource"] for e in client.get("/fhir/CommunicationRequest", params={"status": "active"}).json()["entry"]]
-    documents = [p["contentReference"]["reference"] for p in request["payload"] if "contentReference" in p][1:]
-    assert len(documents) == 1
-    document = client.get(f"/fhir/{documents[0]}").json()
-    assert document["context"]["related"] == [{"reference": f"Task/{task['id']}"}]
+    documents = [client.get(f"/fhir/{p['contentReference']['reference']}").json() for p in request["payload"] if "contentReference" in p][
+        1:
+    ]
+    assert sorted(d["type"]["text"] for d in documents) == ["CAS consultation notes", "Consultation note"]  # ours (CAS-13) and RiO's
+    rio_note = next(d for d in documents if d["type"]["text"] == "Consultation note")
+    assert rio_note["context"]["related"] == [{"reference": f"Task/{task['id']}"}]
     late = rio("oru-r01-progress-note.hl7").replace(b"RIO-ORU-0001", b"RIO-ORU-0002").replace(b"RIO-NOTE-77", b"RIO-NOTE-78")
     assert post(client, late).headers["x-hl7-ack-code"] == "AA"  # after completion: added to the pending notification
     (request,) = [e["resource"] for e in client.get("/fhir/CommunicationRequest", params={"status": "active"}).json()["entry"]]
-    assert len([p for p in request["payload"] if "contentReference" in p]) == 3
+    assert len([p for p in request["payload"] if "contentReference" in p]) == 4
 
 
 @pytest.fixture

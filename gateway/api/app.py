@@ -14,6 +14,7 @@ from fhir_mapping.measures import load_measures
 from gateway.api import cases, fhir_read, ingest, measures, queue
 from gateway.api.responses import install_error_handlers
 from gateway.cases import CaseOperations
+from gateway.cleo import CleoLink
 from gateway.clock import Clock, SystemClock
 from gateway.hl7_intake import Hl7Intake
 from gateway.intake import Intake
@@ -72,6 +73,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
     app.state.responses = ResponseIntake(sessions, catalogue, clock)
     app.state.cases = CaseOperations(sessions, registry, clock)
     app.state.hl7 = Hl7Intake(sessions, clock)
+    app.state.cleo = CleoLink(sessions, app.state.cases, clock)
     install_error_handlers(app)
 
     @app.middleware("http")

@@ -5,11 +5,12 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 
 from adapters.problems import GatewayInputError, Kind, Problem
-from gateway.api.deps import IntakeDep, SettingsDep
+from gateway.api.deps import IntakeDep, SessionDep, SettingsDep
 from gateway.api.responses import FhirResponse, SenderGone
+from gateway.cleo import export_case
 from gateway.messages import Reply
 
 __all__ = ["router", "read_body", "SenderGone"]
@@ -60,6 +61,20 @@ async def ingest_nhs111(request: Request, intake: IntakeDep, settings: SettingsD
 async def ingest_mhpl(request: Request, intake: IntakeDep, settings: SettingsDep) -> Response:
     raw = await read_body(request, settings.max_body_bytes)
     return _respond(await run_in_threadpool(intake.receive_mhpl_call, raw))
+
+
+@router.post(
+    "/ingest/cleo", summary="Apply a CLEO case update (docs/formats/cleo.md) as the matching case operation; replies with the case"
+)
+async def ingest_cleo(request: Request, settings: SettingsDep) -> Response:
+    raw = await read_body(request, settings.max_body_bytes)
+    reply = await run_in_threadpool(request.app.state.cleo.receive_update, raw)
+    return JSONResponse(reply.body, status_code=reply.status, headers=reply.headers)
+
+
+@router.get("/export/cleo/{task_id}", summary="A CAS case in CLEO's shape (docs/formats/cleo.md): notes flow both ways (CAS-13)")
+def export_cleo(task_id: str, session: SessionDep) -> Response:
+    return JSONResponse(export_case(session, task_id))
 
 
 @router.post(

@@ -13,6 +13,7 @@ ids; the service layer stores it with a Provenance (who, when, why). Refusals ch
 
 from __future__ import annotations
 
+import base64
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -241,16 +242,19 @@ def end_assessment(task: dict[str, Any], p: Params, rules: ServiceRules, now: da
     if classification(task) == "awaiting-ratification":
         raise _refuse("CAS-13: the case awaits ratification of an unregistered consultation: a registered practitioner uses $ratify")
     encounter = _consultation(task, who or "", bool(registered), now)
+    record = _consultation_notes(task, encounter, who or "", notes or "", now)
     _set_input(task, "consultation-notes", "Consultation notes (for CLEO and RiO)", valueString=notes)
     if follow_up:
         _classify(task, "urgent-follow-up")
-        return OpResult(task, "end assessment: physical-health follow-up requested: Urgent Follow Up queue", ("CAS-14",), [encounter])
+        return OpResult(
+            task, "end assessment: physical-health follow-up requested: Urgent Follow Up queue", ("CAS-14",), [encounter, record]
+        )
     if registered:
         task["status"] = "completed"
-        return OpResult(task, "end assessment by a registered practitioner: case completed", ("CAS-13",), [encounter])
+        return OpResult(task, "end assessment by a registered practitioner: case completed", ("CAS-13",), [encounter, record])
     _classify(task, "awaiting-ratification")
     return OpResult(
-        task, "end assessment by an unregistered practitioner: stays on the queue for CN ratification", ("CAS-13",), [encounter]
+        task, "end assessment by an unregistered practitioner: stays on the queue for CN ratification", ("CAS-13",), [encounter, record]
     )
 
 
@@ -278,6 +282,22 @@ def _consultation(task: dict[str, Any], who: str, registered: bool, now: datetim
         "basedOn": [task["focus"]],
         "participant": [{"individual": {"display": who}}],
         "period": {"start": to_fhir_instant(now), "end": to_fhir_instant(now)},
+    }
+
+
+def _consultation_notes(task: dict[str, Any], encounter: dict[str, Any], who: str, notes: str, now: datetime) -> dict[str, Any]:
+    """CAS-13: the consultation notes as a document related to the case (for CLEO and RiO)."""
+    return {
+        "resourceType": "DocumentReference",
+        "id": resource_id("DocumentReference", f"Encounter/{encounter['id']}", "notes"),
+        "meta": {"profile": [f"{codes.UKCORE}DocumentReference"]},
+        "status": "current",
+        "type": {"text": "CAS consultation notes"},
+        "subject": task["for"],
+        "date": to_fhir_instant(now),
+        "author": [{"display": who}],
+        "content": [{"attachment": {"contentType": "text/plain; charset=utf-8", "data": base64.b64encode(notes.encode()).decode()}}],
+        "context": {"encounter": [{"reference": f"Encounter/{encounter['id']}"}], "related": [{"reference": f"Task/{task['id']}"}]},
     }
 
 
