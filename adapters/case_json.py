@@ -2,15 +2,56 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from datetime import datetime
+from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from adapters.problems import Kind, Problem, ProblemList
+from adapters.problems import GatewayInputError, Kind, Problem, ProblemList
 from adapters.referral import Demographics, check_nhs_number
-from fhir_mapping.datetimes import parse_source_date
+from fhir_mapping.datetimes import OffsetMissing, parse_source_date, parse_source_datetime
 
-__all__ = ["OpenModel", "PatientBlock", "RedFlagBlock", "demographics_of", "extra_field_warnings", "problem_from_pydantic"]
+__all__ = [
+    "OpenModel",
+    "PatientBlock",
+    "RedFlagBlock",
+    "demographics_of",
+    "extra_field_warnings",
+    "problem_from_pydantic",
+    "validate_case",
+    "source_time",
+    "call_and_patient",
+]
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def validate_case(model: type[M], data: dict[str, Any]) -> M:
+    """The JSON object as `model`, or GatewayInputError naming every failing field."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise GatewayInputError([problem_from_pydantic(err) for err in exc.errors()]) from None
+
+
+def source_time(value: str, element: str, problems: ProblemList) -> datetime | None:
+    """A sender's date-time (offset required), or None with the problem recorded against `element`."""
+    try:
+        return parse_source_datetime(value)
+    except OffsetMissing as exc:
+        problems.error(Kind.VALUE, element, f"dates must carry a timezone: {exc}")
+    except ValueError as exc:
+        problems.error(Kind.VALUE, element, str(exc))
+    return None
+
+
+def call_and_patient(call_time: str, patient: PatientBlock, problems: ProblemList) -> tuple[datetime | None, Demographics]:
+    """The call time and the patient of a case: the parts every case format shares, checked the same way."""
+    when = source_time(call_time, "call_time", problems)
+    _, reason = check_nhs_number(patient.nhs_number)
+    if reason:
+        problems.error(Kind.VALUE, "patient.nhs_number", reason)
+    return when, demographics_of(patient, problems)
 
 
 class OpenModel(BaseModel):

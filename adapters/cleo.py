@@ -12,12 +12,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field
 
-from adapters.case_json import OpenModel, extra_field_warnings, problem_from_pydantic
+from adapters.case_json import OpenModel, extra_field_warnings, source_time, validate_case
 from adapters.jsonparse import parse_json_object
-from adapters.problems import GatewayInputError, Kind, Problem, ProblemList
-from fhir_mapping.datetimes import OffsetMissing, parse_source_datetime
+from adapters.problems import Problem, ProblemList
 
 __all__ = ["CleoUpdate", "parse_cleo_update", "EVENT_OPERATIONS"]
 
@@ -67,17 +66,11 @@ class CleoUpdate:
 
 def parse_cleo_update(raw: bytes) -> CleoUpdate:
     data = parse_json_object(raw, "$")
-    try:
-        update = _Update.model_validate(data)
-    except ValidationError as exc:
-        raise GatewayInputError([problem_from_pydantic(err) for err in exc.errors()]) from None
+    update = validate_case(_Update, data)
     problems = ProblemList()
-    try:
-        at = parse_source_datetime(update.at)
-    except OffsetMissing as exc:
-        raise GatewayInputError(Problem(Kind.VALUE, "at", f"dates must carry a timezone: {exc}")) from None
-    except ValueError as exc:
-        raise GatewayInputError(Problem(Kind.VALUE, "at", str(exc))) from None
+    at = source_time(update.at, "at", problems)
+    problems.raise_if_errors("parse")
+    assert at is not None
     extra_field_warnings(update, problems)
     fields = update.model_dump(exclude_none=True, exclude={"format", "update_id", "case_ref", "event", "at", "by"})
     parameters = {name.replace("_", "-"): value for name, value in fields.items() if name in type(update).model_fields}

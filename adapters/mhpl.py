@@ -6,13 +6,12 @@ details and the patient; the format is documented in docs/formats/mhpl-call.md.
 
 from __future__ import annotations
 
-from pydantic import Field, ValidationError
+from pydantic import Field
 
-from adapters.case_json import OpenModel, PatientBlock, RedFlagBlock, demographics_of, extra_field_warnings, problem_from_pydantic
+from adapters.case_json import OpenModel, PatientBlock, RedFlagBlock, call_and_patient, extra_field_warnings, validate_case
 from adapters.jsonparse import parse_json_object
-from adapters.problems import GatewayInputError, Kind, ProblemList
-from adapters.referral import Channel, Professional, RedFlagAnswer, Referral, check_nhs_number
-from fhir_mapping.datetimes import OffsetMissing, parse_source_datetime
+from adapters.problems import ProblemList
+from adapters.referral import Channel, Professional, RedFlagAnswer, Referral
 
 __all__ = ["parse_mhpl_call", "MHPL_CALL_SYSTEM"]
 
@@ -42,22 +41,9 @@ class _Call(OpenModel):
 def parse_mhpl_call(raw: bytes) -> Referral:
     """Parse one MHPL call. Raises GatewayInputError listing every problem found."""
     data = parse_json_object(raw, "$")
-    try:
-        call = _Call.model_validate(data)
-    except ValidationError as exc:
-        raise GatewayInputError([problem_from_pydantic(err) for err in exc.errors()]) from None
+    call = validate_case(_Call, data)
     problems = ProblemList()
-    call_time = None
-    try:
-        call_time = parse_source_datetime(call.call_time)
-    except OffsetMissing as exc:
-        problems.error(Kind.VALUE, "call_time", f"dates must carry a timezone: {exc}")
-    except ValueError as exc:
-        problems.error(Kind.VALUE, "call_time", str(exc))
-    _, reason = check_nhs_number(call.patient.nhs_number)
-    if reason:
-        problems.error(Kind.VALUE, "patient.nhs_number", reason)
-    demographics = demographics_of(call.patient, problems)
+    call_time, demographics = call_and_patient(call.call_time, call.patient, problems)
     unused = extra_field_warnings(call, problems)
     if call_time is None:
         problems.raise_if_errors("parse")

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field
 
-from adapters.case_json import OpenModel, PatientBlock, RedFlagBlock, demographics_of, extra_field_warnings, problem_from_pydantic
+from adapters.case_json import OpenModel, PatientBlock, RedFlagBlock, call_and_patient, extra_field_warnings, validate_case
 from adapters.jsonparse import parse_json_object
 from adapters.problems import GatewayInputError, Kind, Problem, ProblemList
 from adapters.referral import (
@@ -19,10 +19,8 @@ from adapters.referral import (
     PathwaysOutcome,
     RedFlagAnswer,
     Referral,
-    check_nhs_number,
     normalise_dx,
 )
-from fhir_mapping.datetimes import OffsetMissing, parse_source_datetime
 
 __all__ = ["parse_nhs111_case", "CASE_ID_SYSTEM", "FORMAT_NAME"]
 
@@ -68,24 +66,9 @@ def parse_nhs111_case(raw: bytes) -> Referral:
                 "send FHIR message Bundles to POST /fhir/$process-message",
             )
         )
-    try:
-        case = _Case.model_validate(data)
-    except ValidationError as exc:
-        raise GatewayInputError([problem_from_pydantic(err) for err in exc.errors()]) from None
-
+    case = validate_case(_Case, data)
     problems = ProblemList()
-    call_time = None
-    try:
-        call_time = parse_source_datetime(case.call_time)
-    except OffsetMissing as exc:
-        problems.error(Kind.VALUE, "call_time", f"dates must carry a timezone: {exc}")
-    except ValueError as exc:
-        problems.error(Kind.VALUE, "call_time", str(exc))
-
-    _, reason = check_nhs_number(case.patient.nhs_number)
-    if reason:
-        problems.error(Kind.VALUE, "patient.nhs_number", reason)
-    demographics = demographics_of(case.patient, problems)
+    call_time, demographics = call_and_patient(case.call_time, case.patient, problems)
 
     channel = Channel(case.channel)
     pathways = None

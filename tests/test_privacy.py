@@ -23,6 +23,10 @@ def _identifiers() -> set[str]:
     for path in (FIXTURES.parent / "mhpl").glob("*.json"):
         patient = json.loads(path.read_text())["patient"]
         found |= {patient["nhs_number"], patient["family"], *patient["given"], patient["postcode"]}
+    for path in (FIXTURES.parent / "rio").glob("*.hl7"):
+        pid = next(seg for seg in path.read_bytes().decode().split("\r") if seg.startswith("PID|"))
+        fields = pid.split("|")
+        found |= {fields[3].split("^")[0], *[part for part in fields[5].split("^")[:2] if part]}
     found.add("3478526985")  # the public examples' number
     return found
 
@@ -36,6 +40,9 @@ def test_logs_of_accepted_resent_and_refused_messages_hold_no_patient_identifier
                 client.post("/ingest/nhs111", content=path.read_bytes())
     for path in (FIXTURES.parent / "mhpl").glob("*.json"):
         client.post("/ingest/mhpl", content=path.read_bytes())
+    for path in (FIXTURES.parent / "rio").glob("*.hl7"):
+        client.post("/ingest/hl7v2", content=path.read_bytes())
+        client.post("/ingest/hl7v2", content=path.read_bytes().replace(b"|2.4\r", b"|2.9\r"))  # refused too
     bad = json.loads((FIXTURES / "option2-standard.case.json").read_text())
     bad["patient"]["nhs_number"] = "9990000019"
     client.post("/ingest/nhs111", content=json.dumps(bad))

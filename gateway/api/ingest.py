@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
@@ -13,7 +15,7 @@ from gateway.api.responses import FhirResponse, SenderGone
 from gateway.cleo import export_case
 from gateway.messages import Reply
 
-__all__ = ["router", "read_body", "SenderGone"]
+__all__ = ["router", "read_body", "answer", "SenderGone"]
 
 router = APIRouter()
 
@@ -39,8 +41,12 @@ async def read_body(request: Request, limit: int) -> bytes:
     return body
 
 
-def _respond(reply: Reply) -> Response:
-    return FhirResponse(reply.body, status_code=reply.status, headers=reply.headers)
+async def answer(request: Request, limit: int, receive: Callable[[bytes], Reply], fhir: bool = True) -> Response:
+    """Read the body, hand it to `receive` off the event loop, send its reply (FHIR JSON, or plain JSON)."""
+    raw = await read_body(request, limit)
+    reply = await run_in_threadpool(receive, raw)
+    kind = FhirResponse if fhir else JSONResponse
+    return kind(reply.body, status_code=reply.status, headers=reply.headers)
 
 
 @router.post(
@@ -49,8 +55,7 @@ def _respond(reply: Reply) -> Response:
     summary="Receive a flat NHS 111 case (docs/formats/nhs111-case.md); a re-sent case id gets its original reply",
 )
 async def ingest_nhs111(request: Request, intake: IntakeDep, settings: SettingsDep) -> Response:
-    raw = await read_body(request, settings.max_body_bytes)
-    return _respond(await run_in_threadpool(intake.receive_nhs111_case, raw))
+    return await answer(request, settings.max_body_bytes, intake.receive_nhs111_case)
 
 
 @router.post(
@@ -59,17 +64,14 @@ async def ingest_nhs111(request: Request, intake: IntakeDep, settings: SettingsD
     summary="Receive an Emergency Services Mental Health Professional Line call (docs/formats/mhpl-call.md); timeframe by caller (CAS-06)",
 )
 async def ingest_mhpl(request: Request, intake: IntakeDep, settings: SettingsDep) -> Response:
-    raw = await read_body(request, settings.max_body_bytes)
-    return _respond(await run_in_threadpool(intake.receive_mhpl_call, raw))
+    return await answer(request, settings.max_body_bytes, intake.receive_mhpl_call)
 
 
 @router.post(
     "/ingest/cleo", summary="Apply a CLEO case update (docs/formats/cleo.md) as the matching case operation; replies with the case"
 )
 async def ingest_cleo(request: Request, settings: SettingsDep) -> Response:
-    raw = await read_body(request, settings.max_body_bytes)
-    reply = await run_in_threadpool(request.app.state.cleo.receive_update, raw)
-    return JSONResponse(reply.body, status_code=reply.status, headers=reply.headers)
+    return await answer(request, settings.max_body_bytes, request.app.state.cleo.receive_update, fhir=False)
 
 
 @router.get("/export/cleo/{task_id}", summary="A CAS case in CLEO's shape (docs/formats/cleo.md): notes flow both ways (CAS-13)")
@@ -93,9 +95,8 @@ async def ingest_hl7v2(request: Request, settings: SettingsDep) -> Response:
     summary="BaRS: receive a servicerequest-request message Bundle (X-Request-Id and X-Correlation-Id required)",
 )
 async def process_message(request: Request, intake: IntakeDep, settings: SettingsDep) -> Response:
-    raw = await read_body(request, settings.max_body_bytes)
-    reply = await run_in_threadpool(intake.receive_bars, raw, request.headers.get("x-request-id"), request.headers.get("x-correlation-id"))
-    return _respond(reply)
+    request_id, correlation_id = request.headers.get("x-request-id"), request.headers.get("x-correlation-id")
+    return await answer(request, settings.max_body_bytes, lambda raw: intake.receive_bars(raw, request_id, correlation_id))
 
 
 @router.api_route("/fhir/$process-message", methods=["GET", "PUT", "PATCH", "DELETE"], include_in_schema=False)

@@ -5,13 +5,12 @@ from __future__ import annotations
 from datetime import datetime
 
 from fastapi import APIRouter, Request
-from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from adapters.problems import GatewayInputError, Kind, Problem
 from fhir_mapping.datetimes import LONDON, parse_source_datetime
 from gateway.api.deps import SessionDep, SettingsDep
-from gateway.api.ingest import read_body
+from gateway.api.ingest import answer
 from gateway.api.responses import FhirResponse
 from gateway.api.search import paging, refuse_unknown, searchset
 from gateway.outcome_summary import outcome_summary
@@ -54,9 +53,7 @@ def questionnaire_read(request: Request, questionnaire_id: str) -> Response:
     summary="Submit a completed measure: checked against its Questionnaire, scored, stored with score Observations",
 )
 async def questionnaire_response_create(request: Request, settings: SettingsDep) -> Response:
-    raw = await read_body(request, settings.max_body_bytes)
-    reply = await run_in_threadpool(request.app.state.responses.receive, raw)
-    return FhirResponse(reply.body, status_code=reply.status, headers=reply.headers)
+    return await answer(request, settings.max_body_bytes, request.app.state.responses.receive)
 
 
 @router.get("/QuestionnaireResponse", summary="Search responses: patient, questionnaire (canonical URL), _count, _offset")

@@ -10,10 +10,10 @@ from __future__ import annotations
 import re
 from datetime import datetime, time, timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fhir_mapping.datetimes import LONDON, parse_iso_duration
 
@@ -21,6 +21,13 @@ __all__ = ["ServiceRules", "Disposition", "RuleRegistry", "RuleFileError", "load
 
 DEFAULT_RULES_DIR = Path(__file__).parent / "services"
 _DX_KEY = re.compile(r"^Dx\d{2,5}$")
+
+
+def _to_duration(value: object) -> object:
+    return parse_iso_duration(value) if isinstance(value, str) else value
+
+
+Duration = Annotated[timedelta, BeforeValidator(_to_duration)]  # rule files write ISO 8601 durations (PT6H)
 
 
 class RuleFileError(Exception):
@@ -34,15 +41,10 @@ class _Strict(BaseModel):
 class Disposition(_Strict):
     """CAS-05: one NHS Pathways disposition and the callback window its wording states."""
 
-    within: timedelta | None = None
+    within: Duration | None = None
     within_working_days: int | None = Field(default=None, ge=1, le=20)
     wording: str = Field(min_length=3)
     source: str = Field(min_length=3)
-
-    @field_validator("within", mode="before")
-    @classmethod
-    def _duration(cls, value: object) -> object:
-        return parse_iso_duration(value) if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _one_window(self) -> Disposition:
@@ -72,34 +74,19 @@ class RedFlagRules(_Strict):
 
 
 class PriorityBand(_Strict):
-    up_to: timedelta | None = None
+    up_to: Duration | None = None
     priority: Literal["routine", "urgent", "asap", "stat"]
-
-    @field_validator("up_to", mode="before")
-    @classmethod
-    def _duration(cls, value: object) -> object:
-        return parse_iso_duration(value) if isinstance(value, str) else value
 
 
 class BreachStatusRules(_Strict):
     """CAS-09 thresholds: amber when this close to breaching, black when this long breached."""
 
-    amber_within: timedelta
-    black_after: timedelta
-
-    @field_validator("amber_within", "black_after", mode="before")
-    @classmethod
-    def _duration(cls, value: object) -> object:
-        return parse_iso_duration(value) if isinstance(value, str) else value
+    amber_within: Duration
+    black_after: Duration
 
 
 class SafetyCallRules(_Strict):
-    every: timedelta
-
-    @field_validator("every", mode="before")
-    @classmethod
-    def _duration(cls, value: object) -> object:
-        return parse_iso_duration(value) if isinstance(value, str) else value
+    every: Duration
 
 
 class FailedContactRules(_Strict):
@@ -109,14 +96,7 @@ class FailedContactRules(_Strict):
 class MhplRules(_Strict):
     """CAS-06: callback timeframe by the calling emergency service."""
 
-    timeframes: dict[str, timedelta] = Field(min_length=1)
-
-    @field_validator("timeframes", mode="before")
-    @classmethod
-    def _durations(cls, value: object) -> object:
-        if isinstance(value, dict):
-            return {k: parse_iso_duration(v) if isinstance(v, str) else v for k, v in value.items()}
-        return value
+    timeframes: dict[str, Duration] = Field(min_length=1)
 
 
 class InHours(_Strict):
@@ -151,21 +131,16 @@ class QueueRiskRules(_Strict):
     """CAS-16: evidence thresholds for the suggested queue risk level."""
 
     extreme_age: dict[Literal["under", "over"], int]
-    worsening_within: timedelta
+    worsening_within: Duration
     high: RiskThresholds
     medium: RiskThresholds
-
-    @field_validator("worsening_within", mode="before")
-    @classmethod
-    def _duration(cls, value: object) -> object:
-        return parse_iso_duration(value) if isinstance(value, str) else value
 
 
 class ServiceRules(_Strict):
     schema_: Literal["cas-queue/1"] = Field(alias="schema")
     version: str = Field(min_length=1)
     service: ServiceInfo
-    call_handler_timeframe: timedelta
+    call_handler_timeframe: Duration
     red_flags: RedFlagRules
     breach_status: BreachStatusRules
     safety_calls: SafetyCallRules
@@ -175,11 +150,6 @@ class ServiceRules(_Strict):
     queue_risk: QueueRiskRules
     task_priority: list[PriorityBand] = Field(min_length=1)
     dispositions: dict[str, Disposition]
-
-    @field_validator("call_handler_timeframe", mode="before")
-    @classmethod
-    def _duration(cls, value: object) -> object:
-        return parse_iso_duration(value) if isinstance(value, str) else value
 
     @field_validator("dispositions")
     @classmethod
