@@ -32,7 +32,7 @@ from gateway.clock import Clock
 from gateway.messages import Inbound, Reply, commit_message, previous, resend
 from gateway.store.repo import find_by_identifier, get_resource, open_cas_tasks
 
-__all__ = ["ResponseIntake", "score_offline", "CHANNEL_RESPONSES"]
+__all__ = ["ResponseIntake", "score_offline", "CHANNEL_RESPONSES", "response_resources", "response_id"]
 
 log = structlog.get_logger("iap.responses")
 CHANNEL_RESPONSES = "questionnaire-response"
@@ -64,7 +64,7 @@ def _parse(raw: bytes) -> dict[str, Any]:
     return qr
 
 
-def _response_id(qr: dict[str, Any]) -> str:
+def response_id(qr: dict[str, Any]) -> str:
     """Stable id: from the sender's identifier when given, else from the content (an identical re-post is a re-send)."""
     ident = qr.get("identifier") or {}
     if ident.get("system") and ident.get("value"):
@@ -87,7 +87,7 @@ def _notes(scored: ScoredResponse) -> list[Problem]:
     return out
 
 
-def _build(
+def response_resources(
     qr: dict[str, Any],
     scored: ScoredResponse,
     qr_id: str,
@@ -117,8 +117,8 @@ def score_offline(raw: bytes, catalogue: MeasureCatalogue, now: datetime) -> dic
     scored = score_answers(measure, answers)
     subject = _subject_offline(qr)
     encounter = qr.get("encounter") if isinstance(qr.get("encounter"), dict) and qr["encounter"].get("reference") else None
-    qr_id = _response_id(qr)
-    resources = _build(qr, scored, qr_id, subject, encounter, now, None)
+    qr_id = response_id(qr)
+    resources = response_resources(qr, scored, qr_id, subject, encounter, now, None)
     return bundle_of(resources, "collection", resource_id("Bundle", "score", qr_id), to_fhir_instant(now))
 
 
@@ -155,7 +155,7 @@ class ResponseIntake:
 
     def receive(self, raw: bytes) -> Reply:
         qr = _parse(raw)
-        qr_id = _response_id(qr)
+        qr_id = response_id(qr)
         original = previous(self.sessions, CHANNEL_RESPONSES, qr_id)
         if original is not None:
             return resend(original)
@@ -168,7 +168,7 @@ class ResponseIntake:
 
         def write(session: Session) -> list[tuple[dict[str, Any], str | None]]:
             open_tasks = open_cas_tasks(session, subject["reference"].split("/", 1)[1]) if scored.risks else None
-            resources = ([new_patient] if new_patient else []) + _build(qr, scored, qr_id, subject, encounter, now, open_tasks)
+            resources = ([new_patient] if new_patient else []) + response_resources(qr, scored, qr_id, subject, encounter, now, open_tasks)
             return [(r, None) for r in resources]
 
         def make_reply(stored: list[dict[str, Any]], created: set[str]) -> Reply:

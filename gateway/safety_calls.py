@@ -71,7 +71,9 @@ def tick(sessions: sessionmaker[Session], registry: RuleRegistry, now: datetime)
             with sessions.begin() as session:
                 if get_resource(session, "Task", call["id"]) is not None:
                     continue
-                stored, _ = put_resource(session, call, now)
+                stored, outcome = put_resource(session, call, now)
+                if outcome != "created":  # another instance committed it between our look and our write
+                    continue
                 record = provenance(stored, "safety-call", "iap-gateway safety-call worker", ("CAS-09",), call["description"], now)
                 record["target"].append({"reference": f"Task/{case['id']}"})
                 put_resource(session, record, now)

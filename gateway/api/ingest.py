@@ -79,6 +79,11 @@ def export_cleo(task_id: str, session: SessionDep) -> Response:
     return JSONResponse(export_case(session, task_id))
 
 
+@router.post("/ingest/pcmis", summary="A PCMIS contact export (CSV, docs/formats/pcmis-contacts.md): every row's outcome in the reply")
+async def ingest_pcmis(request: Request, settings: SettingsDep) -> Response:
+    return await answer(request, settings.max_body_bytes, request.app.state.pcmis.receive_batch, fhir=False)
+
+
 @router.post(
     "/ingest/hl7v2",
     summary="Receive one HL7 v2.4 message (ER7 text, RiO): the reply is its ACK (AA, or AE/AR with MSA-3 and ERR)",

@@ -1,0 +1,132 @@
+"""A PCMIS contact -> FHIR R4: the contact Encounter, a QuestionnaireResponse per measure recorded
+(PHQ-9, GAD-7, phobia scales, WSAS: the TT-11 minimum data set), employment status, and the
+patient's contact preferences as a Consent (TT-15; the "do not contact my GP" wish, TT-02/TT-14).
+QuestionnaireResponses are built in the measure's own answer codes, so the gateway's one scorer
+scores them (fhir_mapping.scoring). Ids are deterministic from the PCMIS contact id.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from adapters.pcmis import MEASURE_COLUMNS, PcmisContact
+from fhir_mapping import codes
+from fhir_mapping.datetimes import to_fhir_instant
+from fhir_mapping.ids import resource_id
+from fhir_mapping.measures import MeasureCatalogue
+
+__all__ = ["contact_encounter", "measure_responses", "employment_observation", "contact_consent", "PCMIS_CONTACT_SYSTEM"]
+
+PCMIS_CONTACT_SYSTEM = f"{codes.GATEWAY_BASE}/Id/pcmis-contact"
+_CS = f"{codes.GATEWAY_BASE}/CodeSystem"
+
+
+def contact_encounter(contact: PcmisContact, patient_ref: dict[str, str]) -> dict[str, Any]:
+    when = to_fhir_instant(contact.contact_time)
+    return {
+        "resourceType": "Encounter",
+        "id": resource_id("Encounter", PCMIS_CONTACT_SYSTEM, contact.contact_id),
+        "meta": {"profile": [f"{codes.UKCORE}Encounter"]},
+        "identifier": [{"system": PCMIS_CONTACT_SYSTEM, "value": contact.contact_id}],
+        "status": "finished" if contact.attendance == "attended" else "cancelled",
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB", "display": "ambulatory"},
+        "type": [
+            {"coding": [{"system": f"{_CS}/pcmis-appointment-type", "code": contact.appointment_type}]},
+            {"coding": [{"system": f"{_CS}/pcmis-attendance", "code": contact.attendance}]},
+        ],
+        "serviceType": {"text": f"NHS Talking Therapies step {contact.step}"},
+        "subject": patient_ref,
+        "participant": [
+            {
+                "type": [{"coding": [{"system": f"{_CS}/iapt-therapist-role", "code": contact.therapist_role}]}],
+                "individual": {"display": contact.therapist},
+            }
+        ],
+        "period": {"start": when, "end": when},
+    }
+
+
+def measure_responses(contact: PcmisContact, catalogue: MeasureCatalogue, patient_ref: dict[str, str]) -> list[dict[str, Any]]:
+    """One QuestionnaireResponse (FHIR JSON, our answer codes) per measure with any item recorded."""
+    encounter = {"reference": f"Encounter/{resource_id('Encounter', PCMIS_CONTACT_SYSTEM, contact.contact_id)}"}
+    out = []
+    for measure_id in MEASURE_COLUMNS:
+        scores = contact.measures[measure_id]
+        if all(s is None for s in scores):
+            continue
+        measure = catalogue.measures[measure_id]
+        links = [i.link_id for i in measure.spec.items if i.scale]
+        items = []
+        for link, score in zip(links, scores, strict=True):
+            if score is None:
+                continue
+            entries = measure.allowed(link)
+            entry = next(e for e in entries if (e.score is None if score == -1 else e.score == score))
+            answer = (
+                {"valueInteger": entry.value} if entry.value is not None else {"valueCoding": {"system": entry.system, "code": entry.code}}
+            )
+            items.append({"linkId": link, "answer": [answer]})
+        out.append(
+            {
+                "resourceType": "QuestionnaireResponse",
+                "identifier": {"system": PCMIS_CONTACT_SYSTEM, "value": f"{contact.contact_id}#{measure_id}"},
+                "questionnaire": measure.url,
+                "status": "completed" if None not in scores else "in-progress",
+                "subject": patient_ref,
+                "encounter": encounter,
+                "authored": to_fhir_instant(contact.contact_time),
+                "item": items,
+            }
+        )
+    return out
+
+
+def employment_observation(contact: PcmisContact, patient_ref: dict[str, str]) -> dict[str, Any] | None:
+    """Employment status (TT-11) as recorded in PCMIS, a social-history Observation of the contact."""
+    if contact.employment_status is None:
+        return None
+    return {
+        "resourceType": "Observation",
+        "id": resource_id("Observation", PCMIS_CONTACT_SYSTEM, f"{contact.contact_id}#employment"),
+        "meta": {"profile": [f"{codes.UKCORE}Observation"]},
+        "status": "final",
+        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "social-history"}]}],
+        "code": {"coding": [{"system": f"{_CS}/pcmis-observation", "code": "employment-status"}], "text": "Employment status"},
+        "subject": patient_ref,
+        "encounter": {"reference": f"Encounter/{resource_id('Encounter', PCMIS_CONTACT_SYSTEM, contact.contact_id)}"},
+        "effectiveDateTime": to_fhir_instant(contact.contact_time),
+        "valueString": contact.employment_status,
+    }
+
+
+def contact_consent(contact: PcmisContact, patient_ref: dict[str, str], previous: dict[str, Any] | None = None) -> dict[str, Any]:
+    """TT-15 contact consents and the GP-contact wish (TT-02, TT-14): answers given at this contact replace
+    earlier ones; a consent left blank at this contact keeps its earlier answer."""
+    actions = {
+        "email": "contact by email",
+        "phone": "contact by home, mobile or work phone",
+        "voicemail": "leave voicemail",
+        "sms": "contact by SMS",
+    }
+    provisions: list[dict[str, Any]] = [
+        {"type": "permit" if allowed else "deny", "action": [{"text": actions[channel]}]}
+        for channel, allowed in contact.consents.items()
+        if allowed is not None
+    ]
+    provisions.append({"type": "permit" if contact.gp_contact_allowed else "deny", "action": [{"text": "contact the GP practice"}]})
+    given = {p["action"][0]["text"] for p in provisions}
+    earlier: list[dict[str, Any]] = ((previous or {}).get("provision") or {}).get("provision", [])
+    kept = [p for p in earlier if p["action"][0]["text"] not in given]
+    provisions = kept + provisions
+    return {
+        "resourceType": "Consent",
+        "id": resource_id("Consent", PCMIS_CONTACT_SYSTEM, f"contact-preferences#{patient_ref['reference']}"),
+        "meta": {"profile": [f"{codes.UKCORE}Consent"]},
+        "status": "active",
+        "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
+        "category": [{"text": "Contact preferences (NHS Talking Therapies)"}],
+        "patient": patient_ref,
+        "dateTime": to_fhir_instant(contact.contact_time),
+        "policyRule": {"text": "Recorded in PCMIS" + (" at self-referral" if contact.self_referral else "") + " (TT-15)"},
+        "provision": {"type": "permit", "provision": provisions},
+    }
