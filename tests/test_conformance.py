@@ -75,9 +75,10 @@ def _cas_scenario(client) -> dict[str, Any]:  # type: ignore[no-untyped-def]
 
     out: dict[str, Any] = {}
     desk = task_of(client.post("/ingest/nhs111", content=(FIXTURES / "specialist-desk-ooh.case.json").read_bytes()).json())
-    out["op-cn-review"] = op(client, desk["id"], "cn-review", practitioner="CN", suitability="registered", timeframe="PT1H").json()
+    out["op-cn-review"] = op(client, desk["id"], "cn-review", practitioner="CN", suitability="registered").json()
     out["op-contact"] = op(client, desk["id"], "record-contact-attempt", practitioner="CH", kind="safety-call", outcome="failed").json()
-    out["op-end"] = op(client, desk["id"], "end-assessment", practitioner="R", registered=True, notes="Synthetic notes.").json()
+    out["op-end"] = op(client, desk["id"], "end-assessment", practitioner="R", registered=False, notes="Synthetic notes.").json()
+    assert all("id" in out[k] for k in ("op-cn-review", "op-contact", "op-end")), out
     app = client.app
     tick(app.state.sessions, app.state.registry, NOW.replace(hour=23))
     mhpl = (FIXTURES.parent / "mhpl" / "police-call.mhpl.json").read_bytes()
@@ -86,6 +87,10 @@ def _cas_scenario(client) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     out["explain"] = client.get(f"/fhir/Task/{desk['id']}/$explain").json()
     for message in sorted((FIXTURES.parent / "rio").glob("*.hl7")):
         assert client.post("/ingest/hl7v2", content=message.read_bytes()).headers["x-hl7-ack-code"] == "AA"
+    batch = client.post("/ingest/pcmis", content=(FIXTURES.parent / "pcmis" / "contacts.csv").read_bytes()).json()
+    assert batch["accepted"] == 3
+    cleo = (FIXTURES.parent / "cleo" / "consultation-registered.update.json").read_text().replace("REPLACE-WITH-TASK-ID", desk["id"])
+    client.post("/ingest/cleo", content=cleo)
     out["notifications"] = client.get("/fhir/CommunicationRequest", params={"status": "active"}).json()
     return out
 
