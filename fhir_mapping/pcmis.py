@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from adapters.pcmis import MEASURE_COLUMNS, PcmisContact
+from adapters.pcmis import PcmisContact
 from fhir_mapping import codes
 from fhir_mapping.datetimes import to_fhir_instant
 from fhir_mapping.ids import resource_id
+from fhir_mapping.measure_answers import responses_from_item_scores
 from fhir_mapping.measures import MeasureCatalogue
 
 __all__ = ["contact_encounter", "measure_responses", "employment_observation", "contact_consent", "PCMIS_CONTACT_SYSTEM"]
@@ -49,36 +50,9 @@ def contact_encounter(contact: PcmisContact, patient_ref: dict[str, str]) -> dic
 def measure_responses(contact: PcmisContact, catalogue: MeasureCatalogue, patient_ref: dict[str, str]) -> list[dict[str, Any]]:
     """One QuestionnaireResponse (FHIR JSON, our answer codes) per measure with any item recorded."""
     encounter = {"reference": f"Encounter/{resource_id('Encounter', PCMIS_CONTACT_SYSTEM, contact.contact_id)}"}
-    out = []
-    for measure_id in MEASURE_COLUMNS:
-        scores = contact.measures[measure_id]
-        if all(s is None for s in scores):
-            continue
-        measure = catalogue.measures[measure_id]
-        links = [i.link_id for i in measure.spec.items if i.scale]
-        items = []
-        for link, score in zip(links, scores, strict=True):
-            if score is None:
-                continue
-            entries = measure.allowed(link)
-            entry = next(e for e in entries if (e.score is None if score == -1 else e.score == score))
-            answer = (
-                {"valueInteger": entry.value} if entry.value is not None else {"valueCoding": {"system": entry.system, "code": entry.code}}
-            )
-            items.append({"linkId": link, "answer": [answer]})
-        out.append(
-            {
-                "resourceType": "QuestionnaireResponse",
-                "identifier": {"system": PCMIS_CONTACT_SYSTEM, "value": f"{contact.contact_id}#{measure_id}"},
-                "questionnaire": measure.url,
-                "status": "completed" if None not in scores else "in-progress",
-                "subject": patient_ref,
-                "encounter": encounter,
-                "authored": to_fhir_instant(contact.contact_time),
-                "item": items,
-            }
-        )
-    return out
+    return responses_from_item_scores(
+        catalogue, contact.measures, PCMIS_CONTACT_SYSTEM, contact.contact_id, contact.contact_time, patient_ref, encounter
+    )
 
 
 def employment_observation(contact: PcmisContact, patient_ref: dict[str, str]) -> dict[str, Any] | None:
