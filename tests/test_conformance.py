@@ -89,6 +89,8 @@ def _cas_scenario(client) -> dict[str, Any]:  # type: ignore[no-untyped-def]
         assert client.post("/ingest/hl7v2", content=message.read_bytes()).headers["x-hl7-ack-code"] == "AA"
     batch = client.post("/ingest/pcmis", content=(FIXTURES.parent / "pcmis" / "contacts.csv").read_bytes()).json()
     assert batch["accepted"] == 3
+    extract = client.post("/ingest/systmone", content=(FIXTURES.parent / "systmone" / "contacts.csv").read_bytes()).json()
+    assert extract["accepted"] == 2
     cleo = (FIXTURES.parent / "cleo" / "consultation-registered.update.json").read_text().replace("REPLACE-WITH-TASK-ID", desk["id"])
     client.post("/ingest/cleo", content=cleo)
     out["notifications"] = client.get("/fhir/CommunicationRequest", params={"status": "active"}).json()

@@ -108,3 +108,22 @@ def test_pcmis_parser_never_fails_except_with_a_clear_refusal(data: bytes) -> No
         parse_pcmis_csv(data)
     except GatewayInputError as error:
         assert error.problems
+
+
+SYSTMONE = ROOT / "fixtures" / "systmone" / "contacts.csv"
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.binary(max_size=400)
+    | st.integers(0, 3000).flatmap(
+        lambda cut: st.binary(max_size=30).map(lambda junk: SYSTMONE.read_bytes()[:cut] + junk + SYSTMONE.read_bytes()[cut:])
+    )
+)
+def test_systmone_parser_never_fails_except_with_a_clear_refusal(data: bytes) -> None:
+    from adapters.systmone import parse_systmone_csv
+
+    try:
+        parse_systmone_csv(data)
+    except GatewayInputError as error:
+        assert error.problems

@@ -16,11 +16,11 @@ from gateway.api.responses import install_error_handlers
 from gateway.cases import CaseOperations
 from gateway.cleo import CleoLink
 from gateway.clock import Clock, SystemClock
+from gateway.contact_batches import pcmis_batches, systmone_batches
 from gateway.hl7_intake import Hl7Intake
 from gateway.intake import Intake
 from gateway.logging import configure_logging
 from gateway.mllp import start_mllp_server
-from gateway.pcmis_ingest import PcmisIntake
 from gateway.responses import ResponseIntake
 from gateway.rules.schema import load_rules
 from gateway.safety_calls import run_ticker
@@ -75,7 +75,8 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
     app.state.cases = CaseOperations(sessions, registry, clock)
     app.state.hl7 = Hl7Intake(sessions, clock)
     app.state.cleo = CleoLink(sessions, app.state.cases, clock)
-    app.state.pcmis = PcmisIntake(sessions, catalogue, clock)
+    app.state.pcmis = pcmis_batches(sessions, catalogue, clock)
+    app.state.systmone = systmone_batches(sessions, catalogue, clock)
     install_error_handlers(app)
 
     @app.middleware("http")

@@ -84,6 +84,11 @@ async def ingest_pcmis(request: Request, settings: SettingsDep) -> Response:
     return await answer(request, settings.max_body_bytes, request.app.state.pcmis.receive_batch, fhir=False)
 
 
+@router.post("/ingest/systmone", summary="A SystmOne template extract (CSV, docs/formats/systmone-extract.md): every row's outcome")
+async def ingest_systmone(request: Request, settings: SettingsDep) -> Response:
+    return await answer(request, settings.max_body_bytes, request.app.state.systmone.receive_batch, fhir=False)
+
+
 @router.post(
     "/ingest/hl7v2",
     summary="Receive one HL7 v2.4 message (ER7 text, RiO): the reply is its ACK (AA, or AE/AR with MSA-3 and ERR)",

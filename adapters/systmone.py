@@ -1,0 +1,151 @@
+"""SystmOne template extract (primary care mental health, RDaSH): CSV, one row per contact -> `SystmOneContact`.
+
+Contacts are coded with CTV3 (PC-04: XaL0u initial contact, XaZrH follow-up); the row carries the
+template's item scores (PHQ-9, GAD-7, DIALOG, ReQoL-10, GBO) and the care plan (MHSDS MHS008),
+its agreement (MHS009) and a safety plan. Rows stand alone (a bad row never drops the good ones);
+a missing column refuses the file. Columns: docs/formats/systmone-extract.md.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from adapters.case_json import source_time
+from adapters.problems import GatewayInputError, Kind, Problem, ProblemList
+from adapters.referral import check_nhs_number
+
+__all__ = ["SystmOneContact", "SystmOneRow", "parse_systmone_csv", "COLUMNS", "CONTACT_CODES", "MEASURE_COLUMNS"]
+
+# PC-04: the contact codes the service records (CTV3, Read v3)
+CONTACT_CODES = {"XaL0u": "Initial contact", "XaZrH": "Follow-up contact"}
+MEASURE_COLUMNS = {
+    "phq-9": [f"phq9_{i}" for i in range(1, 10)],
+    "gad-7": [f"gad7_{i}" for i in range(1, 8)],
+    "dialog": [f"dialog_{i}" for i in range(1, 12)],
+    "reqol-10": [f"reqol_{i}" for i in range(1, 11)],
+    "gbo": [f"gbo_goal_{i}_rating" for i in range(1, 4)],
+}
+RANGES = {"phq-9": (0, 3), "gad-7": (0, 3), "dialog": (1, 7), "reqol-10": (0, 4), "gbo": (0, 10)}
+GOAL_TEXTS = [f"gbo_goal_{i}_text" for i in range(1, 4)]
+FLAGS = ("care_plan_mhs008", "care_plan_agreed_mhs009", "safety_plan")
+COLUMNS = (
+    "contact_id",
+    "nhs_number",
+    "contact_time",
+    "contact_code",
+    "clinician",
+    "clinician_role",
+    *[c for cols in MEASURE_COLUMNS.values() for c in cols],
+    *GOAL_TEXTS,
+    *FLAGS,
+    "care_plan_text",
+    "safety_plan_text",
+)
+
+
+@dataclass(frozen=True)
+class SystmOneContact:
+    contact_id: str
+    nhs_number: str
+    contact_time: datetime
+    contact_code: str  # CTV3
+    clinician: str
+    clinician_role: str  # MHP | MHWBTC | PCMHH
+    measures: dict[str, list[int | None]]
+    goal_texts: list[str]
+    care_plan: bool  # MHS008 recorded
+    care_plan_agreed: bool  # MHS009 recorded
+    care_plan_text: str | None
+    safety_plan: bool
+    safety_plan_text: str | None
+
+
+@dataclass(frozen=True)
+class SystmOneRow:
+    number: int
+    contact_id: str | None
+    contact: SystmOneContact | None = None
+    problems: tuple[Problem, ...] = field(default=())
+    source: bytes = b""
+
+
+def parse_systmone_csv(raw: bytes) -> list[SystmOneRow]:
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise GatewayInputError(Problem(Kind.STRUCTURE, "file", f"not UTF-8 (byte {exc.start})")) from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+    if missing:
+        raise GatewayInputError([Problem(Kind.REQUIRED, f"column:{c}", f"the SystmOne extract must have a {c!r} column") for c in missing])
+    return [_row(number, record) for number, record in enumerate(reader, start=1)]
+
+
+def _row(number: int, record: dict[str, str]) -> SystmOneRow:
+    problems = ProblemList()
+    where = f"row[{number}]"
+    value = {k: (v or "").strip() for k, v in record.items() if k}
+    buffer = io.StringIO()
+    csv.writer(buffer).writerows([COLUMNS, [record.get(c, "") for c in COLUMNS]])
+    source = buffer.getvalue().encode()
+    contact_id = value["contact_id"] or None
+    if not contact_id:
+        problems.error(Kind.REQUIRED, f"{where}.contact_id", "contact_id is required")
+    nhs, reason = check_nhs_number(value["nhs_number"])
+    if reason:
+        problems.error(Kind.VALUE, f"{where}.nhs_number", reason)
+    when = source_time(value["contact_time"], f"{where}.contact_time", problems)
+    if value["contact_code"] not in CONTACT_CODES:
+        problems.error(
+            Kind.VALUE,
+            f"{where}.contact_code",
+            f"CTV3 code {value['contact_code'][:12]!r} is not a contact code here; expected {sorted(CONTACT_CODES)} (PC-04)",
+        )
+    if value["clinician_role"] not in ("MHP", "MHWBTC", "PCMHH"):
+        problems.error(Kind.VALUE, f"{where}.clinician_role", "clinician_role must be MHP, MHWBTC or PCMHH")
+    measures: dict[str, list[int | None]] = {}
+    for measure, columns in MEASURE_COLUMNS.items():
+        low, high = RANGES[measure]
+        scores: list[int | None] = []
+        for column in columns:
+            text = value[column]
+            if text and (not text.isdigit() or not low <= int(text) <= high):
+                problems.error(Kind.VALUE, f"{where}.{column}", f"{column} must be a whole number from {low} to {high}")
+            scores.append(int(text) if text.isdigit() and low <= int(text) <= high else None)
+        measures[measure] = scores
+    flags = {}
+    for column in FLAGS:
+        if value[column].upper() not in ("Y", "N", ""):
+            problems.error(Kind.VALUE, f"{where}.{column}", f"{column} must be Y, N or empty")
+        flags[column] = value[column].upper() == "Y"
+    if flags["care_plan_agreed_mhs009"] and not flags["care_plan_mhs008"]:
+        problems.error(
+            Kind.INVARIANT, f"{where}.care_plan_agreed_mhs009", "a care plan agreement (MHS009) needs the care plan (MHS008) (PC-09)"
+        )
+    complete = {m: None not in s for m, s in measures.items()}
+    if value["contact_code"] == "XaL0u" and not ((complete["phq-9"] or complete["gad-7"]) and complete["dialog"]):
+        problems.warning(
+            Kind.INVARIANT, f"{where}.contact_code", "PC-04: a first contact should have a complete PHQ-9 or GAD-7 and a complete DIALOG"
+        )
+    if problems.has_errors:
+        return SystmOneRow(number, contact_id, None, tuple(problems.items), source)
+    assert when is not None and nhs is not None and contact_id is not None
+    contact = SystmOneContact(
+        contact_id=contact_id,
+        nhs_number=nhs,
+        contact_time=when,
+        contact_code=value["contact_code"],
+        clinician=value["clinician"],
+        clinician_role=value["clinician_role"],
+        measures=measures,
+        goal_texts=[value[c] for c in GOAL_TEXTS],
+        care_plan=flags["care_plan_mhs008"],
+        care_plan_agreed=flags["care_plan_agreed_mhs009"],
+        care_plan_text=value["care_plan_text"] or None,
+        safety_plan=flags["safety_plan"],
+        safety_plan_text=value["safety_plan_text"] or None,
+    )
+    return SystmOneRow(number, contact_id, contact, tuple(problems.items), source)
