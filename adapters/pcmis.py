@@ -7,14 +7,11 @@ docs/formats/pcmis-contacts.md.
 
 from __future__ import annotations
 
-import csv
-import io
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from adapters.case_json import source_time
-from adapters.problems import GatewayInputError, Kind, Problem, ProblemList
-from adapters.referral import check_nhs_number
+from adapters.csv_rows import contact_basics, csv_rows
+from adapters.problems import Kind, Problem, ProblemList
 
 __all__ = ["PcmisContact", "PcmisRow", "parse_pcmis_csv", "COLUMNS", "MEASURE_COLUMNS"]
 
@@ -73,33 +70,13 @@ class PcmisRow:
 
 def parse_pcmis_csv(raw: bytes) -> list[PcmisRow]:
     """Every row, parsed or with its problems. Raises GatewayInputError only for a file that cannot be read."""
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise GatewayInputError(Problem(Kind.STRUCTURE, "file", f"not UTF-8 (byte {exc.start})")) from None
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
-    if missing:
-        raise GatewayInputError([Problem(Kind.REQUIRED, f"column:{c}", f"the PCMIS export must have a {c!r} column") for c in missing])
-    return [_row(number, record) for number, record in enumerate(reader, start=1)]
+    return [_row(number, value, source) for number, value, source in csv_rows(raw, COLUMNS, "PCMIS export")]
 
 
-def _row(number: int, record: dict[str, str]) -> PcmisRow:
+def _row(number: int, value: dict[str, str], source: bytes) -> PcmisRow:
     problems = ProblemList()
     where = f"row[{number}]"
-    value = {k: (v or "").strip() for k, v in record.items() if k}
-    buffer = io.StringIO()
-    csv.writer(buffer).writerows([COLUMNS, [record.get(c, "") for c in COLUMNS]])
-    source = buffer.getvalue().encode()
-    contact_id = value["contact_id"] or None
-    if not contact_id:
-        problems.error(Kind.REQUIRED, f"{where}.contact_id", "contact_id is required")
-    nhs, reason = check_nhs_number(value["nhs_number"])
-    if reason:
-        problems.error(Kind.VALUE, f"{where}.nhs_number", reason)
-    when = source_time(value["contact_time"], f"{where}.contact_time", problems) if value["contact_time"] else None
-    if not value["contact_time"]:
-        problems.error(Kind.REQUIRED, f"{where}.contact_time", "contact_time is required")
+    contact_id, nhs, when = contact_basics(value, where, problems)
     for column, allowed in (("appointment_type", APPOINTMENT_TYPES), ("attendance", ATTENDANCE), ("therapist_role", ("PWP", "HIT"))):
         if value[column] not in allowed:
             problems.error(Kind.VALUE, f"{where}.{column}", f"{column} must be one of {list(allowed)}")

@@ -1,0 +1,49 @@
+"""CSV exports read one row at a time: the header checked once, each row kept with its own raw copy."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterator
+from datetime import datetime
+
+from adapters.case_json import source_time
+from adapters.problems import GatewayInputError, Kind, Problem, ProblemList
+from adapters.referral import check_nhs_number
+
+__all__ = ["csv_rows", "contact_basics"]
+
+
+def csv_rows(raw: bytes, columns: tuple[str, ...], export: str) -> Iterator[tuple[int, dict[str, str], bytes]]:
+    """(1-based row number, stripped values, that row under the header as CSV bytes) for each data row.
+
+    A file that is not UTF-8 or lacks a column is refused whole (nothing in it could be read safely).
+    """
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise GatewayInputError(Problem(Kind.STRUCTURE, "file", f"not UTF-8 (byte {exc.start})")) from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    missing = [c for c in columns if c not in (reader.fieldnames or [])]
+    if missing:
+        raise GatewayInputError([Problem(Kind.REQUIRED, f"column:{c}", f"the {export} must have a {c!r} column") for c in missing])
+    for number, record in enumerate(reader, start=1):
+        buffer = io.StringIO()
+        csv.writer(buffer).writerows([columns, [record.get(c, "") for c in columns]])
+        yield number, {k: (v or "").strip() for k, v in record.items() if k}, buffer.getvalue().encode()
+
+
+def contact_basics(value: dict[str, str], where: str, problems: ProblemList) -> tuple[str | None, str | None, datetime | None]:
+    """Every contact row's contact_id, NHS number (modulus 11) and contact_time (offset required), checked alike."""
+    contact_id = value["contact_id"] or None
+    if not contact_id:
+        problems.error(Kind.REQUIRED, f"{where}.contact_id", "contact_id is required")
+    nhs, reason = check_nhs_number(value["nhs_number"])
+    if reason:
+        problems.error(Kind.VALUE, f"{where}.nhs_number", reason)
+    when = None
+    if not value["contact_time"]:
+        problems.error(Kind.REQUIRED, f"{where}.contact_time", "contact_time is required")
+    else:
+        when = source_time(value["contact_time"], f"{where}.contact_time", problems)
+    return contact_id, nhs, when
