@@ -25,7 +25,7 @@ REQUIRED_SEGMENTS = {"ADT": ("EVN", "PID"), "REF": ("RF1", "PID"), "ORU": ("PID"
 _TS = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(?:\.\d+)?([+-]\d{4})?$")
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)  # not frozen: the interpreter sets __traceback__ on exceptions as they travel
 class Hl7Error(Exception):
     """Why a message is refused: ack `AR`/`AE`, location (segment, field), table-0357 code, text (no patient data)."""
 

@@ -29,6 +29,7 @@ __all__ = ["Hl7Intake", "CHANNEL_HL7"]
 
 log = structlog.get_logger("iap.hl7")
 CHANNEL_HL7 = "hl7v2"
+UPDATES_ONLY = {("ADT", "A08"), ("ADT", "A31")}  # update person / patient information: the patient must exist
 
 
 class Hl7Intake:
@@ -58,13 +59,26 @@ class Hl7Intake:
             ack = build_ack(header.control_id, header.trigger, None, now).decode()
             return Reply(200, {"ack": ack, "resources": [f"{r['resourceType']}/{r['id']}" for r in stored]})
 
-        reply = commit_message(self.sessions, Inbound(CHANNEL_HL7, key, raw, unused=message.unused_segments), now, write, make_reply)
+        try:
+            reply = commit_message(self.sessions, Inbound(CHANNEL_HL7, key, raw, unused=message.unused_segments), now, write, make_reply)
+        except Hl7Error as error:  # found while writing (e.g. an update for an unknown patient): rolled back
+            log.info("hl7.refused", ack=error.ack, code=error.code, segment=error.segment, field=error.field_no)
+            return build_ack(error.control_id, header.trigger, error, now)
         log.info("hl7.accepted", type=f"{header.message_type}^{header.trigger}", resources=len(reply.body.get("resources", [])))
         return str(reply.body["ack"]).encode()
 
     def _resources(self, session: Session, message: Hl7Message, now: datetime) -> list[dict[str, Any]]:
         patient_json = to_json_dict(patient_resource(message.patient, message.gp_practice_ods))
         found = find_by_identifier(session, "Patient", codes.NHS_NUMBER, message.patient.nhs_number)
+        if not found and (message.header.message_type, message.header.trigger) in UPDATES_ONLY:
+            raise Hl7Error(
+                "AE",
+                f"PID-3: no patient with this NHS number is known; {message.header.trigger} updates, send ADT^A04 or A28 to register",
+                "PID",
+                3,
+                204,
+                message.header.control_id,
+            )
         patient = merge_patient(found[0] if found else None, patient_json)
         patient_ref = {"reference": f"Patient/{patient['id']}"}
         out = [patient]

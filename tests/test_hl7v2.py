@@ -43,6 +43,7 @@ def patient(client, nhs: str) -> dict[str, Any]:  # type: ignore[no-untyped-def]
 
 @pytest.mark.parametrize("name", sorted(p.name for p in RIO.glob("*.hl7")))
 def test_every_rio_fixture_is_acknowledged_AA_with_msa2_its_control_id(client, name: str) -> None:
+    client.post("/ingest/nhs111", content=fixture_bytes("option1-dx12.case.json"))  # the patient the A31 updates
     response = post(client, rio(name))
     assert response.status_code == 200 and response.headers["x-hl7-ack-code"] == "AA"
     control_id = rio(name).decode().split("\r")[0].split("|")[9]
@@ -96,6 +97,7 @@ def test_duplicate_control_id_gets_the_original_ack_and_is_not_processed_twice(c
         (rio("adt-a04-register.hl7").replace(b"^^^NHS^NH", b"^^^XX^PI", 1), "AE", "PID^1^3", "101"),
         (rio("mdm-t02-document.hl7").replace(b"20261123105500+0000", b"20261123105500", 1), "AE", "TXA^1^4", "102"),
         (rio("ref-i12-referral.hl7").replace(b"|RIO-REF-9001|", b"||", 1), "AE", "RF1^1^6", "101"),
+        (rio("adt-a31-update.hl7").replace(b"9990000042", b"9990000174"), "AE", "PID^1^3", "204"),
     ],
     ids=[
         "garbled",
@@ -107,6 +109,7 @@ def test_duplicate_control_id_gets_the_original_ack_and_is_not_processed_twice(c
         "no-nhs-number",
         "time-without-offset",
         "missing-referral-id",
+        "update-for-unknown-patient",
     ],
 )
 def test_bad_hl7_gets_an_ae_or_ar_ack_naming_the_field_and_stores_nothing(
