@@ -5,13 +5,28 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Generic, TypeVar
 
 from adapters.case_json import source_time
 from adapters.problems import GatewayInputError, Kind, Problem, ProblemList
 from adapters.referral import check_nhs_number
 
-__all__ = ["csv_rows", "contact_basics"]
+__all__ = ["csv_rows", "contact_basics", "ContactRow"]
+
+C = TypeVar("C")
+
+
+@dataclass(frozen=True)
+class ContactRow(Generic[C]):
+    """One export row: parsed (`contact`) or refused (`problems`), with its own raw copy for replay."""
+
+    number: int  # 1-based data row (the header is row 0)
+    contact_id: str | None
+    contact: C | None = None
+    problems: tuple[Problem, ...] = field(default=())
+    source: bytes = b""  # the header and this row as CSV
 
 
 def csv_rows(raw: bytes, columns: tuple[str, ...], export: str) -> Iterator[tuple[int, dict[str, str], bytes]]:

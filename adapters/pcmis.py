@@ -7,11 +7,11 @@ docs/formats/pcmis-contacts.md.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 
-from adapters.csv_rows import contact_basics, csv_rows
-from adapters.problems import Kind, Problem, ProblemList
+from adapters.csv_rows import ContactRow, contact_basics, csv_rows
+from adapters.problems import Kind, ProblemList
 
 __all__ = ["PcmisContact", "PcmisRow", "parse_pcmis_csv", "COLUMNS", "MEASURE_COLUMNS"]
 
@@ -59,13 +59,7 @@ class PcmisContact:
     gp_contact_allowed: bool  # TT-02/TT-14: a self-referred client may ask that the GP is not contacted
 
 
-@dataclass(frozen=True)
-class PcmisRow:
-    number: int  # 1-based data row (the header is row 0)
-    contact_id: str | None
-    contact: PcmisContact | None = None
-    problems: tuple[Problem, ...] = field(default=())
-    source: bytes = b""  # the header and this row as CSV: the raw message kept for replay
+PcmisRow = ContactRow[PcmisContact]
 
 
 def parse_pcmis_csv(raw: bytes) -> list[PcmisRow]:

@@ -8,11 +8,11 @@ a missing column refuses the file. Columns: docs/formats/systmone-extract.md.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 
-from adapters.csv_rows import contact_basics, csv_rows
-from adapters.problems import Kind, Problem, ProblemList
+from adapters.csv_rows import ContactRow, contact_basics, csv_rows
+from adapters.problems import Kind, ProblemList
 
 __all__ = ["SystmOneContact", "SystmOneRow", "parse_systmone_csv", "COLUMNS", "CONTACT_CODES", "MEASURE_COLUMNS"]
 
@@ -60,13 +60,7 @@ class SystmOneContact:
     safety_plan_text: str | None
 
 
-@dataclass(frozen=True)
-class SystmOneRow:
-    number: int
-    contact_id: str | None
-    contact: SystmOneContact | None = None
-    problems: tuple[Problem, ...] = field(default=())
-    source: bytes = b""
+SystmOneRow = ContactRow[SystmOneContact]
 
 
 def parse_systmone_csv(raw: bytes) -> list[SystmOneRow]:

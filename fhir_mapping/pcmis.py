@@ -11,6 +11,7 @@ from typing import Any
 
 from adapters.pcmis import PcmisContact
 from fhir_mapping import codes
+from fhir_mapping.contacts import contact_encounter_json, contact_encounter_ref
 from fhir_mapping.datetimes import to_fhir_instant
 from fhir_mapping.ids import resource_id
 from fhir_mapping.measure_answers import responses_from_item_scores
@@ -23,33 +24,25 @@ _CS = f"{codes.GATEWAY_BASE}/CodeSystem"
 
 
 def contact_encounter(contact: PcmisContact, patient_ref: dict[str, str]) -> dict[str, Any]:
-    when = to_fhir_instant(contact.contact_time)
-    return {
-        "resourceType": "Encounter",
-        "id": resource_id("Encounter", PCMIS_CONTACT_SYSTEM, contact.contact_id),
-        "meta": {"profile": [f"{codes.UKCORE}Encounter"]},
-        "identifier": [{"system": PCMIS_CONTACT_SYSTEM, "value": contact.contact_id}],
-        "status": "finished" if contact.attendance == "attended" else "cancelled",
-        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB", "display": "ambulatory"},
-        "type": [
-            {"coding": [{"system": f"{_CS}/pcmis-appointment-type", "code": contact.appointment_type}]},
-            {"coding": [{"system": f"{_CS}/pcmis-attendance", "code": contact.attendance}]},
+    return contact_encounter_json(
+        system=PCMIS_CONTACT_SYSTEM,
+        contact_id=contact.contact_id,
+        when=contact.contact_time,
+        status="finished" if contact.attendance == "attended" else "cancelled",
+        types=[
+            {"system": f"{_CS}/pcmis-appointment-type", "code": contact.appointment_type},
+            {"system": f"{_CS}/pcmis-attendance", "code": contact.attendance},
         ],
-        "serviceType": {"text": f"NHS Talking Therapies step {contact.step}"},
-        "subject": patient_ref,
-        "participant": [
-            {
-                "type": [{"coding": [{"system": f"{_CS}/iapt-therapist-role", "code": contact.therapist_role}]}],
-                "individual": {"display": contact.therapist},
-            }
-        ],
-        "period": {"start": when, "end": when},
-    }
+        service=f"NHS Talking Therapies step {contact.step}",
+        patient_ref=patient_ref,
+        role={"system": f"{_CS}/iapt-therapist-role", "code": contact.therapist_role},
+        who=contact.therapist,
+    )
 
 
 def measure_responses(contact: PcmisContact, catalogue: MeasureCatalogue, patient_ref: dict[str, str]) -> list[dict[str, Any]]:
     """One QuestionnaireResponse (FHIR JSON, our answer codes) per measure with any item recorded."""
-    encounter = {"reference": f"Encounter/{resource_id('Encounter', PCMIS_CONTACT_SYSTEM, contact.contact_id)}"}
+    encounter = contact_encounter_ref(PCMIS_CONTACT_SYSTEM, contact.contact_id)
     return responses_from_item_scores(
         catalogue, contact.measures, PCMIS_CONTACT_SYSTEM, contact.contact_id, contact.contact_time, patient_ref, encounter
     )
@@ -67,7 +60,7 @@ def employment_observation(contact: PcmisContact, patient_ref: dict[str, str]) -
         "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "social-history"}]}],
         "code": {"coding": [{"system": f"{_CS}/pcmis-observation", "code": "employment-status"}], "text": "Employment status"},
         "subject": patient_ref,
-        "encounter": {"reference": f"Encounter/{resource_id('Encounter', PCMIS_CONTACT_SYSTEM, contact.contact_id)}"},
+        "encounter": contact_encounter_ref(PCMIS_CONTACT_SYSTEM, contact.contact_id),
         "effectiveDateTime": to_fhir_instant(contact.contact_time),
         "valueString": contact.employment_status,
     }

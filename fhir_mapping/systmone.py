@@ -9,6 +9,7 @@ from typing import Any
 
 from adapters.systmone import CONTACT_CODES, SystmOneContact
 from fhir_mapping import codes
+from fhir_mapping.contacts import contact_encounter_json, contact_encounter_ref
 from fhir_mapping.datetimes import to_fhir_instant
 from fhir_mapping.ids import resource_id
 from fhir_mapping.measure_answers import responses_from_item_scores
@@ -22,29 +23,21 @@ _CS = f"{codes.GATEWAY_BASE}/CodeSystem"
 
 
 def _encounter_ref(contact: SystmOneContact) -> dict[str, str]:
-    return {"reference": f"Encounter/{resource_id('Encounter', SYSTMONE_CONTACT_SYSTEM, contact.contact_id)}"}
+    return contact_encounter_ref(SYSTMONE_CONTACT_SYSTEM, contact.contact_id)
 
 
 def systmone_encounter(contact: SystmOneContact, patient_ref: dict[str, str]) -> dict[str, Any]:
-    when = to_fhir_instant(contact.contact_time)
-    return {
-        "resourceType": "Encounter",
-        "id": resource_id("Encounter", SYSTMONE_CONTACT_SYSTEM, contact.contact_id),
-        "meta": {"profile": [f"{codes.UKCORE}Encounter"]},
-        "identifier": [{"system": SYSTMONE_CONTACT_SYSTEM, "value": contact.contact_id}],
-        "status": "finished",
-        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB", "display": "ambulatory"},
-        "type": [{"coding": [{"system": CTV3, "code": contact.contact_code, "display": CONTACT_CODES[contact.contact_code]}]}],
-        "serviceType": {"text": "Primary care mental health service"},
-        "subject": patient_ref,
-        "participant": [
-            {
-                "type": [{"coding": [{"system": f"{_CS}/pcmhs-role", "code": contact.clinician_role}]}],
-                "individual": {"display": contact.clinician},
-            }
-        ],
-        "period": {"start": when, "end": when},
-    }
+    return contact_encounter_json(
+        system=SYSTMONE_CONTACT_SYSTEM,
+        contact_id=contact.contact_id,
+        when=contact.contact_time,
+        status="finished",
+        types=[{"system": CTV3, "code": contact.contact_code, "display": CONTACT_CODES[contact.contact_code]}],
+        service="Primary care mental health service",
+        patient_ref=patient_ref,
+        role={"system": f"{_CS}/pcmhs-role", "code": contact.clinician_role},
+        who=contact.clinician,
+    )
 
 
 def systmone_responses(contact: SystmOneContact, catalogue: MeasureCatalogue, patient_ref: dict[str, str]) -> list[dict[str, Any]]:
