@@ -10,6 +10,7 @@ This module has no FHIR model imports, so adapters and rules may use it too.
 
 from __future__ import annotations
 
+import calendar
 import re
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -23,6 +24,10 @@ __all__ = [
     "format_iso_duration",
     "OffsetMissing",
     "add_working_days",
+    "add_months",
+    "add_calendar_months",
+    "age_reached",
+    "london_date",
 ]
 
 LONDON = ZoneInfo("Europe/London")
@@ -108,3 +113,31 @@ def add_working_days(moment: datetime, days: int) -> datetime:
         if day.weekday() < 5 and day not in calendar:
             remaining -= 1
     return datetime.combine(day, local.time(), tzinfo=LONDON).astimezone(UTC)
+
+
+def add_months(day: date, months: int) -> date:
+    """`day` plus whole calendar months; a day the target month lacks rolls to the 1st of the next month
+    (a 29 February birthday is reached on 1 March; 30 November + 3 months is 1 March)."""
+    total = day.year * 12 + day.month - 1 + months
+    year, month = divmod(total, 12)
+    month += 1
+    last = calendar.monthrange(year, month)[1]
+    if day.day <= last:
+        return date(year, month, day.day)
+    return date(year, month, last) + timedelta(days=1)
+
+
+def age_reached(birth: date, on: date, years: int, months: int = 0) -> bool:
+    """Whether someone born on `birth` is at least `years` years and `months` months old on `on` (PC-01, TT-01)."""
+    return add_months(birth, years * 12 + months) <= on
+
+
+def add_calendar_months(moment: datetime, months: int) -> datetime:
+    """`moment` plus whole months at the same London wall time (PC-12: a call about 3 months after step out)."""
+    local = moment.astimezone(LONDON)
+    return datetime.combine(add_months(local.date(), months), local.time(), tzinfo=LONDON).astimezone(UTC)
+
+
+def london_date(moment: datetime) -> date:
+    """The Europe/London calendar date of an instant (a referral received at 00:30 BST is that day, not the day before)."""
+    return moment.astimezone(LONDON).date()

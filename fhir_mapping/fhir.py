@@ -17,6 +17,7 @@ from fhir.resources.R4B.coding import Coding
 from fhir.resources.R4B.communicationrequest import CommunicationRequest
 from fhir.resources.R4B.documentreference import DocumentReference
 from fhir.resources.R4B.encounter import Encounter
+from fhir.resources.R4B.episodeofcare import EpisodeOfCare
 from fhir.resources.R4B.flag import Flag
 from fhir.resources.R4B.messageheader import MessageHeader
 from fhir.resources.R4B.observation import Observation
@@ -40,6 +41,7 @@ __all__ = [
     "CommunicationRequest",
     "DocumentReference",
     "Encounter",
+    "EpisodeOfCare",
     "Flag",
     "MessageHeader",
     "Observation",

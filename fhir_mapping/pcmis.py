@@ -7,6 +7,7 @@ scores them (fhir_mapping.scoring). Ids are deterministic from the PCMIS contact
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from adapters.pcmis import PcmisContact
@@ -17,7 +18,15 @@ from fhir_mapping.ids import resource_id
 from fhir_mapping.measure_answers import responses_from_item_scores
 from fhir_mapping.measures import MeasureCatalogue
 
-__all__ = ["contact_encounter", "measure_responses", "employment_observation", "contact_consent", "PCMIS_CONTACT_SYSTEM"]
+__all__ = [
+    "contact_encounter",
+    "measure_responses",
+    "employment_observation",
+    "contact_consent",
+    "contact_preferences",
+    "consent_id",
+    "PCMIS_CONTACT_SYSTEM",
+]
 
 PCMIS_CONTACT_SYSTEM = f"{codes.GATEWAY_BASE}/Id/pcmis-contact"
 _CS = f"{codes.GATEWAY_BASE}/CodeSystem"
@@ -67,8 +76,28 @@ def employment_observation(contact: PcmisContact, patient_ref: dict[str, str]) -
 
 
 def contact_consent(contact: PcmisContact, patient_ref: dict[str, str], previous: dict[str, Any] | None = None) -> dict[str, Any]:
-    """TT-15 contact consents and the GP-contact wish (TT-02, TT-14): answers given at this contact replace
-    earlier ones; a consent left blank at this contact keeps its earlier answer."""
+    """TT-15 contact consents and the GP-contact wish (TT-02, TT-14) recorded at a PCMIS contact."""
+    return contact_preferences(
+        patient_ref, contact.consents, contact.gp_contact_allowed, contact.self_referral, contact.contact_time, "PCMIS", previous
+    )
+
+
+def consent_id(patient_ref: dict[str, str]) -> str:
+    """The id of the patient's one contact-preferences Consent."""
+    return resource_id("Consent", PCMIS_CONTACT_SYSTEM, f"contact-preferences#{patient_ref['reference']}")
+
+
+def contact_preferences(
+    patient_ref: dict[str, str],
+    consents: dict[str, bool | None],
+    gp_contact_allowed: bool | None,
+    self_referral: bool,
+    when: datetime,
+    recorded_in: str,
+    previous: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The patient's one contact-preferences Consent (TT-15) with the GP-contact wish (TT-02, TT-14): answers given
+    now replace earlier ones; one left blank now keeps its earlier answer. PCMIS and pathway self-referrals share it."""
     actions = {
         "email": "contact by email",
         "phone": "contact by home, mobile or work phone",
@@ -77,23 +106,24 @@ def contact_consent(contact: PcmisContact, patient_ref: dict[str, str], previous
     }
     provisions: list[dict[str, Any]] = [
         {"type": "permit" if allowed else "deny", "action": [{"text": actions[channel]}]}
-        for channel, allowed in contact.consents.items()
+        for channel, allowed in consents.items()
         if allowed is not None
     ]
-    provisions.append({"type": "permit" if contact.gp_contact_allowed else "deny", "action": [{"text": "contact the GP practice"}]})
+    if gp_contact_allowed is not None:
+        provisions.append({"type": "permit" if gp_contact_allowed else "deny", "action": [{"text": "contact the GP practice"}]})
     given = {p["action"][0]["text"] for p in provisions}
     earlier: list[dict[str, Any]] = ((previous or {}).get("provision") or {}).get("provision", [])
     kept = [p for p in earlier if p["action"][0]["text"] not in given]
     provisions = kept + provisions
     return {
         "resourceType": "Consent",
-        "id": resource_id("Consent", PCMIS_CONTACT_SYSTEM, f"contact-preferences#{patient_ref['reference']}"),
+        "id": consent_id(patient_ref),
         "meta": {"profile": [f"{codes.UKCORE}Consent"]},
         "status": "active",
         "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
         "category": [{"text": "Contact preferences (NHS Talking Therapies)"}],
         "patient": patient_ref,
-        "dateTime": to_fhir_instant(contact.contact_time),
-        "policyRule": {"text": "Recorded in PCMIS" + (" at self-referral" if contact.self_referral else "") + " (TT-15)"},
+        "dateTime": to_fhir_instant(when),
+        "policyRule": {"text": f"Recorded in {recorded_in}" + (" at self-referral" if self_referral else "") + " (TT-15)"},
         "provision": {"type": "permit", "provision": provisions},
     }

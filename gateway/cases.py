@@ -19,25 +19,37 @@ from gateway.rules.cas_ops import OPERATIONS, Params, apply_operation, parse_par
 from gateway.rules.schema import RuleRegistry
 from gateway.store.repo import ResourceQuery, get_for_update, get_resource, put_resource, search_resources
 
-__all__ = ["CaseOperations", "provenance", "explain", "RULE_SYSTEM", "is_specialist_desk"]
+__all__ = ["CaseOperations", "provenance", "explain", "explain_resource", "RULE_SYSTEM", "is_specialist_desk"]
 
 log = structlog.get_logger("iap.cases")
 RULE_SYSTEM = f"{codes.GATEWAY_BASE}/CodeSystem/domain-rule"
 
 
-def provenance(target: dict[str, Any], activity: str, who: str, rule_ids: tuple[str, ...], summary: str, now: datetime) -> dict[str, Any]:
-    """Who did what to which version of a resource, when, under which rules, and why (in words)."""
+def provenance(
+    target: dict[str, Any],
+    activity: str,
+    who: str,
+    rule_ids: tuple[str, ...] | list[str],
+    summary: str,
+    now: datetime,
+    system: str = codes.CAS_OPERATION,
+    policy: str | None = None,
+) -> dict[str, Any]:
+    """Who did what to which version of a resource, when, under which rules (and rule file version), and why (in words)."""
     version = (target.get("meta") or {}).get("versionId")
     ref = f"{target['resourceType']}/{target['id']}"
-    return {
+    record = {
         "resourceType": "Provenance",
-        "id": resource_id("Provenance", ref, f"{version or target.get('lastModified')}-{activity}"),
+        "id": resource_id("Provenance", ref, f"{version or target.get('lastModified') or to_fhir_instant(now)}-{activity}"),
         "target": [{"reference": f"{ref}/_history/{version}" if version else ref}],
         "recorded": to_fhir_instant(now),
-        "activity": {"coding": [{"system": codes.CAS_OPERATION, "code": activity}]},
+        "activity": {"coding": [{"system": system, "code": activity}]},
         "reason": [{"coding": [{"system": RULE_SYSTEM, "code": rule} for rule in rule_ids], "text": summary}],
-        "agent": [{"who": {"display": who}}],
+        "agent": [{"who": {"display": who or "IAP gateway"}}],
     }
+    if policy:
+        record["policy"] = [policy]
+    return record
 
 
 class CaseOperations:
@@ -105,19 +117,25 @@ def _complete_safety_call(session: Session, case_id: str, reference: Any, now: d
 
 
 def explain(session: Session, task_id: str) -> dict[str, Any]:
-    """Every decision on a case in plain words: the intake rules, then each operation and automatic action, in order."""
-    task = get_resource(session, "Task", task_id)
-    if task is None:
-        raise GatewayInputError(Problem(Kind.NOT_FOUND, "id", f"Task/{task_id[:64]} is not known"))
+    """Every decision on a CAS case in plain words: the intake rules, then each operation and automatic action, in order."""
+    return explain_resource(session, "Task", task_id)
+
+
+def explain_resource(session: Session, resource_type: str, resource_id_: str) -> dict[str, Any]:
+    """Every recorded decision on a resource (Provenance targets): when, what, which rules and rule file version, who, why."""
+    if get_resource(session, resource_type, resource_id_) is None:
+        raise GatewayInputError(Problem(Kind.NOT_FOUND, "id", f"{resource_type}/{resource_id_[:64]} is not known"))
+    ref = f"{resource_type}/{resource_id_}"
     steps = []
-    records, _ = search_resources(session, ResourceQuery("Provenance", tokens=[("target", None, f"Task/{task_id}")], count=10_000))
-    for record in sorted(records, key=lambda r: r["recorded"]):
+    records, _ = search_resources(session, ResourceQuery("Provenance", tokens=[("target", None, ref)], count=10_000))
+    for record in sorted(records, key=lambda r: (r["recorded"], r["id"])):
         rules = ", ".join(c["code"] for c in record["reason"][0].get("coding", []))
         who = record["agent"][0]["who"].get("display", "")
         activity = record["activity"]["coding"][0]["code"]
-        steps.append(f"{record['recorded']} {activity} ({rules}) by {who}: {record['reason'][0]['text']}")
+        policy = f" [{', '.join(record['policy'])}]" if record.get("policy") else ""
+        steps.append(f"{record['recorded']} {activity} ({rules}){policy} by {who}: {record['reason'][0]['text']}")
+    key = resource_type[0].lower() + resource_type[1:]
     return {
         "resourceType": "Parameters",
-        "parameter": [{"name": "task", "valueReference": {"reference": f"Task/{task_id}"}}]
-        + [{"name": "step", "valueString": step} for step in steps],
+        "parameter": [{"name": key, "valueReference": {"reference": ref}}] + [{"name": "step", "valueString": step} for step in steps],
     }

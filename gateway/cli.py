@@ -83,7 +83,8 @@ def score(
 def tick(
     now: Annotated[str | None, typer.Option(help="The time to tick at (ISO 8601 with offset); default now.")] = None,
 ) -> None:
-    """Create the safety-call Tasks due now for amber and red cases (CAS-09), once; safe to run anywhere, any number of times."""
+    """Create the Tasks due now, once: safety calls for amber and red CAS cases (CAS-09) and pathway clocks (PC/TT);
+    safe to run anywhere, any number of times."""
     from gateway.clock import SystemClock
     from gateway.rules.schema import load_rules
     from gateway.safety_calls import tick as run_tick
@@ -95,8 +96,15 @@ def tick(
     engine = make_engine(settings.database_url)
     run_migrations(engine)
     moment = parse_source_datetime(now) if now else SystemClock().now()
-    created = run_tick(make_sessionmaker(engine), load_rules(settings.rules_dir), moment)
-    typer.echo(f"tick: {len(created)} safety call(s) created", err=True)
+    from fhir_mapping.measures import load_measures
+    from gateway.clock import FixedClock
+    from gateway.pathways import Pathways
+    from gateway.rules.pathway_schema import load_pathways
+
+    sessions = make_sessionmaker(engine)
+    created = run_tick(sessions, load_rules(settings.rules_dir), moment)
+    due = Pathways(sessions, load_pathways(settings.pathways_dir), load_measures(), FixedClock(moment)).tick(moment)
+    typer.echo(f"tick: {len(created)} safety call(s) created; {len(due)} pathway clock Task(s) created", err=True)
     engine.dispose()
 
 
@@ -106,6 +114,71 @@ def demo() -> None:
     from gateway.api.app import create_app
 
     _load_demo(create_app())
+
+
+report_app = typer.Typer(no_args_is_help=True, help="Reports from the gateway's database.")
+app.add_typer(report_app, name="report")
+
+
+@report_app.command("waitlist")
+def report_waitlist(
+    plot: Annotated[Path | None, typer.Option(help="Also draw the distribution of waits against the 28/42-day lines to this PNG.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="json | csv | table")] = "table",
+    service: Annotated[str | None, typer.Option(help="One pathway service id (default: all).")] = None,
+    demo: Annotated[bool, typer.Option("--demo", help="Report on the demo wait list in a throw-away database.")] = False,
+    now: Annotated[str | None, typer.Option(help="Report as at this time (ISO 8601 with offset); default now.")] = None,
+) -> None:
+    """The Talking Therapies wait-list snapshot (TT-08/TT-09) and overdue pathway clocks; the same data as GET /reports/waitlist."""
+    import tempfile
+
+    from gateway.clock import FixedClock, SystemClock
+    from gateway.settings import Settings
+    from gateway.waitlist import plot_waitlist, waitlist_csv, waitlist_snapshot
+
+    if fmt not in ("json", "csv", "table"):
+        raise typer.BadParameter("--format must be json, csv or table")
+    moment = parse_source_datetime(now) if now else SystemClock().now()
+    with tempfile.TemporaryDirectory() as scratch:
+        settings = Settings(DATABASE_URL=f"sqlite:///{scratch}/demo.db", tick_seconds=0, mllp_port=0) if demo else Settings()
+        from gateway.api.app import create_app
+
+        application = create_app(settings, FixedClock(moment))
+        state = application.state
+        if demo:
+            from gateway.pathway_demo import load_demo_waitlist
+
+            load_demo_waitlist(state, moment)
+            state.pathways.tick(moment)
+        if service is not None and service not in state.pathway_rules.services:
+            raise typer.BadParameter(f"unknown service; known: {sorted(state.pathway_rules.services)}")
+        with state.sessions() as session:
+            snapshot = waitlist_snapshot(session, state.pathway_rules, moment, service)
+        state.engine.dispose()
+    if fmt == "json":
+        sys.stdout.write(json.dumps(snapshot, indent=2) + "\n")
+    elif fmt == "csv":
+        sys.stdout.write(waitlist_csv(snapshot))
+    else:
+        sys.stdout.write(_waitlist_table(snapshot))
+    if plot is not None:
+        plot_waitlist(snapshot, plot)
+        typer.echo(f"plot written to {plot}", err=True)
+
+
+def _waitlist_table(snapshot: dict[str, Any]) -> str:
+    summary = snapshot["summary"]
+    lines = [f"Wait list at {snapshot['generated']}: {summary['waiting']} waiting"]
+    for waiting_for in ("first-appointment", "second-appointment"):
+        group, line = summary[waiting_for], snapshot["lines"].get(waiting_for, {})
+        marks = ", ".join(f"{k.replace('_days', '')} {v}d" for k, v in line.items())
+        lines.append(
+            f"  {waiting_for:<19} {group['waiting']:>4} waiting  {group['over_target']:>4} over target  "
+            f"{group['over_outer_line']:>4} over outer line  longest {group['longest_days']}d  ({marks})"
+        )
+    for key in ("by_locality", "by_step", "by_intervention", "by_therapist"):
+        lines.append(f"  {key.removeprefix('by_')}: " + ", ".join(f"{k} {v}" for k, v in summary[key].items()))
+    lines.append(f"  overdue clocks: {len(snapshot['breaches'])}")
+    return "\n".join(lines) + "\n"
 
 
 @app.command()
@@ -159,6 +232,13 @@ def _load_demo(application: object) -> None:
             continue
         loaded += 0 if reply.duplicate else 1
     typer.echo(f"demo: {loaded} new case(s) loaded from {folder}", err=True)
+    from gateway.pathway_demo import load_demo_waitlist
+
+    state = application.state  # type: ignore[attr-defined]
+    now = state.clock.now()
+    referrals = load_demo_waitlist(state, now)
+    state.pathways.tick(now)
+    typer.echo(f"demo: {referrals} new Talking Therapies referral(s) on the demo wait list", err=True)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ copy that another instance wrote first is a primary-key conflict that is simply 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -85,11 +86,13 @@ def tick(sessions: sessionmaker[Session], registry: RuleRegistry, now: datetime)
     return created
 
 
-async def run_ticker(sessions: sessionmaker[Session], registry: RuleRegistry, clock: Clock, every: timedelta) -> None:
-    """The background worker started with `serve`: tick, sleep, repeat (errors logged, never fatal)."""
+async def run_ticker(ticks: list[Callable[[datetime], object]], clock: Clock, every: timedelta) -> None:
+    """The background worker started with `serve`: run each tick (CAS-09 safety calls, pathway clocks), sleep, repeat.
+    Errors are logged, never fatal: the next tick retries."""
     while True:
-        try:
-            await asyncio.to_thread(tick, sessions, registry, clock.now())
-        except Exception as exc:  # noqa: BLE001 - the worker must outlive a bad tick; the next one retries
-            log.error("safety_calls.tick_failed", error=type(exc).__name__)
+        for run in ticks:
+            try:
+                await asyncio.to_thread(run, clock.now())
+            except Exception as exc:  # noqa: BLE001 - the worker must outlive a bad tick; the next one retries
+                log.error("ticker.tick_failed", tick=getattr(run, "__qualname__", "tick"), error=type(exc).__name__)
         await asyncio.sleep(every.total_seconds())

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from gateway.rules.pathway_schema import DEFAULT_PATHWAYS_DIR
 from gateway.rules.schema import DEFAULT_RULES_DIR
 
 __all__ = ["Settings"]
@@ -20,6 +21,7 @@ class Settings(BaseSettings):
     # DATABASE_URL (no prefix, the usual name): SQLite file by default; postgresql://... for several instances
     database_url: str = Field(default="sqlite:///./iap-gateway.db", validation_alias="DATABASE_URL")
     rules_dir: Path = DEFAULT_RULES_DIR
+    pathways_dir: Path = DEFAULT_PATHWAYS_DIR  # PC and TT pathway rule files (schema pathway/1)
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     tick_seconds: int = Field(default=60, ge=0)  # safety-call worker interval; 0 = off (run `iap-gateway tick` instead)
     mllp_host: str = "127.0.0.1"

@@ -6,12 +6,13 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
+from functools import partial
 
 from fastapi import FastAPI, Request
 from starlette.responses import JSONResponse, Response
 
 from fhir_mapping.measures import load_measures
-from gateway.api import cases, fhir_read, ingest, measures, queue
+from gateway.api import cases, fhir_read, ingest, measures, pathways, queue, reports
 from gateway.api.responses import install_error_handlers
 from gateway.cases import CaseOperations
 from gateway.cleo import CleoLink
@@ -21,9 +22,12 @@ from gateway.hl7_intake import Hl7Intake
 from gateway.intake import Intake
 from gateway.logging import configure_logging
 from gateway.mllp import start_mllp_server
+from gateway.pathways import Pathways
 from gateway.responses import ResponseIntake
+from gateway.rules.pathway_schema import load_pathways
 from gateway.rules.schema import load_rules
 from gateway.safety_calls import run_ticker
+from gateway.safety_calls import tick as tick_safety_calls
 from gateway.settings import Settings
 from gateway.store.db import make_engine, make_sessionmaker, migrate
 
@@ -37,6 +41,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
     settings = settings or Settings()
     configure_logging(settings.log_level, settings.log_json)
     registry = load_rules(settings.rules_dir)
+    pathway_rules = load_pathways(settings.pathways_dir)
     catalogue = load_measures()
     engine = make_engine(settings.database_url)
     migrate(engine)
@@ -48,7 +53,8 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
         """Beside the API: the safety-call worker (CAS-09) and the MLLP listener (HL7 v2), when configured."""
         worker = mllp = None
         if settings.tick_seconds > 0:
-            worker = asyncio.create_task(run_ticker(sessions, registry, clock, timedelta(seconds=settings.tick_seconds)))
+            ticks = [partial(tick_safety_calls, sessions, registry), app.state.pathways.tick]
+            worker = asyncio.create_task(run_ticker(ticks, clock, timedelta(seconds=settings.tick_seconds)))
         if settings.mllp_port > 0:
             mllp = await start_mllp_server(app.state.hl7.receive, settings.mllp_host, settings.mllp_port, settings.max_body_bytes)
         yield
@@ -77,6 +83,8 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
     app.state.cleo = CleoLink(sessions, app.state.cases, clock)
     app.state.pcmis = pcmis_batches(sessions, catalogue, clock)
     app.state.systmone = systmone_batches(sessions, catalogue, clock)
+    app.state.pathway_rules = pathway_rules
+    app.state.pathways = Pathways(sessions, pathway_rules, catalogue, clock)
     install_error_handlers(app)
 
     @app.middleware("http")
@@ -97,5 +105,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
     app.include_router(queue.router)
     app.include_router(measures.router)
     app.include_router(cases.router)
+    app.include_router(pathways.router)
+    app.include_router(reports.router)
     app.include_router(fhir_read.router)
     return app

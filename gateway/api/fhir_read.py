@@ -39,6 +39,9 @@ READABLE_TYPES = (
     "CommunicationRequest",
     "Provenance",
     "DocumentReference",
+    "EpisodeOfCare",
+    "Consent",
+    "CarePlan",
 )
 _TASK_PARAMS = {"status", "business-status", "patient", "priority", "_sort", "_count", "_offset", "_format"}
 _PATIENT_PARAMS = {"identifier", "_format"}

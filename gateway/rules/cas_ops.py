@@ -22,7 +22,7 @@ from typing import Any
 
 from adapters.problems import GatewayInputError, Kind, Problem
 from fhir_mapping import codes
-from fhir_mapping.datetimes import format_iso_duration, parse_iso_duration, to_fhir_instant
+from fhir_mapping.datetimes import format_iso_duration, parse_iso_duration, parse_source_datetime, to_fhir_instant
 from fhir_mapping.ids import resource_id
 from gateway.rules.cas_queue import breach_time, priority_rank
 from gateway.rules.schema import ServiceRules
@@ -65,6 +65,18 @@ class Params:
             raise GatewayInputError(Problem(Kind.VALUE, self._where(name), f"parameter {name!r} must be one of {list(allowed)}"))
         return value
 
+    def moment(self, name: str, default: datetime) -> datetime:
+        """A valueDateTime with a UTC offset (or `default` when the parameter is absent)."""
+        value = self.values.get(name)
+        if value is None:
+            return default
+        try:
+            return parse_source_datetime(value) if isinstance(value, str) else _not_a_datetime()
+        except ValueError:
+            raise GatewayInputError(
+                Problem(Kind.VALUE, self._where(name), f"parameter {name!r} must be a valueDateTime with a UTC offset")
+            ) from None
+
     def boolean(self, name: str, required: bool = False) -> bool | None:
         value = self.values.get(name)
         if value is None and not required:
@@ -72,6 +84,10 @@ class Params:
         if not isinstance(value, bool):
             raise GatewayInputError(Problem(Kind.VALUE, self._where(name), f"parameter {name!r} must be valueBoolean"))
         return value
+
+
+def _not_a_datetime() -> datetime:
+    raise ValueError("not a dateTime string")
 
 
 def parse_parameters(body: dict[str, Any]) -> Params:

@@ -8,18 +8,20 @@ change stops the gateway at start-up rather than misrouting a patient.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import datetime, time, timedelta
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fhir_mapping.datetimes import LONDON, parse_iso_duration
 
-__all__ = ["ServiceRules", "Disposition", "RuleRegistry", "RuleFileError", "load_rules", "DEFAULT_RULES_DIR"]
+__all__ = ["ServiceRules", "Disposition", "RuleRegistry", "RuleFileError", "load_rules", "read_rule_file", "DEFAULT_RULES_DIR", "Duration"]
 
 DEFAULT_RULES_DIR = Path(__file__).parent / "services"
+T = TypeVar("T")
 _DX_KEY = re.compile(r"^Dx\d{2,5}$")
 
 
@@ -202,17 +204,36 @@ def load_rules(directory: Path = DEFAULT_RULES_DIR) -> RuleRegistry:
     files = sorted(directory.glob("*.yaml"))
     if not files:
         raise RuleFileError(f"no rule files (*.yaml) in {directory}")
-    services = []
-    for path in files:
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-            rules = ServiceRules.model_validate(data)
-        except (OSError, yaml.YAMLError) as exc:
-            raise RuleFileError(f"{path.name}: cannot read: {exc}") from None
-        except ValidationError as exc:
-            details = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-            raise RuleFileError(f"{path.name}: {details}") from None
-        if rules.service.id != path.stem:
-            raise RuleFileError(f"{path.name}: service.id {rules.service.id!r} must match the file name")
-        services.append(rules)
-    return RuleRegistry(services)
+    return RuleRegistry([read_rule_file(path, ServiceRules.model_validate) for path in files])
+
+
+def read_rule_file(path: Path, validate: Callable[[Any], T]) -> T:
+    """One YAML rule file through its schema; a bad file names itself and every failing field."""
+    try:
+        rules = validate(_read_yaml(path, ()))
+    except (OSError, yaml.YAMLError) as exc:
+        raise RuleFileError(f"{path.name}: cannot read: {exc}") from None
+    except ValidationError as exc:
+        details = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise RuleFileError(f"{path.name}: {details}") from None
+    service_id = rules.service.id  # type: ignore[attr-defined]
+    if service_id != path.stem:
+        raise RuleFileError(f"{path.name}: service.id {service_id!r} must match the file name")
+    return rules
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...]) -> Any:
+    """A rule file's data; `extends: NAME` deep-merges it over `NAME.base.yaml` beside it (shared values kept once)."""
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict) or "extends" not in data:
+        return data
+    base = path.with_name(f"{data.pop('extends')}.base.yaml")
+    if base in seen:
+        raise RuleFileError(f"{path.name}: 'extends' loops through {base.name}")
+    return _merge(_read_yaml(base, (*seen, path)), data)
+
+
+def _merge(base: Any, over: Any) -> Any:
+    if isinstance(base, dict) and isinstance(over, dict):
+        return {**base, **{k: _merge(base[k], v) if k in base else v for k, v in over.items()}}
+    return over

@@ -75,7 +75,7 @@ def _index(row: ResourceRow, res: dict[str, Any], service_id: str | None) -> Non
     row.priority = res.get("priority")
     codings = (res.get("businessStatus") or {}).get("coding") or []
     row.business_status = codings[0].get("code") if codings else None
-    subject = (res.get("for") or res.get("subject") or {}).get("reference", "")
+    subject = (res.get("for") or res.get("subject") or res.get("patient") or {}).get("reference", "")
     row.subject_id = subject.split("/", 1)[1] if subject.startswith("Patient/") else None
     if service_id is not None:
         row.service_id = service_id
@@ -94,6 +94,8 @@ def _tokens(res: dict[str, Any]) -> list[tuple[str, str, str]]:
         return [("questionnaire", "", res["questionnaire"].split("|", 1)[0])]
     if res["resourceType"] == "DocumentReference":
         return [("related", "", r["reference"]) for r in (res.get("context") or {}).get("related", []) if r.get("reference")]
+    if res["resourceType"] == "Encounter":
+        return [("episode-of-care", "", e["reference"]) for e in res.get("episodeOfCare", []) if e.get("reference")]
     if res["resourceType"] == "Provenance":
         return [("target", "", t["reference"].split("/_history/", 1)[0]) for t in res.get("target", []) if t.get("reference")]
     return []
@@ -181,6 +183,7 @@ class ResourceQuery:
     resource_type: str
     patient: str | None = None
     status: list[str] | None = None
+    service: str | None = None
     tokens: list[tuple[str, str | None, str]] | None = None
     dates: list[tuple[str, datetime]] | None = None
     count: int = 50
@@ -197,6 +200,8 @@ def search_resources(session: Session, query: ResourceQuery) -> tuple[list[dict[
         stmt = stmt.where(ResourceRow.subject_id == query.patient.removeprefix("Patient/"))
     if query.status:
         stmt = stmt.where(ResourceRow.status.in_(query.status))
+    if query.service:
+        stmt = stmt.where(ResourceRow.service_id == query.service)
     for param, system, code in query.tokens or []:
         match = select(TokenRow.resource_id).where(
             TokenRow.resource_type == query.resource_type, TokenRow.param == param, TokenRow.code == code

@@ -1,0 +1,67 @@
+"""Primary care and Talking Therapies pathways over FHIR: route a referral, operate on episodes, explain decisions."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
+
+from adapters.problems import GatewayInputError, Kind, Problem
+from gateway.api.deps import SessionDep, SettingsDep
+from gateway.api.ingest import answer, read_body
+from gateway.api.responses import FhirResponse
+from gateway.api.search import paging, refuse_unknown, searchset, split_list
+from gateway.cases import explain_resource
+from gateway.rules.pathway_steps import EPISODE_OPERATIONS
+from gateway.store.repo import ResourceQuery, search_resources
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/fhir")
+_OPS = ", ".join(f"${name}" for name in EPISODE_OPERATIONS)
+
+
+@router.post(
+    "/ServiceRequest/$route",
+    status_code=201,
+    summary="Route a referral to a primary care or Talking Therapies pathway (docs/formats/pathway-referral.md): "
+    "accept (step, team), signpost or redirect, with the rule trace; a re-sent referral id gets its original reply",
+)
+async def route_referral(request: Request, settings: SettingsDep) -> Response:
+    return await answer(request, settings.max_body_bytes, request.app.state.pathways.refer)
+
+
+@router.get("/ServiceRequest/{request_id}/$explain", summary="Why a referral was routed as it was: rule ids, inputs, rule file version")
+def explain_referral(request_id: str, session: SessionDep) -> Response:
+    return FhirResponse(explain_resource(session, "ServiceRequest", request_id))
+
+
+@router.get("/EpisodeOfCare/{episode_id}/$explain", summary="Every decision and clock event on an episode of care, in order")
+def explain_episode(episode_id: str, session: SessionDep) -> Response:
+    return FhirResponse(explain_resource(session, "EpisodeOfCare", episode_id))
+
+
+@router.get("/EpisodeOfCare", summary="Search episodes of care: patient, status, service (pathway service id)")
+def episode_search(request: Request, session: SessionDep) -> Response:
+    params = request.query_params
+    refuse_unknown(params.keys(), {"patient", "status", "service", "_count", "_offset", "_format"}, "EpisodeOfCare")
+    count, offset = paging(params)
+    query = ResourceQuery(
+        "EpisodeOfCare",
+        patient=params.get("patient"),
+        status=split_list(params.get("status")),
+        service=params.get("service"),
+        count=count,
+        offset=offset,
+    )
+    resources, total = search_resources(session, query)
+    return FhirResponse(searchset(request, resources, total, count, offset))
+
+
+@router.post("/EpisodeOfCare/{episode_id}/{operation}", summary=f"Operate on an episode of care ({_OPS}); body: FHIR Parameters")
+async def episode_operation(request: Request, episode_id: str, operation: str, settings: SettingsDep) -> Response:
+    if not operation.startswith("$"):
+        raise GatewayInputError(Problem(Kind.NOT_SUPPORTED, "operation", f"POST /fhir/EpisodeOfCare/{{id}}/$<operation>: one of {_OPS}"))
+    raw = await read_body(request, settings.max_body_bytes)
+    episode = await run_in_threadpool(request.app.state.pathways.operate, episode_id, operation[1:], raw)
+    return FhirResponse(episode, headers={"ETag": f'W/"{episode["meta"]["versionId"]}"'})

@@ -1,0 +1,614 @@
+"""Primary care and Talking Therapies pathways: referral routing, episode operations and the clock worker.
+
+Data flow: adapter (ServiceRequest -> PathwayReferral) -> scorer (contained PHQ-9/GAD-7/...) ->
+rules (pathway_routing / pathway_steps / pathway_clocks, reading the locality's rule file) ->
+FHIR (fhir_mapping.episodes) -> store, in one transaction with a Provenance that names the rule
+ids, the inputs and the rule file version. The reply goes out only after the commit.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+import structlog
+from sqlalchemy.orm import Session, sessionmaker
+
+from adapters.jsonparse import parse_json_object
+from adapters.pathway_referral import PathwayReferral, parse_pathway_referral
+from adapters.problems import GatewayInputError, Kind, Problem
+from fhir_mapping import codes
+from fhir_mapping.datetimes import parse_source_datetime, to_fhir_instant
+from fhir_mapping.episodes import (
+    STEP_DISPLAY,
+    episode_clocks,
+    episode_of_care,
+    letter_request,
+    pathway_task,
+    referral_request,
+    transfer_request,
+    with_clocks,
+)
+from fhir_mapping.fhir import to_json_dict
+from fhir_mapping.ids import resource_id
+from fhir_mapping.measures import MeasureCatalogue
+from fhir_mapping.patients import merge_patient, patient_resource
+from fhir_mapping.pcmis import consent_id, contact_preferences
+from fhir_mapping.scoring import check_response, score_answers
+from gateway.cases import provenance
+from gateway.clock import Clock
+from gateway.messages import Inbound, Reply, commit_message, previous, resend
+from gateway.responses import response_id, response_resources
+from gateway.rules.cas_ops import parse_parameters
+from gateway.rules.pathway_clocks import Pc08Facts, clock_due_items, pc08_stop_time, running, start_clock, stop_clock
+from gateway.rules.pathway_routing import Decision, MeasureFact, route_referral
+from gateway.rules.pathway_schema import PathwayRegistry, PrimaryCareRules, TalkingTherapiesRules
+from gateway.rules.pathway_steps import EPISODE_OPERATIONS, EpisodeFacts, Letter, StepResult, apply_episode_operation, current_step
+from gateway.store.repo import ResourceQuery, get_for_update, get_resource, put_resource, search_resources
+
+__all__ = ["Pathways", "CHANNEL_PATHWAY", "PATHWAY_ACTIVITY", "CONTACT_SYSTEM"]
+
+log = structlog.get_logger("iap.pathways")
+CHANNEL_PATHWAY = "pathway-referral"
+PATHWAY_ACTIVITY = f"{codes.GATEWAY_BASE}/CodeSystem/pathway-operation"
+CONTACT_SYSTEM = f"{codes.GATEWAY_BASE}/CodeSystem/pathway-contact"
+OUTCOME_SYSTEM = f"{codes.GATEWAY_BASE}/CodeSystem/contact-outcome"
+STEP_SYSTEM = f"{codes.GATEWAY_BASE}/CodeSystem/pathway-step"
+CARE_PLAN_CATEGORY = f"{codes.GATEWAY_BASE}/CodeSystem/care-plan-category"
+Rules = PrimaryCareRules | TalkingTherapiesRules
+OPEN_EPISODE = ("planned", "waitlist", "active", "onhold")
+
+
+class Pathways:
+    def __init__(self, sessions: sessionmaker[Session], registry: PathwayRegistry, catalogue: MeasureCatalogue, clock: Clock) -> None:
+        self.sessions = sessions
+        self.registry = registry
+        self.catalogue = catalogue
+        self.clock = clock
+        self._codes = _score_codes(catalogue)
+
+    # --- referral routing ---------------------------------------------------------------------------------
+
+    def refer(self, raw: bytes) -> Reply:
+        """Route one referral; a re-sent referral (same identifier) gets its original reply and stores nothing."""
+        referral = parse_pathway_referral(raw)
+        message_id = f"{referral.system}|{referral.value}"
+        original = previous(self.sessions, CHANNEL_PATHWAY, message_id)
+        if original is not None:
+            return resend(original)
+        rules = self.registry.get(referral.service_id)
+        if rules is None:
+            raise GatewayInputError(
+                Problem(
+                    Kind.NOT_SUPPORTED,
+                    "ServiceRequest.performer.identifier",
+                    f"unknown pathway service; known: {sorted(self.registry.services)}",
+                )
+            )
+        scored = [(qr, score_answers(*check_response(qr, self.catalogue))) for qr in referral.questionnaire_responses]
+        measures = {
+            s.measure.id: MeasureFact(s.measure.id, s.scores[0].value, s.scores[0].band.code if s.scores[0].band else None)
+            for _, s in scored
+            if s.scores
+        }
+        now = self.clock.now()
+        sr_id = resource_id("ServiceRequest", referral.system, referral.value)
+        decision_box: list[Decision] = []
+
+        def write(session: Session) -> list[tuple[dict[str, Any], str | None]]:
+            patient = _patient(session, referral)
+            patient_ref = f"Patient/{patient['id']}"
+            dialog_plus = _dialog_plus_in_force(session, patient["id"], referral.care_plans)
+            decision = route_referral(referral, rules, measures, dialog_plus)
+            decision_box.append(decision)
+            out: list[tuple[dict[str, Any], str | None]] = [(patient, None)]
+            if referral.source == "self" and referral.gp_contact_agreed is not None:
+                out.append(
+                    (
+                        contact_preferences(
+                            {"reference": patient_ref},
+                            {},
+                            referral.gp_contact_agreed,
+                            True,
+                            referral.received,
+                            "the self-referral",
+                            get_resource(session, "Consent", consent_id({"reference": patient_ref})),
+                        ),
+                        None,
+                    )
+                )
+            for qr, result in scored:
+                qr = {k: v for k, v in qr.items() if k != "id"} | {"subject": {"reference": patient_ref}}
+                out += [(r, None) for r in response_resources(qr, result, response_id(qr), {"reference": patient_ref}, None, now, [])]
+            summary = _summary(decision)
+            request = referral_request(referral, sr_id, patient_ref, rules.service.name, decision.outcome, summary)
+            out.append((request, rules.service.id))
+            targets = [request]
+            if decision.outcome == "accept":
+                episode = _new_episode(referral, rules, decision, sr_id, patient_ref)
+                out.append((episode, rules.service.id))
+                targets.append(episode)
+                if decision.duty_screening:
+                    due = referral.received + rules.duty_screening_within  # type: ignore[union-attr]
+                    duty = rules.service.teams.by_step.get("duty")
+                    out.append(
+                        (
+                            pathway_task(
+                                "duty-screening",
+                                "Duty worker telephone screening",
+                                f"ServiceRequest/{sr_id}",
+                                patient_ref,
+                                now,
+                                due,
+                                duty,
+                                ["TT-03"],
+                                "Urgent self-referral: telephone screening as a priority",
+                                priority="urgent",
+                            ),
+                            rules.service.id,
+                        )
+                    )
+            else:
+                out += [(r, rules.service.id) for r in _not_booked(request, decision, patient, referral, now)]
+            record = provenance(
+                request,
+                "route-referral",
+                f"IAP gateway ({rules.label})",
+                decision.rule_ids,
+                summary,
+                now,
+                system=PATHWAY_ACTIVITY,
+                policy=rules.policy_uri,
+            )
+            record["target"] += [{"reference": f"EpisodeOfCare/{t['id']}"} for t in targets if t["resourceType"] == "EpisodeOfCare"]
+            out.append((record, None))
+            return out
+
+        def make_reply(stored: list[dict[str, Any]], created: set[str]) -> Reply:
+            decision = decision_box[-1]
+            by_type = {r["resourceType"]: r for r in reversed(stored)}
+            body = _decision_parameters(decision, rules, stored, sr_id)
+            location = (
+                f"/fhir/EpisodeOfCare/{by_type['EpisodeOfCare']['id']}" if "EpisodeOfCare" in by_type else f"/fhir/ServiceRequest/{sr_id}"
+            )
+            return Reply(201, body, {"Location": location})
+
+        inbound = Inbound(CHANNEL_PATHWAY, message_id, raw, rule_set=rules.label)
+        reply = commit_message(self.sessions, inbound, now, write, make_reply)
+        if not reply.duplicate:
+            log.info("pathway.routed", service=rules.service.id, outcome=reply.body["parameter"][0]["valueCode"])
+        return reply
+
+    # --- episode operations -------------------------------------------------------------------------------
+
+    def operate(self, episode_id: str, name: str, raw: bytes) -> dict[str, Any]:
+        """Apply operation `name` to an episode; the new EpisodeOfCare, or GatewayInputError and nothing changed."""
+        if name not in EPISODE_OPERATIONS:
+            raise GatewayInputError(
+                Problem(Kind.NOT_SUPPORTED, "operation", f"unknown operation ${name[:40]}; known: {list(EPISODE_OPERATIONS)}")
+            )
+        params = parse_parameters(parse_json_object(raw, "Parameters"))
+        now = self.clock.now()
+        with self.sessions.begin() as session:
+            found = get_for_update(session, "EpisodeOfCare", episode_id)
+            if found is None or found[1] not in self.registry.services:
+                raise GatewayInputError(Problem(Kind.NOT_FOUND, "id", f"EpisodeOfCare/{episode_id[:64]} is not a pathway episode"))
+            episode, service_id = found
+            rules = self.registry.services[service_id]
+            facts = self._facts(session, episode, rules)
+            result = apply_episode_operation(name, episode, params, rules, facts, now)
+            return self._store_result(session, name, params.string("practitioner") or "", episode, result, rules, now)
+
+    def _store_result(
+        self, session: Session, name: str, who: str, before: dict[str, Any], result: StepResult, rules: Rules, now: datetime
+    ) -> dict[str, Any]:
+        episode = result.episode
+        patient_ref = episode["patient"]["reference"]
+        if result.contact is not None:
+            encounter = _contact_encounter(before, result.contact, rules)
+            if get_resource(session, "Encounter", encounter["id"]) is not None:  # a re-sent contact changes nothing
+                return before
+            put_resource(session, encounter, now, rules.service.id)
+        if episode["status"] == "active" and rules.kind == "primary-care":
+            episode = self._pc08(session, episode, rules, now, result)  # type: ignore[arg-type]
+        stored, _ = put_resource(session, episode, now, rules.service.id)
+        request = get_resource(session, "ServiceRequest", episode["referralRequest"][0]["reference"].split("/", 1)[1]) or {}
+        patient = get_resource(session, "Patient", patient_ref.split("/", 1)[1]) or {}
+        for letter in result.letters:
+            put_resource(session, _letter(letter, stored, request, patient, now), now, rules.service.id)
+        for work in result.work:
+            put_resource(
+                session,
+                pathway_task(
+                    work.kind,
+                    work.display,
+                    f"EpisodeOfCare/{stored['id']}",
+                    patient_ref,
+                    now,
+                    None,
+                    None,
+                    list(work.rule_ids),
+                    work.summary,
+                    work.priority,
+                    key=to_fhir_instant(now),
+                ),
+                now,
+                rules.service.id,
+            )
+        if result.transfer is not None and request:
+            route, where = result.transfer
+            put_resource(session, transfer_request(request, route, where, now, result.rule_ids, result.summary), now, rules.service.id)
+        if result.flag:
+            put_resource(session, _flag(stored, result.flag, now), now)
+        put_resource(
+            session,
+            provenance(stored, name, who, result.rule_ids, result.summary, now, system=PATHWAY_ACTIVITY, policy=rules.policy_uri),
+            now,
+        )
+        log.info("pathway.operation", operation=name, rules=result.rule_ids, status=stored["status"])
+        return stored
+
+    def _facts(self, session: Session, episode: dict[str, Any], rules: Rules) -> EpisodeFacts:
+        contacts, _ = search_resources(
+            session, ResourceQuery("Encounter", tokens=[("episode-of-care", None, f"EpisodeOfCare/{episode['id']}")], count=10_000)
+        )
+        step = current_step(episode)
+        parsed = [_contact_of(c) for c in contacts]
+        assessed = any(k == "assessment" and o == "attended" for k, o, _, _ in parsed)
+        first_treatment = min((w for k, o, _, w in parsed if k == "assessment" and o == "attended"), default=None)
+        patient_id = episode["patient"]["reference"].split("/", 1)[1]
+        request = get_resource(session, "ServiceRequest", episode["referralRequest"][0]["reference"].split("/", 1)[1]) or {}
+        agreed = next((e["valueBoolean"] for e in request.get("extension", []) if e["url"].endswith("/gp-contact-agreed")), None)
+        return EpisodeFacts(
+            sessions_at_step=sum(
+                1 for k, o, s, _ in parsed if s == step and o == "attended" and k in ("assessment", "treatment", "mhp-session")
+            ),
+            dna_in_treatment=sum(
+                1
+                for k, o, _, w in parsed
+                if o != "attended" and first_treatment is not None and w > first_treatment and k in ("assessment", "treatment")
+            ),
+            assessed=assessed,
+            treatments_attended=sum(1 for k, o, _, _ in parsed if k == "treatment" and o == "attended"),
+            dialog_plus_in_force=_dialog_plus_in_force(session, patient_id, ()),
+            dialog_means=tuple(v for _, v in self._measure_values(session, patient_id, "dialog", "sqol-mean")),
+            self_referred=any(c["code"] == "self" for cat in request.get("category", []) for c in cat.get("coding", [])),
+            gp_contact_agreed=agreed,
+        )
+
+    def _measure_values(self, session: Session, patient_id: str, measure: str, score: str | None = None) -> list[tuple[datetime, float]]:
+        """(effective, value) of the patient's stored scores of `measure` (one score id, or any), oldest first."""
+        observations, _ = search_resources(session, ResourceQuery("Observation", patient=patient_id, count=10_000))
+        out = []
+        for obs in observations:
+            for coding in obs["code"].get("coding", []):
+                found = self._codes.get((coding.get("system"), coding.get("code")))
+                if found and found[0] == measure and (score is None or found[1] == score) and obs.get("effectiveDateTime"):
+                    out.append((parse_source_datetime(obs["effectiveDateTime"]), float(obs["valueQuantity"]["value"])))
+                    break
+        return sorted(out)
+
+    def _pc08(
+        self, session: Session, episode: dict[str, Any], rules: PrimaryCareRules, now: datetime, result: StepResult | None
+    ) -> dict[str, Any]:
+        """PC-08: stop the 4-week clock once a meaningful assessment, a baseline measure and an intervention or care plan exist."""
+        clocks = episode_clocks(episode)
+        if not running(clocks, "pcmhh-4-week-wait"):
+            return episode
+        start = parse_source_datetime(clocks["pcmhh-4-week-wait"]["start"])
+        contacts, _ = search_resources(
+            session, ResourceQuery("Encounter", tokens=[("episode-of-care", None, f"EpisodeOfCare/{episode['id']}")], count=10_000)
+        )
+        parsed = [_contact_of(c) for c in contacts]
+        assessment = min((w for k, o, s, w in parsed if k == "assessment" and o == "attended" and s == "pcmhh"), default=None)
+        intervention = min((w for k, o, s, w in parsed if k == "treatment" and o == "attended" and s == "pcmhh"), default=None)
+        patient_id = episode["patient"]["reference"].split("/", 1)[1]
+        lookback = start - timedelta(days=28)  # a DIALOG+ done by the MHP just before the step up counts (SOP 4.8)
+        baselines = [w for m in rules.baseline_measures for w, _ in self._measure_values(session, patient_id, m) if w >= lookback]
+        plans = _dialog_plus_times(session, patient_id, lookback)
+        candidates = [t for t in (intervention, min(plans, default=None)) if t is not None]
+        facts = Pc08Facts(assessment, min(baselines, default=None), min(candidates, default=None))
+        stop = pc08_stop_time(facts)
+        if stop is None:
+            return episode
+        clocks = stop_clock(
+            clocks, "pcmhh-4-week-wait", max(stop, start), "assessment, baseline measure and intervention/care plan recorded"
+        )
+        if result is not None:
+            result.because(
+                "PC-08", "the 4-week clock stops: assessment, baseline outcome measure and intervention or care plan all recorded"
+            )
+        return with_clocks(episode, clocks)
+
+    # --- clocks ---------------------------------------------------------------------------------------------
+
+    def tick(self, now: datetime) -> list[str]:
+        """Each clock due makes one Task (idempotent across ticks and instances); PC-08 stops are applied. Returns Task ids created."""
+        created: list[str] = []
+        with self.sessions() as session:
+            episodes, _ = search_resources(session, ResourceQuery("EpisodeOfCare", count=100_000))
+        for episode in episodes:
+            clocks = episode_clocks(episode)
+            if not any(not c.get("stopped") for c in clocks.values()):
+                continue
+            with self.sessions.begin() as session:
+                found = get_for_update(session, "EpisodeOfCare", episode["id"])
+                if found is None or found[1] not in self.registry.services:
+                    continue
+                current, service_id = found
+                rules = self.registry.services[service_id]
+                if isinstance(rules, PrimaryCareRules) and current["status"] in OPEN_EPISODE:
+                    updated = self._pc08(session, current, rules, now, None)
+                    if updated is not current:
+                        current, _ = put_resource(session, updated, now, service_id)
+                        put_resource(
+                            session,
+                            provenance(
+                                current,
+                                "clock-stop",
+                                "IAP gateway",
+                                ["PC-08"],
+                                "4-week clock stopped (PC-08)",
+                                now,
+                                system=PATHWAY_ACTIVITY,
+                                policy=rules.policy_uri,
+                            ),
+                            now,
+                        )
+                for clock in clock_due_items(episode_clocks(current), now):
+                    task = _clock_task(current, clock, rules, now)
+                    if get_resource(session, "Task", task["id"]) is not None:
+                        continue
+                    stored, outcome = put_resource(session, task, now, service_id)
+                    if outcome == "created":
+                        created.append(stored["id"])
+                        put_resource(
+                            session,
+                            provenance(
+                                current,
+                                f"clock-due-{clock['name']}",
+                                "IAP gateway",
+                                [clock["rule"]],
+                                f"{rules.clocks[clock['name']].title}: due {clock['due']} -> Task/{stored['id']}",
+                                now,
+                                system=PATHWAY_ACTIVITY,
+                                policy=rules.policy_uri,
+                            ),
+                            now,
+                        )
+        if created:
+            log.info("pathway.clocks_due", tasks=len(created))
+        return created
+
+
+# --- helpers ------------------------------------------------------------------------------------------------
+
+
+def _score_codes(catalogue: MeasureCatalogue) -> dict[tuple[str | None, str], tuple[str, str]]:
+    """(system, code) of each score's first code -> (measure id, score id): to read stored Observations back."""
+    out: dict[tuple[str | None, str], tuple[str, str]] = {}
+    for measure in catalogue:
+        for spec in measure.spec.scores:
+            for code in spec.codes:
+                out.setdefault((code.system, code.code), (measure.id, spec.id))
+    return out
+
+
+def _patient(session: Session, referral: PathwayReferral) -> dict[str, Any]:
+    update = to_json_dict(patient_resource(referral.patient, referral.gp_practice))
+    return merge_patient(get_resource(session, "Patient", update["id"]), update)
+
+
+def _dialog_plus_times(session: Session, patient_id: str, since: datetime | None) -> list[datetime]:
+    """When each DIALOG+ care plan in force (PC-09: MHS008 and MHS009 recorded -> active) was created."""
+    plans, _ = search_resources(session, ResourceQuery("CarePlan", patient=patient_id, status=["active"], count=1000))
+    out = []
+    for plan in plans:
+        if any(c.get("code") == "dialog-plus" for cat in plan.get("category", []) for c in cat.get("coding", [])):
+            created = plan.get("created") or (plan.get("period") or {}).get("start")
+            moment = parse_source_datetime(created) if isinstance(created, str) and "T" in created else None
+            if moment is not None and (since is None or moment >= since):
+                out.append(moment)
+            elif moment is None and since is None:
+                out.append(datetime.min)
+    return out
+
+
+def _dialog_plus_in_force(session: Session, patient_id: str, named: tuple[str, ...]) -> bool:
+    """PC-06/PC-09: a DIALOG+ care plan is in force for the patient (a CarePlan named in the referral must be one)."""
+    for plan_id in named:
+        plan = get_resource(session, "CarePlan", plan_id)
+        if plan is None or plan.get("status") != "active":
+            raise GatewayInputError(
+                Problem(Kind.VALUE, "ServiceRequest.supportingInfo", f"CarePlan/{plan_id[:64]} is not a care plan in force (PC-09)")
+            )
+    plans, _ = search_resources(session, ResourceQuery("CarePlan", patient=patient_id, status=["active"], count=1000))
+    return any(c.get("code") == "dialog-plus" for p in plans for cat in p.get("category", []) for c in cat.get("coding", []))
+
+
+def _summary(decision: Decision) -> str:
+    head = {
+        "accept": f"accepted: {STEP_DISPLAY.get(decision.step or '', decision.step)} ({decision.team})",
+        "signpost": f"signposted to {decision.where}",
+        "redirect": f"redirected ({decision.route}) to {decision.where}",
+    }[decision.outcome]
+    return f"{head}. " + "; ".join(decision.trace)
+
+
+def _new_episode(referral: PathwayReferral, rules: Rules, decision: Decision, sr_id: str, patient_ref: str) -> dict[str, Any]:
+    clocks: dict[str, dict[str, Any]] = {}
+    for name in decision.clocks:
+        clocks = start_clock(clocks, name, rules, referral.received)
+    episode = episode_of_care(
+        resource_id("EpisodeOfCare", f"ServiceRequest/{sr_id}", "episode"),
+        rules.kind,
+        {"ods": rules.service.provider_ods, "name": rules.service.name},
+        decision.step or "screening",
+        decision.team or rules.service.name,
+        patient_ref,
+        sr_id,
+        referral.received,
+        [],
+        decision.rule_ids[-1] if decision.rule_ids else "PC-01",
+    )
+    return with_clocks(episode, clocks)
+
+
+def _not_booked(
+    request: dict[str, Any], decision: Decision, patient: dict[str, Any], referral: PathwayReferral, now: datetime
+) -> list[dict[str, Any]]:
+    """PC-13 / TT-07 / TT-04: the onward referral, the Task to make it, and the letters (referrer, patient, GP)."""
+    route, where = decision.route or "signpost", decision.where or ""
+    transfer = transfer_request(request, route, where, now, decision.rule_ids, f"{decision.outcome} to {where}")
+    patient_ref = request["subject"]["reference"]
+    out = [transfer]
+    if route != "signpost":
+        out.append(
+            pathway_task(
+                "transfer-of-care",
+                "Make the onward referral",
+                f"ServiceRequest/{transfer['id']}",
+                patient_ref,
+                now,
+                None,
+                None,
+                decision.rule_ids,
+                f"Refer to {where} (no wrong door)",
+                priority="urgent" if route in ("crisis", "access-and-assessment") else "routine",
+            )
+        )
+    letter = Letter(
+        "signposting",
+        "Signposting / onward referral",
+        to_gp=decision.inform_gp,
+        to_referrer=referral.source != "self",
+        copy_to_patient=referral.copy_to_patient,
+        lines=(f"The referral was not booked: {decision.outcome} to {where}",),
+        rule_ids=tuple(decision.rule_ids),
+    )
+    out.append(_letter(letter, None, request, patient, now, about=[f"ServiceRequest/{request['id']}", f"ServiceRequest/{transfer['id']}"]))
+    return out
+
+
+def _letter(
+    letter: Letter,
+    episode: dict[str, Any] | None,
+    request: dict[str, Any],
+    patient: dict[str, Any],
+    now: datetime,
+    about: list[str] | None = None,
+) -> dict[str, Any]:
+    """A letter request addressed from the letter's rule: GP practice, referrer, copy to the patient (TT-14)."""
+    recipients: list[dict[str, Any]] = []
+    gp = next(iter(patient.get("generalPractitioner", [])), None)
+    if letter.to_gp and gp:
+        recipients.append(gp)
+    requester = request.get("requester")
+    if letter.to_referrer and requester:
+        recipients.append(requester)
+    copy = next((e["valueBoolean"] for e in request.get("extension", []) if e["url"].endswith("/letter-copy-to-patient")), True)
+    if letter.copy_to_patient and copy:
+        recipients.append({"reference": f"Patient/{patient['id']}"})
+    focus = f"EpisodeOfCare/{episode['id']}" if episode else f"ServiceRequest/{request['id']}"
+    refs = about or [focus, f"ServiceRequest/{request['id']}"]
+    return letter_request(
+        letter.letter_type,
+        letter.display,
+        f"Patient/{patient['id']}",
+        recipients,
+        list(dict.fromkeys(refs)),
+        now,
+        list(letter.rule_ids),
+        list(letter.lines),
+        key=f"{focus}#{to_fhir_instant(now)}",
+    )
+
+
+def _decision_parameters(decision: Decision, rules: Rules, stored: list[dict[str, Any]], sr_id: str) -> dict[str, Any]:
+    params: list[dict[str, Any]] = [{"name": "outcome", "valueCode": decision.outcome}]
+    if decision.step:
+        params.append({"name": "step", "valueCode": decision.step})
+    if decision.team:
+        params.append({"name": "team", "valueString": decision.team})
+    if decision.route:
+        params += [{"name": "route", "valueCode": decision.route}, {"name": "where", "valueString": decision.where or ""}]
+    params.append({"name": "rules-version", "valueString": rules.label})
+    params += [{"name": "rule", "valueCode": rule} for rule in decision.rule_ids]
+    params += [{"name": "reason", "valueString": line} for line in decision.trace]
+    params.append({"name": "referral", "valueReference": {"reference": f"ServiceRequest/{sr_id}"}})
+    for resource in stored:
+        if resource["resourceType"] in ("EpisodeOfCare", "Task", "CommunicationRequest") or (
+            resource["resourceType"] == "ServiceRequest" and resource["id"] != sr_id
+        ):
+            name = {"EpisodeOfCare": "episode", "Task": "task", "CommunicationRequest": "letter", "ServiceRequest": "transfer"}
+            params.append(
+                {"name": name[resource["resourceType"]], "valueReference": {"reference": f"{resource['resourceType']}/{resource['id']}"}}
+            )
+    return {"resourceType": "Parameters", "parameter": params}
+
+
+def _contact_encounter(episode: dict[str, Any], contact: dict[str, Any], rules: Rules) -> dict[str, Any]:
+    when = to_fhir_instant(contact["when"])
+    kind, outcome, step = contact["kind"], contact["outcome"], contact["step"]
+    encounter = {
+        "resourceType": "Encounter",
+        "id": resource_id("Encounter", f"EpisodeOfCare/{episode['id']}", f"{kind}#{outcome}#{when}"),
+        "status": "finished" if outcome == "attended" else "cancelled",
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB", "display": "ambulatory"},
+        "type": [
+            {"coding": [{"system": CONTACT_SYSTEM, "code": kind}]},
+            {"coding": [{"system": OUTCOME_SYSTEM, "code": outcome}]},
+            {"coding": [{"system": STEP_SYSTEM, "code": step}]},
+        ],
+        "subject": episode["patient"],
+        "episodeOfCare": [{"reference": f"EpisodeOfCare/{episode['id']}"}],
+        "period": {"start": when},
+        "serviceProvider": episode["managingOrganization"],
+    }
+    if contact.get("practitioner"):
+        encounter["participant"] = [{"individual": {"display": contact["practitioner"]}}]
+    return encounter
+
+
+def _contact_of(encounter: dict[str, Any]) -> tuple[str, str, str, datetime]:
+    codes_ = {t["coding"][0]["system"]: t["coding"][0]["code"] for t in encounter.get("type", [])}
+    return (
+        codes_.get(CONTACT_SYSTEM, ""),
+        codes_.get(OUTCOME_SYSTEM, ""),
+        codes_.get(STEP_SYSTEM, ""),
+        parse_source_datetime(encounter["period"]["start"]),
+    )
+
+
+def _clock_task(episode: dict[str, Any], clock: dict[str, Any], rules: Rules, now: datetime) -> dict[str, Any]:
+    rule = rules.clocks[clock["name"]]
+    breach = rule.on_due == "breach"
+    summary = f"{rule.title}: {'breached' if breach else 'due'} {clock['due']} (started {clock['start']})"
+    team = (episode.get("team") or [{}])[0].get("display")
+    return pathway_task(
+        f"clock-{clock['name']}",
+        rule.title,
+        f"EpisodeOfCare/{episode['id']}",
+        episode["patient"]["reference"],
+        now,
+        parse_source_datetime(clock["due"]),
+        team,
+        [rule.rule],
+        summary,
+        "urgent" if breach else "routine",
+        key=clock["start"],
+    )
+
+
+def _flag(episode: dict[str, Any], text: str, now: datetime) -> dict[str, Any]:
+    return {
+        "resourceType": "Flag",
+        "id": resource_id("Flag", f"EpisodeOfCare/{episode['id']}", text),
+        "status": "active",
+        "category": [
+            {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/flag-category", "code": "admin", "display": "Administrative"}]}
+        ],
+        "code": {"text": text},
+        "subject": episode["patient"],
+        "period": {"start": to_fhir_instant(now)},
+    }

@@ -1,0 +1,234 @@
+"""Pathway rule files (schema `pathway/1`): one file per locality of a primary care or Talking Therapies service.
+
+Every value a service sets locally (age limits, session caps, day counts, thresholds, the
+exclusion table, step allocation by PHQ-9/GAD-7 band) lives in `gateway/rules/pathways/*.yaml`;
+the code in `pathway_routing.py`, `pathway_steps.py` and `pathway_clocks.py` only reads it.
+Loading refuses a bad file naming the file and the failing field, so a bad rule change stops
+the gateway at start-up. The version that decided each outcome is recorded with it
+(`ServicePathway.label`, written into every decision's Provenance.policy).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+
+from gateway.rules.schema import Duration, RuleFileError, read_rule_file
+
+__all__ = [
+    "Age",
+    "ClockRule",
+    "Exclusion",
+    "PathwayRegistry",
+    "PrimaryCareRules",
+    "ServicePathway",
+    "TalkingTherapiesRules",
+    "load_pathways",
+    "DEFAULT_PATHWAYS_DIR",
+    "ROUTES",
+]
+
+DEFAULT_PATHWAYS_DIR = Path(__file__).parent / "pathways"
+ROUTES = ("crisis", "secondary-care", "talking-therapies", "primary-care", "access-and-assessment", "signpost")
+Route = Literal["crisis", "secondary-care", "talking-therapies", "primary-care", "access-and-assessment", "signpost"]
+RULE_ID = r"^(PC|TT)-\d{2}$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Age(_Strict):
+    """An age limit in whole years and months (PC-01: 17 years 6 months)."""
+
+    years: int = Field(ge=0, le=120)
+    months: int = Field(default=0, ge=0, le=11)
+
+    def __str__(self) -> str:
+        return f"{self.years}y{self.months}m" if self.months else f"{self.years}y"
+
+
+class Exclusion(_Strict):
+    """A finding that stops a booking, and where the referral goes instead (never a silent rejection, PC-13)."""
+
+    rule: str = Field(pattern=RULE_ID)
+    route: Route
+    where: str = Field(min_length=3)  # the named destination, in the words the letter uses
+    inform_gp: bool = False  # TT-04: "the relevant GP must be informed"
+    ages: tuple[int, int] | None = None  # applies only to this inclusive age range in years (TT-04: 16-17)
+
+
+class ClockRule(_Strict):
+    """A waiting-time clock: due after a duration, after working days (England bank holidays skipped) or after months."""
+
+    rule: str = Field(pattern=RULE_ID)
+    title: str = Field(min_length=3)
+    after: Duration | None = None
+    after_working_days: int | None = Field(default=None, ge=1, le=60)
+    after_months: int | None = Field(default=None, ge=1, le=24)
+    report_after: dict[str, Duration] = Field(default_factory=dict)  # further named lines for reporting (TT-08 national 42 days)
+    on_due: Literal["breach", "reminder"]  # breach: the clock should have stopped; reminder: something is due now
+
+    @model_validator(mode="after")
+    def _one_window(self) -> ClockRule:
+        given = [v for v in (self.after, self.after_working_days, self.after_months) if v is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of 'after' (ISO duration), 'after_working_days' or 'after_months'")
+        return self
+
+
+class Teams(_Strict):
+    locality: str = Field(min_length=2)
+    by_step: dict[str, str] = Field(min_length=1)
+
+
+class ServiceInfo(_Strict):
+    id: str = Field(pattern=r"^[a-z0-9-]{2,32}$")
+    name: str = Field(min_length=3)
+    provider_ods: str = Field(pattern=r"^[A-Z0-9]{3,10}$")
+    teams: Teams
+
+
+class _Common(_Strict):
+    schema_: Literal["pathway/1"] = Field(alias="schema")
+    version: str = Field(min_length=1)
+    service: ServiceInfo
+    exclusions: dict[str, Exclusion] = Field(min_length=1)
+    routes: dict[Route, str]  # the named destination of each redirect route in this locality
+    clocks: dict[str, ClockRule]
+
+    @model_validator(mode="after")
+    def _routes_named(self) -> _Common:
+        missing = sorted({e.route for e in self.exclusions.values()} - set(self.routes))
+        if missing:
+            raise ValueError(f"routes used by exclusions have no destination in 'routes': {missing}")
+        if "under-age" not in self.exclusions:
+            raise ValueError("exclusions needs 'under-age' (where a referral under the minimum age goes)")
+        return self
+
+    @property
+    def label(self) -> str:
+        return f"{self.service.id} pathway {self.version}"
+
+    @property
+    def policy_uri(self) -> str:
+        return f"https://fhir.iap-gateway.org/rules/{self.service.id}/{self.version}"
+
+
+class PrimaryCareRules(_Common):
+    """RDaSH primary care mental health service (PC-01..PC-14)."""
+
+    kind: Literal["primary-care"]
+    min_age: Age  # PC-01
+    triage_coach_min_age: Age  # PC-03
+    triage_coach_excluded: list[str]  # PC-03: findings the MHWBTC does not take
+    triage_coach_in_place: bool
+    practices: list[str] = Field(min_length=1)  # PC-01: GP practices (ODS) of the place's PCNs
+    mhp_session_cap: int = Field(ge=1, le=20)  # PC-05
+    dialog_improvement: float = Field(gt=0, le=6)  # PC-11
+    min_outcome_measures: int = Field(ge=1, le=3)  # PC-14
+    gbo_max_goals: int = Field(ge=1, le=10)  # PC-14
+    baseline_measures: list[str] = Field(min_length=1)  # PC-08: measure ids (GBO, DIALOG, ReQoL-10)
+
+    @model_validator(mode="after")
+    def _pc_clocks(self) -> PrimaryCareRules:
+        _need_clocks(self.clocks, ("pcmhh-4-week-wait", "pcmhh-screening", "pcmhh-caseload-review", "keeping-well-call"))
+        _need_steps(self.service.teams, ("mhwbtc", "mhp", "pcmhh"))
+        if "outside-area" not in self.exclusions:
+            raise ValueError("exclusions needs 'outside-area' (where a patient of another PCN's practice goes)")
+        return self
+
+
+class SessionCap(_Strict):
+    """TT-12: contacts allowed at a step, and the most with a supervisor's agreement."""
+
+    standard: int = Field(ge=1, le=40)
+    with_supervisor: int = Field(ge=1, le=60)
+
+    @model_validator(mode="after")
+    def _order(self) -> SessionCap:
+        if self.with_supervisor < self.standard:
+            raise ValueError("'with_supervisor' must be at least 'standard'")
+        return self
+
+
+class Allocation(_Strict):
+    """TT-07: the step for the worse of the PHQ-9 and GAD-7 severities."""
+
+    severity: Literal["none", "mild", "moderate", "moderately-severe", "severe"]
+    outcome: Literal["step-2", "step-3", "secondary-care", "signpost"]
+
+
+class TreatmentTarget(_Strict):
+    """TT-08: this share of referrals that have a course of treatment start it within this time of referral."""
+
+    within: Duration
+    share: float = Field(gt=0, le=1)
+
+
+class TalkingTherapiesRules(_Common):
+    """North Essex NHS Talking Therapies (TT-01..TT-16)."""
+
+    kind: Literal["talking-therapies"]
+    min_age: Age  # TT-01 local variant
+    severity_bands: dict[str, dict[str, str]]  # TT-05/TT-06: measure id -> scorer band code -> severity
+    step_allocation: list[Allocation] = Field(min_length=5)  # TT-07
+    session_caps: dict[Literal["step-2", "step-3"], SessionCap]  # TT-12
+    dna_discharge_in_treatment: int = Field(ge=1, le=5)  # TT-13
+    duty_screening_within: Duration  # TT-03 (local decision)
+    treatment_targets: list[TreatmentTarget] = Field(min_length=1)  # TT-08 referral to first treatment
+    tail_share: float = Field(gt=0, lt=1)  # TT-09: no more than 10% wait over the tail
+
+    @model_validator(mode="after")
+    def _tt_checks(self) -> TalkingTherapiesRules:
+        _need_clocks(self.clocks, ("tt-initial-assessment", "tt-second-session", "tt-kit-call", "tt-dna-contact"))
+        _need_steps(self.service.teams, ("duty", "step-2", "step-3"))
+        severities = {a.severity for a in self.step_allocation}
+        if len(severities) != len(self.step_allocation) or len(severities) != 5:
+            raise ValueError("step_allocation needs exactly one row per severity (none, mild, moderate, moderately-severe, severe)")
+        for measure in ("phq-9", "gad-7"):
+            if measure not in self.severity_bands:
+                raise ValueError(f"severity_bands needs {measure}")
+        return self
+
+    def severity(self, measure: str, band: str) -> str:
+        return self.severity_bands[measure][band]
+
+    def allocation(self, severity: str) -> str:
+        return next(a.outcome for a in self.step_allocation if a.severity == severity)
+
+
+def _need_clocks(clocks: dict[str, ClockRule], names: tuple[str, ...]) -> None:
+    missing = [n for n in names if n not in clocks]
+    if missing:
+        raise ValueError(f"clocks missing: {missing}")
+
+
+def _need_steps(teams: Teams, steps: tuple[str, ...]) -> None:
+    missing = [s for s in steps if s not in teams.by_step]
+    if missing:
+        raise ValueError(f"service.teams.by_step missing: {missing}")
+
+
+ServicePathway = Annotated[PrimaryCareRules | TalkingTherapiesRules, Field(discriminator="kind")]
+_ADAPTER: TypeAdapter[PrimaryCareRules | TalkingTherapiesRules] = TypeAdapter(ServicePathway)
+
+
+class PathwayRegistry:
+    """Every locality's pathway rules by service id."""
+
+    def __init__(self, services: list[PrimaryCareRules | TalkingTherapiesRules]) -> None:
+        self.services = {s.service.id: s for s in services}
+
+    def get(self, service_id: str) -> PrimaryCareRules | TalkingTherapiesRules | None:
+        return self.services.get(service_id)
+
+
+def load_pathways(directory: Path = DEFAULT_PATHWAYS_DIR) -> PathwayRegistry:
+    """Load and validate every `*.yaml` pathway rule file in `directory`."""
+    files = sorted(p for p in directory.glob("*.yaml") if not p.name.endswith(".base.yaml"))
+    if not files:
+        raise RuleFileError(f"no pathway rule files (*.yaml) in {directory}")
+    return PathwayRegistry([read_rule_file(path, _ADAPTER.validate_python) for path in files])

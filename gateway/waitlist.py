@@ -1,0 +1,171 @@
+"""The Talking Therapies wait-list snapshot (North Essex policy appendix 1, 4.2.2.4) and the clock breach list.
+
+Who is waiting, by locality, team, step, intervention, therapist and time waiting:
+  first appointment   the TT-08 clock is running (referral -> initial assessment; 28-day internal, 42-day national lines)
+  second appointment  the TT-09 clock is running (first appointment -> next treatment; 28 days, 90-day tail)
+Breaches: every running clock on any pathway episode (PC and TT) past its due time.
+Read-only; the lines come from each service's rule file, so a rule change moves the report with it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections import Counter
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from fhir_mapping.datetimes import parse_source_datetime, to_fhir_instant
+from fhir_mapping.episodes import episode_clocks
+from gateway.rules.pathway_schema import PathwayRegistry, TalkingTherapiesRules
+from gateway.rules.pathway_steps import current_step
+from gateway.store.repo import ResourceQuery, search_resources
+
+__all__ = ["waitlist_snapshot", "waitlist_csv", "plot_waitlist", "CSV_COLUMNS"]
+
+CSV_COLUMNS = (
+    "episode",
+    "service",
+    "locality",
+    "team",
+    "step",
+    "intervention",
+    "therapist",
+    "waiting_for",
+    "since",
+    "days_waiting",
+    "over_target",
+    "over_outer_line",
+)
+_WAITS = {"tt-initial-assessment": ("first-appointment", "national"), "tt-second-session": ("second-appointment", "tail")}
+_OPEN = ["planned", "waitlist", "active", "onhold"]
+
+
+def waitlist_snapshot(session: Session, registry: PathwayRegistry, now: datetime, service: str | None = None) -> dict[str, Any]:
+    rows: list[dict[str, Any]] = []
+    breaches: list[dict[str, Any]] = []
+    lines: dict[str, dict[str, int]] = {}
+    services = [registry.services[service]] if service in registry.services else [] if service else list(registry.services.values())
+    everyone = [
+        (rules, episode)
+        for rules in services
+        for episode in search_resources(session, ResourceQuery("EpisodeOfCare", status=_OPEN, service=rules.service.id, count=1_000_000))[0]
+    ]
+    for rules, episode in everyone:
+        clocks = episode_clocks(episode)
+        for clock in clocks.values():
+            if not clock.get("stopped") and parse_source_datetime(clock["due"]) <= now:
+                breaches.append(
+                    {
+                        "episode": episode["id"],
+                        "service": rules.service.id,
+                        "clock": clock["name"],
+                        "rule": clock["rule"],
+                        "due": clock["due"],
+                        "days_over": (now - parse_source_datetime(clock["due"])).days,
+                    }
+                )
+        if not isinstance(rules, TalkingTherapiesRules):
+            continue
+        for name, (waiting_for, outer) in _WAITS.items():
+            clock = clocks.get(name)
+            if clock is None or clock.get("stopped"):
+                continue
+            rule = rules.clocks[name]
+            target = rule.after.days if rule.after else 0
+            outer_days = rule.report_after[outer].days if outer in rule.report_after else target
+            lines[waiting_for] = {"target_days": target, f"{outer}_days": outer_days}
+            since = parse_source_datetime(clock["start"])
+            days = (now - since).days
+            rows.append(
+                {
+                    "episode": episode["id"],
+                    "service": rules.service.id,
+                    "locality": rules.service.teams.locality,
+                    "team": (episode.get("team") or [{}])[0].get("display", ""),
+                    "step": current_step(episode),
+                    "intervention": next(
+                        (e["valueString"] for e in episode.get("extension", []) if e["url"].endswith("/planned-intervention")), ""
+                    ),
+                    "therapist": (episode.get("careManager") or {}).get("display", ""),
+                    "waiting_for": waiting_for,
+                    "since": clock["start"],
+                    "days_waiting": days,
+                    "over_target": days > target,
+                    "over_outer_line": days > outer_days,
+                }
+            )
+    rows.sort(key=lambda r: (-r["days_waiting"], r["episode"]))
+    return {
+        "generated": to_fhir_instant(now),
+        "service": service,
+        "lines": lines,
+        "summary": _summary(rows, registry),
+        "rows": rows,
+        "breaches": sorted(breaches, key=lambda b: (-b["days_over"], b["episode"], b["clock"])),
+    }
+
+
+def _summary(rows: list[dict[str, Any]], registry: PathwayRegistry) -> dict[str, Any]:
+    out: dict[str, Any] = {"waiting": len(rows)}
+    for key in ("locality", "team", "step", "intervention", "therapist", "waiting_for"):
+        out[f"by_{key}"] = dict(sorted(Counter(r[key] or "(not allocated)" for r in rows).items()))
+    for waiting_for in ("first-appointment", "second-appointment"):
+        group = [r for r in rows if r["waiting_for"] == waiting_for]
+        out[waiting_for] = {
+            "waiting": len(group),
+            "over_target": sum(r["over_target"] for r in group),
+            "over_outer_line": sum(r["over_outer_line"] for r in group),
+            "longest_days": max((r["days_waiting"] for r in group), default=0),
+        }
+    tails = [r.tail_share for r in registry.services.values() if isinstance(r, TalkingTherapiesRules)]
+    second = out["second-appointment"]
+    second["share_over_outer_line"] = round(second["over_outer_line"] / second["waiting"], 3) if second["waiting"] else 0.0
+    second["tail_limit"] = min(tails) if tails else None  # TT-09: no more than 10% over 90 days
+    return out
+
+
+def waitlist_csv(snapshot: dict[str, Any]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in snapshot["rows"]:
+        writer.writerow(row)
+    return buffer.getvalue()
+
+
+def plot_waitlist(snapshot: dict[str, Any], path: Path) -> None:
+    """Draw the distribution of waits against the 28/42-day (first) and 28/90-day (second) lines, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for axis, (waiting_for, title) in zip(
+        axes,
+        (
+            ("first-appointment", "Waiting for a first appointment (TT-08)"),
+            ("second-appointment", "Waiting for a second appointment (TT-09)"),
+        ),
+        strict=True,
+    ):
+        days = [r["days_waiting"] for r in snapshot["rows"] if r["waiting_for"] == waiting_for]
+        line = snapshot["lines"].get(waiting_for, {})
+        top = max([*days, *line.values(), 1]) + 7
+        axis.hist(days, bins=range(0, top + 7, 7), color="#005eb8", edgecolor="white")
+        for label, value in line.items():
+            style = "--" if label == "target_days" else ":"
+            axis.axvline(value, color="#d5281b", linestyle=style, label=f"{label.replace('_days', '')}: {value} days")
+        axis.set_title(f"{title}: {len(days)} waiting", fontsize=10)
+        axis.set_xlabel("days waiting (weekly bins)")
+        if line:
+            axis.legend(fontsize=8)
+    axes[0].set_ylabel("people")
+    fig.suptitle(f"NHS Talking Therapies wait list, {snapshot['generated']}", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
