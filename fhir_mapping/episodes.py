@@ -268,7 +268,7 @@ def pathway_task(
         authoredOn=to_fhir_instant(moment),
         lastModified=to_fhir_instant(moment),
         owner={"display": owner} if owner else None,
-        executionPeriod={"start": to_fhir_instant(moment), **({"end": to_fhir_instant(due)} if due else {})},
+        restriction={"period": {"end": to_fhir_instant(due)}} if due else None,
         reasonCode=_rules_reason(rule_ids, summary)[0],
     )
     return to_json_dict(task)

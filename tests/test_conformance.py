@@ -94,6 +94,48 @@ def _cas_scenario(client) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     cleo = (FIXTURES.parent / "cleo" / "consultation-registered.update.json").read_text().replace("REPLACE-WITH-TASK-ID", desk["id"])
     client.post("/ingest/cleo", content=cleo)
     out["notifications"] = client.get("/fhir/CommunicationRequest", params={"status": "active"}).json()
+    out.update(_pathway_scenario(client))
+    return out
+
+
+def _pathway_scenario(client) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """Every pathway fixture routed, then episode operations and clocks (PC and TT), so all they write is validated."""
+    from datetime import datetime
+
+    from gateway.pathway_demo import contact
+
+    out: dict[str, Any] = {}
+    episodes = {}
+    for source in sorted((FIXTURES.parent / "pathways").glob("*.servicerequest.json")):
+        reply = client.post("/fhir/ServiceRequest/$route", content=source.read_bytes())
+        assert reply.status_code == 201, reply.text
+        out[f"pathway-{source.stem}"] = reply.json()
+        episode = next((p["valueReference"]["reference"] for p in reply.json()["parameter"] if p["name"] == "episode"), None)
+        if episode:
+            episodes[source.stem.split(".")[0]] = episode
+    tt, pc = episodes["tt-gp-referral-step-3"], episodes["pc-step-up-from-secondary-care"]
+    allocate = {
+        "resourceType": "Parameters",
+        "parameter": [{"name": "practitioner", "valueString": "KW"}, {"name": "intervention", "valueString": "CBT"}],
+    }
+    for ref, name, body in [
+        (pc, "allocate", allocate),
+        (pc, "record-contact", contact("assessment", date_="2026-11-24T10:00:00+00:00")),
+        (tt, "allocate", allocate),
+        (tt, "record-contact", contact("assessment", date_="2026-11-24T10:00:00+00:00")),
+        (tt, "record-contact", contact("treatment", "dna", "2026-11-25T10:00:00+00:00")),
+        (tt, "progress-letter", {"resourceType": "Parameters", "parameter": []}),
+        (
+            pc,
+            "step",
+            {"resourceType": "Parameters", "parameter": [{"name": "direction", "valueCode": "out"}, {"name": "to", "valueString": "gp"}]},
+        ),
+    ]:
+        reply = client.post(f"/fhir/{ref}/${name}", json=body)
+        assert reply.status_code == 200, reply.text
+    client.app.state.pathways.tick(datetime.fromisoformat("2027-03-30T12:00:00+00:00"))
+    out["pathway-explain"] = client.get(f"/fhir/{tt}/$explain").json()
+    out["pathway-episodes"] = client.get("/fhir/EpisodeOfCare").json()
     return out
 
 

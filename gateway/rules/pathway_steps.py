@@ -23,7 +23,7 @@ from datetime import datetime
 from typing import Any
 
 from adapters.problems import GatewayInputError, Kind, Problem
-from fhir_mapping.datetimes import to_fhir_instant
+from fhir_mapping.datetimes import parse_source_datetime, to_fhir_instant
 from fhir_mapping.episodes import episode_clocks, with_clocks, with_exit, with_step
 from gateway.rules.cas_ops import Params
 from gateway.rules.pathway_clocks import running, start_clock, stop_clock
@@ -99,7 +99,9 @@ def current_step(episode: dict[str, Any]) -> str:
 def _status(episode: dict[str, Any], status: str, moment: datetime) -> dict[str, Any]:
     if episode["status"] == status:
         return episode
-    when = to_fhir_instant(moment)
+    # a back-dated contact after a later status change: the status periods never run backwards (FHIR per-1)
+    latest = max(parse_source_datetime(h["period"]["start"]) for h in episode["statusHistory"])
+    when = to_fhir_instant(max(moment, latest))
     history = [
         h if (h.get("period") or {}).get("end") else h | {"period": {**h.get("period", {}), "end": when}} for h in episode["statusHistory"]
     ]

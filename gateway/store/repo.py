@@ -81,9 +81,14 @@ def _index(row: ResourceRow, res: dict[str, Any], service_id: str | None) -> Non
         row.service_id = service_id
     row.authored_on = parse_source_datetime(res["authoredOn"]) if res.get("authoredOn") else None
     end = ((res.get("restriction") or {}).get("period") or {}).get("end")
-    row.breach_at = parse_source_datetime(end) if end else None
+    row.breach_at = parse_source_datetime(end) if end and _is_cas_case(res) else None
     effective = res.get("effectiveDateTime") or res.get("authored") or res.get("recorded")
     row.effective_at = parse_source_datetime(effective) if isinstance(effective, str) and "T" in effective else None
+
+
+def _is_cas_case(res: dict[str, Any]) -> bool:
+    """Only CAS queue cases have a breach time on the queue (CAS-02); other Tasks' due times are not queue breaches."""
+    return any(c.get("code") == "cas-callback" for c in (res.get("code") or {}).get("coding", []))
 
 
 def _tokens(res: dict[str, Any]) -> list[tuple[str, str, str]]:

@@ -1,0 +1,340 @@
+"""Pathways over HTTP, on SQLite and PostgreSQL: routing, episodes, step operations, clocks, $explain, the wait-list report."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from fhir_mapping.datetimes import to_fhir_instant
+from gateway.pathway_demo import contact, gad7, phq9, referral
+from tests.conftest import NOW, ROOT
+from tests.test_pcmis import rows, to_csv
+
+PATHWAYS = ROOT / "fixtures" / "pathways"
+SYSTMONE = ROOT / "fixtures" / "systmone" / "contacts.csv"
+
+
+def route(client, body: dict[str, Any]):  # type: ignore[no-untyped-def]
+    return client.post("/fhir/ServiceRequest/$route", json=body)
+
+
+def param(reply: dict[str, Any], name: str) -> Any:
+    found = [next(v for k, v in p.items() if k.startswith("value")) for p in reply["parameter"] if p["name"] == name]
+    return found[0] if found else None
+
+
+def episode_of(reply: dict[str, Any]) -> str:
+    return str(param(reply, "episode")["reference"].split("/", 1)[1])
+
+
+def operate(client, episode: str, name: str, body: dict[str, Any]):  # type: ignore[no-untyped-def]
+    return client.post(f"/fhir/EpisodeOfCare/{episode}/${name}", json=body)
+
+
+def search(client, rtype: str, **params: str) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
+    bundle = client.get(f"/fhir/{rtype}", params=params).json()
+    return [e["resource"] for e in bundle.get("entry", [])]
+
+
+def tt_episode(client, received: str = "2026-11-02T10:00:00+00:00", phq: int = 12, ref: str = "R-TT") -> str:  # type: ignore[no-untyped-def]
+    reply = route(client, referral("north-essex-mid", ref, received, "1990-01-01", practice="F81001", responses=(phq9(phq), gad7(6))))
+    assert reply.status_code == 201, reply.text
+    return episode_of(reply.json())
+
+
+def test_an_accepted_referral_opens_an_episode_with_its_clock_and_the_rule_version_TT_07_TT_08(client) -> None:
+    reply = route(client, json.loads((PATHWAYS / "tt-gp-referral-step-3.servicerequest.json").read_text()))
+    assert reply.status_code == 201
+    body = reply.json()
+    assert param(body, "outcome") == "accept" and param(body, "step") == "step-3"
+    assert param(body, "rules-version") == "north-essex-north-east pathway 2026.11.1"
+    episode = client.get(reply.headers["location"]).json()
+    assert episode["status"] == "waitlist" and episode["type"][1]["coding"][0]["code"] == "step-3"
+    clock = next(e for e in episode["extension"] if e["url"].endswith("/pathway-clock"))
+    values = {x["url"]: next(v for k, v in x.items() if k.startswith("value")) for x in clock["extension"]}
+    assert values["name"] == "tt-initial-assessment" and values["due"] == "2026-12-18T10:00:00Z"  # 28 days after referral
+    explained = client.get(f"/fhir/EpisodeOfCare/{episode['id']}/$explain").json()
+    text = " ".join(p["valueString"] for p in explained["parameter"] if p["name"] == "step")
+    assert "TT-07" in text and "PHQ-9 16" in text and "rules/north-essex-north-east/2026.11.1" in text
+
+
+def test_a_resent_referral_gets_its_original_reply_and_stores_nothing(client, stored) -> None:
+    body = json.loads((PATHWAYS / "tt-self-referral-urgent.servicerequest.json").read_text())
+    first = route(client, body)
+    before = stored()
+    again = route(client, body)
+    assert again.json() == first.json() and again.headers["x-duplicate-of"]
+    assert stored() == before
+
+
+def test_urgent_self_referral_makes_a_duty_screening_task_and_records_the_gp_wish_TT_02_TT_03(client) -> None:
+    reply = route(client, json.loads((PATHWAYS / "tt-self-referral-urgent.servicerequest.json").read_text())).json()
+    task = client.get(f"/fhir/{param(reply, 'task')['reference']}").json()
+    assert task["code"]["coding"][0]["code"] == "duty-screening" and task["priority"] == "urgent"
+    assert task["restriction"]["period"]["end"] == "2026-11-20T14:00:00Z"  # PT4H (local decision)
+    patient = param(reply, "referral")["reference"]
+    request = client.get(f"/fhir/{patient}").json()
+    consent = search(client, "Patient", identifier="https://fhir.nhs.uk/Id/nhs-number|9990000174")[0]
+    stored_consent = [c for c in _all(client, "Consent") if c["patient"]["reference"] == f"Patient/{consent['id']}"][0]
+    assert {"type": "deny", "action": [{"text": "contact the GP practice"}]} in stored_consent["provision"]["provision"]
+    assert request["extension"][0]["valueBoolean"] is False
+
+
+def _all(client, rtype: str) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
+    from sqlalchemy import select
+
+    from gateway.store.models import ResourceRow
+
+    with client.app.state.sessions() as session:
+        rows_ = session.execute(select(ResourceRow).where(ResourceRow.resource_type == rtype)).scalars()
+        return [json.loads(r.content) for r in rows_]
+
+
+def test_a_crisis_referral_is_never_booked_it_gets_the_crisis_route_PC_02_PC_13(client, stored) -> None:
+    reply = route(client, json.loads((PATHWAYS / "pc-crisis-response.servicerequest.json").read_text()))
+    body = reply.json()
+    assert reply.status_code == 201 and param(body, "outcome") == "redirect" and param(body, "route") == "crisis"
+    assert stored().get("EpisodeOfCare", 0) == 0  # nothing booked
+    transfer = client.get(f"/fhir/{param(body, 'transfer')['reference']}").json()
+    assert transfer["performer"][0]["display"].startswith("Crisis team") and transfer["status"] == "active"
+    task = client.get(f"/fhir/{param(body, 'task')['reference']}").json()
+    assert task["priority"] == "urgent" and task["code"]["coding"][0]["code"] == "transfer-of-care"
+    letter = client.get(f"/fhir/{param(body, 'letter')['reference']}").json()
+    assert letter["category"][0]["coding"][0]["code"] == "signposting"
+
+
+def test_refusals_name_the_element_and_store_nothing(client, stored) -> None:
+    before = stored()
+    body = referral("north-essex-mid", "R-BAD", "2026-11-20T10:00:00+00:00", "1990-01-01", source="self")
+    reply = route(client, body)
+    assert reply.status_code == 400 and "gp-contact-agreed" in reply.json()["issue"][0]["expression"][0]
+    unknown = route(client, referral("nowhere", "R-BAD2", "2026-11-20T10:00:00+00:00", "1990-01-01"))
+    assert unknown.status_code == 422 and unknown.json()["issue"][0]["expression"] == ["ServiceRequest.performer.identifier"]
+    step_up = route(
+        client,
+        referral("rdash-rotherham", "R-BAD3", "2026-11-20T10:00:00+00:00", "1990-01-01", source="mhp", step="pcmhh", practice="C87001"),
+    )
+    assert step_up.status_code == 422 and "PC-06" in step_up.json()["issue"][0]["diagnostics"]
+    assert stored() == before
+
+
+def test_a_fifth_mhp_session_needs_a_step_up_review_PC_05(client) -> None:
+    reply = route(client, referral("rdash-rotherham", "R-MHP", "2026-11-02T10:00:00+00:00", "1980-01-01", step="mhp", practice="C87001"))
+    episode = episode_of(reply.json())
+    for day in range(3, 7):
+        assert (
+            operate(client, episode, "record-contact", contact("mhp-session", date_=f"2026-11-{day:02d}T10:00:00+00:00")).status_code == 200
+        )
+    fifth = operate(client, episode, "record-contact", contact("mhp-session", date_="2026-11-09T10:00:00+00:00"))
+    assert fifth.status_code == 422 and "PC-05" in fifth.json()["issue"][0]["diagnostics"]
+    reviewed = operate(client, episode, "record-contact", contact("mhp-session", date_="2026-11-09T10:00:00+00:00", step_up_review=True))
+    assert reviewed.status_code == 200
+
+
+def test_session_caps_need_a_supervisor_past_the_standard_and_stop_at_the_maximum_TT_12(client) -> None:
+    episode = tt_episode(client)
+    days = iter(range(3, 30))
+    for _ in range(7):
+        assert (
+            operate(client, episode, "record-contact", contact("treatment", date_=f"2026-11-{next(days):02d}T10:00:00+00:00")).status_code
+            == 200
+        )
+    eighth = operate(client, episode, "record-contact", contact("treatment", date_="2026-11-20T10:00:00+00:00"))
+    assert eighth.status_code == 422 and "supervisor" in eighth.json()["issue"][0]["diagnostics"]
+    for day in (20, 21, 22):
+        ok = operate(
+            client, episode, "record-contact", contact("treatment", date_=f"2026-11-{day}T10:00:00+00:00", supervisor_agreement="Dr S")
+        )
+        assert ok.status_code == 200
+    eleventh = operate(
+        client, episode, "record-contact", contact("treatment", date_="2026-11-23T09:00:00+00:00", supervisor_agreement="Dr S")
+    )
+    assert eleventh.status_code == 422 and "at most 10" in eleventh.json()["issue"][0]["diagnostics"]
+    kit = operate(client, episode, "record-contact", contact("review-only", date_="2026-11-23T09:30:00+00:00"))
+    assert kit.status_code == 200  # TT-10: a KIT call is review only, not a session
+
+
+def test_not_attending_the_assessment_discharges_TT_13(client) -> None:
+    episode = tt_episode(client)
+    reply = operate(client, episode, "record-contact", contact("assessment", "dna", "2026-11-10T10:00:00+00:00"))
+    assert reply.json()["status"] == "finished"
+    letters = [c for c in _all(client, "CommunicationRequest") if c["category"][0]["coding"][0]["code"] == "tt-discharge"]
+    assert len(letters) == 1 and "TT-13" in [c["code"] for c in letters[0]["reasonCode"][0]["coding"]]
+
+
+def test_first_dna_in_treatment_does_not_discharge_the_second_does_TT_13(client) -> None:
+    episode = tt_episode(client)
+    operate(client, episode, "record-contact", contact("assessment", date_="2026-11-05T10:00:00+00:00"))
+    first = operate(client, episode, "record-contact", contact("treatment", "dna", "2026-11-12T10:00:00+00:00")).json()
+    assert first["status"] == "active"
+    second = operate(client, episode, "record-contact", contact("treatment", "cancelled", "2026-11-19T10:00:00+00:00")).json()
+    assert second["status"] == "finished"
+
+
+def test_no_contact_seven_working_days_after_a_dna_makes_one_task_TT_13(client, app) -> None:
+    episode = tt_episode(client)
+    operate(client, episode, "record-contact", contact("assessment", date_="2026-11-05T10:00:00+00:00"))
+    operate(client, episode, "record-contact", contact("treatment", "dna", "2026-12-23T10:00:00+00:00"))
+    pathways = app.state.pathways
+    assert not [t for t in _tasks(client, "clock-tt-dna-contact")]
+    pathways.tick(datetime.fromisoformat("2027-01-04T09:00:00+00:00"))  # 24, 29, 30, 31 Dec, 4 Jan: only 5 working days
+    assert not _tasks(client, "clock-tt-dna-contact")
+    pathways.tick(datetime.fromisoformat("2027-01-06T10:00:00+00:00"))  # the 7th working day (25, 28 Dec and 1 Jan are holidays)
+    pathways.tick(datetime.fromisoformat("2027-01-07T10:00:00+00:00"))  # a second tick, or another instance: no second Task
+    assert len(_tasks(client, "clock-tt-dna-contact")) == 1
+
+
+def _tasks(client, kind: str) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
+    return [t for t in _all(client, "Task") if t["code"]["coding"][0]["code"] == kind]
+
+
+def test_initial_assessment_breach_makes_one_task_and_is_reported_TT_08(client, app) -> None:
+    tt_episode(client, received="2026-10-01T10:00:00+01:00")
+    assert len(app.state.pathways.tick(NOW)) == 1
+    assert app.state.pathways.tick(NOW) == []
+    report = client.get("/reports/waitlist").json()
+    assert report["summary"]["first-appointment"]["over_target"] == 1 and report["summary"]["first-appointment"]["over_outer_line"] == 1
+    assert report["breaches"][0]["clock"] == "tt-initial-assessment" and report["breaches"][0]["rule"] == "TT-08"
+
+
+def test_assessment_starts_the_second_session_and_kit_clocks_TT_09_TT_10(client, app) -> None:
+    episode = tt_episode(client)
+    operate(client, episode, "record-contact", contact("assessment", date_="2026-11-05T10:00:00+00:00"))
+    app.state.pathways.tick(datetime.fromisoformat("2026-12-04T10:00:00+00:00"))
+    kinds = {t["code"]["coding"][0]["code"] for t in _all(client, "Task")}
+    assert {"clock-tt-second-session", "clock-tt-kit-call"} <= kinds
+    report = client.get("/reports/waitlist").json()
+    assert report["rows"][0]["waiting_for"] == "second-appointment"
+
+
+def test_kit_opt_out_stops_the_kit_clock_with_an_alert_and_a_letter_TT_10(client) -> None:
+    episode = tt_episode(client)
+    operate(client, episode, "record-contact", contact("assessment", date_="2026-11-05T10:00:00+00:00"))
+    reply = operate(client, episode, "kit-opt-out", {"resourceType": "Parameters", "parameter": []})
+    assert reply.status_code == 200
+    assert [f for f in _all(client, "Flag") if "keeping-in-touch" in f["code"]["text"]]
+
+
+def _systmone_for(nhs: str, first: str, second: str) -> bytes:
+    records = rows(SYSTMONE.read_text())[:2]
+    for record, when in zip(records, (first, second), strict=True):
+        record["nhs_number"], record["contact_time"] = nhs, when
+        record["contact_id"] = f"{record['contact_id']}-{nhs}"
+    return to_csv(records)
+
+
+def test_step_up_after_an_mhp_with_dialog_plus_starts_the_4_week_clock_PC_06(client) -> None:
+    assert client.post("/ingest/systmone", content=SYSTMONE.read_bytes(), headers={"Content-Type": "text/csv"}).status_code == 200
+    body = referral(
+        "rdash-rotherham",
+        "R-UP",
+        "2026-11-12T10:00:00+00:00",
+        "1980-01-01",
+        nhs_number="9990000166",
+        source="mhp",
+        step="pcmhh",
+        practice="C87001",
+    )
+    reply = route(client, body)
+    assert reply.status_code == 201, reply.text
+    assert param(reply.json(), "step") == "pcmhh"
+
+
+def test_the_4_week_clock_stops_only_when_all_three_pc08_items_exist_PC_08(client, app) -> None:
+    body = json.loads((PATHWAYS / "pc-step-up-from-secondary-care.servicerequest.json").read_text())
+    episode = episode_of(route(client, body).json())
+    operate(client, episode, "allocate", {"resourceType": "Parameters", "parameter": [{"name": "practitioner", "valueString": "KW"}]})
+    operate(client, episode, "record-contact", contact("assessment", date_="2026-11-24T10:00:00+00:00"))
+    operate(client, episode, "record-contact", contact("treatment", date_="2026-11-26T10:00:00+00:00"))
+    clocks = _clocks(client, episode)
+    assert "stopped" not in clocks["pcmhh-4-week-wait"]  # no baseline outcome measure yet
+    assert "stopped" in clocks["pcmhh-screening"]  # PC-07: allocated
+    extract = _systmone_for("9990000220", "2026-11-25T14:00:00+00:00", "2026-11-27T14:00:00+00:00")
+    assert client.post("/ingest/systmone", content=extract, headers={"Content-Type": "text/csv"}).json()["accepted"] == 2
+    app.state.pathways.tick(datetime.fromisoformat("2026-11-28T10:00:00+00:00"))
+    clocks = _clocks(client, episode)
+    assert clocks["pcmhh-4-week-wait"]["stopped"] == "2026-11-26T10:00:00Z"  # the last of the three items
+    app.state.pathways.tick(datetime.fromisoformat("2026-12-30T10:00:00+00:00"))
+    assert not _tasks(client, "clock-pcmhh-4-week-wait")
+
+
+def _clocks(client, episode: str) -> dict[str, dict[str, Any]]:  # type: ignore[no-untyped-def]
+    from fhir_mapping.episodes import episode_clocks
+
+    return episode_clocks(client.get(f"/fhir/EpisodeOfCare/{episode}").json())
+
+
+def test_step_out_of_the_hub_names_a_destination_and_books_a_keeping_well_call_PC_12_PC_13(client, app) -> None:
+    body = json.loads((PATHWAYS / "pc-step-up-from-secondary-care.servicerequest.json").read_text())
+    episode = episode_of(route(client, body).json())
+    out = operate(
+        client,
+        episode,
+        "step",
+        {
+            "resourceType": "Parameters",
+            "parameter": [
+                {"name": "direction", "valueCode": "out"},
+                {"name": "to", "valueString": "gp"},
+                {"name": "practitioner", "valueString": "KW"},
+            ],
+        },
+    )
+    assert out.status_code == 200 and out.json()["status"] == "finished"
+    assert _clocks(client, episode)["keeping-well-call"]["due"] == to_fhir_instant(datetime(2027, 2, 23, 12, 0, tzinfo=NOW.tzinfo))
+    assert [c for c in _all(client, "CommunicationRequest") if c["category"][0]["coding"][0]["code"] == "pc-transfer-of-care"]
+    app.state.pathways.tick(NOW + timedelta(days=95))
+    assert len(_tasks(client, "clock-keeping-well-call")) == 1
+    again = operate(client, episode, "record-contact", contact("treatment"))
+    assert again.status_code == 422  # a finished episode takes no more contacts
+
+
+def test_step_across_without_a_destination_is_refused_PC_13(client) -> None:
+    body = json.loads((PATHWAYS / "pc-step-up-from-secondary-care.servicerequest.json").read_text())
+    episode = episode_of(route(client, body).json())
+    reply = operate(
+        client,
+        episode,
+        "step",
+        {
+            "resourceType": "Parameters",
+            "parameter": [{"name": "direction", "valueCode": "across"}, {"name": "to", "valueString": "elsewhere"}],
+        },
+    )
+    assert reply.status_code == 400 and "PC-13" in reply.json()["issue"][0]["diagnostics"]
+
+
+def test_step_up_to_the_hub_from_mhp_sessions_needs_dialog_plus_PC_06(client) -> None:
+    reply = route(client, referral("rdash-rotherham", "R-MHP2", "2026-11-02T10:00:00+00:00", "1980-01-01", step="mhp", practice="C87001"))
+    episode = episode_of(reply.json())
+    up = {"resourceType": "Parameters", "parameter": [{"name": "direction", "valueCode": "up"}, {"name": "to", "valueString": "pcmhh"}]}
+    refused = operate(client, episode, "step", up)
+    assert refused.status_code == 422 and "DIALOG+" in refused.json()["issue"][0]["diagnostics"]
+
+
+def test_the_waitlist_report_as_csv_has_every_dimension(client) -> None:
+    tt_episode(client, received="2026-10-20T10:00:00+01:00")
+    text = client.get("/reports/waitlist", params={"format": "csv"}).text
+    table = list(csv.DictReader(io.StringIO(text)))
+    assert table[0]["locality"] == "Mid-Essex" and table[0]["step"] == "step-2" and table[0]["days_waiting"] == "34"
+    assert client.get("/reports/waitlist", params={"service": "nope"}).status_code == 400
+
+
+def test_report_waitlist_command_draws_the_plot_from_the_demo(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    png = tmp_path / "waitlist.png"
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "report", "waitlist", "--demo", "--now", "2026-11-23T12:00:00+00:00", "--plot", str(png)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "first-appointment" in result.stdout and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
