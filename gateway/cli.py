@@ -139,7 +139,8 @@ def report_waitlist(
         raise typer.BadParameter("--format must be json, csv or table")
     moment = parse_source_datetime(now) if now else SystemClock().now()
     with tempfile.TemporaryDirectory() as scratch:
-        settings = Settings(DATABASE_URL=f"sqlite:///{scratch}/demo.db", tick_seconds=0, mllp_port=0) if demo else Settings()
+        scratch_db = {"DATABASE_URL": f"sqlite:///{scratch}/demo.db", "tick_seconds": 0, "mllp_port": 0}
+        settings = Settings(**scratch_db) if demo else Settings()  # type: ignore[arg-type]
         from gateway.api.app import create_app
 
         application = create_app(settings, FixedClock(moment))

@@ -194,7 +194,7 @@ class Pathways:
             if found is None or found[1] not in self.registry.services:
                 raise GatewayInputError(Problem(Kind.NOT_FOUND, "id", f"EpisodeOfCare/{episode_id[:64]} is not a pathway episode"))
             episode, service_id = found
-            rules = self.registry.services[service_id]
+            rules = self.registry.services[str(service_id)]
             facts = self._facts(session, episode, rules)
             result = apply_episode_operation(name, episode, params, rules, facts, now)
             return self._store_result(session, name, params.string("practitioner") or "", episode, result, rules, now)
@@ -336,7 +336,7 @@ class Pathways:
                 if found is None or found[1] not in self.registry.services:
                     continue
                 current, service_id = found
-                rules = self.registry.services[service_id]
+                rules = self.registry.services[str(service_id)]
                 if isinstance(rules, PrimaryCareRules) and current["status"] in OPEN_EPISODE:
                     updated = self._pc08(session, current, rules, now, None)
                     if updated is not current:

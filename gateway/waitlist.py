@@ -71,14 +71,14 @@ def waitlist_snapshot(session: Session, registry: PathwayRegistry, now: datetime
         if not isinstance(rules, TalkingTherapiesRules):
             continue
         for name, (waiting_for, outer) in _WAITS.items():
-            clock = clocks.get(name)
-            if clock is None or clock.get("stopped"):
+            waiting = clocks.get(name)
+            if waiting is None or waiting.get("stopped"):
                 continue
             rule = rules.clocks[name]
             target = rule.after.days if rule.after else 0
             outer_days = rule.report_after[outer].days if outer in rule.report_after else target
             lines[waiting_for] = {"target_days": target, f"{outer}_days": outer_days}
-            since = parse_source_datetime(clock["start"])
+            since = parse_source_datetime(waiting["start"])
             days = (now - since).days
             rows.append(
                 {
@@ -92,7 +92,7 @@ def waitlist_snapshot(session: Session, registry: PathwayRegistry, now: datetime
                     ),
                     "therapist": (episode.get("careManager") or {}).get("display", ""),
                     "waiting_for": waiting_for,
-                    "since": clock["start"],
+                    "since": waiting["start"],
                     "days_waiting": days,
                     "over_target": days > target,
                     "over_outer_line": days > outer_days,

@@ -41,7 +41,12 @@ def keys(node: Any) -> set[str]:
 
 @pytest.mark.parametrize(
     ("doc", "fixtures"),
-    [("nhs111-case.md", "nhs111/*.case.json"), ("mhpl-call.md", "mhpl/*.json"), ("cleo.md", "cleo/*.json")],
+    [
+        ("nhs111-case.md", "nhs111/*.case.json"),
+        ("mhpl-call.md", "mhpl/*.json"),
+        ("cleo.md", "cleo/*.json"),
+        ("pathway-referral.md", "pathways/*.servicerequest.json"),
+    ],
 )
 def test_json_fixtures_use_only_documented_fields(doc: str, fixtures: str) -> None:
     names = documented_names(DOCS / doc)
@@ -84,6 +89,7 @@ def test_every_adapter_has_a_format_document() -> None:
         "cleo": "cleo.md",
         "pcmis": "pcmis-contacts.md",
         "systmone": "systmone-extract.md",
+        "pathway_referral": "pathway-referral.md",
     }
     assert adapters == set(documented)
     assert all((DOCS / name).exists() for name in documented.values())

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from adapters.pathway_referral import PathwayReferral
 from adapters.problems import GatewayInputError, Kind, Problem
 from fhir_mapping.datetimes import age_reached, format_iso_duration, london_date
-from gateway.rules.pathway_schema import Exclusion, PrimaryCareRules, TalkingTherapiesRules
+from gateway.rules.pathway_schema import Exclusion, PrimaryCareRules, Route, TalkingTherapiesRules
 
 __all__ = ["Decision", "MeasureFact", "route_referral", "SEVERITY_ORDER", "ROUTE_ORDER"]
 
@@ -217,7 +217,8 @@ def _route_talking_therapies(
         severities.append(severity)
     if referral.priority in _URGENT and referral.source == "self":
         decision.duty_screening = True
-        decision.because("TT-03", f"urgent self-referral: duty worker telephone screening within {format_iso_duration(rules.duty_screening_within)}")
+        within = format_iso_duration(rules.duty_screening_within)
+        decision.because("TT-03", f"urgent self-referral: duty worker telephone screening within {within}")
     if not severities:
         decision.step = "screening"
         decision.because("TT-07", "no scored PHQ-9 or GAD-7 with the referral: screening decides step 2, step 3 or signposting")
@@ -228,7 +229,7 @@ def _route_talking_therapies(
         if outcome in ("step-2", "step-3"):
             decision.step = outcome
         else:
-            route = "signpost" if outcome == "signpost" else "secondary-care"
+            route: Route = "signpost" if outcome == "signpost" else "secondary-care"
             where = rules.routes.get(route) or outcome
             decision.outcome = "signpost" if route == "signpost" else "redirect"
             decision.route, decision.where, decision.inform_gp = route, where, True

@@ -28,6 +28,7 @@ __all__ = [
     "load_pathways",
     "DEFAULT_PATHWAYS_DIR",
     "ROUTES",
+    "Route",
 ]
 
 DEFAULT_PATHWAYS_DIR = Path(__file__).parent / "pathways"
