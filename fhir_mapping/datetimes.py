@@ -28,6 +28,7 @@ __all__ = [
     "add_calendar_months",
     "age_reached",
     "london_date",
+    "add_wall_clock",
 ]
 
 LONDON = ZoneInfo("Europe/London")
@@ -141,3 +142,10 @@ def add_calendar_months(moment: datetime, months: int) -> datetime:
 def london_date(moment: datetime) -> date:
     """The Europe/London calendar date of an instant (a referral received at 00:30 BST is that day, not the day before)."""
     return moment.astimezone(LONDON).date()
+
+
+def add_wall_clock(moment: datetime, delta: timedelta) -> datetime:
+    """`moment` plus `delta` on the Europe/London wall clock: 28 days after 10:00 GMT is 10:00 BST, not 11:00
+    (day-based waiting times, PC-06/PC-10/TT-08, are calendar days, whatever the clocks did in between)."""
+    local = moment.astimezone(LONDON).replace(tzinfo=None) + delta
+    return local.replace(tzinfo=LONDON).astimezone(UTC)

@@ -338,3 +338,17 @@ def test_report_waitlist_command_draws_the_plot_from_the_demo(tmp_path: Path) ->
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "first-appointment" in result.stdout and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_twelve_weeks_on_the_hub_caseload_without_a_care_plan_review_makes_a_task_PC_10(client, app) -> None:
+    body = json.loads((PATHWAYS / "pc-step-up-from-secondary-care.servicerequest.json").read_text())
+    episode = episode_of(route(client, body).json())
+    operate(client, episode, "allocate", {"resourceType": "Parameters", "parameter": [{"name": "practitioner", "valueString": "KW"}]})
+    assert _clocks(client, episode)["pcmhh-caseload-review"]["due"] == "2027-02-15T12:00:00Z"  # 12 weeks from allocation
+    review = contact("care-plan-review", date_="2027-01-04T10:00:00+00:00")
+    assert operate(client, episode, "record-contact", review).status_code == 200
+    assert _clocks(client, episode)["pcmhh-caseload-review"]["due"] == "2027-03-29T10:00:00+01:00"  # restarted from the review (BST)
+    app.state.pathways.tick(datetime.fromisoformat("2027-03-01T12:00:00+00:00"))
+    assert not _tasks(client, "clock-pcmhh-caseload-review")
+    app.state.pathways.tick(datetime.fromisoformat("2027-03-30T12:00:00+01:00"))
+    assert len(_tasks(client, "clock-pcmhh-caseload-review")) == 1

@@ -262,3 +262,9 @@ def test_a_bad_rule_file_stops_loading_naming_the_field(tmp_path: Path, edit, me
     with pytest.raises(RuleFileError) as failed:
         load_pathways(tmp_path)
     assert "north-essex-mid.yaml" in str(failed.value) and message in str(failed.value)
+
+
+def test_day_counted_clocks_keep_the_london_wall_time_across_the_clock_change_TT_08() -> None:
+    rules = REGISTRY.services["north-essex-mid"]
+    start = datetime(2027, 3, 10, 10, 0, tzinfo=UTC)  # 10:00 GMT; British Summer Time starts on 28 March 2027
+    assert due_time(rules.clocks["tt-initial-assessment"], start) == datetime(2027, 4, 7, 9, 0, tzinfo=UTC)  # 10:00 BST

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from fhir_mapping.datetimes import add_calendar_months, add_working_days, parse_source_datetime, to_fhir_instant
+from fhir_mapping.datetimes import add_calendar_months, add_wall_clock, add_working_days, parse_source_datetime, to_fhir_instant
 from gateway.rules.pathway_schema import ClockRule, PrimaryCareRules, TalkingTherapiesRules
 
 __all__ = ["due_time", "start_clock", "stop_clock", "running", "Pc08Facts", "pc08_stop_time", "clock_due_items"]
@@ -32,7 +32,7 @@ Clocks = dict[str, dict[str, Any]]
 
 def due_time(rule: ClockRule, start: datetime) -> datetime:
     if rule.after is not None:
-        return start + rule.after
+        return add_wall_clock(start, rule.after)
     if rule.after_working_days is not None:
         return add_working_days(start, rule.after_working_days)
     assert rule.after_months is not None  # validated: exactly one window
