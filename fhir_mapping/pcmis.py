@@ -26,10 +26,14 @@ __all__ = [
     "contact_preferences",
     "consent_id",
     "PCMIS_CONTACT_SYSTEM",
+    "GP_CONTACT_ACTION",
+    "CLIENT_COPY_ACTION",
 ]
 
 PCMIS_CONTACT_SYSTEM = f"{codes.GATEWAY_BASE}/Id/pcmis-contact"
 _CS = f"{codes.GATEWAY_BASE}/CodeSystem"
+GP_CONTACT_ACTION = "contact the GP practice"  # TT-02 / TT-14: read again when a letter is sent (gateway/outbox/consent.py)
+CLIENT_COPY_ACTION = "send the client copies of letters"  # TT-14: "cc the client unless they prefer not"
 
 
 def contact_encounter(contact: PcmisContact, patient_ref: dict[str, str]) -> dict[str, Any]:
@@ -110,7 +114,7 @@ def contact_preferences(
         if allowed is not None
     ]
     if gp_contact_allowed is not None:
-        provisions.append({"type": "permit" if gp_contact_allowed else "deny", "action": [{"text": "contact the GP practice"}]})
+        provisions.append({"type": "permit" if gp_contact_allowed else "deny", "action": [{"text": GP_CONTACT_ACTION}]})
     given = {p["action"][0]["text"] for p in provisions}
     earlier: list[dict[str, Any]] = ((previous or {}).get("provision") or {}).get("provision", [])
     kept = [p for p in earlier if p["action"][0]["text"] not in given]

@@ -13,7 +13,7 @@ from adapters.problems import GatewayInputError, Kind, Problem
 from fhir_mapping import codes
 from fhir_mapping.datetimes import to_fhir_instant
 from fhir_mapping.ids import resource_id
-from fhir_mapping.notifications import specialist_desk_gp_notification
+from fhir_mapping.notifications import consultation_report_id, gp_letter_request, notification_id
 from gateway.clock import Clock
 from gateway.rules.cas_ops import OPERATIONS, Params, apply_operation, parse_parameters
 from gateway.rules.schema import RuleRegistry
@@ -81,21 +81,32 @@ class CaseOperations:
             put_resource(session, extra, now)
         if name == "record-contact-attempt" and params.values.get("safety-call"):
             _complete_safety_call(session, task_id, params.values["safety-call"], now)
-        if stored["status"] == "completed" and is_specialist_desk(stored):
-            _record_gp_notification(session, stored, who, now)
+        if stored["status"] == "completed":
+            _request_gp_letter(session, stored, who, now)
         put_resource(session, provenance(stored, name, who, result.rule_ids, result.summary, now), now)
         log.info("case.operation", operation=name, rules=list(result.rule_ids), status=stored["status"])
         return stored
 
 
-def _record_gp_notification(session: Session, task: dict[str, Any], who: str, now: datetime) -> None:
-    """CAS-15: recorded in the same transaction as the completion, so it cannot be lost; RiO notes attached."""
+def _request_gp_letter(session: Session, task: dict[str, Any], who: str, now: datetime) -> None:
+    """The GP letter a completed case owes, in the same transaction as the completion, so it cannot be lost.
+
+    CAS-15: a Specialist Desk case sends its notes with the RiO notes; CAS-13: any other case a consultation report.
+    """
+    from gateway.outbox.letters import request_letter  # the outbox builds on cases (provenance): imported late
+
     patient = get_resource(session, "Patient", task["for"]["reference"].split("/", 1)[1])
     related: list[tuple[str, str | None, str]] = [("related", None, f"Task/{task['id']}")]
     notes, _ = search_resources(session, ResourceQuery("DocumentReference", tokens=related, count=1000))
-    documents = [f"DocumentReference/{d['id']}" for d in notes]
-    notification, _ = put_resource(session, specialist_desk_gp_notification(task, patient, now, documents), now)
-    record = provenance(notification, "gp-notification", who, ("CAS-15",), "GP notification recorded for delivery", now)
+    about = [f"Task/{task['id']}", task["focus"]["reference"], *[f"DocumentReference/{d['id']}" for d in notes]]
+    if is_specialist_desk(task):
+        request = gp_letter_request(notification_id(task["id"]), "specialist-desk-notes", task, patient, about, who or None, now)
+        activity, rules, summary = "gp-notification", ("CAS-15",), "GP notification with the RiO notes queued for delivery"
+    else:
+        request = gp_letter_request(consultation_report_id(task["id"]), "cas-consultation-report", task, patient, about, who or None, now)
+        activity, rules, summary = "gp-letter", ("CAS-13",), "consultation report queued for delivery to the GP practice"
+    letter = request_letter(session, request, now)
+    record = provenance(letter, activity, who, rules, summary, now)
     record["target"].append({"reference": f"Task/{task['id']}"})
     put_resource(session, record, now)
 

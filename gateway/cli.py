@@ -1,4 +1,4 @@
-"""The `iap-gateway` command: serve, map, demo, migrate."""
+"""The `iap-gateway` command: serve, map, score, tick, deliver, outbox, demo, migrate."""
 
 from __future__ import annotations
 
@@ -106,6 +106,127 @@ def tick(
     due = Pathways(sessions, load_pathways(settings.pathways_dir), load_measures(), FixedClock(moment)).tick(moment)
     typer.echo(f"tick: {len(created)} safety call(s) created; {len(due)} pathway clock Task(s) created", err=True)
     engine.dispose()
+
+
+def _worker_context(now: str | None = None):  # type: ignore[no-untyped-def]
+    """(engine, deliverer) on DATABASE_URL, migrated; the clock fixed at `now` when given."""
+    from gateway.clock import FixedClock, SystemClock
+    from gateway.outbox.worker import deliverer_from_settings
+    from gateway.settings import Settings
+    from gateway.store.db import make_engine, make_sessionmaker
+    from gateway.store.db import migrate as run_migrations
+
+    settings = Settings()
+    engine = make_engine(settings.database_url)
+    run_migrations(engine)
+    clock = FixedClock(parse_source_datetime(now)) if now else SystemClock()
+    try:
+        deliverer = deliverer_from_settings(make_sessionmaker(engine), clock, settings)
+    except ValueError as exc:
+        engine.dispose()
+        raise typer.BadParameter(str(exc)) from None
+    return engine, deliverer
+
+
+@app.command()
+def deliver(
+    now: Annotated[str | None, typer.Option(help="The time to deliver at (ISO 8601 with offset); default now.")] = None,
+) -> None:
+    """Send the letters that are due (MESH, FHIR push, print folder), poll acknowledgements, apply retention; once.
+
+    Safe on several instances at once: each delivery is claimed by one worker.
+    """
+    engine, deliverer = _worker_context(now)
+    try:
+        counts = deliverer.run_pass()
+    finally:
+        deliverer.close()
+        engine.dispose()
+    typer.echo("deliver: " + ", ".join(f"{k} {v}" for k, v in counts.items()), err=True)
+
+
+outbox_app = typer.Typer(no_args_is_help=True, help="The letter outbox: list, show, replay, purge.")
+app.add_typer(outbox_app, name="outbox")
+
+
+@outbox_app.command("list")
+def outbox_list(
+    status: Annotated[str | None, typer.Option(help="Comma-separated statuses, e.g. dead,failed.")] = None,
+) -> None:
+    """Deliveries (newest first) as JSON lines."""
+    from gateway.outbox import store
+
+    engine, deliverer = _worker_context()
+    try:
+        with deliverer.sessions() as session:
+            rows, _ = store.list_rows(session, status.split(",") if status else None, None, 200, 0)
+            for row in rows:
+                typer.echo(json.dumps(store.row_json(row)))
+    finally:
+        deliverer.close()
+        engine.dispose()
+
+
+@outbox_app.command("show")
+def outbox_show(delivery_id: Annotated[str, typer.Argument(help="The delivery id (GET /outbox).")]) -> None:
+    """One delivery with every attempt, acknowledgement and decision."""
+    from gateway.outbox import store
+    from gateway.store.models import OutboxRow
+
+    engine, deliverer = _worker_context()
+    try:
+        with deliverer.sessions() as session:
+            row = session.get(OutboxRow, delivery_id)
+            if row is None:
+                raise typer.BadParameter(f"no delivery {delivery_id}")
+            typer.echo(json.dumps(store.row_json(row) | {"events": store.events_json(session, row.id)}, indent=2))
+    finally:
+        deliverer.close()
+        engine.dispose()
+
+
+@outbox_app.command("replay")
+def outbox_replay(
+    delivery_id: Annotated[str, typer.Argument(help="The delivery id (GET /outbox?status=dead).")],
+    who: Annotated[str, typer.Option(help="Who asked for the replay (recorded).")] = "iap-gateway outbox replay",
+) -> None:
+    """Re-send a delivery from the stored letter now (dead, failed, withheld or sent); prints its new status."""
+    from gateway.outbox import store
+
+    engine, deliverer = _worker_context()
+    try:
+        with deliverer.sessions.begin() as session:
+            try:
+                row = store.replay(session, delivery_id, who, deliverer.clock.now())
+            except ValueError as exc:
+                raise typer.BadParameter(str(exc)) from None
+            if row is None:
+                raise typer.BadParameter(f"no delivery {delivery_id}")
+        outcomes = deliverer.deliver_once(only=delivery_id)
+    finally:
+        deliverer.close()
+        engine.dispose()
+    status = outcomes[0][1] if outcomes else "pending"
+    typer.echo(f"replay: {delivery_id} {status}", err=True)
+    if status in ("dead", "failed"):
+        raise typer.Exit(code=1)
+
+
+@outbox_app.command("purge")
+def outbox_purge(
+    now: Annotated[str | None, typer.Option(help="The time to purge at (ISO 8601 with offset); default now.")] = None,
+) -> None:
+    """Retention: delete delivered deliveries older than IAP_OUTBOX_RETENTION_DAYS (never failed, dead or withheld ones)."""
+    from gateway.outbox import store
+
+    engine, deliverer = _worker_context(now)
+    try:
+        with deliverer.sessions.begin() as session:
+            purged = store.purge(session, deliverer.clock.now() - deliverer.retention)
+    finally:
+        deliverer.close()
+        engine.dispose()
+    typer.echo(f"purge: {purged} delivered row(s) deleted", err=True)
 
 
 @app.command()

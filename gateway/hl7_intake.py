@@ -23,7 +23,8 @@ from fhir_mapping.rio import note_document, referral_request
 from gateway.cases import is_specialist_desk
 from gateway.clock import Clock
 from gateway.messages import Inbound, Reply, commit_message, previous
-from gateway.store.repo import ResourceQuery, find_by_identifier, get_resource, search_resources
+from gateway.outbox.letters import request_letter
+from gateway.store.repo import ResourceQuery, find_by_identifier, get_resource, put_resource, search_resources
 
 __all__ = ["Hl7Intake", "CHANNEL_HL7"]
 
@@ -90,8 +91,9 @@ class Hl7Intake:
             for note in message.notes:
                 document = to_json_dict(note_document(message, note, patient_ref, desk, now))
                 out.append(document)
-                for case in desk:  # CAS-15: a completed case's pending GP notification gets the note too
+                for case in desk:  # CAS-15: a completed case's pending GP notification gets the note too (a replacement letter)
                     pending = get_resource(session, "CommunicationRequest", notification_id(case.split("/", 1)[1]))
                     if pending and pending.get("status") == "active":
-                        out.append(with_document(pending, f"DocumentReference/{document['id']}"))
+                        put_resource(session, document, now)  # the letter reports it, so it is stored first
+                        request_letter(session, with_document(pending, f"DocumentReference/{document['id']}"), now)
         return out

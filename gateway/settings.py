@@ -11,7 +11,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from gateway.rules.pathway_schema import DEFAULT_PATHWAYS_DIR
 from gateway.rules.schema import DEFAULT_RULES_DIR
 
-__all__ = ["Settings"]
+DEFAULT_ROUTING_FILE = Path(__file__).parent / "rules" / "routing.yaml"
+
+__all__ = ["Settings", "DEFAULT_ROUTING_FILE"]
 
 
 class Settings(BaseSettings):
@@ -26,6 +28,24 @@ class Settings(BaseSettings):
     tick_seconds: int = Field(default=60, ge=0)  # safety-call worker interval; 0 = off (run `iap-gateway tick` instead)
     mllp_host: str = "127.0.0.1"
     mllp_port: int = Field(default=2575, ge=0, le=65535)  # HL7 v2 over MLLP (RiO); 0 = off
+    # letters and delivery (docs/letters.md)
+    deliver_seconds: int = Field(default=30, ge=0)  # outbox worker interval in `serve`; 0 = off (run `iap-gateway deliver`)
+    routing_file: Path = DEFAULT_ROUTING_FILE  # ODS code -> MESH mailbox / FHIR endpoint; GPPROVIDER routing; sender
+    outbox_max_attempts: int = Field(default=8, ge=1, le=100)
+    outbox_backoff_seconds: float = Field(default=30.0, gt=0)  # first retry after about this long, doubling, with jitter
+    outbox_backoff_max_seconds: float = Field(default=3600.0, gt=0)
+    outbox_lease_seconds: int = Field(default=300, ge=5)  # a claimed delivery whose worker vanished is retried after this
+    outbox_retention_days: int = Field(default=90, ge=1)  # delivered rows are deleted after this; failed/dead never
+    mesh_url: str | None = None  # e.g. https://msg.intspineservices.nhs.uk; unset = no MESH transport
+    mesh_mailbox: str | None = None
+    mesh_password: str | None = None
+    mesh_shared_key: str | None = None
+    mesh_cert: Path | None = None  # client certificate (mutual TLS), with mesh_key
+    mesh_key: Path | None = None
+    mesh_ca: Path | None = None  # CA bundle to verify the MESH server
+    mesh_timeout_seconds: float = Field(default=60.0, gt=0)
+    fhir_push_timeout_seconds: float = Field(default=30.0, gt=0)
+    print_dir: Path | None = None  # copies for clients: PDFs dropped here for the print-and-post service
     log_json: bool = True
     log_level: str = "INFO"
 

@@ -46,7 +46,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     url: str = request.getfixturevalue("pg_url")
     engine = create_engine(url)
     with engine.begin() as conn:  # a clean slate per test; the schema stays
-        for table in ("inbound_messages", "resource_identifiers", "resources"):
+        for table in ("inbound_messages", "resource_identifiers", "resources", "resource_tokens", "outbox", "outbox_events"):
             if conn.execute(text(f"SELECT to_regclass('{table}')")).scalar():
                 conn.execute(text(f"TRUNCATE {table} RESTART IDENTITY"))
     engine.dispose()
@@ -60,7 +60,15 @@ def clock() -> FixedClock:
 
 @pytest.fixture
 def settings(database_url: str) -> Settings:
-    return Settings(DATABASE_URL=database_url, environment="test", max_body_bytes=262_144, log_json=True, tick_seconds=0, mllp_port=0)
+    return Settings(
+        DATABASE_URL=database_url,
+        environment="test",
+        max_body_bytes=262_144,
+        log_json=True,
+        tick_seconds=0,
+        mllp_port=0,
+        deliver_seconds=0,
+    )
 
 
 @pytest.fixture

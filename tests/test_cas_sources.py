@@ -58,10 +58,18 @@ def test_specialist_desk_out_of_hours_case_notifies_the_gp_when_it_completes_CAS
     assert done.status_code == 200
     pending = client.get("/fhir/CommunicationRequest", params={"status": "active"}).json()
     (request,) = [e["resource"] for e in pending["entry"]]
-    assert request["about"] == [{"reference": f"Task/{task['id']}"}]
+    assert request["category"][0]["coding"][0]["code"] == "specialist-desk-notes"
+    assert request["about"][:2] == [{"reference": f"Task/{task['id']}"}, task["focus"]]
     assert request["recipient"] == [{"identifier": {"system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": "L81007"}}]
     steps = [p["valueString"] for p in client.get(f"/fhir/Task/{task['id']}/$explain").json()["parameter"] if p["name"] == "step"]
     assert any("gp-notification (CAS-15)" in step for step in steps)
+    (delivery,) = client.get("/outbox").json()["entries"]  # the letter and its delivery committed with the completion
+    assert (delivery["letter_type"], delivery["recipient_kind"], delivery["recipient"], delivery["status"]) == (
+        "specialist-desk-notes",
+        "gp",
+        "L81007",
+        "pending",
+    )
 
 
 def test_specialist_desk_call_in_hours_is_transferred_not_queued_CAS_15(client, stored) -> None:

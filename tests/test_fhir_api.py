@@ -137,6 +137,7 @@ def test_capability_statement_lists_only_what_is_served(client) -> None:
         "CommunicationRequest",
         "Provenance",
         "DocumentReference",
+        "Bundle",
     }
     assert {p["name"] for p in resources["Task"]["searchParam"]} == {"status", "business-status", "patient", "priority"}
     assert statement["rest"][0]["operation"][0]["name"] == "process-message"

@@ -129,16 +129,17 @@ def test_rio_notes_for_a_specialist_desk_case_go_with_its_gp_notification_CAS_15
     assert post(client, rio("oru-r01-progress-note.hl7")).headers["x-hl7-ack-code"] == "AA"  # before completion
     op(client, task["id"], "end-assessment", practitioner="Practitioner R", registered=True, notes="Reviewed RiO notes.")
     (request,) = [e["resource"] for e in client.get("/fhir/CommunicationRequest", params={"status": "active"}).json()["entry"]]
-    documents = [client.get(f"/fhir/{p['contentReference']['reference']}").json() for p in request["payload"] if "contentReference" in p][
-        1:
-    ]
+    documents = [client.get(f"/fhir/{a['reference']}").json() for a in request["about"] if a["reference"].startswith("DocumentReference/")]
     assert sorted(d["type"]["text"] for d in documents) == ["CAS consultation notes", "Consultation note"]  # ours (CAS-13) and RiO's
     rio_note = next(d for d in documents if d["type"]["text"] == "Consultation note")
     assert rio_note["context"]["related"] == [{"reference": f"Task/{task['id']}"}]
     late = rio("oru-r01-progress-note.hl7").replace(b"RIO-ORU-0001", b"RIO-ORU-0002").replace(b"RIO-NOTE-77", b"RIO-NOTE-78")
     assert post(client, late).headers["x-hl7-ack-code"] == "AA"  # after completion: added to the pending notification
     (request,) = [e["resource"] for e in client.get("/fhir/CommunicationRequest", params={"status": "active"}).json()["entry"]]
-    assert len([p for p in request["payload"] if "contentReference" in p]) == 4
+    assert len([a for a in request["about"] if a["reference"].startswith("DocumentReference/")]) == 3
+    # the pending letter is replaced by one with the late note; its undelivered delivery is superseded
+    statuses = sorted(e["status"] for e in client.get("/outbox").json()["entries"])
+    assert statuses == ["pending", "superseded"]
 
 
 @pytest.fixture

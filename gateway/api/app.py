@@ -12,7 +12,7 @@ from fastapi import FastAPI, Request
 from starlette.responses import JSONResponse, Response
 
 from fhir_mapping.measures import load_measures
-from gateway.api import cases, fhir_read, ingest, measures, pathways, queue, reports
+from gateway.api import cases, fhir_read, ingest, measures, outbox, pathways, queue, reports
 from gateway.api.responses import install_error_handlers
 from gateway.cases import CaseOperations
 from gateway.cleo import CleoLink
@@ -22,6 +22,7 @@ from gateway.hl7_intake import Hl7Intake
 from gateway.intake import Intake
 from gateway.logging import configure_logging
 from gateway.mllp import start_mllp_server
+from gateway.outbox.worker import deliverer_from_settings, run_deliverer
 from gateway.pathways import Pathways
 from gateway.responses import ResponseIntake
 from gateway.rules.pathway_schema import load_pathways
@@ -47,19 +48,25 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
     migrate(engine)
     sessions = make_sessionmaker(engine)
     clock = clock or SystemClock()
+    deliverer = deliverer_from_settings(sessions, clock, settings)  # checks the routing file before anything listens
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        """Beside the API: the safety-call worker (CAS-09) and the MLLP listener (HL7 v2), when configured."""
-        worker = mllp = None
+        """Beside the API: the safety-call worker (CAS-09), the delivery worker (letters) and the MLLP listener (HL7 v2)."""
+        worker = mllp = delivering = None
         if settings.tick_seconds > 0:
             ticks = [partial(tick_safety_calls, sessions, registry), app.state.pathways.tick]
             worker = asyncio.create_task(run_ticker(ticks, clock, timedelta(seconds=settings.tick_seconds)))
+        if settings.deliver_seconds > 0:
+            delivering = asyncio.create_task(run_deliverer(deliverer, timedelta(seconds=settings.deliver_seconds)))
         if settings.mllp_port > 0:
             mllp = await start_mllp_server(app.state.hl7.receive, settings.mllp_host, settings.mllp_port, settings.max_body_bytes)
         yield
         if worker:
             worker.cancel()
+        if delivering:
+            delivering.cancel()
+        deliverer.close()
         if mllp:
             mllp.close()
             await mllp.wait_closed()
@@ -85,6 +92,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
     app.state.systmone = systmone_batches(sessions, catalogue, clock)
     app.state.pathway_rules = pathway_rules
     app.state.pathways = Pathways(sessions, pathway_rules, catalogue, clock)
+    app.state.deliverer = deliverer
     install_error_handlers(app)
 
     @app.middleware("http")
@@ -107,5 +115,6 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
     app.include_router(cases.router)
     app.include_router(pathways.router)
     app.include_router(reports.router)
+    app.include_router(outbox.router)
     app.include_router(fhir_read.router)
     return app

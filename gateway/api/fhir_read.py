@@ -42,6 +42,7 @@ READABLE_TYPES = (
     "EpisodeOfCare",
     "Consent",
     "CarePlan",
+    "Bundle",
 )
 _TASK_PARAMS = {"status", "business-status", "patient", "priority", "_sort", "_count", "_offset", "_format"}
 _PATIENT_PARAMS = {"identifier", "_format"}
@@ -160,7 +161,7 @@ def capability_statement(date: str) -> dict[str, Any]:
                     ),
                     resource("Observation", ["read", "search-type"], {"patient": "reference", "code": "token", "date": "date"}),
                     resource("CommunicationRequest", ["read", "search-type"], {"status": "token", "patient": "reference"}),
-                    *[resource(t, ["read"]) for t in ("ServiceRequest", "Encounter", "Flag", "Provenance", "DocumentReference")],
+                    *[resource(t, ["read"]) for t in ("ServiceRequest", "Encounter", "Flag", "Provenance", "DocumentReference", "Bundle")],
                 ],
                 "operation": [
                     {"name": "process-message", "definition": "http://hl7.org/fhir/OperationDefinition/MessageHeader-process-message"}

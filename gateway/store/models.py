@@ -10,7 +10,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-__all__ = ["Base", "ResourceRow", "IdentifierRow", "TokenRow", "InboundMessage", "UTCDateTime"]
+__all__ = ["Base", "ResourceRow", "IdentifierRow", "TokenRow", "InboundMessage", "UTCDateTime", "OutboxRow", "OutboxEvent"]
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -113,3 +113,59 @@ class InboundMessage(Base):
         UniqueConstraint("channel", "message_id", name="uq_inbound_channel_message"),
         UniqueConstraint("channel", "header_id", name="uq_inbound_channel_header"),
     )
+
+
+class OutboxRow(Base):
+    """One delivery of one letter to one recipient (the durable outbox).
+
+    Written in the same transaction as the event that caused the letter; a worker claims due
+    rows (PostgreSQL `FOR UPDATE SKIP LOCKED`, then a lease), sends, and records the outcome.
+    Status: pending -> sending -> sent -> delivered, or failed (the receiver refused it after
+    sending), dead (attempts exhausted or a permanent error), withheld (consent, TT-14),
+    superseded (a newer version of the letter replaced it before it went).
+    """
+
+    __tablename__ = "outbox"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    letter_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    letter_type: Mapped[str] = mapped_column(String(40), nullable=False)
+    patient_id: Mapped[str | None] = mapped_column(String(64))
+    recipient_kind: Mapped[str] = mapped_column(String(16), nullable=False)  # gp | referrer | patient
+    recipient: Mapped[str] = mapped_column(String(255), nullable=False)  # ODS code, or Patient/id
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    claimed_by: Mapped[str | None] = mapped_column(String(64))
+    transport: Mapped[str | None] = mapped_column(String(16))  # mesh | fhir | print (the route of the last attempt)
+    address: Mapped[str | None] = mapped_column(String(255))  # mailbox, GPPROVIDER_ address, URL, folder
+    workflow_id: Mapped[str | None] = mapped_column(String(64))
+    message_id: Mapped[str | None] = mapped_column(String(64))  # MESH message id, or the receiver's resource id
+    itk_message_id: Mapped[str | None] = mapped_column(String(64))  # the ITK3 MessageHeader id its acknowledgements quote
+    reason: Mapped[str | None] = mapped_column(Text)  # why it is withheld / dead / failed, or the last error
+    outcome: Mapped[str | None] = mapped_column(Text)  # the receiver's OperationOutcome (JSON), when it sent one
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+    __table_args__ = (
+        Index("ix_outbox_due", "status", "next_attempt_at"),
+        Index("ix_outbox_letter", "letter_id"),
+        Index("ix_outbox_message", "message_id"),
+        Index("ix_outbox_itk_message", "itk_message_id"),
+    )
+
+
+class OutboxEvent(Base):
+    """Everything that happened to a delivery, in order: each attempt, acknowledgements, decisions, replays."""
+
+    __tablename__ = "outbox_events"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    kind: Mapped[str] = mapped_column(String(24), nullable=False)
+    outcome: Mapped[str] = mapped_column(String(32), nullable=False)
+    detail: Mapped[str] = mapped_column(Text, nullable=False, default="")
+
+    __table_args__ = (Index("ix_outbox_events_delivery", "delivery_id", "seq"),)

@@ -1,0 +1,337 @@
+"""A letter as a canonical FHIR R4 document: Composition (sections with XHTML narratives) + what it reports.
+
+Sections (the letter-section code system, with the national heading where one matches):
+reason for contact, assessment, outcome measures (scores), plan, safety and risk, follow-up.
+Each section is worked out once as a `SectionView` (paragraphs, an optional table, entry
+references); the same view renders the section narrative here and the PDF (`pdf.py`), so the
+two cannot disagree.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+from fhir_mapping import codes
+from fhir_mapping.bundles import bundle_of
+from fhir_mapping.datetimes import LONDON, parse_source_datetime, to_fhir_instant
+from fhir_mapping.ids import resource_id
+from fhir_mapping.letters.request import LetterRequest, Recipient
+from fhir_mapping.letters.types import LETTER_TYPE_SYSTEM, TEMPLATES_DIR
+
+__all__ = [
+    "LetterView",
+    "SectionView",
+    "letter_id_for",
+    "letter_view",
+    "document_bundle",
+    "organization",
+    "SECTION_SYSTEM",
+    "RFC4122",
+    "patient_name",
+    "nhs_number",
+    "section_narrative",
+    "templates",
+]
+
+SECTION_SYSTEM = f"{codes.GATEWAY_BASE}/CodeSystem/letter-section"
+UKCORE_HEADINGS = "https://fhir.hl7.org.uk/CodeSystem/UKCore-RecordStandardHeadings"
+RFC4122 = "https://tools.ietf.org/html/rfc4122"
+XHTML = "http://www.w3.org/1999/xhtml"
+
+# (code, title, national heading coding or None): nhs-standards.md §3 (UK Core headings) and §4.2 (PRSB SNOMED codes)
+SECTIONS: tuple[tuple[str, str, dict[str, str] | None], ...] = (
+    ("reason-for-contact", "Reason for contact", {"system": UKCORE_HEADINGS, "code": "presenting-complaints-or-issues"}),
+    ("assessment", "Assessment", {"system": UKCORE_HEADINGS, "code": "clinical-narrative"}),
+    ("outcome-measures", "Outcome measures", {"system": codes.SNOMED, "code": "887141000000103", "display": "Assessment scales"}),
+    ("plan", "Plan", {"system": UKCORE_HEADINGS, "code": "plan-and-requested-actions"}),
+    ("safety-risk", "Safety and risk", {"system": codes.SNOMED, "code": "886931000000107", "display": "Safety alerts"}),
+    ("follow-up", "Follow-up", None),
+)
+
+
+@dataclass
+class SectionView:
+    code: str
+    title: str
+    paragraphs: list[str] = field(default_factory=list)
+    headers: list[str] = field(default_factory=list)
+    rows: list[list[str]] = field(default_factory=list)
+    entries: list[str] = field(default_factory=list)  # "Type/id" of the resources it reports
+
+    @property
+    def empty(self) -> bool:
+        return not (self.paragraphs or self.rows)
+
+
+@dataclass
+class LetterView:
+    """Everything a reader sees: used for the section narratives, the Composition text and the PDF."""
+
+    letter_id: str
+    title: str
+    letter_type: str
+    date: str  # London local, e.g. 23 November 2026 12:00
+    patient_name: str
+    nhs_number: str
+    birth_date: str
+    sender: str
+    recipients: list[str]
+    signed_by: str
+    lines: list[str]
+    sections: list[SectionView]
+    rules: list[str]
+
+
+def templates() -> Environment:
+    return Environment(
+        loader=FileSystemLoader(str(TEMPLATES_DIR)),
+        autoescape=select_autoescape(default=True, default_for_string=True),
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=False,
+    )
+
+
+def letter_id_for(request_resource: dict[str, Any]) -> str:
+    """One letter per version of the request's content: the same request again is the same letter (idempotent)."""
+    body = {k: v for k, v in request_resource.items() if k not in ("meta", "status", "statusReason")}
+    digest = hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+    return resource_id("Bundle", f"CommunicationRequest/{request_resource['id']}", f"letter-{digest}")
+
+
+def patient_name(patient: dict[str, Any]) -> str:
+    name = next(iter(patient.get("name") or []), {})
+    parts = [*name.get("prefix", []), *name.get("given", []), name.get("family", "")]
+    return " ".join(p for p in parts if p) or "(name not recorded)"
+
+
+def nhs_number(patient: dict[str, Any]) -> str:
+    return next((i["value"] for i in patient.get("identifier", []) if i.get("system") == codes.NHS_NUMBER), "")
+
+
+def organization(ods: str | None, name: str | None) -> dict[str, Any]:
+    """An Organization by ODS code (the sender, a recipient); without a code, the gateway's own service."""
+    key = ods or "iap-gateway"
+    org: dict[str, Any] = {
+        "resourceType": "Organization",
+        "id": resource_id("Organization", codes.ODS_ORG, key),
+        "meta": {"profile": [f"{codes.UKCORE}Organization"]},
+    }
+    if ods:
+        org["identifier"] = [{"system": codes.ODS_ORG, "value": ods}]
+    org["name"] = name or ("IAP gateway" if not ods else f"Organisation {ods}")
+    return org
+
+
+def _when(value: str | None) -> str:
+    if not value:
+        return ""
+    if "T" not in value:
+        return value
+    return parse_source_datetime(value).astimezone(LONDON).strftime("%d %b %Y %H:%M")
+
+
+def _text(concept: dict[str, Any] | None) -> str:
+    if not concept:
+        return ""
+    coding = next(iter(concept.get("coding") or []), {})
+    return str(concept.get("text") or coding.get("display") or coding.get("code") or "")
+
+
+def _attachment_text(document: dict[str, Any]) -> str:
+    for content in document.get("content", []):
+        attachment = content.get("attachment", {})
+        if str(attachment.get("contentType", "")).startswith("text/plain") and attachment.get("data"):
+            return base64.b64decode(attachment["data"]).decode("utf-8", errors="replace").strip()
+    return ""
+
+
+def _score(observation: dict[str, Any]) -> str:
+    quantity = observation.get("valueQuantity")
+    if quantity is not None:
+        value = quantity.get("value")
+        return f"{value:g}" if isinstance(value, int | float) else str(value)
+    for key in ("valueInteger", "valueString", "valueBoolean"):
+        if key in observation:
+            return str(observation[key])
+    return _text(observation.get("valueCodeableConcept"))
+
+
+def _sections(resources: list[dict[str, Any]], lines: list[str]) -> list[SectionView]:
+    views = {code: SectionView(code, title) for code, title, _ in SECTIONS}
+    by_type: dict[str, list[dict[str, Any]]] = {}
+    for resource in resources:
+        by_type.setdefault(resource["resourceType"], []).append(resource)
+    reason, assessment, measures = views["reason-for-contact"], views["assessment"], views["outcome-measures"]
+    plan, risk, follow = views["plan"], views["safety-risk"], views["follow-up"]
+    for request in by_type.get("ServiceRequest", []):
+        said = "; ".join(
+            t for t in [_text(c) for c in request.get("reasonCode", [])] + [n.get("text", "") for n in request.get("note", [])] if t
+        )
+        reason.paragraphs.append(
+            f"Referral of {_when(request.get('authoredOn'))}: {said or _text(request.get('code')) or 'no reason recorded'}"
+        )
+        reason.entries.append(f"ServiceRequest/{request['id']}")
+    for episode in by_type.get("EpisodeOfCare", []):
+        period = episode.get("period", {})
+        kinds = ", ".join(_text(t) for t in episode.get("type", []) if _text(t)) or "episode of care"
+        reason.paragraphs.append(
+            f"{kinds}: from {_when(period.get('start'))}" + (f" to {_when(period['end'])}" if period.get("end") else "")
+        )
+        reason.entries.append(f"EpisodeOfCare/{episode['id']}")
+    for task in by_type.get("Task", []):
+        if task.get("description"):
+            reason.paragraphs.append(str(task["description"]))
+        classification = _text(task.get("businessStatus"))
+        if classification in ("Urgent CN Review", "Urgent Follow Up"):
+            risk.paragraphs.append(f"Case classified {classification} during assessment.")
+        notes = [n.get("text", "") for n in task.get("note", []) if n.get("text")]
+        status = f"Case {task.get('status')}" + (f": {notes[-1]}" if notes else "")
+        follow.paragraphs.append(status)
+        reason.entries.append(f"Task/{task['id']}")
+    for encounter in sorted(by_type.get("Encounter", []), key=lambda e: (e.get("period") or {}).get("start") or ""):
+        who = ", ".join(p.get("individual", {}).get("display", "") for p in encounter.get("participant", []) if p.get("individual"))
+        kinds = ", ".join(_text(t) for t in encounter.get("type", []) if _text(t)) or "Contact"
+        assessment.paragraphs.append(
+            f"{_when((encounter.get('period') or {}).get('start'))}: {kinds} ({encounter.get('status')})" + (f", with {who}" if who else "")
+        )
+        assessment.entries.append(f"Encounter/{encounter['id']}")
+    for document in by_type.get("DocumentReference", []):
+        title = _text(document.get("type")) or document.get("description") or "Notes"
+        author = ", ".join(a.get("display", "") for a in document.get("author", []) if a.get("display"))
+        header = f"{title} ({_when(document.get('date'))}" + (f", {author})" if author else ")")
+        text = _attachment_text(document)
+        assessment.paragraphs.append(f"{header}: {text}" if text else header)
+        assessment.entries.append(f"DocumentReference/{document['id']}")
+    observations = sorted(by_type.get("Observation", []), key=lambda o: (o.get("effectiveDateTime") or "", _text(o.get("code"))))
+    if observations:
+        measures.headers = ["Measure", "Date", "Score", "Band"]
+    for observation in observations:
+        band = "; ".join(_text(i) for i in observation.get("interpretation", []) if _text(i))
+        measures.rows.append([_text(observation.get("code")), _when(observation.get("effectiveDateTime")), _score(observation), band])
+        measures.entries.append(f"Observation/{observation['id']}")
+    for response in by_type.get("QuestionnaireResponse", []):
+        measures.paragraphs.append(f"Questionnaire completed {_when(response.get('authored'))} ({response.get('status')})")
+        measures.entries.append(f"QuestionnaireResponse/{response['id']}")
+    for care_plan in by_type.get("CarePlan", []):
+        said = care_plan.get("title") or care_plan.get("description") or "Care plan"
+        activities = [
+            (a.get("detail") or {}).get("description") or _text((a.get("detail") or {}).get("code")) for a in care_plan.get("activity", [])
+        ]
+        plan.paragraphs.append(
+            f"{said} ({care_plan.get('status')})" + (": " + "; ".join(a for a in activities if a) if any(activities) else "")
+        )
+        plan.entries.append(f"CarePlan/{care_plan['id']}")
+    plan.paragraphs.extend(lines)
+    for flag in by_type.get("Flag", []):
+        risk.paragraphs.append(f"{_text(flag.get('code'))} ({flag.get('status')})")
+        risk.entries.append(f"Flag/{flag['id']}")
+    return [views[code] for code, _, _ in SECTIONS]
+
+
+def letter_view(
+    request: LetterRequest,
+    letter_id: str,
+    patient: dict[str, Any],
+    resources: list[dict[str, Any]],
+    recipients: list[tuple[Recipient, str]],
+    sender_name: str,
+    now: datetime,
+) -> LetterView:
+    return LetterView(
+        letter_id=letter_id,
+        title=request.letter_type.title,
+        letter_type=request.letter_type.code,
+        date=now.astimezone(LONDON).strftime("%d %B %Y %H:%M"),
+        patient_name=patient_name(patient),
+        nhs_number=nhs_number(patient),
+        birth_date=str(patient.get("birthDate") or ""),
+        sender=sender_name,
+        recipients=[label for _, label in recipients],
+        signed_by=request.signed_by or sender_name,
+        lines=list(request.lines),
+        sections=_sections(resources, list(request.lines)),
+        rules=list(request.rule_ids),
+    )
+
+
+def section_narrative(section: SectionView) -> str:
+    return templates().get_template("section.xhtml.j2").render(section=section, xmlns=XHTML).strip()
+
+
+def document_bundle(
+    view: LetterView,
+    request: LetterRequest,
+    patient: dict[str, Any],
+    sender: dict[str, Any],
+    resources: list[dict[str, Any]],
+    now: datetime,
+    replaces: str | None = None,
+) -> dict[str, Any]:
+    """The canonical R4 document Bundle (type document): Composition first, then everything it references."""
+    letter_type = request.letter_type
+    composition_id = resource_id("Composition", f"Bundle/{view.letter_id}", "composition")
+    encounters = [f"Encounter/{r['id']}" for r in resources if r["resourceType"] == "Encounter"]
+    composition: dict[str, Any] = {
+        "resourceType": "Composition",
+        "id": composition_id,
+        "meta": {"profile": [f"{codes.UKCORE}Composition"]},
+        "text": {
+            "status": "generated",
+            "div": templates().get_template("composition.xhtml.j2").render(view=view, xmlns=XHTML).strip(),
+        },
+        "identifier": {"system": RFC4122, "value": view.letter_id},
+        "status": "final",
+        "type": {
+            "coding": [{"system": codes.SNOMED, "code": letter_type.composition_type.code, "display": letter_type.composition_type.display}]
+        },
+        "category": [{"coding": [{"system": LETTER_TYPE_SYSTEM, "code": letter_type.code, "display": letter_type.description}]}],
+        "subject": {"reference": f"Patient/{patient['id']}"},
+        "date": to_fhir_instant(now),
+        "author": [{"reference": f"Organization/{sender['id']}"}],
+        "title": letter_type.title,
+        "confidentiality": "N",
+        "custodian": {"reference": f"Organization/{sender['id']}"},
+    }
+    if encounters:
+        composition["encounter"] = {"reference": encounters[-1]}
+    if replaces:
+        composition["relatesTo"] = [{"code": "replaces", "targetIdentifier": {"system": RFC4122, "value": replaces}}]
+    sections = []
+    for (code, title, national), view_section in zip(SECTIONS, view.sections, strict=True):
+        coding = [{"system": SECTION_SYSTEM, "code": code, "display": title}] + ([national] if national else [])
+        section: dict[str, Any] = {
+            "title": title,
+            "code": {"coding": coding},
+            "text": {"status": "generated", "div": section_narrative(view_section)},
+        }
+        if view_section.entries:
+            section["entry"] = [{"reference": ref} for ref in view_section.entries]
+        else:
+            section["emptyReason"] = {
+                "coding": [
+                    {"system": "http://terminology.hl7.org/CodeSystem/list-empty-reason", "code": "unavailable", "display": "Unavailable"}
+                ]
+            }
+        sections.append(section)
+    composition["section"] = sections
+    included = [composition, patient, sender, *resources]
+    bundle = bundle_of([_plain(r) for r in included], "document", view.letter_id, to_fhir_instant(now))
+    bundle = {"resourceType": "Bundle", "id": view.letter_id, "identifier": {"system": RFC4122, "value": view.letter_id}} | {
+        k: v for k, v in bundle.items() if k not in ("resourceType", "id")
+    }
+    return bundle
+
+
+def _plain(resource: dict[str, Any]) -> dict[str, Any]:
+    """A stored resource as it goes into a document: its profile kept, our storage version left out."""
+    meta = {k: v for k, v in (resource.get("meta") or {}).items() if k not in ("versionId", "lastUpdated")}
+    out = {k: v for k, v in resource.items() if k != "meta"}
+    return {"resourceType": out.pop("resourceType"), "id": out.pop("id"), **({"meta": meta} if meta else {}), **out}

@@ -1,0 +1,54 @@
+"""The outbox over HTTP: deliveries by status (dead letters included), one delivery with its history, replay."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from starlette.responses import JSONResponse, Response
+
+from adapters.problems import GatewayInputError, Kind, Problem
+from gateway.api.deps import ClockDep, SessionDep
+from gateway.api.search import paging, refuse_unknown, split_list
+from gateway.outbox import store
+from gateway.store.models import OutboxRow
+
+__all__ = ["router"]
+
+router = APIRouter()
+
+
+@router.get(
+    "/outbox",
+    summary="Letter deliveries, newest first: status (pending, sending, sent, delivered, failed, dead, withheld, superseded), patient",
+)
+def outbox(request: Request, session: SessionDep) -> Response:
+    params = request.query_params
+    refuse_unknown(params.keys(), {"status", "patient", "_count", "_offset"}, "outbox")
+    statuses = split_list(params.get("status"))
+    for status in statuses or []:
+        if status not in store.STATUSES:
+            raise GatewayInputError(Problem(Kind.VALUE, "status", f"unknown status {status[:20]!r}; one of {list(store.STATUSES)}"))
+    count, offset = paging(params)
+    rows, total = store.list_rows(session, statuses, params.get("patient"), count, offset)
+    return JSONResponse({"total": total, "count": len(rows), "offset": offset, "entries": [store.row_json(r) for r in rows]})
+
+
+@router.get("/outbox/{delivery_id}", summary="One delivery and everything that happened to it (attempts, acknowledgements, decisions)")
+def delivery(delivery_id: str, session: SessionDep) -> Response:
+    row = session.get(OutboxRow, delivery_id[:64])
+    if row is None:
+        raise GatewayInputError(Problem(Kind.NOT_FOUND, "id", f"no delivery {delivery_id[:64]}"))
+    return JSONResponse(store.row_json(row) | {"events": store.events_json(session, row.id)})
+
+
+@router.post("/outbox/{delivery_id}/$replay", summary="Send a delivery again from the stored letter (dead, failed, withheld or sent)")
+def replay(delivery_id: str, request: Request, clock: ClockDep) -> Response:
+    who = request.headers.get("x-user") or "api"
+    with request.app.state.sessions.begin() as session:
+        try:
+            row = store.replay(session, delivery_id[:64], who[:64], clock.now())
+        except ValueError as exc:
+            raise GatewayInputError(Problem(Kind.CONFLICT, "status", str(exc))) from None
+        if row is None:
+            raise GatewayInputError(Problem(Kind.NOT_FOUND, "id", f"no delivery {delivery_id[:64]}"))
+        body = store.row_json(row)
+    return JSONResponse(body)

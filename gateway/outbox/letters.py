@@ -1,0 +1,199 @@
+"""Request a letter: the one entry point for every letter the gateway sends (docs/letters.md).
+
+`request_letter(session, communication_request, now)` runs inside the caller's transaction, so the
+letter and its deliveries commit with the event that caused them, or not at all. It stores:
+the CommunicationRequest; the canonical R4 document Bundle (`Bundle/<letter id>`); the letter's
+DocumentReference (the PDF rendition inline, the document by reference); one outbox row per
+recipient; and a Provenance naming the rules. The same request again is the same letter (nothing
+new). A changed request (e.g. a RiO note attached after completion, CAS-15) makes a new letter
+that `replaces` the previous one; deliveries of the previous one that have not gone yet are
+superseded.
+"""
+
+from __future__ import annotations
+
+import base64
+from datetime import datetime
+from typing import Any
+
+import structlog
+from sqlalchemy.orm import Session
+
+from adapters.problems import GatewayInputError, Kind, Problem
+from fhir_mapping import codes
+from fhir_mapping.datetimes import to_fhir_instant
+from fhir_mapping.letters.document import document_bundle, letter_id_for, letter_view, organization
+from fhir_mapping.letters.pdf import render_pdf
+from fhir_mapping.letters.request import UNKNOWN_PRACTICE, LetterRequest, Recipient, parse_letter_request
+from fhir_mapping.letters.types import LETTER_TYPE_SYSTEM
+from gateway.cases import provenance
+from gateway.outbox import store
+from gateway.store.repo import ResourceQuery, get_resource, put_resource, search_resources
+
+__all__ = ["request_letter", "letter_pdf", "letter_document", "recipient_kind"]
+
+log = structlog.get_logger("iap.letters")
+
+
+def recipient_kind(recipient: Recipient, patient: dict[str, Any]) -> str:
+    """gp (the patient's registered practice, or V81999 "not known"), referrer (another organisation), or patient."""
+    if recipient.patient:
+        return "patient"
+    practices = {(gp.get("identifier") or {}).get("value") for gp in patient.get("generalPractitioner", []) if isinstance(gp, dict)}
+    return "gp" if recipient.ods in practices or recipient.ods == UNKNOWN_PRACTICE else "referrer"
+
+
+def _label(recipient: Recipient, kind: str) -> str:
+    if kind == "patient":
+        return "The patient (copy)"
+    name = recipient.display or ("GP practice" if kind == "gp" else "Referrer")
+    return f"{name} ({recipient.ods})" if recipient.ods != UNKNOWN_PRACTICE else "The patient's GP practice"
+
+
+def _resolve(session: Session, request: LetterRequest) -> list[dict[str, Any]]:
+    """The resources the letter reports (all must exist), plus the contacts their notes and scores belong to."""
+    found: dict[str, dict[str, Any]] = {}
+    missing = []
+    for ref in request.about:
+        rtype, rid = ref.split("/", 1)
+        resource = get_resource(session, rtype, rid)
+        if resource is None:
+            missing.append(ref)
+        elif _owner(resource) not in (None, f"Patient/{request.patient_id}"):
+            raise GatewayInputError(
+                Problem(Kind.BUSINESS_RULE, "CommunicationRequest.about", f"{ref} belongs to another patient"), stage="rules"
+            )
+        else:
+            found[ref] = resource
+    if missing:
+        raise GatewayInputError([Problem(Kind.NOT_FOUND, "CommunicationRequest.about", f"{ref} is not known") for ref in missing])
+    for resource in list(found.values()):
+        contexts = [e.get("reference") for e in (resource.get("context") or {}).get("encounter", [])]
+        contexts += [(resource.get("encounter") or {}).get("reference")]
+        for ref in contexts:
+            if ref and ref.startswith("Encounter/") and ref not in found:
+                encounter = get_resource(session, "Encounter", ref.split("/", 1)[1])
+                if encounter is not None:
+                    found[ref] = encounter
+    return list(found.values())
+
+
+def _owner(resource: dict[str, Any]) -> str | None:
+    return (resource.get("subject") or resource.get("for") or resource.get("patient") or {}).get("reference")
+
+
+def request_letter(session: Session, communication_request: dict[str, Any], now: datetime) -> dict[str, Any]:
+    """Store the request, its letter and its deliveries in the caller's transaction; returns the letter's DocumentReference.
+
+    Refuses a malformed request with GatewayInputError naming the element (nothing is written).
+    """
+    request = parse_letter_request(communication_request)
+    patient = get_resource(session, "Patient", request.patient_id)
+    if patient is None:
+        raise GatewayInputError(Problem(Kind.NOT_FOUND, "CommunicationRequest.subject", f"Patient/{request.patient_id} is not known"))
+    resources = _resolve(session, request)
+    letter_id = letter_id_for(communication_request)
+    existing = get_resource(session, "DocumentReference", letter_id)
+    if existing is not None:
+        return existing  # the same request again: the same letter, already queued
+    stored_request, _ = put_resource(session, communication_request, now)
+    previous = _supersede(session, request, letter_id, now)
+    sender = organization(request.sender_ods, request.sender_name)
+    kinds = [(r, recipient_kind(r, patient)) for r in request.recipients]
+    view = letter_view(request, letter_id, patient, resources, [(r, _label(r, k)) for r, k in kinds], sender["name"], now)
+    document = document_bundle(view, request, patient, sender, resources, now, replaces=previous)
+    pdf = render_pdf(view, now)
+    put_resource(session, document, now)
+    letter, _ = put_resource(session, _letter_reference(request, letter_id, patient, sender, pdf, now, previous), now)
+    for recipient, kind in kinds:
+        store.enqueue(
+            session,
+            delivery_id=store.delivery_id(letter_id, recipient.key),
+            letter_id=letter_id,
+            letter_type=request.letter_type.code,
+            patient_id=request.patient_id,
+            recipient_kind=kind,
+            recipient=f"Patient/{request.patient_id}" if recipient.patient else str(recipient.ods),
+            now=now,
+        )
+    record = provenance(
+        letter,
+        "letter-requested",
+        request.signed_by or "iap-gateway",
+        request.rule_ids,
+        f"{request.letter_type.title} queued for {len(kinds)} recipient(s)" + (f"; replaces letter {previous}" if previous else ""),
+        now,
+    )
+    record["target"].append({"reference": f"CommunicationRequest/{stored_request['id']}"})
+    put_resource(session, record, now)
+    log.info("letter.requested", letter_type=request.letter_type.code, recipients=len(kinds), replaces=bool(previous))
+    return letter
+
+
+def _supersede(session: Session, request: LetterRequest, letter_id: str, now: datetime) -> str | None:
+    """Earlier letters for the same request are replaced: their undelivered rows superseded; the newest id returned."""
+    related = [("related", None, f"CommunicationRequest/{request.id}")]
+    earlier, _ = search_resources(session, ResourceQuery("DocumentReference", tokens=related, count=1000))
+    current = [d for d in earlier if d["id"] != letter_id and d.get("status") == "current"]
+    for document in current:
+        replaced = {k: v for k, v in document.items() if k != "meta"} | {"status": "superseded"}
+        put_resource(session, replaced, now)
+        store.supersede(session, document["id"], letter_id, now)
+    newest = max(current, key=lambda d: d.get("date", ""), default=None)
+    return newest["id"] if newest else None
+
+
+def _letter_reference(
+    request: LetterRequest,
+    letter_id: str,
+    patient: dict[str, Any],
+    sender: dict[str, Any],
+    pdf: bytes,
+    now: datetime,
+    previous: str | None,
+) -> dict[str, Any]:
+    letter_type = request.letter_type
+    reference: dict[str, Any] = {
+        "resourceType": "DocumentReference",
+        "id": letter_id,
+        "meta": {"profile": [f"{codes.UKCORE}DocumentReference"]},
+        "masterIdentifier": {"system": "https://tools.ietf.org/html/rfc4122", "value": letter_id},
+        "status": "current",
+        "docStatus": "final",
+        "type": {"coding": [{"system": LETTER_TYPE_SYSTEM, "code": letter_type.code, "display": letter_type.description}]},
+        "subject": {"reference": f"Patient/{patient['id']}"},
+        "date": to_fhir_instant(now),
+        "author": [{"display": sender["name"]}],
+        "description": letter_type.title,
+        "content": [
+            {
+                "attachment": {
+                    "contentType": "application/pdf",
+                    "data": base64.b64encode(pdf).decode("ascii"),
+                    "title": f"{letter_type.title} (PDF)",
+                    "creation": to_fhir_instant(now),
+                }
+            },
+            {"attachment": {"contentType": "application/fhir+json", "url": f"Bundle/{letter_id}", "title": "FHIR document"}},
+        ],
+        # only the request: what the letter reports is named there (notes searched by case must not find letters)
+        "context": {"related": [{"reference": f"CommunicationRequest/{request.id}"}]},
+    }
+    if previous:
+        reference["relatesTo"] = [{"code": "replaces", "target": {"reference": f"DocumentReference/{previous}"}}]
+    return reference
+
+
+def letter_pdf(letter: dict[str, Any]) -> bytes:
+    """The PDF rendition stored with a letter."""
+    data = next(c["attachment"]["data"] for c in letter["content"] if c["attachment"].get("contentType") == "application/pdf")
+    return base64.b64decode(data)
+
+
+def letter_document(session: Session, letter_id: str) -> tuple[dict[str, Any], dict[str, Any], bytes]:
+    """(DocumentReference, canonical document Bundle, PDF) of a stored letter."""
+    letter = get_resource(session, "DocumentReference", letter_id)
+    document = get_resource(session, "Bundle", letter_id)
+    if letter is None or document is None:
+        raise LookupError(f"letter {letter_id} is not stored")
+    return letter, {k: v for k, v in document.items() if k != "meta"}, letter_pdf(letter)
