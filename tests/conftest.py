@@ -119,3 +119,24 @@ def issues(outcome: dict[str, Any]) -> list[tuple[str, str, str]]:
     """(severity, element, diagnostics) per OperationOutcome issue."""
     assert outcome["resourceType"] == "OperationOutcome", outcome
     return [(i["severity"], (i.get("expression") or [""])[0], i.get("diagnostics", "")) for i in outcome["issue"]]
+
+
+# the GPPROVIDER_ automatic-routing address of fixture patient 9990000018 (born 1988-04-12, Testpatient):
+# mesh-sandbox does not route these, so the tests register the address as a mailbox to see what arrives there
+GPPROVIDER_TESTPATIENT = "GPPROVIDER_9990000018_19880412_TESTPATIENT"
+
+
+@pytest.fixture(scope="session")
+def mesh_sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One NHS England mesh-sandbox for the session (its own venv and process), reset before each test that uses it."""
+    from tests.mesh_sandbox import start_sandbox
+
+    sandbox = start_sandbox(tmp_path_factory.mktemp("mesh") / "store", (GPPROVIDER_TESTPATIENT,))
+    yield sandbox
+    sandbox.stop()
+
+
+@pytest.fixture
+def mesh(mesh_sandbox: Any) -> Any:
+    mesh_sandbox.reset()
+    return mesh_sandbox

@@ -269,7 +269,7 @@ def _message(document: dict[str, Any], pdf: bytes, context: ItkContext) -> Stu3B
         "sender": {"reference": url(header_org)},
         "timestamp": timestamp,
         "source": {"endpoint": context.sender_mailbox},
-        "focus": {"reference": url(inner_bundle)},
+        "focus": [{"reference": url(inner_bundle)}],
     }
     message_id = resource_id("Bundle", "itk3-message", context.delivery_id)
     message = {

@@ -160,7 +160,7 @@ def capability_statement(date: str) -> dict[str, Any]:
                         "QuestionnaireResponse", ["create", "read", "search-type"], {"patient": "reference", "questionnaire": "reference"}
                     ),
                     resource("Observation", ["read", "search-type"], {"patient": "reference", "code": "token", "date": "date"}),
-                    resource("CommunicationRequest", ["read", "search-type"], {"status": "token", "patient": "reference"}),
+                    resource("CommunicationRequest", ["create", "read", "search-type"], {"status": "token", "patient": "reference"}),
                     *[resource(t, ["read"]) for t in ("ServiceRequest", "Encounter", "Flag", "Provenance", "DocumentReference", "Bundle")],
                 ],
                 "operation": [

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse, Response
 
+from adapters.jsonparse import parse_json_object
 from adapters.problems import GatewayInputError, Kind, Problem
-from gateway.api.deps import ClockDep, SessionDep
+from gateway.api.deps import ClockDep, SessionDep, SettingsDep
+from gateway.api.ingest import read_body
+from gateway.api.responses import FhirResponse
 from gateway.api.search import paging, refuse_unknown, split_list
 from gateway.outbox import store
+from gateway.outbox.letters import request_letter
 from gateway.store.models import OutboxRow
 
 __all__ = ["router"]
@@ -52,3 +59,19 @@ def replay(delivery_id: str, request: Request, clock: ClockDep) -> Response:
             raise GatewayInputError(Problem(Kind.NOT_FOUND, "id", f"no delivery {delivery_id[:64]}"))
         body = store.row_json(row)
     return JSONResponse(body)
+
+
+@router.post(
+    "/fhir/CommunicationRequest",
+    status_code=201,
+    summary="Request a letter (docs/letters.md): stored with its document, PDF and deliveries; 201 with the letter's DocumentReference",
+)
+async def letter_request(request: Request, settings: SettingsDep, clock: ClockDep) -> Response:
+    body = parse_json_object(await read_body(request, settings.max_body_bytes), "CommunicationRequest")
+
+    def store_letter() -> dict[str, Any]:
+        with request.app.state.sessions.begin() as session:
+            return request_letter(session, body, clock.now())
+
+    letter = await run_in_threadpool(store_letter)
+    return FhirResponse(letter, status_code=201, headers={"Location": f"/fhir/DocumentReference/{letter['id']}"})
