@@ -81,3 +81,36 @@ def outbox(client, **query: str) -> list[dict[str, Any]]:  # type: ignore[no-unt
     reply = client.get("/outbox", params=query)
     assert reply.status_code == 200, reply.text
     return reply.json()["entries"]  # type: ignore[no-any-return]
+
+
+def write_routing(
+    folder: Path,
+    mesh_mailboxes: dict[str, str] | None = None,
+    fhir_endpoints: dict[str, str] | None = None,
+    gpprovider: bool = True,
+    dob_format: str = "%Y%m%d",
+) -> Path:
+    """A routing file for one test (the deployment's own file has no mailboxes)."""
+    import yaml
+
+    path = folder / "routing.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "schema": "delivery-routing/1",
+                "version": "test",
+                "sender": {"ods": "RVN", "name": "IAP MHCAS (test)"},
+                "gpprovider": {"enabled": gpprovider, "dob_format": dob_format},
+                "mesh_mailboxes": mesh_mailboxes or {},
+                "fhir_endpoints": fhir_endpoints or {},
+            }
+        )
+    )
+    return path
+
+
+def make_deliverer(app, clock, **settings: Any):  # type: ignore[no-untyped-def]
+    """The delivery worker on the test app's database, configured with `settings` (routing file, MESH, retries)."""
+    from gateway.outbox.worker import deliverer_from_settings
+
+    return deliverer_from_settings(app.state.sessions, clock, app.state.settings.model_copy(update=settings))

@@ -36,11 +36,15 @@ log = structlog.get_logger("iap.letters")
 
 
 def recipient_kind(recipient: Recipient, patient: dict[str, Any]) -> str:
-    """gp (the patient's registered practice, or V81999 "not known"), referrer (another organisation), or patient."""
+    """gp, referrer or patient.
+
+    gp: the patient's registered practice, V81999 ("not known"), or any organisation when no practice is on
+    record (it cannot be told apart from the GP, so the GP-contact wish, TT-14, must apply to it).
+    """
     if recipient.patient:
         return "patient"
     practices = {(gp.get("identifier") or {}).get("value") for gp in patient.get("generalPractitioner", []) if isinstance(gp, dict)}
-    return "gp" if recipient.ods in practices or recipient.ods == UNKNOWN_PRACTICE else "referrer"
+    return "gp" if not practices or recipient.ods in practices or recipient.ods == UNKNOWN_PRACTICE else "referrer"
 
 
 def _label(recipient: Recipient, kind: str) -> str:

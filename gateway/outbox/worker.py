@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import socket
 import uuid
 from dataclasses import dataclass, field
@@ -62,7 +63,7 @@ class RetryPolicy:
 
     def __init__(self, max_attempts: int, initial_seconds: float, max_seconds: float) -> None:
         self.max_attempts = max_attempts
-        self.wait = wait_exponential_jitter(multiplier=initial_seconds, max=max_seconds, jitter=initial_seconds)
+        self.wait = wait_exponential_jitter(multiplier=initial_seconds, max=max_seconds, jitter=initial_seconds / 2)
         self.stop = stop_after_attempt(max_attempts)
 
     def next_delay(self, attempt: int) -> timedelta | None:
@@ -71,7 +72,7 @@ class RetryPolicy:
         state.attempt_number = attempt
         if self.stop(state):
             return None
-        return timedelta(seconds=self.wait(state))
+        return timedelta(seconds=math.ceil(self.wait(state)))  # whole seconds: the time shown is the time it will run
 
 
 @dataclass
