@@ -154,7 +154,7 @@ class MeshTransport:
         if response.status_code != 200:
             raise TransientError(f"MESH tracking answered HTTP {response.status_code}")
         body = response.json()
-        return str(body.get("messageID") or body.get("message_id") or "(tracked)")
+        return str(body.get("messageID") or body.get("messageId") or body.get("message_id") or body.get("dtsId") or "(tracked)")
 
 
 # --- FHIR push ----------------------------------------------------------------------------------------
