@@ -64,7 +64,7 @@ def letter_request(
         "requester": {"display": "PWP Synthetic One"},
         "about": [{"reference": ref} for ref in about],
         "reasonCode": [{"coding": [{"system": RULES, "code": rule} for rule in rules]}],
-        "payload": [{"contentString": line} for line in lines],
+        **({"payload": [{"contentString": line} for line in lines]} if lines else {}),
         "authoredOn": "2026-11-23T12:00:00Z",
     }
 

@@ -95,6 +95,7 @@ def _cas_scenario(client) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     client.post("/ingest/cleo", content=cleo)
     out["notifications"] = client.get("/fhir/CommunicationRequest", params={"status": "active"}).json()
     out.update(_pathway_scenario(client))
+    out.update(_letters(client))
     return out
 
 
@@ -136,6 +137,31 @@ def _pathway_scenario(client) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     client.app.state.pathways.tick(datetime.fromisoformat("2027-03-30T12:00:00+00:00"))
     out["pathway-explain"] = client.get(f"/fhir/{tt}/$explain").json()
     out["pathway-episodes"] = client.get("/fhir/EpisodeOfCare").json()
+    return out
+
+
+def _letters(client) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """Letters (issue 7): a consultation report, a TT progress letter by request, a withheld one; documents and requests."""
+    import tempfile
+
+    from tests.conftest import task_of
+    from tests.letter_helpers import letter_request, make_deliverer, params, write_routing
+
+    out: dict[str, Any] = {}
+    task = task_of(client.post("/ingest/nhs111", content=(FIXTURES / "option2-standard.case.json").read_bytes()).json())
+    client.post(f"/fhir/Task/{task['id']}/$end-assessment", content=params(practitioner="R", registered=True, notes="Synthetic notes."))
+    pcmis = client.get("/fhir/Patient", params={"identifier": f"{NHS_NUMBER}|9990000158"}).json()["entry"][0]["resource"]
+    scores = client.get("/fhir/Observation", params={"patient": pcmis["id"], "code": "http://loinc.org|44261-6"}).json()["entry"]
+    request = letter_request("conformance-tt-progress", "tt-progress", pcmis["id"], [f"Observation/{scores[-1]['resource']['id']}"])
+    out["letter-request-reply"] = client.post("/fhir/CommunicationRequest", content=json.dumps(request)).json()
+    with tempfile.TemporaryDirectory() as folder:
+        worker = make_deliverer(client.app, client.app.state.clock, routing_file=write_routing(Path(folder), gpprovider=False))
+        worker.deliver_once(limit=100)  # the TT letter withheld (TT-14, with its Provenance); the others dead: no route
+        worker.close()
+    for row in client.get("/outbox").json()["entries"]:
+        out[f"letter-{row['id']}"] = client.get(f"/fhir/{row['letter']}").json()
+        out[f"document-{row['id']}"] = client.get(f"/fhir/{row['document']}").json()
+    assert any(r["status"] == "withheld" for r in client.get("/outbox").json()["entries"])
     return out
 
 

@@ -82,6 +82,15 @@ def _resolve(session: Session, request: LetterRequest) -> list[dict[str, Any]]:
     return list(found.values())
 
 
+def _compact(node: Any) -> Any:
+    if isinstance(node, dict):
+        out = {k: _compact(v) for k, v in node.items()}
+        return {k: v for k, v in out.items() if v not in ([], {}, "", None)}
+    if isinstance(node, list):
+        return [v for v in (_compact(item) for item in node) if v not in ([], {}, "", None)]
+    return node
+
+
 def _owner(resource: dict[str, Any]) -> str | None:
     return (resource.get("subject") or resource.get("for") or resource.get("patient") or {}).get("reference")
 
@@ -91,6 +100,7 @@ def request_letter(session: Session, communication_request: dict[str, Any], now:
 
     Refuses a malformed request with GatewayInputError naming the element (nothing is written).
     """
+    communication_request = _compact(communication_request)  # FHIR JSON has no empty elements: `[]`, `{}`, `""` dropped
     request = parse_letter_request(communication_request)
     patient = get_resource(session, "Patient", request.patient_id)
     if patient is None:
