@@ -36,7 +36,9 @@ def completed_case(client, fixture: str = "option2-standard.case.json", notes: s
 
 def pcmis_contacts(client) -> str:  # type: ignore[no-untyped-def]
     """The PCMIS fixture (patient 9990000158: self-referred, GP not to be contacted, TT-02); the patient id."""
-    reply = client.post("/ingest/pcmis", content=(ROOT / "fixtures" / "pcmis" / "contacts.csv").read_bytes(), headers={"Content-Type": "text/csv"})
+    reply = client.post(
+        "/ingest/pcmis", content=(ROOT / "fixtures" / "pcmis" / "contacts.csv").read_bytes(), headers={"Content-Type": "text/csv"}
+    )
     assert reply.status_code == 200, reply.text
     found = client.get("/fhir/Patient", params={"identifier": "https://fhir.nhs.uk/Id/nhs-number|9990000158"}).json()
     return str(found["entry"][0]["resource"]["id"])

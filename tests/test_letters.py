@@ -214,7 +214,9 @@ def _by_profile(bundle: dict[str, Any]) -> dict[str, dict[str, Any]]:
 # required elements of the profiles the ITK3 Send Document uses (nhs-standards.md §4.1, §4.3: ITK3, GPCM SD-001..124)
 SEND_DOCUMENT_REQUIRED = {
     f"{STU3}ITK-Message-Bundle-1": ["id", "identifier.value", "type", "entry"],
-    f"{STU3}ITK-MessageHeader-2": ["id", "extension.url", "event.system", "event.code", "sender.reference", "timestamp", "source.endpoint", "focus.reference"],
+    f"{STU3}ITK-MessageHeader-2": [
+        "id", "extension.url", "event.system", "event.code", "sender.reference", "timestamp", "source.endpoint", "focus.reference",
+    ],
     f"{CARECONNECT}CareConnect-ITK-Header-Organization-1": ["id", "identifier.system", "identifier.value"],
     f"{STU3}ITK-Document-Bundle-1": ["id", "identifier.value", "type", "entry"],
     f"{CARECONNECT}CareConnect-Composition-1": [
@@ -222,7 +224,9 @@ SEND_DOCUMENT_REQUIRED = {
         "confidentiality", "custodian.reference", "section.entry.reference",
     ],
     f"{STU3}ITK-Attachment-Binary-1": ["id", "contentType", "content"],
-    f"{CARECONNECT}CareConnect-Patient-1": ["id", "identifier.system", "identifier.value", "identifier.extension.valueCodeableConcept.coding.code"],
+    f"{CARECONNECT}CareConnect-Patient-1": [
+        "id", "identifier.system", "identifier.value", "identifier.extension.valueCodeableConcept.coding.code",
+    ],
     f"{CARECONNECT}CareConnect-Organization-1": ["id", "identifier.value", "name"],
     f"{STU3}ITK-Device-1": ["id", "type"],
 }  # fmt: skip
@@ -237,7 +241,11 @@ def test_itk3_send_document_has_the_required_elements_of_its_profiles(client) ->
         assert profile in profiles, profile
         assert _paths(profiles[profile], required) == [], profile
     header = profiles[f"{STU3}ITK-MessageHeader-2"]
-    assert header["event"] == {"system": "https://fhir.nhs.uk/STU3/CodeSystem/ITK-MessageEvent-2", "code": "ITK007C", "display": "ITK GP Connect Send Document"}
+    assert header["event"] == {
+        "system": "https://fhir.nhs.uk/STU3/CodeSystem/ITK-MessageEvent-2",
+        "code": "ITK007C",
+        "display": "ITK GP Connect Send Document",
+    }
     handling = {e["url"]: e for e in header["extension"][0]["extension"]}
     assert handling["BusAckRequested"]["valueBoolean"] is True and handling["InfAckRequested"]["valueBoolean"] is True
     assert handling["RecipientType"]["valueCoding"]["code"] == "FA"
@@ -265,5 +273,9 @@ def test_mh_discharge_renders_as_mh_edischarge_with_the_prsb_headings(client) ->
     assert all(s["text"]["div"].startswith('<div xmlns="http://www.w3.org/1999/xhtml">') for s in composition["section"])
     gp = next(s for s in composition["section"] if s["title"] == "GP practice")
     assert "L81001" in gp["text"]["div"]
-    assert any(e["resource"].get("identifier", [{}])[0].get("value") == "L81001" for e in message["entry"][2]["resource"]["entry"] if e["resource"]["resourceType"] == "Organization")
+    assert any(
+        e["resource"].get("identifier", [{}])[0].get("value") == "L81001"
+        for e in message["entry"][2]["resource"]["entry"]
+        if e["resource"]["resourceType"] == "Organization"
+    )
     assert ODS

@@ -128,7 +128,9 @@ def test_do_not_contact_gp_client_gets_no_letter_and_the_decision_is_recorded_TT
     worker.close()
 
 
-@pytest.mark.parametrize(("dob_format", "address"), [("%Y%m%d", GPPROVIDER_TESTPATIENT), ("%d%m%Y", "GPPROVIDER_9990000018_12041988_TESTPATIENT")])
+@pytest.mark.parametrize(
+    ("dob_format", "address"), [("%Y%m%d", GPPROVIDER_TESTPATIENT), ("%d%m%Y", "GPPROVIDER_9990000018_12041988_TESTPATIENT")]
+)
 def test_gp_letter_without_a_mailbox_uses_gpprovider_automatic_routing(app, client, clock, mesh, tmp_path, dob_format, address) -> None:
     """GPPROVIDER_<NHS number>_<date of birth>_<SURNAME>, the date format configurable (public sources disagree)."""
     completed_case(client)
@@ -153,7 +155,11 @@ def test_mesh_error_report_and_negative_itk_ack_mark_the_letter_failed(app, clie
     first, second = rows["L81001"], rows["L81002"]
     mesh.report(GATEWAY_MAILBOX, first["message_id"], first["letter"].split("/")[1], "GPFED_CONSULT_REPORT")
     with mesh.client("X26ABC3") as gp:
-        gp.send_message(GATEWAY_MAILBOX, itk_ack(second["itk_message_id"], "fatal-error", "30002", "Patient not known here"), workflow_id="GPFED_CONSULT_REPORT_ACK")
+        gp.send_message(
+            GATEWAY_MAILBOX,
+            itk_ack(second["itk_message_id"], "fatal-error", "30002", "Patient not known here"),
+            workflow_id="GPFED_CONSULT_REPORT_ACK",
+        )
     worker.run_pass()
     failed = {r["recipient"]: r for r in outbox(client, status="failed")}
     assert "MESH report" in failed["L81001"]["reason"]

@@ -80,7 +80,10 @@ def test_receiver_down_for_the_first_attempts_gets_the_letter_once_when_it_retur
         assert push.deliver_once() == []  # not due yet
         clock.set(parse_source_datetime(due))
     assert push.deliver_once() == [(row["id"], "delivered")]
-    assert route.call_count == 4 and sum(1 for c in route.calls if c.optional_response is not None and c.optional_response.status_code == 201) == 1
+    assert (
+        route.call_count == 4
+        and sum(1 for c in route.calls if c.optional_response is not None and c.optional_response.status_code == 201) == 1
+    )
     sent = json.loads(route.calls[-1].request.content)
     assert sent["type"] == "document" and sent["id"] == row["letter"].split("/")[1]
     assert route.calls[-1].request.headers["If-None-Exist"].endswith(sent["id"])  # a re-send is recognised by the receiver
@@ -109,7 +112,11 @@ def test_a_refusal_is_dead_lettered_at_once_with_the_receivers_operation_outcome
 @respx.mock
 def test_exhausted_attempts_end_as_a_dead_letter_and_replay_sends_the_stored_letter(app, client, clock, tmp_path) -> None:
     worker = make_deliverer(
-        app, clock, routing_file=write_routing(tmp_path, fhir_endpoints={"L81001": RECEIVER}), outbox_max_attempts=3, outbox_backoff_seconds=1.0
+        app,
+        clock,
+        routing_file=write_routing(tmp_path, fhir_endpoints={"L81001": RECEIVER}),
+        outbox_max_attempts=3,
+        outbox_backoff_seconds=1.0,
     )
     route = respx.post(f"{RECEIVER}/Bundle").mock(return_value=httpx.Response(503))
     completed_case(client)
@@ -186,7 +193,9 @@ def test_no_route_is_a_dead_letter_with_its_reason(app, client, clock, tmp_path)
     worker.close()
 
 
-def test_gp_letter_withheld_when_the_client_asked_the_gp_not_be_contacted_but_their_copy_is_printed_TT_14(app, client, clock, tmp_path) -> None:
+def test_gp_letter_withheld_when_the_client_asked_the_gp_not_be_contacted_but_their_copy_is_printed_TT_14(
+    app, client, clock, tmp_path
+) -> None:
     """TT-14/TT-02: checked when sending; the decision is recorded (outbox status, reason, Provenance on the letter)."""
     prints = tmp_path / "print"
     worker = make_deliverer(app, clock, routing_file=write_routing(tmp_path, fhir_endpoints={"L81001": RECEIVER}), print_dir=prints)
@@ -196,7 +205,10 @@ def test_gp_letter_withheld_when_the_client_asked_the_gp_not_be_contacted_but_th
         "tt-discharge",
         patient_id,
         [],
-        recipients=[{"identifier": {"system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": "L81001"}}, {"reference": f"Patient/{patient_id}"}],
+        recipients=[
+            {"identifier": {"system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": "L81001"}},
+            {"reference": f"Patient/{patient_id}"},
+        ],
     )
     letter = client.post("/fhir/CommunicationRequest", content=json.dumps(request)).json()
     with respx.mock(assert_all_called=False) as mock:
@@ -204,7 +216,9 @@ def test_gp_letter_withheld_when_the_client_asked_the_gp_not_be_contacted_but_th
         results = dict(worker.deliver_once())
         assert route.call_count == 0  # nothing reached the GP
     rows = {r["recipient_kind"]: r for r in outbox(client)}
-    assert results[rows["gp"]["id"]] == "withheld" and rows["gp"]["reason"].startswith("TT-14: the client asked that the GP not be contacted")
+    assert results[rows["gp"]["id"]] == "withheld" and rows["gp"]["reason"].startswith(
+        "TT-14: the client asked that the GP not be contacted"
+    )
     assert results[rows["patient"]["id"]] == "delivered"
     (printed,) = prints.glob("*.pdf")
     assert printed.read_bytes().startswith(b"%PDF")

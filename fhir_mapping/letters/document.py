@@ -107,7 +107,7 @@ def letter_id_for(request_resource: dict[str, Any]) -> str:
 
 
 def patient_name(patient: dict[str, Any]) -> str:
-    name = next(iter(patient.get("name") or []), {})
+    name: dict[str, Any] = next(iter(patient.get("name") or []), {})
     parts = [*name.get("prefix", []), *name.get("given", []), name.get("family", "")]
     return " ".join(p for p in parts if p) or "(name not recorded)"
 
@@ -141,7 +141,7 @@ def _when(value: str | None) -> str:
 def _text(concept: dict[str, Any] | None) -> str:
     if not concept:
         return ""
-    coding = next(iter(concept.get("coding") or []), {})
+    coding: dict[str, Any] = next(iter(concept.get("coding") or []), {})
     return str(concept.get("text") or coding.get("display") or coding.get("code") or "")
 
 

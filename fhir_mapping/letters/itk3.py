@@ -171,7 +171,8 @@ def _encounter(encounter: dict[str, Any], patient_url: str) -> dict[str, Any]:
 
 def render_itk3(document: dict[str, Any], pdf: bytes, context: ItkContext) -> bytes:
     """The ITK3 message (STU3 XML) for one delivery of the letter `document` (canonical R4) with its `pdf`."""
-    return _message(document, pdf, context).model_dump_xml()
+    xml = _message(document, pdf, context).model_dump_xml()
+    return xml if isinstance(xml, bytes) else str(xml).encode("utf-8")
 
 
 def itk3_message_json(document: dict[str, Any], pdf: bytes, context: ItkContext) -> dict[str, Any]:
@@ -309,7 +310,7 @@ def _mh_sections(
     for section in composition["section"]:
         heading = _MH_FROM_CANONICAL[next(c["code"] for c in section["code"]["coding"] if c["system"].endswith("/letter-section"))]
         divs.setdefault(heading, []).append(section["text"]["div"])
-    name = next(iter(patient.get("name") or []), {})
+    name: dict[str, Any] = next(iter(patient.get("name") or []), {})
     full_name = " ".join([*name.get("given", []), name.get("family", "")]).strip()
     nhs = next((i["value"] for i in patient.get("identifier", []) if i["system"] == codes.NHS_NUMBER), "")
     sender = custodian.get("name") or custodian["identifier"][0]["value"]
@@ -351,7 +352,7 @@ def parse_itk_response(body: bytes) -> tuple[str, str, str, str] | None:
         message = Stu3Bundle.model_validate_xml(body) if text.startswith("<") else Stu3Bundle.model_validate_json(body)
     except Exception:  # noqa: BLE001 - anything unreadable is simply not an ITK response
         return None
-    entries = [e.resource for e in message.entry or [] if e.resource is not None]
+    entries: list[Any] = [e.resource for e in message.entry or [] if e.resource is not None]
     header = next((r for r in entries if r.get_resource_type() == "MessageHeader"), None)
     if header is None or header.response is None or header.event is None or header.event.code != "ITK008M":
         return None

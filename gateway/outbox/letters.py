@@ -146,7 +146,7 @@ def request_letter(session: Session, communication_request: dict[str, Any], now:
 
 def _supersede(session: Session, request: LetterRequest, letter_id: str, now: datetime) -> str | None:
     """Earlier letters for the same request are replaced: their undelivered rows superseded; the newest id returned."""
-    related = [("related", None, f"CommunicationRequest/{request.id}")]
+    related: list[tuple[str, str | None, str]] = [("related", None, f"CommunicationRequest/{request.id}")]
     earlier, _ = search_resources(session, ResourceQuery("DocumentReference", tokens=related, count=1000))
     current = [d for d in earlier if d["id"] != letter_id and d.get("status") == "current"]
     for document in current:

@@ -88,7 +88,8 @@ class NoRoute:
 def gpprovider_address(patient: dict[str, Any], dob_format: str) -> str | None:
     """MESH automatic routing address for the patient's registered practice, or None when a part is missing."""
     number = nhs_number(patient)
-    family = next(iter(patient.get("name") or []), {}).get("family") or ""
+    name: dict[str, Any] = next(iter(patient.get("name") or []), {})
+    family = str(name.get("family") or "")
     surname = re.sub(r"[^A-Z]", "", family.upper())
     if not number or not patient.get("birthDate") or not surname:
         return None

@@ -121,7 +121,7 @@ def claim(
         ).scalars()
         for row in list(rows):
             seen_status, seen_attempts = row.status, row.attempts
-            taken = session.execute(
+            taken = session.execute(  # type: ignore[attr-defined]
                 update(OutboxRow)
                 .where(OutboxRow.id == row.id, OutboxRow.status == seen_status, OutboxRow.attempts == seen_attempts)
                 .values(status="sending", claimed_by=worker, lease_until=now + lease, attempts=seen_attempts + 1, updated_at=now)

@@ -171,7 +171,7 @@ class Deliverer:
             gp_ods=claim.recipient if claim.recipient_kind == "gp" and claim.recipient != "V81999" else None,
         )
         sender = document["entry"][0]["resource"]
-        custodian = next(
+        custodian: dict[str, Any] = next(
             (e["resource"] for e in document["entry"] if f"urn:uuid:{e['resource']['id']}" == sender["custodian"]["reference"]), {}
         )
         ods = next((i["value"] for i in custodian.get("identifier", [])), self.routing.sender.ods)
