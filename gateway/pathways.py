@@ -38,6 +38,7 @@ from fhir_mapping.scoring import check_response, score_answers
 from gateway.cases import provenance
 from gateway.clock import Clock
 from gateway.messages import Inbound, Reply, commit_message, previous, resend
+from gateway.outbox.letters import queue_letter
 from gateway.responses import response_id, response_resources
 from gateway.rules.cas_ops import parse_parameters
 from gateway.rules.pathway_clocks import Pc08Facts, clock_due_items, pc08_stop_time, running, start_clock, stop_clock
@@ -162,7 +163,7 @@ class Pathways:
             )
             record["target"] += [{"reference": f"EpisodeOfCare/{t['id']}"} for t in targets if t["resourceType"] == "EpisodeOfCare"]
             out.append((record, None))
-            return out
+            return _letters_queued(session, out, now)
 
         def make_reply(stored: list[dict[str, Any]], created: set[str]) -> Reply:
             decision = decision_box[-1]
@@ -214,8 +215,8 @@ class Pathways:
         stored, _ = put_resource(session, episode, now, rules.service.id)
         request = get_resource(session, "ServiceRequest", episode["referralRequest"][0]["reference"].split("/", 1)[1]) or {}
         patient = get_resource(session, "Patient", patient_ref.split("/", 1)[1]) or {}
-        for letter in result.letters:
-            put_resource(session, _letter(letter, stored, request, patient, now), now, rules.service.id)
+        for letter in result.letters:  # through the outbox (issue 7), in this transaction
+            queue_letter(session, _letter(letter, stored, request, patient, now), now)
         for work in result.work:
             put_resource(
                 session,
@@ -488,6 +489,16 @@ def _not_booked(
     )
     out.append(_letter(letter, None, request, patient, now, about=[f"ServiceRequest/{request['id']}", f"ServiceRequest/{transfer['id']}"]))
     return out
+
+
+def _letters_queued(
+    session: Session, out: list[tuple[dict[str, Any], str | None]], now: datetime
+) -> list[tuple[dict[str, Any], str | None]]:
+    """Letter requests go through the outbox once what they report is stored (all in the caller's transaction)."""
+    for resource, service_id in out:
+        if resource["resourceType"] != "CommunicationRequest":
+            put_resource(session, resource, now, service_id)
+    return [(queue_letter(session, r, now), s) if r["resourceType"] == "CommunicationRequest" else (r, s) for r, s in out]
 
 
 def _letter(

@@ -198,3 +198,51 @@ def test_mesh_down_for_the_first_attempts_delivers_once_when_it_returns(app, cli
     ]  # fmt: skip
     down.close()
     up.close()
+
+
+def test_pathway_progress_letter_reaches_the_practice_with_the_latest_scores_TT_14(app, client, clock, mesh, tmp_path) -> None:
+    """The pathway rules' letters (issue 6) go through the outbox: a TT progress letter with the latest PHQ-9 and GAD-7."""
+    from gateway.pathway_demo import gad7, phq9, referral
+
+    body = referral(
+        "north-essex-mid", "R-LETTER", "2026-11-02T10:00:00+00:00", "1990-01-01", practice="L81001", responses=(phq9(12), gad7(6))
+    )
+    routed = client.post("/fhir/ServiceRequest/$route", json=body)
+    assert routed.status_code == 201, routed.text
+    episode = next(p["valueReference"]["reference"] for p in routed.json()["parameter"] if p["name"] == "episode")
+    assert client.post(f"/fhir/{episode}/$progress-letter", json={"resourceType": "Parameters", "parameter": []}).status_code == 200
+    rows = {r["recipient_kind"]: r for r in outbox(client)}
+    assert rows["gp"]["letter_type"] == "tt-progress" and rows["gp"]["recipient"] == "L81001" and "patient" in rows
+    worker = mesh_worker(app, clock, mesh, tmp_path)
+    worker.deliver_once()
+    (message,) = mesh.inbox(PRACTICE_MAILBOX)
+    assert message["workflow_id"] == "GPFED_CONSULT_REPORT"
+    composition = Stu3Bundle.model_validate_xml(message["body"]).entry[2].resource.entry[0].resource
+    measures = next(s for s in composition.section if s.title == "Outcome measures").text.div
+    assert "PHQ-9" in measures and "<td>12</td>" in measures and "GAD-7" in measures and "<td>6</td>" in measures
+    worker.close()
+
+
+def test_self_referral_that_refused_gp_contact_gets_no_pathway_letter_to_the_gp_TT_02_TT_14(app, client, clock, mesh, tmp_path) -> None:
+    from gateway.pathway_demo import gad7, phq9, referral
+
+    body = referral(
+        "north-essex-mid",
+        "R-SELF",
+        "2026-11-02T10:00:00+00:00",
+        "1990-01-01",
+        source="self",
+        gp_contact_agreed=False,
+        practice="L81001",
+        responses=(phq9(12), gad7(6)),
+    )
+    routed = client.post("/fhir/ServiceRequest/$route", json=body)
+    assert routed.status_code == 201, routed.text
+    episode = next(p["valueReference"]["reference"] for p in routed.json()["parameter"] if p["name"] == "episode")
+    assert client.post(f"/fhir/{episode}/$progress-letter", json={"resourceType": "Parameters", "parameter": []}).status_code == 200
+    worker = mesh_worker(app, clock, mesh, tmp_path)
+    worker.deliver_once()
+    assert mesh.inbox(PRACTICE_MAILBOX) == []
+    (withheld,) = outbox(client, status="withheld")
+    assert withheld["recipient_kind"] == "gp" and "TT-14" in withheld["reason"]
+    worker.close()

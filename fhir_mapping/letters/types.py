@@ -37,6 +37,7 @@ class LetterType(BaseModel):
     template: str
     gp_consent: bool = False  # TT-14: a GP copy is withheld when the client asked that the GP not be contacted
     client_copy: bool = False  # TT-14: the client may be sent a copy (TT-15 consent checked at send time)
+    latest_scores: list[str] = Field(default_factory=list)  # "system|code" of score Observations always reported (latest)
 
 
 class LetterTypes(BaseModel):

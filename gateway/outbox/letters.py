@@ -30,7 +30,7 @@ from gateway.cases import provenance
 from gateway.outbox import store
 from gateway.store.repo import ResourceQuery, get_resource, put_resource, search_resources
 
-__all__ = ["request_letter", "letter_pdf", "letter_document", "recipient_kind"]
+__all__ = ["request_letter", "queue_letter", "letter_pdf", "letter_document", "recipient_kind"]
 
 log = structlog.get_logger("iap.letters")
 
@@ -71,6 +71,13 @@ def _resolve(session: Session, request: LetterRequest) -> list[dict[str, Any]]:
             found[ref] = resource
     if missing:
         raise GatewayInputError([Problem(Kind.NOT_FOUND, "CommunicationRequest.about", f"{ref} is not known") for ref in missing])
+    for token in request.letter_type.latest_scores:  # e.g. TT-14: the latest PHQ-9 and GAD-7, whatever the request names
+        system, _, code = token.partition("|")
+        scores, _ = search_resources(
+            session, ResourceQuery("Observation", patient=request.patient_id, tokens=[("code", system, code)], count=1000)
+        )
+        if scores and f"Observation/{scores[-1]['id']}" not in found:
+            found[f"Observation/{scores[-1]['id']}"] = scores[-1]
     for resource in list(found.values()):
         contexts = [e.get("reference") for e in (resource.get("context") or {}).get("encounter", [])]
         contexts += [(resource.get("encounter") or {}).get("reference")]
@@ -142,6 +149,39 @@ def request_letter(session: Session, communication_request: dict[str, Any], now:
     put_resource(session, record, now)
     log.info("letter.requested", letter_type=request.letter_type.code, recipients=len(kinds), replaces=bool(previous))
     return letter
+
+
+def _addressable(recipient: Any, patient_id: str) -> bool:
+    if not isinstance(recipient, dict):
+        return False
+    identifier = recipient.get("identifier") or {}
+    return recipient.get("reference") == f"Patient/{patient_id}" or (
+        identifier.get("system") == codes.ODS_ORG and bool(identifier.get("value"))
+    )
+
+
+def queue_letter(session: Session, communication_request: dict[str, Any], now: datetime) -> dict[str, Any]:
+    """For the gateway's own rules (pathways): the letter through `request_letter`, with recipients it cannot address
+    (a referrer known only by name) noted rather than refused; with none left, the request is kept `on-hold` with the
+    reason. Returns the stored CommunicationRequest."""
+    subject = str((communication_request.get("subject") or {}).get("reference", "")).removeprefix("Patient/")
+    recipients = communication_request.get("recipient") or []
+    usable = [r for r in recipients if _addressable(r, subject)]
+    skipped = [str(r.get("display") or r.get("reference") or "unnamed") for r in recipients if r not in usable]
+    request = dict(communication_request)
+    if skipped:
+        note = f"Not addressable electronically (no ODS code): {', '.join(skipped)}"
+        request["note"] = [*request.get("note", []), {"text": note}]
+    if not usable:
+        request = {k: v for k, v in request.items() if k != "recipient"} | {
+            "status": "on-hold",
+            "statusReason": {"text": "No recipient the gateway can address: an organisation's ODS code, or the patient"},
+        }
+        stored, _ = put_resource(session, request, now)
+        return stored
+    request["recipient"] = usable
+    request_letter(session, request, now)
+    return get_resource(session, "CommunicationRequest", str(request["id"])) or request
 
 
 def _supersede(session: Session, request: LetterRequest, letter_id: str, now: datetime) -> str | None:
