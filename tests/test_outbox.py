@@ -15,7 +15,7 @@ import pytest
 import respx
 
 from fhir_mapping.datetimes import parse_source_datetime
-from fhir_mapping.pcmis import CLIENT_COPY_ACTION, contact_preferences_id
+from fhir_mapping.pcmis import CLIENT_COPY_ACTION, consent_id
 from gateway.outbox import store
 from gateway.outbox.worker import RetryPolicy
 from gateway.store.repo import ResourceQuery, get_resource, put_resource, search_resources
@@ -233,7 +233,7 @@ def test_client_copy_withheld_when_the_client_prefers_not_TT_15(app, client, clo
     worker = make_deliverer(app, clock, routing_file=write_routing(tmp_path), print_dir=prints)
     patient_id = pcmis_contacts(client)
     with app.state.sessions.begin() as session:
-        consent = get_resource(session, "Consent", contact_preferences_id(f"Patient/{patient_id}"))
+        consent = get_resource(session, "Consent", consent_id({"reference": f"Patient/{patient_id}"}))
         assert consent is not None
         consent["provision"]["provision"].append({"type": "deny", "action": [{"text": CLIENT_COPY_ACTION}]})
         put_resource(session, {k: v for k, v in consent.items() if k != "meta"}, clock.now())
