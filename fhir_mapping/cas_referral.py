@@ -18,6 +18,7 @@ from adapters.referral import Referral
 from fhir_mapping import codes
 from fhir_mapping.datetimes import to_fhir_instant
 from fhir_mapping.fhir import (
+    Built,
     Encounter,
     Flag,
     Patient,
@@ -26,7 +27,6 @@ from fhir_mapping.fhir import (
     ServiceRequest,
     Task,
     build,
-    to_json_dict,
 )
 from fhir_mapping.ids import resource_id
 from fhir_mapping.patients import patient_resource
@@ -52,20 +52,20 @@ class TaskPlan:
 
 @dataclass
 class CasReferralResources:
-    patient: Patient
-    service_request: ServiceRequest
-    encounter: Encounter
-    task: Task
-    questionnaire_response: QuestionnaireResponse | None = None
-    flags: list[Flag] = field(default_factory=list)
+    patient: Built[Patient]
+    service_request: Built[ServiceRequest]
+    encounter: Built[Encounter]
+    task: Built[Task]
+    questionnaire_response: Built[QuestionnaireResponse] | None = None
+    flags: list[Built[Flag]] = field(default_factory=list)
 
-    def all(self) -> list[Resource]:
+    def all(self) -> list[Built[Any]]:
         """Every resource, in dependency order (a reader can resolve references front to back)."""
-        extra: list[Resource] = [self.questionnaire_response] if self.questionnaire_response else []
+        extra: list[Built[Any]] = [self.questionnaire_response] if self.questionnaire_response else []
         return [self.patient, self.encounter, *extra, *self.flags, self.service_request, self.task]
 
     def as_json(self) -> list[dict[str, Any]]:
-        return [to_json_dict(r) for r in self.all()]
+        return [r.json for r in self.all()]
 
 
 def map_cas_referral(referral: Referral, plan: TaskPlan, received_at: datetime) -> CasReferralResources:
@@ -122,7 +122,7 @@ def map_cas_referral(referral: Referral, plan: TaskPlan, received_at: datetime) 
 M = TypeVar("M", bound=Resource)
 
 
-def _uk_core(model: type[M], **fields: Any) -> M:
+def _uk_core(model: type[M], **fields: Any) -> Built[M]:
     """A resource claiming its UK Core profile (https://fhir.hl7.org.uk/StructureDefinition/UKCore-<Type>)."""
     return build(model, meta={"profile": [f"{codes.UKCORE}{model.__name__}"]}, **fields)
 
@@ -136,7 +136,7 @@ def _requester(referral: Referral) -> dict[str, Any] | None:
     return {"display": words}
 
 
-def _patient(referral: Referral) -> Patient:
+def _patient(referral: Referral) -> Built[Patient]:
     return patient_resource(referral.patient, referral.gp_practice_ods)
 
 
@@ -159,7 +159,7 @@ def _pathways_codes(referral: Referral) -> list[dict[str, Any]]:
 
 def _red_flag_answers(
     referral: Referral, qr_id: str, patient_ref: dict[str, str], encounter_ref: dict[str, str], call_time: str
-) -> QuestionnaireResponse | None:
+) -> Built[QuestionnaireResponse] | None:
     if not referral.red_flags:
         return None
     return _uk_core(
@@ -176,16 +176,17 @@ def _red_flag_answers(
     )
 
 
-def _flag(referral: Referral, index: int, patient_ref: dict[str, str], encounter_ref: dict[str, str]) -> Flag:
+def _flag(referral: Referral, index: int, patient_ref: dict[str, str], encounter_ref: dict[str, str]) -> Built[Flag]:
     sent = referral.risk_flags[index]
     category = (
         [{"coding": [{"system": sent.category_system, "code": sent.category_code}]}]
         if sent.category_system and sent.category_code
         else None
     )
-    code: dict[str, Any] = {"text": sent.display or "Risk flag sent with the referral"}
+    code: dict[str, Any] = {}  # CodeableConcept element order: coding, then text
     if sent.code_system and sent.code:
         code["coding"] = [{"system": sent.code_system, "code": sent.code, **({"display": sent.display} if sent.display else {})}]
+    code["text"] = sent.display or "Risk flag sent with the referral"
     return _uk_core(
         Flag,
         id=resource_id("Flag", referral.source_system, f"{referral.source_id}#{index}"),
@@ -206,7 +207,7 @@ def _task(
     encounter_ref: dict[str, str],
     owner: dict[str, Any],
     received_at: datetime,
-) -> Task:
+) -> Built[Task]:
     minutes = int(plan.timeframe.total_seconds() // 60)
     inputs: list[dict[str, Any]] = [
         _input(

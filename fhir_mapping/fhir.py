@@ -7,7 +7,11 @@ a move to another model package is one edit.
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+import json
+import os
+from dataclasses import dataclass
+from functools import cache
+from typing import Any, Generic, TypeVar
 
 from fhir.resources.R4B.bundle import Bundle, BundleEntry, BundleEntryResponse, BundleLink
 from fhir.resources.R4B.capabilitystatement import CapabilityStatement
@@ -54,20 +58,115 @@ __all__ = [
     "Task",
     "to_json_dict",
     "build",
+    "Built",
+    "check_fhir",
+    "validated",
+    "checking",
+    "FhirBuildMismatch",
+    "CHECK_ENV",
 ]
 
 R = TypeVar("R", bound="Resource")
 
+CHECK_ENV = "IAP_CHECK_FHIR"
 
-def to_json_dict(resource: Resource) -> dict[str, Any]:
-    """The resource as FHIR JSON (a plain dict, empty elements left out)."""
+
+class FhirBuildMismatch(AssertionError):
+    """In check mode: a built resource is not exactly what fhir.resources makes of it (invalid, or serialised differently)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Built(Generic[R]):
+    """A FHIR resource the gateway built: its FHIR JSON now, its fhir.resources R4B object on demand.
+
+    Why not the model object itself: validating a model from dicts and dumping it back cost
+    ~2 ms per NHS 111 referral (the models' Python validators and custom serialiser), most of
+    the mapping time (bench/README.md). Every value given to `build` comes from the gateway's
+    own checked types (adapters' source models, rule files, code tables), so the mapping
+    writes the JSON the model would serialise, once. `IAP_CHECK_FHIR=1` (set for the whole
+    test suite) validates every built resource with its R4B model and fails on any difference
+    from the model's own serialisation, byte for byte, so a mapping change that the models
+    would reject or write differently cannot pass the tests.
+    """
+
+    model_class: type[R]
+    json: dict[str, Any]
+
+    @property
+    def id(self) -> str:
+        return str(self.json["id"])
+
+    @property
+    def resource_type(self) -> str:
+        return str(self.json["resourceType"])
+
+    def model(self) -> R:
+        """The fhir.resources R4B object (validated now)."""
+        return self.model_class.model_validate(self.json)
+
+
+def checking() -> bool:
+    """Check mode (`IAP_CHECK_FHIR=1`): every built resource and reply Bundle is validated by its R4B model."""
+    return os.environ.get(CHECK_ENV) == "1"
+
+
+def to_json_dict(resource: Resource | Built[Any]) -> dict[str, Any]:
+    """The resource as FHIR JSON (a plain dict, empty elements left out). A `Built` hands over its JSON, not a copy."""
+    if isinstance(resource, Built):
+        return resource.json
     return resource.model_dump(mode="json", exclude_none=True, by_alias=True)
 
 
-def build(model: type[R], **fields: Any) -> R:
-    """Construct a FHIR model from plain FHIR-JSON-shaped values (dicts for datatypes, ISO strings for times).
+@cache
+def _layout(model: type[Resource]) -> tuple[str, dict[str, str], dict[str, int]]:
+    """(resourceType, python field name -> JSON name, JSON name -> position): the order fhir.resources serialises in."""
+    aliases = {name: info.alias or name for name, info in model.model_fields.items()}
+    rank = {element: index for index, element in enumerate(model.elements_sequence())}
+    return model.get_resource_type(), aliases, rank
 
-    The models coerce and validate these at run time; going through `model_validate` keeps the
-    call sites readable and honest to type checkers.
+
+def build(model: type[R], **fields: Any) -> Built[R]:
+    """A FHIR resource from FHIR-JSON-shaped values (dicts for datatypes, ISO strings for dates and times).
+
+    Elements may be named as in JSON or by the model's Python names (`for_fhir`, `class_fhir`);
+    None and empty lists are left out and the elements put in the model's order, as the model
+    would serialise them. Nested values are taken as given: write them in FHIR element order
+    (check mode holds every call site to that). An element the model does not have is an error.
     """
-    return model.model_validate({k: v for k, v in fields.items() if v is not None})
+    resource_type, aliases, rank = _layout(model)
+    elements: list[tuple[int, str, Any]] = []
+    for name, value in fields.items():
+        if value is None or (isinstance(value, list) and not value):
+            continue
+        element = aliases.get(name, name)
+        if element not in rank:
+            raise TypeError(f"{resource_type} has no element {name!r}")
+        elements.append((rank[element], element, value))
+    elements.sort(key=lambda item: item[0])
+    built = Built(model, {"resourceType": resource_type, **{element: value for _, element, value in elements}})
+    if checking():
+        check_fhir(model, built.json)
+    return built
+
+
+def validated(model: type[R], data: dict[str, Any]) -> Built[R]:
+    """FHIR JSON from outside the gateway (e.g. a sender's QuestionnaireResponse), validated and re-serialised by `model`.
+
+    Always validated: only values of the gateway's own may skip validation (`build`).
+    """
+    return Built(model, to_json_dict(model.model_validate(data)))
+
+
+def check_fhir(model: type[Resource], data: dict[str, Any]) -> None:
+    """Validate `data` with `model` and require the model's own serialisation of it to be the same, key order included."""
+    try:
+        dumped = model.model_validate(data).model_dump(mode="json", exclude_none=True, by_alias=True)
+    except ValueError as error:
+        raise FhirBuildMismatch(f"{model.__name__} is not valid FHIR: {error}") from error
+    ours, theirs = json.dumps(data, ensure_ascii=False), json.dumps(dumped, ensure_ascii=False)
+    if ours != theirs:
+        at = next((i for i, (a, b) in enumerate(zip(ours, theirs, strict=False)) if a != b), min(len(ours), len(theirs)))
+        raise FhirBuildMismatch(
+            f"{model.__name__} as built differs from fhir.resources' serialisation at character {at}:\n"
+            f"  built: ...{ours[max(0, at - 80) : at + 80]}\n  model: ...{theirs[max(0, at - 80) : at + 80]}"
+        )

@@ -6,13 +6,13 @@ from typing import Any
 
 from adapters.referral import Demographics
 from fhir_mapping import codes
-from fhir_mapping.fhir import Patient, build
+from fhir_mapping.fhir import Built, Patient, build
 from fhir_mapping.ids import resource_id
 
 __all__ = ["patient_resource", "merge_patient"]
 
 
-def patient_resource(demo: Demographics, gp_practice_ods: str | None) -> Patient:
+def patient_resource(demo: Demographics, gp_practice_ods: str | None) -> Built[Patient]:
     """UK Core Patient from demographics; its id comes from the NHS number, so every source maps to one patient."""
     name: dict[str, Any] = {"use": "official"}
     if demo.family:
@@ -35,7 +35,7 @@ def patient_resource(demo: Demographics, gp_practice_ods: str | None) -> Patient
         identifier=[{"system": codes.NHS_NUMBER, "value": demo.nhs_number}],
         name=[name] if len(name) > 1 else None,
         gender=demo.gender,
-        birthDate=demo.birth_date,
+        birthDate=demo.birth_date.isoformat() if demo.birth_date else None,
         address=[address] if len(address) > 1 else None,
         telecom=[{"system": "phone", "value": demo.phone, "use": "home"}] if demo.phone else None,
         generalPractitioner=([{"identifier": {"system": codes.ODS_ORG, "value": gp_practice_ods}}] if gp_practice_ods else None),

@@ -13,7 +13,7 @@ from datetime import datetime
 from adapters.hl7v2 import Hl7Message, Hl7Note
 from fhir_mapping import codes
 from fhir_mapping.datetimes import to_fhir_instant
-from fhir_mapping.fhir import DocumentReference, ServiceRequest, build
+from fhir_mapping.fhir import Built, DocumentReference, ServiceRequest, build
 from fhir_mapping.ids import resource_id
 
 __all__ = ["note_document", "referral_request", "RIO_NOTE_SYSTEM", "RIO_REFERRAL_SYSTEM"]
@@ -24,7 +24,7 @@ RIO_REFERRAL_SYSTEM = f"{codes.GATEWAY_BASE}/Id/rio-referral"
 
 def note_document(
     message: Hl7Message, note: Hl7Note, patient_ref: dict[str, str], related: list[str], received_at: datetime
-) -> DocumentReference:
+) -> Built[DocumentReference]:
     """A RiO note as a DocumentReference (text/plain), related to the CAS cases it belongs to (CAS-13, CAS-15)."""
     system = f"{RIO_NOTE_SYSTEM}/{message.header.sending_facility or 'RIO'}"
     return build(
@@ -51,7 +51,7 @@ def note_document(
     )
 
 
-def referral_request(message: Hl7Message, patient_ref: dict[str, str], received_at: datetime) -> ServiceRequest:
+def referral_request(message: Hl7Message, patient_ref: dict[str, str], received_at: datetime) -> Built[ServiceRequest]:
     """A REF^I12 referral as a ServiceRequest."""
     referral = message.referral
     assert referral is not None

@@ -16,7 +16,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from adapters.hl7v2 import Hl7Error, Hl7Message, build_ack, parse_hl7
 from fhir_mapping import codes
+from fhir_mapping.bundles import bundle_of
+from fhir_mapping.datetimes import to_fhir_instant
 from fhir_mapping.fhir import to_json_dict
+from fhir_mapping.ids import resource_id
 from fhir_mapping.notifications import notification_id, with_document
 from fhir_mapping.patients import merge_patient, patient_resource
 from fhir_mapping.rio import note_document, referral_request
@@ -26,7 +29,7 @@ from gateway.messages import Inbound, Reply, commit_message, previous
 from gateway.outbox.letters import request_letter
 from gateway.store.repo import ResourceQuery, find_by_identifier, get_resource, put_resource, search_resources
 
-__all__ = ["Hl7Intake", "CHANNEL_HL7"]
+__all__ = ["Hl7Intake", "CHANNEL_HL7", "map_hl7", "map_hl7_offline"]
 
 log = structlog.get_logger("iap.hl7")
 CHANNEL_HL7 = "hl7v2"
@@ -69,7 +72,6 @@ class Hl7Intake:
         return str(reply.body["ack"]).encode()
 
     def _resources(self, session: Session, message: Hl7Message, now: datetime) -> list[dict[str, Any]]:
-        patient_json = to_json_dict(patient_resource(message.patient, message.gp_practice_ods))
         found = find_by_identifier(session, "Patient", codes.NHS_NUMBER, message.patient.nhs_number)
         if not found and (message.header.message_type, message.header.trigger) in UPDATES_ONLY:
             raise Hl7Error(
@@ -80,20 +82,38 @@ class Hl7Intake:
                 204,
                 message.header.control_id,
             )
-        patient = merge_patient(found[0] if found else None, patient_json)
-        patient_ref = {"reference": f"Patient/{patient['id']}"}
-        out = [patient]
-        if message.referral is not None:
-            out.append(to_json_dict(referral_request(message, patient_ref, now)))
+        desk: list[str] = []
         if message.notes:
-            cases, _ = search_resources(session, ResourceQuery("Task", patient=patient["id"], count=1000))
+            patient_id = found[0]["id"] if found else resource_id("Patient", codes.NHS_NUMBER, message.patient.nhs_number)
+            cases, _ = search_resources(session, ResourceQuery("Task", patient=patient_id, count=1000))
             desk = [f"Task/{t['id']}" for t in cases if is_specialist_desk(t)]
-            for note in message.notes:
-                document = to_json_dict(note_document(message, note, patient_ref, desk, now))
-                out.append(document)
-                for case in desk:  # CAS-15: a completed case's pending GP notification gets the note too (a replacement letter)
-                    pending = get_resource(session, "CommunicationRequest", notification_id(case.split("/", 1)[1]))
-                    if pending and pending.get("status") == "active":
-                        put_resource(session, document, now)  # the letter reports it, so it is stored first
-                        request_letter(session, with_document(pending, f"DocumentReference/{document['id']}"), now)
+        out = []
+        for resource in map_hl7(message, found[0] if found else None, desk, now):
+            out.append(resource)
+            if resource["resourceType"] != "DocumentReference":
+                continue
+            for case in desk:  # CAS-15: a completed case's pending GP notification gets the note too (a replacement letter)
+                pending = get_resource(session, "CommunicationRequest", notification_id(case.split("/", 1)[1]))
+                if pending and pending.get("status") == "active":
+                    put_resource(session, resource, now)  # the letter reports it, so it is stored first
+                    request_letter(session, with_document(pending, f"DocumentReference/{resource['id']}"), now)
         return out
+
+
+def map_hl7(message: Hl7Message, stored_patient: dict[str, Any] | None, desk_cases: list[str], now: datetime) -> list[dict[str, Any]]:
+    """Pure: the resources a parsed message becomes, given the patient as stored (if known) and the patient's
+    Specialist Desk cases (Task references) that its notes relate to."""
+    patient = merge_patient(stored_patient, to_json_dict(patient_resource(message.patient, message.gp_practice_ods)))
+    patient_ref = {"reference": f"Patient/{patient['id']}"}
+    out = [patient]
+    if message.referral is not None:
+        out.append(to_json_dict(referral_request(message, patient_ref, now)))
+    out += [to_json_dict(note_document(message, note, patient_ref, desk_cases, now)) for note in message.notes]
+    return out
+
+
+def map_hl7_offline(raw: bytes, received_at: datetime) -> dict[str, Any]:
+    """What `raw` becomes against an empty store (a new patient, no open cases): a collection Bundle (the benchmark)."""
+    message = parse_hl7(raw)
+    bundle_id = resource_id("Bundle", f"hl7v2|{message.header.sending_facility}", message.header.control_id)
+    return bundle_of(map_hl7(message, None, [], received_at), "collection", bundle_id, to_fhir_instant(received_at))

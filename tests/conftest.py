@@ -14,10 +14,14 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 
-from gateway.api.app import create_app
-from gateway.clock import FixedClock
-from gateway.settings import Settings
-from gateway.store.repo import count_rows
+# Check mode for the whole suite (and the servers it starts): every FHIR resource the gateway builds, and every
+# reply Bundle, is validated by its fhir.resources R4B model and must serialise byte for byte as the model would.
+os.environ["IAP_CHECK_FHIR"] = "1"
+
+from gateway.api.app import create_app  # noqa: E402
+from gateway.clock import FixedClock  # noqa: E402
+from gateway.settings import Settings  # noqa: E402
+from gateway.store.repo import count_rows  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures" / "nhs111"

@@ -7,11 +7,13 @@ import socket
 import threading
 from collections.abc import Iterator
 from typing import Any
+from unittest import mock
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import adapters.hl7v2
 from adapters.hl7v2 import MLLP_END, MLLP_START, Hl7Error, MllpFramer, frame, parse_hl7
 from gateway.mllp import start_mllp_server
 from tests.conftest import ROOT, fixture_bytes, task_of
@@ -220,3 +222,39 @@ def test_mllp_framer_reassembles_whatever_the_split(chunks: list[bytes]) -> None
     for start in range(0, len(stream), step):
         out += framer.feed(stream[start : start + step])
     assert out == [payload, b"second"]
+
+
+def _outcome(data: bytes) -> object:
+    try:
+        return parse_hl7(data)
+    except Hl7Error as error:
+        return ("refused", error.ack, error.code, error.segment, error.field_no, error.text)
+
+
+_ER7_PIECES = ["|", "^", "~", "\\", "&", "\r", "\r", "\n", " ", "\t", "A", "z", "0", "#", ".", "é", "\x00"] + [
+    f"\r{name}" for name in ("MSH|", "MSH", "PID|", "OBX|1|TX|", "ZAB|", "ZA|", "Z", "NTE", "pid|", "XYZ|", " EVN|", "EVN ")
+]
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.sampled_from(sorted(RIO.glob("*.hl7")))
+    .map(lambda p: p.read_bytes())
+    .flatmap(
+        lambda good: st.lists(st.tuples(st.integers(9, len(good)), st.lists(st.sampled_from(_ER7_PIECES), max_size=4)), max_size=6).map(
+            lambda edits: _apply(good, edits)
+        )
+    )
+)
+def test_skipping_hl7apy_for_plain_segments_changes_no_outcome(data: bytes) -> None:
+    """The shortcut in parse_hl7 (no hl7apy parse when every segment is a known v2.4 or Z segment) gives what hl7apy gives."""
+    fast = _outcome(data)
+    with mock.patch.object(adapters.hl7v2, "_plain_segments", lambda segments: False):
+        assert _outcome(data) == fast
+
+
+def _apply(good: bytes, edits: list[tuple[int, list[str]]]) -> bytes:
+    out = good
+    for position, pieces in edits:
+        out = out[:position] + "".join(pieces).encode() + out[position:]
+    return out

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from fhir_mapping.datetimes import LONDON, parse_iso_duration
+from fhir_mapping.datetimes import LONDON, is_england_bank_holiday, parse_iso_duration
 
 __all__ = ["ServiceRules", "Disposition", "RuleRegistry", "RuleFileError", "load_rules", "read_rule_file", "DEFAULT_RULES_DIR", "Duration"]
 
@@ -108,10 +108,8 @@ class InHours(_Strict):
 
     def covers(self, moment: datetime) -> bool:
         """Whether `moment` (any zone) is in hours in Europe/London; England bank holidays are out of hours."""
-        import holidays
-
         local = moment.astimezone(LONDON)
-        if local.date() in holidays.country_holidays("GB", subdiv="ENG", years=local.year):
+        if is_england_bank_holiday(local.date()):
             return False
         return local.isoweekday() in self.weekdays and self.start <= local.time() < self.end
 
