@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.store.models import InboundMessage
-from gateway.store.repo import find_inbound, put_resource
+from gateway.store.repo import find_inbound, put_resources
 
 __all__ = ["Reply", "Inbound", "previous", "resend", "commit_message", "ATTEMPTS"]
 
@@ -75,12 +75,9 @@ def commit_message(
     for attempt in range(1, ATTEMPTS + 1):
         try:
             with sessions.begin() as session:
-                stored, created = [], set()
-                for resource, service_id in write(session):
-                    result, outcome = put_resource(session, resource, now, service_id)
-                    if outcome == "created":
-                        created.add(f"{result['resourceType']}/{result['id']}")
-                    stored.append(result)
+                results = put_resources(session, write(session), now)
+                stored = [result for result, _ in results]
+                created = {f"{r['resourceType']}/{r['id']}" for r, outcome in results if outcome == "created"}
                 reply = make_reply(stored, created)
                 session.add(
                     InboundMessage(

@@ -1,0 +1,240 @@
+"""HTTP ingest under a fixed offered load, with wrk: the gateway's POST /ingest/nhs111 and a bare baseline.
+
+For each backend (SQLite, PostgreSQL) and each target (the gateway, `iap-gateway serve`; the
+bare FastAPI app of bench/bare_app.py, one insert per message), on a new empty store:
+1. start the server (its own process group; `--workers`, the same for both targets),
+2. warm up: the offered rate for a few seconds,
+3. measure: the offered rate (default 200 req/s) for the run time (default 60 s): wrk with
+   bench/paced_post.lua, open-loop pacing, every request a new message (its own case id),
+4. saturate: closed loop (every connection sends again as soon as it has its reply) for a
+   few seconds: the most the target takes,
+5. stop the server, count the stored messages, drop the store.
+Latency is wrk's: from sending a request to reading its reply. A request that could not be sent
+on time (every connection busy) is counted as late; late requests mean the target fell behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+LUA = Path(__file__).resolve().parent / "paced_post.lua"
+DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432"
+TARGETS = {
+    "gateway": ("POST /ingest/nhs111", "/ingest/nhs111", "inbound_messages"),
+    "bare": ("bare FastAPI, 1 insert", "/ingest", "bench_messages"),
+}
+
+
+@dataclass
+class LoadResult:
+    backend: str
+    target: str
+    offered: float
+    seconds: float
+    sent: int
+    created: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    max_ms: float
+    late: int
+    late_max_ms: float
+    failures: dict[str, int]
+    stored: int
+    server_cpu_ms_per_msg: float
+    max_rate: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def achieved(self) -> float:
+        return self.created / self.seconds if self.seconds else 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures and self.created == self.sent and not self.notes
+
+
+def require_wrk() -> str:
+    found = shutil.which("wrk")
+    if not found:
+        raise SystemExit("the ingest benchmark needs wrk (HTTP load generator): apt-get install wrk")
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def new_store(backend: str, pg_url: str) -> Iterator[str]:
+    """An empty database: a SQLite file in a temp directory, or a new PostgreSQL database (dropped after)."""
+    if backend == "sqlite":
+        with tempfile.TemporaryDirectory(prefix="iap-bench-") as folder:
+            yield f"sqlite:///{folder}/bench.db"
+        return
+    from sqlalchemy import create_engine, text
+
+    name = f"iap_bench_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(pg_url.replace("postgresql://", "postgresql+psycopg://", 1) + "/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield f"{pg_url}/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def _count(database_url: str, table: str) -> int:
+    from sqlalchemy import text
+
+    from gateway.store.db import make_engine
+
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one())
+    finally:
+        engine.dispose()
+
+
+def _prepare_bare(database_url: str) -> None:
+    from bench.bare_app import metadata
+    from gateway.store.db import make_engine
+
+    engine = make_engine(database_url)
+    metadata.create_all(engine)
+    engine.dispose()
+
+
+def _group_cpu_seconds(pgid: int) -> float:
+    """User + system CPU of every live process in the process group (from /proc)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:  # fields after the name: state ppid pgrp ... utime(11) stime(12)
+            total += int(fields[11]) + int(fields[12])
+    return total / ticks
+
+
+@contextmanager
+def server(target: str, database_url: str, workers: int, log: Path) -> Iterator[tuple[str, int]]:
+    port = free_port()
+    env = os.environ | {"DATABASE_URL": database_url, "IAP_MLLP_PORT": "0", "IAP_TICK_SECONDS": "0"}
+    env.pop("IAP_CHECK_FHIR", None)  # check mode is for tests; the benchmark measures what production runs
+    host = ["--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
+    if target == "gateway":
+        command = [str(Path(sys.executable).parent / "iap-gateway"), "serve", *host]
+    else:
+        command = [sys.executable, "-m", "uvicorn", "bench.bare_app:create_app", "--factory", "--log-level", "warning", *host]
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2):
+                    break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"{target} did not start; its log: {log}") from None
+                time.sleep(0.2)
+        yield f"http://127.0.0.1:{port}", process.pid
+    finally:
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=15)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            process.wait()
+
+
+def bodies_file(folder: Path) -> Path:
+    """Flat NHS 111 cases, one per line, with @@ID@@ where wrk puts each request's own case id."""
+    paths = sorted((REPO / "fixtures" / "nhs111").glob("*.case.json"))
+    path = folder / "bodies.jsonl"
+    path.write_text("".join(json.dumps(json.loads(p.read_bytes()) | {"case_id": "@@ID@@"}) + "\n" for p in paths))
+    return path
+
+
+def wrk(url: str, bodies: Path, rate: float, seconds: float, connections: int, tag: str) -> dict[str, Any]:
+    """One wrk run; rate 0 = closed loop (as fast as replies come)."""
+    command = [require_wrk(), "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "10s", "-s", str(LUA), url]
+    run = subprocess.run([*command, "--", str(bodies), str(rate), tag], capture_output=True, text=True, timeout=seconds + 60)
+    line = next((x for x in run.stdout.splitlines() if x.startswith("WRK-JSON ")), None)
+    if run.returncode != 0 or line is None:
+        raise SystemExit(f"wrk failed ({run.returncode}): {run.stderr.strip() or run.stdout.strip()}")
+    return dict(json.loads(line.removeprefix("WRK-JSON ")))
+
+
+def measure(
+    backend: str, target: str, pg_url: str, rate: float, seconds: float, warmup: float, saturate: float, workers: int, logs: Path
+) -> LoadResult:
+    label, path, table = TARGETS[target]
+    with new_store(backend, pg_url) as database_url:
+        if target == "bare":
+            _prepare_bare(database_url)
+        with server(target, database_url, workers, logs / f"{backend}-{target}.log") as (base, pgid):
+            bodies = bodies_file(logs)
+            connections = max(16, int(rate // 4))
+            if warmup > 0:
+                wrk(base + path, bodies, rate, warmup, connections, f"W{target[0]}")
+            cpu = _group_cpu_seconds(pgid)
+            run = wrk(base + path, bodies, rate, seconds, connections, f"R{target[0]}")
+            cpu = _group_cpu_seconds(pgid) - cpu
+            most = wrk(base + path, bodies, 0, saturate, 16, f"S{target[0]}") if saturate > 0 else None
+        stored = _count(database_url, table)
+    statuses = dict(run["statuses"])
+    created = statuses.pop("201", 0)
+    failures = {f"HTTP {k}": v for k, v in statuses.items()} | {f"socket {k}": v for k, v in run["errors"].items() if v and k != "status"}
+    notes = []
+    expected_min = created + (most or {}).get("statuses", {}).get("201", 0)
+    if stored < expected_min:
+        notes.append(f"stored {stored} < acknowledged {expected_min}")
+    return LoadResult(
+        backend=backend,
+        target=label,
+        offered=rate,
+        seconds=run["duration_us"] / 1e6,
+        sent=run["requests"],
+        created=created,
+        p50_ms=run["p50_us"] / 1000,
+        p90_ms=run["p90_us"] / 1000,
+        p99_ms=run["p99_us"] / 1000,
+        max_ms=run["max_us"] / 1000,
+        late=run["late_over_1ms"],
+        late_max_ms=run["late_max_ms"],
+        failures=failures,
+        stored=stored,
+        server_cpu_ms_per_msg=1000 * cpu / created if created else float("nan"),
+        max_rate=(most["statuses"].get("201", 0) / (most["duration_us"] / 1e6)) if most else 0.0,
+        notes=notes,
+    )
