@@ -23,8 +23,9 @@ from bench import ingest, mapping
 
 
 def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), "?")
-    memory = next((int(line.split()[1]) // 1024**2 for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal")), 0)
+    cpuinfo, meminfo = Path("/proc/cpuinfo").read_text().splitlines(), Path("/proc/meminfo").read_text().splitlines()
+    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "?")
+    memory = next((int(line.split()[1]) // 1024**2 for line in meminfo if line.startswith("MemTotal")), 0)
     return f"{os.cpu_count()} cores ({cpu}), {memory} GiB RAM, Python {platform.python_version()}, {platform.system()} {platform.release()}"
 
 
@@ -60,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"machine: {machine()}; {date.today().isoformat()}")
     load = busy()
-    print(f"busy before start (other processes): {100 * load:.0f}% of the machine" + ("  WARNING: figures share the CPU" if load > 0.1 else ""))
+    warning = "  WARNING: the figures share the CPU with that load" if load > 0.1 else ""
+    print(f"busy before start (other processes): {100 * load:.0f}% of the machine{warning}")
     failed = False
     if args.only in (None, "mapping"):
         failed |= print_mapping(mapping.run(args.n, max(10, args.n // 10)))
@@ -80,18 +82,32 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failed else 0
 
 
+def table(headers: list[str], rows: list[list[str]]) -> None:
+    """A Markdown table (the first column left-aligned, the rest right-aligned), as pasted into the READMEs."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    print("| " + " | ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(headers, widths, strict=True))) + " |")
+    print("|" + "|".join("-" * (w + 2) if i == 0 else "-" * (w + 1) + ":" for i, w in enumerate(widths)) + "|")
+    for row in rows:
+        print("| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))) + " |")
+
+
 def print_mapping(results: list[mapping.MappingResult]) -> bool:
     print("\nMapping, one process (one core): adapter + rules + FHIR mapping + Bundle, no database, no HTTP")
-    print(f"| {'source':<24} | {'n':>6} | {'msg/s/core':>10} | {'msg/CPU-s':>9} | {'p50 ms':>7} | {'p99 ms':>7} | {'errors':>6} |")
-    print(f"|{'-' * 26}|{'-' * 7}:|{'-' * 11}:|{'-' * 10}:|{'-' * 8}:|{'-' * 8}:|{'-' * 7}:|")
-    for r in results:
-        print(
-            f"| {r.source:<24} | {r.n:>6} | {r.rate:>10.0f} | {r.cpu_rate:>9.0f} | {r.p50_ms:>7.3f} | {r.p99_ms:>7.3f} | {len(r.errors):>6} |"
-        )
+    table(
+        ["source", "n", "msg/s/core", "msg/CPU-s", "p50 ms", "p99 ms", "errors"],
+        [
+            [r.source, str(r.n), f"{r.rate:.0f}", f"{r.cpu_rate:.0f}", f"{r.p50_ms:.3f}", f"{r.p99_ms:.3f}", str(len(r.errors))]
+            for r in results
+        ],
+    )
     for r in results:
         if r.errors:
             print(f"  {r.source}: first error: {r.errors[0]}", file=sys.stderr)
     return any(r.errors for r in results)
+
+
+def _ratio(top: float, bottom: float) -> str:
+    return f"{top / bottom:.2f}" if bottom else "n/a"
 
 
 def print_ingest(results: list[ingest.LoadResult], args: argparse.Namespace) -> bool:
@@ -99,31 +115,31 @@ def print_ingest(results: list[ingest.LoadResult], args: argparse.Namespace) -> 
         f"\nIngest: {args.rate:g} req/s offered for {args.seconds:g} s (wrk, open loop), then closed loop for {args.saturate:g} s;"
         f" {args.workers} worker process(es) per target; latency = send to reply"
     )
-    print(
-        f"| {'backend':<10} | {'target':<22} | {'sent':>6} | {'201':>6} | {'got/s':>6} | {'p50 ms':>7} | {'p90 ms':>7} | {'p99 ms':>7} |"
-        f" {'max ms':>7} | {'late':>5} | {'CPU ms/msg':>10} | {'max req/s':>9} |"
+    table(
+        ["backend", "target", "sent", "201", "got/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "late", "CPU ms/msg", "max req/s"],
+        [
+            [r.backend, r.target, str(r.sent), str(r.created), f"{r.achieved:.1f}", f"{r.p50_ms:.1f}", f"{r.p90_ms:.1f}"]
+            + [f"{r.p99_ms:.1f}", f"{r.max_ms:.1f}", str(r.late), f"{r.server_cpu_ms_per_msg:.2f}", f"{r.max_rate:.0f}"]
+            for r in results
+        ],
     )
-    print(f"|{'-' * 12}|{'-' * 24}|{'-' * 7}:|{'-' * 7}:|{'-' * 7}:|{'-' * 8}:|{'-' * 8}:|{'-' * 8}:|{'-' * 8}:|{'-' * 6}:|{'-' * 11}:|{'-' * 10}:|")
-    for r in results:
-        print(
-            f"| {r.backend:<10} | {r.target:<22} | {r.sent:>6} | {r.created:>6} | {r.achieved:>6.1f} | {r.p50_ms:>7.1f} | {r.p90_ms:>7.1f} |"
-            f" {r.p99_ms:>7.1f} | {r.max_ms:>7.1f} | {r.late:>5} | {r.server_cpu_ms_per_msg:>10.2f} | {r.max_rate:>9.0f} |"
-        )
-    print("\nGateway vs bare (ratio = gateway / bare; the target is >= 0.5)")
-    print(f"| {'backend':<10} | {'got/s ratio':>11} | {'p50 ratio (bare/gw)':>19} | {'p99 ratio (bare/gw)':>19} | {'max req/s ratio':>15} |")
-    print(f"|{'-' * 12}|{'-' * 12}:|{'-' * 20}:|{'-' * 20}:|{'-' * 16}:|")
+    print("\nGateway against the bare endpoint, same run (throughput: gateway/bare; latency: bare/gateway; target >= 0.5)")
+    rows = []
     for backend in dict.fromkeys(r.backend for r in results):
         gw, bare = (next(r for r in results if r.backend == backend and r.target == ingest.TARGETS[t][0]) for t in ("gateway", "bare"))
-        print(
-            f"| {backend:<10} | {gw.achieved / bare.achieved if bare.achieved else float('nan'):>11.2f} |"
-            f" {bare.p50_ms / gw.p50_ms if gw.p50_ms else float('nan'):>19.2f} | {bare.p99_ms / gw.p99_ms if gw.p99_ms else float('nan'):>19.2f} |"
-            f" {gw.max_rate / bare.max_rate if bare.max_rate else float('nan'):>15.2f} |"
+        rows.append(
+            [backend, _ratio(gw.achieved, bare.achieved), _ratio(bare.p50_ms, gw.p50_ms), _ratio(bare.p99_ms, gw.p99_ms)]
+            + [_ratio(gw.max_rate, bare.max_rate)]
         )
+    table(["backend", "got/s at the offered load", "p50", "p99", "max req/s"], rows)
     failed = False
     for r in results:
-        for problem in [*(f"{k}: {v}" for k, v in r.failures.items()), *r.notes] + ([] if r.created == r.sent else [f"{r.sent - r.created} not 201"]):
+        problems = [*(f"{k}: {v}" for k, v in r.failures.items()), *r.notes]
+        if r.created != r.sent:
+            problems.append(f"{r.sent - r.created} requests without a 201")
+        for problem in problems:
             print(f"  {r.backend} {r.target}: {problem}", file=sys.stderr)
-            failed = True
+        failed |= bool(problems)
     return failed
 
 

@@ -96,39 +96,30 @@ def sources() -> list[tuple[str, Callable[[int], list[bytes]], Callable[[bytes],
 
 
 def run(n: int, warmup: int) -> list[MappingResult]:
-    results = []
-    for label, make, map_one in sources():
-        inputs = make(n + warmup)
-        errors: list[str] = []
+    return [_run_source(label, make(n + warmup), map_one, warmup) for label, make, map_one in sources()]
 
-        def attempt(raw: bytes) -> None:
-            try:
-                bundle = map_one(raw)
-                if bundle.get("resourceType") != "Bundle" or not bundle.get("entry"):
-                    errors.append("mapped to something other than a non-empty Bundle")
-            except Exception as exc:  # noqa: BLE001 - the benchmark counts and reports every failure
-                errors.append(f"{type(exc).__name__}: {exc}")
 
-        for raw in inputs[:warmup]:
-            attempt(raw)
-        errors.clear()
-        times = []
-        start, cpu = time.perf_counter(), time.process_time()
-        for raw in inputs[warmup:]:
-            t = time.perf_counter()
-            attempt(raw)
-            times.append(time.perf_counter() - t)
-        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
-        times.sort()
-        results.append(
-            MappingResult(
-                label,
-                n,
-                seconds,
-                max(cpu_seconds, 1e-9),
-                1000 * statistics.median(times),
-                1000 * times[min(len(times) - 1, int(len(times) * 0.99))],
-                errors,
-            )
-        )
-    return results
+def _run_source(label: str, inputs: list[bytes], map_one: Callable[[bytes], dict[str, Any]], warmup: int) -> MappingResult:
+    errors: list[str] = []
+
+    def attempt(raw: bytes) -> None:
+        try:
+            bundle = map_one(raw)
+            if bundle.get("resourceType") != "Bundle" or not bundle.get("entry"):
+                errors.append("mapped to something other than a non-empty Bundle")
+        except Exception as exc:  # noqa: BLE001 - the benchmark counts and reports every failure
+            errors.append(f"{type(exc).__name__}: {exc}")
+
+    for raw in inputs[:warmup]:
+        attempt(raw)
+    timed = inputs[warmup:]
+    times = []
+    start, cpu = time.perf_counter(), time.process_time()
+    for raw in timed:
+        t = time.perf_counter()
+        attempt(raw)
+        times.append(time.perf_counter() - t)
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
+    times.sort()
+    p99 = times[min(len(times) - 1, int(len(times) * 0.99))]
+    return MappingResult(label, len(timed), seconds, max(cpu_seconds, 1e-9), 1000 * statistics.median(times), 1000 * p99, errors)
