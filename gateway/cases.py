@@ -17,6 +17,7 @@ from fhir_mapping.notifications import consultation_report_id, gp_letter_request
 from gateway.clock import Clock
 from gateway.rules.cas_ops import OPERATIONS, Params, apply_operation, parse_parameters
 from gateway.rules.schema import RuleRegistry
+from gateway.store.db import write_transaction
 from gateway.store.repo import ResourceQuery, get_for_update, get_resource, put_resource, search_resources
 
 __all__ = ["CaseOperations", "provenance", "explain", "explain_resource", "RULE_SYSTEM", "is_specialist_desk"]
@@ -61,7 +62,7 @@ class CaseOperations:
     def run(self, task_id: str, name: str, raw: bytes) -> dict[str, Any]:
         """Apply operation `name` to Task `task_id`; the new Task version, or GatewayInputError and nothing changed."""
         params = parse_parameters(parse_json_object(raw, "Parameters"))
-        with self.sessions.begin() as session:
+        with write_transaction(self.sessions) as session:
             return self.apply_in(session, task_id, name, params, self.clock.now())
 
     def apply_in(self, session: Session, task_id: str, name: str, params: Params, now: datetime) -> dict[str, Any]:

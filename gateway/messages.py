@@ -18,6 +18,7 @@ import structlog
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from gateway.store.db import write_transaction
 from gateway.store.models import InboundMessage
 from gateway.store.repo import find_inbound, put_resources
 
@@ -74,7 +75,7 @@ def commit_message(
     """Write, store the message and its reply, commit; retry a lost race on another key, answer a re-send as one."""
     for attempt in range(1, ATTEMPTS + 1):
         try:
-            with sessions.begin() as session:
+            with write_transaction(sessions) as session:
                 results = put_resources(session, write(session), now)
                 stored = [result for result, _ in results]
                 created = {f"{r['resourceType']}/{r['id']}" for r, outcome in results if outcome == "created"}

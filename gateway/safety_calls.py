@@ -23,6 +23,7 @@ from gateway.cases import provenance
 from gateway.clock import Clock
 from gateway.rules.cas_queue import breach_status, breach_time
 from gateway.rules.schema import RuleRegistry, ServiceRules
+from gateway.store.db import write_transaction
 from gateway.store.repo import get_resource, put_resource, queue_rows
 
 __all__ = ["tick", "safety_call_for", "run_ticker"]
@@ -69,7 +70,7 @@ def tick(sessions: sessionmaker[Session], registry: RuleRegistry, now: datetime)
         if call is None:
             continue
         try:
-            with sessions.begin() as session:
+            with write_transaction(sessions) as session:
                 if get_resource(session, "Task", call["id"]) is not None:
                     continue
                 stored, outcome = put_resource(session, call, now)

@@ -20,6 +20,7 @@ from gateway.queue_summary import RISK_LEVELS, RISK_SYSTEM, queue_summary, risk_
 from gateway.rules.cas_ops import parse_parameters
 from gateway.rules.cas_queue import breach_status
 from gateway.rules.schema import ServiceRules
+from gateway.store.db import write_transaction
 from gateway.store.repo import ResourceQuery, get_resource, put_resource, queue_rows, search_resources
 
 __all__ = ["router"]
@@ -75,7 +76,7 @@ async def confirm_risk_level(request: Request, clock: ClockDep, registry: Regist
     now = clock.now()
 
     def store() -> dict[str, Any]:
-        with request.app.state.sessions.begin() as session:
+        with write_transaction(request.app.state.sessions) as session:
             suggested = _summary(session, registry.services[service], now)["suggested_risk_level"]
             stored, _ = put_resource(session, risk_level_observation(service, suggested, level, who, note, now), now)
             return stored

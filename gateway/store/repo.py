@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Select, and_, delete, func, insert, or_, select
+from sqlalchemy import ColumnElement, Select, Table, and_, delete, func, insert, or_, select
 from sqlalchemy.orm import Session
 
 from fhir_mapping.datetimes import parse_source_datetime, to_fhir_instant
-from gateway.store.models import IdentifierRow, InboundMessage, ResourceRow, TokenRow
+from gateway.store.models import Base, IdentifierRow, InboundMessage, ResourceRow, TokenRow
 
 __all__ = [
     "put_resource",
@@ -61,14 +61,14 @@ def put_resources(session: Session, writes: Sequence[tuple[dict[str, Any], str |
         return []
     session.flush()  # what earlier calls in this transaction added is visible to the reads below
     with session.no_autoflush:
-        keys = sorted({(r["resourceType"], r["id"]) for r, _ in writes})
+        keys = {(r["resourceType"], r["id"]) for r, _ in writes}
         found = session.execute(
             select(ResourceRow)
-            .where(_key_in((ResourceRow.resource_type, ResourceRow.id), keys))
+            .where(*_columns_in((ResourceRow.resource_type, ResourceRow.id), keys))
             .order_by(ResourceRow.resource_type, ResourceRow.id)  # PostgreSQL locks in one order: no deadlock between writers
             .with_for_update()
         ).scalars()
-        rows = {(row.resource_type, row.id): row for row in found}
+        rows = {key: row for row in found if (key := (row.resource_type, row.id)) in keys}
         new_rows: dict[tuple[str, str], ResourceRow] = {}  # inserted below in one statement, not one ORM object each
         out: list[tuple[dict[str, Any], str]] = []
         written: list[dict[str, Any]] = []
@@ -95,19 +95,33 @@ def put_resources(session: Session, writes: Sequence[tuple[dict[str, Any], str |
             written.append(full)
             out.append((full, outcome))
         if new_rows:
-            session.execute(insert(ResourceRow.__table__), [_columns(row) for row in new_rows.values()])
+            session.execute(insert(_table(ResourceRow)), [_columns(row) for row in new_rows.values()])
         _put_identifiers(session, written)
         _put_tokens(session, written)
     session.flush()  # the updates of rows that were there already
     return out
 
 
-def _key_in(columns: tuple[Any, ...], keys: Sequence[tuple[str, ...]]) -> ColumnElement[bool]:
-    """(a = ? AND b = ?) OR ...: SQLite answers this from the primary key; a row-value IN (a, b) IN (...) scans the table."""
-    return or_(*(and_(*(column == value for column, value in zip(columns, key, strict=True))) for key in keys))
+def _columns_in(columns: tuple[Any, ...], keys: Collection[tuple[str, ...]]) -> list[ColumnElement[bool]]:
+    """a IN (...) AND b IN (...): every key and maybe a few other combinations (the caller keeps only its keys).
+
+    SQLite answers this from the primary key; a row-value IN, (a, b) IN (...), makes it scan the table. The
+    IN lists are expanding parameters, so the statement is compiled once, whatever the number of keys.
+    """
+    return [column.in_(sorted({key[i] for key in keys})) for i, column in enumerate(columns)]
 
 
-_ROW_COLUMNS = [c.key for c in ResourceRow.__table__.columns]
+def _key_in(columns: tuple[Any, ...], keys: Collection[tuple[str, ...]]) -> ColumnElement[bool]:
+    """(a = ? AND b = ?) OR ...: exactly the keys, from the primary key (for a delete, which must not touch other rows)."""
+    return or_(*(and_(*(column == value for column, value in zip(columns, key, strict=True))) for key in sorted(keys)))
+
+
+def _table(model: type[Base]) -> Table:
+    """The model's table, for plain statements (no ORM objects, no unit of work)."""
+    return cast(Table, model.__table__)
+
+
+_ROW_COLUMNS = [c.key for c in _table(ResourceRow).columns]
 
 
 def _columns(row: ResourceRow) -> dict[str, Any]:
@@ -158,9 +172,9 @@ def _put_tokens(session: Session, written: list[dict[str, Any]]) -> None:
     if not final:
         return
     # plain statements (TokenRow objects are never loaded, so no ORM state can go stale)
-    session.execute(delete(TokenRow.__table__).where(_key_in((TokenRow.resource_type, TokenRow.resource_id), sorted(final))))
+    session.execute(delete(_table(TokenRow)).where(_key_in((TokenRow.resource_type, TokenRow.resource_id), final)))
     session.execute(
-        insert(TokenRow.__table__),
+        insert(_table(TokenRow)),
         [
             {"resource_type": rtype, "resource_id": rid, "param": p, "system": s, "code": c}
             for (rtype, rid), rows in final.items()
@@ -179,9 +193,10 @@ def _put_identifiers(session: Session, written: list[dict[str, Any]]) -> None:
                 wanted.append(((res["resourceType"], ident["system"], ident["value"]), res["id"]))
     if not wanted:
         return
-    condition = _key_in((IdentifierRow.resource_type, IdentifierRow.system, IdentifierRow.value), sorted({key for key, _ in wanted}))
-    query = select(IdentifierRow.resource_type, IdentifierRow.system, IdentifierRow.value, IdentifierRow.resource_id).where(condition)
-    holders = {(t, s, v): rid for t, s, v, rid in session.execute(query)}
+    keys = {key for key, _ in wanted}
+    columns = (IdentifierRow.resource_type, IdentifierRow.system, IdentifierRow.value)
+    query = select(*columns, IdentifierRow.resource_id).where(*_columns_in(columns, keys))
+    holders = {key: rid for t, s, v, rid in session.execute(query) if (key := (t, s, v)) in keys}
     new: list[dict[str, str]] = []
     for key, rid in wanted:
         holder = holders.get(key)
@@ -191,7 +206,7 @@ def _put_identifiers(session: Session, written: list[dict[str, Any]]) -> None:
         elif holder != rid:
             raise ValueError(f"identifier {key[1]} is already used by another {key[0]}")
     if new:
-        session.execute(insert(IdentifierRow.__table__), new)
+        session.execute(insert(_table(IdentifierRow)), new)
 
 
 def get_resource(session: Session, resource_type: str, resource_id: str) -> dict[str, Any] | None:

@@ -1,0 +1,33 @@
+"""The benchmark command runs end to end (a smoke run: tiny counts, no timing asserted; figures are in bench/README.md)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import PG_ADMIN_URL, ROOT
+
+
+@pytest.mark.skipif(
+    shutil.which("wrk") is None and os.environ.get("CI") != "true", reason="needs wrk (apt-get install wrk; .ci/run installs it)"
+)
+def test_bench_command_prints_mapping_ingest_and_ratio_tables() -> None:
+    pg_server = PG_ADMIN_URL.replace("postgresql+psycopg://", "postgresql://").rsplit("/", 1)[0]
+    run = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--pg-url", pg_server],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    out = run.stdout
+    for source in ("NHS 111 flat case JSON", "BaRS message Bundle", "HL7 v2 ADT (RiO)"):
+        assert f"| {source}" in out
+    for backend in ("sqlite", "postgres"):
+        assert sum(line.startswith(f"| {backend} ") for line in out.splitlines()) == 3  # gateway, bare, ratio
+    assert "POST /ingest/nhs111" in out and "bare FastAPI, 1 insert" in out and "max req/s" in out
