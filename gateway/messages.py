@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 import structlog
+from sqlalchemy import insert
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -80,22 +81,22 @@ def commit_message(
                 stored = [result for result, _ in results]
                 created = {f"{r['resourceType']}/{r['id']}" for r, outcome in results if outcome == "created"}
                 reply = make_reply(stored, created)
-                session.add(
-                    InboundMessage(
-                        channel=inbound.channel,
-                        message_id=inbound.message_id,
-                        header_id=inbound.header_id,
-                        correlation_id=inbound.correlation_id,
-                        received_at=now,
-                        raw=inbound.raw,
-                        task_id=next((r["id"] for r in stored if r["resourceType"] == "Task"), None),
-                        rule_set=inbound.rule_set,
-                        unused=json.dumps(list(inbound.unused)),
-                        response_status=reply.status,
-                        response_body=json.dumps(reply.body, separators=(",", ":")),
-                    )
+                session.connection().execute(  # a plain insert: no ORM object to track for one row
+                    insert(InboundMessage),
+                    {
+                        "channel": inbound.channel,
+                        "message_id": inbound.message_id,
+                        "header_id": inbound.header_id,
+                        "correlation_id": inbound.correlation_id,
+                        "received_at": now,
+                        "raw": inbound.raw,
+                        "task_id": next((r["id"] for r in stored if r["resourceType"] == "Task"), None),
+                        "rule_set": inbound.rule_set,
+                        "unused": json.dumps(list(inbound.unused)),
+                        "response_status": reply.status,
+                        "response_body": json.dumps(reply.body, separators=(",", ":")),
+                    },
                 )
-                session.flush()
             return reply
         except (IntegrityError, OperationalError) as exc:
             # a racing copy of this message won, or a racing write on a shared resource (a Patient): look, then retry
