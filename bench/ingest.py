@@ -178,17 +178,21 @@ def server(target: str, database_url: str, workers: int, log: Path) -> Iterator[
 
 
 def bodies_file(folder: Path) -> Path:
-    """Flat NHS 111 cases, one per line, with @@ID@@ where wrk puts each request's own case id."""
-    paths = sorted((REPO / "fixtures" / "nhs111").glob("*.case.json"))
+    """Flat NHS 111 cases, one per line, with @@ID@@ and @@NHS@@ where wrk puts each request's case id and patient."""
     path = folder / "bodies.jsonl"
-    path.write_text("".join(json.dumps(json.loads(p.read_bytes()) | {"case_id": "@@ID@@"}) + "\n" for p in paths))
+    with path.open("w") as out:
+        for fixture in sorted((REPO / "fixtures" / "nhs111").glob("*.case.json")):
+            case = json.loads(fixture.read_bytes()) | {"case_id": "@@ID@@"}
+            case["patient"]["nhs_number"] = "@@NHS@@"
+            out.write(json.dumps(case) + "\n")
     return path
 
 
-def wrk(url: str, bodies: Path, rate: float, seconds: float, connections: int, tag: str) -> dict[str, Any]:
-    """One wrk run; rate 0 = closed loop (as fast as replies come)."""
+def wrk(url: str, bodies: Path, rate: float, seconds: float, connections: int, tag: str, first_patient: int) -> dict[str, Any]:
+    """One wrk run; rate 0 = closed loop (as fast as replies come). Patients are numbered on from `first_patient`."""
     command = [require_wrk(), "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "10s", "-s", str(LUA), url]
-    run = subprocess.run([*command, "--", str(bodies), str(rate), tag], capture_output=True, text=True, timeout=seconds + 60)
+    arguments = ["--", str(bodies), str(rate), tag, str(first_patient)]
+    run = subprocess.run([*command, *arguments], capture_output=True, text=True, timeout=seconds + 60)
     line = next((x for x in run.stdout.splitlines() if x.startswith("WRK-JSON ")), None)
     if run.returncode != 0 or line is None:
         raise SystemExit(f"wrk failed ({run.returncode}): {run.stderr.strip() or run.stdout.strip()}")
@@ -206,11 +210,11 @@ def measure(
             bodies = bodies_file(logs)
             connections = max(16, int(rate // 4))
             if warmup > 0:
-                wrk(base + path, bodies, rate, warmup, connections, f"W{target[0]}")
+                wrk(base + path, bodies, rate, warmup, connections, f"W{target[0]}", 0)
             cpu = _group_cpu_seconds(pgid)
-            run = wrk(base + path, bodies, rate, seconds, connections, f"R{target[0]}")
+            run = wrk(base + path, bodies, rate, seconds, connections, f"R{target[0]}", 200_000)
             cpu = _group_cpu_seconds(pgid) - cpu
-            most = wrk(base + path, bodies, 0, saturate, 16, f"S{target[0]}") if saturate > 0 else None
+            most = wrk(base + path, bodies, 0, saturate, 16, f"S{target[0]}", 600_000) if saturate > 0 else None
         stored = _count(database_url, table)
     statuses = dict(run["statuses"])
     created = statuses.pop("201", 0)

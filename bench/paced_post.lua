@@ -1,8 +1,11 @@
 -- wrk script: POST a fixed offered load of distinct messages (open-loop pacing per wrk thread).
 --
--- args: <bodies file> <rate per thread, req/s; 0 = closed loop> <run tag>
--- The bodies file has one JSON body per line, each with @@ID@@ where the message id goes;
--- every request gets its own id (<tag>-<thread>-<n>), so no request is a re-send.
+-- args: <bodies file> <rate per thread, req/s; 0 = closed loop> <run tag> <first patient number>
+-- The bodies file has one JSON body per line, with @@ID@@ where the message id goes and @@NHS@@
+-- where the patient's NHS number goes. Every request gets its own id (<tag>-<thread>-<n>), so no
+-- request is a re-send, and its own patient (a synthetic 999 NHS number with a valid check
+-- digit), as real referrals mostly are: the same few patients in every message would make every
+-- transaction wait for the one before on the Patient row.
 -- Pacing: request k of a thread is due at start + k/rate. delay() holds a free connection
 -- until the next due time; when every connection is busy the request goes late, and
 -- the lateness is counted (so a saturated server shows as late sends, not as good latency).
@@ -29,7 +32,7 @@ function setup(thread)
 end
 
 local bodies, interval_ms, tag
-local sent, issued, start_ms = 0, 0, nil
+local sent, issued, start_ms, next_patient = 0, 0, nil, 0
 -- globals, not locals: done() reads them from each thread with thread:get()
 late_1ms, late_max_ms, statuses = 0, 0, {}
 
@@ -41,6 +44,7 @@ function init(args)
   local rate = tonumber(args[2])
   interval_ms = rate > 0 and 1000 / rate or 0 -- rate 0: closed loop, no pacing
   tag = args[3] .. "-" .. tostring(tid)
+  next_patient = tonumber(args[4]) + tid * 100000
   wrk.method = "POST"
   wrk.headers["Content-Type"] = "application/json"
 end
@@ -58,10 +62,24 @@ function delay()
   return 0
 end
 
+local function nhs_number(serial)
+  -- 999 + 6 digits + the modulus 11 check digit; a serial whose check digit would be 10 moves on
+  while true do
+    local base = string.format("999%06d", serial % 1000000)
+    local sum = 0
+    for i = 1, 9 do sum = sum + tonumber(base:sub(i, i)) * (11 - i) end
+    local check = (11 - sum % 11) % 11
+    if check < 10 then return base .. check end
+    serial = serial + 1
+  end
+end
+
 function request()
   local n = issued -- not `sent`: another connection's delay() may run between a delay() and its request()
   issued = issued + 1
-  local body = bodies[(n % #bodies) + 1]:gsub("@@ID@@", string.format("%s-%08d", tag, n))
+  local number = nhs_number(next_patient)
+  next_patient = tonumber(number:sub(4, 9)) + 1
+  local body = bodies[(n % #bodies) + 1]:gsub("@@ID@@", string.format("%s-%08d", tag, n)):gsub("@@NHS@@", number)
   return wrk.format(nil, nil, nil, body)
 end
 

@@ -56,6 +56,7 @@ MakeReply = Callable[[list[dict[str, Any]], set[str]], Reply]
 
 def previous(sessions: sessionmaker[Session], channel: str, message_id: str, header_id: str | None = None) -> InboundMessage | None:
     with sessions() as session:
+        session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})  # one read: no BEGIN and ROLLBACK round trips
         return find_inbound(session, channel, message_id, header_id)
 
 
