@@ -420,15 +420,17 @@ def _datetime_at(resource: dict[str, Any], dotted: str, base: str, problems: Pro
 
 
 def _references(node: Any, path: str) -> Iterator[tuple[str, str]]:
+    """Every (element path, reference) in document order; only objects and arrays are descended into."""
     if isinstance(node, dict):
         for key, value in node.items():
             if key == "reference" and isinstance(value, str):
                 yield path + ".reference", value
-            else:
+            elif isinstance(value, dict | list):
                 yield from _references(value, f"{path}.{key}")
     elif isinstance(node, list):
         for index, item in enumerate(node):
-            yield from _references(item, f"{path}[{index}]")
+            if isinstance(item, dict | list):
+                yield from _references(item, f"{path}[{index}]")
 
 
 def _as_list(value: Any) -> list[Any]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -21,9 +21,13 @@ __all__ = [
     "validate_case",
     "source_time",
     "call_and_patient",
+    "Text",
 ]
 
 M = TypeVar("M", bound=BaseModel)
+# A list item that becomes a FHIR string: FHIR has no empty strings, so "" (or only spaces, stripped) is refused by
+# name (422). An empty single value is left out of the FHIR, as it always was.
+Text = Annotated[str, Field(min_length=1)]
 
 
 def validate_case(model: type[M], data: dict[str, Any]) -> M:
@@ -61,10 +65,10 @@ class OpenModel(BaseModel):
 class PatientBlock(OpenModel):
     nhs_number: str
     family: str | None = None
-    given: list[str] = Field(default_factory=list)
+    given: list[Text] = Field(default_factory=list)
     birth_date: str | None = None
     gender: Literal["male", "female", "other", "unknown"] | None = None
-    address_lines: list[str] = Field(default_factory=list)
+    address_lines: list[Text] = Field(default_factory=list)
     city: str | None = None
     postcode: str | None = None
     phone: str | None = None

@@ -35,9 +35,9 @@ def _rewrite(node: Any, ids: set[str]) -> Any:
         for key, value in node.items():
             if key == "reference" and isinstance(value, str) and value in ids:
                 out[key] = f"urn:uuid:{value.split('/', 1)[1]}"
-            else:
+            elif isinstance(value, dict | list):
                 out[key] = _rewrite(value, ids)
+            else:
+                out[key] = value
         return out
-    if isinstance(node, list):
-        return [_rewrite(item, ids) for item in node]
-    return node
+    return [_rewrite(item, ids) if isinstance(item, dict | list) else item for item in node]

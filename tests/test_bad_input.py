@@ -76,6 +76,7 @@ FLAT_CASES = [
         400,
         id="red-flag-answer-not-boolean",
     ),
+    pytest.param(_case(patient__given=["Sam", " "]), "patient.given[1]", "at least 1 character", 400, id="empty-given-name"),
 ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import pytest
@@ -46,3 +47,58 @@ def test_adapter_never_fails_except_with_a_clear_refusal(source: str) -> None:
             assert error.problems and all(p.element is not None and p.message for p in error.problems)
 
     check()
+
+
+@pytest.mark.parametrize("source", ["nhs111", "bars"])
+def test_whatever_is_accepted_maps_to_resources_the_fhir_models_accept_and_serialise_alike(source: str) -> None:
+    """The mapping builds FHIR JSON without the models (fhir_mapping.fhir.build); in check mode (the suite's) every
+    resource is validated by its fhir.resources R4B model and must serialise byte for byte as the model would."""
+    from fhir_mapping.fhir import checking
+    from gateway.intake import map_offline
+    from gateway.rules.schema import load_rules
+    from tests.conftest import NOW
+
+    assert checking()
+    registry, (_, paths) = load_rules(), SAMPLES[source]
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+    @given(mutated(paths))
+    def check(data: bytes) -> None:
+        try:
+            bundle = map_offline(data, registry, NOW, kind="bars" if source == "bars" else "nhs111")
+        except GatewayInputError:
+            return
+        assert bundle["entry"]
+
+    check()
+
+
+_TEXT = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=0, max_size=30)
+
+
+@st.composite
+def varied_cases(draw: st.DrawFn) -> bytes:
+    """A valid flat case from a fixture, its free-text and demographic values replaced by arbitrary text (or left out)."""
+    case = json.loads(draw(st.sampled_from(SAMPLES["nhs111"][1])).read_bytes())
+    patient = case["patient"]
+    for key in ("family", "postcode"):
+        value = draw(st.none() | _TEXT)
+        patient.pop(key, None) if value is None else patient.__setitem__(key, value)
+    patient["given"] = draw(st.lists(_TEXT, max_size=3))
+    case["free_text"] = draw(st.none() | _TEXT)
+    for flag in case.get("red_flags", []):
+        flag["question"] = draw(_TEXT)
+    return json.dumps(case).encode()
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(varied_cases())
+def test_arbitrary_text_in_an_accepted_case_maps_to_what_the_fhir_models_accept(data: bytes) -> None:
+    from gateway.intake import map_offline
+    from gateway.rules.schema import load_rules
+    from tests.conftest import NOW
+
+    try:
+        map_offline(data, load_rules(), NOW, kind="nhs111")
+    except GatewayInputError:
+        pass
