@@ -149,24 +149,24 @@ def build(model: type[R], **fields: Any) -> Built[R]:
             raise TypeError(f"{resource_type} has no element {name!r}")
         elements.append((rank[element], element, value))
     elements.sort(key=lambda item: item[0])
-    built = Built(model, {"resourceType": resource_type, **{element: value for _, element, value in elements}})
-    conform(model, built.json)
+    built = Built(model, conform(model, {"resourceType": resource_type, **{element: value for _, element, value in elements}}))
     if checking():
         check_fhir(model, built.json)
     return built
 
 
-def conform(model: type[Any], data: Any) -> None:
-    """Raise ValueError unless `data` is shaped as `model`'s FHIR JSON: known elements only, lists where the model has
-    lists, no empty or null values, and every primitive passing the model's own validator (String, Code, Uri, ...).
+def conform(model: type[Any], data: Any) -> dict[str, Any]:
+    """`data` as `model`'s FHIR JSON, elements in the model's order at every level; ValueError unless it is shaped
+    as the model has it: known elements only, lists where the model has lists, no empty or null values, and every
+    primitive passing the model's own validator (String, Code, Uri, dates, ...).
 
     Always run by `build`: values from senders (names, codes, free text) reach the JSON through the adapters,
     and an invalid one must fail here as it failed in the model (a 500, nothing stored), not be stored. It checks
-    the primitives as the models do without building the models (a fifth of the time); element order,
-    choice-type and serialisation rules are held by check mode in the tests.
+    the primitives as the models do without building the models (a fifth of the time). Objects already in order
+    are returned as they are (no copy). Choice-type and serialisation rules are held by check mode in the tests.
     """
     try:
-        _conform(model, data)
+        return _conform(model, data)
     except _NotConform as error:
         raise ValueError(f"{model.__name__}{''.join(reversed(error.path))}: {error.reason}") from None
 
@@ -180,46 +180,91 @@ class _NotConform(Exception):
         return self
 
 
-def _conform(model: Any, data: Any) -> None:
+def _conform(model: Any, data: Any) -> dict[str, Any]:
     if data.__class__ is not dict or not data:
         raise _NotConform("expected a non-empty JSON object")
+    if model.has_resource_base() and data.get("resourceType") != model.get_resource_type():
+        if model.get_resource_type() not in ("Resource", "DomainResource"):  # a contained or entry resource: its own type
+            raise _NotConform(f"resourceType {data.get('resourceType')!r}, expected {model.get_resource_type()}")
+        try:
+            model = get_fhir_model_class(str(data.get("resourceType")))
+        except KeyError:
+            raise _NotConform(f"unknown resourceType {data.get('resourceType')!r}") from None
     elements = _elements(model)
+    in_order, last = True, -2
+    changed: dict[str, Any] = {}
     for key, value in data.items():
         spec = elements.get(key)
         if spec is None:
-            if key == "resourceType":
-                continue
             raise _NotConform(f"{model.__name__} has no element {key!r}").with_path(f".{key}")
-        is_list, check, is_model = spec
-        if is_list and (value.__class__ is not list or not value):
+        rank, is_list, check, is_model = spec
+        if rank <= last:
+            in_order = False
+        last = rank
+        if not is_list:
+            try:
+                if value is None:
+                    raise _NotConform("null")
+                if is_model:
+                    item = _conform(check, value)
+                    if item is not value:
+                        changed[key] = item
+                elif rank >= 0:  # not resourceType
+                    check(value)
+            except _NotConform as error:
+                raise error.with_path(f".{key}") from None
+            except ValueError as error:
+                raise _NotConform(_reason(error)).with_path(f".{key}") from None
+            continue
+        if value.__class__ is not list or not value:
             raise _NotConform("expected a non-empty list").with_path(f".{key}")
-        for index, item in enumerate(value if is_list else (value,)):
+        for index, item in enumerate(value):
             try:
                 if item is None:
                     raise _NotConform("null")
                 if is_model:
-                    _conform(check, item)
+                    new = _conform(check, item)
+                    if new is not item:
+                        changed.setdefault(key, list(value))[index] = new
                 else:
                     check(item)
             except _NotConform as error:
-                raise error.with_path(f".{key}[{index}]" if is_list else f".{key}") from None
+                raise error.with_path(f".{key}[{index}]") from None
             except ValueError as error:
-                reason = error.errors()[0]["msg"] if hasattr(error, "errors") else str(error)
-                raise _NotConform(reason).with_path(f".{key}[{index}]" if is_list else f".{key}") from None
+                raise _NotConform(_reason(error)).with_path(f".{key}[{index}]") from None
+    if in_order and not changed:
+        return data
+    merged = data | changed
+    return {key: merged[key] for key in sorted(merged, key=lambda k: elements[k][0])}
+
+
+def _reason(error: ValueError) -> str:
+    errors = getattr(error, "errors", None)
+    return str(errors()[0]["msg"]) if callable(errors) else str(error)
 
 
 @cache
-def _elements(model: Any) -> dict[str, tuple[bool, Any, bool]]:
-    """JSON name -> (is a list, the element's model class or a validator for its primitive type, is a model)."""
-    out = {}
+def _elements(model: Any) -> dict[str, tuple[int, bool, Any, bool]]:
+    """JSON name -> (position in the model's serialisation, is a list, the element's model class or a validator
+    for its primitive type, is a model). Positions as fhir.resources writes them: resourceType, then the elements
+    in order, each primitive's `_element` (extensions) right after it."""
+    position = {"resourceType": -1}
+    for index, element in enumerate(model.elements_sequence()):
+        position[element], position[f"_{element}"] = 2 * index, 2 * index + 1
+    out: dict[str, tuple[int, bool, Any, bool]] = {}
+    if model.has_resource_base():
+        out["resourceType"] = (-1, False, None, False)
     for name, info in model.model_fields.items():
+        alias = info.alias or name
+        if alias not in position:
+            continue  # fhir_comments: never written by the gateway
         annotation = _without_none(info.annotation)
         is_list = typing.get_origin(annotation) is list
         if is_list:
             annotation = _without_none(typing.get_args(annotation)[0])
         element_model = _model_class(annotation)
         check = element_model or TypeAdapter(annotation).validator.validate_python
-        out[info.alias or name] = (is_list, check, element_model is not None)
+        out[alias] = (position[alias], is_list, check, element_model is not None)
     return out
 
 
