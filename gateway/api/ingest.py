@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TypeVar
 
+import anyio
 from fastapi import APIRouter, Request
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, Response
 
@@ -18,6 +19,7 @@ from gateway.messages import Reply
 __all__ = ["router", "read_body", "answer", "SenderGone"]
 
 router = APIRouter()
+T = TypeVar("T")
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -41,10 +43,19 @@ async def read_body(request: Request, limit: int) -> bytes:
     return body
 
 
+async def in_worker_thread(request: Request, work: Callable[[bytes], T], raw: bytes) -> T:
+    """`work(raw)` in a worker thread, at most `ingest_concurrency` messages at once in this process."""
+    state = request.app.state
+    limiter = getattr(state, "ingest_limiter", None)
+    if limiter is None:  # made on first use: a limiter belongs to the running event loop
+        limiter = state.ingest_limiter = anyio.CapacityLimiter(state.settings.ingest_concurrency)
+    return await anyio.to_thread.run_sync(work, raw, limiter=limiter)
+
+
 async def answer(request: Request, limit: int, receive: Callable[[bytes], Reply], fhir: bool = True) -> Response:
     """Read the body, hand it to `receive` off the event loop, send its reply (FHIR JSON, or plain JSON)."""
     raw = await read_body(request, limit)
-    reply = await run_in_threadpool(receive, raw)
+    reply = await in_worker_thread(request, receive, raw)
     kind = FhirResponse if fhir else JSONResponse
     return kind(reply.body, status_code=reply.status, headers=reply.headers)
 
@@ -95,7 +106,7 @@ async def ingest_systmone(request: Request, settings: SettingsDep) -> Response:
 )
 async def ingest_hl7v2(request: Request, settings: SettingsDep) -> Response:
     raw = await read_body(request, settings.max_body_bytes)
-    ack = await run_in_threadpool(request.app.state.hl7.receive, raw)
+    ack = await in_worker_thread(request, request.app.state.hl7.receive, raw)
     code = ack.split(b"\rMSA|", 1)[1][:2].decode() if b"\rMSA|" in ack else "AR"
     return Response(ack, media_type="x-application/hl7-v2+er7", headers={"X-HL7-Ack-Code": code})
 
