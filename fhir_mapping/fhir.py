@@ -3,6 +3,13 @@
 The gateway uses fhir.resources' R4B models: wire-compatible with R4 4.0.1 for the
 resources used here (UK Core is R4). Import FHIR classes from here, nowhere else, so
 a move to another model package is one edit.
+
+Mapping code builds resources with `build(Model, **elements)`: the FHIR JSON is written once,
+in the model's element order, and checked against the model's elements and primitive
+validators (`conform`); the R4B object is made only when asked for (`Built.model()`). Check
+mode (`IAP_CHECK_FHIR=1`, the whole test suite) also validates each one with its model and
+requires the model's own serialisation to be identical. JSON from outside goes through the
+model: `validated(Model, data)`.
 """
 
 from __future__ import annotations
