@@ -31,13 +31,9 @@ def machine() -> str:
 
 def busy(seconds: float = 2.0) -> float:
     """Share of the machine's CPU busy over `seconds` (everything running: other processes included)."""
-
-    def ticks() -> tuple[int, int]:
-        values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
-        return sum(values) - values[3] - values[4], sum(values)
-
-    (b0, t0), _, (b1, t1) = ticks(), time.sleep(seconds), ticks()
-    return (b1 - b0) / max(1, t1 - t0)
+    before = ingest.machine_ticks()
+    time.sleep(seconds)
+    return ingest.busy_between(before, ingest.machine_ticks())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,13 +78,18 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failed else 0
 
 
-def table(headers: list[str], rows: list[list[str]]) -> None:
-    """A Markdown table (the first column left-aligned, the rest right-aligned), as pasted into the READMEs."""
+def table(headers: list[str], rows: list[list[str]], text_columns: int = 1) -> None:
+    """A Markdown table (the first `text_columns` left-aligned, the figures right-aligned), as pasted into the READMEs."""
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    print("| " + " | ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(headers, widths, strict=True))) + " |")
-    print("|" + "|".join("-" * (w + 2) if i == 0 else "-" * (w + 1) + ":" for i, w in enumerate(widths)) + "|")
+
+    def line(cells: list[str]) -> str:
+        padded = (c.ljust(w) if i < text_columns else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
+        return "| " + " | ".join(padded) + " |"
+
+    print(line(headers))
+    print("|" + "|".join("-" * (w + 2) if i < text_columns else "-" * (w + 1) + ":" for i, w in enumerate(widths)) + "|")
     for row in rows:
-        print("| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))) + " |")
+        print(line(row))
 
 
 def print_mapping(results: list[mapping.MappingResult]) -> bool:
@@ -116,12 +117,14 @@ def print_ingest(results: list[ingest.LoadResult], args: argparse.Namespace) -> 
         f" {args.workers} worker process(es) per target; latency = send to reply"
     )
     table(
-        ["backend", "target", "sent", "201", "got/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "late", "CPU ms/msg", "max req/s"],
+        ["backend", "target", "sent", "201", "got/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "late", "CPU ms/msg", "busy", "max req/s"],
         [
             [r.backend, r.target, str(r.sent), str(r.created), f"{r.achieved:.1f}", f"{r.p50_ms:.1f}", f"{r.p90_ms:.1f}"]
-            + [f"{r.p99_ms:.1f}", f"{r.max_ms:.1f}", str(r.late), f"{r.server_cpu_ms_per_msg:.2f}", f"{r.max_rate:.0f}"]
+            + [f"{r.p99_ms:.1f}", f"{r.max_ms:.1f}", str(r.late), f"{r.server_cpu_ms_per_msg:.2f}", f"{100 * r.machine_busy:.0f}%"]
+            + [f"{r.max_rate:.0f}"]
             for r in results
         ],
+        text_columns=2,
     )
     print("\nGateway against the bare endpoint, same run (throughput: gateway/bare; latency: bare/gateway; target >= 0.5)")
     rows = []

@@ -58,6 +58,7 @@ class LoadResult:
     failures: dict[str, int]
     stored: int
     server_cpu_ms_per_msg: float
+    machine_busy: float  # share of both cores busy during the measured run: the target, PostgreSQL, wrk and anything else
     max_rate: float = 0.0
     notes: list[str] = field(default_factory=list)
 
@@ -124,6 +125,16 @@ def _prepare_bare(database_url: str) -> None:
     engine = make_engine(database_url)
     metadata.create_all(engine)
     engine.dispose()
+
+
+def machine_ticks() -> tuple[int, int]:
+    """(busy, total) CPU ticks of the whole machine so far, from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+    return sum(values) - values[3] - values[4], sum(values)
+
+
+def busy_between(before: tuple[int, int], after: tuple[int, int]) -> float:
+    return (after[0] - before[0]) / max(1, after[1] - before[1])
 
 
 def _group_cpu_seconds(pgid: int) -> float:
@@ -211,9 +222,9 @@ def measure(
             connections = max(16, int(rate // 4))
             if warmup > 0:
                 wrk(base + path, bodies, rate, warmup, connections, f"W{target[0]}", 0)
-            cpu = _group_cpu_seconds(pgid)
+            cpu, ticks = _group_cpu_seconds(pgid), machine_ticks()
             run = wrk(base + path, bodies, rate, seconds, connections, f"R{target[0]}", 200_000)
-            cpu = _group_cpu_seconds(pgid) - cpu
+            cpu, busy = _group_cpu_seconds(pgid) - cpu, busy_between(ticks, machine_ticks())
             most = wrk(base + path, bodies, 0, saturate, 16, f"S{target[0]}", 600_000) if saturate > 0 else None
         stored = _count(database_url, table)
     statuses = dict(run["statuses"])
@@ -239,6 +250,7 @@ def measure(
         failures=failures,
         stored=stored,
         server_cpu_ms_per_msg=1000 * cpu / created if created else float("nan"),
+        machine_busy=busy,
         max_rate=(most["statuses"].get("201", 0) / (most["duration_us"] / 1e6)) if most else 0.0,
         notes=notes,
     )
