@@ -5,7 +5,8 @@ COPY adapters ./adapters
 COPY fhir_mapping ./fhir_mapping
 COPY gateway ./gateway
 COPY fixtures ./fixtures
-RUN pip install --no-cache-dir .
+RUN pip install --no-cache-dir . && useradd --system --uid 10001 --no-create-home iap
+USER iap
 ENV IAP_ENVIRONMENT=production
-EXPOSE 8080
+EXPOSE 8080 2575
 CMD ["iap-gateway", "serve", "--host", "0.0.0.0", "--port", "8080"]

@@ -33,6 +33,10 @@ class Kind(Enum):
     DUPLICATE = (409, "REC_CONFLICT", "duplicate")
     CONFLICT = (409, "REC_CONFLICT", "conflict")  # refused state change (e.g. a priority downgrade, CAS-08)
     NOT_FOUND = (404, "REC_NOT_FOUND", "not-found")
+    UNAUTHENTICATED = (401, "REC_UNAUTHORIZED", "forbidden")  # no or bad credentials (BaRS: 401-REC_UNAUTHORIZED-forbidden)
+    FORBIDDEN = (403, "REC_FORBIDDEN", "forbidden")  # authenticated, but this client may not do this
+    TIMEOUT = (408, "REC_TIMEOUT", "timeout")  # the request did not arrive in time
+    UNAVAILABLE = (503, "REC_SERVICE_UNAVAILABLE", "transient")  # not ready (readiness probe)
 
     @property
     def http_status(self) -> int:

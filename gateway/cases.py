@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 
@@ -14,10 +15,13 @@ from fhir_mapping import codes
 from fhir_mapping.datetimes import to_fhir_instant
 from fhir_mapping.ids import resource_id
 from fhir_mapping.notifications import consultation_report_id, gp_letter_request, notification_id
+from gateway.audit import note
 from gateway.clock import Clock
 from gateway.rules.cas_ops import OPERATIONS, Params, apply_operation, parse_parameters
 from gateway.rules.schema import RuleRegistry
+from gateway.security.principal import require_service
 from gateway.store.db import write_transaction
+from gateway.store.models import ResourceRow
 from gateway.store.repo import ResourceQuery, get_for_update, get_resource, put_resource, search_resources
 
 __all__ = ["CaseOperations", "provenance", "explain", "explain_resource", "RULE_SYSTEM", "is_specialist_desk"]
@@ -74,6 +78,7 @@ class CaseOperations:
         task, service_id = get_for_update(session, "Task", task_id) or ({}, None)
         if service_id is None:
             raise GatewayInputError(Problem(Kind.NOT_FOUND, "id", f"Task/{task_id[:64]} is not a CAS queue case"))
+        require_service(service_id)  # a client bound to one service works only its cases
         rules = self.registry.services[service_id]
         result = apply_operation(name, task, params, rules, now)
         who = params.string("practitioner") or ""
@@ -135,8 +140,12 @@ def explain(session: Session, task_id: str) -> dict[str, Any]:
 
 def explain_resource(session: Session, resource_type: str, resource_id_: str) -> dict[str, Any]:
     """Every recorded decision on a resource (Provenance targets): when, what, which rules and rule file version, who, why."""
-    if get_resource(session, resource_type, resource_id_) is None:
+    row = session.get(ResourceRow, (resource_type, resource_id_))
+    if row is None:
         raise GatewayInputError(Problem(Kind.NOT_FOUND, "id", f"{resource_type}/{resource_id_[:64]} is not known"))
+    if row.service_id:
+        require_service(row.service_id)  # a client bound to one service explains only its own cases
+    note(json.loads(row.content))
     ref = f"{resource_type}/{resource_id_}"
     steps = []
     records, _ = search_resources(session, ResourceQuery("Provenance", tokens=[("target", None, ref)], count=10_000))

@@ -16,10 +16,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from adapters.cleo import parse_cleo_update
 from adapters.problems import GatewayInputError, Kind, Problem
 from fhir_mapping import codes
+from gateway.audit import note
 from gateway.cases import CaseOperations
 from gateway.clock import Clock
 from gateway.messages import Inbound, Reply, commit_message, previous, resend
 from gateway.rules.cas_ops import Params
+from gateway.security.principal import require_service
 from gateway.store.models import ResourceRow
 from gateway.store.repo import ResourceQuery, get_resource, search_resources
 
@@ -34,7 +36,9 @@ def export_case(session: Session, task_id: str) -> dict[str, Any]:
     row = session.get(ResourceRow, ("Task", task_id))
     if task is None or row is None or row.service_id is None:
         raise GatewayInputError(Problem(Kind.NOT_FOUND, "id", f"Task/{task_id[:64]} is not a CAS queue case"))
+    require_service(row.service_id)  # CLEO bound to one service sees only its cases
     patient = get_resource(session, "Patient", task["for"]["reference"].split("/", 1)[1]) or {}
+    note(task)
     related: list[tuple[str, str | None, str]] = [("related", None, f"Task/{task_id}")]
     documents, _ = search_resources(session, ResourceQuery("DocumentReference", tokens=related, count=1000))
     inputs = {i["type"]["coding"][0]["code"]: next(v for k, v in i.items() if k.startswith("value")) for i in task.get("input", [])}

@@ -1,10 +1,11 @@
-"""The `iap-gateway` command: serve, map, score, tick, deliver, outbox, demo, migrate."""
+"""The `iap-gateway` command: serve, map, score, tick, deliver, outbox, report, demo, migrate, clients."""
 
 from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -16,6 +17,10 @@ from fhir_mapping.datetimes import parse_source_datetime
 from fhir_mapping.replies import operation_outcome
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="IAP gateway: NHS 111 referrals -> FHIR R4 CAS queue.")
+clients_app = typer.Typer(no_args_is_help=True, help="Client systems: their credentials and scopes.")
+app.add_typer(clients_app, name="clients")
+
+DEMO_CLIENT = "demo-operator"
 
 
 def _fixtures_dir() -> Path:
@@ -44,12 +49,18 @@ def serve(
     application = create_app()  # migrates and checks the rule files before anything listens
     if demo:
         _load_demo(application)
+        _demo_credential(application, host, port)
+    else:
+        _hint_if_no_clients(application)
     typer.echo(f"IAP gateway on http://{host}:{port}  (FHIR: /fhir/metadata, queue: /queue, API docs: /docs)", err=True)
+    # no access log: a request line holds the query string, which may hold a patient identifier
     if workers == 1:
-        uvicorn.run(application, host=host, port=port, log_level="warning")
+        uvicorn.run(application, host=host, port=port, log_level="warning", access_log=False)
     else:
         application.state.engine.dispose()
-        uvicorn.run("gateway.api.app:create_app", factory=True, host=host, port=port, workers=workers, log_level="warning")
+        uvicorn.run(
+            "gateway.api.app:create_app", factory=True, host=host, port=port, workers=workers, log_level="warning", access_log=False
+        )
 
 
 @app.command("map")
@@ -312,6 +323,145 @@ def migrate() -> None:
 
     run_migrations(make_engine(Settings().database_url))
     typer.echo("database is at the newest schema", err=True)
+
+
+@contextmanager
+def _store() -> Iterator[Any]:
+    """Sessions on DATABASE_URL, migrated first; the engine is closed afterwards."""
+    from gateway.settings import Settings
+    from gateway.store.db import make_engine, make_sessionmaker
+    from gateway.store.db import migrate as run_migrations
+
+    settings = Settings()
+    engine = make_engine(settings.database_url)
+    try:
+        run_migrations(engine)
+        yield make_sessionmaker(engine)
+    finally:
+        engine.dispose()
+
+
+def _client_error(error: Exception) -> typer.Exit:
+    typer.echo(f"error: {error}", err=True)
+    return typer.Exit(code=2)
+
+
+@clients_app.command("add")
+def clients_add(
+    name: Annotated[str, typer.Argument(help="A name for the client system, e.g. nhs111-provider-x, rio-bnssg.")],
+    scopes: Annotated[str, typer.Option(help="Space- or comma-separated scopes (see `iap-gateway clients scopes`).")],
+    service: Annotated[
+        str | None, typer.Option(help="Bind the client to one CAS or pathway service (its queue, cases, episodes, CLEO, notes).")
+    ] = None,
+    jwks: Annotated[
+        Path | None, typer.Option(exists=True, dir_okay=False, help="Public keys (JWKS JSON) for signed JWT client assertions.")
+    ] = None,
+    api_key: Annotated[bool, typer.Option("--api-key/--no-api-key", help="Also issue an API key (default yes).")] = True,
+) -> None:
+    """Create a client. Prints its API key (or, with --no-api-key, its client id) on stdout, once; details on stderr."""
+    from gateway.clock import SystemClock
+    from gateway.rules.pathway_schema import load_pathways
+    from gateway.rules.schema import load_rules
+    from gateway.security.clients import ClientError, add_client, parse_scopes
+    from gateway.settings import Settings
+
+    try:
+        granted = parse_scopes(scopes)
+        if service is not None:
+            settings = Settings()
+            known = {*load_rules(settings.rules_dir).services, *load_pathways(settings.pathways_dir).services}
+            if service not in known:
+                raise ClientError(f"unknown service {service!r}; known: {sorted(known)}")
+        with _store() as sessions, sessions.begin() as session:
+            principal, key = add_client(
+                session, name, granted, SystemClock().now(), service_id=service, jwks=jwks.read_text() if jwks else None, api_key=api_key
+            )
+    except (ClientError, ValueError) as error:
+        raise _client_error(error) from None
+    typer.echo(f"client {principal.name}: id {principal.client_id}; scopes {' '.join(sorted(principal.scopes))}", err=True)
+    if service:
+        typer.echo(f"bound to service {service}", err=True)
+    if jwks:
+        typer.echo(f"signed JWT assertions: iss = sub = {principal.client_id}, aud = <this gateway>/oauth2/token", err=True)
+    if key:
+        typer.echo("API key (shown once; keep it in your secret store, send it as 'Authorization: Bearer <key>'):", err=True)
+    typer.echo(key or principal.client_id)
+
+
+@clients_app.command("list")
+def clients_list() -> None:
+    """The clients: name, id, active or revoked, service, credentials, scopes (never a secret)."""
+    from gateway.security.clients import list_clients
+
+    with _store() as sessions, sessions() as session:
+        for client in list_clients(session):
+            kinds = [k for k, v in (("api-key", client.key_hash), ("jwt", client.jwks)) if v]
+            state = "active" if client.active else "revoked"
+            typer.echo(f"{client.name}\t{client.id}\t{state}\t{client.service_id or '-'}\t{','.join(kinds)}\t{client.scopes}")
+
+
+@clients_app.command("revoke")
+def clients_revoke(name: Annotated[str, typer.Argument(help="The client's name.")]) -> None:
+    """Refuse a client from now on (its API key, its assertions and its access tokens), on every instance."""
+    from gateway.clock import SystemClock
+    from gateway.security.clients import ClientError, revoke_client
+
+    try:
+        with _store() as sessions, sessions.begin() as session:
+            revoke_client(session, name, SystemClock().now())
+    except ClientError as error:
+        raise _client_error(error) from None
+    typer.echo(f"client {name} revoked", err=True)
+
+
+@clients_app.command("rotate-key")
+def clients_rotate_key(name: Annotated[str, typer.Argument(help="The client's name.")]) -> None:
+    """A new API key for a client (printed once on stdout); the old one stops working at once."""
+    from gateway.security.clients import ClientError, rotate_api_key
+
+    try:
+        with _store() as sessions, sessions.begin() as session:
+            key = rotate_api_key(session, name)
+    except ClientError as error:
+        raise _client_error(error) from None
+    typer.echo(key)
+
+
+@clients_app.command("scopes")
+def clients_scopes() -> None:
+    """Every scope and what it allows."""
+    from gateway.security.scopes import SCOPES
+
+    for scope, meaning in SCOPES.items():
+        typer.echo(f"{scope:<16} {meaning}")
+
+
+def _demo_credential(application: Any, host: str, port: int) -> None:
+    """`serve --demo`: a demo operator client (every scope but admin) with a fresh API key, printed once to the terminal."""
+    from gateway.security.clients import ClientError, add_client, rotate_api_key
+    from gateway.security.scopes import ADMIN, SCOPES
+
+    state = application.state
+    key: str | None
+    with state.sessions.begin() as session:
+        try:
+            key = rotate_api_key(session, DEMO_CLIENT)
+        except ClientError:
+            _, key = add_client(session, DEMO_CLIENT, frozenset(SCOPES) - {ADMIN}, state.clock.now())
+    typer.echo(
+        f"demo operator credential (every scope but admin; shown once, a new one each start):\n"
+        f"  export IAP_TOKEN={key}\n"
+        f'  curl -s -H "Authorization: Bearer $IAP_TOKEN" http://{host}:{port}/queue',
+        err=True,
+    )
+
+
+def _hint_if_no_clients(application: Any) -> None:
+    from gateway.security.clients import list_clients
+
+    with application.state.sessions() as session:
+        if not any(client.active for client in list_clients(session)):
+            typer.echo("no clients yet: every request will get 401. Create one: iap-gateway clients add NAME --scopes ...", err=True)
 
 
 def _print_offline(produce: Callable[[datetime], dict[str, Any]], received_at: str | None) -> None:

@@ -27,6 +27,8 @@ from gateway.cases import is_specialist_desk
 from gateway.clock import Clock
 from gateway.messages import Inbound, Reply, commit_message, previous
 from gateway.outbox.letters import request_letter
+from gateway.security.principal import SYSTEM, current_principal
+from gateway.store.models import ResourceRow
 from gateway.store.repo import ResourceQuery, find_by_identifier, get_resource, put_resource, search_resources
 
 __all__ = ["Hl7Intake", "CHANNEL_HL7", "map_hl7", "map_hl7_offline"]
@@ -86,7 +88,12 @@ class Hl7Intake:
         if message.notes:
             patient_id = found[0]["id"] if found else resource_id("Patient", codes.NHS_NUMBER, message.patient.nhs_number)
             cases, _ = search_resources(session, ResourceQuery("Task", patient=patient_id, count=1000))
-            desk = [f"Task/{t['id']}" for t in cases if is_specialist_desk(t)]
+            bound = (current_principal() or SYSTEM).service_id  # an EPR bound to a service relates notes to its own cases only
+            desk = [
+                f"Task/{t['id']}"
+                for t in cases
+                if is_specialist_desk(t) and (bound is None or _service_of(session, t["id"]) == bound)
+            ]
         out = []
         for resource in map_hl7(message, found[0] if found else None, desk, now):
             out.append(resource)
@@ -117,3 +124,8 @@ def map_hl7_offline(raw: bytes, received_at: datetime) -> dict[str, Any]:
     message = parse_hl7(raw)
     bundle_id = resource_id("Bundle", f"hl7v2|{message.header.sending_facility}", message.header.control_id)
     return bundle_of(map_hl7(message, None, [], received_at), "collection", bundle_id, to_fhir_instant(received_at))
+
+
+def _service_of(session: Session, task_id: str) -> str | None:
+    row = session.get(ResourceRow, ("Task", task_id))
+    return row.service_id if row else None

@@ -45,6 +45,7 @@ from gateway.rules.pathway_clocks import Pc08Facts, clock_due_items, pc08_stop_t
 from gateway.rules.pathway_routing import Decision, MeasureFact, route_referral
 from gateway.rules.pathway_schema import PathwayRegistry, PrimaryCareRules, TalkingTherapiesRules
 from gateway.rules.pathway_steps import EPISODE_OPERATIONS, EpisodeFacts, Letter, StepResult, apply_episode_operation, current_step
+from gateway.security.principal import require_service
 from gateway.store.repo import ResourceQuery, get_for_update, get_resource, put_resource, search_resources
 
 __all__ = ["Pathways", "CHANNEL_PATHWAY", "PATHWAY_ACTIVITY", "CONTACT_SYSTEM"]
@@ -78,6 +79,8 @@ class Pathways:
         if original is not None:
             return resend(original)
         rules = self.registry.get(referral.service_id)
+        if rules is not None:
+            require_service(referral.service_id)  # a referrer bound to one service refers only to it
         if rules is None:
             raise GatewayInputError(
                 Problem(
@@ -195,6 +198,7 @@ class Pathways:
             if found is None or found[1] not in self.registry.services:
                 raise GatewayInputError(Problem(Kind.NOT_FOUND, "id", f"EpisodeOfCare/{episode_id[:64]} is not a pathway episode"))
             episode, service_id = found
+            require_service(service_id)  # a client bound to one service works only its episodes
             rules = self.registry.services[str(service_id)]
             facts = self._facts(session, episode, rules)
             result = apply_episode_operation(name, episode, params, rules, facts, now)

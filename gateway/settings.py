@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
+from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateway.rules.pathway_schema import DEFAULT_PATHWAYS_DIR
@@ -49,8 +51,26 @@ class Settings(BaseSettings):
     mesh_timeout_seconds: float = Field(default=60.0, gt=0)
     fhir_push_timeout_seconds: float = Field(default=30.0, gt=0)
     print_dir: Path | None = None  # copies for clients: PDFs dropped here for the print-and-post service
+    # MLLP peers allowed to connect: addresses or networks, comma-separated (e.g. "10.20.0.5,10.21.0.0/24")
+    mllp_allowed_peers: str = "127.0.0.1,::1"
+    mllp_idle_timeout_seconds: float = Field(default=300, gt=0)  # an MLLP connection silent this long is closed
+    body_timeout_seconds: float = Field(default=30, gt=0)  # a request body must arrive within this (else 408)
+    db_statement_timeout_ms: int = Field(default=30_000, ge=0)  # PostgreSQL statement_timeout; 0 = none
+    token_ttl_seconds: int = Field(default=600, ge=60, le=3600)  # access tokens from /oauth2/token
+    # the token endpoint's public URL, which client assertions must name in `aud` (default: as this request reached us)
+    token_audience: str | None = None
     log_json: bool = True
     log_level: str = "INFO"
+    log_file: Path | None = None  # also append the JSON log lines to this file
+
+    @field_validator("log_file", "token_audience", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @cached_property
+    def mllp_peers(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return tuple(ipaddress.ip_network(p.strip(), strict=False) for p in self.mllp_allowed_peers.split(",") if p.strip())
 
     @model_validator(mode="after")
     def _no_unsafe_defaults(self) -> Settings:
@@ -60,4 +80,8 @@ class Settings(BaseSettings):
             and self.database_url.startswith("sqlite:///./")
         ):
             raise ValueError("IAP_ENVIRONMENT=production needs an explicit DATABASE_URL (refusing the local SQLite default)")
+        try:
+            self.mllp_peers  # noqa: B018 - parsed now, so a bad value stops the start, naming the setting
+        except ValueError as error:
+            raise ValueError(f"IAP_MLLP_ALLOWED_PEERS: {error}") from None
         return self

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import tempfile
+import threading
+import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+import uvicorn
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, select, text
 
 # Check mode for the whole suite (and the servers it starts): every FHIR resource the gateway builds, and every
 # reply Bundle, is validated by its fhir.resources R4B model and must serialise byte for byte as the model would.
@@ -20,7 +26,11 @@ os.environ["IAP_CHECK_FHIR"] = "1"
 
 from gateway.api.app import create_app  # noqa: E402
 from gateway.clock import FixedClock  # noqa: E402
+from gateway.security.clients import add_client  # noqa: E402
+from gateway.security.credentials import new_api_key  # noqa: E402
+from gateway.security.scopes import SCOPES  # noqa: E402
 from gateway.settings import Settings  # noqa: E402
+from gateway.store.models import ApiClient  # noqa: E402
 from gateway.store.repo import count_rows  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,6 +38,16 @@ FIXTURES = ROOT / "fixtures" / "nhs111"
 BARS_EXAMPLES = ROOT.parent / "shared" / "research" / "bars-examples"
 PG_ADMIN_URL = os.environ.get("IAP_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+
+# Every log line of the run, from this process and every gateway process the tests start, also goes to one file,
+# which tests/test_privacy.py greps, last, for the fixtures' patient identifiers and clinical text.
+RUN_LOG = Path(tempfile.mkdtemp(prefix="iap-test-logs-")) / "run.log"
+os.environ["IAP_LOG_FILE"] = str(RUN_LOG)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked `run_last` run after everything else (they read what the whole run left behind)."""
+    items.sort(key=lambda item: item.get_closest_marker("run_last") is not None)
 
 
 @pytest.fixture(scope="session")
@@ -49,10 +69,11 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path / 'gateway.db'}"
     url: str = request.getfixturevalue("pg_url")
     engine = create_engine(url)
-    with engine.begin() as conn:  # a clean slate per test; the schema stays
-        for table in ("inbound_messages", "resource_identifiers", "resources", "resource_tokens", "outbox", "outbox_events"):
-            if conn.execute(text(f"SELECT to_regclass('{table}')")).scalar():
-                conn.execute(text(f"TRUNCATE {table} RESTART IDENTITY"))
+    with engine.begin() as conn:  # a clean slate per test (every table but Alembic's); the schema stays
+        tables = conn.execute(text("SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'alembic_version'"))
+        names = ", ".join(f'"{name}"' for name in tables.scalars())
+        if names:
+            conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY"))
     engine.dispose()
     return url
 
@@ -82,10 +103,100 @@ def app(settings: Settings, clock: FixedClock) -> Iterator[Any]:
     application.state.engine.dispose()
 
 
+# One API key made once per test run (scrypt is deliberately slow); each test's store gets a client row for it.
+_KEY, _KEY_ID, _KEY_HASH = new_api_key()
+ALL_SCOPES = frozenset(SCOPES)
+
+
+def add_test_client(app: Any, scopes: frozenset[str] | set[str], service: str | None = None, name: str | None = None) -> str:
+    """A client in `app`'s store with these scopes (and service binding); returns its API key."""
+    name = name or f"test-{uuid.uuid4().hex[:12]}"
+    with app.state.sessions.begin() as session:
+        if scopes == ALL_SCOPES and service is None:
+            if session.execute(select(ApiClient.id).where(ApiClient.key_id == _KEY_ID)).first() is not None:
+                return _KEY
+            session.add(
+                ApiClient(
+                    id=str(uuid.uuid4()),
+                    name=name,
+                    scopes=" ".join(sorted(ALL_SCOPES)),
+                    key_id=_KEY_ID,
+                    key_hash=_KEY_HASH,
+                    active=True,
+                    created_at=NOW,
+                )
+            )
+            return _KEY
+        _, key = add_client(session, name, frozenset(scopes), NOW, service_id=service)
+    assert key is not None
+    return key
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
 @pytest.fixture
-def client(app: Any) -> Iterator[TestClient]:
+def all_scopes_key(app: Any) -> str:
+    """The API key of a client holding every scope (admin too): what `client` sends."""
+    return add_test_client(app, ALL_SCOPES)
+
+
+@pytest.fixture
+def client(app: Any, all_scopes_key: str) -> Iterator[TestClient]:
+    """The app over HTTP, authenticated as a client with every scope (so tests speak to what a route does)."""
+    with TestClient(app, raise_server_exceptions=False, headers=bearer(all_scopes_key)) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def client_with(app: Any) -> Iterator[Any]:
+    """`client_with({"ingest:nhs111"}, service=None)`: a TestClient authenticated as a new client with just those scopes."""
+    opened: list[TestClient] = []
+
+    def make(scopes: set[str] | frozenset[str], service: str | None = None) -> TestClient:
+        key = add_test_client(app, frozenset(scopes), service)
+        test_client = TestClient(app, raise_server_exceptions=False, headers=bearer(key))
+        test_client.__enter__()
+        opened.append(test_client)
+        return test_client
+
+    yield make
+    for test_client in opened:
+        test_client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def anonymous(app: Any) -> Iterator[TestClient]:
+    """The app over HTTP with no credential at all."""
     with TestClient(app, raise_server_exceptions=False) as test_client:
         yield test_client
+
+
+@contextmanager
+def serving(app: Any) -> Iterator[str]:
+    """`app` on a real uvicorn server on 127.0.0.1 (in a thread); yields its base URL."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", limit_concurrency=100))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.started
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+@pytest.fixture
+def server_url(app: Any) -> Iterator[str]:
+    with serving(app) as url:
+        yield url
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import FIXTURES, ROOT
+from tests.conftest import FIXTURES, ROOT, bearer
 
 CLI = [sys.executable, "-m", "gateway.cli"]
 
@@ -61,26 +61,44 @@ def test_serve_starts_and_answers_on_http(tmp_path: Path) -> None:
     log = (tmp_path / "serve.log").open("wb")
     server = subprocess.Popen([*CLI, "serve", "--port", str(port), "--demo"], cwd=ROOT, env=env, stdout=log, stderr=log)
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
-        queue = httpx.get(f"http://127.0.0.1:{port}/queue", timeout=5).json()
+        wait_healthy(port)
+        base = f"http://127.0.0.1:{port}"
+        assert httpx.get(f"{base}/queue", timeout=5).status_code == 401  # nothing runs unauthenticated, even the demo
+        key = demo_key((tmp_path / "serve.log").read_text())
+        queue = httpx.get(f"{base}/queue", headers=bearer(key), timeout=5).json()
         assert queue["count"] >= 8
         # the safety-call worker started with serve: the demo's long-breached summer case has had its safety call
         deadline = time.monotonic() + 30
         calls = 0
         while time.monotonic() < deadline and not calls:
-            calls = httpx.get(f"http://127.0.0.1:{port}/fhir/Task", params={"status": "requested"}, timeout=5).json()["total"]
+            calls = httpx.get(f"{base}/fhir/Task", params={"status": "requested"}, headers=bearer(key), timeout=5).json()["total"]
             time.sleep(0.2)
         assert calls >= 1
     finally:
         server.terminate()
         server.wait(timeout=20)
         log.close()
+
+
+def wait_healthy(port: int, seconds: float = 60) -> None:
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.2)
+    raise AssertionError(f"nothing healthy on port {port} after {seconds} s")
+
+
+def demo_key(output: str) -> str:
+    """The demo operator's API key, as `serve --demo` prints it once to the terminal."""
+    line = next(line for line in output.splitlines() if "export IAP_TOKEN=" in line)
+    return line.split("export IAP_TOKEN=", 1)[1].strip()
 
 
 def test_score_prints_the_observations_and_the_risk_flag_for_a_response() -> None:

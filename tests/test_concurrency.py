@@ -2,45 +2,22 @@
 
 from __future__ import annotations
 
-import socket
 import threading
-import time
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import httpx
-import pytest
-import uvicorn
 
-from tests.conftest import fixture_bytes
+from tests.conftest import bearer, fixture_bytes
 
 COPIES = 20
 
 
-@pytest.fixture
-def server_url(app: Any) -> Iterator[str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", limit_concurrency=100))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=30)
-
-
-def _burst(send) -> list[httpx.Response]:  # type: ignore[no-untyped-def]
+def _burst(send, key: str) -> list[httpx.Response]:  # type: ignore[no-untyped-def]
     barrier = threading.Barrier(COPIES)
 
     def one(_: int) -> httpx.Response:
-        with httpx.Client(timeout=60) as http:
+        with httpx.Client(timeout=60, headers=bearer(key)) as http:
             barrier.wait()
             return send(http)
 
@@ -48,19 +25,19 @@ def _burst(send) -> list[httpx.Response]:  # type: ignore[no-untyped-def]
         return list(pool.map(one, range(COPIES)))
 
 
-def test_concurrent_copies_of_a_flat_case_create_one_task_and_all_get_the_same_reply(server_url, stored) -> None:
+def test_concurrent_copies_of_a_flat_case_create_one_task_and_all_get_the_same_reply(server_url, stored, all_scopes_key) -> None:
     body = fixture_bytes("option2-red-flag.case.json")
-    replies = _burst(lambda http: http.post(f"{server_url}/ingest/nhs111", content=body))
+    replies = _burst(lambda http: http.post(f"{server_url}/ingest/nhs111", content=body), all_scopes_key)
     assert {r.status_code for r in replies} == {201}
     assert len({r.text for r in replies}) == 1  # the original reply, every time
     counts = stored()
     assert counts["Task"] == 1 and counts["Patient"] == 1 and counts["InboundMessage"] == 1
 
 
-def test_concurrent_copies_of_a_bars_message_create_one_task_and_the_rest_get_409(server_url, stored) -> None:
+def test_concurrent_copies_of_a_bars_message_create_one_task_and_the_rest_get_409(server_url, stored, all_scopes_key) -> None:
     body = fixture_bytes("bars-dx13-self-harm-flag.bundle.json")
     headers = {"X-Request-Id": str(uuid.uuid4()), "X-Correlation-Id": str(uuid.uuid4())}
-    replies = _burst(lambda http: http.post(f"{server_url}/fhir/$process-message", content=body, headers=headers))
+    replies = _burst(lambda http: http.post(f"{server_url}/fhir/$process-message", content=body, headers=headers), all_scopes_key)
     statuses = sorted(r.status_code for r in replies)
     assert statuses == [200] + [409] * (COPIES - 1)
     assert all(r.json()["issue"][0]["code"] == "duplicate" for r in replies if r.status_code == 409)
@@ -68,7 +45,7 @@ def test_concurrent_copies_of_a_bars_message_create_one_task_and_the_rest_get_40
     assert counts["Task"] == 1 and counts["InboundMessage"] == 1
 
 
-def test_different_cases_for_one_patient_racing_all_land(server_url, stored) -> None:
+def test_different_cases_for_one_patient_racing_all_land(server_url, stored, all_scopes_key) -> None:
     import json
 
     case = json.loads(fixture_bytes("option2-standard.case.json"))
@@ -77,7 +54,7 @@ def test_different_cases_for_one_patient_racing_all_land(server_url, stored) -> 
         copy = dict(case, case_id=f"RACE-{uuid.uuid4().hex[:12]}")
         return http.post(f"{server_url}/ingest/nhs111", content=json.dumps(copy))
 
-    replies = _burst(send)
+    replies = _burst(send, all_scopes_key)
     assert {r.status_code for r in replies} == {201}, [r.text for r in replies if r.status_code != 201][:1]
     counts = stored()
     assert counts["Task"] == COPIES and counts["Patient"] == 1

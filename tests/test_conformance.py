@@ -174,9 +174,31 @@ def _everything_stored(app) -> dict[str, Any]:  # type: ignore[no-untyped-def]
         return {f"stored-all-{r.resource_type}-{r.id}": json.loads(r.content) for r in session.execute(select(ResourceRow)).scalars()}
 
 
-def test_everything_emitted_for_the_fixtures_passes_the_independent_validator(client, tmp_path: Path) -> None:
+def _audit_trail(client, anonymous) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """Every AuditEvent the scenario left (creates, reads, searches, operations, refusals, a delivery), and a search of them."""
+    from sqlalchemy import select
+
+    from gateway.audit import record_delivery
+    from gateway.store.models import AuditEventRow
+    from tests.conftest import NOW
+
+    assert anonymous.get("/fhir/Task").status_code == 401
+    with client.app.state.sessions.begin() as session:
+        record_delivery(
+            session, channel="mesh", destination="X26ABC1", entities=["CommunicationRequest/x"], outcome="delivered", detail="ok", now=NOW
+        )
+    out = {"audit-search": client.get("/fhir/AuditEvent", params={"_count": 200}).json()}
+    with client.app.state.sessions() as session:
+        for row in session.execute(select(AuditEventRow)).scalars():
+            out[f"audit-{row.id}"] = json.loads(row.content)
+    assert {e["type"]["code"] for e in out.values() if e["resourceType"] == "AuditEvent"} >= {"rest", "110106", "110100"}
+    return out
+
+
+def test_everything_emitted_for_the_fixtures_passes_the_independent_validator(client, anonymous, tmp_path: Path) -> None:
     emitted = _collect(client)
     emitted.update(_everything_stored(client.app))  # every resource in the store, whatever wrote it
+    emitted.update(_audit_trail(client, anonymous))
     for name, resource in emitted.items():
         (tmp_path / f"{name.replace('/', '_')}.json").write_text(json.dumps(resource))
     result = _validate(tmp_path)

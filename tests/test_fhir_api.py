@@ -138,7 +138,9 @@ def test_capability_statement_lists_only_what_is_served(client) -> None:
         "Provenance",
         "DocumentReference",
         "Bundle",
+        "AuditEvent",
     }
+    assert statement["rest"][0]["security"]["service"][0]["coding"][0]["code"] == "OAuth"
     assert {p["name"] for p in resources["Task"]["searchParam"]} == {"status", "business-status", "patient", "priority"}
     assert statement["rest"][0]["operation"][0]["name"] == "process-message"
     # every advertised search parameter really works

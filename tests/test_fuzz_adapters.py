@@ -1,9 +1,16 @@
-"""Property-based: every adapter, fed random and mutated input, refuses cleanly or parses: never another exception."""
+"""Property-based: every adapter, fed random and mutated input, refuses cleanly or parses: never another exception.
+
+CI runs each adapter with CI_EXAMPLES; the nightly-style run (`pytest -m nightly`) runs NIGHTLY_EXAMPLES
+per adapter (deselected by default: see `addopts` in pyproject.toml).
+"""
 
 from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -11,40 +18,65 @@ from hypothesis import strategies as st
 
 from adapters.bars import parse_bars_message
 from adapters.cleo import parse_cleo_update
+from adapters.hl7v2 import Hl7Error, parse_hl7
 from adapters.mhpl import parse_mhpl_call
 from adapters.nhs111_case import parse_nhs111_case
+from adapters.pcmis import parse_pcmis_csv
 from adapters.problems import GatewayInputError
+from adapters.systmone import parse_systmone_csv
 from tests.conftest import ROOT
 
-SAMPLES = {
-    "nhs111": (parse_nhs111_case, sorted((ROOT / "fixtures" / "nhs111").glob("*.case.json"))),
+CI_EXAMPLES = 150
+NIGHTLY_EXAMPLES = 10_000
+FIXTURES = ROOT / "fixtures"
+
+
+def _refusal_is_clear(error: Exception) -> None:
+    if isinstance(error, Hl7Error):  # HL7 v2 refuses with a NAK: AE/AR and a reason
+        assert error.ack in ("AE", "AR") and error.text
+        return
+    assert isinstance(error, GatewayInputError)
+    assert error.problems and all(p.element is not None and p.message for p in error.problems)
+
+
+def _rows_are_clear(rows: Any) -> None:
+    """CSV exports answer per row: each row either parsed or refused with its problems, never silently dropped."""
+    for row in rows:
+        assert row.contact is not None or (row.problems and all(p.message for p in row.problems))
+
+
+SAMPLES: dict[str, tuple[Callable[[bytes], Any], list[Path]]] = {
+    "nhs111": (parse_nhs111_case, sorted((FIXTURES / "nhs111").glob("*.case.json"))),
     "bars": (
         lambda raw: parse_bars_message(raw, str(uuid.UUID(int=1)), str(uuid.UUID(int=2))),
-        sorted((ROOT / "fixtures" / "nhs111").glob("*.bundle.json")),
+        sorted((FIXTURES / "nhs111").glob("*.bundle.json")),
     ),
-    "mhpl": (parse_mhpl_call, sorted((ROOT / "fixtures" / "mhpl").glob("*.json"))),
-    "cleo": (parse_cleo_update, sorted((ROOT / "fixtures" / "cleo").glob("*.json"))),
+    "mhpl": (parse_mhpl_call, sorted((FIXTURES / "mhpl").glob("*.json"))),
+    "cleo": (parse_cleo_update, sorted((FIXTURES / "cleo").glob("*.json"))),
+    "hl7v2": (parse_hl7, sorted((FIXTURES / "rio").glob("*.hl7"))),
+    "pcmis": (lambda raw: _rows_are_clear(parse_pcmis_csv(raw)), sorted((FIXTURES / "pcmis").glob("*.csv"))),
+    "systmone": (lambda raw: _rows_are_clear(parse_systmone_csv(raw)), sorted((FIXTURES / "systmone").glob("*.csv"))),
 }
 
 
-def mutated(paths: list) -> st.SearchStrategy[bytes]:  # type: ignore[type-arg]
+def mutated(paths: list[Path]) -> st.SearchStrategy[bytes]:
     """A fixture with bytes cut out, inserted or flipped; or plain random bytes."""
     good = st.sampled_from(paths).map(lambda p: p.read_bytes())
     edit = st.tuples(good, st.integers(0, 10_000), st.integers(0, 40), st.binary(max_size=30))
     return st.binary(max_size=500) | edit.map(lambda t: t[0][: t[1] % (len(t[0]) + 1)] + t[3] + t[0][t[1] % (len(t[0]) + 1) + t[2] :])
 
 
-@pytest.mark.parametrize("source", sorted(SAMPLES))
-def test_adapter_never_fails_except_with_a_clear_refusal(source: str) -> None:
+def _fuzz(source: str, examples: int) -> None:
     parse, paths = SAMPLES[source]
+    assert paths, f"no fixtures for {source}"
 
-    @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+    @settings(max_examples=examples, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
     @given(mutated(paths))
     def check(data: bytes) -> None:
         try:
             parse(data)
-        except GatewayInputError as error:
-            assert error.problems and all(p.element is not None and p.message for p in error.problems)
+        except (GatewayInputError, Hl7Error) as error:
+            _refusal_is_clear(error)
 
     check()
 
@@ -102,3 +134,14 @@ def test_arbitrary_text_in_an_accepted_case_maps_to_what_the_fhir_models_accept(
         map_offline(data, load_rules(), NOW, kind="nhs111")
     except GatewayInputError:
         pass
+
+
+@pytest.mark.parametrize("source", sorted(SAMPLES))
+def test_adapter_never_fails_except_with_a_clear_refusal(source: str) -> None:
+    _fuzz(source, CI_EXAMPLES)
+
+
+@pytest.mark.nightly
+@pytest.mark.parametrize("source", sorted(SAMPLES))
+def test_adapter_never_fails_except_with_a_clear_refusal_nightly(source: str) -> None:
+    _fuzz(source, NIGHTLY_EXAMPLES)

@@ -5,17 +5,20 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 from unittest import mock
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import adapters.hl7v2
 from adapters.hl7v2 import MLLP_END, MLLP_START, Hl7Error, MllpFramer, frame, parse_hl7
 from gateway.mllp import start_mllp_server
+from gateway.settings import Settings
 from tests.conftest import ROOT, fixture_bytes, task_of
 from tests.test_cas_operations import op
 
@@ -144,26 +147,48 @@ def test_rio_notes_for_a_specialist_desk_case_go_with_its_gp_notification_CAS_15
     assert statuses == ["pending", "superseded"]
 
 
-@pytest.fixture
-def mllp_port(app: Any) -> Iterator[int]:
+@contextmanager
+def running_mllp(app: Any, allowed: str = "127.0.0.1", idle_timeout: float = 300.0) -> Iterator[int]:
+    """A real MLLP listener on 127.0.0.1 (its own event loop in a thread) for `app`, allowing only `allowed`; yields its port."""
     loop = asyncio.new_event_loop()
-    server = loop.run_until_complete(start_mllp_server(app.state.hl7.receive, "127.0.0.1", 0, 1_048_576))
+    peers = Settings(mllp_allowed_peers=allowed).mllp_peers
+    state = app.state
+    server = loop.run_until_complete(
+        start_mllp_server(
+            state.hl7.receive,
+            "127.0.0.1",
+            0,
+            1_048_576,
+            allowed_peers=peers,
+            sessions=state.sessions,
+            clock=state.clock,
+            idle_timeout=idle_timeout,
+        )
+    )
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
-    yield server.sockets[0].getsockname()[1]
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
 
-    async def shutdown() -> None:  # close the listener and every session, so no socket outlives the test
-        server.close()
-        await server.wait_closed()
-        sessions = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        for task in sessions:
-            task.cancel()
-        await asyncio.gather(*sessions, return_exceptions=True)
+        async def shutdown() -> None:  # close the listener and every session, so no socket outlives the test
+            server.close()
+            await server.wait_closed()
+            sessions = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in sessions:
+                task.cancel()
+            await asyncio.gather(*sessions, return_exceptions=True)
 
-    asyncio.run_coroutine_threadsafe(shutdown(), loop).result(timeout=10)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(timeout=10)
-    loop.close()
+        asyncio.run_coroutine_threadsafe(shutdown(), loop).result(timeout=10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        loop.close()
+
+
+@pytest.fixture
+def mllp_port(app: Any) -> Iterator[int]:
+    with running_mllp(app) as port:
+        yield port
 
 
 def _read_acks(sock: socket.socket, count: int) -> list[bytes]:
@@ -194,22 +219,6 @@ def test_mllp_bad_message_gets_its_nack_on_the_same_session(mllp_port: int) -> N
         )
         first, second = _read_acks(sock, 2)
     assert msa(first)[1:3] == ["AR", "C1"] and msa(second)[1] == "AA"
-
-
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    st.binary(max_size=600)
-    | st.sampled_from(sorted(RIO.glob("*.hl7")))
-    .map(lambda p: p.read_bytes())
-    .flatmap(
-        lambda good: st.integers(0, len(good)).flatmap(lambda cut: st.binary(max_size=20).map(lambda junk: good[:cut] + junk + good[cut:]))
-    )
-)
-def test_parser_never_fails_except_with_an_hl7_error(data: bytes) -> None:
-    try:
-        parse_hl7(data)
-    except Hl7Error as error:
-        assert error.ack in ("AE", "AR") and error.text
 
 
 @settings(max_examples=300, deadline=None)
@@ -258,3 +267,43 @@ def _apply(good: bytes, edits: list[tuple[int, list[str]]]) -> bytes:
     for position, pieces in edits:
         out = out[:position] + "".join(pieces).encode() + out[position:]
     return out
+
+
+def test_mllp_refuses_a_peer_not_on_the_allow_list_and_audits_it(app, client, stored) -> None:  # type: ignore[no-untyped-def]
+    """MLLP accepts only configured peers: from 127.0.0.2 (allow-list 127.0.0.1) the connection is closed unread."""
+    with running_mllp(app, allowed="127.0.0.1") as port, socket.socket() as sock:
+        sock.bind(("127.0.0.2", 0))
+        sock.settimeout(10)
+        sock.connect(("127.0.0.1", port))
+        try:
+            sock.sendall(frame(rio("adt-a04-register.hl7")))
+            answer = sock.recv(65536)
+        except (ConnectionResetError, BrokenPipeError):
+            answer = b""
+    assert answer == b""  # no ACK: nothing was read, nothing stored
+    assert stored().get("Patient", 0) == 0
+    events = client.get("/fhir/AuditEvent", params={"outcome": "4"}).json()["entry"]
+    refusal = next(e["resource"] for e in events if e["resource"]["type"]["code"] == "110107")
+    assert refusal["agent"][0]["network"]["address"] == "127.0.0.2"
+    assert "not allowed" in refusal["outcomeDesc"]
+
+
+def test_mllp_from_an_allowed_network_is_served_and_audited_as_an_import_by_its_peer(app, client) -> None:  # type: ignore[no-untyped-def]
+    with running_mllp(app, allowed="127.0.0.0/29") as port, socket.socket() as sock:
+        sock.bind(("127.0.0.2", 0))
+        sock.connect(("127.0.0.1", port))
+        sock.sendall(frame(rio("adt-a04-register.hl7")))
+        (ack,) = _read_acks(sock, 1)
+    assert msa(ack)[1] == "AA"
+    pid = patient(client, "9990000131")["id"]
+    events = client.get("/fhir/AuditEvent", params={"patient": pid, "agent": "mllp:127.0.0.2"}).json()["entry"]
+    (event,) = [e["resource"] for e in events]
+    assert event["type"]["code"] == "110107" and event["action"] == "C" and event["outcome"] == "0"
+
+
+def test_an_idle_mllp_connection_is_closed(app) -> None:  # type: ignore[no-untyped-def]
+    with running_mllp(app, idle_timeout=0.3) as port, socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.settimeout(10)
+        started = time.monotonic()
+        assert sock.recv(1024) == b""  # closed by the gateway, not by us
+        assert time.monotonic() - started < 9

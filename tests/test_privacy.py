@@ -1,13 +1,27 @@
-"""No patient identifiers or names in the logs (structlog JSON lines), for accepted and refused input alike."""
+"""No patient identifiers or clinical text in the logs (structlog JSON lines), for accepted and refused input alike.
+
+Two tests: one runs every fixture through every channel and greps its own log; the other runs last and
+greps the log of the whole test run (every test, and every gateway process the tests started, logs to
+one file: tests/conftest.py RUN_LOG) for every fixture's NHS number, name, postcode and clinical text.
+"""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import socket
+from typing import Any
 
-from tests.conftest import BARS_EXAMPLES, FIXTURES, bars_headers
+import pytest
+
+from tests.conftest import BARS_EXAMPLES, FIXTURES, RUN_LOG, bars_headers
+
+ROOT_FIXTURES = FIXTURES.parent
 
 
 def _identifiers() -> set[str]:
+    """Every patient identifier and every piece of clinical free text in the fixtures."""
     found: set[str] = set()
     for path in FIXTURES.glob("*.json"):
         data = json.loads(path.read_text())
@@ -20,35 +34,95 @@ def _identifiers() -> set[str]:
         else:
             patient = data["patient"]
             found |= {patient["nhs_number"], patient["family"], *patient["given"], patient["postcode"]}
-    for path in (FIXTURES.parent / "mhpl").glob("*.json"):
+            if data.get("free_text"):
+                found.add(data["free_text"])
+    for path in (ROOT_FIXTURES / "mhpl").glob("*.json"):
         patient = json.loads(path.read_text())["patient"]
         found |= {patient["nhs_number"], patient["family"], *patient["given"], patient["postcode"]}
-    for path in (FIXTURES.parent / "rio").glob("*.hl7"):
-        pid = next(seg for seg in path.read_bytes().decode().split("\r") if seg.startswith("PID|"))
-        fields = pid.split("|")
+    for path in (ROOT_FIXTURES / "rio").glob("*.hl7"):
+        segments = path.read_bytes().decode().split("\r")
+        fields = next(seg for seg in segments if seg.startswith("PID|")).split("|")
         found |= {fields[3].split("^")[0], *[part for part in fields[5].split("^")[:2] if part]}
+        found |= {text for seg in segments if seg.startswith("OBX|") for text in seg.split("|")[5].split("~") if text}
+    for path in (ROOT_FIXTURES / "cleo").glob("*.json"):
+        found.add(json.loads(path.read_text())["notes"])
+    for path in (*(ROOT_FIXTURES / "pcmis").glob("*.csv"), *(ROOT_FIXTURES / "systmone").glob("*.csv")):
+        for row in csv.DictReader(io.StringIO(path.read_text())):
+            found.add(row["nhs_number"])
+            found |= {value for name, value in row.items() if name.endswith("_text") and value}
+    for path in (ROOT_FIXTURES / "measures").glob("*.json"):
+        found.add(json.loads(path.read_text())["subject"]["identifier"]["value"])
     found.add("3478526985")  # the public examples' number
-    return found
+    return {value for value in found if len(value) >= 3}
 
 
-def test_logs_of_accepted_resent_and_refused_messages_hold_no_patient_identifiers(client, capsys) -> None:
+def _everything(client: Any, anonymous: Any) -> None:
+    """Every fixture through every channel: accepted, re-sent, refused, read back, searched by NHS number."""
     for path in sorted(FIXTURES.glob("*.json")):
         for _ in range(2):  # accepted, then re-sent
             if path.name.endswith(".bundle.json"):
                 client.post("/fhir/$process-message", content=path.read_bytes(), headers=bars_headers())
             else:
                 client.post("/ingest/nhs111", content=path.read_bytes())
-    for path in (FIXTURES.parent / "mhpl").glob("*.json"):
+    for path in (ROOT_FIXTURES / "mhpl").glob("*.json"):
         client.post("/ingest/mhpl", content=path.read_bytes())
-    for path in (FIXTURES.parent / "rio").glob("*.hl7"):
+    for path in (ROOT_FIXTURES / "rio").glob("*.hl7"):
         client.post("/ingest/hl7v2", content=path.read_bytes())
         client.post("/ingest/hl7v2", content=path.read_bytes().replace(b"|2.4\r", b"|2.9\r"))  # refused too
+    for path in (ROOT_FIXTURES / "measures").glob("*.json"):
+        client.post("/fhir/QuestionnaireResponse", content=path.read_bytes())
+    client.post("/ingest/pcmis", content=(ROOT_FIXTURES / "pcmis" / "contacts.csv").read_bytes())
+    client.post("/ingest/systmone", content=(ROOT_FIXTURES / "systmone" / "contacts.csv").read_bytes())
+    task = client.get("/fhir/Task", params={"_count": 1}).json()["entry"][0]["resource"]
+    cleo = (ROOT_FIXTURES / "cleo" / "consultation-registered.update.json").read_text().replace("REPLACE-WITH-TASK-ID", task["id"])
+    client.post("/ingest/cleo", content=cleo)
+    client.get(f"/export/cleo/{task['id']}")
     bad = json.loads((FIXTURES / "option2-standard.case.json").read_text())
     bad["patient"]["nhs_number"] = "9990000019"
     client.post("/ingest/nhs111", content=json.dumps(bad))
     for example in BARS_EXAMPLES.glob("*.json"):
         client.post("/fhir/$process-message", content=example.read_bytes(), headers=bars_headers())
+    for nhs in ("9990000018", "9990000042", "9990000019"):
+        client.get("/fhir/Patient", params={"identifier": f"https://fhir.nhs.uk/Id/nhs-number|{nhs}"})
+        anonymous.get("/fhir/Patient", params={"identifier": f"https://fhir.nhs.uk/Id/nhs-number|{nhs}"})  # 401, logged
+        client.get(f"/fhir/Patient/{nhs}")  # an identifier where an id goes: 404, logged
+    client.get("/fhir/AuditEvent", params={"_count": 200})
+
+
+def _leaks(text: str) -> list[str]:
+    return sorted(value for value in _identifiers() | {"9990000019"} if value in text)
+
+
+def test_logs_of_accepted_resent_and_refused_messages_hold_no_patient_identifiers(client, anonymous, capsys) -> None:
+    _everything(client, anonymous)
     logs = capsys.readouterr().err
-    assert "message.accepted" in logs and "message.refused" in logs and "message.resent" in logs
-    leaked = sorted(value for value in _identifiers() | {"9990000019"} if value in logs)
-    assert leaked == []
+    assert "message.accepted" in logs and "message.refused" in logs and "message.resent" in logs and "request.refused" in logs
+    assert _leaks(logs) == []
+
+
+def test_mllp_logs_hold_no_patient_identifiers(app, capsys) -> None:  # type: ignore[no-untyped-def]
+    from adapters.hl7v2 import MllpFramer, frame
+    from tests.test_hl7v2 import running_mllp
+
+    with running_mllp(app) as port, socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.settimeout(30)
+        messages = sorted((ROOT_FIXTURES / "rio").glob("*.hl7"))
+        sock.sendall(b"".join(frame(p.read_bytes()) for p in messages))
+        framer, acks = MllpFramer(), []
+        while len(acks) < len(messages):
+            acks += framer.feed(sock.recv(65536))
+    logs = capsys.readouterr().err
+    assert "hl7.accepted" in logs or "hl7.refused" in logs
+    assert _leaks(logs) == []
+
+
+@pytest.mark.run_last
+def test_the_logs_of_the_whole_test_run_hold_no_fixture_identifiers_or_clinical_text(client, anonymous) -> None:
+    """Runs last: greps every log line the test run wrote (this process and the gateway processes it started)."""
+    _everything(client, anonymous)  # so even alone this test has a full scenario to look at
+    logs = RUN_LOG.read_text(encoding="utf-8")
+    lines = logs.splitlines()
+    assert len(lines) > 100 and all(line.startswith("{") for line in lines[:50])
+    events = {json.loads(line)["event"] for line in lines if line.startswith("{")}
+    assert {"message.accepted", "message.refused", "request.refused"} <= events
+    assert _leaks(logs) == []

@@ -14,7 +14,7 @@ from fhir_mapping.datetimes import add_working_days
 from gateway.api.app import create_app
 from gateway.rules.schema import DEFAULT_RULES_DIR, RuleFileError, load_rules
 from gateway.settings import Settings
-from tests.conftest import fixture_bytes, task_of
+from tests.conftest import ALL_SCOPES, add_test_client, bearer, fixture_bytes, task_of
 
 
 def _rules_copy(tmp_path: Path) -> Path:
@@ -97,7 +97,7 @@ def test_a_rule_change_is_a_data_change_CAS_03(tmp_path: Path, clock) -> None:  
     _edit(rules / "bnssg.yaml", "call_handler_timeframe: PT6H", "call_handler_timeframe: PT4H")
     _edit(rules / "bnssg.yaml", 'version: "2026.11.3"', 'version: "2026.12.0"')
     app = create_app(Settings(DATABASE_URL=f"sqlite:///{tmp_path / 'g.db'}", rules_dir=rules, environment="test"), clock)
-    with TestClient(app) as client:
+    with TestClient(app, headers=bearer(add_test_client(app, ALL_SCOPES))) as client:
         task = task_of(client.post("/ingest/nhs111", content=fixture_bytes("option2-standard.case.json")).json())
     assert task["restriction"]["period"]["end"] == "2026-11-23T13:15:00Z"
     assert {"rule-set": "bnssg cas-queue 2026.12.0"}.items() <= {

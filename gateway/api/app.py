@@ -7,13 +7,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from functools import partial
+from typing import Any
 
 from fastapi import FastAPI
-from starlette.responses import JSONResponse, Response
+from fastapi.openapi.utils import get_openapi
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fhir_mapping.measures import load_measures
-from gateway.api import cases, fhir_read, ingest, measures, outbox, pathways, queue, reports
+from gateway.api import audit, cases, fhir_read, ingest, measures, ops, outbox, pathways, queue, reports, security
 from gateway.api.responses import install_error_handlers
 from gateway.cases import CaseOperations
 from gateway.cleo import CleoLink
@@ -22,6 +23,7 @@ from gateway.contact_batches import pcmis_batches, systmone_batches
 from gateway.hl7_intake import Hl7Intake
 from gateway.intake import Intake
 from gateway.logging import configure_logging
+from gateway.metrics import Metrics
 from gateway.mllp import start_mllp_server
 from gateway.outbox.worker import deliverer_from_settings, run_deliverer
 from gateway.pathways import Pathways
@@ -30,6 +32,7 @@ from gateway.rules.pathway_schema import load_pathways
 from gateway.rules.schema import load_rules
 from gateway.safety_calls import run_ticker
 from gateway.safety_calls import tick as tick_safety_calls
+from gateway.security.clients import Authenticator
 from gateway.settings import Settings
 from gateway.store.db import make_engine, make_sessionmaker, migrate
 
@@ -68,11 +71,11 @@ class EchoTransactionHeaders:
 def create_app(settings: Settings | None = None, clock: Clock | None = None) -> FastAPI:
     """Build the app. Fails fast on a bad rule file or an unreachable database (the prestart checks)."""
     settings = settings or Settings()
-    configure_logging(settings.log_level, settings.log_json)
+    configure_logging(settings.log_level, settings.log_json, settings.log_file)
     registry = load_rules(settings.rules_dir)
     pathway_rules = load_pathways(settings.pathways_dir)
     catalogue = load_measures()
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.database_url, settings.db_statement_timeout_ms)
     migrate(engine)
     sessions = make_sessionmaker(engine)
     clock = clock or SystemClock()
@@ -88,7 +91,16 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
         if settings.deliver_seconds > 0:
             delivering = asyncio.create_task(run_deliverer(deliverer, timedelta(seconds=settings.deliver_seconds)))
         if settings.mllp_port > 0:
-            mllp = await start_mllp_server(app.state.hl7.receive, settings.mllp_host, settings.mllp_port, settings.max_body_bytes)
+            mllp = await start_mllp_server(
+                app.state.hl7.receive,
+                settings.mllp_host,
+                settings.mllp_port,
+                settings.max_body_bytes,
+                allowed_peers=settings.mllp_peers,
+                sessions=sessions,
+                clock=clock,
+                idle_timeout=settings.mllp_idle_timeout_seconds,
+            )
         yield
         if worker:
             worker.cancel()
@@ -121,14 +133,16 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
     app.state.pathway_rules = pathway_rules
     app.state.pathways = Pathways(sessions, pathway_rules, catalogue, clock)
     app.state.deliverer = deliverer
+    app.state.authenticator = Authenticator(sessions, clock, timedelta(seconds=settings.token_ttl_seconds))
+    app.state.metrics = Metrics(sessions, clock)
+    app.state.migration_heads = ops.migration_heads()
     install_error_handlers(app)
+    app.add_middleware(security.SecurityMiddleware)  # inside the header echo, so refusals carry X-Request-Id too
 
     app.add_middleware(EchoTransactionHeaders)
 
-    @app.get("/healthz", include_in_schema=False)
-    def healthz() -> Response:
-        return JSONResponse({"status": "ok"})
-
+    app.include_router(ops.router)
+    app.include_router(security.router)
     app.include_router(ingest.router)
     app.include_router(queue.router)
     app.include_router(measures.router)
@@ -136,5 +150,24 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
     app.include_router(pathways.router)
     app.include_router(reports.router)
     app.include_router(outbox.router)
+    app.include_router(audit.router)  # before fhir_read's generic /fhir/{type}/{id}
     app.include_router(fhir_read.router)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """The OpenAPI description, saying how to authenticate (bearer API key or access token) on every operation."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        schema.setdefault("components", {})["securitySchemes"] = {
+            "bearer": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "An API key (iapk_...) from `iap-gateway clients add`, "
+                "or an access token (iapt_...) from POST /oauth2/token",
+            }
+        }
+        schema["security"] = [{"bearer": []}]
+        app.openapi_schema = schema
+    return app.openapi_schema

@@ -8,7 +8,7 @@ from starlette.responses import Response
 
 from adapters.problems import GatewayInputError, Kind, Problem
 from gateway.api.deps import SessionDep, SettingsDep
-from gateway.api.ingest import read_body
+from gateway.api.ingest import body_of, read_body
 from gateway.api.responses import FhirResponse
 from gateway.cases import explain
 from gateway.rules.cas_ops import OPERATIONS
@@ -24,7 +24,11 @@ def task_explain(task_id: str, session: SessionDep) -> Response:
     return FhirResponse(explain(session, task_id))
 
 
-@router.post("/{task_id}/{operation}", summary=f"Operate on a CAS case ({_OPS}); body: FHIR Parameters")
+@router.post(
+    "/{task_id}/{operation}",
+    summary=f"Operate on a CAS case ({_OPS}); body: FHIR Parameters",
+    openapi_extra=body_of("application/fhir+json", "FHIR Parameters for the operation"),
+)
 async def task_operation(request: Request, task_id: str, operation: str, settings: SettingsDep) -> Response:
     if not operation.startswith("$"):
         raise GatewayInputError(Problem(Kind.NOT_SUPPORTED, "operation", f"POST /fhir/Task/{{id}}/$<operation>: one of {_OPS}"))

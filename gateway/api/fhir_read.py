@@ -11,9 +11,11 @@ from starlette.responses import Response
 from adapters.problems import GatewayInputError, Kind, Problem
 from fhir_mapping.datetimes import to_fhir_instant
 from fhir_mapping.fhir import CapabilityStatement, build, to_json_dict
+from gateway.api.audit import AUDIT_PARAMS
 from gateway.api.deps import ClockDep, SessionDep
 from gateway.api.responses import FhirResponse
 from gateway.api.search import paging, refuse_unknown, searchset, split_list
+from gateway.audit import note
 from gateway.store.repo import (
     ResourceQuery,
     TaskQuery,
@@ -117,6 +119,7 @@ def read(resource_type: str, resource_id: str, session: SessionDep) -> Response:
     resource = get_resource(session, resource_type, resource_id)
     if resource is None:
         raise GatewayInputError(Problem(Kind.NOT_FOUND, "id", f"{resource_type}/{resource_id} is not known"))
+    note(resource)
     return FhirResponse(resource, headers={"ETag": f'W/"{resource["meta"]["versionId"]}"'})
 
 
@@ -162,7 +165,15 @@ def capability_statement(date: str) -> dict[str, Any]:
                     resource("Observation", ["read", "search-type"], {"patient": "reference", "code": "token", "date": "date"}),
                     resource("CommunicationRequest", ["create", "read", "search-type"], {"status": "token", "patient": "reference"}),
                     *[resource(t, ["read"]) for t in ("ServiceRequest", "Encounter", "Flag", "Provenance", "DocumentReference", "Bundle")],
+                    resource("AuditEvent", ["read", "search-type"], AUDIT_PARAMS),
                 ],
+                "security": {
+                    "service": [
+                        {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service", "code": "OAuth"}]}
+                    ],
+                    "description": "Every request needs 'Authorization: Bearer <API key or access token>'; access tokens come from "
+                    "POST /oauth2/token for a signed JWT client assertion (RS512, private_key_jwt). Scopes per route: README, Security.",
+                },
                 "operation": [
                     {"name": "process-message", "definition": "http://hl7.org/fhir/OperationDefinition/MessageHeader-process-message"}
                 ],

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import anyio
 from fastapi import APIRouter, Request
@@ -16,27 +17,38 @@ from gateway.api.responses import FhirResponse, SenderGone
 from gateway.cleo import export_case
 from gateway.messages import Reply
 
-__all__ = ["router", "read_body", "answer", "SenderGone"]
+__all__ = ["router", "read_body", "answer", "SenderGone", "body_of"]
 
 router = APIRouter()
 T = TypeVar("T")
 
 
+def body_of(media_type: str, description: str) -> dict[str, Any]:
+    """`openapi_extra` for a route that reads its raw body: what it takes, so /docs and API fuzzers can send one."""
+    schema = {"type": "object"} if media_type.endswith("json") else {"type": "string"}
+    return {"requestBody": {"required": True, "description": description, "content": {media_type: {"schema": schema}}}}
+
+
 async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 past `limit` bytes (checked before and while reading)."""
+    """The request body, refused with 413 past `limit` bytes (checked before and while reading), and with 408 when it
+    has not all arrived within IAP_BODY_TIMEOUT_SECONDS (a slow sender cannot hold a worker)."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise GatewayInputError(Problem(Kind.TOO_LARGE, "body", f"body of {declared} bytes is over the {limit}-byte limit"))
     chunks, size = [], 0
+    seconds = request.app.state.settings.body_timeout_seconds
     try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise GatewayInputError(Problem(Kind.TOO_LARGE, "body", f"body is over the {limit}-byte limit"))
-            chunks.append(chunk)
+        async with asyncio.timeout(seconds):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise GatewayInputError(Problem(Kind.TOO_LARGE, "body", f"body is over the {limit}-byte limit"))
+                chunks.append(chunk)
     except ClientDisconnect:
         # the sender hung up before its message arrived: nothing was received, nothing is stored, nobody to answer
         raise SenderGone() from None
+    except TimeoutError:
+        raise GatewayInputError(Problem(Kind.TIMEOUT, "body", f"the body did not arrive within {seconds:g} s")) from None
     body = b"".join(chunks)
     if not body:
         raise GatewayInputError(Problem(Kind.REQUIRED, "body", "request body is empty"))
@@ -64,6 +76,7 @@ async def answer(request: Request, limit: int, receive: Callable[[bytes], Reply]
     "/ingest/nhs111",
     status_code=201,
     summary="Receive a flat NHS 111 case (docs/formats/nhs111-case.md); a re-sent case id gets its original reply",
+    openapi_extra=body_of("application/json", "a flat NHS 111 case (docs/formats/nhs111-case.md)"),
 )
 async def ingest_nhs111(request: Request, intake: IntakeDep, settings: SettingsDep) -> Response:
     return await answer(request, settings.max_body_bytes, intake.receive_nhs111_case)
@@ -73,13 +86,16 @@ async def ingest_nhs111(request: Request, intake: IntakeDep, settings: SettingsD
     "/ingest/mhpl",
     status_code=201,
     summary="Receive an Emergency Services Mental Health Professional Line call (docs/formats/mhpl-call.md); timeframe by caller (CAS-06)",
+    openapi_extra=body_of("application/json", "an MHPL call (docs/formats/mhpl-call.md)"),
 )
 async def ingest_mhpl(request: Request, intake: IntakeDep, settings: SettingsDep) -> Response:
     return await answer(request, settings.max_body_bytes, intake.receive_mhpl_call)
 
 
 @router.post(
-    "/ingest/cleo", summary="Apply a CLEO case update (docs/formats/cleo.md) as the matching case operation; replies with the case"
+    "/ingest/cleo",
+    summary="Apply a CLEO case update (docs/formats/cleo.md) as the matching case operation; replies with the case",
+    openapi_extra=body_of("application/json", "a CLEO case update (docs/formats/cleo.md)"),
 )
 async def ingest_cleo(request: Request, settings: SettingsDep) -> Response:
     return await answer(request, settings.max_body_bytes, request.app.state.cleo.receive_update, fhir=False)
@@ -90,12 +106,20 @@ def export_cleo(task_id: str, session: SessionDep) -> Response:
     return JSONResponse(export_case(session, task_id))
 
 
-@router.post("/ingest/pcmis", summary="A PCMIS contact export (CSV, docs/formats/pcmis-contacts.md): every row's outcome in the reply")
+@router.post(
+    "/ingest/pcmis",
+    summary="A PCMIS contact export (CSV, docs/formats/pcmis-contacts.md): every row's outcome in the reply",
+    openapi_extra=body_of("text/csv", "a PCMIS contact export (docs/formats/pcmis-contacts.md)"),
+)
 async def ingest_pcmis(request: Request, settings: SettingsDep) -> Response:
     return await answer(request, settings.max_body_bytes, request.app.state.pcmis.receive_batch, fhir=False)
 
 
-@router.post("/ingest/systmone", summary="A SystmOne template extract (CSV, docs/formats/systmone-extract.md): every row's outcome")
+@router.post(
+    "/ingest/systmone",
+    summary="A SystmOne template extract (CSV, docs/formats/systmone-extract.md): every row's outcome",
+    openapi_extra=body_of("text/csv", "a SystmOne template extract (docs/formats/systmone-extract.md)"),
+)
 async def ingest_systmone(request: Request, settings: SettingsDep) -> Response:
     return await answer(request, settings.max_body_bytes, request.app.state.systmone.receive_batch, fhir=False)
 
@@ -103,6 +127,7 @@ async def ingest_systmone(request: Request, settings: SettingsDep) -> Response:
 @router.post(
     "/ingest/hl7v2",
     summary="Receive one HL7 v2.4 message (ER7 text, RiO): the reply is its ACK (AA, or AE/AR with MSA-3 and ERR)",
+    openapi_extra=body_of("x-application/hl7-v2+er7", "one HL7 v2.4 message, ER7 (docs/formats/rio-hl7v2.md)"),
 )
 async def ingest_hl7v2(request: Request, settings: SettingsDep) -> Response:
     raw = await read_body(request, settings.max_body_bytes)
@@ -114,6 +139,7 @@ async def ingest_hl7v2(request: Request, settings: SettingsDep) -> Response:
 @router.post(
     "/fhir/$process-message",
     summary="BaRS: receive a servicerequest-request message Bundle (X-Request-Id and X-Correlation-Id required)",
+    openapi_extra=body_of("application/fhir+json", "a BaRS servicerequest-request message Bundle (docs/formats/bars.md)"),
 )
 async def process_message(request: Request, intake: IntakeDep, settings: SettingsDep) -> Response:
     request_id, correlation_id = request.headers.get("x-request-id"), request.headers.get("x-correlation-id")

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from adapters.problems import GatewayInputError, Kind, Problem
-from fhir_mapping.datetimes import LONDON, parse_source_datetime
 from gateway.api.deps import SessionDep, SettingsDep
-from gateway.api.ingest import answer
+from gateway.api.ingest import answer, body_of
 from gateway.api.responses import FhirResponse
-from gateway.api.search import paging, refuse_unknown, searchset
+from gateway.api.search import date_filter, paging, refuse_unknown, searchset
+from gateway.audit import note
 from gateway.outcome_summary import outcome_summary
 from gateway.store.repo import ResourceQuery, get_resource, search_resources
 
@@ -51,6 +49,7 @@ def questionnaire_read(request: Request, questionnaire_id: str) -> Response:
     "/QuestionnaireResponse",
     status_code=201,
     summary="Submit a completed measure: checked against its Questionnaire, scored, stored with score Observations",
+    openapi_extra=body_of("application/fhir+json", "a QuestionnaireResponse"),
 )
 async def questionnaire_response_create(request: Request, settings: SettingsDep) -> Response:
     return await answer(request, settings.max_body_bytes, request.app.state.responses.receive)
@@ -78,23 +77,10 @@ def observation_search(request: Request, session: SessionDep) -> Response:
     for value in params.getlist("code"):
         system, _, code = value.rpartition("|")
         tokens.append(("code", system or None, code))
-    dates = [_date_filter(value) for value in params.getlist("date")]
+    dates = [date_filter(value) for value in params.getlist("date")]
     query = ResourceQuery("Observation", patient=params.get("patient"), tokens=tokens, dates=dates, count=count, offset=offset)
     resources, total = search_resources(session, query)
     return FhirResponse(searchset(request, resources, total, count, offset))
-
-
-def _date_filter(value: str) -> tuple[str, datetime]:
-    """`ge2026-11-01`, `lt2026-11-23T12:00:00Z`: a prefix and an instant (a bare date is London midnight)."""
-    op, rest = (value[:2], value[2:]) if value[:2] in ("eq", "ge", "le", "gt", "lt") else ("eq", value)
-    try:
-        if "T" in rest:
-            return op, parse_source_datetime(rest)
-        return op, datetime.fromisoformat(rest).replace(tzinfo=LONDON)
-    except ValueError:
-        raise GatewayInputError(
-            Problem(Kind.VALUE, "date", f"{value[:40]!r} is not [prefix]YYYY-MM-DD or an instant with offset")
-        ) from None
 
 
 @router.get(
@@ -102,8 +88,10 @@ def _date_filter(value: str) -> tuple[str, datetime]:
     summary="Paired measures: first/latest, change, reliable improvement, recovery, TT-11 data set",
 )
 def patient_outcome_summary(request: Request, patient_id: str, session: SessionDep) -> Response:
-    if get_resource(session, "Patient", patient_id) is None:
+    patient = get_resource(session, "Patient", patient_id)
+    if patient is None:
         raise GatewayInputError(Problem(Kind.NOT_FOUND, "id", f"Patient/{patient_id[:64]} is not known"))
+    note(patient)
     observations, _ = search_resources(session, ResourceQuery("Observation", patient=patient_id, count=10_000))
     responses, _ = search_resources(session, ResourceQuery("QuestionnaireResponse", patient=patient_id, count=10_000))
     return FhirResponse(outcome_summary(patient_id, observations, responses, request.app.state.measures))

@@ -14,12 +14,14 @@ from adapters.jsonparse import parse_json_object
 from adapters.problems import GatewayInputError, Kind, Problem
 from fhir_mapping.datetimes import format_iso_duration, parse_source_datetime, to_fhir_instant
 from gateway.api.deps import ClockDep, RegistryDep, SessionDep, SettingsDep
-from gateway.api.ingest import read_body
+from gateway.api.ingest import body_of, read_body
 from gateway.api.responses import FhirResponse
+from gateway.audit import note
 from gateway.queue_summary import RISK_LEVELS, RISK_SYSTEM, queue_summary, risk_level_observation
 from gateway.rules.cas_ops import parse_parameters
 from gateway.rules.cas_queue import breach_status
 from gateway.rules.schema import ServiceRules
+from gateway.security.principal import allowed_service, require_service
 from gateway.store.db import write_transaction
 from gateway.store.repo import ResourceQuery, get_resource, put_resource, queue_rows, search_resources
 
@@ -30,11 +32,14 @@ router = APIRouter()
 
 @router.get("/queue", summary="CAS queue, ordered per CAS-02: breached cases first (most overdue first), then by time to breach")
 def queue(session: SessionDep, clock: ClockDep, registry: RegistryDep, service: str | None = None) -> Response:
+    service = allowed_service(service)
     if service is not None and service not in registry.services:
         raise GatewayInputError(Problem(Kind.VALUE, "service", f"unknown service {service[:32]!r}; known: {sorted(registry.services)}"))
     now = clock.now()
     entries = []
-    for position, task in enumerate(queue_rows(session, service), start=1):
+    rows = queue_rows(session, service)
+    note(*rows)
+    for position, task in enumerate(rows, start=1):
         breach = parse_source_datetime(task["restriction"]["period"]["end"])
         remaining = breach - now
         classification = ((task.get("businessStatus") or {}).get("coding") or [{}])[0]
@@ -59,16 +64,21 @@ def queue(session: SessionDep, clock: ClockDep, registry: RegistryDep, service: 
 
 @router.get("/queue/summary", summary="CAS-16: counts by breach status and classification, evidence, suggested risk level, confirmed level")
 def summary(session: SessionDep, clock: ClockDep, registry: RegistryDep, service: str) -> Response:
-    rules = registry.services.get(service)
+    rules = registry.services.get(allowed_service(service) or service)
     if rules is None:
         raise GatewayInputError(Problem(Kind.VALUE, "service", f"unknown service {service[:32]!r}; known: {sorted(registry.services)}"))
     return JSONResponse(_summary(session, rules, clock.now()))
 
 
-@router.post("/queue/$confirm-risk-level", summary="CAS-16: a Clinical Navigator confirms the queue risk level (kept with the suggestion)")
+@router.post(
+    "/queue/$confirm-risk-level",
+    summary="CAS-16: a Clinical Navigator confirms the queue risk level (kept with the suggestion)",
+    openapi_extra=body_of("application/fhir+json", "FHIR Parameters: service, level, practitioner, note"),
+)
 async def confirm_risk_level(request: Request, clock: ClockDep, registry: RegistryDep, settings: SettingsDep) -> Response:
     params = parse_parameters(parse_json_object(await read_body(request, settings.max_body_bytes), "Parameters"))
     service = params.code("service", tuple(registry.services), required=True)
+    require_service(service)
     level = params.code("level", RISK_LEVELS, required=True)
     who = params.string("practitioner", required=True)
     note = params.string("note")

@@ -8,6 +8,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from adapters.problems import GatewayInputError, Kind, Problem
 from gateway.api.deps import ClockDep, SessionDep
 from gateway.api.search import refuse_unknown
+from gateway.security.principal import allowed_service
 from gateway.waitlist import waitlist_csv, waitlist_snapshot
 
 __all__ = ["router"]
@@ -23,7 +24,7 @@ router = APIRouter(prefix="/reports")
 def waitlist(request: Request, session: SessionDep, clock: ClockDep) -> Response:
     params = request.query_params
     refuse_unknown(params.keys(), {"format", "service"}, "waitlist report")
-    service = params.get("service")
+    service = allowed_service(params.get("service"))  # a client bound to one service sees its own wait list
     registry = request.app.state.pathway_rules
     if service is not None and service not in registry.services:
         raise GatewayInputError(Problem(Kind.VALUE, "service", f"unknown pathway service; known: {sorted(registry.services)}"))

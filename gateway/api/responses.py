@@ -14,11 +14,17 @@ from starlette.responses import Response
 
 from adapters.problems import GatewayInputError, Kind, Problem
 from fhir_mapping.replies import operation_outcome, server_error_outcome
+from gateway.security.scopes import rule_for
 
 __all__ = ["FhirResponse", "install_error_handlers", "FHIR_JSON", "SenderGone"]
 
 FHIR_JSON = "application/fhir+json"
 log = structlog.get_logger("iap.api")
+
+
+def _route(request: Request) -> str:
+    """The route's pattern for the logs, never the path itself (a path can hold an identifier: /fhir/Patient/<nhs number>)."""
+    return rule_for(request.method, request.url.path).pattern
 
 
 class SenderGone(Exception):
@@ -41,7 +47,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _input_error(request: Request, exc: GatewayInputError) -> Response:
         log.info(
             "message.refused",
-            path=request.url.path,
+            route=_route(request),
             stage=exc.stage,
             status=exc.http_status,
             elements=[p.element for p in exc.problems if p.is_error],
@@ -71,11 +77,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(SenderGone)
     async def _sender_gone(request: Request, exc: SenderGone) -> Response:
-        log.info("request.abandoned", path=request.url.path)
+        log.info("request.abandoned", route=_route(request))
         return Response(status_code=400)  # the client has gone; this is never read
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception) -> Response:
         reference = str(uuid.uuid4())
-        log.error("request.crashed", path=request.url.path, reference=reference, error=type(exc).__name__)
+        log.error("request.crashed", route=_route(request), reference=reference, error=type(exc).__name__)
         return FhirResponse(server_error_outcome(reference), status_code=500)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
 
 from fastapi import Request
 
 from adapters.problems import GatewayInputError, Kind, Problem
+from fhir_mapping.datetimes import LONDON, parse_source_datetime
+from gateway.audit import note
 
-__all__ = ["refuse_unknown", "int_param", "split_list", "searchset", "MAX_COUNT", "paging"]
+__all__ = ["refuse_unknown", "int_param", "split_list", "searchset", "MAX_COUNT", "paging", "date_filter"]
 
 MAX_COUNT = 200
 
@@ -42,7 +45,25 @@ def split_list(value: str | None) -> list[str] | None:
     return [v for v in value.split(",") if v] if value else None
 
 
-def searchset(request: Request, resources: list[dict[str, Any]], total: int, count: int, offset: int) -> dict[str, Any]:
+def date_filter(value: str) -> tuple[str, datetime]:
+    """`ge2026-11-01`, `lt2026-11-23T12:00:00Z`: a prefix and an instant (a bare date is London midnight)."""
+    op, rest = (value[:2], value[2:]) if value[:2] in ("eq", "ge", "le", "gt", "lt") else ("eq", value)
+    try:
+        if "T" in rest:
+            return op, parse_source_datetime(rest)
+        return op, datetime.fromisoformat(rest).replace(tzinfo=LONDON)
+    except ValueError:
+        raise GatewayInputError(
+            Problem(Kind.VALUE, "date", f"{value[:40]!r} is not [prefix]YYYY-MM-DD or an instant with offset")
+        ) from None
+
+
+def searchset(
+    request: Request, resources: list[dict[str, Any]], total: int, count: int, offset: int, audited: bool = True
+) -> dict[str, Any]:
+    """A searchset Bundle with paging links; what it returns is noted for the request's AuditEvent (unless `audited` is False)."""
+    if audited:
+        note(*resources)
     base = str(request.base_url).rstrip("/")
 
     def link(relation: str, new_offset: int) -> dict[str, str]:

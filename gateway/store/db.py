@@ -19,8 +19,9 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 _SQLITE_WRITERS: WeakKeyDictionary[Engine, threading.RLock] = WeakKeyDictionary()
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for `url`. SQLite gets WAL, durable commits, a busy timeout and foreign keys; PostgreSQL a pool."""
+def make_engine(url: str, statement_timeout_ms: int = 0) -> Engine:
+    """An engine for `url`. SQLite gets WAL, durable commits, a busy timeout and foreign keys; PostgreSQL a pool and,
+    when given, a statement timeout (so no request can hold a connection or a lock for ever)."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
@@ -38,11 +39,17 @@ def make_engine(url: str) -> Engine:
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://") :]
-    return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+    connect_args = {"options": f"-c statement_timeout={statement_timeout_ms}"} if statement_timeout_ms else {}
+    return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True, connect_args=connect_args)
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
-    return sessionmaker(engine, expire_on_commit=False)
+    """Sessions for `engine`; every transaction that writes resources commits its AuditEvent with it (gateway.audit)."""
+    from gateway.audit import install_audit_hooks
+
+    sessions = sessionmaker(engine, expire_on_commit=False)
+    install_audit_hooks(sessions)
+    return sessions
 
 
 def migrate(engine: Engine) -> None:

@@ -5,12 +5,26 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import DateTime, Index, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Boolean, DateTime, Index, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-__all__ = ["Base", "ResourceRow", "IdentifierRow", "TokenRow", "InboundMessage", "UTCDateTime", "OutboxRow", "OutboxEvent"]
+__all__ = [
+    "Base",
+    "ResourceRow",
+    "IdentifierRow",
+    "TokenRow",
+    "InboundMessage",
+    "UTCDateTime",
+    "OutboxRow",
+    "OutboxEvent",
+    "ApiClient",
+    "AccessToken",
+    "UsedAssertion",
+    "AuditEventRow",
+    "AuditEntityRow",
+]
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -169,3 +183,70 @@ class OutboxEvent(Base):
     detail: Mapped[str] = mapped_column(Text, nullable=False, default="")
 
     __table_args__ = (Index("ix_outbox_events_delivery", "delivery_id", "seq"),)
+
+
+class ApiClient(Base):
+    """A client system (a 111 provider, RiO, CLEO, an operator UI): its scopes and its credentials, never in clear.
+
+    `key_hash` is a scrypt hash of the API key's secret part (the key is shown once, at creation);
+    `jwks` holds the public keys its signed JWT client assertions are checked against (private_key_jwt).
+    `service_id` binds the client to one CAS service (queue views, case operations, CLEO, RiO notes).
+    """
+
+    __tablename__ = "api_clients"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
+    scopes: Mapped[str] = mapped_column(Text, nullable=False)  # space-separated
+    service_id: Mapped[str | None] = mapped_column(String(32))
+    key_id: Mapped[str | None] = mapped_column(String(32), unique=True)
+    key_hash: Mapped[str | None] = mapped_column(String(255))
+    jwks: Mapped[str | None] = mapped_column(Text)
+    active: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class AccessToken(Base):
+    """An access token issued at the token endpoint for a verified client assertion: only its SHA-256 is kept."""
+
+    __tablename__ = "access_tokens"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    client_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    issued_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, index=True)
+
+
+class UsedAssertion(Base):
+    """A client assertion's `jti`, kept until the assertion expires: the primary key makes each usable once, across instances."""
+
+    __tablename__ = "used_assertions"
+
+    client_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    jti: Mapped[str] = mapped_column(String(255), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, index=True)
+
+
+class AuditEventRow(Base):
+    """One FHIR AuditEvent (JSON), with the columns `/fhir/AuditEvent` searches on. Append-only."""
+
+    __tablename__ = "audit_events"
+
+    seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
+    recorded: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, index=True)
+    client_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    action: Mapped[str] = mapped_column(String(1), nullable=False)
+    subtype: Mapped[str] = mapped_column(String(32), nullable=False)
+    outcome: Mapped[str] = mapped_column(String(2), nullable=False)
+    content: Mapped[str] = mapped_column(Text, nullable=False)
+
+
+class AuditEntityRow(Base):
+    """What an AuditEvent concerns, one row per reference ("Task/…", "Patient/…"): search by entity or patient."""
+
+    __tablename__ = "audit_entities"
+
+    reference: Mapped[str] = mapped_column(String(160), primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(64), primary_key=True)

@@ -1,0 +1,211 @@
+"""Client systems in the store: create, list, revoke, rotate; authenticate a bearer credential; exchange an assertion.
+
+A client is one calling system with its own credentials and scopes (see gateway/security/scopes.py).
+Credentials are shown once, when made, and kept only hashed. Authentication costs one primary-key
+read per request (so a revoked client is refused at once, on every instance).
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from gateway.clock import Clock
+from gateway.security.credentials import (
+    API_KEY_PREFIX,
+    TOKEN_PREFIX,
+    AssertionRefused,
+    check_jwks,
+    new_access_token,
+    new_api_key,
+    split_api_key,
+    token_digest,
+    unverified_client_id,
+    verify_client_assertion,
+    verify_secret,
+)
+from gateway.security.principal import Principal
+from gateway.security.scopes import SCOPES
+from gateway.store.models import AccessToken, ApiClient, UsedAssertion
+
+__all__ = [
+    "Principal",
+    "ClientError",
+    "add_client",
+    "list_clients",
+    "revoke_client",
+    "rotate_api_key",
+    "Authenticator",
+    "IssuedToken",
+    "parse_scopes",
+]
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    token: str
+    expires_in: int
+    principal: Principal
+
+
+class ClientError(ValueError):
+    """A client cannot be created or changed as asked (the message says why)."""
+
+
+def parse_scopes(text: str) -> frozenset[str]:
+    scopes = frozenset(text.replace(",", " ").split())
+    unknown = sorted(scopes - set(SCOPES))
+    if unknown:
+        raise ClientError(f"unknown scope(s) {unknown}; known: {sorted(SCOPES)}")
+    if not scopes:
+        raise ClientError("a client needs at least one scope")
+    return scopes
+
+
+def _principal(client: ApiClient) -> Principal:
+    return Principal(client.id, client.name, frozenset(client.scopes.split()), client.service_id)
+
+
+def add_client(
+    session: Session,
+    name: str,
+    scopes: frozenset[str],
+    now: datetime,
+    *,
+    service_id: str | None = None,
+    jwks: str | None = None,
+    api_key: bool = True,
+) -> tuple[Principal, str | None]:
+    """Create a client; returns it and its API key (shown once; None when `api_key` is False)."""
+    if not _NAME.match(name):
+        raise ClientError("a client name is 1-64 characters: lower-case letters, digits, '.', '_' or '-'")
+    if not api_key and jwks is None:
+        raise ClientError("a client needs an API key, a JWKS for signed JWT assertions, or both")
+    unknown = sorted(scopes - set(SCOPES))
+    if unknown or not scopes:
+        raise ClientError(f"unknown scope(s) {unknown}; known: {sorted(SCOPES)}" if unknown else "a client needs at least one scope")
+    if session.execute(select(ApiClient.id).where(ApiClient.name == name)).first() is not None:
+        raise ClientError(f"a client named {name!r} exists already (revoke it, or rotate its key)")
+    key, key_id, key_hash = new_api_key() if api_key else (None, None, None)
+    client = ApiClient(
+        id=str(uuid.uuid4()),
+        name=name,
+        scopes=" ".join(sorted(scopes)),
+        service_id=service_id,
+        key_id=key_id,
+        key_hash=key_hash,
+        jwks=check_jwks(jwks) if jwks is not None else None,
+        active=True,
+        created_at=now,
+    )
+    session.add(client)
+    session.flush()
+    return _principal(client), key
+
+
+def list_clients(session: Session) -> list[ApiClient]:
+    return list(session.execute(select(ApiClient).order_by(ApiClient.name)).scalars())
+
+
+def _by_name(session: Session, name: str) -> ApiClient:
+    client = session.execute(select(ApiClient).where(ApiClient.name == name).with_for_update()).scalar_one_or_none()
+    if client is None:
+        raise ClientError(f"no client named {name!r}")
+    return client
+
+
+def revoke_client(session: Session, name: str, now: datetime) -> None:
+    """Refuse the client from now on, on every instance: its key, its assertions and its issued tokens."""
+    client = _by_name(session, name)
+    client.active = False
+    client.revoked_at = now
+    session.execute(delete(AccessToken).where(AccessToken.client_id == client.id))
+
+
+def rotate_api_key(session: Session, name: str) -> str:
+    """A new API key for an active client (the old one stops working at once); returned once."""
+    client = _by_name(session, name)
+    if not client.active:
+        raise ClientError(f"client {name!r} is revoked")
+    key, client.key_id, client.key_hash = new_api_key()
+    return key
+
+
+# sha256(API key) -> the stored scrypt hash it was verified against: a memo of a pure check, shared by the process,
+# so scrypt runs once per key (a rotated key has a new hash and is checked afresh; a revoked client fails before this)
+_VERIFIED: dict[str, str] = {}
+_VERIFIED_MAX = 4096
+
+
+class Authenticator:
+    """Bearer credentials -> Principal (or None). Verified API keys are remembered by digest, so scrypt runs once."""
+
+    def __init__(self, sessions: sessionmaker[Session], clock: Clock, token_ttl: timedelta) -> None:
+        self.sessions = sessions
+        self.clock = clock
+        self.token_ttl = token_ttl
+
+    def authenticate(self, credential: str) -> Principal | None:
+        if credential.startswith(API_KEY_PREFIX + "_"):
+            return self._api_key(credential)
+        if credential.startswith(TOKEN_PREFIX + "_"):
+            return self._access_token(credential)
+        return None
+
+    def _api_key(self, key: str) -> Principal | None:
+        parts = split_api_key(key)
+        if parts is None:
+            return None
+        with self.sessions() as session:
+            client = session.execute(select(ApiClient).where(ApiClient.key_id == parts[0])).scalar_one_or_none()
+        if client is None or not client.active or client.key_hash is None:
+            return None
+        digest = token_digest(key)
+        if _VERIFIED.get(digest) != client.key_hash:
+            if not verify_secret(parts[1], client.key_hash):
+                return None
+            if len(_VERIFIED) >= _VERIFIED_MAX:
+                _VERIFIED.clear()
+            _VERIFIED[digest] = client.key_hash
+        return _principal(client)
+
+    def _access_token(self, token: str) -> Principal | None:
+        with self.sessions() as session:
+            row = session.execute(
+                select(ApiClient, AccessToken.expires_at)
+                .join(AccessToken, AccessToken.client_id == ApiClient.id)
+                .where(AccessToken.token_hash == token_digest(token))
+            ).first()
+        if row is None or not row[0].active or row[1] <= self.clock.now():
+            return None
+        return _principal(row[0])
+
+    def exchange_assertion(self, assertion: str, audience: str) -> IssuedToken:
+        """A signed JWT client assertion -> an access token; AssertionRefused (OAuth error code) otherwise."""
+        now = self.clock.now()
+        client_id = unverified_client_id(assertion)
+        with self.sessions() as session:
+            client = session.get(ApiClient, client_id) if len(client_id) <= 64 else None
+        if client is None or not client.active:
+            raise AssertionRefused("invalid_client", "unknown or revoked client in 'iss'/'sub' claims")
+        if not client.jwks:
+            raise AssertionRefused("invalid_client", "this client has no public keys registered for signed JWT assertions")
+        checked = verify_client_assertion(assertion, client.jwks, audience, now)
+        token, digest = new_access_token()
+        try:
+            with self.sessions.begin() as session:
+                session.execute(delete(UsedAssertion).where(UsedAssertion.expires_at < now))  # forget what can no longer be replayed
+                session.add(UsedAssertion(client_id=client.id, jti=checked.jti, expires_at=checked.expires_at))
+                session.add(AccessToken(token_hash=digest, client_id=client.id, issued_at=now, expires_at=now + self.token_ttl))
+                session.execute(delete(AccessToken).where(AccessToken.expires_at < now))
+        except IntegrityError:
+            raise AssertionRefused("invalid_request", "'jti' claim has already been used") from None
+        return IssuedToken(token, int(self.token_ttl.total_seconds()), _principal(client))

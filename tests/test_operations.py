@@ -1,0 +1,151 @@
+"""Operations: liveness, readiness (database, migrations, rule files), Prometheus metrics, request limits and timeouts."""
+
+from __future__ import annotations
+
+import socket
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import create_engine, text
+
+from gateway.rules.schema import RuleRegistry
+from gateway.store.db import MIGRATIONS_DIR
+from tests.conftest import ALL_SCOPES, add_test_client, bars_headers, fixture_bytes, issues, serving
+
+
+def test_liveness_needs_nothing_and_readiness_reports_the_rule_sets(anonymous) -> None:
+    assert anonymous.get("/healthz").json() == {"status": "ok"}
+    ready = anonymous.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["status"] == "ready"
+    assert {label.split(" ")[0] for label in ready.json()["rule_sets"]} >= {"bnssg", "bsw", "north-essex-mid", "rdash-rotherham"}
+
+
+def test_not_ready_when_the_database_is_unreachable(app, anonymous) -> None:
+    working = app.state.engine
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    app.state.engine = create_engine(f"postgresql+psycopg://postgres@127.0.0.1:{port}/none", connect_args={"connect_timeout": 2})
+    try:
+        response = anonymous.get("/readyz")
+    finally:
+        app.state.engine.dispose()
+        app.state.engine = working
+    assert response.status_code == 503 and response.headers["retry-after"] == "5"
+    ((severity, element, diagnostics),) = issues(response.json())
+    assert element == "database" and "not reachable" in diagnostics
+    assert response.json()["issue"][0]["details"]["coding"][0]["code"] == "REC_SERVICE_UNAVAILABLE"
+
+
+def test_not_ready_until_the_migrations_are_at_head(app, anonymous) -> None:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    with app.state.engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0002")
+    response = anonymous.get("/readyz")
+    assert response.status_code == 503
+    ((_, element, diagnostics),) = issues(response.json())
+    assert element == "database.schema" and "iap-gateway migrate" in diagnostics and "0002" in diagnostics
+    from gateway.store.db import migrate
+
+    migrate(app.state.engine)
+    assert anonymous.get("/readyz").status_code == 200
+
+
+def test_not_ready_without_rule_files(app, anonymous) -> None:
+    loaded = app.state.registry
+    app.state.registry = RuleRegistry([])
+    try:
+        response = anonymous.get("/readyz")
+    finally:
+        app.state.registry = loaded
+    assert response.status_code == 503 and issues(response.json())[0][1] == "rules"
+
+
+def _metric(text_body: str, name: str, **labels: str) -> float:
+    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text_body.splitlines():
+        if line.startswith("#"):
+            continue
+        metric, _, value = line.rpartition(" ")
+        metric_name, _, label_text = metric.partition("{")
+        if metric_name == name and ",".join(sorted(label_text.rstrip("}").split(","))) == wanted:
+            return float(value)
+    return 0.0
+
+
+def test_metrics_count_messages_by_source_and_outcome_and_time_the_mapping(client, client_with, anonymous) -> None:
+    before = client.get("/metrics").text
+    body = fixture_bytes("option2-standard.case.json")
+    client.post("/ingest/nhs111", content=body)
+    client.post("/ingest/nhs111", content=body)  # re-sent
+    client.post("/ingest/nhs111", content=b"{}")  # refused
+    anonymous.post("/ingest/nhs111", content=body)  # unauthenticated
+    bundle = fixture_bytes("bars-dx13-self-harm-flag.bundle.json")
+    headers = bars_headers()
+    client.post("/fhir/$process-message", content=bundle, headers=headers)
+    client.post("/fhir/$process-message", content=bundle, headers=headers)  # 409 duplicate
+    scraper = client_with({"metrics:read"})
+    after = scraper.get("/metrics")
+    assert after.status_code == 200 and after.headers["content-type"].startswith("text/plain; version=0.0.4")
+
+    def grew(name: str, **labels: str) -> float:
+        return _metric(after.text, name, **labels) - _metric(before, name, **labels)
+
+    assert grew("iap_messages_total", source="nhs111", outcome="accepted") == 1
+    assert grew("iap_messages_total", source="nhs111", outcome="duplicate") == 1
+    assert grew("iap_messages_total", source="nhs111", outcome="refused") == 1
+    assert grew("iap_messages_total", source="nhs111", outcome="unauthorised") == 1
+    assert grew("iap_messages_total", source="bars", outcome="accepted") == 1
+    assert grew("iap_messages_total", source="bars", outcome="duplicate") == 1
+    assert grew("iap_mapping_duration_seconds_count", source="nhs111") == 2
+    assert grew("iap_auth_refusals_total", reason="unauthenticated") == 1
+    assert grew("iap_http_requests_total", route="/ingest/nhs111", method="POST", status="201") == 2
+    assert _metric(after.text, "iap_outbox_present") == 0 and _metric(after.text, "iap_outbox_depth") == 0
+    assert client_with(ALL_SCOPES - {"metrics:read", "admin"}).get("/metrics").status_code == 403
+
+
+def test_outbox_depth_and_age_are_read_from_the_store_when_it_has_an_outbox(app, client) -> None:
+    with app.state.engine.begin() as conn:
+        conn.execute(text("CREATE TABLE outbox (id VARCHAR(64) PRIMARY KEY, status VARCHAR(16), created_at TIMESTAMP WITH TIME ZONE)"))
+        conn.execute(
+            text(
+                "INSERT INTO outbox VALUES ('a', 'pending', '2026-11-23 11:50:00+00:00'), ('b', 'pending', '2026-11-23 11:58:00+00:00'),"
+                " ('c', 'delivered', '2026-11-23 10:00:00+00:00')"
+            )
+        )
+    try:
+        scraped = client.get("/metrics").text
+        assert _metric(scraped, "iap_outbox_present") == 1
+        assert _metric(scraped, "iap_outbox_depth") == 2
+        assert _metric(scraped, "iap_outbox_oldest_age_seconds") == 600  # the clock says 12:00
+    finally:
+        with app.state.engine.begin() as conn:
+            conn.execute(text("DROP TABLE outbox"))
+
+
+def test_a_body_over_the_limit_is_refused_413_before_it_is_read(client) -> None:
+    response = client.post("/ingest/nhs111", content=b"x" * 300_000)
+    assert response.status_code == 413 and issues(response.json())[0][1] == "body"
+
+
+def test_a_body_that_does_not_arrive_in_time_gets_408(settings, clock) -> None:  # type: ignore[no-untyped-def]
+    from gateway.api.app import create_app
+
+    app = create_app(settings.model_copy(update={"body_timeout_seconds": 0.5}), clock)
+    key = add_test_client(app, ALL_SCOPES)
+    try:
+        with serving(app) as url, socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1]))) as sock:
+            sock.settimeout(20)
+            head = f"POST /ingest/nhs111 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\nContent-Length: 500\r\n\r\n"
+            sock.sendall(head.encode() + b'{"case_id": ')  # ... and then nothing more
+            reply = b""
+            while b"\r\n\r\n" not in reply:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                reply += chunk
+    finally:
+        app.state.engine.dispose()
+    assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
