@@ -29,6 +29,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +128,23 @@ def _prepare_bare(database_url: str) -> None:
     engine.dispose()
 
 
+def _bench_client(database_url: str) -> str:
+    """A client allowed to submit NHS 111 referrals, in the gateway's store (migrated first): its API key.
+
+    The bare endpoint is sent the same header, so both targets get the same request bytes."""
+    from gateway.security.clients import add_client
+    from gateway.store.db import make_engine, make_sessionmaker, migrate
+
+    engine = make_engine(database_url)
+    try:
+        migrate(engine)
+        with make_sessionmaker(engine).begin() as session:
+            _, key = add_client(session, "bench", frozenset({"ingest:nhs111"}), datetime.now(UTC))
+        return key or ""
+    finally:
+        engine.dispose()
+
+
 def machine_ticks() -> tuple[int, int]:
     """(busy, total) CPU ticks of the whole machine so far, from /proc/stat."""
     values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
@@ -199,10 +217,10 @@ def bodies_file(folder: Path) -> Path:
     return path
 
 
-def wrk(url: str, bodies: Path, rate: float, seconds: float, connections: int, tag: str, first_patient: int) -> dict[str, Any]:
+def wrk(url: str, bodies: Path, rate: float, seconds: float, connections: int, tag: str, first_patient: int, key: str) -> dict[str, Any]:
     """One wrk run; rate 0 = closed loop (as fast as replies come). Patients are numbered on from `first_patient`."""
     command = [require_wrk(), "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "10s", "-s", str(LUA), url]
-    arguments = ["--", str(bodies), str(rate), tag, str(first_patient)]
+    arguments = ["--", str(bodies), str(rate), tag, str(first_patient), f"Bearer {key}"]
     run = subprocess.run([*command, *arguments], capture_output=True, text=True, timeout=seconds + 60)
     line = next((x for x in run.stdout.splitlines() if x.startswith("WRK-JSON ")), None)
     if run.returncode != 0 or line is None:
@@ -217,15 +235,16 @@ def measure(
     with new_store(backend, pg_url) as database_url:
         if target == "bare":
             _prepare_bare(database_url)
+        key = _bench_client(database_url) if target == "gateway" else "iapk_0000000000000000_not-checked-by-the-bare-endpoint-aaaaaaaaaaa"
         with server(target, database_url, workers, logs / f"{backend}-{target}.log") as (base, pgid):
             bodies = bodies_file(logs)
             connections = max(16, int(rate // 4))
             if warmup > 0:
-                wrk(base + path, bodies, rate, warmup, connections, f"W{target[0]}", 0)
+                wrk(base + path, bodies, rate, warmup, connections, f"W{target[0]}", 0, key)
             cpu, ticks = _group_cpu_seconds(pgid), machine_ticks()
-            run = wrk(base + path, bodies, rate, seconds, connections, f"R{target[0]}", 200_000)
+            run = wrk(base + path, bodies, rate, seconds, connections, f"R{target[0]}", 200_000, key)
             cpu, busy = _group_cpu_seconds(pgid) - cpu, busy_between(ticks, machine_ticks())
-            most = wrk(base + path, bodies, 0, saturate, 16, f"S{target[0]}", 600_000) if saturate > 0 else None
+            most = wrk(base + path, bodies, 0, saturate, 16, f"S{target[0]}", 600_000, key) if saturate > 0 else None
         stored = _count(database_url, table)
     statuses = dict(run["statuses"])
     created = statuses.pop("201", 0)

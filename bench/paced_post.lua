@@ -1,6 +1,6 @@
 -- wrk script: POST a fixed offered load of distinct messages (open-loop pacing per wrk thread).
 --
--- args: <bodies file> <rate per thread, req/s; 0 = closed loop> <run tag> <first patient number>
+-- args: <bodies file> <rate per thread, req/s; 0 = closed loop> <run tag> <first patient number> <Authorization header value>
 -- The bodies file has one JSON body per line, with @@ID@@ where the message id goes and @@NHS@@
 -- where the patient's NHS number goes. Every request gets its own id (<tag>-<thread>-<n>), so no
 -- request is a re-send, and its own patient (a synthetic 999 NHS number with a valid check
@@ -47,6 +47,7 @@ function init(args)
   next_patient = tonumber(args[4]) + tid * 100000
   wrk.method = "POST"
   wrk.headers["Content-Type"] = "application/json"
+  wrk.headers["Authorization"] = args[5]
 end
 
 function delay()

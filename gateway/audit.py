@@ -38,9 +38,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from fhir_mapping.datetimes import to_fhir_instant
 from gateway.clock import Clock
-from gateway.metrics import count_delivery
+from gateway.metrics import DELIVERY_OUTCOMES, count_delivery
 from gateway.security.principal import SYSTEM, Principal, acting
 from gateway.store.models import AuditEntityRow, AuditEventRow, ResourceRow
+from gateway.store.repo import WRITES_KEY, note_write
 
 __all__ = [
     "AuditContext",
@@ -250,15 +251,16 @@ def record_delivery(
     detail: str,
     now: datetime,
 ) -> None:
-    """Audit one delivery attempt in the caller's transaction; count it in `iap_deliveries_total` when that commits.
+    """Audit one delivery event in the caller's transaction; count it in `iap_deliveries_total` when that commits.
 
-    channel: how it went ("mesh", "http", ...); destination: where (a mailbox id, an endpoint URL,
-    never a patient identifier); entities: what was sent ("CommunicationRequest/<id>", ...);
-    outcome: "delivered", "retry" (will be tried again) or "failed" (given up); detail: why, in words.
+    channel: how it went ("mesh", "fhir", "print"; "none" when withheld before routing); destination: where
+    (a mailbox id, an endpoint URL, an ODS code, never a patient identifier); entities: what was sent
+    ("DocumentReference/<id>", "Patient/<id>"); outcome: one of `gateway.metrics.DELIVERY_OUTCOMES`;
+    detail: why, in words.
     """
-    fhir_outcome = {"delivered": "0", "retry": "4", "failed": "8"}.get(outcome)
+    fhir_outcome = {"sent": "0", "delivered": "0", "withheld": "0", "retry": "4", "failed": "8", "dead": "8"}.get(outcome)
     if fhir_outcome is None:
-        raise ValueError("delivery outcome must be delivered, retry or failed")
+        raise ValueError(f"delivery outcome must be one of {DELIVERY_OUTCOMES}")
     receiver = {"who": {"display": destination[:128]}, "requestor": False, "name": channel[:64]}
     resource = audit_event(
         event_type=EVENT_EXPORT,
@@ -288,17 +290,15 @@ def install_audit_hooks(sessions: sessionmaker[Session]) -> None:
 
 
 def _collect_writes(session: Session, _flush_context: Any) -> None:
-    writes: dict[str, tuple[bool, str | None]] = session.info.setdefault("iap_audit_writes", {})
     for row in (*session.new, *session.dirty):
         if isinstance(row, ResourceRow):
-            created = row in session.new or writes.get(f"{row.resource_type}/{row.id}", (False, None))[0]
-            writes[f"{row.resource_type}/{row.id}"] = (created, row.subject_id)
+            note_write(session, f"{row.resource_type}/{row.id}", row in session.new, row.subject_id)
 
 
 def _add_change_event(session: Session) -> None:
     if session.new or session.dirty:
         session.flush()  # so the writes about to be committed are collected
-    writes: dict[str, tuple[bool, str | None]] | None = session.info.pop("iap_audit_writes", None)
+    writes: dict[str, tuple[bool, str | None]] | None = session.info.pop(WRITES_KEY, None)
     if not writes:
         return
     context = _current.get()
@@ -338,5 +338,5 @@ def _after_commit(session: Session) -> None:
 
 
 def _after_rollback(session: Session) -> None:
-    for key in ("iap_audit_writes", "iap_audit_committing", "iap_on_commit"):
+    for key in (WRITES_KEY, "iap_audit_committing", "iap_on_commit"):
         session.info.pop(key, None)

@@ -4,26 +4,23 @@ Counters live in the process's default registry (or, with PROMETHEUS_MULTIPROC_D
 `serve --workers N`, in prometheus_client's multiprocess files). Outbox depth and age are read from
 the store at scrape time, so every instance reports the shared outbox the same way.
 
-For the delivery worker: call `gateway.audit.record_delivery(...)` inside the delivery's transaction;
-it writes the AuditEvent and counts `iap_deliveries_total` once the transaction commits. A worker
-that only needs the count calls `count_delivery(channel, outcome)`.
+The delivery worker calls `gateway.audit.record_delivery(...)` inside each delivery event's transaction;
+it writes the AuditEvent and counts `iap_deliveries_total` once the transaction commits.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections.abc import Iterator
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
-from sqlalchemy import column, func, inspect, select, table
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.clock import Clock
+from gateway.outbox import store as outbox_store
 
 __all__ = [
     "MESSAGES",
@@ -33,9 +30,6 @@ __all__ = [
     "AUTH_REFUSALS",
     "DELIVERY_OUTCOMES",
     "count_delivery",
-    "OutboxStats",
-    "OutboxProbe",
-    "outbox_table_probe",
     "Metrics",
     "CONTENT_TYPE",
 ]
@@ -58,64 +52,36 @@ HTTP_REQUESTS = Counter(
 )
 AUTH_REFUSALS = Counter("iap_auth_refusals", "Requests refused before reaching a route: unauthenticated, forbidden, mllp-peer", ["reason"])
 
-DELIVERY_OUTCOMES = ("delivered", "retry", "failed")
+DELIVERY_OUTCOMES = ("sent", "delivered", "retry", "failed", "dead", "withheld")  # the outbox's words (docs/letters.md)
 
 
 def count_delivery(channel: str, outcome: str) -> None:
-    """One delivery attempt's outcome: `delivered`, `retry` (will be tried again) or `failed` (given up)."""
+    """One delivery event's outcome: `sent` (handed over), `delivered` (acknowledged), `retry` (will be tried again),
+    `failed` (the receiver refused it), `dead` (given up), `withheld` (consent: not sent)."""
     if outcome not in DELIVERY_OUTCOMES:
         raise ValueError(f"delivery outcome must be one of {DELIVERY_OUTCOMES}")
     DELIVERIES.labels(channel=channel, outcome=outcome).inc()
 
 
-@dataclass(frozen=True)
-class OutboxStats:
-    depth: int  # messages waiting to be delivered
-    oldest_age_seconds: float  # how long the oldest of them has waited (0 when none)
-    present: bool  # whether the store has an outbox at all
-
-
-OutboxProbe = Callable[[Session, datetime], OutboxStats]
-
-
-def outbox_table_probe(session: Session, now: datetime) -> OutboxStats:
-    """Read the `outbox` table when the store has one: rows not yet delivered, and the oldest's `created_at`.
-
-    Until the outbox exists (its migration) this reports 0 and `iap_outbox_present 0`. The delivery
-    code can register a more exact probe with `Metrics.outbox_probe = ...` (its own notion of pending).
-    """
-    inspector = inspect(session.get_bind())
-    if not inspector.has_table("outbox"):
-        return OutboxStats(0, 0.0, False)
-    names = {c["name"] for c in inspector.get_columns("outbox")}
-    outbox = table("outbox", *[column(n) for n in names])
-    query = select(func.count(), func.min(outbox.c.created_at) if "created_at" in names else func.count())
-    if "delivered_at" in names:
-        query = query.where(outbox.c.delivered_at.is_(None))
-    elif "status" in names:
-        query = query.where(outbox.c.status.not_in(("delivered", "failed", "dead")))
-    depth, oldest = session.execute(query).one()
-    if isinstance(oldest, str):  # SQLite hands back the stored text
-        oldest = datetime.fromisoformat(oldest)
-    age = 0.0
-    if depth and isinstance(oldest, datetime):
-        oldest = oldest if oldest.tzinfo else oldest.replace(tzinfo=UTC)  # the store keeps UTC
-        age = max(0.0, (now - oldest).total_seconds())
-    return OutboxStats(int(depth), age, True)
-
-
 class _OutboxCollector(Collector):
+    """Outbox gauges, read from the store at scrape time (every instance reports the shared outbox alike)."""
+
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
 
     def collect(self) -> Iterator[Metric]:
         with self.metrics.sessions() as session:
-            stats = self.metrics.outbox_probe(session, self.metrics.clock.now())
-        yield GaugeMetricFamily("iap_outbox_present", "1 when the store has a delivery outbox", value=int(stats.present))
-        yield GaugeMetricFamily("iap_outbox_depth", "Messages waiting in the outbox for delivery", value=stats.depth)
+            counts, oldest = outbox_store.summary(session)
+        age = max(0.0, (self.metrics.clock.now() - oldest).total_seconds()) if oldest else 0.0
+        depth = sum(counts.get(status, 0) for status in outbox_store.WAITING)
+        yield GaugeMetricFamily("iap_outbox_depth", "Deliveries waiting in the outbox (pending or being sent)", value=depth)
         yield GaugeMetricFamily(
-            "iap_outbox_oldest_age_seconds", "Age of the oldest message waiting in the outbox", value=stats.oldest_age_seconds
+            "iap_outbox_oldest_age_seconds", "Age of the oldest delivery waiting in the outbox (0 when none)", value=age
         )
+        rows = GaugeMetricFamily("iap_outbox_rows", "Outbox rows by status (dead and failed need a person)", labels=["status"])
+        for status in outbox_store.STATUSES:
+            rows.add_metric([status], counts.get(status, 0))
+        yield rows
 
 
 class Metrics:
@@ -124,7 +90,6 @@ class Metrics:
     def __init__(self, sessions: sessionmaker[Session], clock: Clock) -> None:
         self.sessions = sessions
         self.clock = clock
-        self.outbox_probe: OutboxProbe = outbox_table_probe
         self.store_registry = CollectorRegistry(auto_describe=False)
         self.store_registry.register(_OutboxCollector(self))
 

@@ -68,14 +68,19 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'gateway.db'}"
     url: str = request.getfixturevalue("pg_url")
+    empty_postgres(url)
+    return url
+
+
+def empty_postgres(url: str) -> None:
+    """A clean slate for a test: every table but Alembic's emptied; the schema stays."""
     engine = create_engine(url)
-    with engine.begin() as conn:  # a clean slate per test (every table but Alembic's); the schema stays
+    with engine.begin() as conn:
         tables = conn.execute(text("SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'alembic_version'"))
         names = ", ".join(f'"{name}"' for name in tables.scalars())
         if names:
             conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY"))
     engine.dispose()
-    return url
 
 
 @pytest.fixture

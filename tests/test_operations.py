@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import socket
+from datetime import timedelta
 
+import httpx
+import respx
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine
 
 from gateway.rules.schema import RuleRegistry
 from gateway.store.db import MIGRATIONS_DIR
-from tests.conftest import ALL_SCOPES, add_test_client, bars_headers, fixture_bytes, issues, serving
+from tests.conftest import ALL_SCOPES, NOW, add_test_client, bars_headers, fixture_bytes, issues, serving
+from tests.letter_helpers import completed_case, make_deliverer, outbox, write_routing
+
+RECEIVER = "https://gp-system.example.test/fhir"
 
 
 def test_liveness_needs_nothing_and_readiness_reports_the_rule_sets(anonymous) -> None:
@@ -102,27 +108,34 @@ def test_metrics_count_messages_by_source_and_outcome_and_time_the_mapping(clien
     assert grew("iap_mapping_duration_seconds_count", source="nhs111") == 2
     assert grew("iap_auth_refusals_total", reason="unauthenticated") == 1
     assert grew("iap_http_requests_total", route="/ingest/nhs111", method="POST", status="201") == 2
-    assert _metric(after.text, "iap_outbox_present") == 0 and _metric(after.text, "iap_outbox_depth") == 0
+    assert _metric(after.text, "iap_outbox_depth") == 0 and _metric(after.text, "iap_outbox_oldest_age_seconds") == 0
     assert client_with(ALL_SCOPES - {"metrics:read", "admin"}).get("/metrics").status_code == 403
 
 
-def test_outbox_depth_and_age_are_read_from_the_store_when_it_has_an_outbox(app, client) -> None:
-    with app.state.engine.begin() as conn:
-        conn.execute(text("CREATE TABLE outbox (id VARCHAR(64) PRIMARY KEY, status VARCHAR(16), created_at TIMESTAMP WITH TIME ZONE)"))
-        conn.execute(
-            text(
-                "INSERT INTO outbox VALUES ('a', 'pending', '2026-11-23 11:50:00+00:00'), ('b', 'pending', '2026-11-23 11:58:00+00:00'),"
-                " ('c', 'delivered', '2026-11-23 10:00:00+00:00')"
-            )
-        )
+@respx.mock
+def test_outbox_depth_age_and_deliveries_are_measured_and_each_delivery_is_audited(app, client, clock, tmp_path) -> None:
+    """A letter waits 10 minutes (depth 1, age 600 s), then goes: depth 0, one `delivered` delivery, one Export AuditEvent."""
+    respx.post(f"{RECEIVER}/Bundle").mock(return_value=httpx.Response(201, headers={"Location": f"{RECEIVER}/Bundle/1"}))
+    completed_case(client)
+    (row,) = outbox(client)
+    clock.set(NOW + timedelta(minutes=10))
+    waiting = client.get("/metrics").text
+    assert _metric(waiting, "iap_outbox_depth") == 1 and _metric(waiting, "iap_outbox_oldest_age_seconds") == 600
+    assert _metric(waiting, "iap_outbox_rows", status="pending") == 1
+    before = _metric(waiting, "iap_deliveries_total", channel="fhir", outcome="delivered")
+    worker = make_deliverer(app, clock, routing_file=write_routing(tmp_path, fhir_endpoints={"L81001": RECEIVER}))
     try:
-        scraped = client.get("/metrics").text
-        assert _metric(scraped, "iap_outbox_present") == 1
-        assert _metric(scraped, "iap_outbox_depth") == 2
-        assert _metric(scraped, "iap_outbox_oldest_age_seconds") == 600  # the clock says 12:00
+        assert worker.deliver_once() == [(row["id"], "delivered")]
     finally:
-        with app.state.engine.begin() as conn:
-            conn.execute(text("DROP TABLE outbox"))
+        worker.close()
+    after = client.get("/metrics").text
+    assert _metric(after, "iap_outbox_depth") == 0 and _metric(after, "iap_outbox_oldest_age_seconds") == 0
+    assert _metric(after, "iap_outbox_rows", status="delivered") == 1
+    assert _metric(after, "iap_deliveries_total", channel="fhir", outcome="delivered") == before + 1
+    events = client.get("/fhir/AuditEvent", params={"entity": row["letter"]}).json()["entry"]
+    (export,) = [e["resource"] for e in events if e["resource"]["type"]["code"] == "110106"]
+    assert export["outcome"] == "0" and export["outcomeDesc"].startswith("delivered")
+    assert {"name": "fhir", "who": {"display": RECEIVER}, "requestor": False} in export["agent"]
 
 
 def test_a_body_over_the_limit_is_refused_413_before_it_is_read(client) -> None:

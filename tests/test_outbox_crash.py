@@ -19,9 +19,8 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, text
 
-from tests.conftest import ROOT, fixture_bytes, task_of
+from tests.conftest import ROOT, bearer, empty_postgres, fixture_bytes, task_of
 from tests.letter_helpers import NOTES, completed_case, outbox, params, write_routing
 from tests.mesh_sandbox import GATEWAY_MAILBOX, PASSWORD, PRACTICE_MAILBOX, SHARED_KEY, free_port
 
@@ -32,12 +31,7 @@ LEASE_GONE = "2026-11-23T12:10:00Z"  # after the 5-minute lease of a worker that
 @pytest.fixture
 def database_url(pg_url: str) -> str:
     """These tests run on PostgreSQL only (several processes, row locks, SKIP LOCKED)."""
-    engine = create_engine(pg_url)
-    with engine.begin() as conn:
-        for table in ("inbound_messages", "resource_identifiers", "resources", "resource_tokens", "outbox", "outbox_events"):
-            if conn.execute(text(f"SELECT to_regclass('{table}')")).scalar():
-                conn.execute(text(f"TRUNCATE {table} RESTART IDENTITY"))
-    engine.dispose()
+    empty_postgres(pg_url)
     return pg_url
 
 
@@ -66,7 +60,16 @@ def deliver(env: dict[str, str], now: str | None = None, failpoint: str | None =
 
 @pytest.fixture
 def serve(gateway_env: dict[str, str], tmp_path: Path) -> Iterator[Any]:
-    """`iap-gateway serve` as its own process (its delivery worker idle after its first pass)."""
+    """`iap-gateway serve` as its own process (its delivery worker idle after its first pass), and a client for it."""
+    added = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "clients", "add", "crash-test", "--scopes", "ingest:nhs111 cas:operate"],
+        cwd=ROOT,
+        env=gateway_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert added.returncode == 0, added.stderr
     port = free_port()
     log = (tmp_path / "serve.log").open("wb")
     env = gateway_env | {"IAP_DELIVER_SECONDS": "3600"}
@@ -74,7 +77,7 @@ def serve(gateway_env: dict[str, str], tmp_path: Path) -> Iterator[Any]:
         [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
     )
     base = f"http://127.0.0.1:{port}"
-    with httpx.Client(base_url=base, timeout=30) as http:
+    with httpx.Client(base_url=base, timeout=30, headers=bearer(added.stdout.strip())) as http:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:

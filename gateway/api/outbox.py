@@ -16,6 +16,7 @@ from gateway.api.responses import FhirResponse
 from gateway.api.search import paging, refuse_unknown, split_list
 from gateway.outbox import store
 from gateway.outbox.letters import request_letter
+from gateway.security.principal import SYSTEM, current_principal
 from gateway.store.models import OutboxRow
 
 __all__ = ["router"]
@@ -49,7 +50,9 @@ def delivery(delivery_id: str, session: SessionDep) -> Response:
 
 @router.post("/outbox/{delivery_id}/$replay", summary="Send a delivery again from the stored letter (dead, failed, withheld or sent)")
 def replay(delivery_id: str, request: Request, clock: ClockDep) -> Response:
-    who = request.headers.get("x-user") or "api"
+    client = (current_principal() or SYSTEM).name  # the authenticated client; X-User names the person at an operator UI
+    user = request.headers.get("x-user")
+    who = f"{client} ({user[:40]})" if user else client
     with request.app.state.sessions.begin() as session:
         try:
             row = store.replay(session, delivery_id[:64], who[:64], clock.now())

@@ -35,11 +35,21 @@ __all__ = [
     "events_json",
     "replay",
     "purge",
+    "WAITING",
+    "summary",
 ]
 
 STATUSES = ("pending", "sending", "sent", "delivered", "failed", "dead", "withheld", "superseded")
 KEPT = ("pending", "sending", "sent", "failed", "dead", "withheld")  # retention never deletes these
 PURGEABLE = ("delivered", "superseded")
+WAITING = ("pending", "sending")  # not yet handed to a transport: the outbox's depth
+
+
+def summary(session: Session) -> tuple[dict[str, int], datetime | None]:
+    """Rows by status, and when the oldest row still waiting to go was created (None when none waits): /metrics."""
+    counts = {status: int(n) for status, n in session.execute(select(OutboxRow.status, func.count()).group_by(OutboxRow.status))}
+    oldest = session.execute(select(func.min(OutboxRow.created_at)).where(OutboxRow.status.in_(WAITING))).scalar_one()
+    return counts, oldest
 
 
 def delivery_id(letter_id: str, recipient_key: str) -> str:

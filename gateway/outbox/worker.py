@@ -29,6 +29,7 @@ from fhir_mapping.datetimes import to_fhir_instant
 from fhir_mapping.letters.document import nhs_number, patient_name
 from fhir_mapping.letters.itk3 import ItkContext, message_header_id, parse_itk_response, render_itk3
 from fhir_mapping.letters.types import LetterType, letter_types
+from gateway.audit import record_delivery
 from gateway.cases import provenance
 from gateway.clock import Clock
 from gateway.failpoints import failpoint
@@ -203,7 +204,7 @@ class Deliverer:
             row.transport, row.address, row.workflow_id = route.transport, route.address, outgoing.workflow_id
             row.message_id, row.lease_until, row.reason, row.updated_at = result.message_id[:64], None, None, now
             row.itk_message_id = message_header_id(claim.id) if route.transport == "mesh" else None
-            store.event(session, claim.id, "attempt", row.status, result.detail or result.message_id, now)
+            _event(session, row, "attempt", row.status, result.detail or result.message_id, now)
             if row.status == "delivered":
                 _settle(session, claim.letter_id, now)
         log.info("outbox.sent", delivery=claim.id, transport=route.transport, status=row.status, attempt=claim.attempt)
@@ -219,7 +220,7 @@ class Deliverer:
             row.status, row.next_attempt_at, row.lease_until, row.reason, row.updated_at = "pending", now + delay, None, str(error), now
             if route is not None:
                 row.transport, row.address = route.transport, route.address
-            store.event(session, claim.id, "attempt", "retry", f"{error}; next attempt at {to_fhir_instant(now + delay)}", now)
+            _event(session, row, "attempt", "retry", f"{error}; next attempt at {to_fhir_instant(now + delay)}", now)
         log.info("outbox.retry", delivery=claim.id, attempt=claim.attempt, delay_seconds=int(delay.total_seconds()))
         return "pending"
 
@@ -231,7 +232,7 @@ class Deliverer:
             row.outcome = json.dumps(outcome) if outcome else None
             if route is not None:
                 row.transport, row.address = route.transport, route.address
-            store.event(session, claim.id, "attempt", "dead", reason, now)
+            _event(session, row, "attempt", "dead", reason, now)
         log.warning("outbox.dead", delivery=claim.id, attempts=claim.attempt)
         return "dead"
 
@@ -241,7 +242,7 @@ class Deliverer:
         with self.sessions.begin() as session:
             row = self._row(session, claim.id)
             row.status, row.reason, row.lease_until, row.updated_at = "withheld", reason, None, now
-            store.event(session, claim.id, "consent", "withheld", reason, now)
+            _event(session, row, "consent", "withheld", reason, now)
             letter = get_resource(session, "DocumentReference", claim.letter_id)
             if letter is not None:
                 rules = ("TT-14", "TT-15") if claim.recipient_kind == "patient" else ("TT-14",)
@@ -329,7 +330,7 @@ class Deliverer:
         now = self.clock.now()
         with self.sessions.begin() as session:
             row = self._row(session, delivery)
-            store.event(session, delivery, kind, outcome, detail, now)
+            _event(session, row, kind, outcome, detail, now)
             if outcome == "failed" and row.status in ("sent", "delivered"):
                 row.status, row.reason, row.updated_at = "failed", detail, now
             elif outcome == "delivered" and row.status == "sent":
@@ -337,6 +338,24 @@ class Deliverer:
                 _settle(session, row.letter_id, now)
         log.info("outbox.ack", delivery=delivery, kind=kind, outcome=outcome)
         return 1
+
+
+def _event(session: Session, row: OutboxRow, kind: str, outcome: str, detail: str, now: datetime) -> None:
+    """Record what happened to a delivery: its outbox event, and an AuditEvent (and `iap_deliveries_total`) with it."""
+    store.event(session, row.id, kind, outcome, detail, now)
+    destination = (
+        row.address if row.address and row.transport != "print" else (row.recipient if row.recipient_kind == "gp" else row.recipient_kind)
+    )
+    entities = [f"DocumentReference/{row.letter_id}"] + ([f"Patient/{row.patient_id}"] if row.patient_id else [])
+    record_delivery(
+        session,
+        channel=row.transport or "none",
+        destination=destination,
+        entities=entities,
+        outcome=outcome,
+        detail=f"{kind}: {detail}",
+        now=now,
+    )
 
 
 def _settle(session: Session, letter_id: str, now: datetime) -> None:

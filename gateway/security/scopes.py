@@ -34,6 +34,8 @@ SCOPES: dict[str, str] = {
     "measures:write": "submit completed outcome measures (QuestionnaireResponse)",
     "reports:read": "read reports (waiting lists and the like)",
     "outbox:read": "read the delivery outbox",
+    "outbox:operate": "send a delivery again ($replay)",
+    "letters:write": "request letters (POST /fhir/CommunicationRequest): stored with their document, PDF and deliveries",
     "audit:read": "search the audit trail (/fhir/AuditEvent)",
     "metrics:read": "scrape Prometheus metrics (/metrics)",
     ADMIN: "everything, including routes not listed in the scope table",
@@ -95,6 +97,7 @@ ROUTES: tuple[RouteRule, ...] = (
     _rule("*", "/ingest/systmone", "ingest:systmone", "create", "systmone"),
     _rule("POST", "/fhir/QuestionnaireResponse", "measures:write", "create", "questionnaire-response"),
     _rule("*", "/fhir/ServiceRequest/$route", "ingest:referral", "operation", "pathway-referral"),
+    _rule("POST", "/fhir/CommunicationRequest", "letters:write", "create"),
     # the CAS queue and its cases
     _rule("GET", "/queue", "cas:operate", "search"),
     _rule("GET", "/queue/summary", "cas:operate", "search"),
@@ -113,7 +116,9 @@ ROUTES: tuple[RouteRule, ...] = (
     _rule("GET", "/fhir/{type}/{id}", "fhir:read", "read"),
     _rule("GET", "/fhir/{type}", "fhir:read", "search"),
     _rule("GET", "/reports/**", "reports:read", "search"),
-    _rule("GET", "/outbox/**", "outbox:read", "search"),
+    _rule("GET", "/outbox", "outbox:read", "search"),
+    _rule("GET", "/outbox/{delivery_id}", "outbox:read", "read"),
+    _rule("POST", "/outbox/{delivery_id}/$replay", "outbox:operate", "operation"),
 )
 
 DEFAULT_RULE = RouteRule(_ANY, "(not listed)", (ADMIN,), "operation")

@@ -19,6 +19,8 @@ from gateway.store.models import Base, IdentifierRow, InboundMessage, ResourceRo
 __all__ = [
     "put_resource",
     "put_resources",
+    "note_write",
+    "WRITES_KEY",
     "get_resource",
     "TaskQuery",
     "search_tasks",
@@ -91,6 +93,7 @@ def put_resources(session: Session, writes: Sequence[tuple[dict[str, Any], str |
         else:
             updates[key] = updates.get(key, {}) | row
         current[key] = (version, content)
+        note_write(session, f"{rtype}/{rid}", prior is None, row.get("subject_id"))
         written.append(full)
         out.append((full, outcome))
     if inserts:
@@ -103,6 +106,18 @@ def put_resources(session: Session, writes: Sequence[tuple[dict[str, Any], str |
     _put_identifiers(connection, written)
     _put_tokens(connection, written, inserts)
     return out
+
+
+WRITES_KEY = "iap_audit_writes"  # session.info: the resources this transaction wrote, for its AuditEvent (gateway.audit)
+
+
+def note_write(session: Session, reference: str, created: bool, subject_id: str | None) -> None:
+    """Remember that this transaction wrote `reference` ("Task/<id>"), so the AuditEvent committed with it names it.
+
+    The write path uses plain statements, which the ORM's flush events never see; it notes its writes here.
+    """
+    writes: dict[str, tuple[bool, str | None]] = session.info.setdefault(WRITES_KEY, {})
+    writes[reference] = (created or writes.get(reference, (False, None))[0], subject_id)
 
 
 def _table(model: type[Base]) -> Table:
