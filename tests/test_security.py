@@ -24,6 +24,7 @@ from jwt.algorithms import RSAAlgorithm
 from gateway.security.clients import ClientError, add_client, revoke_client, rotate_api_key
 from gateway.security.scopes import ADMIN, DEFAULT_RULE, ROUTES, SCOPES, rule_for
 from tests.conftest import NOW, ROOT, bars_headers, bearer, fixture_bytes, issues, task_of
+from tests.letter_helpers import letter_request
 from tests.test_cas_operations import params
 from tests.test_cleo import update
 
@@ -77,6 +78,16 @@ FAMILIES: dict[str, tuple[str, str, bytes | None, dict[str, str] | None, str]] =
     "outcome summary": ("GET", "/fhir/Patient/no-such-patient/$outcome-summary", None, None, "fhir:read"),
     "audit search": ("GET", "/fhir/AuditEvent", None, None, "audit:read"),
     "metrics": ("GET", "/metrics", None, None, "metrics:read"),
+    "outbox list": ("GET", "/outbox?status=dead", None, None, "outbox:read"),
+    "outbox delivery": ("GET", "/outbox/no-such-delivery", None, None, "outbox:read"),
+    "outbox replay": ("POST", "/outbox/no-such-delivery/$replay", None, None, "outbox:operate"),
+    "letter request": (
+        "POST",
+        "/fhir/CommunicationRequest",
+        json.dumps(letter_request("security-test", "tt-progress", "no-such-patient", [])).encode(),
+        None,
+        "letters:write",
+    ),
 }
 
 
