@@ -33,13 +33,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from fhir_mapping.datetimes import to_fhir_instant
 from gateway.clock import Clock
 from gateway.metrics import DELIVERY_OUTCOMES, count_delivery
 from gateway.security.principal import SYSTEM, Principal, acting
+from gateway.store.db import write_transaction
 from gateway.store.models import AuditEntityRow, AuditEventRow, ResourceRow
 from gateway.store.repo import WRITES_KEY, note_write
 
@@ -199,23 +200,33 @@ def audit_event(
     return resource
 
 
+_INSERT_EVENT = insert(AuditEventRow.__table__)
+_INSERT_ENTITIES = insert(AuditEntityRow.__table__)
+
+
 def add_event(session: Session, resource: dict[str, Any]) -> None:
-    """Store an AuditEvent in the session's transaction (with one search row per entity reference)."""
+    """Store an AuditEvent in the session's transaction (with one search row per entity reference).
+
+    Plain inserts on the session's connection: no ORM objects, so no unit of work runs for them (this is on
+    every request's path)."""
     who = resource["agent"][0].get("who", {}).get("identifier", {}).get("value")
     subtype = (resource.get("subtype") or [{}])[0].get("code", resource["type"]["code"])
-    session.add(
-        AuditEventRow(
-            id=resource["id"],
-            recorded=datetime.fromisoformat(resource["recorded"].replace("Z", "+00:00")),
-            client_id=who,
-            action=resource["action"],
-            subtype=subtype,
-            outcome=resource["outcome"],
-            content=json.dumps(resource, separators=(",", ":"), ensure_ascii=False),
-        )
+    connection = session.connection()
+    connection.execute(
+        _INSERT_EVENT,
+        {
+            "id": resource["id"],
+            "recorded": datetime.fromisoformat(resource["recorded"].replace("Z", "+00:00")),
+            "client_id": who,
+            "action": resource["action"],
+            "subtype": subtype,
+            "outcome": resource["outcome"],
+            "content": json.dumps(resource, separators=(",", ":"), ensure_ascii=False),
+        },
     )
-    references = {e["what"]["reference"][:160] for e in resource.get("entity", []) if "what" in e}
-    session.add_all(AuditEntityRow(reference=ref, event_id=resource["id"]) for ref in references)
+    references = sorted({e["what"]["reference"][:160] for e in resource.get("entity", []) if "what" in e})
+    if references:
+        connection.execute(_INSERT_ENTITIES, [{"reference": ref, "event_id": resource["id"]} for ref in references])
 
 
 def outcome_of(status: int) -> str:
@@ -236,7 +247,7 @@ def record(sessions: sessionmaker[Session], context: AuditContext, outcome: str,
         description=context.description,
         query=context.query,
     )
-    with sessions.begin() as session:
+    with write_transaction(sessions) as session:
         add_event(session, resource)
     context.recorded = True
 
