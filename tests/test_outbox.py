@@ -133,7 +133,8 @@ def test_exhausted_attempts_end_as_a_dead_letter_and_replay_sends_the_stored_let
     assert worker.deliver_once() == [(row["id"], "delivered")]
     assert json.loads(route.calls[-1].request.content) == {k: v for k, v in stored.items() if k != "meta"}
     events = delivery(client, row["id"])["events"]
-    assert any(e["kind"] == "replay" and "Ops Synthetic" in e["detail"] and "was dead" in e["detail"] for e in events)
+    (replay,) = [e for e in events if e["kind"] == "replay"]
+    assert replay["detail"].startswith("by test-") and "(Ops Synthetic)" in replay["detail"] and "was dead" in replay["detail"]
     again = client.post(f"/outbox/{row['id']}/$replay")
     assert again.status_code == 200  # a delivered letter may be sent again on purpose
     worker.close()
