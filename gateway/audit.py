@@ -200,8 +200,8 @@ def audit_event(
     return resource
 
 
-_INSERT_EVENT = insert(AuditEventRow.__table__)
-_INSERT_ENTITIES = insert(AuditEntityRow.__table__)
+_INSERT_EVENT = insert(AuditEventRow)
+_INSERT_ENTITIES = insert(AuditEntityRow)
 
 
 def add_event(session: Session, resource: dict[str, Any]) -> None:
