@@ -8,20 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from tests.conftest import ROOT, fixture_bytes, task_of
+from tests.test_cas_operations import params  # noqa: F401 - re-exported: the letter tests build Parameters with it
 
 ODS = "https://fhir.nhs.uk/Id/ods-organization-code"
 LETTER_TYPES = "https://fhir.iap-gateway.org/CodeSystem/letter-type"
 RULES = "https://fhir.iap-gateway.org/CodeSystem/domain-rule"
 VALIDATOR = ROOT.parent / "shared" / "tools" / "fhir-validate" / "fhir-validate"
 NOTES = "Synthetic consultation: low mood for three weeks, no current plans to harm self; safety plan agreed; GP review in 2 weeks."
-
-
-def params(**values: Any) -> bytes:
-    out = []
-    for name, value in values.items():
-        key = {bool: "valueBoolean", int: "valueInteger"}.get(type(value), "valueString")
-        out.append({"name": name.replace("_", "-"), key: value})
-    return json.dumps({"resourceType": "Parameters", "parameter": out}).encode()
 
 
 def completed_case(client, fixture: str = "option2-standard.case.json", notes: str = NOTES) -> dict[str, Any]:  # type: ignore[no-untyped-def]
