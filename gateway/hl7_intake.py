@@ -89,11 +89,7 @@ class Hl7Intake:
             patient_id = found[0]["id"] if found else resource_id("Patient", codes.NHS_NUMBER, message.patient.nhs_number)
             cases, _ = search_resources(session, ResourceQuery("Task", patient=patient_id, count=1000))
             bound = (current_principal() or SYSTEM).service_id  # an EPR bound to a service relates notes to its own cases only
-            desk = [
-                f"Task/{t['id']}"
-                for t in cases
-                if is_specialist_desk(t) and (bound is None or _service_of(session, t["id"]) == bound)
-            ]
+            desk = [f"Task/{t['id']}" for t in cases if is_specialist_desk(t) and (bound is None or _service_of(session, t["id"]) == bound)]
         out = []
         for resource in map_hl7(message, found[0] if found else None, desk, now):
             out.append(resource)

@@ -29,7 +29,7 @@ from fhir_mapping.ids import resource_id
 from fhir_mapping.replies import bars_response_message, batch_response, operation_outcome
 from gateway.cases import provenance
 from gateway.clock import Clock
-from gateway.messages import Inbound, Reply, commit_message, previous, resend
+from gateway.messages import Inbound, Reply, Writes, commit_message, previous, resend
 from gateway.rules.cas_intake import QueueDecision, decide_intake
 from gateway.rules.cas_queue import merge_resent_task
 from gateway.rules.schema import RuleRegistry
@@ -148,13 +148,15 @@ class Intake:
             rule_set=decision.rules.label,
             unused=referral.unused,
         )
+        planned = _planned_writes([(r, service_id if r["resourceType"] == "Task" else None) for r in reversed(resources)], decision, now)
         reply = commit_message(
             self.sessions,
             inbound,
             now,
-            write=lambda session: _intake_writes(session, resources, decision, service_id, now),
+            write=lambda session: _intake_writes(session, planned, decision, now),
             make_reply=lambda stored, created: make_reply(referral, stored, created, now),
             on_race=(lambda _original: _bars_duplicate()) if channel == CHANNEL_BARS else resend,
+            expected=planned,
         )
         if not reply.duplicate:
             log.info(
@@ -170,14 +172,18 @@ class Intake:
         return reply
 
 
-def _intake_writes(
-    session: Session, resources: list[dict[str, Any]], decision: QueueDecision, service_id: str, now: datetime
-) -> list[tuple[dict[str, Any], str | None]]:
+def _planned_writes(writes: Writes, decision: QueueDecision, now: datetime) -> Writes:
     """The Task first (it leads the reply), then the rest, then the rule trace of the intake decision."""
-    writes = [(_never_downgrade(session, r), service_id if r["resourceType"] == "Task" else None) for r in reversed(resources)]
-    summary = "; ".join(decision.reasons)
-    trace = provenance(writes[0][0], "intake", "iap-gateway intake rules", decision.rule_ids, summary, now)
+    trace = provenance(writes[0][0], "intake", "iap-gateway intake rules", decision.rule_ids, "; ".join(decision.reasons), now)
     return [*writes, (trace, None)]
+
+
+def _intake_writes(session: Session, planned: Writes, decision: QueueDecision, now: datetime) -> Writes:
+    """`planned` itself when no case is stored yet (the usual: its versions were made ahead), else with CAS-08 applied."""
+    writes = [(_never_downgrade(session, r), service_id) for r, service_id in planned[:-1]]
+    if all(merged is r for (merged, _), (r, _) in zip(writes, planned, strict=False)):
+        return planned
+    return _planned_writes(writes, decision, now)
 
 
 def _never_downgrade(session: Session, resource: dict[str, Any]) -> dict[str, Any]:

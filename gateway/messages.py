@@ -19,11 +19,11 @@ from sqlalchemy import insert
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from gateway.store.db import write_transaction
+from gateway.store.db import one_read, write_transaction
 from gateway.store.models import InboundMessage
-from gateway.store.repo import find_inbound, put_resources
+from gateway.store.repo import FirstVersion, StoredMessage, find_inbound, first_versions, put_resources
 
-__all__ = ["Reply", "Inbound", "previous", "resend", "commit_message", "ATTEMPTS"]
+__all__ = ["Reply", "encode_body", "Inbound", "previous", "resend", "commit_message", "ATTEMPTS"]
 
 log = structlog.get_logger("iap.messages")
 ATTEMPTS = 3
@@ -35,6 +35,15 @@ class Reply:
     body: dict[str, Any]
     headers: dict[str, str] = field(default_factory=dict)
     duplicate: bool = False
+    text: str | None = None  # `body` as stored (compact JSON), when it was: sent as is, not encoded a second time
+
+    def encoded(self) -> bytes:
+        """The body as compact UTF-8 JSON: the stored text when there is one, else encoded now."""
+        return (self.text if self.text is not None else encode_body(self.body)).encode("utf-8")
+
+
+def encode_body(body: dict[str, Any]) -> str:
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
 
 
 @dataclass(frozen=True)
@@ -49,21 +58,22 @@ class Inbound:
 
 
 # resources to write (each with the service it belongs to, for the queue index), worked out inside the transaction
-Write = Callable[[Session], list[tuple[dict[str, Any], str | None]]]
+Writes = list[tuple[dict[str, Any], str | None]]
+Write = Callable[[Session], Writes]
 # the reply, from the stored resources (in write order) and the keys ("Type/id") of those newly created
 MakeReply = Callable[[list[dict[str, Any]], set[str]], Reply]
 
 
-def previous(sessions: sessionmaker[Session], channel: str, message_id: str, header_id: str | None = None) -> InboundMessage | None:
-    with sessions() as session:
-        session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})  # one read: no BEGIN and ROLLBACK round trips
-        return find_inbound(session, channel, message_id, header_id)
+def previous(sessions: sessionmaker[Session], channel: str, message_id: str, header_id: str | None = None) -> StoredMessage | None:
+    with one_read(sessions) as connection:
+        return find_inbound(connection, channel, message_id, header_id)
 
 
-def resend(original: InboundMessage) -> Reply:
+def resend(original: StoredMessage) -> Reply:
     """The original reply again, marked as such (HL7 'duplicate transmission' semantics)."""
     log.info("message.resent", channel=original.channel, seq=original.seq)
-    return Reply(original.response_status, json.loads(original.response_body), {"X-Duplicate-Of": str(original.seq)}, duplicate=True)
+    body = json.loads(original.response_body)
+    return Reply(original.response_status, body, {"X-Duplicate-Of": str(original.seq)}, duplicate=True, text=original.response_body)
 
 
 def commit_message(
@@ -72,18 +82,30 @@ def commit_message(
     now: datetime,
     write: Write,
     make_reply: MakeReply,
-    on_race: Callable[[InboundMessage], Reply] = resend,
+    on_race: Callable[[StoredMessage], Reply] = resend,
+    expected: Writes | None = None,
 ) -> Reply:
-    """Write, store the message and its reply, commit; retry a lost race on another key, answer a re-send as one."""
+    """Write, store the message and its reply, commit; retry a lost race on another key, answer a re-send as one.
+
+    `expected`: what `write` will return when none of it is stored yet (the usual case: a new referral).
+    Their first versions and the reply they make are then worked out before the transaction, and used
+    if `write` returns those very objects and all of them are new: less work while the transaction
+    holds its locks (on SQLite, the one writer lock of the file).
+    """
+    ahead = _ahead(expected, now, make_reply) if expected else None
     for attempt in range(1, ATTEMPTS + 1):
         try:
             with write_transaction(sessions) as session:
-                results = put_resources(session, write(session), now)
+                results = put_resources(session, write(session), now, ahead.first if ahead else None)
                 stored = [result for result, _ in results]
-                created = {f"{r['resourceType']}/{r['id']}" for r, outcome in results if outcome == "created"}
-                reply = make_reply(stored, created)
+                if ahead is not None and ahead.matches(results):
+                    reply = ahead.reply
+                else:
+                    created = {f"{r['resourceType']}/{r['id']}" for r, outcome in results if outcome == "created"}
+                    reply = make_reply(stored, created)
+                    reply.text = encode_body(reply.body)
                 session.connection().execute(  # a plain insert: no ORM object to track for one row
-                    insert(InboundMessage),
+                    _INSERT_INBOUND,
                     {
                         "channel": inbound.channel,
                         "message_id": inbound.message_id,
@@ -95,7 +117,7 @@ def commit_message(
                         "rule_set": inbound.rule_set,
                         "unused": json.dumps(list(inbound.unused)),
                         "response_status": reply.status,
-                        "response_body": json.dumps(reply.body, separators=(",", ":")),
+                        "response_body": reply.text,
                     },
                 )
             return reply
@@ -108,3 +130,31 @@ def commit_message(
             if attempt == ATTEMPTS:
                 raise
     raise AssertionError("unreachable")
+
+
+_INSERT_INBOUND = insert(InboundMessage)
+
+
+@dataclass(frozen=True)
+class _Ahead:
+    """First versions and the reply of writes that are all new, made before the transaction."""
+
+    first: dict[tuple[str, str], FirstVersion]
+    stored: list[dict[str, Any]]
+    reply: Reply
+
+    def matches(self, results: list[tuple[dict[str, Any], str]]) -> bool:
+        """The transaction stored exactly these first versions (so the reply made from them is its reply)."""
+        return len(results) == len(self.stored) and all(
+            outcome == "created" and got is made for (got, outcome), made in zip(results, self.stored, strict=True)
+        )
+
+
+def _ahead(expected: Writes, now: datetime, make_reply: MakeReply) -> _Ahead | None:
+    first = first_versions(expected, now)
+    if len(first) != len(expected):  # a resource written twice: worked out in the transaction
+        return None
+    stored = [first[(r["resourceType"], r["id"])].full for r, _ in expected]
+    reply = make_reply(stored, {f"{r['resourceType']}/{r['id']}" for r in stored})
+    reply.text = encode_body(reply.body)
+    return _Ahead(first, stored, reply)

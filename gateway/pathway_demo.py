@@ -155,8 +155,15 @@ def load_demo_waitlist(app_state: Any, now: datetime, count: int = 60, seed: int
         phq, gad = rng.choice(((7, 6), (12, 9), (16, 11), (11, 13), (8, 5), (17, 15)))
         born = date(1960 + rng.randint(0, 45), rng.randint(1, 12), rng.randint(1, 28)).isoformat()
         body = referral(
-            service, f"demo-tt-{i:03d}", to_fhir_instant(received), born, nhs_number=synthetic_nhs_number(500 + i),
-            source=rng.choice(("self", "gp")), gp_contact_agreed=True, practice=None, requester=None,
+            service,
+            f"demo-tt-{i:03d}",
+            to_fhir_instant(received),
+            born,
+            nhs_number=synthetic_nhs_number(500 + i),
+            source=rng.choice(("self", "gp")),
+            gp_contact_agreed=True,
+            practice=None,
+            requester=None,
             responses=(phq9(phq, authored=to_fhir_instant(received)), gad7(gad, authored=to_fhir_instant(received))),
         )
         if body["category"][0]["coding"][0]["code"] == "gp":
@@ -172,10 +179,13 @@ def load_demo_waitlist(app_state: Any, now: datetime, count: int = 60, seed: int
         allocated = received + timedelta(days=rng.randint(2, 10))
         if allocated < now and step in _INTERVENTIONS:
             clock.set(allocated)
-            params = {"resourceType": "Parameters", "parameter": [
-                {"name": "practitioner", "valueString": rng.choice(_THERAPISTS[step])},
-                {"name": "intervention", "valueString": rng.choice(_INTERVENTIONS[step])},
-            ]}
+            params = {
+                "resourceType": "Parameters",
+                "parameter": [
+                    {"name": "practitioner", "valueString": rng.choice(_THERAPISTS[step])},
+                    {"name": "intervention", "valueString": rng.choice(_INTERVENTIONS[step])},
+                ],
+            }
             pathways.operate(episode_id, "allocate", json.dumps(params).encode())
         assessed = received + timedelta(days=rng.randint(10, 60))
         if assessed < now and rng.random() < 0.6:

@@ -28,8 +28,9 @@ class Settings(BaseSettings):
     pathways_dir: Path = DEFAULT_PATHWAYS_DIR  # PC and TT pathway rule files (schema pathway/1)
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     # messages one worker process works on at once; the rest wait their turn (more threads only contend for the GIL:
-    # at 200 req/s on 2 cores, 40 threads fell behind where 4 kept up, bench/README.md). Local decision, tune per host.
-    ingest_concurrency: int = Field(default=4, ge=1, le=64)
+    # at 200 req/s on 2 cores, 40 threads fell behind where 4 kept up, and 2 took more than 4 on both stores,
+    # bench/README.md). Local decision, tune per host.
+    ingest_concurrency: int = Field(default=2, ge=1, le=64)
     tick_seconds: int = Field(default=60, ge=0)  # safety-call worker interval; 0 = off (run `iap-gateway tick` instead)
     mllp_host: str = "127.0.0.1"
     mllp_port: int = Field(default=2575, ge=0, le=65535)  # HL7 v2 over MLLP (RiO); 0 = off

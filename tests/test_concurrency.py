@@ -58,3 +58,43 @@ def test_different_cases_for_one_patient_racing_all_land(server_url, stored, all
     assert {r.status_code for r in replies} == {201}, [r.text for r in replies if r.status_code != 201][:1]
     counts = stored()
     assert counts["Task"] == COPIES and counts["Patient"] == 1
+
+
+_HOLD_WRITE_LOCK = """
+import sys, time
+from sqlalchemy import text
+from gateway.store.db import make_engine, write_transaction
+from sqlalchemy.orm import sessionmaker
+with write_transaction(sessionmaker(make_engine(sys.argv[1]))) as session:
+    session.execute(text("INSERT INTO turns (who) VALUES ('other process')"))
+    print("holding", flush=True)
+    time.sleep(1.5)
+"""
+
+
+def test_sqlite_write_transactions_of_two_worker_processes_take_turns(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`serve --workers 2` on SQLite: a write transaction starts only once another process's has committed, so what it
+    reads first (put_resources reads the rows it is about to version) is never stale, and no writer sleeps in SQLite's
+    busy handler. Without the cross-process lock the read below runs beside the other transaction and sees nothing."""
+    import subprocess
+    import sys
+
+    from sqlalchemy import text
+    from sqlalchemy.orm import sessionmaker
+
+    from gateway.store.db import make_engine, write_transaction
+
+    url = f"sqlite:///{tmp_path / 'turns.db'}"
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE turns (seq INTEGER PRIMARY KEY AUTOINCREMENT, who TEXT, seen INTEGER)"))
+    with subprocess.Popen([sys.executable, "-c", _HOLD_WRITE_LOCK, url], stdout=subprocess.PIPE, text=True) as other:
+        assert other.stdout is not None and other.stdout.readline().strip() == "holding"
+        with write_transaction(sessionmaker(engine)) as session:
+            seen = session.execute(text("SELECT count(*) FROM turns")).scalar_one()
+            session.execute(text("INSERT INTO turns (who, seen) VALUES ('this process', :seen)"), {"seen": seen})
+    assert other.returncode == 0
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT who, seen FROM turns ORDER BY seq")).all()
+    engine.dispose()
+    assert [tuple(r) for r in rows] == [("other process", None), ("this process", 1)]

@@ -90,6 +90,7 @@ def test_resent_case_gets_its_original_reply_and_creates_nothing(client, stored)
     second = _post(client, "option2-standard.case.json")
     assert second.status_code == first.status_code == 201
     assert second.json() == first.json()
+    assert second.content == first.content  # the stored reply is what was sent, byte for byte
     assert task_of(second.json())["id"] == task_of(first.json())["id"]
     assert second.headers.get("x-duplicate-of")
     assert stored() == before

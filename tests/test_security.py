@@ -426,7 +426,7 @@ def test_clients_add_prints_the_key_once_and_the_gateway_accepts_it(tmp_path: Pa
     key = added.stdout.strip()
     assert key.startswith("iapk_") and "shown once" in added.stderr and key not in added.stderr
     listed = _cli("clients", "list", env=env)
-    assert "nhs111-provider-x" in listed.stdout and "ingest:nhs111" in listed.stdout and key.split("_")[2] not in listed.stdout
+    assert "nhs111-provider-x" in listed.stdout and "ingest:nhs111" in listed.stdout and key.split("_", 2)[2] not in listed.stdout
     refused = _cli("clients", "add", "other", "--scopes", "ingest:everything", env=env)
     assert refused.returncode == 2 and "unknown scope" in refused.stderr
     unbound = _cli("clients", "add", "cleo", "--scopes", "ingest:cleo", "--service", "nowhere", env=env)

@@ -9,7 +9,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 from gateway.store.models import Base
-from gateway.store.repo import get_resource, put_resource
+from gateway.store.repo import first_versions, get_resource, put_resource, put_resources
 from tests.conftest import NOW
 
 
@@ -37,6 +37,29 @@ def test_put_resource_keeps_the_version_for_the_same_content_and_counts_up_on_ch
     with app.state.sessions() as session:
         stored = get_resource(session, "Patient", "p1")
     assert stored is not None and stored["gender"] == "female" and stored["meta"]["lastUpdated"] == "2026-11-23T12:02:00Z"
+
+
+def test_first_versions_made_ahead_store_exactly_what_the_transaction_would(app: Any) -> None:
+    """put_resources(first=...) is an optimisation only: same rows, versions and outcomes as without it."""
+    nhs = "https://fhir.nhs.uk/Id/nhs-number"
+    made = {"resourceType": "Patient", "id": "ahead", "identifier": [{"system": nhs, "value": "9990000026"}]}
+    plain = {**made, "id": "plain", "identifier": [{"system": nhs, "value": "9990000034"}]}
+    first = first_versions([(made, None)], NOW)
+    with app.state.sessions.begin() as session:
+        [(with_first, outcome)] = put_resources(session, [(made, None)], NOW, first)
+        [(without, _)] = put_resources(session, [(plain, None)], NOW)
+    assert outcome == "created" and with_first is first[("Patient", "ahead")].full
+    assert {k: v for k, v in with_first.items() if k not in ("id", "identifier")} == {
+        k: v for k, v in without.items() if k not in ("id", "identifier")
+    }
+    with app.state.sessions() as session:
+        assert get_resource(session, "Patient", "ahead") == with_first
+    # once stored, a first version made ahead no longer applies: the transaction works out version 2
+    changed = {**made, "gender": "female"}
+    stale = first_versions([(changed, None)], NOW + timedelta(minutes=1))
+    with app.state.sessions.begin() as session:
+        [(updated, outcome)] = put_resources(session, [(changed, None)], NOW + timedelta(minutes=1), stale)
+    assert outcome == "updated" and updated["meta"]["versionId"] == "2" and updated is not stale[("Patient", "ahead")].full
 
 
 def test_migrating_twice_is_harmless(app: Any) -> None:

@@ -1,4 +1,7 @@
-"""Typed dependency aliases, so routes stay short (full-stack-fastapi-template style)."""
+"""Typed dependency aliases, so routes stay short (full-stack-fastapi-template style).
+
+The ones that only read `app.state` are `async def`: FastAPI runs a plain `def` dependency in its
+thread pool, a thread hop per dependency per request for an attribute read (bench/README.md)."""
 
 from __future__ import annotations
 
@@ -21,19 +24,19 @@ def _session(request: Request) -> Iterator[Session]:
         yield session
 
 
-def _intake(request: Request) -> Intake:
+async def _intake(request: Request) -> Intake:
     return request.app.state.intake  # type: ignore[no-any-return]
 
 
-def _clock(request: Request) -> Clock:
+async def _clock(request: Request) -> Clock:
     return request.app.state.clock  # type: ignore[no-any-return]
 
 
-def _registry(request: Request) -> RuleRegistry:
+async def _registry(request: Request) -> RuleRegistry:
     return request.app.state.registry  # type: ignore[no-any-return]
 
 
-def _settings(request: Request) -> Settings:
+async def _settings(request: Request) -> Settings:
     return request.app.state.settings  # type: ignore[no-any-return]
 
 

@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse, Response
 
 from adapters.problems import GatewayInputError, Kind, Problem
 from gateway.api.deps import IntakeDep, SessionDep, SettingsDep
-from gateway.api.responses import FhirResponse, SenderGone
+from gateway.api.responses import FHIR_JSON, FhirResponse, SenderGone
 from gateway.cleo import export_case
 from gateway.messages import Reply
 
@@ -68,8 +68,8 @@ async def answer(request: Request, limit: int, receive: Callable[[bytes], Reply]
     """Read the body, hand it to `receive` off the event loop, send its reply (FHIR JSON, or plain JSON)."""
     raw = await read_body(request, limit)
     reply = await in_worker_thread(request, receive, raw)
-    kind = FhirResponse if fhir else JSONResponse
-    return kind(reply.body, status_code=reply.status, headers=reply.headers)
+    media_type = FHIR_JSON if fhir else "application/json"
+    return Response(reply.encoded(), status_code=reply.status, headers=reply.headers, media_type=media_type)
 
 
 @router.post(

@@ -33,6 +33,7 @@ from gateway.security.credentials import (
 )
 from gateway.security.principal import Principal
 from gateway.security.scopes import SCOPES
+from gateway.store.db import one_read
 from gateway.store.models import AccessToken, ApiClient, UsedAssertion
 
 __all__ = [
@@ -71,10 +72,16 @@ def parse_scopes(text: str) -> frozenset[str]:
     return scopes
 
 
-# the columns a request's authentication needs, by API key id (a plain statement, built once: it runs per request)
+# the columns a request's authentication needs, by API key id or access token (plain statements, built once: they run per request)
 _CLIENT_BY_KEY_ID = select(
     ApiClient.id, ApiClient.name, ApiClient.scopes, ApiClient.service_id, ApiClient.active, ApiClient.key_hash
 ).where(ApiClient.key_id == bindparam("key_id"))
+
+_CLIENT_BY_TOKEN = (
+    select(ApiClient.id, ApiClient.name, ApiClient.scopes, ApiClient.service_id, ApiClient.active, AccessToken.expires_at)
+    .join(AccessToken, AccessToken.client_id == ApiClient.id)
+    .where(AccessToken.token_hash == bindparam("digest"))
+)
 
 
 def _principal(client: Any) -> Principal:
@@ -172,9 +179,8 @@ class Authenticator:
         parts = split_api_key(key)
         if parts is None:
             return None
-        with self.sessions() as session:  # read on every request, so a revocation holds at once on every instance
-            session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})  # one read: no BEGIN and ROLLBACK
-            client = session.execute(_CLIENT_BY_KEY_ID, {"key_id": parts[0]}).first()
+        with one_read(self.sessions) as connection:  # read on every request, so a revocation holds at once on every instance
+            client = connection.execute(_CLIENT_BY_KEY_ID, {"key_id": parts[0]}).first()
         if client is None or not client.active or client.key_hash is None:
             return None
         digest = token_digest(key)
@@ -187,15 +193,11 @@ class Authenticator:
         return _principal(client)
 
     def _access_token(self, token: str) -> Principal | None:
-        with self.sessions() as session:
-            row = session.execute(
-                select(ApiClient, AccessToken.expires_at)
-                .join(AccessToken, AccessToken.client_id == ApiClient.id)
-                .where(AccessToken.token_hash == token_digest(token))
-            ).first()
-        if row is None or not row[0].active or row[1] <= self.clock.now():
+        with one_read(self.sessions) as connection:
+            row = connection.execute(_CLIENT_BY_TOKEN, {"digest": token_digest(token)}).first()
+        if row is None or not row.active or row.expires_at <= self.clock.now():
             return None
-        return _principal(row[0])
+        return _principal(row)
 
     def exchange_assertion(self, assertion: str, audience: str) -> IssuedToken:
         """A signed JWT client assertion -> an access token; AssertionRefused (OAuth error code) otherwise."""

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -10,13 +13,58 @@ from weakref import WeakKeyDictionary
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
-__all__ = ["make_engine", "make_sessionmaker", "migrate", "write_transaction", "MIGRATIONS_DIR"]
+__all__ = ["make_engine", "make_sessionmaker", "migrate", "write_transaction", "one_read", "MIGRATIONS_DIR"]
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
-_SQLITE_WRITERS: WeakKeyDictionary[Engine, threading.RLock] = WeakKeyDictionary()
+
+
+class SqliteWriterLock:
+    """One writing transaction at a time on a SQLite file, across the threads of a process and the processes
+    of a host (`serve --workers N`, the CLI): a thread lock, then an exclusive `flock` on `<db>-writer.lock`.
+
+    SQLite has one writer. Without this, writers that meet its lock sleep in its busy handler (1, 2, 5,
+    10, ... 100 ms steps) and some waited seconds under load (bench/README.md); here they queue in the
+    kernel and start as soon as the writer before them commits. Re-entrant within a thread. A store with
+    no file (in-memory) needs only the thread lock.
+    """
+
+    def __init__(self, path: str | None) -> None:
+        self._thread = threading.RLock()
+        self._path = path
+        self._fd: int | None = None
+        self._pid = 0
+        self._depth = 0
+
+    def __enter__(self) -> None:
+        self._thread.acquire()
+        self._depth += 1
+        if self._depth == 1 and self._path is not None:
+            try:
+                fcntl.flock(self._file(), fcntl.LOCK_EX)
+            except BaseException:
+                self._depth -= 1
+                self._thread.release()
+                raise
+
+    def __exit__(self, *_exc: object) -> None:
+        try:
+            if self._depth == 1 and self._fd is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._depth -= 1
+            self._thread.release()
+
+    def _file(self) -> int:
+        if self._fd is None or self._pid != os.getpid():  # a forked child opens its own (flock belongs to the open file)
+            self._fd, self._pid = os.open(self._path or "", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600), os.getpid()
+            weakref.finalize(self, os.close, self._fd)  # closed with the engine's lock
+        return self._fd
+
+
+_SQLITE_WRITERS: WeakKeyDictionary[Engine, SqliteWriterLock] = WeakKeyDictionary()
 
 
 def make_engine(url: str, statement_timeout_ms: int = 0) -> Engine:
@@ -35,7 +83,9 @@ def make_engine(url: str, statement_timeout_ms: int = 0) -> Engine:
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
 
-        _SQLITE_WRITERS[engine] = threading.RLock()
+        database = engine.url.database
+        in_memory = not database or database == ":memory:" or database.startswith("file::memory:") or "mode=memory" in url
+        _SQLITE_WRITERS[engine] = SqliteWriterLock(None if in_memory or database is None else database + "-writer.lock")
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://") :]
@@ -63,13 +113,26 @@ def migrate(engine: Engine) -> None:
 
 @contextmanager
 def write_transaction(sessions: sessionmaker[Session]) -> Iterator[Session]:
-    """`sessions.begin()` for a transaction that writes; on SQLite, one such transaction at a time per process.
-
-    SQLite has one writer. Threads that meet its lock sleep in its busy handler (1, 2, 5, 10, ... ms
-    steps), so under load a few unlucky messages waited seconds (bench/README.md); here they queue
-    on a lock and start as soon as the writer before them commits. PostgreSQL: no lock.
-    """
+    """`sessions.begin()` for a transaction that writes; on SQLite, one such transaction at a time on the file
+    (`SqliteWriterLock`: threads and worker processes queue for it). PostgreSQL: no lock."""
     engine = sessions.kw.get("bind")
     lock = _SQLITE_WRITERS.get(engine) if isinstance(engine, Engine) else None
     with lock or nullcontext(), sessions.begin() as session:
         yield session
+
+
+_AUTOCOMMIT: WeakKeyDictionary[Engine, Engine] = WeakKeyDictionary()
+
+
+@contextmanager
+def one_read(sessions: sessionmaker[Session]) -> Iterator[Connection]:
+    """A Core connection for a read outside any transaction (per-request lookups: a credential, a re-sent message id).
+
+    No Session and no ORM (a third of such a read's cost), and no transaction: PostgreSQL runs it in
+    autocommit (no BEGIN and ROLLBACK round trips); SQLite's driver opens a transaction only to write.
+    """
+    engine = sessions.kw["bind"]
+    if engine.dialect.name != "sqlite":
+        engine = _AUTOCOMMIT.get(engine) or _AUTOCOMMIT.setdefault(engine, engine.execution_options(isolation_level="AUTOCOMMIT"))
+    with engine.connect() as connection:
+        yield connection

@@ -19,6 +19,8 @@ from gateway.store.models import Base, IdentifierRow, InboundMessage, ResourceRo
 __all__ = [
     "put_resource",
     "put_resources",
+    "FirstVersion",
+    "first_versions",
     "note_write",
     "WRITES_KEY",
     "get_resource",
@@ -27,6 +29,7 @@ __all__ = [
     "queue_rows",
     "find_by_identifier",
     "find_inbound",
+    "StoredMessage",
     "ACTIVE_TASK_STATUSES",
     "count_rows",
     "sortable_task_params",
@@ -53,13 +56,56 @@ def put_resource(session: Session, resource: dict[str, Any], now: datetime, serv
     return put_resources(session, [(resource, service_id)], now)[0]
 
 
-def put_resources(session: Session, writes: Sequence[tuple[dict[str, Any], str | None]], now: datetime) -> list[tuple[dict[str, Any], str]]:
+@dataclass(frozen=True)
+class FirstVersion:
+    """A resource's first stored version (its JSON and its row's columns), worked out before its transaction.
+
+    `put_resources` uses it when the transaction finds no stored row for the resource and is given the
+    very object it was made from; otherwise it works the version out itself, as usual. So the JSON
+    encoding and the search columns of a new resource are done outside the transaction (outside the
+    SQLite writer lock, bench/README.md), and nothing changes about what is stored.
+    """
+
+    resource: dict[str, Any]
+    full: dict[str, Any]
+    row: dict[str, Any]
+
+
+def first_versions(writes: Sequence[tuple[dict[str, Any], str | None]], now: datetime) -> dict[tuple[str, str], FirstVersion]:
+    """The first version of each resource in `writes`, as `put_resources(..., first=...)` takes them (no database)."""
+    out: dict[tuple[str, str], FirstVersion] = {}
+    for resource, service_id in writes:
+        key = (resource["resourceType"], resource["id"])
+        if key not in out:  # given twice: the second write is an update, worked out in the transaction
+            full, row = _version(resource, {k: v for k, v in resource.items() if k != "meta"}, 1, now, service_id)
+            out[key] = FirstVersion(resource, full, row)
+    return out
+
+
+def _version(
+    resource: dict[str, Any], body: dict[str, Any], version: int, now: datetime, service_id: str | None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The resource as stored at `version` (meta.versionId and lastUpdated set), and its row's columns."""
+    rtype, rid = resource["resourceType"], resource["id"]
+    meta = dict(resource.get("meta") or {})
+    meta.update(versionId=str(version), lastUpdated=to_fhir_instant(now))
+    full = {"resourceType": rtype, "id": rid, "meta": meta, **{k: v for k, v in body.items() if k not in ("resourceType", "id")}}
+    return full, {"version_id": version, "last_updated": now, "content": _dumps(full), **_index(full, service_id)}
+
+
+def put_resources(
+    session: Session,
+    writes: Sequence[tuple[dict[str, Any], str | None]],
+    now: datetime,
+    first: dict[tuple[str, str], FirstVersion] | None = None,
+) -> list[tuple[dict[str, Any], str]]:
     """`put_resource` for several (resource, service id) pairs, in order, as if one after the other.
 
     One locking read of the rows they touch, one insert of the new ones, one read and one insert of
     identifier rows, instead of four or five ORM statements per resource: a referral writes seven
     resources, and those statements were most of an ingest's time (bench/README.md). A resource
-    given twice is written twice (created, then updated), as one-by-one calls would.
+    given twice is written twice (created, then updated), as one-by-one calls would. `first`: new
+    resources' first versions made ahead (`first_versions`), used where they still apply.
     """
     if not writes:
         return []
@@ -75,27 +121,26 @@ def put_resources(session: Session, writes: Sequence[tuple[dict[str, Any], str |
     written: list[dict[str, Any]] = []
     for resource, service_id in writes:
         key = rtype, rid = resource["resourceType"], resource["id"]
-        body = {k: v for k, v in resource.items() if k != "meta"}
-        meta = dict(resource.get("meta") or {})
         prior = current.get(key)
-        if prior is not None:
-            stored = json.loads(prior[1])
-            if {k: v for k, v in stored.items() if k != "meta"} == body:
-                out.append((stored, "unchanged"))
-                continue
-        version, outcome = (prior[0] + 1, "updated") if prior else (1, "created")
-        meta.update(versionId=str(version), lastUpdated=to_fhir_instant(now))
-        full = {"resourceType": rtype, "id": rid, "meta": meta, **{k: v for k, v in body.items() if k not in ("resourceType", "id")}}
-        content = _dumps(full)
-        row = {"version_id": version, "last_updated": now, "content": content, **_index(full, service_id)}
+        made = (first or {}).get(key) if prior is None else None
+        if made is not None and made.resource is resource:
+            full, row = made.full, made.row
+        else:
+            body = {k: v for k, v in resource.items() if k != "meta"}
+            if prior is not None:
+                stored = json.loads(prior[1])
+                if {k: v for k, v in stored.items() if k != "meta"} == body:
+                    out.append((stored, "unchanged"))
+                    continue
+            full, row = _version(resource, body, prior[0] + 1 if prior else 1, now, service_id)
         if key in inserts or prior is None:
             inserts[key] = inserts.get(key, {"resource_type": rtype, "id": rid, "service_id": None}) | row
         else:
             updates[key] = updates.get(key, {}) | row
-        current[key] = (version, content)
+        current[key] = (row["version_id"], row["content"])
         note_write(session, f"{rtype}/{rid}", prior is None, row.get("subject_id"))
         written.append(full)
-        out.append((full, outcome))
+        out.append((full, "updated" if prior else "created"))
     if inserts:
         connection.execute(_INSERT_ROWS, list(inserts.values()))
     for (rtype, rid), values in updates.items():
@@ -155,7 +200,9 @@ _INSERT_NEW_IDENTIFIERS = {
 _DELETE_TOKENS = delete(_TOKENS).where(_TOKENS.c.resource_type == bindparam("type"), _TOKENS.c.resource_id == bindparam("id"))
 _INSERT_TOKENS = insert(_TOKENS)
 _CONTENT = select(_RESOURCES.c.content).where(_RESOURCES.c.resource_type == bindparam("type"), _RESOURCES.c.id == bindparam("id"))
-_INBOUND = select(InboundMessage).where(InboundMessage.channel == bindparam("channel"))
+_INBOUND = select(InboundMessage.seq, InboundMessage.channel, InboundMessage.response_status, InboundMessage.response_body).where(
+    InboundMessage.channel == bindparam("channel")
+)
 _INBOUND_BY_MESSAGE_ID = _INBOUND.where(InboundMessage.message_id == bindparam("key"))
 _INBOUND_BY_HEADER_ID = _INBOUND.where(InboundMessage.header_id == bindparam("key"))
 
@@ -252,7 +299,8 @@ def _put_identifiers(connection: Connection, written: list[dict[str, Any]]) -> N
 
 
 def get_resource(session: Session, resource_type: str, resource_id: str) -> dict[str, Any] | None:
-    content = session.execute(_CONTENT, {"type": resource_type, "id": resource_id}).scalar_one_or_none()
+    # on the session's connection: a plain statement needs none of Session.execute's ORM steps (it autoflushes only ORM ones)
+    content = session.connection().execute(_CONTENT, {"type": resource_type, "id": resource_id}).scalar_one_or_none()
     return json.loads(content) if content is not None else None
 
 
@@ -386,12 +434,22 @@ def queue_rows(session: Session, service_id: str | None) -> list[dict[str, Any]]
     return [json.loads(r.content) | {"_service": r.service_id} for r in session.execute(stmt).scalars()]
 
 
-def find_inbound(session: Session, channel: str, message_id: str, header_id: str | None) -> InboundMessage | None:
+@dataclass(frozen=True)
+class StoredMessage:
+    """What a re-send needs of the message it repeats: its sequence number and the reply it got."""
+
+    seq: int
+    channel: str
+    response_status: int
+    response_body: str
+
+
+def find_inbound(connection: Connection, channel: str, message_id: str, header_id: str | None) -> StoredMessage | None:
     """The stored message this one re-sends: same channel and the same message id or MessageHeader id."""
-    row = session.execute(_INBOUND_BY_MESSAGE_ID, {"channel": channel, "key": message_id}).scalar_one_or_none()
+    row = connection.execute(_INBOUND_BY_MESSAGE_ID, {"channel": channel, "key": message_id}).first()
     if row is None and header_id:
-        row = session.execute(_INBOUND_BY_HEADER_ID, {"channel": channel, "key": header_id}).scalar_one_or_none()
-    return row
+        row = connection.execute(_INBOUND_BY_HEADER_ID, {"channel": channel, "key": header_id}).first()
+    return None if row is None else StoredMessage(row.seq, row.channel, row.response_status, row.response_body)
 
 
 def count_rows(session: Session) -> dict[str, int]:
