@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from fhir_mapping.datetimes import to_fhir_instant
 from fhir_mapping.ids import resource_id
 from gateway.store.models import OutboxEvent, OutboxRow
+from gateway.store.repo import count_matches
 
 __all__ = [
     "STATUSES",
@@ -166,7 +167,7 @@ def list_rows(
         stmt = stmt.where(OutboxRow.status.in_(status))
     if patient:
         stmt = stmt.where(OutboxRow.patient_id == patient.removeprefix("Patient/"))
-    total = session.execute(select(func.count()).select_from(stmt.subquery())).scalar_one()
+    total = count_matches(session, stmt)
     rows = session.execute(stmt.order_by(OutboxRow.created_at.desc(), OutboxRow.id.asc()).limit(count).offset(offset)).scalars()
     return list(rows), total
 

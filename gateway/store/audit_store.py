@@ -7,10 +7,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from gateway.store.models import AuditEntityRow, AuditEventRow
+from gateway.store.repo import count_matches
 
 __all__ = ["AuditQuery", "search_audit_events", "get_audit_event"]
 
@@ -44,7 +45,7 @@ def search_audit_events(session: Session, query: AuditQuery) -> tuple[list[dict[
         stmt = stmt.where(AuditEventRow.subtype.in_(query.subtype))
     for op, moment in query.dates or []:
         stmt = stmt.where(getattr(AuditEventRow.recorded, _DATE_OPS[op])(moment))
-    total = session.execute(select(func.count()).select_from(stmt.subquery())).scalar_one()
+    total = count_matches(session, stmt)
     order = AuditEventRow.seq.desc() if query.newest_first else AuditEventRow.seq.asc()
     rows = session.execute(stmt.order_by(order).limit(query.count).offset(query.offset)).scalars()
     return [json.loads(row.content) for row in rows], total

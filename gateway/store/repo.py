@@ -32,6 +32,7 @@ __all__ = [
     "StoredMessage",
     "ACTIVE_TASK_STATUSES",
     "count_rows",
+    "count_matches",
     "sortable_task_params",
     "ResourceQuery",
     "search_resources",
@@ -332,6 +333,11 @@ _SORTABLE = {
 }
 
 
+def count_matches(session: Session, stmt: Select[Any]) -> int:
+    """How many rows `stmt` matches in all (the total of a paged search)."""
+    return int(session.execute(select(func.count()).select_from(stmt.subquery())).scalar_one())
+
+
 def search_tasks(session: Session, query: TaskQuery) -> tuple[list[dict[str, Any]], int]:
     """Tasks matching `query` (one page) and the total match count."""
     stmt: Select[Any] = select(ResourceRow).where(ResourceRow.resource_type == "Task")
@@ -343,7 +349,7 @@ def search_tasks(session: Session, query: TaskQuery) -> tuple[list[dict[str, Any
         stmt = stmt.where(ResourceRow.priority.in_(query.priority))
     if query.patient:
         stmt = stmt.where(ResourceRow.subject_id == query.patient.removeprefix("Patient/"))
-    total = session.execute(select(func.count()).select_from(stmt.subquery())).scalar_one()
+    total = count_matches(session, stmt)
     order: list[Any] = []
     for name, descending in query.sort or []:
         column = _SORTABLE[name]
@@ -388,7 +394,7 @@ def search_resources(session: Session, query: ResourceQuery) -> tuple[list[dict[
         stmt = stmt.where(ResourceRow.id.in_(match))
     for op, moment in query.dates or []:
         stmt = stmt.where(getattr(ResourceRow.effective_at, _DATE_OPS[op])(moment))
-    total = session.execute(select(func.count()).select_from(stmt.subquery())).scalar_one()
+    total = count_matches(session, stmt)
     stmt = stmt.order_by(ResourceRow.effective_at.asc(), ResourceRow.id.asc()).limit(query.count).offset(query.offset)
     return [json.loads(r.content) for r in session.execute(stmt).scalars()], total
 
