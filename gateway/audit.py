@@ -23,7 +23,6 @@ event's text: entities are references (Patient/<id>), queries are kept base64 as
 from __future__ import annotations
 
 import base64
-import json
 import socket
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
@@ -41,6 +40,7 @@ from gateway.clock import Clock
 from gateway.metrics import DELIVERY_OUTCOMES, count_delivery
 from gateway.security.principal import SYSTEM, Principal, acting
 from gateway.store.db import write_transaction
+from gateway.store.jsontext import dumps
 from gateway.store.models import AuditEntityRow, AuditEventRow, ResourceRow
 from gateway.store.repo import WRITES_KEY, note_write
 
@@ -221,7 +221,7 @@ def add_event(session: Session, resource: dict[str, Any]) -> None:
             "action": resource["action"],
             "subtype": subtype,
             "outcome": resource["outcome"],
-            "content": json.dumps(resource, separators=(",", ":"), ensure_ascii=False),
+            "content": dumps(resource),
         },
     )
     references = sorted({e["what"]["reference"][:160] for e in resource.get("entity", []) if "what" in e})

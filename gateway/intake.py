@@ -33,7 +33,6 @@ from gateway.messages import Inbound, Reply, Writes, commit_message, previous, r
 from gateway.rules.cas_intake import QueueDecision, decide_intake
 from gateway.rules.cas_queue import merge_resent_task
 from gateway.rules.schema import RuleRegistry
-from gateway.store.repo import get_resource
 
 __all__ = ["Intake", "Reply", "CHANNEL_NHS111", "CHANNEL_BARS", "plan_for", "decide", "detect_kind", "map_offline"]
 
@@ -153,10 +152,11 @@ class Intake:
             self.sessions,
             inbound,
             now,
-            write=lambda session: _intake_writes(session, planned, decision, now),
+            write=lambda _session: planned,
             make_reply=lambda stored, created: make_reply(referral, stored, created, now),
             on_race=(lambda _original: _bars_duplicate()) if channel == CHANNEL_BARS else resend,
             expected=planned,
+            merge=_never_downgrade,
         )
         if not reply.duplicate:
             log.info(
@@ -178,20 +178,14 @@ def _planned_writes(writes: Writes, decision: QueueDecision, now: datetime) -> W
     return [*writes, (trace, None)]
 
 
-def _intake_writes(session: Session, planned: Writes, decision: QueueDecision, now: datetime) -> Writes:
-    """`planned` itself when no case is stored yet (the usual: its versions were made ahead), else with CAS-08 applied."""
-    writes = [(_never_downgrade(session, r), service_id) for r, service_id in planned[:-1]]
-    if all(merged is r for (merged, _), (r, _) in zip(writes, planned, strict=False)):
-        return planned
-    return _planned_writes(writes, decision, now)
+def _never_downgrade(stored: dict[str, Any], resource: dict[str, Any]) -> dict[str, Any]:
+    """CAS-08 on re-sent referrals: an existing case keeps its history and can only become more urgent.
 
-
-def _never_downgrade(session: Session, resource: dict[str, Any]) -> dict[str, Any]:
-    """CAS-08 on re-sent referrals: an existing case keeps its history and can only become more urgent."""
-    if resource["resourceType"] != "Task":
-        return resource
-    existing = get_resource(session, "Task", resource["id"])
-    return merge_resent_task(existing, resource) if existing else resource
+    Applied by `put_resources` to the version it has locked, so no other writer can change the case in between.
+    The rest of a referral (Patient, Encounter, ...) is written as sent; the rule trace is unchanged by the merge
+    (it names the Task and the message's time, not the Task's content).
+    """
+    return merge_resent_task(stored, resource) if resource["resourceType"] == "Task" else resource
 
 
 def _bars_duplicate() -> Reply:

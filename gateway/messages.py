@@ -20,8 +20,9 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.store.db import one_read, write_transaction
+from gateway.store.jsontext import dumps
 from gateway.store.models import InboundMessage
-from gateway.store.repo import FirstVersion, StoredMessage, find_inbound, first_versions, put_resources
+from gateway.store.repo import FirstVersion, Merge, StoredMessage, find_inbound, first_versions, put_resources
 
 __all__ = ["Reply", "encode_body", "Inbound", "previous", "resend", "commit_message", "ATTEMPTS"]
 
@@ -43,7 +44,7 @@ class Reply:
 
 
 def encode_body(body: dict[str, Any]) -> str:
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+    return dumps(body)
 
 
 @dataclass(frozen=True)
@@ -84,19 +85,21 @@ def commit_message(
     make_reply: MakeReply,
     on_race: Callable[[StoredMessage], Reply] = resend,
     expected: Writes | None = None,
+    merge: Merge | None = None,
 ) -> Reply:
     """Write, store the message and its reply, commit; retry a lost race on another key, answer a re-send as one.
 
     `expected`: what `write` will return when none of it is stored yet (the usual case: a new referral).
     Their first versions and the reply they make are then worked out before the transaction, and used
     if `write` returns those very objects and all of them are new: less work while the transaction
-    holds its locks (on SQLite, the one writer lock of the file).
+    holds its locks (on SQLite, the one writer lock of the file). `merge`: how a write combines with
+    a stored version (`put_resources`).
     """
     ahead = _ahead(expected, now, make_reply) if expected else None
     for attempt in range(1, ATTEMPTS + 1):
         try:
             with write_transaction(sessions) as session:
-                results = put_resources(session, write(session), now, ahead.first if ahead else None)
+                results = put_resources(session, write(session), now, ahead.first if ahead else None, merge)
                 stored = [result for result, _ in results]
                 if ahead is not None and ahead.matches(results):
                     reply = ahead.reply
@@ -115,7 +118,7 @@ def commit_message(
                         "raw": inbound.raw,
                         "task_id": next((r["id"] for r in stored if r["resourceType"] == "Task"), None),
                         "rule_set": inbound.rule_set,
-                        "unused": json.dumps(list(inbound.unused)),
+                        "unused": dumps(list(inbound.unused)),
                         "response_status": reply.status,
                         "response_body": reply.text,
                     },

@@ -164,6 +164,32 @@ def test_priority_cannot_be_downgraded_by_a_resent_111_message_CAS_08(client) ->
     assert stored["priority"] == "stat" and stored["meta"]["versionId"] == "1"
 
 
+def test_a_resent_referral_may_make_the_case_more_urgent_and_keeps_its_history_CAS_08(client) -> None:
+    """CAS-08: the same BaRS referral sent again (new request id) with a more urgent Dx upgrades the stored case,
+    keeping what was done on it since; the merge is made on the version the transaction has locked."""
+    body = fixture_json("bars-dx335-immediate.bundle.json")
+    original_dx = None
+    for entry in body["entry"]:
+        if entry["resource"]["resourceType"] == "CarePlan":
+            coding = entry["resource"]["activity"][0]["outcomeCodeableConcept"][2]["coding"][0]
+            original_dx, coding["code"] = coding["code"], "Dx14"  # first sent as 12 hours
+    first = client.post("/fhir/$process-message", content=json.dumps(body), headers=bars_headers())
+    task = task_of(first.json())
+    assert first.status_code == 200 and task["priority"] != "stat"
+    noted = op(client, task["id"], "cn-review", practitioner="CN Smith", suitability="registered").json()
+    for entry in body["entry"]:
+        if entry["resource"]["resourceType"] == "CarePlan":
+            entry["resource"]["activity"][0]["outcomeCodeableConcept"][2]["coding"][0]["code"] = original_dx  # Dx335: 20 minutes
+    body["entry"][0]["fullUrl"] = "urn:uuid:0a5c3b4e-5a3f-4bb2-9d0e-222222222222"  # a new message of the same referral
+    again = client.post("/fhir/$process-message", content=json.dumps(body), headers=bars_headers())
+    assert again.status_code == 200, again.text
+    stored = client.get(f"/fhir/Task/{task['id']}").json()
+    assert stored["priority"] == "stat"
+    assert stored["restriction"]["period"]["end"] < task["restriction"]["period"]["end"]
+    assert int(stored["meta"]["versionId"]) == int(noted["meta"]["versionId"]) + 1
+    assert stored["performerType"] == noted["performerType"]  # the CN review done in between is kept
+
+
 def test_known_service_agreed_then_closed_by_the_cn_CAS_12(client) -> None:
     """CAS-12: usual provider documented -> patient agrees -> Referred to Known Service -> CN closes."""
     task = new_case(client)

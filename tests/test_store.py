@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 from typing import Any
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import OperationalError
 
+from gateway.store import db
 from gateway.store.models import Base
 from gateway.store.repo import first_versions, get_resource, put_resource, put_resources
-from tests.conftest import NOW
+from tests.conftest import NOW, PG_ADMIN_URL
 
 
 def test_migrations_create_exactly_the_schema_the_models_describe(app: Any) -> None:
@@ -67,3 +72,45 @@ def test_migrating_twice_is_harmless(app: Any) -> None:
 
     migrate(app.state.engine)
     migrate(app.state.engine)
+
+
+def _backend_pid(engine: Any) -> int:
+    with engine.connect() as connection:
+        return int(connection.execute(text("SELECT pg_backend_pid()")).scalar_one())
+
+
+def _terminate(pid: int) -> None:
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        assert connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar_one()
+    admin.dispose()
+
+
+def test_a_postgresql_connection_dropped_while_idle_in_the_pool_is_replaced_before_use(pg_url: str, monkeypatch: Any) -> None:
+    """A server restart or a dropped connection during a quiet spell costs no request: the idle connection is pinged
+    on checkout, fails, and a new one is used."""
+    monkeypatch.setattr(db, "PING_AFTER_IDLE_SECONDS", 0.05)
+    engine = db.make_engine(pg_url)
+    try:
+        pid = _backend_pid(engine)
+        _terminate(pid)
+        time.sleep(0.1)
+        assert _backend_pid(engine) != pid  # no error: the pool replaced the dead connection
+    finally:
+        engine.dispose()
+
+
+def test_a_connection_used_a_moment_ago_is_not_pinged_and_the_next_checkout_gets_a_new_one(pg_url: str, monkeypatch: Any) -> None:
+    """The other side of not pinging on every checkout: a connection that dies within a moment of its last use fails
+    its next statement; SQLAlchemy then invalidates the pool, so the next checkout (a retried transaction) works."""
+    monkeypatch.setattr(db, "PING_AFTER_IDLE_SECONDS", 60.0)
+    engine = db.make_engine(pg_url)
+    try:
+        pid = _backend_pid(engine)
+        _terminate(pid)
+        time.sleep(0.1)
+        with pytest.raises(OperationalError), engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+        assert _backend_pid(engine) != pid
+    finally:
+        engine.dispose()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from typing import Any
 
@@ -15,6 +14,7 @@ from starlette.responses import Response
 from adapters.problems import GatewayInputError, Kind, Problem
 from fhir_mapping.replies import operation_outcome, server_error_outcome
 from gateway.security.scopes import rule_for
+from gateway.store.jsontext import dumps
 
 __all__ = ["FhirResponse", "install_error_handlers", "FHIR_JSON", "SenderGone"]
 
@@ -35,7 +35,7 @@ class FhirResponse(Response):
     media_type = FHIR_JSON
 
     def render(self, content: Any) -> bytes:
-        return json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        return dumps(content).encode("utf-8")
 
 
 def _outcome_response(status: int, problems: list[Problem], headers: dict[str, str] | None = None) -> FhirResponse:

@@ -50,6 +50,7 @@ from gateway.outbox.transports import (
     mesh_client,
 )
 from gateway.settings import Settings
+from gateway.store.jsontext import dumps
 from gateway.store.models import OutboxRow
 from gateway.store.repo import get_resource, put_resource
 
@@ -161,7 +162,7 @@ class Deliverer:
                 claim.id, claim.letter_id, route.address, pdf, "application/pdf", filename=f"{claim.letter_id}-{claim.id[:8]}.pdf"
             )
         if route.transport == "fhir":
-            body = json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
+            body = dumps(document).encode("utf-8")
             return Outgoing(claim.id, claim.letter_id, route.address, body, "application/fhir+json")
         context = ItkContext(
             delivery_id=claim.id,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import os
 import threading
+import time
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -14,6 +15,7 @@ from weakref import WeakKeyDictionary
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 __all__ = ["make_engine", "make_sessionmaker", "migrate", "write_transaction", "one_read", "MIGRATIONS_DIR"]
@@ -90,7 +92,37 @@ def make_engine(url: str, statement_timeout_ms: int = 0) -> Engine:
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://") :]
     connect_args = {"options": f"-c statement_timeout={statement_timeout_ms}"} if statement_timeout_ms else {}
-    return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True, connect_args=connect_args)
+    engine = create_engine(url, pool_size=10, max_overflow=20, connect_args=connect_args)
+    _ping_when_idle(engine)
+    return engine
+
+
+# A pooled connection idle for longer than this is pinged before use (and replaced if the ping fails).
+PING_AFTER_IDLE_SECONDS = 1.0
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """SQLAlchemy's "pessimistic" disconnect check, made only where it can help: a connection that sat in the pool
+    for over PING_AFTER_IDLE_SECONDS (the server may have restarted or a firewall dropped it meanwhile) is pinged
+    on checkout and, if the ping fails, replaced. `pool_pre_ping` pinged on every checkout: a round trip per
+    checkout, three per ingested message (~10% of its CPU, bench/README.md). A connection used a moment ago is
+    not pinged: if the server went away within that moment, its first statement fails, SQLAlchemy invalidates the
+    pool, and the message's transaction is retried (`gateway.messages.ATTEMPTS`) on a new connection.
+    """
+
+    @event.listens_for(engine, "checkin")
+    def _checked_in(_dbapi_connection, record):  # type: ignore[no-untyped-def]
+        record.info["iap_idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checkout(dbapi_connection, record, _proxy):  # type: ignore[no-untyped-def]
+        since = record.info.pop("iap_idle_since", None)
+        if since is None or time.monotonic() - since < PING_AFTER_IDLE_SECONDS:
+            return  # just connected, or in use a moment ago
+        try:
+            engine.dialect.do_ping(dbapi_connection)  # the dialect's own ping (in autocommit: no transaction left open)
+        except Exception as exc:  # the pool discards this connection and checks out another
+            raise DisconnectionError(f"pooled connection failed its ping after idling: {type(exc).__name__}") from exc
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

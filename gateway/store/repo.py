@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -14,12 +14,14 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.util import identity_key
 
 from fhir_mapping.datetimes import parse_source_datetime, to_fhir_instant
+from gateway.store.jsontext import dumps
 from gateway.store.models import Base, IdentifierRow, InboundMessage, ResourceRow, TokenRow
 
 __all__ = [
     "put_resource",
     "put_resources",
     "FirstVersion",
+    "Merge",
     "first_versions",
     "note_write",
     "WRITES_KEY",
@@ -44,7 +46,7 @@ ACTIVE_TASK_STATUSES = ("requested", "received", "accepted", "ready", "in-progre
 
 
 def _dumps(resource: dict[str, Any]) -> str:
-    return json.dumps(resource, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
+    return dumps(resource, sort_keys=True)
 
 
 def put_resource(session: Session, resource: dict[str, Any], now: datetime, service_id: str | None = None) -> tuple[dict[str, Any], str]:
@@ -94,11 +96,16 @@ def _version(
     return full, {"version_id": version, "last_updated": now, "content": _dumps(full), **_index(full, service_id)}
 
 
+# (stored version, write) -> what to store instead: how a write combines with what is there (put_resources)
+Merge = Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]
+
+
 def put_resources(
     session: Session,
     writes: Sequence[tuple[dict[str, Any], str | None]],
     now: datetime,
     first: dict[tuple[str, str], FirstVersion] | None = None,
+    merge: Merge | None = None,
 ) -> list[tuple[dict[str, Any], str]]:
     """`put_resource` for several (resource, service id) pairs, in order, as if one after the other.
 
@@ -106,7 +113,9 @@ def put_resources(
     identifier rows, instead of four or five ORM statements per resource: a referral writes seven
     resources, and those statements were most of an ingest's time (bench/README.md). A resource
     given twice is written twice (created, then updated), as one-by-one calls would. `first`: new
-    resources' first versions made ahead (`first_versions`), used where they still apply.
+    resources' first versions made ahead (`first_versions`), used where they still apply. `merge`:
+    how a write combines with the version stored (the locked row), e.g. CAS-08 for a re-sent referral's
+    Task; it may raise to refuse the write.
     """
     if not writes:
         return []
@@ -127,9 +136,11 @@ def put_resources(
         if made is not None and made.resource is resource:
             full, row = made.full, made.row
         else:
+            stored = json.loads(prior[1]) if prior is not None else None
+            if stored is not None and merge is not None:
+                resource = merge(stored, resource)
             body = {k: v for k, v in resource.items() if k != "meta"}
-            if prior is not None:
-                stored = json.loads(prior[1])
+            if stored is not None:
                 if {k: v for k, v in stored.items() if k != "meta"} == body:
                     out.append((stored, "unchanged"))
                     continue
