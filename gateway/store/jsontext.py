@@ -5,6 +5,8 @@ writes it, made by orjson: encoding stored resources and replies was ~8% of an i
 standard library (bench/README.md). Anything orjson does not take as the standard library would (integers
 beyond 64 bits, non-string keys, lone surrogates) goes to the standard library, so the outcome (the text, or
 the error) is the standard library's; datetimes and dataclasses are not encoded silently by orjson either.
+One spelling differs, not the value: a float in exponent form is written `1e-7` where the standard library
+writes `1e-07` (tests/test_jsontext.py).
 """
 
 from __future__ import annotations
