@@ -145,3 +145,58 @@ def test_adapter_never_fails_except_with_a_clear_refusal(source: str) -> None:
 @pytest.mark.parametrize("source", sorted(SAMPLES))
 def test_adapter_never_fails_except_with_a_clear_refusal_nightly(source: str) -> None:
     _fuzz(source, NIGHTLY_EXAMPLES)
+
+
+# Each element of each JSON fixture in turn replaced by a value of each other JSON type (type errors, which byte-level
+# mutation seldom makes in JSON that still parses). NHS 111 cases and BaRS messages go through the rules and the mapping
+# too (a wrongly typed value must not reach the FHIR it is mapped to).
+_OTHER_TYPES: tuple[Any, ...] = (123, "text", [], {}, None, True, [1], {"a": 1})
+
+
+def _element_paths(node: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    children = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else []
+    return [found for key, value in children for found in [(*path, key), *_element_paths(value, (*path, key))]]
+
+
+def _replaced(document: Any, path: tuple[Any, ...], value: Any) -> bytes:
+    copy = json.loads(json.dumps(document))
+    node = copy
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    return json.dumps(copy).encode()
+
+
+@pytest.mark.parametrize("source", ["nhs111", "bars", "mhpl", "cleo"])
+def test_any_element_of_another_json_type_is_refused_clearly_or_mapped(source: str) -> None:
+    from gateway.intake import map_offline
+    from gateway.rules.schema import load_rules
+    from tests.conftest import NOW
+
+    registry = load_rules()
+    parse = SAMPLES[source][0] if source in ("mhpl", "cleo") else (lambda raw: map_offline(raw, registry, NOW, kind=source))
+    tried = 0
+    for fixture in SAMPLES[source][1]:
+        document = json.loads(fixture.read_bytes())
+        for path in _element_paths(document):
+            for value in _OTHER_TYPES:
+                tried += 1
+                try:
+                    parse(_replaced(document, path, value))
+                except GatewayInputError as error:
+                    _refusal_is_clear(error)
+    assert tried, f"no {source} fixtures"
+
+
+def test_a_wrongly_typed_element_of_a_bars_message_is_refused_by_its_path(client) -> None:  # type: ignore[no-untyped-def]
+    """Before the shape check, a number where Patient.name[0].given's array belongs crashed the adapter (500)."""
+    from tests.conftest import bars_headers, fixture_json, issues
+
+    body = fixture_json("bars-dx335-immediate.bundle.json")
+    index, patient = next((i, e["resource"]) for i, e in enumerate(body["entry"]) if e["resource"]["resourceType"] == "Patient")
+    patient["name"][0]["given"] = 123
+    response = client.post("/fhir/$process-message", content=json.dumps(body), headers=bars_headers())
+    assert response.status_code == 400
+    [(severity, element, message)] = issues(response.json())
+    assert (severity, element) == ("error", f"Bundle.entry[{index}].resource.name[0].given")
+    assert message == "must be an array (FHIR JSON), got a number"
