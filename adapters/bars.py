@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from adapters.json_shapes import CODEABLE, IDENTIFIERS, REFERENCE, Shape, check_shape, under
 from adapters.jsonparse import parse_json_object
 from adapters.problems import GatewayInputError, Kind, Problem, ProblemList
 from adapters.referral import (
@@ -136,64 +137,43 @@ class _Message:
                     self.problems.warning(Kind.VALUE, element, f"reference {target!r} is neither urn:uuid nor Type/id")
 
 
-# The JSON type of every element of the message this adapter reads, by resource type (FHIR R4 JSON; "[]" is each
-# item of an array). Checked before anything is read: a wrongly typed element is refused by its path (400), never
-# read as something else or a crash (500). A null element is read as absent, as before; a null item of an array is
-# refused (what it stood for would be lost).
-_CODEABLE: dict[str, type] = {
-    "coding": list,
-    "coding[]": dict,
-    "coding[].system": str,
-    "coding[].code": str,
-    "coding[].display": str,
-    "text": str,
-}
-_REFERENCE: dict[str, type] = {"reference": str}
-
-
-def _under(prefix: str, shape: dict[str, type]) -> dict[str, type]:
-    return {f"{prefix}.{key}": kind for key, kind in shape.items()}
-
-
-_SHAPES: dict[str, dict[str, type]] = {
+# The JSON type of every element of the message this adapter reads, by resource type (adapters.json_shapes).
+_SHAPES: dict[str, Shape] = {
     "MessageHeader": {
         "id": str,
         "eventCoding": dict,
         "eventCoding.system": str,
         "eventCoding.code": str,
         "reason": dict,
-        **_under("reason", _CODEABLE),
+        **under("reason", CODEABLE),
         "destination": list,
         "destination[]": dict,
         "destination[].endpoint": str,
         "focus": list,
         "focus[]": dict,
-        **_under("focus[]", _REFERENCE),
+        **under("focus[]", REFERENCE),
         "source": dict,
         "source.endpoint": str,
     },
     "ServiceRequest": {
         "status": str,
         "subject": dict,
-        **_under("subject", _REFERENCE),
+        **under("subject", REFERENCE),
         "encounter": dict,
-        **_under("encounter", _REFERENCE),
+        **under("encounter", REFERENCE),
         "basedOn": list,
         "basedOn[]": dict,
-        **_under("basedOn[]", _REFERENCE),
+        **under("basedOn[]", REFERENCE),
         "reasonCode": list,
         "reasonCode[]": dict,
-        **_under("reasonCode[]", _CODEABLE),
+        **under("reasonCode[]", CODEABLE),
         "authoredOn": str,
         "occurrencePeriod": dict,
         "occurrencePeriod.start": str,
         "occurrencePeriod.end": str,
     },
     "Patient": {
-        "identifier": list,
-        "identifier[]": dict,
-        "identifier[].system": str,
-        "identifier[].value": str,
+        **IDENTIFIERS,
         "name": list,
         "name[]": dict,
         "name[].use": str,
@@ -216,7 +196,7 @@ _SHAPES: dict[str, dict[str, type]] = {
         "telecom[].value": str,
         "generalPractitioner": list,
         "generalPractitioner[]": dict,
-        **_under("generalPractitioner[]", _REFERENCE),
+        **under("generalPractitioner[]", REFERENCE),
         "generalPractitioner[].identifier": dict,
         "generalPractitioner[].identifier.system": str,
         "generalPractitioner[].identifier.value": str,
@@ -229,56 +209,11 @@ _SHAPES: dict[str, dict[str, type]] = {
         "activity[]": dict,
         "activity[].outcomeCodeableConcept": list,
         "activity[].outcomeCodeableConcept[]": dict,
-        **_under("activity[].outcomeCodeableConcept[]", _CODEABLE),
+        **under("activity[].outcomeCodeableConcept[]", CODEABLE),
     },
-    "Flag": {
-        "status": str,
-        "category": list,
-        "category[]": dict,
-        **_under("category[]", _CODEABLE),
-        "code": dict,
-        **_under("code", _CODEABLE),
-    },
-    "Organization": {"identifier": list, "identifier[]": dict, "identifier[].system": str, "identifier[].value": str},
+    "Flag": {"status": str, "category": list, "category[]": dict, **under("category[]", CODEABLE), "code": dict, **under("code", CODEABLE)},
+    "Organization": IDENTIFIERS,
 }
-_JSON_TYPE: dict[type, str] = {dict: "an object", list: "an array", str: "a string"}
-
-
-def _check_shapes(msg: _Message) -> None:
-    """Every element in `_SHAPES` that is present has its JSON type; each one that has not is an error by its path."""
-    for entry in msg.entries:
-        for dotted, kind in _SHAPES.get(entry.resource["resourceType"], {}).items():
-            for element, value in _values_at(entry.resource, dotted.split("."), entry.path):
-                absent = value is None and not element.endswith("]")  # a null element is absent; a null array item is not
-                if not absent and not isinstance(value, kind):
-                    msg.problems.error(Kind.STRUCTURE, element, f"must be {_JSON_TYPE[kind]} (FHIR JSON), got {_json_type(value)}")
-
-
-def _values_at(node: Any, parts: list[str], path: str) -> Iterator[tuple[str, Any]]:
-    """(element path, value) for each value at `parts` under `node`; a container of the wrong type is not entered
-    (its own entry in `_SHAPES` reports it)."""
-    if not isinstance(node, dict):
-        return
-    name, rest = parts[0].removesuffix("[]"), parts[1:]
-    value = node.get(name)
-    if parts[0].endswith("[]"):
-        for index, item in enumerate(value if isinstance(value, list) else []):
-            yield from ([(f"{path}.{name}[{index}]", item)] if not rest else _values_at(item, rest, f"{path}.{name}[{index}]"))
-    elif not rest:
-        if name in node:
-            yield f"{path}.{name}", value
-    else:
-        yield from _values_at(value, rest, f"{path}.{name}")
-
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    return _JSON_TYPE.get(type(value), type(value).__name__)
 
 
 def parse_bars_message(raw: bytes, request_id: str | None, correlation_id: str | None) -> Referral:
@@ -304,7 +239,8 @@ def parse_bars_message(raw: bytes, request_id: str | None, correlation_id: str |
     if not isinstance(bundle_id, str) or not bundle_id:
         problems.error(Kind.REQUIRED, "Bundle.id", "the sender's Bundle.id is required (kept across updates of this referral)")
     msg = _Message(bundle, problems)
-    _check_shapes(msg)
+    for item in msg.entries:  # each element read has its JSON type: a wrong one is a 400 by its path, not a crash
+        check_shape(item.resource, _SHAPES.get(item.resource["resourceType"], {}), item.path, problems)
     problems.raise_if_errors("parse")
 
     header = msg.entries[0]

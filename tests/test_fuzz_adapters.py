@@ -21,6 +21,7 @@ from adapters.cleo import parse_cleo_update
 from adapters.hl7v2 import Hl7Error, parse_hl7
 from adapters.mhpl import parse_mhpl_call
 from adapters.nhs111_case import parse_nhs111_case
+from adapters.pathway_referral import parse_pathway_referral
 from adapters.pcmis import parse_pcmis_csv
 from adapters.problems import GatewayInputError
 from adapters.systmone import parse_systmone_csv
@@ -52,6 +53,7 @@ SAMPLES: dict[str, tuple[Callable[[bytes], Any], list[Path]]] = {
         sorted((FIXTURES / "nhs111").glob("*.bundle.json")),
     ),
     "mhpl": (parse_mhpl_call, sorted((FIXTURES / "mhpl").glob("*.json"))),
+    "pathway": (parse_pathway_referral, sorted((FIXTURES / "pathways").glob("*.servicerequest.json"))),
     "cleo": (parse_cleo_update, sorted((FIXTURES / "cleo").glob("*.json"))),
     "hl7v2": (parse_hl7, sorted((FIXTURES / "rio").glob("*.hl7"))),
     "pcmis": (lambda raw: _rows_are_clear(parse_pcmis_csv(raw)), sorted((FIXTURES / "pcmis").glob("*.csv"))),
@@ -167,14 +169,14 @@ def _replaced(document: Any, path: tuple[Any, ...], value: Any) -> bytes:
     return json.dumps(copy).encode()
 
 
-@pytest.mark.parametrize("source", ["nhs111", "bars", "mhpl", "cleo"])
+@pytest.mark.parametrize("source", ["nhs111", "bars", "mhpl", "cleo", "pathway"])
 def test_any_element_of_another_json_type_is_refused_clearly_or_mapped(source: str) -> None:
     from gateway.intake import map_offline
     from gateway.rules.schema import load_rules
     from tests.conftest import NOW
 
     registry = load_rules()
-    parse = SAMPLES[source][0] if source in ("mhpl", "cleo") else (lambda raw: map_offline(raw, registry, NOW, kind=source))
+    parse = (lambda raw: map_offline(raw, registry, NOW, kind=source)) if source in ("nhs111", "bars") else SAMPLES[source][0]
     tried = 0
     for fixture in SAMPLES[source][1]:
         document = json.loads(fixture.read_bytes())
@@ -200,3 +202,15 @@ def test_a_wrongly_typed_element_of_a_bars_message_is_refused_by_its_path(client
     [(severity, element, message)] = issues(response.json())
     assert (severity, element) == ("error", f"Bundle.entry[{index}].resource.name[0].given")
     assert message == "must be an array (FHIR JSON), got a number"
+
+
+def test_a_wrongly_typed_element_of_a_pathway_referral_is_refused_by_its_path(client) -> None:  # type: ignore[no-untyped-def]
+    """Before the shape check, a number where ServiceRequest.performer's array belongs crashed the adapter (500)."""
+    from tests.conftest import issues
+
+    body = json.loads((FIXTURES / "pathways" / "pc-crisis-response.servicerequest.json").read_bytes())
+    body["performer"] = 123
+    response = client.post("/fhir/ServiceRequest/$route", content=json.dumps(body))
+    assert response.status_code == 400
+    [(severity, element, message)] = issues(response.json())
+    assert (severity, element, message) == ("error", "ServiceRequest.performer", "must be an array (FHIR JSON), got a number")
