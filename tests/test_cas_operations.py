@@ -289,3 +289,23 @@ def test_two_processes_ticking_at_once_create_no_duplicate_safety_calls_CAS_09(c
     # amber/red at 15:10: standard (breach 15:15), red flag (16:05), Dx12 (14:30): three calls in all
     assert created == 3
     assert stored()["Task"] == 6
+
+
+@pytest.mark.parametrize(
+    ("parameter", "element"),
+    [
+        (123, "Parameters.parameter"),
+        ([123], "Parameters.parameter[0]"),
+        ([{"name": 1, "valueString": "x"}], "Parameters.parameter[0].name"),
+    ],
+    ids=["not-an-array", "item-not-an-object", "name-not-a-string"],
+)
+def test_an_operation_with_wrongly_typed_parameters_is_refused_by_the_element(client, parameter: Any, element: str) -> None:
+    """Parameters of the wrong JSON type were a 500 (the operation read them as they came); now a 400 naming them."""
+    task = new_case(client)
+    response = client.post(
+        f"/fhir/Task/{task['id']}/$cn-review", content=json.dumps({"resourceType": "Parameters", "parameter": parameter})
+    )
+    assert response.status_code == 400
+    assert issues(response.json())[0][:2] == ("error", element)
+    assert client.get(f"/fhir/Task/{task['id']}").json()["meta"]["versionId"] == "1"

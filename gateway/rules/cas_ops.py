@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from adapters.problems import GatewayInputError, Kind, Problem
+from adapters.json_shapes import Shape, check_shape
+from adapters.problems import GatewayInputError, Kind, Problem, ProblemList
 from fhir_mapping import codes
 from fhir_mapping.datetimes import format_iso_duration, parse_iso_duration, parse_source_datetime, to_fhir_instant
 from fhir_mapping.ids import resource_id
@@ -90,10 +91,16 @@ def _not_a_datetime() -> datetime:
     raise ValueError("not a dateTime string")
 
 
+_PARAMETERS: Shape = {"parameter": list, "parameter[]": dict, "parameter[].name": str}
+
+
 def parse_parameters(body: dict[str, Any]) -> Params:
     """A FHIR Parameters resource -> Params (one value[x] per name; unknown shapes refused)."""
     if body.get("resourceType") != "Parameters":
         raise GatewayInputError(Problem(Kind.STRUCTURE, "resourceType", "an operation takes a Parameters resource"))
+    problems = ProblemList()
+    check_shape(body, _PARAMETERS, "Parameters", problems)  # a wrongly typed element is a 400 naming it, not a crash
+    problems.raise_if_errors("parse")
     values: dict[str, Any] = {}
     for index, parameter in enumerate(body.get("parameter") or []):
         name = parameter.get("name") if isinstance(parameter, dict) else None
