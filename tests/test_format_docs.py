@@ -77,6 +77,7 @@ def test_every_adapter_has_a_format_document() -> None:
         "__init__",
         "problems",
         "jsonparse",
+        "json_shapes",
         "referral",
         "case_json",
         "csv_rows",
