@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -86,31 +88,31 @@ def _terminate(pid: int) -> None:
     admin.dispose()
 
 
-def test_a_postgresql_connection_dropped_while_idle_in_the_pool_is_replaced_before_use(pg_url: str, monkeypatch: Any) -> None:
-    """A server restart or a dropped connection during a quiet spell costs no request: the idle connection is pinged
-    on checkout, fails, and a new one is used."""
-    monkeypatch.setattr(db, "PING_AFTER_IDLE_SECONDS", 0.05)
+@contextmanager
+def _pooled_connection_killed(pg_url: str, monkeypatch: Any, ping_after_idle: float) -> Iterator[tuple[Any, int]]:
+    """An engine whose one pooled connection's server backend was just terminated, and that backend's pid."""
+    monkeypatch.setattr(db, "PING_AFTER_IDLE_SECONDS", ping_after_idle)
     engine = db.make_engine(pg_url)
     try:
         pid = _backend_pid(engine)
         _terminate(pid)
         time.sleep(0.1)
-        assert _backend_pid(engine) != pid  # no error: the pool replaced the dead connection
+        yield engine, pid
     finally:
         engine.dispose()
+
+
+def test_a_postgresql_connection_dropped_while_idle_in_the_pool_is_replaced_before_use(pg_url: str, monkeypatch: Any) -> None:
+    """A server restart or a dropped connection during a quiet spell costs no request: the idle connection is pinged
+    on checkout, fails, and a new one is used."""
+    with _pooled_connection_killed(pg_url, monkeypatch, ping_after_idle=0.05) as (engine, pid):
+        assert _backend_pid(engine) != pid  # no error: the pool replaced the dead connection
 
 
 def test_a_connection_used_a_moment_ago_is_not_pinged_and_the_next_checkout_gets_a_new_one(pg_url: str, monkeypatch: Any) -> None:
     """The other side of not pinging on every checkout: a connection that dies within a moment of its last use fails
     its next statement; SQLAlchemy then invalidates the pool, so the next checkout (a retried transaction) works."""
-    monkeypatch.setattr(db, "PING_AFTER_IDLE_SECONDS", 60.0)
-    engine = db.make_engine(pg_url)
-    try:
-        pid = _backend_pid(engine)
-        _terminate(pid)
-        time.sleep(0.1)
+    with _pooled_connection_killed(pg_url, monkeypatch, ping_after_idle=60.0) as (engine, pid):
         with pytest.raises(OperationalError), engine.connect() as connection:
             connection.execute(text("SELECT 1"))
         assert _backend_pid(engine) != pid
-    finally:
-        engine.dispose()
