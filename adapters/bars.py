@@ -10,13 +10,12 @@ never silently ignored. Facts and sources: shared/research/nhs-standards.md §1-
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from adapters.json_shapes import CODEABLE, IDENTIFIERS, REFERENCE, Shape, check_shape, under
+from adapters.json_shapes import CODEABLE, IDENTIFIERS, REFERENCE, JsonShape, Shape, under
 from adapters.jsonparse import parse_json_object
 from adapters.problems import GatewayInputError, Kind, Problem, ProblemList
 from adapters.referral import (
@@ -48,7 +47,7 @@ PW_SYSTEMS = (
     "https://fhir.nhs.uk/Id/pathways-template",
 )
 _DOS_ENDPOINT_RE = re.compile(r"^https?://fhir\.nhs\.uk/Id/dos-service-id\|(?P<id>[A-Za-z0-9]+)$")
-_GUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+_GUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
 _HANDLED = {"MessageHeader", "ServiceRequest", "Patient", "Encounter", "CarePlan", "Flag", "Organization", "HealthcareService"}
 
 
@@ -138,7 +137,7 @@ class _Message:
 
 
 # The JSON type of every element of the message this adapter reads, by resource type (adapters.json_shapes).
-_SHAPES: dict[str, Shape] = {
+_SHAPE_TABLES: dict[str, Shape] = {
     "MessageHeader": {
         "id": str,
         "eventCoding": dict,
@@ -211,9 +210,17 @@ _SHAPES: dict[str, Shape] = {
         "activity[].outcomeCodeableConcept[]": dict,
         **under("activity[].outcomeCodeableConcept[]", CODEABLE),
     },
-    "Flag": {"status": str, "category": list, "category[]": dict, **under("category[]", CODEABLE), "code": dict, **under("code", CODEABLE)},
+    "Flag": {
+        "status": str,
+        "category": list,
+        "category[]": dict,
+        **under("category[]", CODEABLE),
+        "code": dict,
+        **under("code", CODEABLE),
+    },
     "Organization": IDENTIFIERS,
 }
+_SHAPES = {name: JsonShape(shape) for name, shape in _SHAPE_TABLES.items()}
 
 
 def parse_bars_message(raw: bytes, request_id: str | None, correlation_id: str | None) -> Referral:
@@ -240,7 +247,8 @@ def parse_bars_message(raw: bytes, request_id: str | None, correlation_id: str |
         problems.error(Kind.REQUIRED, "Bundle.id", "the sender's Bundle.id is required (kept across updates of this referral)")
     msg = _Message(bundle, problems)
     for item in msg.entries:  # each element read has its JSON type: a wrong one is a 400 by its path, not a crash
-        check_shape(item.resource, _SHAPES.get(item.resource["resourceType"], {}), item.path, problems)
+        if shape := _SHAPES.get(item.resource["resourceType"]):
+            shape.check(item.resource, item.path, problems)
     problems.raise_if_errors("parse")
 
     header = msg.entries[0]
@@ -501,18 +509,20 @@ def _datetime_at(resource: dict[str, Any], dotted: str, base: str, problems: Pro
     return None
 
 
-def _references(node: Any, path: str) -> Iterator[tuple[str, str]]:
+def _references(node: Any, path: str, found: list[tuple[str, str]] | None = None) -> list[tuple[str, str]]:
     """Every (element path, reference) in document order; only objects and arrays are descended into."""
+    found = [] if found is None else found
     if isinstance(node, dict):
         for key, value in node.items():
             if key == "reference" and isinstance(value, str):
-                yield path + ".reference", value
+                found.append((path + ".reference", value))
             elif isinstance(value, dict | list):
-                yield from _references(value, f"{path}.{key}")
+                _references(value, f"{path}.{key}", found)
     elif isinstance(node, list):
         for index, item in enumerate(node):
             if isinstance(item, dict | list):
-                yield from _references(item, f"{path}[{index}]")
+                _references(item, f"{path}[{index}]", found)
+    return found
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -520,8 +530,5 @@ def _as_list(value: Any) -> list[Any]:
 
 
 def _is_uuid(value: str) -> bool:
-    try:
-        uuid.UUID(value)
-    except ValueError:
-        return False
-    return bool(_GUID_RE.match(value))
+    """8-4-4-4-12 hex digits, nothing after (so also what `uuid.UUID` reads)."""
+    return _GUID_RE.match(value) is not None

@@ -1,19 +1,20 @@
 """The JSON type of each element an adapter reads, checked before it reads any (FHIR JSON inputs).
 
 A table per resource type maps a dotted element path ("[]" = each item of an array) to the JSON type it must
-have. A wrongly typed element is then a STRUCTURE error naming its path (400), never read as something else and
-never a crash (500). A null element is read as absent, as the adapters read it; a null item of an array is an
-error (what it stood for would be lost).
+have; `JsonShape` compiles it into a tree once, so a check visits only the elements present. A wrongly typed
+element is then a STRUCTURE error naming its path (400), never read as something else and never a crash (500).
+A null element is read as absent, as the adapters read it; a null item of an array is an error (what it stood
+for would be lost).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from adapters.problems import Kind, ProblemList
 
-__all__ = ["Shape", "CODEABLE", "REFERENCE", "IDENTIFIERS", "under", "check_shape"]
+__all__ = ["Shape", "JsonShape", "CODEABLE", "REFERENCE", "IDENTIFIERS", "under"]
 
 Shape = dict[str, type]
 
@@ -28,30 +29,54 @@ def under(prefix: str, shape: Shape) -> Shape:
     return {f"{prefix}.{key}": kind for key, kind in shape.items()}
 
 
-def check_shape(resource: dict[str, Any], shape: Shape, path: str, problems: ProblemList) -> None:
-    """An error in `problems` for each element of `shape` present in `resource` without its JSON type."""
-    for dotted, kind in shape.items():
-        for element, value in _values_at(resource, dotted.split("."), path):
-            absent = value is None and not element.endswith("]")
-            if not absent and not isinstance(value, kind):
-                problems.error(Kind.STRUCTURE, element, f"must be {_JSON_TYPE[kind]} (FHIR JSON), got {_json_type(value)}")
+@dataclass
+class _Element:
+    kind: type | None = None  # the element's own JSON type
+    item: type | None = None  # for an array: each item's
+    children: dict[str, _Element] = field(default_factory=dict)  # of the object, or of each object in the array
 
 
-def _values_at(node: Any, parts: list[str], path: str) -> Iterator[tuple[str, Any]]:
-    """(element path, value) for each value at `parts` under `node`; a container of the wrong type is not entered
-    (its own entry in the shape reports it)."""
-    if not isinstance(node, dict):
-        return
-    name, rest = parts[0].removesuffix("[]"), parts[1:]
-    value = node.get(name)
-    if parts[0].endswith("[]"):
-        for index, item in enumerate(value if isinstance(value, list) else []):
-            yield from ([(f"{path}.{name}[{index}]", item)] if not rest else _values_at(item, rest, f"{path}.{name}[{index}]"))
-    elif not rest:
-        if name in node:
-            yield f"{path}.{name}", value
-    else:
-        yield from _values_at(value, rest, f"{path}.{name}")
+class JsonShape:
+    """A `Shape` table compiled into a tree of elements."""
+
+    def __init__(self, shape: Shape) -> None:
+        self._root: dict[str, _Element] = {}
+        for dotted, kind in shape.items():
+            level = self._root
+            parts = dotted.split(".")
+            for depth, part in enumerate(parts):
+                element = level.setdefault(part.removesuffix("[]"), _Element())
+                if depth == len(parts) - 1:
+                    if part.endswith("[]"):
+                        element.item = kind
+                    else:
+                        element.kind = kind
+                level = element.children
+
+    def check(self, resource: dict[str, Any], path: str, problems: ProblemList) -> None:
+        """An error in `problems` for each element of the shape present in `resource` without its JSON type."""
+        _check(resource, self._root, path, problems)
+
+
+def _check(node: dict[str, Any], level: dict[str, _Element], path: str, problems: ProblemList) -> None:
+    for name, element in level.items():
+        value = node.get(name)
+        if value is None:  # absent, or null (read as absent)
+            continue
+        if element.kind is not None and not isinstance(value, element.kind):
+            _wrong(problems, f"{path}.{name}", element.kind, value)
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                if element.item is not None and not isinstance(item, element.item):
+                    _wrong(problems, f"{path}.{name}[{index}]", element.item, item)
+                elif element.children and isinstance(item, dict):
+                    _check(item, element.children, f"{path}.{name}[{index}]", problems)
+        elif element.children and isinstance(value, dict):
+            _check(value, element.children, f"{path}.{name}", problems)
+
+
+def _wrong(problems: ProblemList, element: str, kind: type, value: Any) -> None:
+    problems.error(Kind.STRUCTURE, element, f"must be {_JSON_TYPE[kind]} (FHIR JSON), got {_json_type(value)}")
 
 
 def _json_type(value: Any) -> str:

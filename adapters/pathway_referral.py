@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
-from adapters.json_shapes import CODEABLE, IDENTIFIERS, REFERENCE, Shape, check_shape, under
+from adapters.json_shapes import CODEABLE, IDENTIFIERS, REFERENCE, JsonShape, under
 from adapters.jsonparse import parse_json_object
 from adapters.problems import Kind, ProblemList
 from adapters.referral import Demographics, check_nhs_number
@@ -111,67 +111,72 @@ def parse_pathway_referral(raw: bytes) -> PathwayReferral:
 
 
 # The JSON type of every element this adapter reads (adapters.json_shapes): the ServiceRequest, its contained Patient.
-_REFERRAL: Shape = {
-    **IDENTIFIERS,
-    "contained": list,
-    "contained[]": dict,
-    "contained[].id": str,
-    "contained[].resourceType": str,
-    "subject": dict,
-    **under("subject", REFERENCE),
-    "performer": list,
-    "performer[]": dict,
-    "performer[].identifier": dict,
-    "performer[].identifier.system": str,
-    "performer[].identifier.value": str,
-    "authoredOn": str,
-    "priority": str,
-    "category": list,
-    "category[]": dict,
-    **under("category[]", CODEABLE),
-    "code": dict,
-    **under("code", CODEABLE),
-    "reasonCode": list,
-    "reasonCode[]": dict,
-    **under("reasonCode[]", CODEABLE),
-    "extension": list,
-    "extension[]": dict,
-    "extension[].url": str,
-    "supportingInfo": list,
-    "supportingInfo[]": dict,
-    **under("supportingInfo[]", REFERENCE),
-    "requester": dict,
-    "requester.display": str,
-    "note": list,
-    "note[]": dict,
-    "note[].text": str,
-}
-_CONTAINED: dict[str, Shape] = {
-    "Patient": {
+_REFERRAL = JsonShape(
+    {
         **IDENTIFIERS,
-        "name": list,
-        "name[]": dict,
-        "name[].family": str,
-        "name[].given": list,
-        "name[].given[]": str,
-        "birthDate": str,
-        "gender": str,
-        "generalPractitioner": list,
-        "generalPractitioner[]": dict,
-        "generalPractitioner[].identifier": dict,
-        "generalPractitioner[].identifier.system": str,
-        "generalPractitioner[].identifier.value": str,
-    },
+        "contained": list,
+        "contained[]": dict,
+        "contained[].id": str,
+        "contained[].resourceType": str,
+        "subject": dict,
+        **under("subject", REFERENCE),
+        "performer": list,
+        "performer[]": dict,
+        "performer[].identifier": dict,
+        "performer[].identifier.system": str,
+        "performer[].identifier.value": str,
+        "authoredOn": str,
+        "priority": str,
+        "category": list,
+        "category[]": dict,
+        **under("category[]", CODEABLE),
+        "code": dict,
+        **under("code", CODEABLE),
+        "reasonCode": list,
+        "reasonCode[]": dict,
+        **under("reasonCode[]", CODEABLE),
+        "extension": list,
+        "extension[]": dict,
+        "extension[].url": str,
+        "supportingInfo": list,
+        "supportingInfo[]": dict,
+        **under("supportingInfo[]", REFERENCE),
+        "requester": dict,
+        "requester.display": str,
+        "note": list,
+        "note[]": dict,
+        "note[].text": str,
+    }
+)
+_CONTAINED: dict[str, JsonShape] = {
+    "Patient": JsonShape(
+        {
+            **IDENTIFIERS,
+            "name": list,
+            "name[]": dict,
+            "name[].family": str,
+            "name[].given": list,
+            "name[].given[]": str,
+            "birthDate": str,
+            "gender": str,
+            "generalPractitioner": list,
+            "generalPractitioner[]": dict,
+            "generalPractitioner[].identifier": dict,
+            "generalPractitioner[].identifier.system": str,
+            "generalPractitioner[].identifier.value": str,
+        }
+    ),
 }
 
 
 def _check_shapes(body: dict[str, Any], problems: ProblemList) -> None:
     """Each element read has its JSON type: a wrong one is a 400 naming it, not a crash."""
-    check_shape(body, _REFERRAL, "ServiceRequest", problems)
+    _REFERRAL.check(body, "ServiceRequest", problems)
     contained = body.get("contained")
     for index, resource in enumerate(contained if isinstance(contained, list) else []):
-        if isinstance(resource, dict) and isinstance(resource.get("resourceType"), str):
-            check_shape(resource, _CONTAINED.get(resource["resourceType"], {}), f"ServiceRequest.contained[{index}]", problems)
+        shape = _CONTAINED.get(str(resource.get("resourceType"))) if isinstance(resource, dict) else None
+        if shape is not None:
+            shape.check(resource, f"ServiceRequest.contained[{index}]", problems)
 
 
 def _identifier(body: dict[str, Any], problems: ProblemList) -> tuple[str, str]:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from adapters.json_shapes import Shape, check_shape
+from adapters.json_shapes import JsonShape
 from adapters.problems import GatewayInputError, Kind, Problem, ProblemList
 from fhir_mapping import codes
 from fhir_mapping.datetimes import format_iso_duration, parse_iso_duration, parse_source_datetime, to_fhir_instant
@@ -91,7 +91,7 @@ def _not_a_datetime() -> datetime:
     raise ValueError("not a dateTime string")
 
 
-_PARAMETERS: Shape = {"parameter": list, "parameter[]": dict, "parameter[].name": str}
+_PARAMETERS = JsonShape({"parameter": list, "parameter[]": dict, "parameter[].name": str})
 
 
 def parse_parameters(body: dict[str, Any]) -> Params:
@@ -99,7 +99,7 @@ def parse_parameters(body: dict[str, Any]) -> Params:
     if body.get("resourceType") != "Parameters":
         raise GatewayInputError(Problem(Kind.STRUCTURE, "resourceType", "an operation takes a Parameters resource"))
     problems = ProblemList()
-    check_shape(body, _PARAMETERS, "Parameters", problems)  # a wrongly typed element is a 400 naming it, not a crash
+    _PARAMETERS.check(body, "Parameters", problems)  # a wrongly typed element is a 400 naming it, not a crash
     problems.raise_if_errors("parse")
     values: dict[str, Any] = {}
     for index, parameter in enumerate(body.get("parameter") or []):
