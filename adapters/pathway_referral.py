@@ -272,11 +272,14 @@ def _patient(body: dict[str, Any], contained: dict[str, dict[str, Any]], problem
         except ValueError:
             problems.error(Kind.VALUE, f"{element}.birthDate", "birthDate is not a FHIR date (YYYY-MM-DD)")
     name = (patient.get("name") or [{}])[0] if isinstance(patient.get("name"), list) else {}
-    practice = next(
+    practice = next(  # an ODS identifier without a value names no practice (PC-01 then refuses a primary care referral)
         (
             g["identifier"]["value"]
             for g in patient.get("generalPractitioner") or []
-            if isinstance(g, dict) and isinstance(g.get("identifier"), dict) and g["identifier"].get("system") == ODS
+            if isinstance(g, dict)
+            and isinstance(g.get("identifier"), dict)
+            and g["identifier"].get("system") == ODS
+            and g["identifier"].get("value")
         ),
         None,
     )

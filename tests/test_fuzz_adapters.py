@@ -214,3 +214,15 @@ def test_a_wrongly_typed_element_of_a_pathway_referral_is_refused_by_its_path(cl
     assert response.status_code == 400
     [(severity, element, message)] = issues(response.json())
     assert (severity, element, message) == ("error", "ServiceRequest.performer", "must be an array (FHIR JSON), got a number")
+
+
+def test_a_gp_identifier_without_a_value_names_no_practice_and_the_referral_is_routed_by_PC_01(client) -> None:  # type: ignore[no-untyped-def]
+    """Found by the nightly fuzz: an ODS identifier with no value crashed the pathway adapter (KeyError, a 500)."""
+    body = json.loads((FIXTURES / "pathways" / "pc-step-up-from-secondary-care.servicerequest.json").read_bytes())
+    patient = next(r for r in body["contained"] if r["resourceType"] == "Patient")
+    for practitioner in patient["generalPractitioner"]:
+        practitioner["identifier"].pop("value")
+    assert parse_pathway_referral(json.dumps(body).encode()).gp_practice is None
+    response = client.post("/fhir/ServiceRequest/$route", content=json.dumps(body))
+    assert response.status_code in (200, 201), response.text
+    assert "PC-01" in response.text and "GP practice (none given) is not in the place's PCNs" in response.text
