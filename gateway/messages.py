@@ -24,7 +24,7 @@ from gateway.store.jsontext import dumps
 from gateway.store.models import InboundMessage
 from gateway.store.repo import FirstVersion, Merge, StoredMessage, find_inbound, first_versions, put_resources
 
-__all__ = ["Reply", "encode_body", "Inbound", "previous", "resend", "commit_message", "ATTEMPTS"]
+__all__ = ["Reply", "Inbound", "previous", "resend", "commit_message", "ATTEMPTS"]
 
 log = structlog.get_logger("iap.messages")
 ATTEMPTS = 3
@@ -40,11 +40,7 @@ class Reply:
 
     def encoded(self) -> bytes:
         """The body as compact UTF-8 JSON: the stored text when there is one, else encoded now."""
-        return (self.text if self.text is not None else encode_body(self.body)).encode("utf-8")
-
-
-def encode_body(body: dict[str, Any]) -> str:
-    return dumps(body)
+        return (self.text if self.text is not None else dumps(self.body)).encode("utf-8")
 
 
 @dataclass(frozen=True)
@@ -105,8 +101,7 @@ def commit_message(
                     reply = ahead.reply
                 else:
                     created = {f"{r['resourceType']}/{r['id']}" for r, outcome in results if outcome == "created"}
-                    reply = make_reply(stored, created)
-                    reply.text = encode_body(reply.body)
+                    reply = _encoded(make_reply(stored, created))
                 session.connection().execute(  # a plain insert: no ORM object to track for one row
                     _INSERT_INBOUND,
                     {
@@ -158,6 +153,11 @@ def _ahead(expected: Writes, now: datetime, make_reply: MakeReply) -> _Ahead | N
     if len(first) != len(expected):  # a resource written twice: worked out in the transaction
         return None
     stored = [first[(r["resourceType"], r["id"])].full for r, _ in expected]
-    reply = make_reply(stored, {f"{r['resourceType']}/{r['id']}" for r in stored})
-    reply.text = encode_body(reply.body)
+    reply = _encoded(make_reply(stored, {f"{r['resourceType']}/{r['id']}" for r in stored}))
     return _Ahead(first, stored, reply)
+
+
+def _encoded(reply: Reply) -> Reply:
+    """`reply` with its body's text, as it is stored and sent (encoded once)."""
+    reply.text = dumps(reply.body)
+    return reply
