@@ -48,6 +48,7 @@ PW_SYSTEMS = (
 )
 _DOS_ENDPOINT_RE = re.compile(r"^https?://fhir\.nhs\.uk/Id/dos-service-id\|(?P<id>[A-Za-z0-9]+)$")
 _GUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
+_TYPE_ID_RE = re.compile(r"[A-Z][A-Za-z]+/[A-Za-z0-9\-.]{1,64}\Z")  # a relative reference, Type/id
 _HANDLED = {"MessageHeader", "ServiceRequest", "Patient", "Encounter", "CarePlan", "Flag", "Organization", "HealthcareService"}
 
 
@@ -121,7 +122,7 @@ class _Message:
         """Warn about every reference in the message that is malformed or dangling (never dropped silently)."""
         for entry in self.entries:
             for element, target in _references(entry.resource, entry.path):
-                if target.startswith("#") or re.match(r"^https?://", target):
+                if target.startswith(("#", "http://", "https://")):
                     continue
                 if target.startswith("urn:uuid:"):
                     if not _is_uuid(target[9:]):
@@ -132,7 +133,7 @@ class _Message:
                     found = self._lookup(f"urn:uuid:{target}")
                     where = f"read as {found.path}" if found else "resolves to nothing"
                     self.problems.warning(Kind.VALUE, element, f"reference {target!r} lacks the 'urn:uuid:' prefix; {where}")
-                elif not re.match(r"^[A-Z][A-Za-z]+/[A-Za-z0-9\-.]{1,64}$", target):
+                elif _TYPE_ID_RE.match(target) is None:
                     self.problems.warning(Kind.VALUE, element, f"reference {target!r} is neither urn:uuid nor Type/id")
 
 
@@ -509,20 +510,31 @@ def _datetime_at(resource: dict[str, Any], dotted: str, base: str, problems: Pro
     return None
 
 
-def _references(node: Any, path: str, found: list[tuple[str, str]] | None = None) -> list[tuple[str, str]]:
-    """Every (element path, reference) in document order; only objects and arrays are descended into."""
-    found = [] if found is None else found
+def _references(node: Any, path: str) -> list[tuple[str, str]]:
+    """Every (element path, reference) in document order; only objects and arrays are descended into.
+
+    The steps down are kept as keys and indexes, and written out as a path only for a reference found
+    (most of a message's objects hold none): this walk runs over every element of every message."""
+    found: list[tuple[str, str]] = []
+    _walk_references(node, [], path, found)
+    return found
+
+
+def _walk_references(node: Any, steps: list[str | int], path: str, found: list[tuple[str, str]]) -> None:
     if isinstance(node, dict):
         for key, value in node.items():
             if key == "reference" and isinstance(value, str):
-                found.append((path + ".reference", value))
-            elif isinstance(value, dict | list):
-                _references(value, f"{path}.{key}", found)
-    elif isinstance(node, list):
+                found.append((path + "".join(f"[{s}]" if isinstance(s, int) else f".{s}" for s in steps) + ".reference", value))
+            elif isinstance(value, (dict, list)):
+                steps.append(key)
+                _walk_references(value, steps, path, found)
+                steps.pop()
+    else:
         for index, item in enumerate(node):
-            if isinstance(item, dict | list):
-                _references(item, f"{path}[{index}]", found)
-    return found
+            if isinstance(item, (dict, list)):
+                steps.append(index)
+                _walk_references(item, steps, path, found)
+                steps.pop()
 
 
 def _as_list(value: Any) -> list[Any]:

@@ -30,14 +30,29 @@ def bundle_of(resources: list[dict[str, Any]], bundle_type: str, bundle_id: str,
 
 
 def _rewrite(node: Any, ids: set[str]) -> Any:
+    """`node` with its references to `ids` rewritten: new objects and arrays only on the way to a rewritten
+    reference; the rest is shared with `node`, not copied (FHIR JSON here is not changed once built)."""
     if isinstance(node, dict):
-        out = {}
+        changed: dict[str, Any] | None = None
         for key, value in node.items():
-            if key == "reference" and isinstance(value, str) and value in ids:
-                out[key] = f"urn:uuid:{value.split('/', 1)[1]}"
-            elif isinstance(value, dict | list):
-                out[key] = _rewrite(value, ids)
+            if key == "reference" and isinstance(value, str):
+                if value not in ids:
+                    continue
+                new = f"urn:uuid:{value.split('/', 1)[1]}"
+            elif isinstance(value, (dict, list)):
+                new = _rewrite(value, ids)
+                if new is value:
+                    continue
             else:
-                out[key] = value
-        return out
-    return [_rewrite(item, ids) if isinstance(item, dict | list) else item for item in node]
+                continue
+            changed = {} if changed is None else changed
+            changed[key] = new
+        return node if changed is None else {**node, **changed}
+    out: list[Any] | None = None
+    for index, item in enumerate(node):
+        if isinstance(item, (dict, list)):
+            new = _rewrite(item, ids)
+            if new is not item:
+                out = list(node) if out is None else out
+                out[index] = new
+    return node if out is None else out

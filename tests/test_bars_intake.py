@@ -162,3 +162,27 @@ def test_public_older_111_example_once_fixed_has_its_reasoncode_dx_understood(cl
     outcome = next(e["resource"] for e in response.json()["entry"] if e["resource"]["resourceType"] == "OperationOutcome")
     assert header["response"]["details"]["reference"] == f"urn:uuid:{outcome['id']}"
     assert all(i["severity"] == "warning" for i in outcome["issue"])
+
+
+def test_every_reference_in_the_message_is_checked_wherever_it_is_nested_and_named_by_its_path() -> None:
+    """A dangling or malformed reference deep in an extension is warned about at its exact element;
+    absolute URLs and contained references are left alone (adapters.bars.check_all_references)."""
+    from adapters.bars import parse_bars_message
+
+    bundle = json.loads(fixture_bytes("bars-dx335-immediate.bundle.json"))
+    index, request = next((i, e["resource"]) for i, e in enumerate(bundle["entry"]) if e["resource"]["resourceType"] == "ServiceRequest")
+    dangling = f"urn:uuid:{uuid.uuid4()}"
+    request["extension"] = [
+        {"url": "https://example.org/a", "extension": [{"url": "b", "valueReference": {"reference": dangling}}]},
+        {"url": "https://example.org/c", "valueReference": {"reference": "https://example.org/fhir/Practitioner/1"}},
+        {"url": "https://example.org/d", "valueReference": {"reference": "#contained-1"}},
+        {"url": "https://example.org/e", "valueReference": {"reference": "Practitioner/1\n"}},
+    ]
+    headers = bars_headers()
+    referral = parse_bars_message(json.dumps(bundle).encode(), headers["X-Request-Id"], headers["X-Correlation-Id"])
+    warned = {p.element: p.message for p in referral.problems if not p.is_error and "reference" in p.message}
+    base = f"Bundle.entry[{index}].resource.extension"
+    assert warned == {
+        f"{base}[0].extension[0].valueReference.reference": f"reference {dangling!r} resolves to no entry in the Bundle",
+        f"{base}[3].valueReference.reference": "reference 'Practitioner/1\\n' is neither urn:uuid nor Type/id",
+    }

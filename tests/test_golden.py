@@ -49,3 +49,28 @@ def test_mapping_is_deterministic_so_replays_map_to_the_same_ids(source: Path) -
     first = map_offline(source.read_bytes(), load_rules(), RECEIVED_AT)
     again = map_offline(source.read_bytes(), load_rules(), RECEIVED_AT)
     assert [e["fullUrl"] for e in first["entry"]] == [e["fullUrl"] for e in again["entry"]]
+
+
+def test_a_bundle_points_its_references_at_its_entries_and_leaves_the_resources_given_as_they_were() -> None:
+    """fhir_mapping.bundles.bundle_of: Type/id references to entries become their urn:uuid fullUrls, at any depth;
+    references to resources outside the Bundle stay; the resources passed in are not changed."""
+    from fhir_mapping.bundles import bundle_of
+
+    patient = {"resourceType": "Patient", "id": "11111111-1111-4111-8111-111111111111"}
+    task = {
+        "resourceType": "Task",
+        "id": "22222222-2222-4222-8222-222222222222",
+        "status": "requested",
+        "for": {"reference": "Patient/11111111-1111-4111-8111-111111111111"},
+        "owner": {"reference": "Organization/33333333-3333-4333-8333-333333333333"},
+        "input": [{"type": {"text": "x"}, "valueReference": {"reference": "Patient/11111111-1111-4111-8111-111111111111"}}],
+    }
+    before = json.dumps([patient, task])
+    bundle = bundle_of([patient, task], "collection", "b1")
+    assert json.dumps([patient, task]) == before
+    written = bundle["entry"][1]["resource"]
+    assert written["for"] == {"reference": "urn:uuid:11111111-1111-4111-8111-111111111111"}
+    assert written["input"][0]["valueReference"] == {"reference": "urn:uuid:11111111-1111-4111-8111-111111111111"}
+    assert written["owner"] == task["owner"]
+    assert list(written) == list(task)  # elements keep their order
+    assert [e["fullUrl"] for e in bundle["entry"]] == [f"urn:uuid:{patient['id']}", f"urn:uuid:{task['id']}"]
