@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Connection, Select, Table, bindparam, delete, func, insert, select, update
+from sqlalchemy import Connection, Select, Table, Update, bindparam, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.util import identity_key
@@ -156,7 +156,7 @@ def put_resources(
     if inserts:
         connection.execute(_INSERT_ROWS, list(inserts.values()))
     for (rtype, rid), values in updates.items():
-        connection.execute(update(_RESOURCES).where(_RESOURCES.c.resource_type == rtype, _RESOURCES.c.id == rid).values(**values))
+        connection.execute(_update_of(tuple(values)), {"row_type": rtype, "row_id": rid} | {f"new_{k}": v for k, v in values.items()})
         loaded = session.identity_map.get(identity_key(ResourceRow, (rtype, rid)))
         if loaded is not None:  # a row the session had read is now out of date: reload it on next use
             session.expire(loaded)
@@ -217,6 +217,20 @@ _INBOUND = select(InboundMessage.seq, InboundMessage.channel, InboundMessage.res
 )
 _INBOUND_BY_MESSAGE_ID = _INBOUND.where(InboundMessage.message_id == bindparam("key"))
 _INBOUND_BY_HEADER_ID = _INBOUND.where(InboundMessage.header_id == bindparam("key"))
+
+
+_UPDATES: dict[tuple[str, ...], Update] = {}
+
+
+def _update_of(columns: tuple[str, ...]) -> Update:
+    """The UPDATE of a resource row setting `columns`, built once per set of columns (an update built per call
+    cost more than running it: the cache key of its values is worked out every time)."""
+    stmt = _UPDATES.get(columns)
+    if stmt is None:
+        where = (_RESOURCES.c.resource_type == bindparam("row_type"), _RESOURCES.c.id == bindparam("row_id"))
+        values = {name: bindparam(f"new_{name}", type_=_RESOURCES.c[name].type) for name in columns}
+        stmt = _UPDATES[columns] = update(_RESOURCES).where(*where).values(values)
+    return stmt
 
 
 def _index(res: dict[str, Any], service_id: str | None) -> dict[str, Any]:
