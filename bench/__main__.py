@@ -29,11 +29,12 @@ def machine() -> str:
     return f"{os.cpu_count()} cores ({cpu}), {memory} GiB RAM, Python {platform.python_version()}, {platform.system()} {platform.release()}"
 
 
-def busy(seconds: float = 2.0) -> float:
-    """Share of the machine's CPU busy over `seconds` (everything running: other processes included)."""
+def busy(seconds: float = 2.0) -> tuple[float, float]:
+    """Shares of the machine's CPU busy (everything running: other processes included) and stolen by the host over `seconds`."""
     before = ingest.machine_ticks()
     time.sleep(seconds)
-    return ingest.busy_between(before, ingest.machine_ticks())
+    after = ingest.machine_ticks()
+    return ingest.busy_between(before, after), ingest.steal_between(before, after)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,9 +57,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--backends takes sqlite and/or postgres")
 
     print(f"machine: {machine()}; {date.today().isoformat()}")
-    load = busy()
+    load, steal = busy()
     warning = "  WARNING: the figures share the CPU with that load" if load > 0.1 else ""
-    print(f"busy before start (other processes): {100 * load:.0f}% of the machine{warning}")
+    print(f"busy before start (other processes): {100 * load:.0f}% of the machine, {100 * steal:.0f}% taken by the host{warning}")
     failed = False
     if args.only in (None, "mapping"):
         failed |= print_mapping(mapping.run(args.n, max(10, args.n // 10)))
@@ -117,11 +118,12 @@ def print_ingest(results: list[ingest.LoadResult], args: argparse.Namespace) -> 
         f" {args.workers} worker process(es) per target; latency = send to reply"
     )
     table(
-        ["backend", "target", "sent", "201", "got/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "late", "CPU ms/msg", "busy", "max req/s"],
+        ["backend", "target", "sent", "201", "got/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "late", "CPU ms/msg"]
+        + ["busy", "steal", "max req/s"],
         [
             [r.backend, r.target, str(r.sent), str(r.created), f"{r.achieved:.1f}", f"{r.p50_ms:.1f}", f"{r.p90_ms:.1f}"]
             + [f"{r.p99_ms:.1f}", f"{r.max_ms:.1f}", str(r.late), f"{r.server_cpu_ms_per_msg:.2f}", f"{100 * r.machine_busy:.0f}%"]
-            + [f"{r.max_rate:.0f}"]
+            + [f"{100 * r.machine_steal:.0f}%", f"{r.max_rate:.0f}"]
             for r in results
         ],
         text_columns=2,

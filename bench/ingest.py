@@ -60,6 +60,7 @@ class LoadResult:
     stored: int
     server_cpu_ms_per_msg: float
     machine_busy: float  # share of both cores busy during the measured run: the target, PostgreSQL, wrk and anything else
+    machine_steal: float = 0.0  # share of both cores' time taken by the host (other guests) during the measured run
     max_rate: float = 0.0
     notes: list[str] = field(default_factory=list)
 
@@ -145,14 +146,19 @@ def _bench_client(database_url: str) -> str:
         engine.dispose()
 
 
-def machine_ticks() -> tuple[int, int]:
-    """(busy, total) CPU ticks of the whole machine so far, from /proc/stat."""
+def machine_ticks() -> tuple[int, int, int]:
+    """(busy, total, steal) CPU ticks of the whole machine so far, from /proc/stat. Steal: time the hypervisor
+    gave this machine's virtual CPUs to someone else while they had work (counted in busy too)."""
     values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
-    return sum(values) - values[3] - values[4], sum(values)
+    return sum(values) - values[3] - values[4], sum(values), values[7]
 
 
-def busy_between(before: tuple[int, int], after: tuple[int, int]) -> float:
+def busy_between(before: tuple[int, ...], after: tuple[int, ...]) -> float:
     return (after[0] - before[0]) / max(1, after[1] - before[1])
+
+
+def steal_between(before: tuple[int, ...], after: tuple[int, ...]) -> float:
+    return (after[2] - before[2]) / max(1, after[1] - before[1])
 
 
 def _group_cpu_seconds(pgid: int) -> float:
@@ -243,7 +249,7 @@ def measure(
                 wrk(base + path, bodies, rate, warmup, connections, f"W{target[0]}", 0, key)
             cpu, ticks = _group_cpu_seconds(pgid), machine_ticks()
             run = wrk(base + path, bodies, rate, seconds, connections, f"R{target[0]}", 200_000, key)
-            cpu, busy = _group_cpu_seconds(pgid) - cpu, busy_between(ticks, machine_ticks())
+            cpu, after = _group_cpu_seconds(pgid) - cpu, machine_ticks()
             most = wrk(base + path, bodies, 0, saturate, 16, f"S{target[0]}", 600_000, key) if saturate > 0 else None
         stored = _count(database_url, table)
     statuses = dict(run["statuses"])
@@ -269,7 +275,8 @@ def measure(
         failures=failures,
         stored=stored,
         server_cpu_ms_per_msg=1000 * cpu / created if created else float("nan"),
-        machine_busy=busy,
+        machine_busy=busy_between(ticks, after),
+        machine_steal=steal_between(ticks, after),
         max_rate=(most["statuses"].get("201", 0) / (most["duration_us"] / 1e6)) if most else 0.0,
         notes=notes,
     )
