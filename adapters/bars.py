@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from adapters.json_shapes import CODEABLE, IDENTIFIERS, REFERENCE, JsonShape, Shape, under
+from adapters.json_shapes import CODEABLE, IDENTIFIERS, REFERENCE, JsonShape, Shape, present, under
 from adapters.jsonparse import parse_json_object
 from adapters.problems import GatewayInputError, Kind, Problem, ProblemList
 from adapters.referral import (
@@ -397,11 +397,11 @@ def _patient(entry: _Entry, msg: _Message, problems: ProblemList) -> Demographic
     return Demographics(
         nhs_number=nhs or str(raw_nhs or ""),
         family=name.get("family"),
-        given=tuple(name.get("given") or ()),
-        prefix=tuple(name.get("prefix") or ()),
+        given=present(name.get("given")),
+        prefix=present(name.get("prefix")),
         birth_date=birth_date,
         gender=gender,
-        address_lines=tuple(address.get("line") or ()),
+        address_lines=present(address.get("line")),
         city=address.get("city"),
         postcode=address.get("postalCode"),
         phone=phone,

@@ -3,8 +3,10 @@
 A table per resource type maps a dotted element path ("[]" = each item of an array) to the JSON type it must
 have; `JsonShape` compiles it into a tree once, so a check visits only the elements present. A wrongly typed
 element is then a STRUCTURE error naming its path (400), never read as something else and never a crash (500).
-A null element is read as absent, as the adapters read it; a null item of an array is an error (what it stood
-for would be lost).
+A null element is read as absent, as the adapters read it. A null item of an array is an error (what it stood
+for would be lost), except where FHIR JSON allows one: in an array of primitives whose `_element` array has the
+item's extensions at the same index (`"given": [null, "Sam"], "_given": [{"extension": [...]}, null]`, a name
+part with no value, only e.g. a data-absent-reason). Adapters read such an item as absent (`present`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 
 from adapters.problems import Kind, ProblemList
 
-__all__ = ["Shape", "JsonShape", "CODEABLE", "REFERENCE", "IDENTIFIERS", "under"]
+__all__ = ["Shape", "JsonShape", "CODEABLE", "REFERENCE", "IDENTIFIERS", "under", "present"]
 
 Shape = dict[str, type]
 
@@ -22,6 +24,11 @@ CODEABLE: Shape = {"coding": list, "coding[]": dict, "coding[].system": str, "co
 REFERENCE: Shape = {"reference": str}
 IDENTIFIERS: Shape = {"identifier": list, "identifier[]": dict, "identifier[].system": str, "identifier[].value": str}
 _JSON_TYPE: dict[type, str] = {dict: "an object", list: "an array", str: "a string"}
+
+
+def present(values: Any) -> tuple[Any, ...]:
+    """The items of a checked array of primitives that have a value (null items, allowed beside their extensions, left out)."""
+    return tuple(v for v in values or () if v is not None)
 
 
 def under(prefix: str, shape: Shape) -> Shape:
@@ -67,12 +74,22 @@ def _check(node: dict[str, Any], level: dict[str, _Element], path: str, problems
             _wrong(problems, f"{path}.{name}", element.kind, value)
         elif isinstance(value, list):
             for index, item in enumerate(value):
+                if item is None and element.item in _PRIMITIVE and _has_extensions_at(node.get(f"_{name}"), index):
+                    continue
                 if element.item is not None and not isinstance(item, element.item):
                     _wrong(problems, f"{path}.{name}[{index}]", element.item, item)
                 elif element.children and isinstance(item, dict):
                     _check(item, element.children, f"{path}.{name}[{index}]", problems)
         elif element.children and isinstance(value, dict):
             _check(value, element.children, f"{path}.{name}", problems)
+
+
+_PRIMITIVE = (str,)
+
+
+def _has_extensions_at(extensions: Any, index: int) -> bool:
+    """FHIR JSON: a primitive array's item may be null where its `_element` array holds an object at that index."""
+    return isinstance(extensions, list) and index < len(extensions) and isinstance(extensions[index], dict)
 
 
 def _wrong(problems: ProblemList, element: str, kind: type, value: Any) -> None:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
-from adapters.json_shapes import CODEABLE, IDENTIFIERS, REFERENCE, JsonShape, under
+from adapters.json_shapes import CODEABLE, IDENTIFIERS, REFERENCE, JsonShape, present, under
 from adapters.jsonparse import parse_json_object
 from adapters.problems import Kind, ProblemList
 from adapters.referral import Demographics, check_nhs_number
@@ -286,7 +286,7 @@ def _patient(body: dict[str, Any], contained: dict[str, dict[str, Any]], problem
     demographics = Demographics(
         nhs_number=nhs or "",
         family=name.get("family") if isinstance(name, dict) else None,
-        given=tuple(name.get("given") or ()) if isinstance(name, dict) else (),
+        given=present(name.get("given")) if isinstance(name, dict) else (),
         birth_date=birth,
         gender=patient.get("gender") if patient.get("gender") in ("male", "female", "other", "unknown") else None,
     )

@@ -226,3 +226,38 @@ def test_a_gp_identifier_without_a_value_names_no_practice_and_the_referral_is_r
     response = client.post("/fhir/ServiceRequest/$route", content=json.dumps(body))
     assert response.status_code in (200, 201), response.text
     assert "PC-01" in response.text and "GP practice (none given) is not in the place's PCNs" in response.text
+
+
+_ABSENT = {"extension": [{"url": "http://hl7.org/fhir/StructureDefinition/data-absent-reason", "valueCode": "masked"}]}
+
+
+def test_a_name_part_with_only_extensions_is_accepted_as_fhir_json_allows_and_a_bare_null_is_refused(client) -> None:  # type: ignore[no-untyped-def]
+    """FHIR JSON (R4 2.6.2.7): a primitive array item may be null where `_given` holds its extensions at that index.
+    The BaRS adapter reads such a name part as absent; a null with no extensions beside it is refused by its path."""
+    from tests.conftest import bars_headers, fixture_json, issues, task_of
+
+    body = fixture_json("bars-dx335-immediate.bundle.json")
+    index, patient = next((i, e["resource"]) for i, e in enumerate(body["entry"]) if e["resource"]["resourceType"] == "Patient")
+    name = patient["name"][0]
+    name["given"], name["_given"] = [None, *name["given"]], [_ABSENT, *([None] * len(name["given"]))]
+    accepted = client.post("/fhir/$process-message", content=json.dumps(body), headers=bars_headers())
+    assert accepted.status_code == 200, accepted.text
+    task = client.get(f"/fhir/Task/{task_of(accepted.json())['id']}").json()
+    stored = client.get(f"/fhir/{task['for']['reference']}")
+    assert stored.status_code == 200 and stored.json()["name"][0]["given"] == name["given"][1:]
+
+    name["_given"] = None
+    refused = client.post("/fhir/$process-message", content=json.dumps(body), headers=bars_headers())
+    assert refused.status_code == 400
+    element = f"Bundle.entry[{index}].resource.name[0].given[0]"
+    assert issues(refused.json()) == [("error", element, "must be a string (FHIR JSON), got null")]
+
+
+def test_a_pathway_referrals_name_part_with_only_extensions_is_read_as_absent(client) -> None:  # type: ignore[no-untyped-def]
+    body = json.loads((FIXTURES / "pathways" / "pc-crisis-response.servicerequest.json").read_bytes())
+    patient = next(r for r in body["contained"] if r["resourceType"] == "Patient")
+    name = patient["name"][0]
+    name["given"], name["_given"] = [*name["given"], None], [*([None] * len(name["given"])), _ABSENT]
+    assert parse_pathway_referral(json.dumps(body).encode()).patient.given == tuple(name["given"][:-1])
+    response = client.post("/fhir/ServiceRequest/$route", content=json.dumps(body))
+    assert response.status_code in (200, 201), response.text
