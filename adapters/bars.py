@@ -48,6 +48,7 @@ PW_SYSTEMS = (
 )
 _DOS_ENDPOINT_RE = re.compile(r"^https?://fhir\.nhs\.uk/Id/dos-service-id\|(?P<id>[A-Za-z0-9]+)$")
 _GUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
+_REFERENCE_IN_TEXT = re.compile(rb'"reference"[ \t\r\n]*:[ \t\r\n]*"([^"]*)"')  # no escapes (`_all_sound`)
 _TYPE_ID_RE = re.compile(r"[A-Z][A-Za-z]+/[A-Za-z0-9\-.]{1,64}\Z")  # a relative reference, Type/id
 _HANDLED = {"MessageHeader", "ServiceRequest", "Patient", "Encounter", "CarePlan", "Flag", "Organization", "HealthcareService"}
 
@@ -118,8 +119,14 @@ class _Message:
                 return entry
         return None
 
-    def check_all_references(self) -> None:
-        """Warn about every reference in the message that is malformed or dangling (never dropped silently)."""
+    def check_all_references(self, raw: bytes | None = None) -> None:
+        """Warn about every reference in the message that is malformed or dangling (never dropped silently).
+
+        `raw`, the message's text, lets a message whose references are all sound skip the walk over every
+        element: its references are read from the text first (`_all_sound`), and the walk, which names each
+        problem's element, runs only if one of them is not sound or the text cannot be read that way."""
+        if raw is not None and self._all_sound(raw):
+            return
         for entry in self.entries:
             for element, target in _references(entry.resource, entry.path):
                 if target.startswith(("#", "http://", "https://")):
@@ -135,6 +142,23 @@ class _Message:
                     self.problems.warning(Kind.VALUE, element, f"reference {target!r} lacks the 'urn:uuid:' prefix; {where}")
                 elif _TYPE_ID_RE.match(target) is None:
                     self.problems.warning(Kind.VALUE, element, f"reference {target!r} is neither urn:uuid nor Type/id")
+
+    def _all_sound(self, raw: bytes) -> bool:
+        """True if every `"reference": "..."` in the text is one the walk would not warn about. The text holds every
+        reference the walk meets (and maybe more; the text is UTF-8, `parse_json_object`), unless a key or value
+        is written with escapes: then False."""
+        if b"\\" in raw:
+            return False
+        for found in _REFERENCE_IN_TEXT.finditer(raw):
+            target = found.group(1).decode("utf-8", "replace")
+            if target.startswith(("#", "http://", "https://")):
+                continue
+            if target.startswith("urn:uuid:"):
+                if not _is_uuid(target[9:]) or self._lookup(target) is None:
+                    return False
+            elif _is_uuid(target) or _TYPE_ID_RE.match(target) is None:
+                return False
+        return True
 
 
 # The JSON type of every element of the message this adapter reads, by resource type (adapters.json_shapes).
@@ -272,7 +296,7 @@ def parse_bars_message(raw: bytes, request_id: str | None, correlation_id: str |
     destination = _destination(hdr, header.path, problems)
     focus = hdr.get("focus") if isinstance(hdr.get("focus"), list) else []
     sr_entry = msg.resolve(focus[0] if focus else None, f"{header.path}.focus[0]", "ServiceRequest", required=True)
-    msg.check_all_references()
+    msg.check_all_references(raw)
     problems.raise_if_errors("parse")
     assert sr_entry is not None and destination is not None
 

@@ -186,3 +186,27 @@ def test_every_reference_in_the_message_is_checked_wherever_it_is_nested_and_nam
         f"{base}[0].extension[0].valueReference.reference": f"reference {dangling!r} resolves to no entry in the Bundle",
         f"{base}[3].valueReference.reference": "reference 'Practitioner/1\\n' is neither urn:uuid nor Type/id",
     }
+
+
+def test_a_dangling_reference_is_warned_about_however_the_json_spells_it() -> None:
+    """The reference check reads references from the message text when it can (adapters.bars._Message._all_sound);
+    a key or a value written with escapes must still have its dangling reference found, by the walk."""
+    from adapters.bars import parse_bars_message
+
+    bundle = json.loads(fixture_bytes("bars-dx335-immediate.bundle.json"))
+    index, request = next((i, e["resource"]) for i, e in enumerate(bundle["entry"]) if e["resource"]["resourceType"] == "ServiceRequest")
+    dangling = f"urn:uuid:{uuid.uuid4()}"
+    request["extension"] = [{"url": "https://example.org/a", "valueReference": {"reference": dangling}}]
+    element = f"Bundle.entry[{index}].resource.extension[0].valueReference.reference"
+    plain = json.dumps(bundle)
+    spellings = {
+        "plain": plain.encode(),
+        "escaped key": plain.replace(f'"reference": "{dangling}"', f'"\\u0072eference": "{dangling}"').encode(),
+        "escaped value": plain.replace(f'"reference": "{dangling}"', '"reference": "' + dangling.replace("-", "\\u002d", 1) + '"').encode(),
+    }
+    assert spellings["escaped key"] != spellings["plain"] != spellings["escaped value"]
+    headers = bars_headers()
+    for spelling, raw in spellings.items():
+        referral = parse_bars_message(raw, headers["X-Request-Id"], headers["X-Correlation-Id"])
+        warned = {p.element: p.message for p in referral.problems if not p.is_error}
+        assert warned.get(element) == f"reference {dangling!r} resolves to no entry in the Bundle", spelling
