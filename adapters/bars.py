@@ -129,36 +129,34 @@ class _Message:
             return
         for entry in self.entries:
             for element, target in _references(entry.resource, entry.path):
-                if target.startswith(("#", "http://", "https://")):
-                    continue
-                if target.startswith("urn:uuid:"):
-                    if not _is_uuid(target[9:]):
-                        self.problems.warning(Kind.VALUE, element, f"reference {target!r} is not a UUID and resolves to nothing")
-                    elif self._lookup(target) is None:
-                        self.problems.warning(Kind.INVALID, element, f"reference {target!r} resolves to no entry in the Bundle")
-                elif _is_uuid(target):
-                    found = self._lookup(f"urn:uuid:{target}")
-                    where = f"read as {found.path}" if found else "resolves to nothing"
-                    self.problems.warning(Kind.VALUE, element, f"reference {target!r} lacks the 'urn:uuid:' prefix; {where}")
-                elif _TYPE_ID_RE.match(target) is None:
-                    self.problems.warning(Kind.VALUE, element, f"reference {target!r} is neither urn:uuid nor Type/id")
+                if (fault := self._fault(target)) is not None:
+                    self.problems.warning(fault[0], element, fault[1])
+
+    def _fault(self, target: str) -> tuple[Kind, str] | None:
+        """What is wrong with a reference (its kind and the warning's text), or None if it is sound."""
+        if target.startswith(("#", "http://", "https://")):
+            return None
+        if target.startswith("urn:uuid:"):
+            if not _is_uuid(target[9:]):
+                return Kind.VALUE, f"reference {target!r} is not a UUID and resolves to nothing"
+            if self._lookup(target) is None:
+                return Kind.INVALID, f"reference {target!r} resolves to no entry in the Bundle"
+            return None
+        if _is_uuid(target):
+            found = self._lookup(f"urn:uuid:{target}")
+            where = f"read as {found.path}" if found else "resolves to nothing"
+            return Kind.VALUE, f"reference {target!r} lacks the 'urn:uuid:' prefix; {where}"
+        if _TYPE_ID_RE.match(target) is None:
+            return Kind.VALUE, f"reference {target!r} is neither urn:uuid nor Type/id"
+        return None
 
     def _all_sound(self, raw: bytes) -> bool:
-        """True if every `"reference": "..."` in the text is one the walk would not warn about. The text holds every
-        reference the walk meets (and maybe more; the text is UTF-8, `parse_json_object`), unless a key or value
-        is written with escapes: then False."""
+        """True if no `"reference": "..."` in the text has a fault. The text holds every reference the walk meets
+        (and maybe more; the text is UTF-8, `parse_json_object`), unless a key or value is written with escapes:
+        then False."""
         if b"\\" in raw:
             return False
-        for found in _REFERENCE_IN_TEXT.finditer(raw):
-            target = found.group(1).decode("utf-8", "replace")
-            if target.startswith(("#", "http://", "https://")):
-                continue
-            if target.startswith("urn:uuid:"):
-                if not _is_uuid(target[9:]) or self._lookup(target) is None:
-                    return False
-            elif _is_uuid(target) or _TYPE_ID_RE.match(target) is None:
-                return False
-        return True
+        return all(self._fault(found.group(1).decode("utf-8", "replace")) is None for found in _REFERENCE_IN_TEXT.finditer(raw))
 
 
 # The JSON type of every element of the message this adapter reads, by resource type (adapters.json_shapes).
