@@ -14,7 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ValidationError
+
 from adapters.problems import GatewayInputError, Kind, Problem
+from fhir_mapping.fhir import QuestionnaireResponse
 from fhir_mapping.measures import Band, Measure, MeasureCatalogue, ScaleEntry, ScoreSpec
 
 __all__ = ["Score", "RiskHit", "ScoredResponse", "check_response", "score_answers", "item_path"]
@@ -63,6 +66,25 @@ class ScoredResponse:
 def item_path(link_id: str) -> str:
     """FHIRPath to a response item by linkId (what an OperationOutcome names)."""
     return f"QuestionnaireResponse.item.where(linkId='{link_id}')"
+
+
+# QuestionnaireResponse.status: required binding (http://hl7.org/fhir/ValueSet/questionnaire-answers-status, R4)
+RESPONSE_STATUSES = ("in-progress", "completed", "amended", "entered-in-error", "stopped")
+
+
+def structure_problems(qr: dict[str, Any], element: str = "QuestionnaireResponse") -> list[Problem]:
+    """A sender's QuestionnaireResponse checked as FHIR R4, each problem named from `element` (where it sits in
+    the input): the R4B model's checks (known elements, types, cardinality, one value[x]), then `status` against
+    its required value set, which the model does not check. Run once, where a response comes in; what the gateway
+    stores of it is then built from checked values (`score_resources.stored_response`)."""
+    try:
+        QuestionnaireResponse.model_validate(qr)
+    except ValidationError as exc:
+        return [Problem(Kind.STRUCTURE, ".".join([element, *(str(p) for p in e["loc"])]), e["msg"]) for e in exc.errors()[:20]]
+    status = qr.get("status")
+    if status not in RESPONSE_STATUSES:
+        return [Problem(Kind.VALUE, f"{element}.status", f"status {str(status)[:40]!r} is not one of {', '.join(RESPONSE_STATUSES)}")]
+    return []
 
 
 def check_response(qr: dict[str, Any], catalogue: MeasureCatalogue) -> tuple[Measure, dict[str, dict[str, Any]]]:

@@ -34,7 +34,7 @@ from fhir_mapping.ids import resource_id
 from fhir_mapping.measures import MeasureCatalogue
 from fhir_mapping.patients import merge_patient, patient_resource
 from fhir_mapping.pcmis import consent_id, contact_preferences
-from fhir_mapping.scoring import check_response, score_answers
+from fhir_mapping.scoring import check_response, score_answers, structure_problems
 from gateway.cases import provenance
 from gateway.clock import Clock
 from gateway.messages import Inbound, Reply, commit_message, previous, resend
@@ -89,6 +89,9 @@ class Pathways:
                     f"unknown pathway service; known: {sorted(self.registry.services)}",
                 )
             )
+        problems = [p for qr in referral.questionnaire_responses for p in structure_problems(qr, _contained(qr))]
+        if problems:
+            raise GatewayInputError(problems)
         scored = [(qr, score_answers(*check_response(qr, self.catalogue))) for qr in referral.questionnaire_responses]
         measures = {
             s.measure.id: MeasureFact(s.measure.id, s.scores[0].value, s.scores[0].band.code if s.scores[0].band else None)
@@ -397,6 +400,11 @@ def _score_codes(catalogue: MeasureCatalogue) -> dict[tuple[str | None, str], tu
             for code in spec.codes:
                 out.setdefault((code.system, code.code), (measure.id, spec.id))
     return out
+
+
+def _contained(resource: dict[str, Any]) -> str:
+    """Where a contained resource sits in the referral, as FHIRPath (what a refusal names)."""
+    return f"ServiceRequest.contained.where(id='{str(resource.get('id'))[:64]}')"
 
 
 def _patient(session: Session, referral: PathwayReferral) -> dict[str, Any]:

@@ -13,7 +13,6 @@ from datetime import datetime
 from typing import Any
 
 import structlog
-from pydantic import ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
 from adapters.jsonparse import parse_json_object
@@ -22,12 +21,12 @@ from adapters.referral import check_nhs_number
 from fhir_mapping import codes
 from fhir_mapping.bundles import bundle_of
 from fhir_mapping.datetimes import OffsetMissing, parse_source_datetime, to_fhir_instant
-from fhir_mapping.fhir import Patient, QuestionnaireResponse, build, to_json_dict
+from fhir_mapping.fhir import Patient, build, to_json_dict
 from fhir_mapping.ids import resource_id
 from fhir_mapping.measures import MeasureCatalogue
 from fhir_mapping.replies import batch_response
 from fhir_mapping.score_resources import escalate_task, risk_flag, score_observations, stored_response
-from fhir_mapping.scoring import ScoredResponse, check_response, score_answers
+from fhir_mapping.scoring import ScoredResponse, check_response, score_answers, structure_problems
 from gateway.clock import Clock
 from gateway.messages import Inbound, Reply, commit_message, previous, resend
 from gateway.store.repo import find_by_identifier, get_resource, open_cas_tasks
@@ -44,12 +43,9 @@ def _parse(raw: bytes) -> dict[str, Any]:
         raise GatewayInputError(
             Problem(Kind.STRUCTURE, "resourceType", f"expected a QuestionnaireResponse, got {str(qr.get('resourceType'))[:40]!r}")
         )
-    try:
-        QuestionnaireResponse.model_validate(qr)
-    except ValidationError as exc:
-        raise GatewayInputError(
-            [Problem(Kind.STRUCTURE, "QuestionnaireResponse." + ".".join(str(p) for p in e["loc"]), e["msg"]) for e in exc.errors()[:20]]
-        ) from None
+    problems = structure_problems(qr)
+    if problems:
+        raise GatewayInputError(problems)
     authored = qr.get("authored")
     if not authored:
         raise GatewayInputError(

@@ -9,6 +9,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from fhir_mapping.datetimes import to_fhir_instant
 from gateway.pathway_demo import contact, gad7, phq9, referral
 from tests.conftest import NOW, ROOT
@@ -119,6 +121,26 @@ def test_refusals_name_the_element_and_store_nothing(client, stored) -> None:
         referral("rdash-rotherham", "R-BAD3", "2026-11-20T10:00:00+00:00", "1990-01-01", source="mhp", step="pcmhh", practice="C87001"),
     )
     assert step_up.status_code == 422 and "PC-06" in step_up.json()["issue"][0]["diagnostics"]
+    assert stored() == before
+
+
+@pytest.mark.parametrize(
+    ("mutate", "element", "words"),
+    [
+        (lambda qr: qr.update(status="bogus"), "ServiceRequest.contained.where(id='phq9').status", "is not one of"),
+        (lambda qr: qr.pop("status"), "ServiceRequest.contained.where(id='phq9').status", "'status' is required"),
+    ],
+    ids=["status-not-in-its-value-set", "status-missing"],
+)
+def test_a_contained_response_that_is_not_valid_fhir_is_refused_by_its_element_and_nothing_is_stored(
+    client, stored, mutate, element: str, words: str
+) -> None:
+    before = stored()
+    body = referral("north-essex-mid", "R-BAD-QR", "2026-11-20T10:00:00+00:00", "1990-01-01", responses=(phq9(12), gad7(6)))
+    mutate(next(r for r in body["contained"] if r.get("id") == "phq9"))
+    reply = route(client, body)
+    assert reply.status_code == 400, reply.text
+    assert any(i["expression"] == [element] and words in i["diagnostics"] for i in reply.json()["issue"]), reply.text
     assert stored() == before
 
 

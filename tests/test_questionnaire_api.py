@@ -191,6 +191,19 @@ def test_bad_response_is_refused_422_naming_the_link_id_and_stores_nothing(clien
     assert stored().get("QuestionnaireResponse", 0) == 0 and stored().get("Observation", 0) == 0 and stored().get("Flag", 0) == 0
 
 
+def test_a_status_outside_its_value_set_is_refused_by_its_element_and_nothing_is_stored(client, stored) -> None:
+    """fhir.resources takes any code; QuestionnaireResponse.status has a required binding, so the gateway checks it."""
+    body = phq9([1, 1, 1, 1, 1, 1, 1, 1, 1])
+    body["status"] = "bogus"
+    response = post(client, body)
+    assert response.status_code == 400, response.text
+    assert issues(response.json())[0][1:] == (
+        "QuestionnaireResponse.status",
+        "status 'bogus' is not one of in-progress, completed, amended, entered-in-error, stopped",
+    )
+    assert stored().get("QuestionnaireResponse", 0) == 0
+
+
 def test_response_for_a_different_patient_than_its_encounter_is_refused(client, stored) -> None:
     task = task_of(client.post("/ingest/nhs111", content=fixture_bytes("option2-standard.case.json")).json())  # patient 9990000018
     before = stored()
