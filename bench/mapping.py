@@ -1,9 +1,20 @@
 """Mapping throughput per source, one process on one core: no database, no HTTP.
 
-* NHS 111 flat case JSON and BaRS message Bundles: `gateway.intake.map_offline` (adapter parse and
-  validation, intake rules, FHIR mapping, the collection Bundle).
-* RiO HL7 v2 ADT (A04 register, A31 update): `gateway.hl7_intake.map_hl7_offline` (ER7 parse and
-  checks, the UK Core Patient, the Bundle) against an empty store.
+Every source the gateway maps on its own, each the way the gateway maps it, offline:
+* NHS 111 flat case JSON, BaRS message Bundles and MHPL calls: `gateway.intake.map_offline` (adapter
+  parse and validation, intake rules, FHIR mapping, the collection Bundle).
+* RiO HL7 v2: ADT (A04 register, A31 update), and notes, documents and referrals (ORU^R01, MDM^T02,
+  REF^I12): `gateway.hl7_intake.map_hl7_offline` (ER7 parse and checks, the UK Core Patient and the
+  message's resources, the Bundle) against an empty store.
+* PCMIS and SystmOne contacts, a one-row CSV batch each: the adapter's CSV parse, then the row's
+  resources as the batch intake builds them (`gateway.contact_batches.map_row_offline`: Encounter,
+  measures checked and scored, consents or care plans) against an empty store, in a Bundle.
+* Outcome measures (QuestionnaireResponse, PHQ-9 and GAD-7): `gateway.responses.score_offline`
+  (checked against the Questionnaire, scored, Observations, risk items acted on).
+
+Not here: pathway referrals and CLEO updates. Routing a pathway referral reads the patient's stored
+measures and care plans, and a CLEO update changes a stored case: both are decisions over the
+store, measured by the ingest part of the benchmark's kind, not by mapping alone.
 
 N inputs are built up front from the fixtures, each with its own message id (so none is a
 copy of another), warmed up, then mapped one by one. The figures: messages per second of wall
@@ -16,7 +27,7 @@ import json
 import statistics
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -72,7 +83,11 @@ def bars_bundles(n: int) -> list[bytes]:
 
 def hl7_adts(n: int) -> list[bytes]:
     """ADT^A04 and ^A31 with their own control ids (MSH-10)."""
-    templates = _fixtures("rio", "adt-*.hl7")
+    return _hl7(["adt-*.hl7"], n)
+
+
+def _hl7(patterns: list[str], n: int) -> list[bytes]:
+    templates = [raw for pattern in patterns for raw in _fixtures("rio", pattern)]
     out = []
     for i in range(n):
         segments = templates[i % len(templates)].replace(b"\r\n", b"\r").replace(b"\n", b"\r").split(b"\r")
@@ -82,17 +97,88 @@ def hl7_adts(n: int) -> list[bytes]:
     return out
 
 
+def mhpl_calls(n: int) -> list[bytes]:
+    templates = [json.loads(raw) for raw in _fixtures("mhpl", "*.mhpl.json")]
+    return [json.dumps(templates[i % len(templates)] | {"call_id": f"BENCH-MHPL-{i:08d}"}).encode() for i in range(n)]
+
+
+def hl7_notes(n: int) -> list[bytes]:
+    """ORU^R01 progress notes, MDM^T02 documents and REF^I12 referrals with their own control ids (MSH-10)."""
+    return _hl7(["oru-*.hl7", "mdm-*.hl7", "ref-*.hl7"], n)
+
+
+def pcmis_rows(n: int) -> list[bytes]:
+    from adapters.pcmis import parse_pcmis_csv
+
+    return _csv_rows("pcmis", parse_pcmis_csv, n)
+
+
+def systmone_rows(n: int) -> list[bytes]:
+    from adapters.systmone import parse_systmone_csv
+
+    return _csv_rows("systmone", parse_systmone_csv, n)
+
+
+def measure_responses(n: int) -> list[bytes]:
+    """Each with its own identifier (so its own QuestionnaireResponse id)."""
+    templates = [json.loads(raw) for raw in _fixtures("measures", "*.qr.json")]
+    out = []
+    for i in range(n):
+        qr = templates[i % len(templates)] | {"identifier": {"system": "https://example.org/bench-qr", "value": f"BENCH-QR-{i:08d}"}}
+        out.append(json.dumps(qr).encode())
+    return out
+
+
+def _csv_rows(folder: str, parse: Callable[[bytes], Sequence[Any]], n: int) -> list[bytes]:
+    """One-row batches (the header and one contact), cycling through the fixture's accepted rows (a fixture also
+    holds rows made to be refused), each contact with its own id."""
+    lines = _fixtures(folder, "*.csv")[0].decode().splitlines()
+    header = lines[0]
+    if not header.startswith("contact_id,"):
+        raise SystemExit(f"fixtures/{folder}: the first column is not contact_id")
+    rows = [line.split(",", 1)[1] for line in lines[1:] if line.strip() and parse(f"{header}\n{line}\n".encode())[0].contact is not None]
+    if not rows:
+        raise SystemExit(f"fixtures/{folder}: no row is accepted")
+    return [f"{header}\nBENCH-{folder.upper()}-{i:08d},{rows[i % len(rows)]}\n".encode() for i in range(n)]
+
+
 def sources() -> list[tuple[str, Callable[[int], list[bytes]], Callable[[bytes], dict[str, Any]]]]:
+    from adapters.pcmis import parse_pcmis_csv
+    from adapters.systmone import parse_systmone_csv
+    from fhir_mapping.measures import load_measures
+    from gateway.contact_batches import build_pcmis, build_systmone
     from gateway.hl7_intake import map_hl7_offline
-    from gateway.intake import map_offline
+    from gateway.intake import CHANNEL_MHPL, map_offline
+    from gateway.responses import score_offline
     from gateway.rules.schema import load_rules
 
     registry = load_rules()
+    catalogue = load_measures()
     return [
         ("NHS 111 flat case JSON", flat_cases, lambda raw: map_offline(raw, registry, RECEIVED_AT)),
         ("BaRS message Bundle", bars_bundles, lambda raw: map_offline(raw, registry, RECEIVED_AT)),
+        ("MHPL call", mhpl_calls, lambda raw: map_offline(raw, registry, RECEIVED_AT, CHANNEL_MHPL)),
         ("HL7 v2 ADT (RiO)", hl7_adts, lambda raw: map_hl7_offline(raw, RECEIVED_AT)),
+        ("HL7 v2 ORU/MDM/REF (RiO)", hl7_notes, lambda raw: map_hl7_offline(raw, RECEIVED_AT)),
+        ("PCMIS contact (CSV row)", pcmis_rows, lambda raw: _rows_bundle(parse_pcmis_csv(raw), build_pcmis, catalogue)),
+        ("SystmOne contact (CSV row)", systmone_rows, lambda raw: _rows_bundle(parse_systmone_csv(raw), build_systmone, catalogue)),
+        ("Outcome measure (QuestionnaireResponse)", measure_responses, lambda raw: score_offline(raw, catalogue, RECEIVED_AT)),
     ]
+
+
+def _rows_bundle(rows: Sequence[Any], build: Any, catalogue: Any) -> dict[str, Any]:
+    """The batch's rows mapped as the batch intake maps them, in a collection Bundle; a refused row is an error."""
+    from fhir_mapping.bundles import bundle_of
+    from fhir_mapping.datetimes import to_fhir_instant
+    from fhir_mapping.ids import resource_id
+    from gateway.contact_batches import map_row_offline
+
+    resources = []
+    for row in rows:
+        if row.contact is None:
+            raise ValueError(f"row {row.number} refused: {[p.message for p in row.problems]}")
+        resources += map_row_offline(build, catalogue, row.contact, RECEIVED_AT)
+    return bundle_of(resources, "collection", resource_id("Bundle", "bench-rows", rows[0].contact_id or ""), to_fhir_instant(RECEIVED_AT))
 
 
 def run(n: int, warmup: int) -> list[MappingResult]:

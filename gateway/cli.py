@@ -65,16 +65,21 @@ def serve(
 
 @app.command("map")
 def map_file(
-    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True, help="A 111 case JSON or BaRS message Bundle.")],
+    file: Annotated[
+        Path,
+        typer.Argument(exists=True, dir_okay=False, readable=True, help="A 111 case JSON, a BaRS message Bundle or (--mhpl) an MHPL call."),
+    ],
     received_at: Annotated[str | None, typer.Option(help="Receipt time to use (ISO 8601 with offset); default now.")] = None,
+    mhpl: Annotated[bool, typer.Option("--mhpl", help="The file is an MHPL call (docs/formats/mhpl-call.md).")] = False,
 ) -> None:
     """Print the FHIR Bundle a given input becomes (no server, no database)."""
-    from gateway.intake import map_offline
+    from gateway.intake import CHANNEL_MHPL, map_offline
     from gateway.rules.schema import load_rules
     from gateway.settings import Settings
 
     rules = load_rules(Settings().rules_dir)
-    _print_offline(lambda moment: map_offline(file.read_bytes(), rules, moment), received_at)
+    kind = CHANNEL_MHPL if mhpl else None
+    _print_offline(lambda moment: map_offline(file.read_bytes(), rules, moment, kind), received_at)
 
 
 @app.command()

@@ -9,7 +9,9 @@ acted on as for any response: CAS-10 / Flag).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import Any, Protocol
 
 import structlog
@@ -32,7 +34,18 @@ from gateway.messages import Inbound, Reply, commit_message, previous
 from gateway.responses import response_id, response_resources
 from gateway.store.repo import find_by_identifier, get_resource, open_cas_tasks
 
-__all__ = ["ContactBatches", "pcmis_batches", "systmone_batches", "CHANNEL_PCMIS", "CHANNEL_SYSTMONE"]
+__all__ = [
+    "ContactBatches",
+    "StoreReads",
+    "EMPTY_STORE",
+    "pcmis_batches",
+    "systmone_batches",
+    "build_pcmis",
+    "build_systmone",
+    "map_row_offline",
+    "CHANNEL_PCMIS",
+    "CHANNEL_SYSTMONE",
+]
 
 log = structlog.get_logger("iap.batches")
 CHANNEL_PCMIS = "pcmis"
@@ -54,7 +67,24 @@ class Row(Protocol):
     def source(self) -> bytes: ...
 
 
-Build = Callable[[Session, Any, dict[str, Any], datetime], list[dict[str, Any]]]
+@dataclass(frozen=True)
+class StoreReads:
+    """What mapping a row reads from the store: a stored resource by type and id, and a patient's open CAS
+    queue Tasks (a risk answer acts on them, CAS-10). Inside a row's transaction they are reads on its
+    session; offline (the benchmark) they are `EMPTY_STORE`'s, so the mapping itself stays free of the store."""
+
+    resource: Callable[[str, str], dict[str, Any] | None]
+    open_cas_tasks: Callable[[str], list[dict[str, Any]]]
+
+    @classmethod
+    def of(cls, session: Session) -> StoreReads:
+        return cls(partial(get_resource, session), partial(open_cas_tasks, session))
+
+
+EMPTY_STORE = StoreReads(lambda _type, _id: None, lambda _patient_id: [])
+
+# the resources a row becomes, besides its Patient: (catalogue, reads, contact, patient, now)
+Build = Callable[[MeasureCatalogue, StoreReads, Any, dict[str, Any], datetime], list[dict[str, Any]]]
 
 
 class ContactBatches:
@@ -65,8 +95,10 @@ class ContactBatches:
         channel: str,
         parse: Callable[[bytes], Sequence[Row]],
         build: Build,
+        catalogue: MeasureCatalogue,
     ) -> None:
         self.sessions, self.clock, self.channel, self.parse, self.build = sessions, clock, channel, parse, build
+        self.catalogue = catalogue
 
     def receive_batch(self, raw: bytes) -> Reply:
         rows = self.parse(raw)
@@ -98,7 +130,7 @@ class ContactBatches:
     def _store(self, row: Row, now: datetime) -> list[str]:
         def write(session: Session) -> list[tuple[dict[str, Any], str | None]]:
             patient = _patient(session, row.contact.nhs_number)
-            return [(r, None) for r in [patient, *self.build(session, row.contact, patient, now)]]
+            return [(r, None) for r in [patient, *self.build(self.catalogue, StoreReads.of(session), row.contact, patient, now)]]
 
         reply = commit_message(
             self.sessions,
@@ -112,41 +144,59 @@ class ContactBatches:
 
 def _patient(session: Session, nhs_number: str) -> dict[str, Any]:
     found = find_by_identifier(session, "Patient", codes.NHS_NUMBER, nhs_number)
-    return found[0] if found else to_json_dict(patient_resource(Demographics(nhs_number=nhs_number), None))
+    return found[0] if found else _new_patient(nhs_number)
+
+
+def _new_patient(nhs_number: str) -> dict[str, Any]:
+    return to_json_dict(patient_resource(Demographics(nhs_number=nhs_number), None))
+
+
+def map_row_offline(build: Build, catalogue: MeasureCatalogue, contact: Any, now: datetime) -> list[dict[str, Any]]:
+    """What a parsed row becomes against an empty store (a new patient, nothing stored): its Patient first (the benchmark)."""
+    patient = _new_patient(contact.nhs_number)
+    return [patient, *build(catalogue, EMPTY_STORE, contact, patient, now)]
 
 
 def _scored(
-    session: Session, catalogue: MeasureCatalogue, responses: list[dict[str, Any]], patient: dict[str, Any], now: datetime
+    reads: StoreReads, catalogue: MeasureCatalogue, responses: list[dict[str, Any]], patient: dict[str, Any], now: datetime
 ) -> list[dict[str, Any]]:
     """Each response checked and scored; its Observations, and the risk action when a risk item is raised."""
     out: list[dict[str, Any]] = []
     for qr in responses:
         measure, answers = check_response(qr, catalogue)
         scored = score_answers(measure, answers)
-        open_tasks = open_cas_tasks(session, patient["id"]) if scored.risks else None
+        open_tasks = reads.open_cas_tasks(patient["id"]) if scored.risks else None
         out += response_resources(qr, scored, response_id(qr), qr["subject"], qr["encounter"], now, open_tasks)
     return out
 
 
-def pcmis_batches(sessions: sessionmaker[Session], catalogue: MeasureCatalogue, clock: Clock) -> ContactBatches:
-    def build(session: Session, contact: PcmisContact, patient: dict[str, Any], now: datetime) -> list[dict[str, Any]]:
-        subject = {"reference": f"Patient/{patient['id']}"}
-        out = [
-            contact_encounter(contact, subject),
-            *_scored(session, catalogue, measure_responses(contact, catalogue, subject), patient, now),
-        ]
-        employment = employment_observation(contact, subject)
-        out += [employment] if employment else []
-        consent = contact_consent(contact, subject)
-        return [*out, contact_consent(contact, subject, get_resource(session, "Consent", consent["id"]))]
+def build_pcmis(
+    catalogue: MeasureCatalogue, reads: StoreReads, contact: PcmisContact, patient: dict[str, Any], now: datetime
+) -> list[dict[str, Any]]:
+    """A PCMIS contact: its Encounter, scored measures, employment status and consents (docs/formats/pcmis-contacts.md)."""
+    subject = {"reference": f"Patient/{patient['id']}"}
+    out = [
+        contact_encounter(contact, subject),
+        *_scored(reads, catalogue, measure_responses(contact, catalogue, subject), patient, now),
+    ]
+    employment = employment_observation(contact, subject)
+    out += [employment] if employment else []
+    consent = contact_consent(contact, subject)
+    return [*out, contact_consent(contact, subject, reads.resource("Consent", consent["id"]))]
 
-    return ContactBatches(sessions, clock, CHANNEL_PCMIS, parse_pcmis_csv, build)
+
+def build_systmone(
+    catalogue: MeasureCatalogue, reads: StoreReads, contact: SystmOneContact, patient: dict[str, Any], now: datetime
+) -> list[dict[str, Any]]:
+    """A SystmOne contact: its Encounter, scored measures and care plans (docs/formats/systmone-extract.md)."""
+    subject = {"reference": f"Patient/{patient['id']}"}
+    responses = systmone_responses(contact, catalogue, subject)
+    return [systmone_encounter(contact, subject), *_scored(reads, catalogue, responses, patient, now), *care_plans(contact, subject)]
+
+
+def pcmis_batches(sessions: sessionmaker[Session], catalogue: MeasureCatalogue, clock: Clock) -> ContactBatches:
+    return ContactBatches(sessions, clock, CHANNEL_PCMIS, parse_pcmis_csv, build_pcmis, catalogue)
 
 
 def systmone_batches(sessions: sessionmaker[Session], catalogue: MeasureCatalogue, clock: Clock) -> ContactBatches:
-    def build(session: Session, contact: SystmOneContact, patient: dict[str, Any], now: datetime) -> list[dict[str, Any]]:
-        subject = {"reference": f"Patient/{patient['id']}"}
-        responses = systmone_responses(contact, catalogue, subject)
-        return [systmone_encounter(contact, subject), *_scored(session, catalogue, responses, patient, now), *care_plans(contact, subject)]
-
-    return ContactBatches(sessions, clock, CHANNEL_SYSTMONE, parse_systmone_csv, build)
+    return ContactBatches(sessions, clock, CHANNEL_SYSTMONE, parse_systmone_csv, build_systmone, catalogue)

@@ -209,11 +209,15 @@ def map_offline(raw: bytes, registry: RuleRegistry, received_at: datetime, kind:
     from fhir_mapping.bundles import bundle_of
 
     kind = kind or detect_kind(raw)
+    if kind not in (CHANNEL_NHS111, CHANNEL_BARS, CHANNEL_MHPL):
+        raise ValueError(f"map_offline maps {CHANNEL_NHS111}, {CHANNEL_BARS} or {CHANNEL_MHPL} input, not {kind!r}")
     if kind == CHANNEL_BARS:
         # offline there are no transport headers: derive stable ones from the content
         digest = hashlib.sha256(raw).hexdigest()
         request_id = f"{digest[:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:20]}-{digest[20:32]}"
         referral = parse_bars_message(raw, request_id, request_id)
+    elif kind == CHANNEL_MHPL:
+        referral = parse_mhpl_call(raw)
     else:
         referral = parse_nhs111_case(raw)
     decision = decide(referral, registry)

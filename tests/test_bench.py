@@ -26,8 +26,11 @@ def test_bench_command_prints_mapping_ingest_and_ratio_tables() -> None:
     )
     assert run.returncode == 0, run.stdout + run.stderr
     out = run.stdout
-    for source in ("NHS 111 flat case JSON", "BaRS message Bundle", "HL7 v2 ADT (RiO)"):
-        assert f"| {source}" in out
+    sources = ["NHS 111 flat case JSON", "BaRS message Bundle", "MHPL call", "HL7 v2 ADT (RiO)", "HL7 v2 ORU/MDM/REF (RiO)"]
+    sources += ["PCMIS contact (CSV row)", "SystmOne contact (CSV row)", "Outcome measure (QuestionnaireResponse)"]
+    for source in sources:  # every source mapped on its own, none with an error (the exit status says so too)
+        row = next((line for line in out.splitlines() if line.startswith(f"| {source} ")), None)
+        assert row is not None and row.strip(" |").split("|")[-1].strip() == "0", (source, out)
     for backend in ("sqlite", "postgres"):
         assert sum(line.startswith(f"| {backend} ") for line in out.splitlines()) == 3  # gateway, bare, ratio
     assert "POST /ingest/nhs111" in out and "bare FastAPI, 1 insert" in out and "max req/s" in out

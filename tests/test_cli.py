@@ -29,6 +29,16 @@ def test_map_prints_the_fhir_bundle_an_input_becomes(name: str) -> None:
     assert all(e["fullUrl"] == f"urn:uuid:{e['resource']['id']}" for e in bundle["entry"])
 
 
+def test_map_prints_the_bundle_an_mhpl_call_becomes_with_the_callers_timeframe_CAS_06() -> None:
+    result = _run("map", "--mhpl", "--received-at", "2026-11-23T12:00:00+00:00", "fixtures/mhpl/police-call.mhpl.json")
+    assert result.returncode == 0, result.stderr
+    bundle = json.loads(result.stdout)
+    task = next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Task")
+    # a police call at 11:30: the police timeframe in the BNSSG rule file is PT1H
+    assert task["restriction"]["period"] == {"start": "2026-11-23T11:30:00Z", "end": "2026-11-23T12:30:00Z"}
+    assert "CAS-06: MHPL call from police, PT1H timeframe" in json.dumps(task)
+
+
 def test_map_of_refused_input_prints_the_operation_outcome_and_fails(tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text((FIXTURES / "option1-dx12.case.json").read_text().replace('"DX12"', '"Dx0122"'))

@@ -3,14 +3,16 @@
 Every operation in /openapi.json gets requests that fit its description (positive) and requests that
 break it (negative), authenticated as a client with every scope so they reach the routes
 (unauthenticated refusals are tested in tests/test_security.py). A small example count per operation
-keeps CI short. (schemathesis's own pytest plugin does not run under pytest 9, so the operations are
-walked here, each with its hypothesis strategy.)
+keeps CI short; the nightly run (`pytest -m nightly`) sends 25 times as many. (schemathesis's own
+pytest plugin does not run under pytest 9, so the operations are walked here, each with its
+hypothesis strategy.)
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.generation import GenerationMode
@@ -18,6 +20,7 @@ from schemathesis.generation import GenerationMode
 from tests.conftest import bearer
 
 EXAMPLES_PER_OPERATION = 8
+NIGHTLY_EXAMPLES_PER_OPERATION = 200
 
 
 @schemathesis.serializer("text/csv", "x-application/hl7-v2+er7")
@@ -25,7 +28,11 @@ def _as_text(ctx: Any, value: Any) -> bytes:
     return value.encode("utf-8", "surrogatepass") if isinstance(value, str) else str(value).encode()
 
 
-def test_no_request_the_description_allows_or_breaks_gets_a_server_error(app: Any, all_scopes_key: str) -> None:
+@pytest.mark.parametrize(
+    "examples",
+    [EXAMPLES_PER_OPERATION, pytest.param(NIGHTLY_EXAMPLES_PER_OPERATION, marks=pytest.mark.nightly, id="nightly")],
+)
+def test_no_request_the_description_allows_or_breaks_gets_a_server_error(app: Any, all_scopes_key: str, examples: int) -> None:
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 25, [op.label for op in operations]
@@ -33,7 +40,7 @@ def test_no_request_the_description_allows_or_breaks_gets_a_server_error(app: An
     for operation in operations:
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
 
-            @settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+            @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck), database=None)
             @given(case=operation.as_strategy(generation_mode=mode))
             def check(case: Any) -> None:
                 response = case.call(headers=bearer(all_scopes_key))
