@@ -75,8 +75,8 @@ RESPONSE_STATUSES = ("in-progress", "completed", "amended", "entered-in-error", 
 def structure_problems(qr: dict[str, Any], element: str = "QuestionnaireResponse") -> list[Problem]:
     """A sender's QuestionnaireResponse checked as FHIR R4, each problem named from `element` (where it sits in
     the input): the R4B model's checks (known elements, types, cardinality, one value[x]), then `status` against
-    its required value set, which the model does not check. Run once, where a response comes in; what the gateway
-    stores of it is then built from checked values (`score_resources.stored_response`)."""
+    its required value set, which the model does not check. Run where a response comes in (`POST
+    /fhir/QuestionnaireResponse`, a pathway referral's contained responses), before it is scored or stored."""
     try:
         QuestionnaireResponse.model_validate(qr)
     except ValidationError as exc:
