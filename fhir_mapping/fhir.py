@@ -9,7 +9,8 @@ in the model's element order, and checked against the model's elements and primi
 validators (`conform`); the R4B object is made only when asked for (`Built.model()`). Check
 mode (`IAP_CHECK_FHIR=1`, the whole test suite) also validates each one with its model and
 requires the model's own serialisation to be identical. JSON from outside goes through the
-model: `validated(Model, data)`.
+model once, where it comes in (`Model.model_validate`, then `to_json_dict`: e.g. a sender's
+QuestionnaireResponse, `fhir_mapping.scoring.read_response`).
 """
 
 from __future__ import annotations
@@ -72,7 +73,6 @@ __all__ = [
     "build",
     "Built",
     "check_fhir",
-    "validated",
     "checking",
     "FhirBuildMismatch",
     "CHECK_ENV",
@@ -290,14 +290,6 @@ def _model_class(annotation: Any) -> type[Any] | None:
     if getattr(annotation, "__module__", "") == "abc" and name.endswith("Type"):
         return get_fhir_model_class(name.removesuffix("Type"))
     return None
-
-
-def validated(model: type[R], data: dict[str, Any]) -> Built[R]:
-    """FHIR JSON from outside the gateway (e.g. a sender's QuestionnaireResponse), validated and re-serialised by `model`.
-
-    Always validated: only values of the gateway's own may skip validation (`build`).
-    """
-    return Built(model, to_json_dict(model.model_validate(data)))
 
 
 def check_fhir(model: type[Resource], data: dict[str, Any]) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 from fhir_mapping import codes
 from fhir_mapping.datetimes import to_fhir_instant
-from fhir_mapping.fhir import Flag, Observation, QuestionnaireResponse, build, to_json_dict, validated
+from fhir_mapping.fhir import Flag, Observation, QuestionnaireResponse, build, to_json_dict
 from fhir_mapping.ids import resource_id
 from fhir_mapping.scoring import RiskHit, ScoredResponse
 
@@ -39,7 +39,9 @@ def stored_response(
     )
     if encounter:
         body["encounter"] = encounter
-    return to_json_dict(validated(QuestionnaireResponse, body))  # the sender's answers: validated, not just built
+    # built, not validated again: a sender's response is checked, and taken as its model writes it, where it comes in
+    # (`scoring.read_response`); the responses of the CSV exports are the gateway's own
+    return to_json_dict(build(QuestionnaireResponse, **{k: v for k, v in body.items() if k != "resourceType"}))
 
 
 def _bare_link_ids(items: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from adapters.problems import GatewayInputError, Kind, Problem
-from fhir_mapping.fhir import QuestionnaireResponse
+from fhir_mapping.fhir import QuestionnaireResponse, to_json_dict
 from fhir_mapping.measures import Band, Measure, MeasureCatalogue, ScaleEntry, ScoreSpec
 
 __all__ = ["Score", "RiskHit", "ScoredResponse", "check_response", "score_answers", "item_path"]
@@ -72,19 +72,22 @@ def item_path(link_id: str) -> str:
 RESPONSE_STATUSES = ("in-progress", "completed", "amended", "entered-in-error", "stopped")
 
 
-def structure_problems(qr: dict[str, Any], element: str = "QuestionnaireResponse") -> list[Problem]:
-    """A sender's QuestionnaireResponse checked as FHIR R4, each problem named from `element` (where it sits in
-    the input): the R4B model's checks (known elements, types, cardinality, one value[x]), then `status` against
-    its required value set, which the model does not check. Run where a response comes in (`POST
-    /fhir/QuestionnaireResponse`, a pathway referral's contained responses), before it is scored or stored."""
+def read_response(qr: dict[str, Any], element: str = "QuestionnaireResponse") -> tuple[dict[str, Any], list[Problem]]:
+    """A sender's QuestionnaireResponse checked as FHIR R4: (the response as its R4B model writes it, []), or ({}, the
+    problems, each named from `element`, where it sits in the input). The model's checks (known elements, types,
+    cardinality, one value[x]), then `status` against its required value set, which the model does not check.
+
+    Run where a response comes in (`POST /fhir/QuestionnaireResponse`, a pathway referral's contained responses):
+    what the gateway stores of it is then built from that form (`score_resources.stored_response`), as the model
+    writes it (a date-time at UTC as `Z`, say), and not validated again."""
     try:
-        QuestionnaireResponse.model_validate(qr)
+        model = QuestionnaireResponse.model_validate(qr)
     except ValidationError as exc:
-        return [Problem(Kind.STRUCTURE, ".".join([element, *(str(p) for p in e["loc"])]), e["msg"]) for e in exc.errors()[:20]]
+        return {}, [Problem(Kind.STRUCTURE, ".".join([element, *(str(p) for p in e["loc"])]), e["msg"]) for e in exc.errors()[:20]]
     status = qr.get("status")
     if status not in RESPONSE_STATUSES:
-        return [Problem(Kind.VALUE, f"{element}.status", f"status {str(status)[:40]!r} is not one of {', '.join(RESPONSE_STATUSES)}")]
-    return []
+        return {}, [Problem(Kind.VALUE, f"{element}.status", f"status {str(status)[:40]!r} is not one of {', '.join(RESPONSE_STATUSES)}")]
+    return to_json_dict(model), []
 
 
 def check_response(qr: dict[str, Any], catalogue: MeasureCatalogue) -> tuple[Measure, dict[str, dict[str, Any]]]:

@@ -34,7 +34,7 @@ from fhir_mapping.ids import resource_id
 from fhir_mapping.measures import MeasureCatalogue
 from fhir_mapping.patients import merge_patient, patient_resource
 from fhir_mapping.pcmis import consent_id, contact_preferences
-from fhir_mapping.scoring import check_response, score_answers, structure_problems
+from fhir_mapping.scoring import check_response, read_response, score_answers
 from gateway.cases import provenance
 from gateway.clock import Clock
 from gateway.messages import Inbound, Reply, commit_message, previous, resend
@@ -89,13 +89,18 @@ class Pathways:
                     f"unknown pathway service; known: {sorted(self.registry.services)}",
                 )
             )
-        problems = [p for qr in referral.questionnaire_responses for p in structure_problems(qr, _contained(qr))]
+        read = [read_response(qr, _contained(qr)) for qr in referral.questionnaire_responses]
+        problems = [p for _, found in read for p in found]
         if problems:
             raise GatewayInputError(problems)
-        scored = [(qr, score_answers(*check_response(qr, self.catalogue))) for qr in referral.questionnaire_responses]
+        # (as sent: its id and answers are read from it; as its model writes it: what is stored; its score)
+        scored = [
+            (qr, as_fhir, score_answers(*check_response(qr, self.catalogue)))
+            for qr, (as_fhir, _) in zip(referral.questionnaire_responses, read, strict=True)
+        ]
         measures = {
             s.measure.id: MeasureFact(s.measure.id, s.scores[0].value, s.scores[0].band.code if s.scores[0].band else None)
-            for _, s in scored
+            for _, _, s in scored
             if s.scores
         }
         now = self.clock.now()
@@ -124,9 +129,11 @@ class Pathways:
                         None,
                     )
                 )
-            for qr, result in scored:
-                qr = {k: v for k, v in qr.items() if k != "id"} | {"subject": {"reference": patient_ref}}
-                out += [(r, None) for r in response_resources(qr, result, response_id(qr), {"reference": patient_ref}, None, now, [])]
+            for qr, as_fhir, result in scored:
+                subject = {"reference": patient_ref}
+                qr_id = response_id({k: v for k, v in qr.items() if k != "id"} | {"subject": subject})
+                stored_form = {k: v for k, v in as_fhir.items() if k != "id"} | {"subject": subject}
+                out += [(r, None) for r in response_resources(stored_form, result, qr_id, subject, None, now, [])]
             summary = _summary(decision)
             request = referral_request(referral, sr_id, patient_ref, rules.service.name, decision.outcome, summary)
             out.append((request, rules.service.id))

@@ -26,7 +26,7 @@ from fhir_mapping.ids import resource_id
 from fhir_mapping.measures import MeasureCatalogue
 from fhir_mapping.replies import batch_response
 from fhir_mapping.score_resources import escalate_task, risk_flag, score_observations, stored_response
-from fhir_mapping.scoring import ScoredResponse, check_response, score_answers, structure_problems
+from fhir_mapping.scoring import ScoredResponse, check_response, read_response, score_answers
 from gateway.clock import Clock
 from gateway.messages import Inbound, Reply, commit_message, previous, resend
 from gateway.store.repo import find_by_identifier, get_resource, open_cas_tasks
@@ -37,13 +37,14 @@ log = structlog.get_logger("iap.responses")
 CHANNEL_RESPONSES = "questionnaire-response"
 
 
-def _parse(raw: bytes) -> dict[str, Any]:
+def _parse(raw: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The response as sent (its id and answers are read from that) and as its FHIR model writes it (what is stored)."""
     qr = parse_json_object(raw, "QuestionnaireResponse")
     if qr.get("resourceType") != "QuestionnaireResponse":
         raise GatewayInputError(
             Problem(Kind.STRUCTURE, "resourceType", f"expected a QuestionnaireResponse, got {str(qr.get('resourceType'))[:40]!r}")
         )
-    problems = structure_problems(qr)
+    as_fhir, problems = read_response(qr)
     if problems:
         raise GatewayInputError(problems)
     authored = qr.get("authored")
@@ -57,7 +58,7 @@ def _parse(raw: bytes) -> dict[str, Any]:
         raise GatewayInputError(Problem(Kind.VALUE, "QuestionnaireResponse.authored", f"dates must carry a timezone: {exc}")) from None
     except ValueError as exc:
         raise GatewayInputError(Problem(Kind.VALUE, "QuestionnaireResponse.authored", str(exc))) from None
-    return qr
+    return qr, as_fhir
 
 
 def response_id(qr: dict[str, Any]) -> str:
@@ -108,13 +109,13 @@ def response_resources(
 
 def score_offline(raw: bytes, catalogue: MeasureCatalogue, now: datetime) -> dict[str, Any]:
     """`iap-gateway score FILE`: what the gateway would store for this response (no CAS case known: risk -> Flag)."""
-    qr = _parse(raw)
+    qr, as_fhir = _parse(raw)
     measure, answers = check_response(qr, catalogue)
     scored = score_answers(measure, answers)
     subject = _subject_offline(qr)
     encounter = qr.get("encounter") if isinstance(qr.get("encounter"), dict) and qr["encounter"].get("reference") else None
     qr_id = response_id(qr)
-    resources = response_resources(qr, scored, qr_id, subject, encounter, now, None)
+    resources = response_resources(as_fhir, scored, qr_id, subject, encounter, now, None)
     return bundle_of(resources, "collection", resource_id("Bundle", "score", qr_id), to_fhir_instant(now))
 
 
@@ -150,7 +151,7 @@ class ResponseIntake:
         self.clock = clock
 
     def receive(self, raw: bytes) -> Reply:
-        qr = _parse(raw)
+        qr, as_fhir = _parse(raw)
         qr_id = response_id(qr)
         original = previous(self.sessions, CHANNEL_RESPONSES, qr_id)
         if original is not None:
@@ -164,7 +165,9 @@ class ResponseIntake:
 
         def write(session: Session) -> list[tuple[dict[str, Any], str | None]]:
             open_tasks = open_cas_tasks(session, subject["reference"].split("/", 1)[1]) if scored.risks else None
-            resources = ([new_patient] if new_patient else []) + response_resources(qr, scored, qr_id, subject, encounter, now, open_tasks)
+            resources = ([new_patient] if new_patient else []) + response_resources(
+                as_fhir, scored, qr_id, subject, encounter, now, open_tasks
+            )
             return [(r, None) for r in resources]
 
         def make_reply(stored: list[dict[str, Any]], created: set[str]) -> Reply:
