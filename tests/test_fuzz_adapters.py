@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -83,23 +84,31 @@ def _fuzz(source: str, examples: int) -> None:
     check()
 
 
+@cache
+def intake_mapping(source: str) -> Callable[[bytes], dict[str, Any]]:
+    """The intake's offline mapping (adapter, rules, FHIR mapping, Bundle) of the "nhs111" or "bars" samples."""
+    from gateway.intake import CHANNEL_BARS, CHANNEL_NHS111, map_offline
+    from gateway.rules.schema import load_rules
+    from tests.conftest import NOW
+
+    registry, kind = load_rules(), {"nhs111": CHANNEL_NHS111, "bars": CHANNEL_BARS}[source]
+    return lambda raw: map_offline(raw, registry, NOW, kind=kind)
+
+
 @pytest.mark.parametrize("source", ["nhs111", "bars"])
 def test_whatever_is_accepted_maps_to_resources_the_fhir_models_accept_and_serialise_alike(source: str) -> None:
     """The mapping builds FHIR JSON without the models (fhir_mapping.fhir.build); in check mode (the suite's) every
     resource is validated by its fhir.resources R4B model and must serialise byte for byte as the model would."""
     from fhir_mapping.fhir import checking
-    from gateway.intake import CHANNEL_BARS, CHANNEL_NHS111, map_offline
-    from gateway.rules.schema import load_rules
-    from tests.conftest import NOW
 
     assert checking()
-    registry, (_, paths) = load_rules(), SAMPLES[source]
+    mapped, (_, paths) = intake_mapping(source), SAMPLES[source]
 
     @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
     @given(mutated(paths))
     def check(data: bytes) -> None:
         try:
-            bundle = map_offline(data, registry, NOW, kind=CHANNEL_BARS if source == "bars" else CHANNEL_NHS111)
+            bundle = mapped(data)
         except GatewayInputError:
             return
         assert bundle["entry"]
@@ -128,12 +137,8 @@ def varied_cases(draw: st.DrawFn) -> bytes:
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(varied_cases())
 def test_arbitrary_text_in_an_accepted_case_maps_to_what_the_fhir_models_accept(data: bytes) -> None:
-    from gateway.intake import CHANNEL_NHS111, map_offline
-    from gateway.rules.schema import load_rules
-    from tests.conftest import NOW
-
     try:
-        map_offline(data, load_rules(), NOW, kind=CHANNEL_NHS111)
+        intake_mapping("nhs111")(data)
     except GatewayInputError:
         pass
 
@@ -171,16 +176,7 @@ def _replaced(document: Any, path: tuple[Any, ...], value: Any) -> bytes:
 
 @pytest.mark.parametrize("source", ["nhs111", "bars", "mhpl", "cleo", "pathway"])
 def test_any_element_of_another_json_type_is_refused_clearly_or_mapped(source: str) -> None:
-    from gateway.intake import CHANNEL_BARS, CHANNEL_NHS111, map_offline
-    from gateway.rules.schema import load_rules
-    from tests.conftest import NOW
-
-    registry = load_rules()
-    parse = (
-        (lambda raw: map_offline(raw, registry, NOW, kind=CHANNEL_BARS if source == "bars" else CHANNEL_NHS111))
-        if source in ("nhs111", "bars")
-        else SAMPLES[source][0]
-    )
+    parse = intake_mapping(source) if source in ("nhs111", "bars") else SAMPLES[source][0]
     tried = 0
     for fixture in SAMPLES[source][1]:
         document = json.loads(fixture.read_bytes())
