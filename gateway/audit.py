@@ -47,6 +47,7 @@ from gateway.store.repo import WRITES_KEY, note_write
 __all__ = [
     "AuditContext",
     "install_audit_hooks",
+    "close_work",
     "audit_context",
     "act_as",
     "outcome_of",
@@ -286,10 +287,13 @@ def record_delivery(
         extra_agents=[receiver],
     )
     add_event(session, resource)
-    session.info.setdefault("iap_on_commit", []).append(lambda: count_delivery(channel, outcome))
+    session.info.setdefault(_ON_COMMIT, []).append(lambda: count_delivery(channel, outcome))
 
 
 # -- the transaction hooks ------------------------------------------------------------------------
+
+_COMMITTING = "iap_audit_committing"  # session.info: the audit contexts whose events this transaction commits
+_ON_COMMIT = "iap_on_commit"  # session.info: what to do once it has committed (count a delivery)
 
 
 def install_audit_hooks(sessions: sessionmaker[Session]) -> None:
@@ -337,17 +341,23 @@ def _add_change_event(session: Session) -> None:
         description=description,
     )
     add_event(session, resource)
-    session.info["iap_audit_committing"] = context
+    if context is not None:
+        session.info.setdefault(_COMMITTING, []).append(context)
 
 
 def _after_commit(session: Session) -> None:
-    context = session.info.pop("iap_audit_committing", None)
-    if context is not None:
+    for context in session.info.pop(_COMMITTING, []):
         context.recorded = True
-    for action in session.info.pop("iap_on_commit", []):
+    for action in session.info.pop(_ON_COMMIT, []):
         action()
 
 
 def _after_rollback(session: Session) -> None:
-    for key in (WRITES_KEY, "iap_audit_committing", "iap_on_commit"):
+    for key in (WRITES_KEY, _COMMITTING, _ON_COMMIT):
         session.info.pop(key, None)
+
+
+def close_work(session: Session) -> None:
+    """End one sender's work inside a transaction shared with others' (`gateway.store.group_commit`): add the
+    AuditEvent of its writes, in its own audit context (who sent it), as its own transaction's commit would have."""
+    _add_change_event(session)

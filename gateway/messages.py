@@ -19,7 +19,7 @@ from sqlalchemy import insert
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from gateway.store.db import one_read, write_transaction
+from gateway.store.db import group_commit, one_read, write_transaction
 from gateway.store.jsontext import dumps
 from gateway.store.models import InboundMessage
 from gateway.store.repo import FirstVersion, Merge, StoredMessage, find_inbound, first_versions, put_resources
@@ -90,35 +90,46 @@ def commit_message(
     if `write` returns those very objects and all of them are new: less work while the transaction
     holds its locks (on SQLite, the one writer lock of the file). `merge`: how a write combines with
     a stored version (`put_resources`).
+
+    On a SQLite file the transaction may be shared with other messages waiting for the writer at the
+    same moment, each with its own AuditEvent, and committed with them (`gateway.store.group_commit`);
+    the reply is returned only once that commit is done.
     """
     ahead = _ahead(expected, now, make_reply) if expected else None
+
+    def transaction(session: Session) -> Reply:
+        results = put_resources(session, write(session), now, ahead.first if ahead else None, merge)
+        stored = [result for result, _ in results]
+        if ahead is not None and ahead.matches(results):
+            reply = ahead.reply
+        else:
+            created = {f"{r['resourceType']}/{r['id']}" for r, outcome in results if outcome == "created"}
+            reply = _encoded(make_reply(stored, created))
+        session.connection().execute(  # a plain insert: no ORM object to track for one row
+            _INSERT_INBOUND,
+            {
+                "channel": inbound.channel,
+                "message_id": inbound.message_id,
+                "header_id": inbound.header_id,
+                "correlation_id": inbound.correlation_id,
+                "received_at": now,
+                "raw": inbound.raw,
+                "task_id": next((r["id"] for r in stored if r["resourceType"] == "Task"), None),
+                "rule_set": inbound.rule_set,
+                "unused": dumps(list(inbound.unused)),
+                "response_status": reply.status,
+                "response_body": reply.text,
+            },
+        )
+        return reply
+
+    group = group_commit(sessions)  # SQLite: shares its commit with other messages waiting for the writer
     for attempt in range(1, ATTEMPTS + 1):
         try:
+            if group is not None:
+                return group.run(transaction)
             with write_transaction(sessions) as session:
-                results = put_resources(session, write(session), now, ahead.first if ahead else None, merge)
-                stored = [result for result, _ in results]
-                if ahead is not None and ahead.matches(results):
-                    reply = ahead.reply
-                else:
-                    created = {f"{r['resourceType']}/{r['id']}" for r, outcome in results if outcome == "created"}
-                    reply = _encoded(make_reply(stored, created))
-                session.connection().execute(  # a plain insert: no ORM object to track for one row
-                    _INSERT_INBOUND,
-                    {
-                        "channel": inbound.channel,
-                        "message_id": inbound.message_id,
-                        "header_id": inbound.header_id,
-                        "correlation_id": inbound.correlation_id,
-                        "received_at": now,
-                        "raw": inbound.raw,
-                        "task_id": next((r["id"] for r in stored if r["resourceType"] == "Task"), None),
-                        "rule_set": inbound.rule_set,
-                        "unused": dumps(list(inbound.unused)),
-                        "response_status": reply.status,
-                        "response_body": reply.text,
-                    },
-                )
-            return reply
+                return transaction(session)
         except (IntegrityError, OperationalError) as exc:
             # a racing copy of this message won, or a racing write on a shared resource (a Patient): look, then retry
             original = previous(sessions, inbound.channel, inbound.message_id, inbound.header_id)

@@ -25,6 +25,7 @@ from gateway.outbox import store as outbox_store
 __all__ = [
     "MESSAGES",
     "MAPPING_SECONDS",
+    "STORE_COMMIT_MESSAGES",
     "DELIVERIES",
     "HTTP_REQUESTS",
     "AUTH_REFUSALS",
@@ -45,6 +46,11 @@ MAPPING_SECONDS = Histogram(
     "Time to take one inbound message from request to reply ready: parse, rules, FHIR mapping, store, commit",
     ["source"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+STORE_COMMIT_MESSAGES = Histogram(
+    "iap_store_commit_messages",
+    "Messages per SQLite commit: those waiting for the file's one writer share a commit (group commit)",
+    buckets=(1, 2, 3, 4, 6, 8, 16, 32),
 )
 DELIVERIES = Counter("iap_deliveries", "Outbound deliveries by channel and outcome", ["channel", "outcome"])
 HTTP_REQUESTS = Counter(

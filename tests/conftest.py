@@ -260,3 +260,16 @@ def mesh_sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 def mesh(mesh_sandbox: Any) -> Any:
     mesh_sandbox.reset()
     return mesh_sandbox
+
+
+def metric_value(text_body: str, name: str, **labels: str) -> float:
+    """The value of one series in a /metrics text (0 when absent)."""
+    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text_body.splitlines():
+        if line.startswith("#"):
+            continue
+        metric, _, value = line.rpartition(" ")
+        metric_name, _, label_text = metric.partition("{")
+        if metric_name == name and ",".join(sorted(label_text.rstrip("}").split(","))) == wanted:
+            return float(value)
+    return 0.0

@@ -13,7 +13,7 @@ from sqlalchemy import create_engine
 
 from gateway.rules.schema import RuleRegistry
 from gateway.store.db import MIGRATIONS_DIR
-from tests.conftest import ALL_SCOPES, NOW, add_test_client, bars_headers, fixture_bytes, issues, serving
+from tests.conftest import ALL_SCOPES, NOW, add_test_client, bars_headers, fixture_bytes, issues, metric_value, serving
 from tests.letter_helpers import completed_case, make_deliverer, outbox, write_routing
 
 RECEIVER = "https://gp-system.example.test/fhir"
@@ -69,18 +69,6 @@ def test_not_ready_without_rule_files(app, anonymous) -> None:
     assert response.status_code == 503 and issues(response.json())[0][1] == "rules"
 
 
-def _metric(text_body: str, name: str, **labels: str) -> float:
-    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    for line in text_body.splitlines():
-        if line.startswith("#"):
-            continue
-        metric, _, value = line.rpartition(" ")
-        metric_name, _, label_text = metric.partition("{")
-        if metric_name == name and ",".join(sorted(label_text.rstrip("}").split(","))) == wanted:
-            return float(value)
-    return 0.0
-
-
 def test_metrics_count_messages_by_source_and_outcome_and_time_the_mapping(client, client_with, anonymous) -> None:
     before = client.get("/metrics").text
     body = fixture_bytes("option2-standard.case.json")
@@ -97,7 +85,7 @@ def test_metrics_count_messages_by_source_and_outcome_and_time_the_mapping(clien
     assert after.status_code == 200 and after.headers["content-type"].startswith("text/plain; version=0.0.4")
 
     def grew(name: str, **labels: str) -> float:
-        return _metric(after.text, name, **labels) - _metric(before, name, **labels)
+        return metric_value(after.text, name, **labels) - metric_value(before, name, **labels)
 
     assert grew("iap_messages_total", source="nhs111", outcome="accepted") == 1
     assert grew("iap_messages_total", source="nhs111", outcome="duplicate") == 1
@@ -108,7 +96,7 @@ def test_metrics_count_messages_by_source_and_outcome_and_time_the_mapping(clien
     assert grew("iap_mapping_duration_seconds_count", source="nhs111") == 2
     assert grew("iap_auth_refusals_total", reason="unauthenticated") == 1
     assert grew("iap_http_requests_total", route="/ingest/nhs111", method="POST", status="201") == 2
-    assert _metric(after.text, "iap_outbox_depth") == 0 and _metric(after.text, "iap_outbox_oldest_age_seconds") == 0
+    assert metric_value(after.text, "iap_outbox_depth") == 0 and metric_value(after.text, "iap_outbox_oldest_age_seconds") == 0
     assert client_with(ALL_SCOPES - {"metrics:read", "admin"}).get("/metrics").status_code == 403
 
 
@@ -120,18 +108,18 @@ def test_outbox_depth_age_and_deliveries_are_measured_and_each_delivery_is_audit
     (row,) = outbox(client)
     clock.set(NOW + timedelta(minutes=10))
     waiting = client.get("/metrics").text
-    assert _metric(waiting, "iap_outbox_depth") == 1 and _metric(waiting, "iap_outbox_oldest_age_seconds") == 600
-    assert _metric(waiting, "iap_outbox_rows", status="pending") == 1
-    before = _metric(waiting, "iap_deliveries_total", channel="fhir", outcome="delivered")
+    assert metric_value(waiting, "iap_outbox_depth") == 1 and metric_value(waiting, "iap_outbox_oldest_age_seconds") == 600
+    assert metric_value(waiting, "iap_outbox_rows", status="pending") == 1
+    before = metric_value(waiting, "iap_deliveries_total", channel="fhir", outcome="delivered")
     worker = make_deliverer(app, clock, routing_file=write_routing(tmp_path, fhir_endpoints={"L81001": RECEIVER}))
     try:
         assert worker.deliver_once() == [(row["id"], "delivered")]
     finally:
         worker.close()
     after = client.get("/metrics").text
-    assert _metric(after, "iap_outbox_depth") == 0 and _metric(after, "iap_outbox_oldest_age_seconds") == 0
-    assert _metric(after, "iap_outbox_rows", status="delivered") == 1
-    assert _metric(after, "iap_deliveries_total", channel="fhir", outcome="delivered") == before + 1
+    assert metric_value(after, "iap_outbox_depth") == 0 and metric_value(after, "iap_outbox_oldest_age_seconds") == 0
+    assert metric_value(after, "iap_outbox_rows", status="delivered") == 1
+    assert metric_value(after, "iap_deliveries_total", channel="fhir", outcome="delivered") == before + 1
     events = client.get("/fhir/AuditEvent", params={"entity": row["letter"]}).json()["entry"]
     (export,) = [e["resource"] for e in events if e["resource"]["type"]["code"] == "110106"]
     assert export["outcome"] == "0" and export["outcomeDesc"].startswith("delivered")

@@ -10,6 +10,7 @@ import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from typing import TYPE_CHECKING
 from weakref import WeakKeyDictionary
 
 from alembic import command
@@ -18,7 +19,10 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
-__all__ = ["make_engine", "make_sessionmaker", "migrate", "write_transaction", "one_read", "MIGRATIONS_DIR"]
+if TYPE_CHECKING:
+    from gateway.store.group_commit import GroupCommit
+
+__all__ = ["make_engine", "make_sessionmaker", "migrate", "write_transaction", "group_commit", "one_read", "MIGRATIONS_DIR"]
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -126,12 +130,27 @@ def _ping_when_idle(engine: Engine) -> None:
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
-    """Sessions for `engine`; every transaction that writes resources commits its AuditEvent with it (gateway.audit)."""
-    from gateway.audit import install_audit_hooks
+    """Sessions for `engine`; every transaction that writes resources commits its AuditEvent with it (gateway.audit).
+    On a SQLite file, messages' transactions are committed in groups (`group_commit`)."""
+    from gateway.audit import close_work, install_audit_hooks
+    from gateway.metrics import STORE_COMMIT_MESSAGES
+    from gateway.store.group_commit import GroupCommit
 
     sessions = sessionmaker(engine, expire_on_commit=False)
     install_audit_hooks(sessions)
+    lock = _SQLITE_WRITERS.get(engine)
+    if lock is not None:
+        _GROUPS[sessions] = GroupCommit(sessions, lock, close_work, STORE_COMMIT_MESSAGES.observe)
     return sessions
+
+
+_GROUPS: WeakKeyDictionary[sessionmaker[Session], GroupCommit] = WeakKeyDictionary()
+
+
+def group_commit(sessions: sessionmaker[Session]) -> GroupCommit | None:
+    """The group commit of `sessions` (a SQLite store: one writer, so waiting messages share a commit); None on
+    PostgreSQL, whose writers do not wait for one another (each message commits on its own)."""
+    return _GROUPS.get(sessions)
 
 
 def migrate(engine: Engine) -> None:

@@ -1,0 +1,154 @@
+"""Group commit on SQLite (gateway.store.group_commit): messages waiting for the writer share one commit,
+each with its own reply and its own AuditEvent, and a failing one fails alone. Over real HTTP."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from gateway.api.app import create_app
+from gateway.settings import Settings
+from gateway.store.db import group_commit, make_engine, make_sessionmaker
+from gateway.store.repo import count_rows
+from tests.conftest import ALL_SCOPES, add_test_client, bearer, fixture_bytes, metric_value, serving
+
+SENDERS = 4
+
+
+@pytest.fixture
+def sqlite_app(tmp_path: Path, clock: Any) -> Iterator[Any]:
+    """The app on a SQLite file, working on SENDERS messages at once (so they can all wait for the writer)."""
+    settings = Settings(
+        DATABASE_URL=f"sqlite:///{tmp_path}/gateway.db",
+        environment="test",
+        log_json=True,
+        tick_seconds=0,
+        mllp_port=0,
+        deliver_seconds=0,
+        ingest_concurrency=SENDERS,
+    )
+    application = create_app(settings, clock)
+    yield application
+    application.state.engine.dispose()
+
+
+@contextmanager
+def writer_held_elsewhere(app: Any) -> Iterator[Callable[[], None]]:
+    """Another writer (a CLI run, another worker process) holds the SQLite file's writer lock until `release()`."""
+    database = app.state.engine.url.database
+    fd = os.open(f"{database}-writer.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    released = False
+
+    def release() -> None:
+        nonlocal released
+        if not released:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            released = True
+
+    try:
+        yield release
+    finally:
+        release()
+        os.close(fd)
+
+
+def _case(case_id: str) -> bytes:
+    return json.dumps(json.loads(fixture_bytes("option2-standard.case.json")) | {"case_id": case_id}).encode()
+
+
+def _send_while_the_writer_is_held(app: Any, sends: list[tuple[str, bytes]]) -> list[httpx.Response]:
+    """POST each (API key, body) at once while another writer holds the file; release it once all are waiting:
+    the first is written on its own (it was alone when it came), the rest wait for it and then share a commit."""
+    group = group_commit(app.state.sessions)
+    assert group is not None
+    with serving(app) as url, writer_held_elsewhere(app) as release, ThreadPoolExecutor(len(sends)) as pool:
+
+        def post(send: tuple[str, bytes]) -> httpx.Response:
+            with httpx.Client(timeout=60, headers=bearer(send[0])) as http:
+                return http.post(f"{url}/ingest/nhs111", content=send[1])
+
+        futures = [pool.submit(post, send) for send in sends]
+        deadline = time.monotonic() + 30
+        while group.queued() < len(sends) - 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert group.queued() == len(sends) - 1, "the messages did not all reach the writer"
+        release()
+        return [future.result() for future in futures]
+
+
+def test_messages_waiting_for_the_sqlite_writer_share_one_commit_each_with_its_own_reply_and_audit_event(sqlite_app: Any) -> None:
+    keys = [add_test_client(sqlite_app, {"ingest:nhs111"}, name=f"sender-{n}") for n in range(SENDERS)]
+    sends = [(key, _case(f"GROUP-{n}-{uuid.uuid4().hex[:8]}")) for n, key in enumerate(keys)]
+    group = group_commit(sqlite_app.state.sessions)
+    assert group is not None and group.shared_commits == 0
+    with TestClient(sqlite_app, headers=bearer(add_test_client(sqlite_app, ALL_SCOPES))) as operator:
+        before = operator.get("/metrics").text
+
+        replies = _send_while_the_writer_is_held(sqlite_app, sends)
+
+        after = operator.get("/metrics").text
+
+    assert [r.status_code for r in replies] == [201] * SENDERS, [r.text for r in replies]
+    assert group.shared_commits == 1
+    tasks = [next(e["resource"] for e in r.json()["entry"] if e["resource"]["resourceType"] == "Task") for r in replies]
+    assert len({t["id"] for t in tasks}) == SENDERS
+    # /metrics: two commits, one of the first message alone and one of the other three together
+    commits = metric_value(after, "iap_store_commit_messages_count") - metric_value(before, "iap_store_commit_messages_count")
+    messages = metric_value(after, "iap_store_commit_messages_sum") - metric_value(before, "iap_store_commit_messages_sum")
+    assert (commits, messages) == (2, SENDERS)
+    # each message has its own AuditEvent, naming its Task and the client that sent it (not the thread that wrote the batch)
+    with TestClient(sqlite_app, headers=bearer(add_test_client(sqlite_app, ALL_SCOPES))) as auditor:
+        for n, task in enumerate(tasks):
+            assert auditor.get(f"/fhir/Task/{task['id']}").status_code == 200
+            events = auditor.get("/fhir/AuditEvent", params={"entity": f"Task/{task['id']}", "action": "C"}).json()
+            assert [e["resource"]["agent"][0]["who"]["display"] for e in events.get("entry", [])] == [f"sender-{n}"]
+
+
+def test_a_copy_of_a_message_in_the_same_shared_commit_fails_alone_and_gets_the_original_reply(sqlite_app: Any, capsys: Any) -> None:
+    key = add_test_client(sqlite_app, {"ingest:nhs111"})
+    same = _case(f"GROUP-SAME-{uuid.uuid4().hex[:8]}")
+    sends = [(key, _case(f"GROUP-A-{uuid.uuid4().hex[:8]}")), (key, same), (key, _case(f"GROUP-B-{uuid.uuid4().hex[:8]}")), (key, same)]
+
+    replies = _send_while_the_writer_is_held(sqlite_app, sends)
+
+    assert [r.status_code for r in replies] == [201] * 4
+    assert replies[1].text == replies[3].text  # the copy is answered with the original's reply
+    assert sum("X-Duplicate-Of" in r.headers for r in (replies[1], replies[3])) == 1
+    with sqlite_app.state.sessions() as session:
+        counts = count_rows(session)
+    assert counts["Task"] == 3 and counts["InboundMessage"] == 3
+    # the batch was rolled back and written again message by message: no other sender saw an error and tried again
+    logged = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    assert [e["event"] for e in logged if e["event"].startswith("store.")] == []
+    assert sum(e["event"] == "message.resent" for e in logged) == 1
+
+
+def test_threads_that_find_the_writer_free_commit_on_their_own(sqlite_app: Any) -> None:
+    key = add_test_client(sqlite_app, {"ingest:nhs111"})
+    group = group_commit(sqlite_app.state.sessions)
+    assert group is not None
+    with serving(sqlite_app) as url, httpx.Client(timeout=60, headers=bearer(key)) as http:
+        for n in range(3):
+            assert http.post(f"{url}/ingest/nhs111", content=_case(f"ALONE-{n}-{uuid.uuid4().hex[:8]}")).status_code == 201
+    assert group.shared_commits == 0
+
+
+def test_postgresql_writers_do_not_wait_for_one_another_so_nothing_is_grouped(pg_url: str) -> None:
+    engine = make_engine(pg_url)
+    try:
+        assert group_commit(make_sessionmaker(engine)) is None  # each message commits on its own transaction
+    finally:
+        engine.dispose()
