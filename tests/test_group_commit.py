@@ -69,6 +69,18 @@ def _case(case_id: str) -> bytes:
     return json.dumps(json.loads(fixture_bytes("option2-standard.case.json")) | {"case_id": case_id}).encode()
 
 
+def _commits(app: Any) -> tuple[float, float]:
+    """(commits, messages committed) so far, from /metrics (`iap_store_commit_messages`)."""
+    with TestClient(app, headers=bearer(add_test_client(app, {"metrics:read"}))) as operator:
+        text = operator.get("/metrics").text
+    return metric_value(text, "iap_store_commit_messages_count"), metric_value(text, "iap_store_commit_messages_sum")
+
+
+def _since(app: Any, before: tuple[float, float]) -> tuple[float, float]:
+    now = _commits(app)
+    return now[0] - before[0], now[1] - before[1]
+
+
 def _send_while_the_writer_is_held(app: Any, sends: list[tuple[str, bytes]]) -> list[httpx.Response]:
     """POST each (API key, body) at once while another writer holds the file; release it once all are waiting:
     the first is written on its own (it was alone when it came), the rest wait for it and then share a commit."""
@@ -92,23 +104,15 @@ def _send_while_the_writer_is_held(app: Any, sends: list[tuple[str, bytes]]) -> 
 def test_messages_waiting_for_the_sqlite_writer_share_one_commit_each_with_its_own_reply_and_audit_event(sqlite_app: Any) -> None:
     keys = [add_test_client(sqlite_app, {"ingest:nhs111"}, name=f"sender-{n}") for n in range(SENDERS)]
     sends = [(key, _case(f"GROUP-{n}-{uuid.uuid4().hex[:8]}")) for n, key in enumerate(keys)]
-    group = group_commit(sqlite_app.state.sessions)
-    assert group is not None and group.shared_commits == 0
-    with TestClient(sqlite_app, headers=bearer(add_test_client(sqlite_app, ALL_SCOPES))) as operator:
-        before = operator.get("/metrics").text
+    before = _commits(sqlite_app)
 
-        replies = _send_while_the_writer_is_held(sqlite_app, sends)
-
-        after = operator.get("/metrics").text
+    replies = _send_while_the_writer_is_held(sqlite_app, sends)
 
     assert [r.status_code for r in replies] == [201] * SENDERS, [r.text for r in replies]
-    assert group.shared_commits == 1
+    # /metrics: two commits, one of the first message alone and one of the other three together
+    assert _since(sqlite_app, before) == (2, SENDERS)
     tasks = [next(e["resource"] for e in r.json()["entry"] if e["resource"]["resourceType"] == "Task") for r in replies]
     assert len({t["id"] for t in tasks}) == SENDERS
-    # /metrics: two commits, one of the first message alone and one of the other three together
-    commits = metric_value(after, "iap_store_commit_messages_count") - metric_value(before, "iap_store_commit_messages_count")
-    messages = metric_value(after, "iap_store_commit_messages_sum") - metric_value(before, "iap_store_commit_messages_sum")
-    assert (commits, messages) == (2, SENDERS)
     # each message has its own AuditEvent, naming its Task and the client that sent it (not the thread that wrote the batch)
     with TestClient(sqlite_app, headers=bearer(add_test_client(sqlite_app, ALL_SCOPES))) as auditor:
         for n, task in enumerate(tasks):
@@ -138,12 +142,11 @@ def test_a_copy_of_a_message_in_the_same_shared_commit_fails_alone_and_gets_the_
 
 def test_threads_that_find_the_writer_free_commit_on_their_own(sqlite_app: Any) -> None:
     key = add_test_client(sqlite_app, {"ingest:nhs111"})
-    group = group_commit(sqlite_app.state.sessions)
-    assert group is not None
+    before = _commits(sqlite_app)
     with serving(sqlite_app) as url, httpx.Client(timeout=60, headers=bearer(key)) as http:
         for n in range(3):
             assert http.post(f"{url}/ingest/nhs111", content=_case(f"ALONE-{n}-{uuid.uuid4().hex[:8]}")).status_code == 201
-    assert group.shared_commits == 0
+    assert _since(sqlite_app, before) == (3, 3)  # three commits of one message each
 
 
 def test_postgresql_writers_do_not_wait_for_one_another_so_nothing_is_grouped(pg_url: str) -> None:

@@ -138,9 +138,8 @@ def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
 
     sessions = sessionmaker(engine, expire_on_commit=False)
     install_audit_hooks(sessions)
-    lock = _SQLITE_WRITERS.get(engine)
-    if lock is not None:
-        _GROUPS[sessions] = GroupCommit(sessions, lock, close_work, STORE_COMMIT_MESSAGES.observe)
+    if engine in _SQLITE_WRITERS:
+        _GROUPS[sessions] = GroupCommit(sessions, close_work, STORE_COMMIT_MESSAGES.observe)
     return sessions
 
 

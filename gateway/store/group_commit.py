@@ -27,10 +27,11 @@ from __future__ import annotations
 import contextvars
 import threading
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from typing import Any, Generic, TypeVar
 
 from sqlalchemy.orm import Session, sessionmaker
+
+from gateway.store.db import write_transaction
 
 __all__ = ["GroupCommit", "MAX_BATCH"]
 
@@ -52,28 +53,25 @@ class _Waiting(Generic[T]):
 class GroupCommit:
     """`run(work)`: `work(session)` in a write transaction, committed together with other threads' waiting work.
 
-    `lock`: the SQLite writer lock of the engine, held for each transaction. `close(session)`: called
-    after each piece of work inside a shared transaction (its AuditEvent). `committed(n)`: told how many
-    messages each commit held (the `iap_store_commit_messages` histogram).
+    Each transaction is a `write_transaction` (on SQLite: the file's writer lock). `close(session)`:
+    called after each piece of work inside a shared transaction (its AuditEvent). `committed(n)`: told
+    how many messages each commit held (the `iap_store_commit_messages` histogram).
     """
 
     def __init__(
         self,
         sessions: sessionmaker[Session],
-        lock: AbstractContextManager[Any],
         close: Callable[[Session], None],
-        committed: Callable[[int], None] = lambda _messages: None,
+        committed: Callable[[int], None],
         max_batch: int = MAX_BATCH,
     ) -> None:
         self._sessions = sessions
-        self._lock = lock
         self._close = close
         self._committed = committed
         self._max_batch = max_batch
         self._queue: list[_Waiting[Any]] = []
         self._writing = False  # a batch is being written (one at a time in this process)
         self._changed = threading.Condition()  # guards both; notified when a batch is done
-        self.shared_commits = 0  # commits of more than one message (tests and the benchmark look)
 
     def run(self, work: Callable[[Session], T]) -> T:
         waiting = _Waiting(work)
@@ -124,7 +122,7 @@ class GroupCommit:
     def _together(self, batch: list[_Waiting[Any]]) -> None:
         results: list[Any] = []
         try:
-            with self._lock, self._sessions.begin() as session:
+            with write_transaction(self._sessions) as session:
                 for waiting in batch:
                     results.append(waiting.context.run(self._one, session, waiting))
         except _OneFailed:
@@ -133,7 +131,6 @@ class GroupCommit:
             for waiting in batch:
                 waiting.error = exc
             return
-        self.shared_commits += 1
         self._committed(len(batch))
         for waiting, result in zip(batch, results, strict=True):
             waiting.result = result
@@ -148,7 +145,7 @@ class GroupCommit:
 
     def _alone(self, waiting: _Waiting[Any]) -> None:
         try:
-            with self._lock, self._sessions.begin() as session:
+            with write_transaction(self._sessions) as session:
                 waiting.result = waiting.work(session)
         except Exception as exc:
             waiting.result, waiting.error = None, exc
