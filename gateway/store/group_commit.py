@@ -36,6 +36,7 @@ from gateway.store.db import write_transaction
 __all__ = ["GroupCommit", "MAX_BATCH"]
 
 T = TypeVar("T")
+_NO_RESULT: Any = object()  # a waiting work's result until it has one (work may return None)
 MAX_BATCH = 32  # messages per commit at most; a process works on IAP_INGEST_CONCURRENCY messages at once, so rarely reached
 
 
@@ -45,7 +46,7 @@ class _Waiting(Generic[T]):
     def __init__(self, work: Callable[[Session], T]) -> None:
         self.work = work
         self.context = contextvars.copy_context()  # the sender's: who is acting, for the AuditEvent and the logs
-        self.result: T | None = None
+        self.result: T = _NO_RESULT
         self.error: BaseException | None = None
         self.done = False
 
@@ -93,7 +94,7 @@ class GroupCommit:
                     self._changed.notify_all()
         if waiting.error is not None:
             raise waiting.error
-        return waiting.result  # type: ignore[return-value]
+        return waiting.result
 
     def queued(self) -> int:
         """Work waiting for a batch (not yet being written)."""
@@ -112,7 +113,7 @@ class GroupCommit:
                 waiting.context.run(self._alone, waiting)
         except BaseException as exc:  # not an error of one sender's work (KeyboardInterrupt, ...): none is left without an answer
             for waiting in batch:
-                if waiting.error is None and waiting.result is None:
+                if waiting.error is None and waiting.result is _NO_RESULT:
                     waiting.error = exc
             raise
         finally:
@@ -148,7 +149,7 @@ class GroupCommit:
             with write_transaction(self._sessions) as session:
                 waiting.result = waiting.work(session)
         except Exception as exc:
-            waiting.result, waiting.error = None, exc
+            waiting.result, waiting.error = _NO_RESULT, exc
             return
         self._committed(1)
 
