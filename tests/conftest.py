@@ -88,17 +88,15 @@ def clock() -> FixedClock:
     return FixedClock(NOW)
 
 
+def gateway_settings(database_url: str, **overrides: Any) -> Settings:
+    """The tests' settings: a test environment with no background workers and no MLLP port (tests start what they need)."""
+    fields: dict[str, Any] = dict(environment="test", max_body_bytes=262_144, log_json=True, tick_seconds=0, mllp_port=0, deliver_seconds=0)
+    return Settings(DATABASE_URL=database_url, **(fields | overrides))
+
+
 @pytest.fixture
 def settings(database_url: str) -> Settings:
-    return Settings(
-        DATABASE_URL=database_url,
-        environment="test",
-        max_body_bytes=262_144,
-        log_json=True,
-        tick_seconds=0,
-        mllp_port=0,
-        deliver_seconds=0,
-    )
+    return gateway_settings(database_url)
 
 
 @pytest.fixture

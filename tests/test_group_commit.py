@@ -19,10 +19,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from gateway.api.app import create_app
-from gateway.settings import Settings
 from gateway.store.db import group_commit, make_engine, make_sessionmaker
 from gateway.store.repo import count_rows
-from tests.conftest import ALL_SCOPES, add_test_client, bearer, fixture_bytes, metric_value, serving
+from tests.conftest import ALL_SCOPES, add_test_client, bearer, fixture_bytes, gateway_settings, metric_value, serving
 
 SENDERS = 4
 
@@ -30,16 +29,7 @@ SENDERS = 4
 @pytest.fixture
 def sqlite_app(tmp_path: Path, clock: Any) -> Iterator[Any]:
     """The app on a SQLite file, working on SENDERS messages at once (so they can all wait for the writer)."""
-    settings = Settings(
-        DATABASE_URL=f"sqlite:///{tmp_path}/gateway.db",
-        environment="test",
-        log_json=True,
-        tick_seconds=0,
-        mllp_port=0,
-        deliver_seconds=0,
-        ingest_concurrency=SENDERS,
-    )
-    application = create_app(settings, clock)
+    application = create_app(gateway_settings(f"sqlite:///{tmp_path}/gateway.db", ingest_concurrency=SENDERS), clock)
     yield application
     application.state.engine.dispose()
 
