@@ -264,17 +264,28 @@ def report_waitlist(
     service: Annotated[str | None, typer.Option(help="One pathway service id (default: all).")] = None,
     demo: Annotated[bool, typer.Option("--demo", help="Report on the demo wait list in a throw-away database.")] = False,
     now: Annotated[str | None, typer.Option(help="Report as at this time (ISO 8601 with offset); default now.")] = None,
+    entered_from: Annotated[
+        str | None, typer.Option("--from", help="TT-08 figures: first day of entering treatment counted (YYYY-MM-DD).")
+    ] = None,
+    entered_to: Annotated[
+        str | None, typer.Option("--to", help="TT-08 figures: last day of entering treatment counted (YYYY-MM-DD).")
+    ] = None,
 ) -> None:
-    """The Talking Therapies wait-list snapshot (TT-08/TT-09) and overdue pathway clocks; the same data as GET /reports/waitlist."""
+    """The Talking Therapies wait-list snapshot (TT-08/TT-09), overdue pathway clocks and the TT-08 treatment targets;
+    the same data as GET /reports/waitlist."""
     import tempfile
 
     from gateway.clock import FixedClock, SystemClock
     from gateway.settings import Settings
-    from gateway.waitlist import plot_waitlist, waitlist_csv, waitlist_snapshot
+    from gateway.waitlist import plot_waitlist, reporting_period, waitlist_csv, waitlist_snapshot
 
     if fmt not in ("json", "csv", "table"):
         raise typer.BadParameter("--format must be json, csv or table")
     moment = parse_source_datetime(now) if now else SystemClock().now()
+    try:
+        period = reporting_period(entered_from, entered_to)
+    except GatewayInputError as error:
+        raise typer.BadParameter(f"--{error.problems[0].element}: {error.problems[0].message}") from None
     with tempfile.TemporaryDirectory() as scratch:
         scratch_db = {"DATABASE_URL": f"sqlite:///{scratch}/demo.db", "tick_seconds": 0, "mllp_port": 0}
         settings = Settings(**scratch_db) if demo else Settings()  # type: ignore[arg-type]
@@ -290,7 +301,7 @@ def report_waitlist(
         if service is not None and service not in state.pathway_rules.services:
             raise typer.BadParameter(f"unknown service; known: {sorted(state.pathway_rules.services)}")
         with state.sessions() as session:
-            snapshot = waitlist_snapshot(session, state.pathway_rules, moment, service)
+            snapshot = waitlist_snapshot(session, state.pathway_rules, moment, service, *period)
         state.engine.dispose()
     if fmt == "json":
         sys.stdout.write(json.dumps(snapshot, indent=2) + "\n")
@@ -316,7 +327,19 @@ def _waitlist_table(snapshot: dict[str, Any]) -> str:
     for key in ("by_locality", "by_step", "by_intervention", "by_therapist"):
         lines.append(f"  {key.removeprefix('by_')}: " + ", ".join(f"{k} {v}" for k, v in summary[key].items()))
     lines.append(f"  overdue clocks: {len(snapshot['breaches'])}")
+    for service in snapshot["treatment_targets"]:
+        figures = "; ".join(
+            f"within {t['within_days']}d {_share(t['share'])} (target {_share(t['target_share'])}: "
+            f"{'met' if t['met'] else 'not met' if t['met'] is False else 'nobody to count'})"
+            for t in service["targets"]
+        )
+        median = f", median {service['median_days']}d" if service["median_days"] is not None else ""
+        lines.append(f"  {service['rule']} {service['service']}: {service['entered_treatment']} entered treatment{median}; {figures}")
     return "\n".join(lines) + "\n"
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
 
 
 @app.command()

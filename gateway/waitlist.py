@@ -4,6 +4,9 @@ Who is waiting, by locality, team, step, intervention, therapist and time waitin
   first appointment   the TT-08 clock is running (referral -> initial assessment; 28-day internal, 42-day national lines)
   second appointment  the TT-09 clock is running (first appointment -> next treatment; 28 days, 90-day tail)
 Breaches: every running clock on any pathway episode (PC and TT) past its due time.
+Treatment targets (TT-08): of the referrals that entered treatment (first attended assessment) in a period, the share
+that did so within each of the service's targets (75% within 6 weeks, 95% within 18 weeks of referral), and whether
+each target is met. Waits are counted in Europe/London calendar days, referral day to first-treatment day.
 Read-only; the lines come from each service's rule file, so a rule change moves the report with it.
 """
 
@@ -11,20 +14,23 @@ from __future__ import annotations
 
 import csv
 import io
+import statistics
 from collections import Counter
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session
 
-from fhir_mapping.datetimes import parse_source_datetime, to_fhir_instant
+from adapters.problems import GatewayInputError, Kind, Problem
+from fhir_mapping.datetimes import london_date, parse_source_date, parse_source_datetime, to_fhir_instant
 from fhir_mapping.episodes import episode_clocks
+from gateway.rules.pathway_clocks import referral_to_treatment
 from gateway.rules.pathway_schema import PathwayRegistry, TalkingTherapiesRules
 from gateway.rules.pathway_steps import current_step
 from gateway.store.repo import ResourceQuery, search_resources
 
-__all__ = ["waitlist_snapshot", "waitlist_csv", "plot_waitlist", "CSV_COLUMNS"]
+__all__ = ["waitlist_snapshot", "waitlist_csv", "plot_waitlist", "reporting_period", "treatment_targets", "CSV_COLUMNS"]
 
 CSV_COLUMNS = (
     "episode",
@@ -44,7 +50,15 @@ _WAITS = {"tt-initial-assessment": ("first-appointment", "national"), "tt-second
 _OPEN = ["planned", "waitlist", "active", "onhold"]
 
 
-def waitlist_snapshot(session: Session, registry: PathwayRegistry, now: datetime, service: str | None = None) -> dict[str, Any]:
+def waitlist_snapshot(
+    session: Session,
+    registry: PathwayRegistry,
+    now: datetime,
+    service: str | None = None,
+    entered_from: date | None = None,
+    entered_to: date | None = None,
+) -> dict[str, Any]:
+    """The snapshot at `now`; `entered_from`/`entered_to` (inclusive) bound the TT-08 figures to who entered treatment then."""
     rows: list[dict[str, Any]] = []
     breaches: list[dict[str, Any]] = []
     lines: dict[str, dict[str, int]] = {}
@@ -106,6 +120,65 @@ def waitlist_snapshot(session: Session, registry: PathwayRegistry, now: datetime
         "summary": _summary(rows, registry),
         "rows": rows,
         "breaches": sorted(breaches, key=lambda b: (-b["days_over"], b["episode"], b["clock"])),
+        "treatment_targets": [
+            treatment_targets(session, rules, now, entered_from, entered_to)
+            for rules in services
+            if isinstance(rules, TalkingTherapiesRules)
+        ],
+    }
+
+
+def reporting_period(entered_from: str | None, entered_to: str | None) -> tuple[date | None, date | None]:
+    """The TT-08 period from its texts (YYYY-MM-DD, both days counted; either may be absent): GatewayInputError
+    naming `from` or `to` when one is not a date or the period ends before it starts."""
+    days: list[date | None] = []
+    for name, text in (("from", entered_from), ("to", entered_to)):
+        try:
+            days.append(parse_source_date(text) if text else None)
+        except ValueError as error:
+            raise GatewayInputError(Problem(Kind.VALUE, name, str(error))) from None
+    start, end = days
+    if start and end and start > end:
+        raise GatewayInputError(Problem(Kind.VALUE, "from", f"the period starts ({start}) after it ends ({end})"))
+    return start, end
+
+
+def treatment_targets(
+    session: Session, rules: TalkingTherapiesRules, now: datetime, entered_from: date | None = None, entered_to: date | None = None
+) -> dict[str, Any]:
+    """TT-08: of the service's referrals that entered treatment in the period (any episode status: a discharged
+    patient counts), the share that entered within each target time of referral. `met` is None when nobody
+    entered treatment in the period (no share to judge). The period comes from `reporting_period`."""
+    waits: list[int] = []
+    for episode in search_resources(session, ResourceQuery("EpisodeOfCare", service=rules.service.id, count=1_000_000))[0]:
+        found = referral_to_treatment(episode_clocks(episode))
+        if found is None or found[1] > now:
+            continue
+        entered = london_date(found[1])
+        if (entered_from and entered < entered_from) or (entered_to and entered > entered_to):
+            continue
+        waits.append((entered - london_date(found[0])).days)
+    targets = []
+    for target in rules.treatment_targets:
+        within = sum(1 for days in waits if days <= target.within.days)
+        targets.append(
+            {
+                "within_days": target.within.days,
+                "target_share": target.share,
+                "entered_within": within,
+                "share": round(within / len(waits), 3) if waits else None,
+                "met": within / len(waits) >= target.share if waits else None,
+            }
+        )
+    return {
+        "service": rules.service.id,
+        "rule": "TT-08",
+        "entered_from": entered_from.isoformat() if entered_from else None,
+        "entered_to": entered_to.isoformat() if entered_to else None,
+        "entered_treatment": len(waits),
+        "median_days": statistics.median(waits) if waits else None,
+        "longest_days": max(waits, default=None),
+        "targets": targets,
     }
 
 

@@ -223,6 +223,40 @@ def test_initial_assessment_breach_makes_one_task_and_is_reported_TT_08(client, 
     assert report["breaches"][0]["clock"] == "tt-initial-assessment" and report["breaches"][0]["rule"] == "TT-08"
 
 
+def test_the_report_gives_the_share_entering_treatment_within_6_and_18_weeks_of_referral_TT_08(client) -> None:
+    entered = {  # referral -> first attended assessment (the first treatment appointment)
+        "R-42": ("2026-10-01T00:30:00+01:00", "2026-11-12T10:00:00+00:00"),  # 42 London days (43 UTC days), within
+        "R-43": ("2026-09-01T10:00:00+01:00", "2026-10-14T09:00:00+01:00"),  # 43 days
+        "R-127": ("2026-07-01T10:00:00+01:00", "2026-11-05T10:00:00+00:00"),  # 127 days: over 18 weeks too
+    }
+    for ref, (received, assessed) in entered.items():
+        episode = tt_episode(client, received=received, ref=ref)
+        assert operate(client, episode, "record-contact", contact("assessment", date_=assessed)).status_code == 200
+    discharged = tt_episode(client, received="2026-10-01T10:00:00+01:00", ref="R-DNA")  # never entered treatment
+    operate(client, discharged, "record-contact", contact("assessment", "dna", "2026-10-20T10:00:00+01:00"))
+    tt_episode(client, received="2026-11-02T10:00:00+00:00", ref="R-WAIT")  # still waiting
+
+    mid = _targets(client.get("/reports/waitlist").json(), "north-essex-mid")
+    assert (mid["rule"], mid["entered_treatment"], mid["median_days"], mid["longest_days"]) == ("TT-08", 3, 43, 127)
+    assert [(t["within_days"], t["entered_within"], t["share"], t["target_share"], t["met"]) for t in mid["targets"]] == [
+        (42, 1, 0.333, 0.75, False),
+        (126, 2, 0.667, 0.95, False),
+    ]
+    november = _targets(client.get("/reports/waitlist", params={"from": "2026-11-01", "to": "2026-11-30"}).json(), "north-essex-mid")
+    assert november["entered_treatment"] == 2 and november["entered_from"] == "2026-11-01"
+    assert [(t["entered_within"], t["met"]) for t in november["targets"]] == [(1, False), (1, False)]
+    west = _targets(client.get("/reports/waitlist", params={"service": "north-essex-west"}).json(), "north-essex-west")
+    assert west["entered_treatment"] == 0 and [t["met"] for t in west["targets"]] == [None, None]  # nobody to judge
+
+    for params, element in (({"from": "2026-11-31"}, "from"), ({"from": "2026-11-02", "to": "2026-11-01"}, "from"), ({"to": "x"}, "to")):
+        refused = client.get("/reports/waitlist", params=params)
+        assert refused.status_code == 400 and refused.json()["issue"][0]["expression"] == [element], refused.text
+
+
+def _targets(report: dict[str, Any], service: str) -> dict[str, Any]:
+    return next(t for t in report["treatment_targets"] if t["service"] == service)
+
+
 def test_assessment_starts_the_second_session_and_kit_clocks_TT_09_TT_10(client, app) -> None:
     episode = tt_episode(client)
     operate(client, episode, "record-contact", contact("assessment", date_="2026-11-05T10:00:00+00:00"))
@@ -360,6 +394,7 @@ def test_report_waitlist_command_draws_the_plot_from_the_demo(tmp_path: Path) ->
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "first-appointment" in result.stdout and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "TT-08 north-essex-mid:" in result.stdout and "entered treatment" in result.stdout
 
 
 def test_twelve_weeks_on_the_hub_caseload_without_a_care_plan_review_makes_a_task_PC_10(client, app) -> None:

@@ -249,6 +249,8 @@ def test_a_rule_change_is_a_data_change_TT_01(tmp_path: Path) -> None:
         (lambda d: d["exclusions"].pop("under-age"), "under-age"),
         (lambda d: d["session_caps"].update({"step-2": {"standard": 10, "with_supervisor": 7}}), "with_supervisor"),
         (lambda d: d["exclusions"]["severe-anger"].update({"route": "somewhere"}), "route"),
+        (lambda d: d["treatment_targets"][0].update({"within": "PT1000H"}), "whole number of days"),  # TT-08
+        (lambda d: d["treatment_targets"][1].update({"share": 1.5}), "treatment_targets"),
     ],
 )
 def test_a_bad_rule_file_stops_loading_naming_the_field(tmp_path: Path, edit, message: str) -> None:  # type: ignore[no-untyped-def]

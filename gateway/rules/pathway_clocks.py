@@ -25,9 +25,21 @@ from typing import Any
 from fhir_mapping.datetimes import add_calendar_months, add_wall_clock, add_working_days, parse_source_datetime, to_fhir_instant
 from gateway.rules.pathway_schema import ClockRule, PrimaryCareRules, TalkingTherapiesRules
 
-__all__ = ["due_time", "start_clock", "stop_clock", "running", "Pc08Facts", "pc08_stop_time", "clock_due_items"]
+__all__ = [
+    "due_time",
+    "start_clock",
+    "stop_clock",
+    "running",
+    "Pc08Facts",
+    "pc08_stop_time",
+    "clock_due_items",
+    "ASSESSMENT_ATTENDED",
+    "referral_to_treatment",
+]
 
 Clocks = dict[str, dict[str, Any]]
+
+ASSESSMENT_ATTENDED = "initial assessment attended"  # the TT-08 clock's stop reason when the patient entered treatment
 
 
 def due_time(rule: ClockRule, start: datetime) -> datetime:
@@ -78,3 +90,15 @@ def pc08_stop_time(facts: Pc08Facts) -> datetime | None:
 def clock_due_items(clocks: Clocks, now: datetime) -> list[dict[str, Any]]:
     """Running clocks whose due time has come (each makes one Task, whatever the number of ticks)."""
     return [c for c in clocks.values() if not c.get("stopped") and parse_source_datetime(c["due"]) <= now]
+
+
+def referral_to_treatment(clocks: Clocks) -> tuple[datetime, datetime] | None:
+    """TT-08: (referral, first treatment) once the referral-to-assessment clock stopped at an attended assessment.
+
+    The first attended assessment is the first treatment appointment (the TT-09 clock runs from it). A clock
+    stopped any other way (a discharge after a DNA, a transfer) is a referral that did not enter treatment: None.
+    """
+    clock = clocks.get("tt-initial-assessment")
+    if clock is None or clock.get("reason") != ASSESSMENT_ATTENDED or not clock.get("stopped"):
+        return None
+    return parse_source_datetime(clock["start"]), parse_source_datetime(clock["stopped"])

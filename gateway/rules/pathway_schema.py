@@ -10,6 +10,7 @@ the gateway at start-up. The version that decided each outcome is recorded with 
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -167,6 +168,12 @@ class TreatmentTarget(_Strict):
 
     within: Duration
     share: float = Field(gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _whole_days(self) -> TreatmentTarget:
+        if self.within.days < 1 or self.within != timedelta(days=self.within.days):
+            raise ValueError(f"treatment_targets: within must be a whole number of days (P42D), not {self.within}")
+        return self
 
 
 class TalkingTherapiesRules(_Common):

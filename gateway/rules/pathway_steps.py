@@ -26,7 +26,7 @@ from adapters.problems import GatewayInputError, Kind, Problem
 from fhir_mapping.datetimes import parse_source_datetime, to_fhir_instant
 from fhir_mapping.episodes import episode_clocks, with_clocks, with_exit, with_step
 from gateway.rules.cas_ops import Params
-from gateway.rules.pathway_clocks import running, start_clock, stop_clock
+from gateway.rules.pathway_clocks import ASSESSMENT_ATTENDED, running, start_clock, stop_clock
 from gateway.rules.pathway_schema import PrimaryCareRules, TalkingTherapiesRules
 
 __all__ = ["EPISODE_OPERATIONS", "EpisodeFacts", "StepResult", "apply_episode_operation", "CONTACT_KINDS", "Letter", "Work"]
@@ -174,7 +174,7 @@ def _tt_contact(
     if outcome != "attended":
         return _tt_missed(kind, outcome, when, rules, facts, clocks, result)
     if kind == "assessment" and not facts.assessed:
-        clocks = stop_clock(clocks, "tt-initial-assessment", when, "initial assessment attended")
+        clocks = stop_clock(clocks, "tt-initial-assessment", when, ASSESSMENT_ATTENDED)
         clocks = start_clock(clocks, "tt-second-session", rules, when)
         clocks = start_clock(clocks, "tt-kit-call", rules, when)
         result.because("TT-08", "initial assessment attended: the referral-to-assessment clock stops")
