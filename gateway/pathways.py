@@ -8,7 +8,7 @@ ids, the inputs and the rule file version. The reply goes out only after the com
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import structlog
@@ -289,7 +289,16 @@ class Pathways:
             dialog_means=tuple(v for _, v in self._measure_values(session, patient_id, "dialog", "sqol-mean")),
             self_referred=any(c["code"] == "self" for cat in request.get("category", []) for c in cat.get("coding", [])),
             gp_contact_agreed=agreed,
+            outcome_measures=self._episode_measures(session, patient_id, rules, parse_source_datetime(episode["period"]["start"])),
         )
+
+    def _episode_measures(self, session: Session, patient_id: str, rules: Rules, referred: datetime) -> frozenset[str]:
+        """PC-14: which of the service's outcome measures were scored for the patient in the episode (from
+        `measures_before_referral` before the referral, as PC-08 counts them)."""
+        if not isinstance(rules, PrimaryCareRules):
+            return frozenset()
+        since = referred - rules.measures_before_referral
+        return frozenset(m for m in rules.baseline_measures if any(w >= since for w, _ in self._measure_values(session, patient_id, m)))
 
     def _measure_values(self, session: Session, patient_id: str, measure: str, score: str | None = None) -> list[tuple[datetime, float]]:
         """(effective, value) of the patient's stored scores of `measure` (one score id, or any), oldest first."""
@@ -318,7 +327,7 @@ class Pathways:
         assessment = min((w for k, o, s, w in parsed if k == "assessment" and o == "attended" and s == "pcmhh"), default=None)
         intervention = min((w for k, o, s, w in parsed if k == "treatment" and o == "attended" and s == "pcmhh"), default=None)
         patient_id = episode["patient"]["reference"].split("/", 1)[1]
-        lookback = start - timedelta(days=28)  # a DIALOG+ done by the MHP just before the step up counts (SOP 4.8)
+        lookback = start - rules.measures_before_referral  # a DIALOG+ done by the MHP just before the step up counts (SOP 4.8)
         baselines = [w for m in rules.baseline_measures for w, _ in self._measure_values(session, patient_id, m) if w >= lookback]
         plans = _dialog_plus_times(session, patient_id, lookback)
         candidates = [t for t in (intervention, min(plans, default=None)) if t is not None]

@@ -349,6 +349,37 @@ def test_step_out_of_the_hub_names_a_destination_and_books_a_keeping_well_call_P
     assert again.status_code == 422  # a finished episode takes no more contacts
 
 
+def _step_out(client, episode: str):  # type: ignore[no-untyped-def]
+    out = {"resourceType": "Parameters", "parameter": [{"name": "direction", "valueCode": "out"}, {"name": "to", "valueString": "gp"}]}
+    return operate(client, episode, "step", out)
+
+
+def _explained(client, episode: str) -> str:  # type: ignore[no-untyped-def]
+    explained = client.get(f"/fhir/EpisodeOfCare/{episode}/$explain").json()
+    return " ".join(p["valueString"] for p in explained["parameter"] if p["name"] == "step")
+
+
+def test_leaving_the_service_records_which_outcome_measures_were_completed_PC_14(client) -> None:
+    episode = episode_of(route(client, json.loads((PATHWAYS / "pc-step-up-from-secondary-care.servicerequest.json").read_text())).json())
+    early, late = rows(SYSTMONE.read_text())[:2]  # the referral came on 2026-11-20
+    early |= {"nhs_number": "9990000220", "contact_id": "PC14-EARLY", "contact_time": "2026-10-22T10:00:00+01:00"}  # 29 days before
+    late |= {"nhs_number": "9990000220", "contact_id": "PC14-LATE", "contact_time": "2026-11-25T10:00:00+00:00"}
+    late |= {k: "" for k in late if k.startswith(("reqol_", "gbo_"))}  # DIALOG only
+    accepted = client.post("/ingest/systmone", content=to_csv([early, late]), headers={"Content-Type": "text/csv"}).json()["accepted"]
+    assert accepted == 2
+    assert _step_out(client, episode).status_code == 200
+    assert "PC-14: only 1 of the outcome measures completed in this episode (dialog; not gbo, reqol-10)" in _explained(client, episode)
+    assert "the SOP asks for at least 2" in _explained(client, episode)
+    letter = next(c for c in _all(client, "CommunicationRequest") if c["category"][0]["coding"][0]["code"] == "pc-transfer-of-care")
+    assert {"contentString": "Outcome measures completed in this episode (PC-14): dialog"} in letter["payload"]
+
+    assert client.post("/ingest/systmone", content=SYSTMONE.read_bytes(), headers={"Content-Type": "text/csv"}).status_code == 200
+    body = referral("rdash-rotherham", "R-PC14", "2026-11-12T10:00:00+00:00", "1980-01-01", nhs_number="9990000166", source="mhp")
+    done = episode_of(route(client, body | {"id": "pc14-all-three"}).json())  # the 10 Nov contact scored all three
+    assert _step_out(client, done).status_code == 200
+    assert "PC-14: 3 outcome measures completed in this episode: gbo, dialog, reqol-10" in _explained(client, done)
+
+
 def test_step_across_without_a_destination_is_refused_PC_13(client) -> None:
     body = json.loads((PATHWAYS / "pc-step-up-from-secondary-care.servicerequest.json").read_text())
     episode = episode_of(route(client, body).json())

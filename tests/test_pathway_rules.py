@@ -266,6 +266,15 @@ def test_a_bad_rule_file_stops_loading_naming_the_field(tmp_path: Path, edit, me
     assert "north-essex-mid.yaml" in str(failed.value) and message in str(failed.value)
 
 
+def test_a_primary_care_file_asking_for_more_outcome_measures_than_it_lists_is_refused_PC_14(tmp_path: Path) -> None:
+    folder = Path(__file__).resolve().parent.parent / "gateway" / "rules" / "pathways"
+    merged = yaml.safe_load((folder / "rdash.base.yaml").read_text()) | yaml.safe_load((folder / "rdash-rotherham.yaml").read_text())
+    merged.pop("extends")
+    (tmp_path / "rdash-rotherham.yaml").write_text(yaml.safe_dump(merged | {"baseline_measures": ["gbo"]}))
+    with pytest.raises(RuleFileError, match="min_outcome_measures"):
+        load_pathways(tmp_path)
+
+
 def test_day_counted_clocks_keep_the_london_wall_time_across_the_clock_change_TT_08() -> None:
     rules = REGISTRY.services["north-essex-mid"]
     start = datetime(2027, 3, 10, 10, 0, tzinfo=UTC)  # 10:00 GMT; British Summer Time starts on 28 March 2027

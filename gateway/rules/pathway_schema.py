@@ -130,12 +130,14 @@ class PrimaryCareRules(_Common):
     practices: list[str] = Field(min_length=1)  # PC-01: GP practices (ODS) of the place's PCNs
     mhp_session_cap: int = Field(ge=1, le=20)  # PC-05
     dialog_improvement: float = Field(gt=0, le=6)  # PC-11
-    min_outcome_measures: int = Field(ge=1, le=3)  # PC-14
-    gbo_max_goals: int = Field(ge=1, le=10)  # PC-14
-    baseline_measures: list[str] = Field(min_length=1)  # PC-08: measure ids (GBO, DIALOG, ReQoL-10)
+    min_outcome_measures: int = Field(ge=1, le=3)  # PC-14: of baseline_measures, completed before leaving the service
+    baseline_measures: list[str] = Field(min_length=1)  # PC-08 and PC-14: measure ids (GBO, DIALOG, ReQoL-10)
+    measures_before_referral: Duration  # PC-08/PC-14: a measure scored this long before the referral still counts
 
     @model_validator(mode="after")
     def _pc_clocks(self) -> PrimaryCareRules:
+        if self.min_outcome_measures > len(self.baseline_measures):
+            raise ValueError(f"min_outcome_measures ({self.min_outcome_measures}) is more than baseline_measures lists")
         _need_clocks(self.clocks, ("pcmhh-4-week-wait", "pcmhh-screening", "pcmhh-caseload-review", "keeping-well-call"))
         _need_steps(self.service.teams, ("mhwbtc", "mhp", "pcmhh"))
         if "outside-area" not in self.exclusions:

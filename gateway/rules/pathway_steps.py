@@ -49,6 +49,7 @@ class EpisodeFacts:
     dialog_means: tuple[float, ...] = ()  # PC-11: DIALOG mean scores, oldest first
     self_referred: bool = False
     gp_contact_agreed: bool | None = None
+    outcome_measures: frozenset[str] = frozenset()  # PC-14: measure ids scored for the patient since the episode started
 
 
 @dataclass(frozen=True)
@@ -334,8 +335,8 @@ def step(
             to_gp=True,
             to_referrer=False,
             copy_to_patient=True,
-            lines=(f"Care transferred (step {direction}) to {destination}",),
-            rule_ids=("PC-13",),
+            lines=(f"Care transferred (step {direction}) to {destination}", _pc14_outcome_measures(rules, facts, result)),
+            rule_ids=("PC-13", "PC-14"),
         )
     else:
         letter = Letter(
@@ -354,6 +355,23 @@ def step(
         result.transfer = (route or "signpost", destination or "")
     result.episode = with_clocks(_status(with_exit(episode, now, direction), "finished", now), clocks)
     return result
+
+
+def _pc14_outcome_measures(rules: PrimaryCareRules, facts: EpisodeFacts, result: StepResult) -> str:
+    """PC-14: at least `min_outcome_measures` of the outcome measures (DIALOG, ReQoL-10, GBO: the rule file's
+    `baseline_measures`) should be completed; leaving the service, the decision and the letter say which were.
+    A "should": a shortfall is recorded, not refused (the patient still moves on)."""
+    done = [m for m in rules.baseline_measures if m in facts.outcome_measures]
+    missing = [m for m in rules.baseline_measures if m not in facts.outcome_measures]
+    if len(done) < rules.min_outcome_measures:
+        result.because(
+            "PC-14",
+            f"only {len(done)} of the outcome measures completed in this episode ({', '.join(done) or 'none'}; "
+            f"not {', '.join(missing)}): the SOP asks for at least {rules.min_outcome_measures}",
+        )
+    else:
+        result.because("PC-14", f"{len(done)} outcome measures completed in this episode: {', '.join(done)}")
+    return f"Outcome measures completed in this episode (PC-14): {', '.join(done) or 'none'}"
 
 
 def _pc_step_within(
