@@ -3,7 +3,8 @@
 A bad row never drops the good ones silently: the reply lists every row (accepted, refused with
 its issues, or duplicate). Rows share one pipeline: the patient by NHS number, the source's own
 resources, and every measure recorded checked and scored by the gateway's one scorer (risk items
-acted on as for any response: CAS-10 / Flag).
+acted on as for any response: CAS-10 / Flag). A PCMIS row is then recorded on the patient's open Talking
+Therapies episode, in the same transaction (`Pathways.link_pcmis_contact`: TT-08..TT-13).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from gateway.store.repo import find_by_identifier, get_resource, open_cas_tasks
 
 __all__ = [
     "ContactBatches",
+    "Link",
     "StoreReads",
     "EMPTY_STORE",
     "pcmis_batches",
@@ -85,6 +87,9 @@ EMPTY_STORE = StoreReads(lambda _type, _id: None, lambda _patient_id: [])
 
 # the resources a row becomes, besides its Patient: (catalogue, reads, contact, patient, now)
 Build = Callable[[MeasureCatalogue, StoreReads, Any, dict[str, Any], datetime], list[dict[str, Any]]]
+# then, in the row's transaction, what the row changes beyond itself (PCMIS: the patient's Talking Therapies episode,
+# gateway.pathways): (session, contact, patient, the row's resources, now) -> (its resources as stored, warnings)
+Link = Callable[[Session, Any, dict[str, Any], list[dict[str, Any]], datetime], tuple[list[dict[str, Any]], list[Problem]]]
 
 
 class ContactBatches:
@@ -96,9 +101,10 @@ class ContactBatches:
         parse: Callable[[bytes], Sequence[Row]],
         build: Build,
         catalogue: MeasureCatalogue,
+        link: Link | None = None,
     ) -> None:
         self.sessions, self.clock, self.channel, self.parse, self.build = sessions, clock, channel, parse, build
-        self.catalogue = catalogue
+        self.catalogue, self.link = catalogue, link
 
     def receive_batch(self, raw: bytes) -> Reply:
         rows = self.parse(raw)
@@ -113,33 +119,34 @@ class ContactBatches:
                 results.append(outcome | {"outcome": "duplicate", "detail": "already received; nothing changed"})
                 continue
             try:
-                stored = self._store(row, now)
+                stored, notes = self._store(row, now)
             except GatewayInputError as exc:
                 results.append(outcome | {"outcome": "refused", "issues": operation_outcome(exc.problems)["issue"]})
                 continue
             warnings = [p for p in row.problems if not p.is_error]
-            results.append(
-                outcome
-                | {"outcome": "accepted", "resources": stored}
-                | ({"issues": operation_outcome(warnings)["issue"]} if warnings else {})
-            )
+            issues = (operation_outcome(warnings)["issue"] if warnings else []) + notes
+            results.append(outcome | {"outcome": "accepted", "resources": stored} | ({"issues": issues} if issues else {}))
         counts = {k: sum(1 for r in results if r["outcome"] == k) for k in ("accepted", "refused", "duplicate")}
         log.info("batch.received", channel=self.channel, rows=len(rows), **counts)
         return Reply(200, {"rows": results, **counts})
 
-    def _store(self, row: Row, now: datetime) -> list[str]:
+    def _store(self, row: Row, now: datetime) -> tuple[list[str], list[dict[str, Any]]]:
+        """The row in its own transaction: (the references it stored, the issues of warnings its link raised)."""
+        notes: list[Problem] = []
+
         def write(session: Session) -> list[tuple[dict[str, Any], str | None]]:
             patient = _patient(session, row.contact.nhs_number)
-            return [(r, None) for r in [patient, *self.build(self.catalogue, StoreReads.of(session), row.contact, patient, now)]]
+            built = self.build(self.catalogue, StoreReads.of(session), row.contact, patient, now)
+            if self.link is not None:
+                built, notes[:] = self.link(session, row.contact, patient, built, now)  # a retried write starts afresh
+            return [(r, None) for r in [patient, *built]]
 
-        reply = commit_message(
-            self.sessions,
-            Inbound(self.channel, row.contact.contact_id, row.source),
-            now,
-            write,
-            lambda stored, _created: Reply(200, {"resources": [f"{r['resourceType']}/{r['id']}" for r in stored]}),
-        )
-        return list(reply.body["resources"])
+        def reply(stored: list[dict[str, Any]], _created: set[str]) -> Reply:
+            issues = {"issues": operation_outcome(notes)["issue"]} if notes else {}
+            return Reply(200, {"resources": [f"{r['resourceType']}/{r['id']}" for r in stored], **issues})
+
+        made = commit_message(self.sessions, Inbound(self.channel, row.contact.contact_id, row.source), now, write, reply)
+        return list(made.body["resources"]), list(made.body.get("issues", []))
 
 
 def _patient(session: Session, nhs_number: str) -> dict[str, Any]:
@@ -194,8 +201,9 @@ def build_systmone(
     return [systmone_encounter(contact, subject), *_scored(reads, catalogue, responses, patient, now), *care_plans(contact, subject)]
 
 
-def pcmis_batches(sessions: sessionmaker[Session], catalogue: MeasureCatalogue, clock: Clock) -> ContactBatches:
-    return ContactBatches(sessions, clock, CHANNEL_PCMIS, parse_pcmis_csv, build_pcmis, catalogue)
+def pcmis_batches(sessions: sessionmaker[Session], catalogue: MeasureCatalogue, clock: Clock, link: Link | None = None) -> ContactBatches:
+    """PCMIS rows; `link` records each contact on the patient's Talking Therapies episode (gateway.pathways)."""
+    return ContactBatches(sessions, clock, CHANNEL_PCMIS, parse_pcmis_csv, build_pcmis, catalogue, link)
 
 
 def systmone_batches(sessions: sessionmaker[Session], catalogue: MeasureCatalogue, clock: Clock) -> ContactBatches:

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from adapters.jsonparse import parse_json_object
 from adapters.pathway_referral import PathwayReferral, parse_pathway_referral
+from adapters.pcmis import PcmisContact
 from adapters.problems import GatewayInputError, Kind, Problem
 from fhir_mapping import codes
 from fhir_mapping.datetimes import parse_source_datetime, to_fhir_instant
@@ -40,12 +41,12 @@ from gateway.clock import Clock
 from gateway.messages import Inbound, Reply, commit_message, previous, resend
 from gateway.outbox.letters import queue_letter
 from gateway.responses import response_id, response_resources
-from gateway.rules.cas_ops import parse_parameters
+from gateway.rules.cas_ops import Params, parse_parameters
 from gateway.rules.pathway_clocks import Pc08Facts, clock_due_items, pc08_stop_time, running, start_clock, stop_clock
 from gateway.rules.pathway_routing import Decision, MeasureFact, route_referral
 from gateway.rules.pathway_schema import PathwayRegistry, PrimaryCareRules, TalkingTherapiesRules
 from gateway.rules.pathway_steps import EPISODE_OPERATIONS, EpisodeFacts, Letter, StepResult, apply_episode_operation, current_step
-from gateway.security.principal import require_service
+from gateway.security.principal import allowed_service, require_service
 from gateway.store.repo import ResourceQuery, get_for_update, get_resource, put_resource, search_resources
 
 __all__ = ["Pathways", "CHANNEL_PATHWAY", "PATHWAY_ACTIVITY", "CONTACT_SYSTEM"]
@@ -215,11 +216,19 @@ class Pathways:
             return self._store_result(session, name, params.string("practitioner") or "", episode, result, rules, now)
 
     def _store_result(
-        self, session: Session, name: str, who: str, before: dict[str, Any], result: StepResult, rules: Rules, now: datetime
+        self,
+        session: Session,
+        name: str,
+        who: str,
+        before: dict[str, Any],
+        result: StepResult,
+        rules: Rules,
+        now: datetime,
+        contact_written_by_caller: bool = False,
     ) -> dict[str, Any]:
         episode = result.episode
         patient_ref = episode["patient"]["reference"]
-        if result.contact is not None:
+        if result.contact is not None and not contact_written_by_caller:
             encounter = _contact_encounter(before, result.contact, rules)
             if get_resource(session, "Encounter", encounter["id"]) is not None:  # a re-sent contact changes nothing
                 return before
@@ -343,6 +352,62 @@ class Pathways:
                 "PC-08", "the 4-week clock stops: assessment, baseline outcome measure and intervention or care plan all recorded"
             )
         return with_clocks(episode, clocks)
+
+    # --- contacts recorded in the EPR (PCMIS) -----------------------------------------------------------------
+
+    def link_pcmis_contact(
+        self, session: Session, contact: PcmisContact, patient: dict[str, Any], resources: list[dict[str, Any]], now: datetime
+    ) -> tuple[list[dict[str, Any]], list[Problem]]:
+        """A PCMIS contact on the patient's open Talking Therapies episode, in the row's transaction: recorded on it as
+        $record-contact records one (TT-08/TT-09/TT-10 clocks, TT-12 caps, TT-13 DNAs, TT-14 letters), and the row's
+        Encounter joins the episode. The row's resources come back (the Encounter joined), with any warning.
+
+        Nothing is guessed: with no open episode for the patient (a client bound to a service: of that service) the
+        contact stays on its own; with several, or when the rules refuse the contact (a TT-12 session past the
+        standard cap: PCMIS carries no supervisor agreement), the contact is stored, the episode is left as it
+        was, and the row's warning says why. A service cancellation joins the episode but is no missed session.
+        """
+        episodes = self._open_talking_therapies(session, patient["id"])
+        if not episodes:
+            return resources, []
+        if len(episodes) > 1:
+            named = ", ".join(f"EpisodeOfCare/{e['id']}" for e, _ in episodes)
+            return resources, [_not_recorded(f"the patient has {len(episodes)} open Talking Therapies episodes ({named})")]
+        episode, rules = episodes[0]
+        facts = self._facts(session, episode, rules)
+        kind = (
+            "treatment"
+            if contact.appointment_type == "assessment-and-treatment" and facts.assessed
+            else _PCMIS_KIND[contact.appointment_type]
+        )
+        outcome = _PCMIS_OUTCOME.get(contact.attendance)
+        encounter = next(r for r in resources if r["resourceType"] == "Encounter")
+        warnings: list[Problem] = []
+        joined = _joined(encounter, episode, None)
+        if outcome is not None:
+            params = {"kind": kind, "outcome": outcome, "date": to_fhir_instant(contact.contact_time), "practitioner": contact.therapist}
+            try:
+                result = apply_episode_operation("record-contact", episode, Params(params), rules, facts, now)
+            except GatewayInputError as refused:
+                reason = refused.first_error.message if refused.first_error else str(refused)
+                warnings.append(_not_recorded(f"EpisodeOfCare/{episode['id']} refuses it: {reason}"))
+            else:
+                self._store_result(session, "record-contact", f"PCMIS: {contact.therapist}", episode, result, rules, now, True)
+                joined = _joined(encounter, episode, result.contact)
+                log.info("pathway.epr_contact", service=rules.service.id, kind=kind, outcome=outcome, rules=result.rule_ids)
+        return [joined if r is encounter else r for r in resources], warnings
+
+    def _open_talking_therapies(self, session: Session, patient_id: str) -> list[tuple[dict[str, Any], TalkingTherapiesRules]]:
+        """The patient's open Talking Therapies episodes (locked for this transaction), of the acting client's service if bound."""
+        bound = allowed_service(None)
+        found, _ = search_resources(session, ResourceQuery("EpisodeOfCare", patient=patient_id, status=list(OPEN_EPISODE), count=100))
+        out = []
+        for candidate in found:
+            locked = get_for_update(session, "EpisodeOfCare", candidate["id"])
+            rules = self.registry.services.get(str(locked[1])) if locked else None
+            if locked and isinstance(rules, TalkingTherapiesRules) and bound in (None, locked[1]) and locked[0]["status"] in OPEN_EPISODE:
+                out.append((locked[0], rules))
+        return out
 
     # --- clocks ---------------------------------------------------------------------------------------------
 
@@ -588,17 +653,13 @@ def _decision_parameters(decision: Decision, rules: Rules, stored: list[dict[str
 
 def _contact_encounter(episode: dict[str, Any], contact: dict[str, Any], rules: Rules) -> dict[str, Any]:
     when = to_fhir_instant(contact["when"])
-    kind, outcome, step = contact["kind"], contact["outcome"], contact["step"]
+    kind, outcome = contact["kind"], contact["outcome"]
     encounter = {
         "resourceType": "Encounter",
         "id": resource_id("Encounter", f"EpisodeOfCare/{episode['id']}", f"{kind}#{outcome}#{when}"),
         "status": "finished" if outcome == "attended" else "cancelled",
         "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB", "display": "ambulatory"},
-        "type": [
-            {"coding": [{"system": CONTACT_SYSTEM, "code": kind}]},
-            {"coding": [{"system": OUTCOME_SYSTEM, "code": outcome}]},
-            {"coding": [{"system": STEP_SYSTEM, "code": step}]},
-        ],
+        "type": _contact_types(contact),
         "subject": episode["patient"],
         "episodeOfCare": [{"reference": f"EpisodeOfCare/{episode['id']}"}],
         "period": {"start": when},
@@ -607,6 +668,36 @@ def _contact_encounter(episode: dict[str, Any], contact: dict[str, Any], rules: 
     if contact.get("practitioner"):
         encounter["participant"] = [{"individual": {"display": contact["practitioner"]}}]
     return encounter
+
+
+def _contact_types(contact: dict[str, Any]) -> list[dict[str, Any]]:
+    """A pathway contact's kind, outcome and step, as Encounter.type codings (what `_contact_of` reads back)."""
+    return [
+        {"coding": [{"system": CONTACT_SYSTEM, "code": contact["kind"]}]},
+        {"coding": [{"system": OUTCOME_SYSTEM, "code": contact["outcome"]}]},
+        {"coding": [{"system": STEP_SYSTEM, "code": contact["step"]}]},
+    ]
+
+
+# PCMIS appointment types and attendance as pathway contacts (docs/formats/pcmis-contacts.md); "assessment-and-treatment"
+# is an assessment until the patient is assessed, a treatment session after. A service cancellation is not the patient's miss.
+_PCMIS_KIND = {"assessment": "assessment", "assessment-and-treatment": "assessment", "treatment": "treatment", "review-only": "review-only"}
+_PCMIS_OUTCOME = {"attended": "attended", "dna": "dna", "cancelled-by-patient": "cancelled"}
+
+
+def _joined(encounter: dict[str, Any], episode: dict[str, Any], contact: dict[str, Any] | None) -> dict[str, Any]:
+    """An EPR's own contact Encounter on the episode (Encounter.episodeOfCare), with the pathway contact's codings
+    when the contact was recorded on it; elements kept in FHIR order."""
+    out: dict[str, Any] = {}
+    for key, value in encounter.items():
+        out[key] = [*value, *_contact_types(contact)] if key == "type" and contact else value
+        if key == "subject":
+            out["episodeOfCare"] = [{"reference": f"EpisodeOfCare/{episode['id']}"}]
+    return out
+
+
+def _not_recorded(why: str) -> Problem:
+    return Problem(Kind.BUSINESS_RULE, "contact_id", f"stored, but not recorded on a Talking Therapies episode: {why}", severity="warning")
 
 
 def _contact_of(encounter: dict[str, Any]) -> tuple[str, str, str, datetime]:

@@ -18,6 +18,7 @@ from tests.test_pcmis import rows, to_csv
 
 PATHWAYS = ROOT / "fixtures" / "pathways"
 SYSTMONE = ROOT / "fixtures" / "systmone" / "contacts.csv"
+PCMIS = ROOT / "fixtures" / "pcmis" / "contacts.csv"
 
 
 def route(client, body: dict[str, Any]):  # type: ignore[no-untyped-def]
@@ -273,6 +274,82 @@ def test_kit_opt_out_stops_the_kit_clock_with_an_alert_and_a_letter_TT_10(client
     reply = operate(client, episode, "kit-opt-out", {"resourceType": "Parameters", "parameter": []})
     assert reply.status_code == 200
     assert [f for f in _all(client, "Flag") if "keeping-in-touch" in f["code"]["text"]]
+
+
+def _pcmis(*contacts: tuple[str, str, str], nhs: str = "9990000174") -> bytes:
+    """PCMIS rows for the patient: (appointment type, attendance, time) each; the fixture's first row otherwise."""
+    template = rows(PCMIS.read_text())[0]
+    return to_csv(
+        [
+            template
+            | {"contact_id": f"PW-{nhs}-{when}", "nhs_number": nhs, "appointment_type": kind, "attendance": attended, "contact_time": when}
+            for kind, attended, when in contacts
+        ]
+    )
+
+
+def _on_episode(client, episode: str) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
+    return [e for e in _all(client, "Encounter") if {"reference": f"EpisodeOfCare/{episode}"} in e.get("episodeOfCare", [])]
+
+
+def _ingest_pcmis(client, body: bytes) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
+    reply = client.post("/ingest/pcmis", content=body, headers={"Content-Type": "text/csv"})
+    assert reply.status_code == 200, reply.text
+    return list(reply.json()["rows"])
+
+
+def test_pcmis_contacts_move_the_patients_talking_therapies_episode_TT_08_TT_09_TT_13(client) -> None:
+    episode = tt_episode(client, received="2026-10-01T10:00:00+01:00")
+    first = _ingest_pcmis(client, _pcmis(("assessment-and-treatment", "attended", "2026-10-20T10:00:00+01:00")))
+    assert first[0]["outcome"] == "accepted" and "issues" not in first[0]
+    clocks = _clocks(client, episode)
+    assert clocks["tt-initial-assessment"]["stopped"] == "2026-10-20T10:00:00+01:00"  # TT-08: entered treatment
+    assert clocks["tt-second-session"]["start"] == "2026-10-20T10:00:00+01:00"  # TT-09 runs from the first appointment
+    encounter = client.get(f"/fhir/{next(r for r in first[0]['resources'] if r.startswith('Encounter/'))}").json()
+    assert encounter["episodeOfCare"] == [{"reference": f"EpisodeOfCare/{episode}"}]  # the PCMIS Encounter itself, no copy
+    assert [e["id"] for e in _on_episode(client, episode)] == [encounter["id"]]
+    assert [c for c in _all(client, "CommunicationRequest") if c["category"][0]["coding"][0]["code"] == "tt-assessment-outcome"]
+    assert _targets(client.get("/reports/waitlist").json(), "north-essex-mid")["entered_treatment"] == 1
+
+    later = _pcmis(
+        ("treatment", "dna", "2026-10-27T10:00:00+00:00"),
+        ("treatment", "cancelled-by-service", "2026-11-03T10:00:00+00:00"),  # the service's cancellation is not the patient's miss
+        ("treatment", "cancelled-by-patient", "2026-11-10T10:00:00+00:00"),  # the 2nd miss in treatment: discharged (TT-13)
+    )
+    assert [r["outcome"] for r in _ingest_pcmis(client, later)] == ["accepted"] * 3
+    stored = client.get(f"/fhir/EpisodeOfCare/{episode}").json()
+    assert stored["status"] == "finished" and stored["period"]["end"] == "2026-11-10T10:00:00Z"
+    assert "TT-13: 2 DNAs or cancellations in treatment: discharged" in _explained(client, episode)
+    assert [r["outcome"] for r in _ingest_pcmis(client, later)] == ["duplicate"] * 3  # a re-sent export changes nothing
+    assert client.get(f"/fhir/EpisodeOfCare/{episode}").json()["meta"]["versionId"] == stored["meta"]["versionId"]
+
+
+def test_a_pcmis_contact_the_episode_cannot_take_is_stored_with_a_warning_and_changes_nothing_TT_12(client) -> None:
+    episode = tt_episode(client, received="2026-10-01T10:00:00+01:00")  # PHQ-9 12: step 2, up to 7 contacts without agreement
+    sessions = [("assessment", "attended", "2026-10-06T10:00:00+01:00")]
+    sessions += [("treatment", "attended", f"2026-{10 + (d > 31)}-{(d - 1) % 31 + 1:02d}T10:00:00+00:00") for d in range(27, 55, 4)]
+    sessions[1] = ("assessment-and-treatment", "attended", sessions[1][2])  # after the assessment: a treatment session
+    replies = _ingest_pcmis(client, _pcmis(*sessions))
+    assert [r["outcome"] for r in replies] == ["accepted"] * 8 and all("issues" not in r for r in replies[:7])
+    assert _clocks(client, episode)["tt-second-session"]["stopped"] == "2026-10-27T10:00:00Z"  # TT-09: the second session
+    warning = replies[7]["issues"][0]
+    assert warning["severity"] == "warning" and warning["code"] == "business-rule"
+    assert f"not recorded on a Talking Therapies episode: EpisodeOfCare/{episode} refuses it: TT-12" in warning["diagnostics"]
+    assert "needs the clinical supervisor's agreement" in warning["diagnostics"]
+    eighth = next(r for r in replies[7]["resources"] if r.startswith("Encounter/"))
+    assert client.get(f"/fhir/{eighth}").json()["episodeOfCare"] == [{"reference": f"EpisodeOfCare/{episode}"}]
+    assert len(_on_episode(client, episode)) == 8
+    assert "contact 8" not in _explained(client, episode)
+
+
+def test_a_pcmis_contact_is_not_guessed_onto_one_of_several_open_episodes(client) -> None:
+    mid = tt_episode(client, received="2026-10-01T10:00:00+01:00", ref="R-MID")
+    west = route(client, referral("north-essex-west", "R-WEST", "2026-10-02T10:00:00+01:00", "1990-01-01", practice="F81001"))
+    assert west.status_code == 201, west.text
+    reply = _ingest_pcmis(client, _pcmis(("assessment", "attended", "2026-10-20T10:00:00+01:00")))[0]
+    assert reply["outcome"] == "accepted" and "2 open Talking Therapies episodes" in reply["issues"][0]["diagnostics"]
+    assert "stopped" not in _clocks(client, mid)["tt-initial-assessment"]
+    assert "episodeOfCare" not in client.get(f"/fhir/{next(r for r in reply['resources'] if r.startswith('Encounter/'))}").json()
 
 
 def _systmone_for(nhs: str, first: str, second: str) -> bytes:

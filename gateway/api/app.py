@@ -128,10 +128,10 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
     app.state.cases = CaseOperations(sessions, registry, clock)
     app.state.hl7 = Hl7Intake(sessions, clock)
     app.state.cleo = CleoLink(sessions, app.state.cases, clock)
-    app.state.pcmis = pcmis_batches(sessions, catalogue, clock)
-    app.state.systmone = systmone_batches(sessions, catalogue, clock)
     app.state.pathway_rules = pathway_rules
     app.state.pathways = Pathways(sessions, pathway_rules, catalogue, clock)
+    app.state.pcmis = pcmis_batches(sessions, catalogue, clock, link=app.state.pathways.link_pcmis_contact)  # TT episodes
+    app.state.systmone = systmone_batches(sessions, catalogue, clock)
     app.state.deliverer = deliverer
     app.state.authenticator = Authenticator(sessions, clock, timedelta(seconds=settings.token_ttl_seconds))
     app.state.metrics = Metrics(sessions, clock)
