@@ -10,7 +10,7 @@ Therapies episode, in the same transaction (`Pathways.link_pcmis_contact`: TT-08
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import partial
 from typing import Any, Protocol
@@ -138,7 +138,8 @@ class ContactBatches:
             patient = _patient(session, row.contact.nhs_number)
             built = self.build(self.catalogue, StoreReads.of(session), row.contact, patient, now)
             if self.link is not None:
-                built, notes[:] = self.link(session, row.contact, patient, built, now)  # a retried write starts afresh
+                built, found = self.link(session, row.contact, patient, built, now)
+                notes[:] = [replace(p, element=f"row[{row.number}].{p.element}") for p in found]  # a retried write starts afresh
             return [(r, None) for r in [patient, *built]]
 
         def reply(stored: list[dict[str, Any]], _created: set[str]) -> Reply:

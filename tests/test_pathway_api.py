@@ -333,7 +333,7 @@ def test_a_pcmis_contact_the_episode_cannot_take_is_stored_with_a_warning_and_ch
     assert [r["outcome"] for r in replies] == ["accepted"] * 8 and all("issues" not in r for r in replies[:7])
     assert _clocks(client, episode)["tt-second-session"]["stopped"] == "2026-10-27T10:00:00Z"  # TT-09: the second session
     warning = replies[7]["issues"][0]
-    assert warning["severity"] == "warning" and warning["code"] == "business-rule"
+    assert warning["severity"] == "warning" and warning["code"] == "business-rule" and warning["expression"] == ["row[8].contact_id"]
     assert f"not recorded on a Talking Therapies episode: EpisodeOfCare/{episode} refuses it: TT-12" in warning["diagnostics"]
     assert "needs the clinical supervisor's agreement" in warning["diagnostics"]
     eighth = next(r for r in replies[7]["resources"] if r.startswith("Encounter/"))
