@@ -1,5 +1,6 @@
 """Group commit on SQLite (gateway.store.group_commit): messages waiting for the writer share one commit,
-each with its own reply and its own AuditEvent, and a failing one fails alone. Over real HTTP."""
+each with its own reply and its own AuditEvent, a failing one fails alone, and a failed shared COMMIT stores none
+of its messages and answers none of them from it. Over real HTTP."""
 
 from __future__ import annotations
 
@@ -145,3 +146,46 @@ def test_postgresql_writers_do_not_wait_for_one_another_so_nothing_is_grouped(pg
         assert group_commit(make_sessionmaker(engine)) is None  # each message commits on its own transaction
     finally:
         engine.dispose()
+
+
+def test_a_failed_shared_commit_stores_none_of_its_messages_and_each_is_written_again(
+    sqlite_app: Any, monkeypatch: Any, capsys: Any
+) -> None:
+    """The shared COMMIT fails once (as a full disk or an I/O error would): nothing of the batch is stored and
+    nobody is answered from it; each sender retries on its own, and every message ends stored once, with one
+    AuditEvent and its 201."""
+    import sqlite3
+    import sys
+
+    dialect = sqlite_app.state.engine.dialect
+    real_commit, failed = dialect.do_commit, []
+
+    def commit_failing_once_when_shared(connection: Any) -> None:
+        frame, shared = sys._getframe(1), False
+        while frame is not None and not shared:
+            shared, frame = frame.f_code.co_name == "_together", frame.f_back
+        if shared and not failed:
+            failed.append(True)
+            raise sqlite3.OperationalError("disk I/O error")
+        real_commit(connection)
+
+    monkeypatch.setattr(dialect, "do_commit", commit_failing_once_when_shared)
+    keys = [add_test_client(sqlite_app, {"ingest:nhs111"}, name=f"sender-{n}") for n in range(SENDERS)]
+    sends = [(key, _case(f"GROUP-FAIL-{n}-{uuid.uuid4().hex[:8]}")) for n, key in enumerate(keys)]
+    before = _commits(sqlite_app)
+
+    replies = _send_while_the_writer_is_held(sqlite_app, sends)
+
+    assert failed == [True]
+    assert [r.status_code for r in replies] == [201] * SENDERS, [r.text for r in replies]
+    with sqlite_app.state.sessions() as session:
+        counts = count_rows(session)
+    assert counts["Task"] == SENDERS and counts["InboundMessage"] == SENDERS
+    assert _since(sqlite_app, before)[1] == SENDERS  # the failed commit counted no message
+    logged = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    assert [e["event"] for e in logged if e["event"] == "store.retry"] == ["store.retry"] * (SENDERS - 1)  # the batch's three
+    tasks = [next(e["resource"] for e in r.json()["entry"] if e["resource"]["resourceType"] == "Task") for r in replies]
+    with TestClient(sqlite_app, headers=bearer(add_test_client(sqlite_app, ALL_SCOPES))) as auditor:
+        for n, task in enumerate(tasks):
+            events = auditor.get("/fhir/AuditEvent", params={"entity": f"Task/{task['id']}", "action": "C"}).json()
+            assert [e["resource"]["agent"][0]["who"]["display"] for e in events.get("entry", [])] == [f"sender-{n}"]
