@@ -342,6 +342,17 @@ def test_a_pcmis_contact_the_episode_cannot_take_is_stored_with_a_warning_and_ch
     assert "contact 8" not in _explained(client, episode)
 
 
+def test_a_pcmis_client_bound_to_one_service_moves_only_that_services_episodes(client, client_with) -> None:
+    mid = tt_episode(client, received="2026-10-01T10:00:00+01:00")
+    west = client_with({"ingest:pcmis"}, service="north-essex-west")
+    reply = _ingest_pcmis(west, _pcmis(("assessment", "attended", "2026-10-20T10:00:00+01:00")))[0]
+    assert reply["outcome"] == "accepted" and "issues" not in reply  # another service's episode is not even named
+    assert "stopped" not in _clocks(client, mid)["tt-initial-assessment"]
+    own = client_with({"ingest:pcmis"}, service="north-essex-mid")
+    assert "issues" not in _ingest_pcmis(own, _pcmis(("assessment", "attended", "2026-10-21T10:00:00+01:00")))[0]
+    assert _clocks(client, mid)["tt-initial-assessment"]["stopped"] == "2026-10-21T10:00:00+01:00"
+
+
 def test_a_pcmis_contact_is_not_guessed_onto_one_of_several_open_episodes(client) -> None:
     mid = tt_episode(client, received="2026-10-01T10:00:00+01:00", ref="R-MID")
     west = route(client, referral("north-essex-west", "R-WEST", "2026-10-02T10:00:00+01:00", "1990-01-01", practice="F81001"))
