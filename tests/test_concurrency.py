@@ -98,3 +98,40 @@ def test_sqlite_write_transactions_of_two_worker_processes_take_turns(tmp_path) 
         rows = conn.execute(text("SELECT who, seen FROM turns ORDER BY seq")).all()
     engine.dispose()
     assert [tuple(r) for r in rows] == [("other process", None), ("this process", 1)]
+
+
+def test_pcmis_contacts_racing_on_one_episode_are_counted_under_its_lock_TT_12(server_url, app, all_scopes_key) -> None:  # type: ignore[no-untyped-def]
+    """Step 2 allows 7 contacts without the supervisor's agreement: after the assessment, 7 treatment sessions
+    sent at once (each its own export) leave exactly one refused by TT-12, whatever order they land in."""
+    from gateway.pathway_demo import gad7, phq9, referral
+    from tests.test_pathway_api import _pcmis
+
+    with httpx.Client(timeout=60, headers=bearer(all_scopes_key)) as http:
+        body = referral(
+            "north-essex-mid", "R-RACE", "2026-10-01T10:00:00+01:00", "1990-01-01", practice="F81001", responses=(phq9(12), gad7(6))
+        )
+        routed = http.post(f"{server_url}/fhir/ServiceRequest/$route", json=body)
+        assert routed.status_code == 201, routed.text
+        episode = next(p["valueReference"]["reference"] for p in routed.json()["parameter"] if p["name"] == "episode")
+        first = http.post(f"{server_url}/ingest/pcmis", content=_pcmis(("assessment", "attended", "2026-10-06T10:00:00+01:00")))
+        assert "issues" not in first.json()["rows"][0]
+    sessions = [("treatment", "attended", f"2026-11-{day:02d}T10:00:00+00:00") for day in range(2, 9)]
+    barrier = threading.Barrier(len(sessions))
+
+    def one(contact: tuple[str, str, str]) -> dict:  # type: ignore[type-arg]
+        with httpx.Client(timeout=60, headers=bearer(all_scopes_key)) as http:
+            barrier.wait()
+            reply = http.post(f"{server_url}/ingest/pcmis", content=_pcmis(contact))
+            assert reply.status_code == 200, reply.text
+            return dict(reply.json()["rows"][0])
+
+    with ThreadPoolExecutor(len(sessions)) as pool:
+        rows = list(pool.map(one, sessions))
+    assert [r["outcome"] for r in rows] == ["accepted"] * len(sessions)
+    refused = [r for r in rows if "issues" in r]
+    assert len(refused) == 1 and "TT-12" in refused[0]["issues"][0]["diagnostics"]
+    with app.state.sessions() as session:
+        from gateway.store.repo import ResourceQuery, search_resources
+
+        on_episode, _ = search_resources(session, ResourceQuery("Encounter", tokens=[("episode-of-care", None, episode)], count=100))
+    assert len(on_episode) == 1 + len(sessions)  # every contact joined the episode; 7 recorded on it, the refused one not
