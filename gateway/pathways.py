@@ -363,9 +363,10 @@ class Pathways:
         Encounter joins the episode. The row's resources come back (the Encounter joined), with any warning.
 
         Nothing is guessed: with no open episode for the patient (a client bound to a service: of that service) the
-        contact stays on its own; with several, or when the rules refuse the contact (a TT-12 session past the
-        standard cap: PCMIS carries no supervisor agreement), the contact is stored, the episode is left as it
-        was, and the row's warning says why. A service cancellation joins the episode but is no missed session.
+        contact stays on its own; with several, or dated before the episode began (an export's history), it stays on
+        its own with a warning; when the rules refuse it (a TT-12 session past the standard cap: PCMIS carries no
+        supervisor agreement) it joins the episode uncounted, with a warning. In each case the contact is stored and
+        the episode is left as it was. A service cancellation joins the episode but is no missed session.
         """
         episodes = self._open_talking_therapies(session, patient["id"])
         if not episodes:
@@ -374,6 +375,8 @@ class Pathways:
             named = ", ".join(f"EpisodeOfCare/{e['id']}" for e, _ in episodes)
             return resources, [_not_recorded(f"the patient has {len(episodes)} open Talking Therapies episodes ({named})")]
         episode, rules = episodes[0]
+        if contact.contact_time < parse_source_datetime(episode["period"]["start"]):  # history from an earlier course of care
+            return resources, [_not_recorded(f"it is dated before EpisodeOfCare/{episode['id']} began ({episode['period']['start']})")]
         facts = self._facts(session, episode, rules)
         kind = (
             "treatment"

@@ -353,6 +353,17 @@ def test_a_pcmis_client_bound_to_one_service_moves_only_that_services_episodes(c
     assert _clocks(client, mid)["tt-initial-assessment"]["stopped"] == "2026-10-21T10:00:00+01:00"
 
 
+def test_a_contact_dated_before_the_episode_began_is_not_recorded_on_it_TT_08(client) -> None:
+    episode = tt_episode(client, received="2026-10-01T10:00:00+01:00")
+    early = operate(client, episode, "record-contact", contact("assessment", date_="2026-09-30T10:00:00+01:00"))
+    assert early.status_code == 422 and "before the episode began (2026-10-01T10:00:00+01:00)" in early.text
+    assert early.json()["issue"][0]["expression"] == ["Parameters.parameter.where(name='date')"]
+    history = _ingest_pcmis(client, _pcmis(("assessment", "attended", "2026-03-02T10:00:00+00:00")))[0]  # an earlier course
+    assert history["outcome"] == "accepted"
+    assert f"it is dated before EpisodeOfCare/{episode} began" in history["issues"][0]["diagnostics"]
+    assert "stopped" not in _clocks(client, episode)["tt-initial-assessment"] and _on_episode(client, episode) == []
+
+
 def test_a_pcmis_contact_is_not_guessed_onto_one_of_several_open_episodes(client) -> None:
     mid = tt_episode(client, received="2026-10-01T10:00:00+01:00", ref="R-MID")
     west = route(client, referral("north-essex-west", "R-WEST", "2026-10-02T10:00:00+01:00", "1990-01-01", practice="F81001"))

@@ -118,6 +118,13 @@ def record_contact(
     kind = params.code("kind", CONTACT_KINDS, required=True) or ""
     outcome = params.code("outcome", OUTCOMES) or "attended"
     when = params.moment("date", now)
+    if when < parse_source_datetime(episode["period"]["start"]):  # a clock must not stop before it started (TT-08, PC-08)
+        raise _refuse(
+            Kind.BUSINESS_RULE,
+            "date",
+            f"the contact ({to_fhir_instant(when)}) is before the episode began ({episode['period']['start']}): "
+            "it belongs to an earlier course of care",
+        )
     step = current_step(episode)
     result = StepResult(episode=episode, summary="", contact={"kind": kind, "outcome": outcome, "when": when, "step": step})
     result.contact["practitioner"] = params.string("practitioner")  # type: ignore[index]
