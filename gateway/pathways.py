@@ -388,14 +388,17 @@ class Pathways:
         warnings: list[Problem] = []
         joined = _joined(encounter, episode, None)
         if outcome is not None:
-            params = {"kind": kind, "outcome": outcome, "date": to_fhir_instant(contact.contact_time), "practitioner": contact.therapist}
+            params = {"kind": kind, "outcome": outcome, "date": to_fhir_instant(contact.contact_time)}
+            who = "PCMIS"
+            if contact.therapist.strip():  # PCMIS may leave it blank: the contact is recorded all the same
+                params["practitioner"], who = contact.therapist, f"PCMIS: {contact.therapist}"
             try:
                 result = apply_episode_operation("record-contact", episode, Params(params), rules, facts, now)
             except GatewayInputError as refused:
                 reason = refused.first_error.message if refused.first_error else str(refused)
                 warnings.append(_not_recorded(f"EpisodeOfCare/{episode['id']} refuses it: {reason}"))
             else:
-                self._store_result(session, "record-contact", f"PCMIS: {contact.therapist}", episode, result, rules, now, True)
+                self._store_result(session, "record-contact", who, episode, result, rules, now, True)
                 joined = _joined(encounter, episode, result.contact)
                 log.info("pathway.epr_contact", service=rules.service.id, kind=kind, outcome=outcome, rules=result.rule_ids)
         return [joined if r is encounter else r for r in resources], warnings

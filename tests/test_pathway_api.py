@@ -364,6 +364,14 @@ def test_a_contact_dated_before_the_episode_began_is_not_recorded_on_it_TT_08(cl
     assert "stopped" not in _clocks(client, episode)["tt-initial-assessment"] and _on_episode(client, episode) == []
 
 
+def test_a_pcmis_contact_without_a_therapist_is_recorded_on_the_episode_all_the_same(client) -> None:
+    episode = tt_episode(client, received="2026-10-01T10:00:00+01:00")
+    row = rows(_pcmis(("assessment", "attended", "2026-10-20T10:00:00+01:00")).decode())[0] | {"therapist": ""}
+    reply = _ingest_pcmis(client, to_csv([row]))[0]
+    assert reply["outcome"] == "accepted" and "issues" not in reply, reply
+    assert _clocks(client, episode)["tt-initial-assessment"]["stopped"] == "2026-10-20T10:00:00+01:00"
+
+
 def test_a_pcmis_contact_is_not_guessed_onto_one_of_several_open_episodes(client) -> None:
     mid = tt_episode(client, received="2026-10-01T10:00:00+01:00", ref="R-MID")
     west = route(client, referral("north-essex-west", "R-WEST", "2026-10-02T10:00:00+01:00", "1990-01-01", practice="F81001"))
