@@ -63,11 +63,11 @@ def waitlist_snapshot(
     breaches: list[dict[str, Any]] = []
     lines: dict[str, dict[str, int]] = {}
     services = [registry.services[service]] if service in registry.services else [] if service else list(registry.services.values())
-    everyone = [
-        (rules, episode)
+    episodes = {  # every status: the wait list reads the open ones, the TT-08 figures the ones that entered treatment
+        rules.service.id: search_resources(session, ResourceQuery("EpisodeOfCare", service=rules.service.id, count=1_000_000))[0]
         for rules in services
-        for episode in search_resources(session, ResourceQuery("EpisodeOfCare", status=_OPEN, service=rules.service.id, count=1_000_000))[0]
-    ]
+    }
+    everyone = [(rules, episode) for rules in services for episode in episodes[rules.service.id] if episode["status"] in _OPEN]
     for rules, episode in everyone:
         clocks = episode_clocks(episode)
         for clock in clocks.values():
@@ -121,7 +121,7 @@ def waitlist_snapshot(
         "rows": rows,
         "breaches": sorted(breaches, key=lambda b: (-b["days_over"], b["episode"], b["clock"])),
         "treatment_targets": [
-            treatment_targets(session, rules, now, entered_from, entered_to)
+            treatment_targets(episodes[rules.service.id], rules, now, entered_from, entered_to)
             for rules in services
             if isinstance(rules, TalkingTherapiesRules)
         ],
@@ -144,13 +144,17 @@ def reporting_period(entered_from: str | None, entered_to: str | None) -> tuple[
 
 
 def treatment_targets(
-    session: Session, rules: TalkingTherapiesRules, now: datetime, entered_from: date | None = None, entered_to: date | None = None
+    episodes: list[dict[str, Any]],
+    rules: TalkingTherapiesRules,
+    now: datetime,
+    entered_from: date | None = None,
+    entered_to: date | None = None,
 ) -> dict[str, Any]:
-    """TT-08: of the service's referrals that entered treatment in the period (any episode status: a discharged
-    patient counts), the share that entered within each target time of referral. `met` is None when nobody
-    entered treatment in the period (no share to judge). The period comes from `reporting_period`."""
+    """TT-08: of the service's `episodes` (any status: a discharged patient counts) those that entered treatment in
+    the period, and the share that entered within each target time of referral. `met` is None when nobody entered
+    treatment in the period (no share to judge). The period comes from `reporting_period`."""
     waits: list[int] = []
-    for episode in search_resources(session, ResourceQuery("EpisodeOfCare", service=rules.service.id, count=1_000_000))[0]:
+    for episode in episodes:
         found = referral_to_treatment(episode_clocks(episode))
         if found is None or found[1] > now:
             continue
