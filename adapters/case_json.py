@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import typing
 from datetime import datetime
+from functools import cache
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -52,9 +54,6 @@ def source_time(value: str, element: str, problems: ProblemList) -> datetime | N
 def call_and_patient(call_time: str, patient: PatientBlock, problems: ProblemList) -> tuple[datetime | None, Demographics]:
     """The call time and the patient of a case: the parts every case format shares, checked the same way."""
     when = source_time(call_time, "call_time", problems)
-    _, reason = check_nhs_number(patient.nhs_number)
-    if reason:
-        problems.error(Kind.VALUE, "patient.nhs_number", reason)
     return when, demographics_of(patient, problems)
 
 
@@ -81,8 +80,11 @@ class RedFlagBlock(OpenModel):
 
 
 def demographics_of(patient: PatientBlock, problems: ProblemList) -> Demographics:
-    """The patient block as `Demographics` (NHS number normalised when valid; the caller reports an invalid one)."""
-    nhs, _ = check_nhs_number(patient.nhs_number)
+    """The patient block as `Demographics`: the NHS number normalised when valid, else reported against
+    patient.nhs_number (and kept as sent: the case is refused)."""
+    nhs, reason = check_nhs_number(patient.nhs_number)
+    if reason:
+        problems.error(Kind.VALUE, "patient.nhs_number", reason)
     birth_date = None
     if patient.birth_date:
         try:
@@ -121,7 +123,7 @@ def problem_from_pydantic(err: Any) -> Problem:
 
 def _extra_paths(model: BaseModel, prefix: str = "") -> list[str]:
     paths = [f"{prefix}{key}" for key in (model.model_extra or {})]
-    for name in type(model).model_fields:
+    for name in _nested_fields(type(model)):
         value = getattr(model, name)
         items = value if isinstance(value, list) else [value]
         for index, item in enumerate(items):
@@ -129,3 +131,15 @@ def _extra_paths(model: BaseModel, prefix: str = "") -> list[str]:
                 suffix = f"[{index}]" if isinstance(value, list) else ""
                 paths += _extra_paths(item, f"{prefix}{name}{suffix}.")
     return paths
+
+
+@cache
+def _nested_fields(model: type[BaseModel]) -> tuple[str, ...]:
+    """The fields of `model` that can hold a model, so can hold unknown fields below them (the others cannot)."""
+    return tuple(name for name, info in model.model_fields.items() if _holds_model(info.annotation))
+
+
+def _holds_model(annotation: Any) -> bool:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return True
+    return any(_holds_model(arg) for arg in typing.get_args(annotation))
