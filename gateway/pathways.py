@@ -45,7 +45,15 @@ from gateway.rules.cas_ops import Params, parse_parameters
 from gateway.rules.pathway_clocks import Pc08Facts, clock_due_items, pc08_stop_time, running, start_clock, stop_clock
 from gateway.rules.pathway_routing import Decision, MeasureFact, route_referral
 from gateway.rules.pathway_schema import PathwayRegistry, PrimaryCareRules, TalkingTherapiesRules
-from gateway.rules.pathway_steps import EPISODE_OPERATIONS, EpisodeFacts, Letter, StepResult, apply_episode_operation, current_step
+from gateway.rules.pathway_steps import (
+    EPISODE_OPERATIONS,
+    OPEN_EPISODE,
+    EpisodeFacts,
+    Letter,
+    StepResult,
+    apply_episode_operation,
+    current_step,
+)
 from gateway.security.principal import allowed_service, require_service
 from gateway.store.repo import ResourceQuery, get_for_update, get_resource, put_resource, search_resources
 
@@ -59,7 +67,6 @@ OUTCOME_SYSTEM = f"{codes.GATEWAY_BASE}/CodeSystem/contact-outcome"
 STEP_SYSTEM = f"{codes.GATEWAY_BASE}/CodeSystem/pathway-step"
 CARE_PLAN_CATEGORY = f"{codes.GATEWAY_BASE}/CodeSystem/care-plan-category"
 Rules = PrimaryCareRules | TalkingTherapiesRules
-OPEN_EPISODE = ("planned", "waitlist", "active", "onhold")
 
 
 class Pathways:

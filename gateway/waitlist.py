@@ -27,7 +27,7 @@ from fhir_mapping.datetimes import london_date, parse_source_date, parse_source_
 from fhir_mapping.episodes import episode_clocks
 from gateway.rules.pathway_clocks import referral_to_treatment
 from gateway.rules.pathway_schema import PathwayRegistry, TalkingTherapiesRules
-from gateway.rules.pathway_steps import current_step
+from gateway.rules.pathway_steps import OPEN_EPISODE, current_step
 from gateway.store.repo import ResourceQuery, search_resources
 
 __all__ = ["waitlist_snapshot", "waitlist_csv", "plot_waitlist", "reporting_period", "treatment_targets", "CSV_COLUMNS"]
@@ -47,7 +47,6 @@ CSV_COLUMNS = (
     "over_outer_line",
 )
 _WAITS = {"tt-initial-assessment": ("first-appointment", "national"), "tt-second-session": ("second-appointment", "tail")}
-_OPEN = ["planned", "waitlist", "active", "onhold"]
 
 
 def waitlist_snapshot(
@@ -67,7 +66,7 @@ def waitlist_snapshot(
         rules.service.id: search_resources(session, ResourceQuery("EpisodeOfCare", service=rules.service.id, count=1_000_000))[0]
         for rules in services
     }
-    everyone = [(rules, episode) for rules in services for episode in episodes[rules.service.id] if episode["status"] in _OPEN]
+    everyone = [(rules, episode) for rules in services for episode in episodes[rules.service.id] if episode["status"] in OPEN_EPISODE]
     for rules, episode in everyone:
         clocks = episode_clocks(episode)
         for clock in clocks.values():

@@ -104,7 +104,7 @@ def test_pcmis_contacts_racing_on_one_episode_are_counted_under_its_lock_TT_12(s
     """Step 2 allows 7 contacts without the supervisor's agreement: after the assessment, 7 treatment sessions
     sent at once (each its own export) leave exactly one refused by TT-12, whatever order they land in."""
     from gateway.pathway_demo import gad7, phq9, referral
-    from tests.test_pathway_api import _pcmis
+    from tests.test_pathway_api import _pcmis, episode_of
 
     with httpx.Client(timeout=60, headers=bearer(all_scopes_key)) as http:
         body = referral(
@@ -112,7 +112,7 @@ def test_pcmis_contacts_racing_on_one_episode_are_counted_under_its_lock_TT_12(s
         )
         routed = http.post(f"{server_url}/fhir/ServiceRequest/$route", json=body)
         assert routed.status_code == 201, routed.text
-        episode = next(p["valueReference"]["reference"] for p in routed.json()["parameter"] if p["name"] == "episode")
+        episode = f"EpisodeOfCare/{episode_of(routed.json())}"
         first = http.post(f"{server_url}/ingest/pcmis", content=_pcmis(("assessment", "attended", "2026-10-06T10:00:00+01:00")))
         assert "issues" not in first.json()["rows"][0]
     sessions = [("treatment", "attended", f"2026-11-{day:02d}T10:00:00+00:00") for day in range(2, 9)]

@@ -135,13 +135,14 @@ def _pathway_scenario(client) -> dict[str, Any]:  # type: ignore[no-untyped-def]
         reply = client.post(f"/fhir/{ref}/${name}", json=body)
         assert reply.status_code == 200, reply.text
     # a PCMIS contact recorded on the TT episode: the PCMIS Encounter joins it, with the pathway's contact codings
+    from tests.test_pathway_api import row_encounter
     from tests.test_pcmis import rows, to_csv
 
     row = rows((FIXTURES.parent / "pcmis" / "contacts.csv").read_text())[0]
     row |= {"contact_id": "CONFORMANCE-TT", "nhs_number": "9990000182", "contact_time": "2026-11-26T10:00:00+00:00"}
     linked = client.post("/ingest/pcmis", content=to_csv([row | {"appointment_type": "treatment"}])).json()["rows"][0]
     assert linked["outcome"] == "accepted" and "issues" not in linked, linked
-    encounter = client.get(f"/fhir/{next(r for r in linked['resources'] if r.startswith('Encounter/'))}").json()
+    encounter = row_encounter(client, linked)
     assert encounter["episodeOfCare"] == [{"reference": tt}]
     out["pathway-pcmis-encounter"] = encounter
     client.app.state.pathways.tick(datetime.fromisoformat("2027-03-30T12:00:00+00:00"))

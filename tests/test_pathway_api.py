@@ -292,6 +292,11 @@ def _on_episode(client, episode: str) -> list[dict[str, Any]]:  # type: ignore[n
     return [e for e in _all(client, "Encounter") if {"reference": f"EpisodeOfCare/{episode}"} in e.get("episodeOfCare", [])]
 
 
+def row_encounter(client, row: dict[str, Any]) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """The stored Encounter of an accepted PCMIS row (its reply lists what it stored)."""
+    return dict(client.get(f"/fhir/{next(r for r in row['resources'] if r.startswith('Encounter/'))}").json())
+
+
 def _ingest_pcmis(client, body: bytes) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
     reply = client.post("/ingest/pcmis", content=body, headers={"Content-Type": "text/csv"})
     assert reply.status_code == 200, reply.text
@@ -305,7 +310,7 @@ def test_pcmis_contacts_move_the_patients_talking_therapies_episode_TT_08_TT_09_
     clocks = _clocks(client, episode)
     assert clocks["tt-initial-assessment"]["stopped"] == "2026-10-20T10:00:00+01:00"  # TT-08: entered treatment
     assert clocks["tt-second-session"]["start"] == "2026-10-20T10:00:00+01:00"  # TT-09 runs from the first appointment
-    encounter = client.get(f"/fhir/{next(r for r in first[0]['resources'] if r.startswith('Encounter/'))}").json()
+    encounter = row_encounter(client, first[0])
     assert encounter["episodeOfCare"] == [{"reference": f"EpisodeOfCare/{episode}"}]  # the PCMIS Encounter itself, no copy
     assert [e["id"] for e in _on_episode(client, episode)] == [encounter["id"]]
     assert [c for c in _all(client, "CommunicationRequest") if c["category"][0]["coding"][0]["code"] == "tt-assessment-outcome"]
@@ -336,8 +341,7 @@ def test_a_pcmis_contact_the_episode_cannot_take_is_stored_with_a_warning_and_ch
     assert warning["severity"] == "warning" and warning["code"] == "business-rule" and warning["expression"] == ["row[8].contact_id"]
     assert f"not recorded on a Talking Therapies episode: EpisodeOfCare/{episode} refuses it: TT-12" in warning["diagnostics"]
     assert "needs the clinical supervisor's agreement" in warning["diagnostics"]
-    eighth = next(r for r in replies[7]["resources"] if r.startswith("Encounter/"))
-    assert client.get(f"/fhir/{eighth}").json()["episodeOfCare"] == [{"reference": f"EpisodeOfCare/{episode}"}]
+    assert row_encounter(client, replies[7])["episodeOfCare"] == [{"reference": f"EpisodeOfCare/{episode}"}]
     assert len(_on_episode(client, episode)) == 8
     assert "contact 8" not in _explained(client, episode)
 
@@ -379,7 +383,7 @@ def test_a_pcmis_contact_is_not_guessed_onto_one_of_several_open_episodes(client
     reply = _ingest_pcmis(client, _pcmis(("assessment", "attended", "2026-10-20T10:00:00+01:00")))[0]
     assert reply["outcome"] == "accepted" and "2 open Talking Therapies episodes" in reply["issues"][0]["diagnostics"]
     assert "stopped" not in _clocks(client, mid)["tt-initial-assessment"]
-    assert "episodeOfCare" not in client.get(f"/fhir/{next(r for r in reply['resources'] if r.startswith('Encounter/'))}").json()
+    assert "episodeOfCare" not in row_encounter(client, reply)
 
 
 def _systmone_for(nhs: str, first: str, second: str) -> bytes:

@@ -29,12 +29,12 @@ from gateway.rules.cas_ops import Params
 from gateway.rules.pathway_clocks import ASSESSMENT_ATTENDED, running, start_clock, stop_clock
 from gateway.rules.pathway_schema import PrimaryCareRules, TalkingTherapiesRules
 
-__all__ = ["EPISODE_OPERATIONS", "EpisodeFacts", "StepResult", "apply_episode_operation", "CONTACT_KINDS", "Letter", "Work"]
+__all__ = ["EPISODE_OPERATIONS", "OPEN_EPISODE", "EpisodeFacts", "StepResult", "apply_episode_operation", "CONTACT_KINDS", "Letter", "Work"]
 
 CONTACT_KINDS = ("assessment", "treatment", "review-only", "mhp-session", "care-plan-review", "patient-contact")
 OUTCOMES = ("attended", "dna", "cancelled")
 DIRECTIONS = ("up", "down", "across", "out")
-OPEN = ("planned", "waitlist", "active", "onhold")
+OPEN_EPISODE = ("planned", "waitlist", "active", "onhold")  # EpisodeOfCare statuses of an episode still in care
 
 
 @dataclass(frozen=True)
@@ -453,7 +453,7 @@ EPISODE_OPERATIONS = ("record-contact", "allocate", "step", "kit-opt-out", "prog
 def apply_episode_operation(
     name: str, episode: dict[str, Any], params: Params, rules: PrimaryCareRules | TalkingTherapiesRules, facts: EpisodeFacts, now: datetime
 ) -> StepResult:
-    if episode["status"] not in OPEN:
+    if episode["status"] not in OPEN_EPISODE:
         raise _refuse(Kind.BUSINESS_RULE, "operation", f"the episode is {episode['status']}: a new referral starts a new episode")
     if name == "record-contact":
         return record_contact(episode, params, rules, facts, now)
