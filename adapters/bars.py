@@ -49,6 +49,7 @@ PW_SYSTEMS = (
 _DOS_ENDPOINT_RE = re.compile(r"^https?://fhir\.nhs\.uk/Id/dos-service-id\|(?P<id>[A-Za-z0-9]+)$")
 _GUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
 _REFERENCE_IN_TEXT = re.compile(rb'"reference"[ \t\r\n]*:[ \t\r\n]*"([^"]*)"')  # no escapes (`_all_sound`)
+_FHIR_ID_RE = re.compile(r"[A-Za-z0-9\-.]{1,64}\Z")
 _TYPE_ID_RE = re.compile(r"[A-Z][A-Za-z]+/[A-Za-z0-9\-.]{1,64}\Z")  # a relative reference, Type/id
 _HANDLED = {"MessageHeader", "ServiceRequest", "Patient", "Encounter", "CarePlan", "Flag", "Organization", "HealthcareService"}
 
@@ -268,6 +269,8 @@ def parse_bars_message(raw: bytes, request_id: str | None, correlation_id: str |
     bundle_id = bundle.get("id")
     if not isinstance(bundle_id, str) or not bundle_id:
         problems.error(Kind.REQUIRED, "Bundle.id", "the sender's Bundle.id is required (kept across updates of this referral)")
+    elif _FHIR_ID_RE.match(bundle_id) is None:  # the reply's MessageHeader.response.identifier echoes it: an id
+        problems.error(Kind.VALUE, "Bundle.id", "Bundle.id must be a FHIR id: 1 to 64 of A-Z a-z 0-9 - .")
     msg = _Message(bundle, problems)
     for item in msg.entries:  # each element read has its JSON type: a wrong one is a 400 by its path, not a crash
         if shape := _SHAPES.get(item.resource["resourceType"]):

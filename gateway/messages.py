@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.store.db import group_commit, one_read, write_transaction
 from gateway.store.jsontext import dumps
+from gateway.store.keys import message_key
 from gateway.store.models import InboundMessage
 from gateway.store.repo import FirstVersion, Merge, StoredMessage, find_inbound, first_versions, put_resources
 
@@ -109,9 +110,9 @@ def commit_message(
             _INSERT_INBOUND,
             {
                 "channel": inbound.channel,
-                "message_id": inbound.message_id,
-                "header_id": inbound.header_id,
-                "correlation_id": inbound.correlation_id,
+                "message_id": message_key(inbound.message_id),
+                "header_id": message_key(inbound.header_id),
+                "correlation_id": message_key(inbound.correlation_id),
                 "received_at": now,
                 "raw": inbound.raw,
                 "task_id": next((r["id"] for r in stored if r["resourceType"] == "Task"), None),

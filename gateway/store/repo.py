@@ -15,6 +15,7 @@ from sqlalchemy.orm.util import identity_key
 
 from fhir_mapping.datetimes import parse_source_datetime, to_fhir_instant
 from gateway.store.jsontext import dumps
+from gateway.store.keys import identifier_key, message_key
 from gateway.store.models import Base, IdentifierRow, InboundMessage, ResourceRow, TokenRow
 
 __all__ = [
@@ -307,9 +308,9 @@ def _put_identifiers(connection: Connection, written: list[dict[str, Any]]) -> N
         identifiers = res.get("identifier") or []
         for ident in identifiers if isinstance(identifiers, list) else [identifiers]:  # QuestionnaireResponse has one
             if ident.get("system") and ident.get("value"):
-                key = (res["resourceType"], ident["system"], ident["value"])
+                key = (res["resourceType"], identifier_key(ident["system"]), identifier_key(ident["value"]))
                 if claims.setdefault(key, res["id"]) != res["id"]:
-                    raise ValueError(f"identifier {key[1]} is already used by another {key[0]}")
+                    raise ValueError(f"identifier {ident['system']} is already used by another {key[0]}")
     if not claims:
         return
     rows = [{"resource_type": t, "system": s, "value": v, "resource_id": rid} for (t, s, v), rid in claims.items()]
@@ -331,9 +332,11 @@ def get_resource(session: Session, resource_type: str, resource_id: str) -> dict
 
 
 def find_by_identifier(session: Session, resource_type: str, system: str | None, value: str) -> list[dict[str, Any]]:
-    query = select(IdentifierRow.resource_id).where(IdentifierRow.resource_type == resource_type, IdentifierRow.value == value)
+    query = select(IdentifierRow.resource_id).where(
+        IdentifierRow.resource_type == resource_type, IdentifierRow.value == identifier_key(value)
+    )
     if system:
-        query = query.where(IdentifierRow.system == system)
+        query = query.where(IdentifierRow.system == identifier_key(system))
     ids = sorted(set(session.execute(query).scalars()))
     return [r for r in (get_resource(session, resource_type, i) for i in ids) if r]
 
@@ -477,9 +480,9 @@ class StoredMessage:
 
 def find_inbound(connection: Connection, channel: str, message_id: str, header_id: str | None) -> StoredMessage | None:
     """The stored message this one re-sends: same channel and the same message id or MessageHeader id."""
-    row = connection.execute(_INBOUND_BY_MESSAGE_ID, {"channel": channel, "key": message_id}).first()
+    row = connection.execute(_INBOUND_BY_MESSAGE_ID, {"channel": channel, "key": message_key(message_id)}).first()
     if row is None and header_id:
-        row = connection.execute(_INBOUND_BY_HEADER_ID, {"channel": channel, "key": header_id}).first()
+        row = connection.execute(_INBOUND_BY_HEADER_ID, {"channel": channel, "key": message_key(header_id)}).first()
     return None if row is None else StoredMessage(row.seq, row.channel, row.response_status, row.response_body)
 
 
