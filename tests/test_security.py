@@ -366,6 +366,8 @@ def test_an_access_token_expires_and_dies_with_its_client(app, anonymous, jwt_cl
         ({"kid": "unknown-kid"}, "invalid_request", "no public key with kid"),
         ({"alg": "RS256"}, "invalid_request", "RS512"),
         ({"iss": "no-such-client", "sub": "no-such-client"}, "invalid_client", "unknown or revoked client"),
+        ({"iss": "jwt\x00111", "sub": "jwt\x00111"}, "invalid_client", "unknown or revoked client"),  # PostgreSQL: was a 500
+        ({"jti": "jti\x00"}, "invalid_request", "'jti'"),
     ],
 )
 def test_a_client_assertion_breaking_the_rules_is_refused_and_audited(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, parse_qsl
 
 import structlog
 from fastapi import APIRouter, Request
@@ -87,6 +87,10 @@ class SecurityMiddleware:
                 await send(message)
 
             try:
+                if (where := _nul_in_url(scope)) is not None:  # no id, code or search value holds one; PostgreSQL text cannot
+                    problem = Problem(Kind.VALUE, where, "holds a NUL (%00), which no id, code or search value can")
+                    await FhirResponse(operation_outcome([problem]), status_code=400)(scope, receive, audited_send)
+                    return
                 await self.app(scope, receive, audited_send)
             except Exception:
                 if not answered and not context.recorded:  # the crash handler answers outside this middleware
@@ -114,10 +118,24 @@ class SecurityMiddleware:
 
 
 def _bearer(scope: Scope) -> str | None:
+    """The bearer credential; "" (not valid) for another scheme, none, or one holding a NUL (no credential does)."""
     for name, value in scope["headers"]:
         if name == b"authorization":
             scheme, _, credential = value.decode("latin-1").partition(" ")
-            return credential.strip() if scheme.lower() == "bearer" and credential.strip() else ""
+            return credential.strip() if scheme.lower() == "bearer" and "\x00" not in credential else ""
+    return None
+
+
+def _nul_in_url(scope: Scope) -> str | None:
+    """Where the request's path or query holds a NUL: "url", or the query parameter's name."""
+    if "\x00" in scope["path"]:
+        return "url"
+    query = scope.get("query_string", b"")
+    if b"%00" not in query and b"\x00" not in query:
+        return None
+    for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+        if "\x00" in name or "\x00" in value:
+            return name.replace("\x00", "%00") or "url"
     return None
 
 

@@ -204,7 +204,7 @@ class Authenticator:
         now = self.clock.now()
         client_id = unverified_client_id(assertion)
         with self.sessions() as session:
-            client = session.get(ApiClient, client_id) if len(client_id) <= 64 else None
+            client = session.get(ApiClient, client_id) if len(client_id) <= 64 and "\x00" not in client_id else None
         if client is None or not client.active:
             raise AssertionRefused("invalid_client", "unknown or revoked client in 'iss'/'sub' claims")
         if not client.jwks:

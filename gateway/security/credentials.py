@@ -161,8 +161,8 @@ def verify_client_assertion(assertion: str, jwks_json: str, audience: str, now: 
     if expires - now > MAX_ASSERTION_LIFETIME + timedelta(seconds=10):  # 10 s for clock skew
         raise AssertionRefused("invalid_request", "'exp' claim must be no more than 5 minutes in the future")
     jti = claims["jti"]
-    if not isinstance(jti, str) or not 0 < len(jti) <= 255:
-        raise AssertionRefused("invalid_request", "'jti' claim must be a string of at most 255 characters")
+    if not isinstance(jti, str) or not 0 < len(jti) <= 255 or "\x00" in jti:
+        raise AssertionRefused("invalid_request", "'jti' claim must be a string of at most 255 characters, with no NUL")
     return Assertion(str(claims["iss"]), jti, expires)
 
 
