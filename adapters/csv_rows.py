@@ -13,7 +13,7 @@ from adapters.case_json import source_time
 from adapters.problems import GatewayInputError, Kind, Problem, ProblemList
 from adapters.referral import check_nhs_number
 
-__all__ = ["csv_rows", "contact_basics", "ContactRow"]
+__all__ = ["csv_rows", "contact_basics", "changed_columns", "ContactRow"]
 
 C = TypeVar("C")
 
@@ -46,6 +46,15 @@ def csv_rows(raw: bytes, columns: tuple[str, ...], export: str) -> Iterator[tupl
         buffer = io.StringIO()
         csv.writer(buffer).writerows([columns, [record.get(c, "") for c in columns]])
         yield number, {k: (v or "").strip() for k, v in record.items() if k}, buffer.getvalue().encode()
+
+
+def changed_columns(first: bytes, again: bytes) -> list[str]:
+    """The columns whose values differ between two rows' raw copies (`ContactRow.source`), in the first's order.
+
+    Values are compared as the adapters read them (stripped), so a re-export that only pads a value is the same row.
+    """
+    (before,), (after,) = (list(csv.DictReader(io.StringIO(raw.decode("utf-8"), newline=""))) for raw in (first, again))
+    return [c for c in before if (before[c] or "").strip() != (after.get(c) or "").strip()] + [c for c in after if c not in before]
 
 
 def contact_basics(value: dict[str, str], where: str, problems: ProblemList) -> tuple[str | None, str | None, datetime | None]:

@@ -1,9 +1,10 @@
 """Contact batches from EPR exports (PCMIS, SystmOne): each row its own transaction and its own outcome.
 
 A bad row never drops the good ones silently: the reply lists every row (accepted, refused with
-its issues, or duplicate). Rows share one pipeline: the patient by NHS number, the source's own
-resources, and every measure recorded checked and scored by the gateway's one scorer (risk items
-acted on as for any response: CAS-10 / Flag). A PCMIS row is then recorded on the patient's open Talking
+its issues, duplicate, or conflict: a contact received before whose row has changed, naming the
+columns). Rows share one pipeline: the patient by NHS number, the source's own resources, and
+every measure recorded checked and scored by the gateway's one scorer (risk items acted on as for
+any response: CAS-10 / Flag). A PCMIS row is then recorded on the patient's open Talking
 Therapies episode, in the same transaction (`Pathways.link_pcmis_contact`: TT-08..TT-13).
 """
 
@@ -18,8 +19,9 @@ from typing import Any, Protocol
 import structlog
 from sqlalchemy.orm import Session, sessionmaker
 
+from adapters.csv_rows import changed_columns
 from adapters.pcmis import PcmisContact, parse_pcmis_csv
-from adapters.problems import GatewayInputError, Problem
+from adapters.problems import GatewayInputError, Kind, Problem
 from adapters.referral import Demographics
 from adapters.systmone import SystmOneContact, parse_systmone_csv
 from fhir_mapping import codes
@@ -115,8 +117,9 @@ class ContactBatches:
             if row.contact is None:
                 results.append(outcome | {"outcome": "refused", "issues": operation_outcome(list(row.problems))["issue"]})
                 continue
-            if previous(self.sessions, self.channel, row.contact.contact_id) is not None:
-                results.append(outcome | {"outcome": "duplicate", "detail": "already received; nothing changed"})
+            original = previous(self.sessions, self.channel, row.contact.contact_id)
+            if original is not None:
+                results.append(outcome | _again(row, original.raw))
                 continue
             try:
                 stored, notes = self._store(row, now)
@@ -126,7 +129,7 @@ class ContactBatches:
             warnings = [p for p in row.problems if not p.is_error]
             issues = (operation_outcome(warnings)["issue"] if warnings else []) + notes
             results.append(outcome | {"outcome": "accepted", "resources": stored} | ({"issues": issues} if issues else {}))
-        counts = {k: sum(1 for r in results if r["outcome"] == k) for k in ("accepted", "refused", "duplicate")}
+        counts = {k: sum(1 for r in results if r["outcome"] == k) for k in ("accepted", "refused", "duplicate", "conflict")}
         log.info("batch.received", channel=self.channel, rows=len(rows), **counts)
         return Reply(200, {"rows": results, **counts})
 
@@ -148,6 +151,27 @@ class ContactBatches:
 
         made = commit_message(self.sessions, Inbound(self.channel, row.contact.contact_id, row.source), now, write, reply)
         return list(made.body["resources"]), list(made.body.get("issues", []))
+
+
+def _again(row: Row, first: bytes) -> dict[str, Any]:
+    """A contact received before: a duplicate when its row is as it was, else a conflict naming the changed columns.
+
+    A changed row is never applied over the first, nor dropped unsaid: the first version stands (its clocks, counts
+    and letters may already have followed from it), and the reply says which columns the export changed.
+    """
+    changed = changed_columns(first, row.source)
+    if not changed:
+        return {"outcome": "duplicate", "detail": "already received; nothing changed"}
+    problems = [
+        Problem(
+            Kind.CONFLICT,
+            f"row[{row.number}].{column}",
+            f"differs from contact {row.contact_id!r} as first received, which stands: a contact the gateway has recorded "
+            "is not changed by a later export",
+        )
+        for column in changed
+    ]
+    return {"outcome": "conflict", "issues": operation_outcome(problems)["issue"]}
 
 
 def _patient(session: Session, nhs_number: str) -> dict[str, Any]:

@@ -88,6 +88,28 @@ def test_a_resent_batch_changes_nothing(client, stored) -> None:
     assert again["duplicate"] == 3 and stored() == before
 
 
+def test_a_contact_changed_since_first_received_is_a_conflict_naming_the_columns_and_the_first_stands(client, stored) -> None:
+    records = rows(CONTACTS.read_text())
+    post(client, to_csv(records))
+    before = stored()
+    encounter = client.get("/fhir/Encounter", params={"patient": _patient_id(client, records[0]["nhs_number"])}).json()
+    records[0] |= {"attendance": "dna", "phq9_1": "3"}  # the therapist corrected the record after the first export
+    records[1] |= {"therapist": f"  {records[1]['therapist']}  "}  # only padded: the same row
+    reply = post(client, to_csv(records)).json()
+    assert [r["outcome"] for r in reply["rows"]] == ["conflict", "duplicate", "duplicate"]
+    assert (reply["conflict"], reply["duplicate"], reply["accepted"]) == (1, 2, 0)
+    conflict = reply["rows"][0]["issues"]
+    assert [(i["code"], i["expression"]) for i in conflict] == [("conflict", ["row[1].attendance"]), ("conflict", ["row[1].phq9_1"])]
+    assert "as first received, which stands" in conflict[0]["diagnostics"]
+    assert stored() == before
+    assert client.get("/fhir/Encounter", params={"patient": _patient_id(client, records[0]["nhs_number"])}).json() == encounter
+
+
+def _patient_id(client, nhs: str) -> str:  # type: ignore[no-untyped-def]
+    found = client.get("/fhir/Patient", params={"identifier": f"https://fhir.nhs.uk/Id/nhs-number|{nhs}"}).json()
+    return str(found["entry"][0]["resource"]["id"])
+
+
 def test_a_file_with_a_missing_column_is_refused_whole(client, stored) -> None:
     records = [{k: v for k, v in r.items() if k != "wsas_3"} for r in rows(CONTACTS.read_text())]
     response = post(client, to_csv(records))

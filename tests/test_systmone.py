@@ -72,3 +72,13 @@ def test_a_resent_extract_changes_nothing(client, stored) -> None:
     before = stored()
     again = post(client, EXTRACT.read_bytes()).json()
     assert again["duplicate"] == 2 and again["refused"] == 1 and stored() == before
+
+
+def test_a_contact_changed_since_first_received_is_a_conflict_and_changes_nothing(client, stored) -> None:
+    post(client, EXTRACT.read_bytes())
+    before = stored()
+    first = rows(EXTRACT.read_text())[0]
+    assert first["contact_code"] == "XaL0u"
+    reply = post(client, to_csv([first | {"contact_code": "XaZrH"}])).json()  # re-exported as a follow-up
+    assert reply["conflict"] == 1 and [i["expression"] for i in reply["rows"][0]["issues"]] == [["row[1].contact_code"]]
+    assert stored() == before

@@ -213,9 +213,9 @@ _INSERT_NEW_IDENTIFIERS = {
 _DELETE_TOKENS = delete(_TOKENS).where(_TOKENS.c.resource_type == bindparam("type"), _TOKENS.c.resource_id == bindparam("id"))
 _INSERT_TOKENS = insert(_TOKENS)
 _CONTENT = select(_RESOURCES.c.content).where(_RESOURCES.c.resource_type == bindparam("type"), _RESOURCES.c.id == bindparam("id"))
-_INBOUND = select(InboundMessage.seq, InboundMessage.channel, InboundMessage.response_status, InboundMessage.response_body).where(
-    InboundMessage.channel == bindparam("channel")
-)
+_INBOUND = select(
+    InboundMessage.seq, InboundMessage.channel, InboundMessage.response_status, InboundMessage.response_body, InboundMessage.raw
+).where(InboundMessage.channel == bindparam("channel"))
 _INBOUND_BY_MESSAGE_ID = _INBOUND.where(InboundMessage.message_id == bindparam("key"))
 _INBOUND_BY_HEADER_ID = _INBOUND.where(InboundMessage.header_id == bindparam("key"))
 
@@ -470,12 +470,13 @@ def queue_rows(session: Session, service_id: str | None) -> list[dict[str, Any]]
 
 @dataclass(frozen=True)
 class StoredMessage:
-    """What a re-send needs of the message it repeats: its sequence number and the reply it got."""
+    """What a re-send needs of the message it repeats: its sequence number, the reply it got, and what it was."""
 
     seq: int
     channel: str
     response_status: int
     response_body: str
+    raw: bytes
 
 
 def find_inbound(connection: Connection, channel: str, message_id: str, header_id: str | None) -> StoredMessage | None:
@@ -483,7 +484,7 @@ def find_inbound(connection: Connection, channel: str, message_id: str, header_i
     row = connection.execute(_INBOUND_BY_MESSAGE_ID, {"channel": channel, "key": message_key(message_id)}).first()
     if row is None and header_id:
         row = connection.execute(_INBOUND_BY_HEADER_ID, {"channel": channel, "key": message_key(header_id)}).first()
-    return None if row is None else StoredMessage(row.seq, row.channel, row.response_status, row.response_body)
+    return None if row is None else StoredMessage(row.seq, row.channel, row.response_status, row.response_body, bytes(row.raw))
 
 
 def count_rows(session: Session) -> dict[str, int]:
