@@ -23,11 +23,16 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import create_engine, text
 
+from gateway.pathway_demo import contact
 from gateway.store.db import MIGRATIONS_DIR, migrate
 from gateway.store.keys import identifier_key, message_key
 from tests.conftest import ROOT, bars_headers, issues
+from tests.letter_helpers import letter_request, pcmis_contacts
+from tests.test_cas_operations import new_case, params
 from tests.test_hl7v2 import msa, rio
 from tests.test_hl7v2 import post as post_hl7
+from tests.test_letters import latest_scores
+from tests.test_pathway_api import tt_episode
 from tests.test_pcmis import CONTACTS, rows, to_csv
 from tests.test_pcmis import post as post_pcmis
 
@@ -219,3 +224,36 @@ def test_long_or_nul_ids_an_sqlite_store_kept_as_sent_are_keyed_by_their_digest_
     assert keys[1].startswith("sha256:")
     assert sorted(values) == sorted([identifier_key(v * 2) for v in [*odd_ids, plain]])
     assert plain * 2 in values and sum(v.startswith("sha256:") for v in values) == 3
+
+
+@pytest.mark.parametrize("odd", ["long", "nul", "surrogate"])
+def test_an_odd_value_in_any_element_of_a_letter_request_is_never_a_server_error(client, odd: str) -> None:
+    patient_id = pcmis_contacts(client)
+    request = letter_request("odd-0", "tt-progress", patient_id, latest_scores(client, patient_id), lines=("A line.",))
+    failed = []
+    for n, path in enumerate(_string_paths(request)):
+        changed = _changed(request, path, odd) if path != ("id",) else request | {"id": ODD[odd]("odd-id")}
+        if path != ("id",):
+            changed["id"] = f"odd-{n}"
+        response = client.post("/fhir/CommunicationRequest", content=json.dumps(changed))
+        if response.status_code >= 500:
+            failed.append(".".join(map(str, path)))
+    assert failed == []
+
+
+@pytest.mark.parametrize("odd", ["long", "nul", "surrogate"])
+def test_an_odd_value_in_any_operation_parameter_is_never_a_server_error(client, odd: str) -> None:
+    """A CAS case operation and a pathway episode operation, each Parameters value made odd in turn."""
+    task = new_case(client)
+    episode = tt_episode(client)
+    operations = [
+        (f"/fhir/Task/{task['id']}/$record-contact-attempt", json.loads(params(practitioner="CH", kind="safety-call", outcome="failed"))),
+        (f"/fhir/EpisodeOfCare/{episode}/$record-contact", contact("assessment", date_="2026-11-05T10:00:00+00:00")),
+    ]
+    failed = []
+    for url, body in operations:
+        for path in _string_paths(body):
+            response = client.post(url, content=json.dumps(_changed(body, path, odd)), headers={"Content-Type": "application/fhir+json"})
+            if response.status_code >= 500:
+                failed.append(f"{url.rsplit('/', 1)[1]} {'.'.join(map(str, path))}")
+    assert failed == []
