@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-__all__ = ["Clock", "SystemClock", "FixedClock"]
+__all__ = ["Clock", "SystemClock", "FixedClock", "CLOCK_SKEW"]
+
+# how far ahead of our clock a sender's "it happened at" may be (its clock, not a time yet to come)
+CLOCK_SKEW = timedelta(minutes=5)
 
 
 class Clock(Protocol):

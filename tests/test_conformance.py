@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 import subprocess
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import BARS_EXAMPLES, FIXTURES, ROOT, bars_headers
+from tests.conftest import BARS_EXAMPLES, FIXTURES, NOW, ROOT, bars_headers
 
 VALIDATOR = ROOT.parent / "shared" / "tools" / "fhir-validate" / "fhir-validate"
 NHS_NUMBER = "https://fhir.nhs.uk/Id/nhs-number"
@@ -119,6 +120,7 @@ def _pathway_scenario(client) -> dict[str, Any]:  # type: ignore[no-untyped-def]
         "resourceType": "Parameters",
         "parameter": [{"name": "practitioner", "valueString": "KW"}, {"name": "intervention", "valueString": "CBT"}],
     }
+    client.app.state.clock.set(NOW + timedelta(days=4))  # the contacts below (24 to 26 Nov) have happened
     for ref, name, body in [
         (pc, "allocate", allocate),
         (pc, "record-contact", contact("assessment", date_="2026-11-24T10:00:00+00:00")),

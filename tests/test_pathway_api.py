@@ -198,9 +198,10 @@ def test_first_dna_in_treatment_does_not_discharge_the_second_does_TT_13(client)
     assert second["status"] == "finished"
 
 
-def test_no_contact_seven_working_days_after_a_dna_makes_one_task_TT_13(client, app) -> None:
+def test_no_contact_seven_working_days_after_a_dna_makes_one_task_TT_13(client, app, clock) -> None:
     episode = tt_episode(client)
     operate(client, episode, "record-contact", contact("assessment", date_="2026-11-05T10:00:00+00:00"))
+    clock.set(datetime.fromisoformat("2026-12-23T11:00:00+00:00"))  # a contact is recorded once it has happened
     operate(client, episode, "record-contact", contact("treatment", "dna", "2026-12-23T10:00:00+00:00"))
     pathways = app.state.pathways
     assert not [t for t in _tasks(client, "clock-tt-dna-contact")]
@@ -368,6 +369,20 @@ def test_a_contact_dated_before_the_episode_began_is_not_recorded_on_it_TT_08(cl
     assert "stopped" not in _clocks(client, episode)["tt-initial-assessment"] and _on_episode(client, episode) == []
 
 
+def test_a_contact_dated_in_the_future_is_not_recorded_on_the_episode_TT_08(client) -> None:
+    """A clock stopped by a session yet to happen would report a wait that has not ended; 5 minutes of clock skew pass."""
+    episode = tt_episode(client, received="2026-11-02T10:00:00+00:00")
+    ahead = operate(client, episode, "record-contact", contact("assessment", date_="2026-11-23T12:06:00+00:00"))  # now: 12:00
+    assert ahead.status_code == 422 and "is in the future (now 2026-11-23T12:00:00Z)" in ahead.text
+    assert ahead.json()["issue"][0]["expression"] == ["Parameters.parameter.where(name='date')"]
+    booked = _ingest_pcmis(client, _pcmis(("assessment", "attended", "2026-11-30T10:00:00+00:00")))[0]  # an export's booking
+    assert booked["outcome"] == "accepted" and "is in the future" in booked["issues"][0]["diagnostics"]
+    assert "stopped" not in _clocks(client, episode)["tt-initial-assessment"]
+    skewed = operate(client, episode, "record-contact", contact("assessment", date_="2026-11-23T12:04:00+00:00"))
+    assert skewed.status_code == 200, skewed.text
+    assert _clocks(client, episode)["tt-initial-assessment"]["stopped"] == "2026-11-23T12:04:00Z"
+
+
 def test_a_pcmis_contact_without_a_therapist_is_recorded_on_the_episode_all_the_same(client) -> None:
     episode = tt_episode(client, received="2026-10-01T10:00:00+01:00")
     row = rows(_pcmis(("assessment", "attended", "2026-10-20T10:00:00+01:00")).decode())[0] | {"therapist": ""}
@@ -411,10 +426,11 @@ def test_step_up_after_an_mhp_with_dialog_plus_starts_the_4_week_clock_PC_06(cli
     assert param(reply.json(), "step") == "pcmhh"
 
 
-def test_the_4_week_clock_stops_only_when_all_three_pc08_items_exist_PC_08(client, app) -> None:
+def test_the_4_week_clock_stops_only_when_all_three_pc08_items_exist_PC_08(client, app, clock) -> None:
     body = json.loads((PATHWAYS / "pc-step-up-from-secondary-care.servicerequest.json").read_text())
     episode = episode_of(route(client, body).json())
     operate(client, episode, "allocate", {"resourceType": "Parameters", "parameter": [{"name": "practitioner", "valueString": "KW"}]})
+    clock.set(datetime.fromisoformat("2026-11-26T12:00:00+00:00"))  # contacts are recorded once they have happened
     operate(client, episode, "record-contact", contact("assessment", date_="2026-11-24T10:00:00+00:00"))
     operate(client, episode, "record-contact", contact("treatment", date_="2026-11-26T10:00:00+00:00"))
     clocks = _clocks(client, episode)
@@ -539,12 +555,13 @@ def test_report_waitlist_command_draws_the_plot_from_the_demo(tmp_path: Path) ->
     assert "TT-08 north-essex-mid:" in result.stdout and "entered treatment" in result.stdout
 
 
-def test_twelve_weeks_on_the_hub_caseload_without_a_care_plan_review_makes_a_task_PC_10(client, app) -> None:
+def test_twelve_weeks_on_the_hub_caseload_without_a_care_plan_review_makes_a_task_PC_10(client, app, clock) -> None:
     body = json.loads((PATHWAYS / "pc-step-up-from-secondary-care.servicerequest.json").read_text())
     episode = episode_of(route(client, body).json())
     operate(client, episode, "allocate", {"resourceType": "Parameters", "parameter": [{"name": "practitioner", "valueString": "KW"}]})
     assert _clocks(client, episode)["pcmhh-caseload-review"]["due"] == "2027-02-15T12:00:00Z"  # 12 weeks from allocation
     review = contact("care-plan-review", date_="2027-01-04T10:00:00+00:00")
+    clock.set(datetime.fromisoformat("2027-01-04T11:00:00+00:00"))
     assert operate(client, episode, "record-contact", review).status_code == 200
     assert _clocks(client, episode)["pcmhh-caseload-review"]["due"] == "2027-03-29T10:00:00+01:00"  # restarted from the review (BST)
     app.state.pathways.tick(datetime.fromisoformat("2027-03-01T12:00:00+00:00"))

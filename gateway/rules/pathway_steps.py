@@ -25,6 +25,7 @@ from typing import Any
 from adapters.problems import GatewayInputError, Kind, Problem
 from fhir_mapping.datetimes import parse_source_datetime, to_fhir_instant
 from fhir_mapping.episodes import episode_clocks, with_clocks, with_exit, with_step
+from gateway.clock import CLOCK_SKEW
 from gateway.rules.cas_ops import Params
 from gateway.rules.pathway_clocks import ASSESSMENT_ATTENDED, running, start_clock, stop_clock
 from gateway.rules.pathway_schema import PrimaryCareRules, TalkingTherapiesRules
@@ -124,6 +125,12 @@ def record_contact(
             "date",
             f"the contact ({to_fhir_instant(when)}) is before the episode began ({episode['period']['start']}): "
             "it belongs to an earlier course of care",
+        )
+    if when > now + CLOCK_SKEW:  # a clock stopped by a session yet to happen would report a wait that has not ended
+        raise _refuse(
+            Kind.BUSINESS_RULE,
+            "date",
+            f"the contact ({to_fhir_instant(when)}) is in the future (now {to_fhir_instant(now)}): record it once it has happened",
         )
     step = current_step(episode)
     result = StepResult(episode=episode, summary="", contact={"kind": kind, "outcome": outcome, "when": when, "step": step})
