@@ -8,11 +8,10 @@ from datetime import timedelta
 import httpx
 import respx
 from alembic import command
-from alembic.config import Config
 from sqlalchemy import create_engine
 
 from gateway.rules.schema import RuleRegistry
-from gateway.store.db import MIGRATIONS_DIR
+from gateway.store.db import alembic_config
 from tests.conftest import ALL_SCOPES, NOW, add_test_client, bars_headers, fixture_bytes, issues, metric_value, serving
 from tests.letter_helpers import completed_case, make_deliverer, outbox, write_routing
 
@@ -44,8 +43,7 @@ def test_not_ready_when_the_database_is_unreachable(app, anonymous) -> None:
 
 
 def test_not_ready_until_the_migrations_are_at_head(app, anonymous) -> None:
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config = alembic_config()
     with app.state.engine.begin() as connection:
         config.attributes["connection"] = connection
         command.downgrade(config, "0002")

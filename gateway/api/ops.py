@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from fastapi import APIRouter, Request
@@ -16,7 +15,7 @@ from adapters.problems import Kind, Problem
 from fhir_mapping.replies import operation_outcome
 from gateway.api.responses import FhirResponse
 from gateway.metrics import CONTENT_TYPE
-from gateway.store.db import MIGRATIONS_DIR
+from gateway.store.db import alembic_config
 
 __all__ = ["router", "migration_heads", "readiness_problems"]
 
@@ -25,9 +24,7 @@ router = APIRouter()
 
 def migration_heads() -> frozenset[str]:
     """The Alembic revisions this code expects the database to be at."""
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    return frozenset(ScriptDirectory.from_config(config).get_heads())
+    return frozenset(ScriptDirectory.from_config(alembic_config()).get_heads())
 
 
 def readiness_problems(engine: Engine, expected_heads: frozenset[str], *registries: Any) -> list[Problem]:

@@ -152,13 +152,19 @@ def group_commit(sessions: sessionmaker[Session]) -> GroupCommit | None:
     return _GROUPS.get(sessions)
 
 
-def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest Alembic revision (idempotent; the prestart step)."""
+def alembic_config() -> Config:
+    """The Alembic configuration of the gateway's migrations (no alembic.ini: the scripts are in the package)."""
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return config
+
+
+def migrate(engine: Engine, revision: str = "head") -> None:
+    """Bring the schema to `revision`, by default the newest (idempotent; the prestart step)."""
+    config = alembic_config()
     with engine.begin() as connection:
         config.attributes["connection"] = connection
-        command.upgrade(config, "head")
+        command.upgrade(config, revision)
 
 
 @contextmanager
