@@ -44,7 +44,7 @@ def serve(
     """Run the gateway (HTTP API), on DATABASE_URL (default: SQLite file ./iap-gateway.db)."""
     import uvicorn
 
-    from gateway.api.app import create_app
+    from gateway.api.app import create_app, settle_heap
 
     application = create_app()  # migrates and checks the rule files before anything listens
     if demo:
@@ -55,11 +55,12 @@ def serve(
     typer.echo(f"IAP gateway on http://{host}:{port}  (FHIR: /fhir/metadata, queue: /queue, API docs: /docs)", err=True)
     # no access log: a request line holds the query string, which may hold a patient identifier
     if workers == 1:
+        settle_heap(application.state.clock)
         uvicorn.run(application, host=host, port=port, log_level="warning", access_log=False)
     else:
         application.state.engine.dispose()
         uvicorn.run(
-            "gateway.api.app:create_app", factory=True, host=host, port=port, workers=workers, log_level="warning", access_log=False
+            "gateway.api.app:served_app", factory=True, host=host, port=port, workers=workers, log_level="warning", access_log=False
         )
 
 
