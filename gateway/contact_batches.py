@@ -5,7 +5,8 @@ its issues, duplicate, or conflict: a contact received before whose row has chan
 columns). Rows share one pipeline: the patient by NHS number, the source's own resources, and
 every measure recorded checked and scored by the gateway's one scorer (risk items acted on as for
 any response: CAS-10 / Flag). A PCMIS row is then recorded on the patient's open Talking
-Therapies episode, in the same transaction (`Pathways.link_pcmis_contact`: TT-08..TT-13).
+Therapies episode, in the same transaction (`Pathways.link_pcmis_contact`: TT-08..TT-13); a SystmOne row on
+the patient's open primary care episode (`Pathways.link_systmone_contact`: PC-04, PC-05, PC-08).
 """
 
 from __future__ import annotations
@@ -231,5 +232,8 @@ def pcmis_batches(sessions: sessionmaker[Session], catalogue: MeasureCatalogue, 
     return ContactBatches(sessions, clock, CHANNEL_PCMIS, parse_pcmis_csv, build_pcmis, catalogue, link)
 
 
-def systmone_batches(sessions: sessionmaker[Session], catalogue: MeasureCatalogue, clock: Clock) -> ContactBatches:
-    return ContactBatches(sessions, clock, CHANNEL_SYSTMONE, parse_systmone_csv, build_systmone, catalogue)
+def systmone_batches(
+    sessions: sessionmaker[Session], catalogue: MeasureCatalogue, clock: Clock, link: Link | None = None
+) -> ContactBatches:
+    """SystmOne rows; `link` records each contact on the patient's primary care episode (gateway.pathways)."""
+    return ContactBatches(sessions, clock, CHANNEL_SYSTMONE, parse_systmone_csv, build_systmone, catalogue, link)

@@ -8,6 +8,7 @@ ids, the inputs and the rule file version. The reply goes out only after the com
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -18,6 +19,7 @@ from adapters.jsonparse import parse_json_object
 from adapters.pathway_referral import PathwayReferral, parse_pathway_referral
 from adapters.pcmis import PcmisContact
 from adapters.problems import GatewayInputError, Kind, Problem
+from adapters.systmone import SystmOneContact
 from fhir_mapping import codes
 from fhir_mapping.datetimes import parse_source_datetime, to_fhir_instant
 from fhir_mapping.episodes import (
@@ -232,6 +234,7 @@ class Pathways:
         rules: Rules,
         now: datetime,
         contact_written_by_caller: bool = False,
+        pending: Sequence[dict[str, Any]] = (),
     ) -> dict[str, Any]:
         episode = result.episode
         patient_ref = episode["patient"]["reference"]
@@ -241,7 +244,7 @@ class Pathways:
                 return before
             put_resource(session, encounter, now, rules.service.id)
         if episode["status"] == "active" and rules.kind == "primary-care":
-            episode = self._pc08(session, episode, rules, now, result)  # type: ignore[arg-type]
+            episode = self._pc08(session, episode, rules, now, result, pending)  # type: ignore[arg-type]
         stored, _ = put_resource(session, episode, now, rules.service.id)
         request = get_resource(session, "ServiceRequest", episode["referralRequest"][0]["reference"].split("/", 1)[1]) or {}
         patient = get_resource(session, "Patient", patient_ref.split("/", 1)[1]) or {}
@@ -316,11 +319,14 @@ class Pathways:
         since = referred - rules.measures_before_referral
         return frozenset(m for m in rules.baseline_measures if any(w >= since for w, _ in self._measure_values(session, patient_id, m)))
 
-    def _measure_values(self, session: Session, patient_id: str, measure: str, score: str | None = None) -> list[tuple[datetime, float]]:
-        """(effective, value) of the patient's stored scores of `measure` (one score id, or any), oldest first."""
+    def _measure_values(
+        self, session: Session, patient_id: str, measure: str, score: str | None = None, pending: Sequence[dict[str, Any]] = ()
+    ) -> list[tuple[datetime, float]]:
+        """(effective, value) of the patient's stored scores of `measure` (one score id, or any), oldest first; with
+        `pending`, the Observations of the patient about to be written in this transaction (an EPR row's own scores)."""
         observations, _ = search_resources(session, ResourceQuery("Observation", patient=patient_id, count=10_000))
         out = []
-        for obs in observations:
+        for obs in [*observations, *_pending_of(pending, "Observation", patient_id)]:
             for coding in obs["code"].get("coding", []):
                 found = self._codes.get((coding.get("system"), coding.get("code")))
                 if found and found[0] == measure and (score is None or found[1] == score) and obs.get("effectiveDateTime"):
@@ -329,23 +335,32 @@ class Pathways:
         return sorted(out)
 
     def _pc08(
-        self, session: Session, episode: dict[str, Any], rules: PrimaryCareRules, now: datetime, result: StepResult | None
+        self,
+        session: Session,
+        episode: dict[str, Any],
+        rules: PrimaryCareRules,
+        now: datetime,
+        result: StepResult | None,
+        pending: Sequence[dict[str, Any]] = (),
     ) -> dict[str, Any]:
-        """PC-08: stop the 4-week clock once a meaningful assessment, a baseline measure and an intervention or care plan exist."""
+        """PC-08: stop the 4-week clock once a meaningful assessment, a baseline measure and an intervention or care plan exist
+        (`pending`: resources about to be written in this transaction, which count as stored)."""
         clocks = episode_clocks(episode)
         if not running(clocks, "pcmhh-4-week-wait"):
             return episode
         start = parse_source_datetime(clocks["pcmhh-4-week-wait"]["start"])
-        contacts, _ = search_resources(
-            session, ResourceQuery("Encounter", tokens=[("episode-of-care", None, f"EpisodeOfCare/{episode['id']}")], count=10_000)
-        )
+        on_episode = f"EpisodeOfCare/{episode['id']}"
+        contacts, _ = search_resources(session, ResourceQuery("Encounter", tokens=[("episode-of-care", None, on_episode)], count=10_000))
+        contacts += [r for r in pending if r["resourceType"] == "Encounter" and {"reference": on_episode} in r.get("episodeOfCare", [])]
         parsed = [_contact_of(c) for c in contacts]
         assessment = min((w for k, o, s, w in parsed if k == "assessment" and o == "attended" and s == "pcmhh"), default=None)
         intervention = min((w for k, o, s, w in parsed if k == "treatment" and o == "attended" and s == "pcmhh"), default=None)
         patient_id = episode["patient"]["reference"].split("/", 1)[1]
         lookback = start - rules.measures_before_referral  # a DIALOG+ done by the MHP just before the step up counts (SOP 4.8)
-        baselines = [w for m in rules.baseline_measures for w, _ in self._measure_values(session, patient_id, m) if w >= lookback]
-        plans = _dialog_plus_times(session, patient_id, lookback)
+        baselines = [
+            w for m in rules.baseline_measures for w, _ in self._measure_values(session, patient_id, m, pending=pending) if w >= lookback
+        ]
+        plans = _dialog_plus_times(session, patient_id, lookback, pending)
         candidates = [t for t in (intervention, min(plans, default=None)) if t is not None]
         facts = Pc08Facts(assessment, min(baselines, default=None), min(candidates, default=None))
         stop = pc08_stop_time(facts)
@@ -375,15 +390,10 @@ class Pathways:
         supervisor agreement) it joins the episode uncounted, with a warning. In each case the contact is stored and
         the episode is left as it was. A service cancellation joins the episode but is no missed session.
         """
-        episodes = self._open_talking_therapies(session, patient["id"])
-        if not episodes:
-            return resources, []
-        if len(episodes) > 1:
-            named = ", ".join(f"EpisodeOfCare/{e['id']}" for e, _ in episodes)
-            return resources, [_not_recorded(f"the patient has {len(episodes)} open Talking Therapies episodes ({named})")]
-        episode, rules = episodes[0]
-        if contact.contact_time < parse_source_datetime(episode["period"]["start"]):  # history from an earlier course of care
-            return resources, [_not_recorded(f"it is dated before EpisodeOfCare/{episode['id']} began ({episode['period']['start']})")]
+        found = self._one_open_episode(session, patient["id"], TalkingTherapiesRules, contact.contact_time)
+        if isinstance(found, list):
+            return resources, found
+        episode, rules = found
         facts = self._facts(session, episode, rules)
         kind = (
             "treatment"
@@ -403,22 +413,78 @@ class Pathways:
                 result = apply_episode_operation("record-contact", episode, Params(params), rules, facts, now)
             except GatewayInputError as refused:
                 reason = refused.first_error.message if refused.first_error else str(refused)
-                warnings.append(_not_recorded(f"EpisodeOfCare/{episode['id']} refuses it: {reason}"))
+                warnings.append(_not_recorded(TALKING_THERAPIES, f"EpisodeOfCare/{episode['id']} refuses it: {reason}"))
             else:
                 self._store_result(session, "record-contact", who, episode, result, rules, now, True)
                 joined = _joined(encounter, episode, result.contact)
                 log.info("pathway.epr_contact", service=rules.service.id, kind=kind, outcome=outcome, rules=result.rule_ids)
         return [joined if r is encounter else r for r in resources], warnings
 
-    def _open_talking_therapies(self, session: Session, patient_id: str) -> list[tuple[dict[str, Any], TalkingTherapiesRules]]:
-        """The patient's open Talking Therapies episodes (locked for this transaction), of the acting client's service if bound."""
+    def link_systmone_contact(
+        self, session: Session, contact: SystmOneContact, patient: dict[str, Any], resources: list[dict[str, Any]], now: datetime
+    ) -> tuple[list[dict[str, Any]], list[Problem]]:
+        """A SystmOne contact on the patient's open primary care episode, in the row's transaction: recorded on it as
+        $record-contact records one, and the row's Encounter joins the episode. The row's own scores and DIALOG+ care
+        plan count at once towards the 4-week clock's stop (PC-08), as if already stored.
+
+        The kind of contact comes from who held it (`clinician_role`): an MHP's is an MHP session (PC-05 counts them);
+        at the hub (PCMHH) the first is the assessment and later ones are interventions; a triage coach's (MHWBTC) is
+        a patient contact. A filled template is an attended contact. As for PCMIS, nothing is guessed: no open episode
+        (of the acting client's service, if it is bound to one) leaves the contact on its own; several, or a contact
+        dated before the episode began, leave it on its own with a warning; one the rules refuse (an MHP's 5th session
+        needs a step-up review, PC-05, which the template does not carry) joins the episode uncounted, with a warning.
+        """
+        found = self._one_open_episode(session, patient["id"], PrimaryCareRules, contact.contact_time)
+        if isinstance(found, list):
+            return resources, found
+        episode, rules = found
+        facts = self._facts(session, episode, rules)
+        kind = _SYSTMONE_KIND.get(contact.clinician_role) or ("treatment" if facts.assessed else "assessment")
+        encounter = next(r for r in resources if r["resourceType"] == "Encounter")
+        params = {"kind": kind, "outcome": "attended", "date": to_fhir_instant(contact.contact_time)}
+        who = "SystmOne"
+        if contact.clinician.strip():
+            params["practitioner"], who = contact.clinician, f"SystmOne: {contact.clinician}"
+        try:
+            result = apply_episode_operation("record-contact", episode, Params(params), rules, facts, now)
+        except GatewayInputError as refused:
+            reason = refused.first_error.message if refused.first_error else str(refused)
+            joined = _joined(encounter, episode, None)
+            warning = _not_recorded(PRIMARY_CARE, f"EpisodeOfCare/{episode['id']} refuses it: {reason}")
+            return [joined if r is encounter else r for r in resources], [warning]
+        written = [_joined(encounter, episode, result.contact) if r is encounter else r for r in resources]
+        self._store_result(session, "record-contact", who, episode, result, rules, now, True, pending=written)
+        log.info("pathway.epr_contact", service=rules.service.id, kind=kind, outcome="attended", rules=result.rule_ids)
+        return written, []
+
+    def _one_open_episode(
+        self, session: Session, patient_id: str, kind: type[TalkingTherapiesRules] | type[PrimaryCareRules], when: datetime
+    ) -> tuple[dict[str, Any], Any] | list[Problem]:
+        """The patient's one open episode of this kind of pathway (locked), or the warnings why an EPR's contact is left
+        on its own (none when there is no such episode)."""
+        pathway = TALKING_THERAPIES if kind is TalkingTherapiesRules else PRIMARY_CARE
+        episodes = self._open_episodes(session, patient_id, kind)
+        if not episodes:
+            return []
+        if len(episodes) > 1:
+            named = ", ".join(f"EpisodeOfCare/{e['id']}" for e, _ in episodes)
+            return [_not_recorded(pathway, f"the patient has {len(episodes)} open {pathway} episodes ({named})")]
+        episode, rules = episodes[0]
+        if when < parse_source_datetime(episode["period"]["start"]):  # history from an earlier course of care
+            return [_not_recorded(pathway, f"it is dated before EpisodeOfCare/{episode['id']} began ({episode['period']['start']})")]
+        return episode, rules
+
+    def _open_episodes(
+        self, session: Session, patient_id: str, kind: type[TalkingTherapiesRules] | type[PrimaryCareRules]
+    ) -> list[tuple[dict[str, Any], Any]]:
+        """The patient's open episodes of this kind of pathway (locked for this transaction), of the acting client's service if bound."""
         bound = allowed_service(None)
         found, _ = search_resources(session, ResourceQuery("EpisodeOfCare", patient=patient_id, status=list(OPEN_EPISODE), count=100))
         out = []
         for candidate in found:
             locked = get_for_update(session, "EpisodeOfCare", candidate["id"])
             rules = self.registry.services.get(str(locked[1])) if locked else None
-            if locked and isinstance(rules, TalkingTherapiesRules) and bound in (None, locked[1]) and locked[0]["status"] in OPEN_EPISODE:
+            if locked and isinstance(rules, kind) and bound in (None, locked[1]) and locked[0]["status"] in OPEN_EPISODE:
                 out.append((locked[0], rules))
         return out
 
@@ -506,9 +572,11 @@ def _patient(session: Session, referral: PathwayReferral) -> dict[str, Any]:
     return merge_patient(get_resource(session, "Patient", update["id"]), update)
 
 
-def _dialog_plus_times(session: Session, patient_id: str, since: datetime | None) -> list[datetime]:
-    """When each DIALOG+ care plan in force (PC-09: MHS008 and MHS009 recorded -> active) was created."""
+def _dialog_plus_times(session: Session, patient_id: str, since: datetime | None, pending: Sequence[dict[str, Any]] = ()) -> list[datetime]:
+    """When each DIALOG+ care plan in force (PC-09: MHS008 and MHS009 recorded -> active) was created (`pending`: care
+    plans about to be written in this transaction count too)."""
     plans, _ = search_resources(session, ResourceQuery("CarePlan", patient=patient_id, status=["active"], count=1000))
+    plans += [p for p in _pending_of(pending, "CarePlan", patient_id) if p.get("status") == "active"]
     out = []
     for plan in plans:
         if any(c.get("code") == "dialog-plus" for cat in plan.get("category", []) for c in cat.get("coding", [])):
@@ -519,6 +587,10 @@ def _dialog_plus_times(session: Session, patient_id: str, since: datetime | None
             elif moment is None and since is None:
                 out.append(datetime.min)
     return out
+
+
+def _pending_of(pending: Sequence[dict[str, Any]], resource_type: str, patient_id: str) -> list[dict[str, Any]]:
+    return [r for r in pending if r["resourceType"] == resource_type and r.get("subject", {}).get("reference") == f"Patient/{patient_id}"]
 
 
 def _dialog_plus_in_force(session: Session, patient_id: str, named: tuple[str, ...]) -> bool:
@@ -709,8 +781,13 @@ def _joined(encounter: dict[str, Any], episode: dict[str, Any], contact: dict[st
     return out
 
 
-def _not_recorded(why: str) -> Problem:
-    return Problem(Kind.BUSINESS_RULE, "contact_id", f"stored, but not recorded on a Talking Therapies episode: {why}", severity="warning")
+TALKING_THERAPIES, PRIMARY_CARE = "Talking Therapies", "primary care"
+# a SystmOne contact's kind by who held it; at the hub (PCMHH) it depends on whether the patient has been assessed
+_SYSTMONE_KIND = {"MHP": "mhp-session", "MHWBTC": "patient-contact"}
+
+
+def _not_recorded(pathway: str, why: str) -> Problem:
+    return Problem(Kind.BUSINESS_RULE, "contact_id", f"stored, but not recorded on a {pathway} episode: {why}", severity="warning")
 
 
 def _contact_of(encounter: dict[str, Any]) -> tuple[str, str, str, datetime]:

@@ -445,6 +445,81 @@ def test_the_4_week_clock_stops_only_when_all_three_pc08_items_exist_PC_08(clien
     assert not _tasks(client, "clock-pcmhh-4-week-wait")
 
 
+def _systmone_row(nhs: str, when: str, role: str, code: str = "XaL0u", plan_agreed: str = "Y") -> dict[str, str]:
+    """The fixture's first SystmOne row (a complete PHQ-9 and DIALOG, a DIALOG+ care plan) for the patient."""
+    record = rows(SYSTMONE.read_text())[0]
+    return record | {
+        "contact_id": f"S1-{nhs}-{when}",
+        "nhs_number": nhs,
+        "contact_time": when,
+        "contact_code": code,
+        "clinician_role": role,
+        "care_plan_agreed_mhs009": plan_agreed,
+    }
+
+
+def _ingest_systmone(client, *records: dict[str, str]) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
+    reply = client.post("/ingest/systmone", content=to_csv(list(records)), headers={"Content-Type": "text/csv"})
+    assert reply.status_code == 200, reply.text
+    return list(reply.json()["rows"])
+
+
+def test_a_hub_contact_in_systmone_is_the_assessment_and_with_its_scores_and_care_plan_stops_the_4_week_clock_PC_04_PC_08(
+    client,
+) -> None:
+    body = json.loads((PATHWAYS / "pc-step-up-from-secondary-care.servicerequest.json").read_text())
+    episode = episode_of(route(client, body).json())
+    assert "stopped" not in _clocks(client, episode)["pcmhh-4-week-wait"]
+    # the hub's first contact, in SystmOne: PHQ-9 and DIALOG scored (the baseline) and a DIALOG+ care plan agreed (PC-09)
+    reply = _ingest_systmone(client, _systmone_row("9990000220", "2026-11-23T10:00:00+00:00", "PCMHH"))[0]
+    assert reply["outcome"] == "accepted" and "issues" not in reply, reply
+    encounter = row_encounter(client, reply)
+    assert encounter["episodeOfCare"] == [{"reference": f"EpisodeOfCare/{episode}"}]  # the SystmOne Encounter itself
+    assert "assessment" in [t["coding"][0]["code"] for t in encounter["type"]]
+    # PC-08 at once, not at the next tick: the row's own scores and care plan count with its contact
+    assert _clocks(client, episode)["pcmhh-4-week-wait"]["stopped"] == "2026-11-23T10:00:00Z"
+    assert client.get(f"/fhir/EpisodeOfCare/{episode}").json()["status"] == "active"
+    assert "PC-08" in _explained(client, episode)
+    follow_up = _ingest_systmone(client, _systmone_row("9990000220", "2026-11-23T11:00:00+00:00", "PCMHH", code="XaZrH"))[0]
+    assert "issues" not in follow_up
+    assert "treatment" in [t["coding"][0]["code"] for t in row_encounter(client, follow_up)["type"]]  # then interventions
+    assert len(_on_episode(client, episode)) == 2
+
+
+def test_a_systmone_care_plan_without_its_agreement_does_not_stop_the_4_week_clock_PC_08_PC_09(client) -> None:
+    body = json.loads((PATHWAYS / "pc-step-up-from-secondary-care.servicerequest.json").read_text())
+    episode = episode_of(route(client, body).json())
+    reply = _ingest_systmone(client, _systmone_row("9990000220", "2026-11-23T10:00:00+00:00", "PCMHH", plan_agreed="N"))[0]
+    assert reply["outcome"] == "accepted" and "issues" not in reply
+    assert row_encounter(client, reply)["episodeOfCare"] == [{"reference": f"EpisodeOfCare/{episode}"}]
+    assert "stopped" not in _clocks(client, episode)["pcmhh-4-week-wait"]  # assessed and scored, but no plan in force yet
+
+
+def test_a_fifth_mhp_session_from_systmone_joins_the_episode_uncounted_with_a_warning_PC_05(client) -> None:
+    reply = route(client, referral("rdash-rotherham", "R-S1", "2026-11-02T10:00:00+00:00", "1980-01-01", step="mhp", practice="C87001"))
+    episode = episode_of(reply.json())
+    nhs = client.get(f"/fhir/{client.get(f'/fhir/EpisodeOfCare/{episode}').json()['patient']['reference']}").json()
+    number = next(i["value"] for i in nhs["identifier"] if i["system"].endswith("/nhs-number"))
+    sessions = [_systmone_row(number, f"2026-11-{day:02d}T10:00:00+00:00", "MHP", code="XaZrH") for day in (3, 4, 5, 6, 9)]
+    replies = _ingest_systmone(client, *sessions)
+    assert [r["outcome"] for r in replies] == ["accepted"] * 5 and all("issues" not in r for r in replies[:4])
+    warning = replies[4]["issues"][0]
+    assert warning["severity"] == "warning" and warning["expression"] == ["row[5].contact_id"]
+    assert f"not recorded on a primary care episode: EpisodeOfCare/{episode} refuses it: PC-05" in warning["diagnostics"]
+    assert len(_on_episode(client, episode)) == 5  # the fifth joins the episode, uncounted
+    assert "mhp-session" not in [t["coding"][0]["code"] for t in row_encounter(client, replies[4])["type"]]
+
+
+def test_a_triage_coach_contact_in_systmone_is_a_patient_contact_on_the_episode_PC_04(client) -> None:
+    reply = route(client, referral("rdash-rotherham", "R-S2", "2026-11-02T10:00:00+00:00", "1980-01-01", step="mhp", practice="C87001"))
+    episode = episode_of(reply.json())
+    patient = client.get(f"/fhir/{client.get(f'/fhir/EpisodeOfCare/{episode}').json()['patient']['reference']}").json()
+    number = next(i["value"] for i in patient["identifier"] if i["system"].endswith("/nhs-number"))
+    row = _ingest_systmone(client, _systmone_row(number, "2026-11-05T10:00:00+00:00", "MHWBTC"))[0]
+    assert "issues" not in row
+    assert "patient-contact" in [t["coding"][0]["code"] for t in row_encounter(client, row)["type"]]
+
+
 def _clocks(client, episode: str) -> dict[str, dict[str, Any]]:  # type: ignore[no-untyped-def]
     from fhir_mapping.episodes import episode_clocks
 

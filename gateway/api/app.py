@@ -133,7 +133,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
     app.state.pathway_rules = pathway_rules
     app.state.pathways = Pathways(sessions, pathway_rules, catalogue, clock)
     app.state.pcmis = pcmis_batches(sessions, catalogue, clock, link=app.state.pathways.link_pcmis_contact)  # TT episodes
-    app.state.systmone = systmone_batches(sessions, catalogue, clock)
+    app.state.systmone = systmone_batches(sessions, catalogue, clock, link=app.state.pathways.link_systmone_contact)  # PC episodes
     app.state.deliverer = deliverer
     app.state.authenticator = Authenticator(sessions, clock, timedelta(seconds=settings.token_ttl_seconds))
     app.state.metrics = Metrics(sessions, clock)
