@@ -401,24 +401,11 @@ class Pathways:
             else _PCMIS_KIND[contact.appointment_type]
         )
         outcome = _PCMIS_OUTCOME.get(contact.attendance)
-        encounter = next(r for r in resources if r["resourceType"] == "Encounter")
-        warnings: list[Problem] = []
-        joined = _joined(encounter, episode, None)
-        if outcome is not None:
-            params = {"kind": kind, "outcome": outcome, "date": to_fhir_instant(contact.contact_time)}
-            who = "PCMIS"
-            if contact.therapist.strip():  # PCMIS may leave it blank: the contact is recorded all the same
-                params["practitioner"], who = contact.therapist, f"PCMIS: {contact.therapist}"
-            try:
-                result = apply_episode_operation("record-contact", episode, Params(params), rules, facts, now)
-            except GatewayInputError as refused:
-                reason = refused.first_error.message if refused.first_error else str(refused)
-                warnings.append(_not_recorded(TALKING_THERAPIES, f"EpisodeOfCare/{episode['id']} refuses it: {reason}"))
-            else:
-                self._store_result(session, "record-contact", who, episode, result, rules, now, True)
-                joined = _joined(encounter, episode, result.contact)
-                log.info("pathway.epr_contact", service=rules.service.id, kind=kind, outcome=outcome, rules=result.rule_ids)
-        return [joined if r is encounter else r for r in resources], warnings
+        if outcome is None:  # cancelled by the service: on the episode, but no contact of the patient's
+            return [_joined(r, episode, None) if r["resourceType"] == "Encounter" else r for r in resources], []
+        return self._record_epr_contact(
+            session, "PCMIS", contact.therapist, episode, rules, facts, kind, outcome, contact.contact_time, resources, now
+        )
 
     def link_systmone_contact(
         self, session: Session, contact: SystmOneContact, patient: dict[str, Any], resources: list[dict[str, Any]], now: datetime
@@ -429,7 +416,9 @@ class Pathways:
 
         The kind of contact comes from who held it (`clinician_role`): an MHP's is an MHP session (PC-05 counts them);
         at the hub (PCMHH) the first is the assessment and later ones are interventions; a triage coach's (MHWBTC) is
-        a patient contact. A filled template is an attended contact. As for PCMIS, nothing is guessed: no open episode
+        a patient contact. A row is an attended contact: the service records its contacts in these templates (RDaSH
+        PCMHS SOP 4.11), and the extract has no attendance column. The CTV3 code does not decide the hub's assessment:
+        after MHP sessions the hub's first contact is coded XaZrH (SOP 4.11). As for PCMIS, nothing is guessed: no open episode
         (of the acting client's service, if it is bound to one) leaves the contact on its own; several, or a contact
         dated before the episode began, leave it on its own with a warning; one the rules refuse (an MHP's 5th session
         needs a step-up review, PC-05, which the template does not carry) joins the episode uncounted, with a warning.
@@ -440,21 +429,41 @@ class Pathways:
         episode, rules = found
         facts = self._facts(session, episode, rules)
         kind = _SYSTMONE_KIND.get(contact.clinician_role) or ("treatment" if facts.assessed else "assessment")
+        return self._record_epr_contact(
+            session, "SystmOne", contact.clinician, episode, rules, facts, kind, "attended", contact.contact_time, resources, now
+        )
+
+    def _record_epr_contact(
+        self,
+        session: Session,
+        source: str,
+        clinician: str,
+        episode: dict[str, Any],
+        rules: Rules,
+        facts: EpisodeFacts,
+        kind: str,
+        outcome: str,
+        when: datetime,
+        resources: list[dict[str, Any]],
+        now: datetime,
+    ) -> tuple[list[dict[str, Any]], list[Problem]]:
+        """An EPR row's contact recorded on the episode as $record-contact records one; its Encounter joins the episode,
+        counted, or uncounted with a warning when the rules refuse it. The row's other resources count as stored."""
         encounter = next(r for r in resources if r["resourceType"] == "Encounter")
-        params = {"kind": kind, "outcome": "attended", "date": to_fhir_instant(contact.contact_time)}
-        who = "SystmOne"
-        if contact.clinician.strip():
-            params["practitioner"], who = contact.clinician, f"SystmOne: {contact.clinician}"
+        params = {"kind": kind, "outcome": outcome, "date": to_fhir_instant(when)}
+        who = source
+        if clinician.strip():  # the EPR may leave it blank: the contact is recorded all the same
+            params["practitioner"], who = clinician, f"{source}: {clinician}"
         try:
             result = apply_episode_operation("record-contact", episode, Params(params), rules, facts, now)
         except GatewayInputError as refused:
             reason = refused.first_error.message if refused.first_error else str(refused)
-            joined = _joined(encounter, episode, None)
-            warning = _not_recorded(PRIMARY_CARE, f"EpisodeOfCare/{episode['id']} refuses it: {reason}")
-            return [joined if r is encounter else r for r in resources], [warning]
+            pathway = PRIMARY_CARE if isinstance(rules, PrimaryCareRules) else TALKING_THERAPIES
+            warning = _not_recorded(pathway, f"EpisodeOfCare/{episode['id']} refuses it: {reason}")
+            return [_joined(encounter, episode, None) if r is encounter else r for r in resources], [warning]
         written = [_joined(encounter, episode, result.contact) if r is encounter else r for r in resources]
         self._store_result(session, "record-contact", who, episode, result, rules, now, True, pending=written)
-        log.info("pathway.epr_contact", service=rules.service.id, kind=kind, outcome="attended", rules=result.rule_ids)
+        log.info("pathway.epr_contact", service=rules.service.id, kind=kind, outcome=outcome, rules=result.rule_ids)
         return written, []
 
     def _one_open_episode(
