@@ -470,8 +470,9 @@ def test_a_hub_contact_in_systmone_is_the_assessment_and_with_its_scores_and_car
     body = json.loads((PATHWAYS / "pc-step-up-from-secondary-care.servicerequest.json").read_text())
     episode = episode_of(route(client, body).json())
     assert "stopped" not in _clocks(client, episode)["pcmhh-4-week-wait"]
-    # the hub's first contact, in SystmOne: PHQ-9 and DIALOG scored (the baseline) and a DIALOG+ care plan agreed (PC-09)
-    reply = _ingest_systmone(client, _systmone_row("9990000220", "2026-11-23T10:00:00+00:00", "PCMHH"))[0]
+    # the hub's first contact, in SystmOne: PHQ-9 and DIALOG scored (the baseline) and a DIALOG+ care plan agreed (PC-09);
+    # coded as a follow-up (XaZrH), as the SOP has it for the patient's second contact in the service (the MHP had the first)
+    reply = _ingest_systmone(client, _systmone_row("9990000220", "2026-11-23T10:00:00+00:00", "PCMHH", code="XaZrH"))[0]
     assert reply["outcome"] == "accepted" and "issues" not in reply, reply
     encounter = row_encounter(client, reply)
     assert encounter["episodeOfCare"] == [{"reference": f"EpisodeOfCare/{episode}"}]  # the SystmOne Encounter itself
@@ -495,11 +496,16 @@ def test_a_systmone_care_plan_without_its_agreement_does_not_stop_the_4_week_clo
     assert "stopped" not in _clocks(client, episode)["pcmhh-4-week-wait"]  # assessed and scored, but no plan in force yet
 
 
-def test_a_fifth_mhp_session_from_systmone_joins_the_episode_uncounted_with_a_warning_PC_05(client) -> None:
-    reply = route(client, referral("rdash-rotherham", "R-S1", "2026-11-02T10:00:00+00:00", "1980-01-01", step="mhp", practice="C87001"))
+def _mhp_episode(client, ref: str) -> tuple[str, str]:  # type: ignore[no-untyped-def]
+    """A primary care episode at the MHP step, and its patient's NHS number."""
+    reply = route(client, referral("rdash-rotherham", ref, "2026-11-02T10:00:00+00:00", "1980-01-01", step="mhp", practice="C87001"))
     episode = episode_of(reply.json())
-    nhs = client.get(f"/fhir/{client.get(f'/fhir/EpisodeOfCare/{episode}').json()['patient']['reference']}").json()
-    number = next(i["value"] for i in nhs["identifier"] if i["system"].endswith("/nhs-number"))
+    patient = client.get(f"/fhir/{client.get(f'/fhir/EpisodeOfCare/{episode}').json()['patient']['reference']}").json()
+    return episode, next(i["value"] for i in patient["identifier"] if i["system"].endswith("/nhs-number"))
+
+
+def test_a_fifth_mhp_session_from_systmone_joins_the_episode_uncounted_with_a_warning_PC_05(client) -> None:
+    episode, number = _mhp_episode(client, "R-S1")
     sessions = [_systmone_row(number, f"2026-11-{day:02d}T10:00:00+00:00", "MHP", code="XaZrH") for day in (3, 4, 5, 6, 9)]
     replies = _ingest_systmone(client, *sessions)
     assert [r["outcome"] for r in replies] == ["accepted"] * 5 and all("issues" not in r for r in replies[:4])
@@ -511,10 +517,7 @@ def test_a_fifth_mhp_session_from_systmone_joins_the_episode_uncounted_with_a_wa
 
 
 def test_a_triage_coach_contact_in_systmone_is_a_patient_contact_on_the_episode_PC_04(client) -> None:
-    reply = route(client, referral("rdash-rotherham", "R-S2", "2026-11-02T10:00:00+00:00", "1980-01-01", step="mhp", practice="C87001"))
-    episode = episode_of(reply.json())
-    patient = client.get(f"/fhir/{client.get(f'/fhir/EpisodeOfCare/{episode}').json()['patient']['reference']}").json()
-    number = next(i["value"] for i in patient["identifier"] if i["system"].endswith("/nhs-number"))
+    episode, number = _mhp_episode(client, "R-S2")
     row = _ingest_systmone(client, _systmone_row(number, "2026-11-05T10:00:00+00:00", "MHWBTC"))[0]
     assert "issues" not in row
     assert "patient-contact" in [t["coding"][0]["code"] for t in row_encounter(client, row)["type"]]
