@@ -402,7 +402,7 @@ class Pathways:
         )
         outcome = _PCMIS_OUTCOME.get(contact.attendance)
         if outcome is None:  # cancelled by the service: on the episode, but no contact of the patient's
-            return [_joined(r, episode, None) if r["resourceType"] == "Encounter" else r for r in resources], []
+            return _with_joined(resources, episode, None), []
         return self._record_epr_contact(
             session, "PCMIS", contact.therapist, episode, rules, facts, kind, outcome, contact.contact_time, resources, now
         )
@@ -418,8 +418,8 @@ class Pathways:
         at the hub (PCMHH) the first is the assessment and later ones are interventions; a triage coach's (MHWBTC) is
         a patient contact. A row is an attended contact: the service records its contacts in these templates (RDaSH
         PCMHS SOP 4.11), and the extract has no attendance column. The CTV3 code does not decide the hub's assessment:
-        after MHP sessions the hub's first contact is coded XaZrH (SOP 4.11). As for PCMIS, nothing is guessed: no open episode
-        (of the acting client's service, if it is bound to one) leaves the contact on its own; several, or a contact
+        after MHP sessions the hub's first contact is coded XaZrH (SOP 4.11). As for PCMIS, nothing is guessed: no
+        open episode (of the acting client's service, if it is bound to one) leaves the contact on its own; several, or a contact
         dated before the episode began, leave it on its own with a warning; one the rules refuse (an MHP's 5th session
         needs a step-up review, PC-05, which the template does not carry) joins the episode uncounted, with a warning.
         """
@@ -449,7 +449,6 @@ class Pathways:
     ) -> tuple[list[dict[str, Any]], list[Problem]]:
         """An EPR row's contact recorded on the episode as $record-contact records one; its Encounter joins the episode,
         counted, or uncounted with a warning when the rules refuse it. The row's other resources count as stored."""
-        encounter = next(r for r in resources if r["resourceType"] == "Encounter")
         params = {"kind": kind, "outcome": outcome, "date": to_fhir_instant(when)}
         who = source
         if clinician.strip():  # the EPR may leave it blank: the contact is recorded all the same
@@ -458,10 +457,9 @@ class Pathways:
             result = apply_episode_operation("record-contact", episode, Params(params), rules, facts, now)
         except GatewayInputError as refused:
             reason = refused.first_error.message if refused.first_error else str(refused)
-            pathway = PRIMARY_CARE if isinstance(rules, PrimaryCareRules) else TALKING_THERAPIES
-            warning = _not_recorded(pathway, f"EpisodeOfCare/{episode['id']} refuses it: {reason}")
-            return [_joined(encounter, episode, None) if r is encounter else r for r in resources], [warning]
-        written = [_joined(encounter, episode, result.contact) if r is encounter else r for r in resources]
+            warning = _not_recorded(_PATHWAY_NAME[type(rules)], f"EpisodeOfCare/{episode['id']} refuses it: {reason}")
+            return _with_joined(resources, episode, None), [warning]
+        written = _with_joined(resources, episode, result.contact)
         self._store_result(session, "record-contact", who, episode, result, rules, now, True, pending=written)
         log.info("pathway.epr_contact", service=rules.service.id, kind=kind, outcome=outcome, rules=result.rule_ids)
         return written, []
@@ -471,7 +469,7 @@ class Pathways:
     ) -> tuple[dict[str, Any], Any] | list[Problem]:
         """The patient's one open episode of this kind of pathway (locked), or the warnings why an EPR's contact is left
         on its own (none when there is no such episode)."""
-        pathway = TALKING_THERAPIES if kind is TalkingTherapiesRules else PRIMARY_CARE
+        pathway = _PATHWAY_NAME[kind]
         episodes = self._open_episodes(session, patient_id, kind)
         if not episodes:
             return []
@@ -790,9 +788,14 @@ def _joined(encounter: dict[str, Any], episode: dict[str, Any], contact: dict[st
     return out
 
 
-TALKING_THERAPIES, PRIMARY_CARE = "Talking Therapies", "primary care"
+_PATHWAY_NAME: dict[type[Any], str] = {TalkingTherapiesRules: "Talking Therapies", PrimaryCareRules: "primary care"}
 # a SystmOne contact's kind by who held it; at the hub (PCMHH) it depends on whether the patient has been assessed
 _SYSTMONE_KIND = {"MHP": "mhp-session", "MHWBTC": "patient-contact"}
+
+
+def _with_joined(resources: list[dict[str, Any]], episode: dict[str, Any], contact: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """An EPR row's resources with its contact Encounter joined to the episode (`_joined`)."""
+    return [_joined(r, episode, contact) if r["resourceType"] == "Encounter" else r for r in resources]
 
 
 def _not_recorded(pathway: str, why: str) -> Problem:
