@@ -40,6 +40,7 @@ from gateway.clock import Clock
 from gateway.metrics import DELIVERY_OUTCOMES, count_delivery
 from gateway.security.principal import SYSTEM, Principal, acting
 from gateway.store.db import write_transaction
+from gateway.store.deferred import defer
 from gateway.store.jsontext import dumps
 from gateway.store.models import AuditEntityRow, AuditEventRow, ResourceRow
 from gateway.store.repo import WRITES_KEY, note_write
@@ -213,21 +214,23 @@ def add_event(session: Session, resource: dict[str, Any]) -> None:
     who = resource["agent"][0].get("who", {}).get("identifier", {}).get("value")
     subtype = (resource.get("subtype") or [{}])[0].get("code", resource["type"]["code"])
     connection = session.connection()
-    connection.execute(
+    defer(  # sent with the transaction's COMMIT on PostgreSQL (gateway.store.deferred)
+        connection,
         _INSERT_EVENT,
-        {
-            "id": resource["id"],
-            "recorded": datetime.fromisoformat(resource["recorded"].replace("Z", "+00:00")),
-            "client_id": who,
-            "action": resource["action"],
-            "subtype": subtype,
-            "outcome": resource["outcome"],
-            "content": dumps(resource),
-        },
+        [
+            {
+                "id": resource["id"],
+                "recorded": datetime.fromisoformat(resource["recorded"].replace("Z", "+00:00")),
+                "client_id": who,
+                "action": resource["action"],
+                "subtype": subtype,
+                "outcome": resource["outcome"],
+                "content": dumps(resource),
+            }
+        ],
     )
     references = sorted({e["what"]["reference"][:160] for e in resource.get("entity", []) if "what" in e})
-    if references:
-        connection.execute(_INSERT_ENTITIES, [{"reference": ref, "event_id": resource["id"]} for ref in references])
+    defer(connection, _INSERT_ENTITIES, [{"reference": ref, "event_id": resource["id"]} for ref in references])
 
 
 def outcome_of(status: int) -> str:

@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.store.db import group_commit, one_read, write_transaction
+from gateway.store.deferred import defer
 from gateway.store.jsontext import dumps
 from gateway.store.keys import message_key
 from gateway.store.models import InboundMessage
@@ -106,21 +107,24 @@ def commit_message(
         else:
             created = {f"{r['resourceType']}/{r['id']}" for r, outcome in results if outcome == "created"}
             reply = _encoded(make_reply(stored, created))
-        session.connection().execute(  # a plain insert: no ORM object to track for one row
+        defer(  # a plain insert (no ORM object to track for one row), sent with the COMMIT on PostgreSQL
+            session.connection(),
             _INSERT_INBOUND,
-            {
-                "channel": inbound.channel,
-                "message_id": message_key(inbound.message_id),
-                "header_id": message_key(inbound.header_id),
-                "correlation_id": message_key(inbound.correlation_id),
-                "received_at": now,
-                "raw": inbound.raw,
-                "task_id": next((r["id"] for r in stored if r["resourceType"] == "Task"), None),
-                "rule_set": inbound.rule_set,
-                "unused": dumps(list(inbound.unused)),
-                "response_status": reply.status,
-                "response_body": reply.text,
-            },
+            [
+                {
+                    "channel": inbound.channel,
+                    "message_id": message_key(inbound.message_id),
+                    "header_id": message_key(inbound.header_id),
+                    "correlation_id": message_key(inbound.correlation_id),
+                    "received_at": now,
+                    "raw": inbound.raw,
+                    "task_id": next((r["id"] for r in stored if r["resourceType"] == "Task"), None),
+                    "rule_set": inbound.rule_set,
+                    "unused": dumps(list(inbound.unused)),
+                    "response_status": reply.status,
+                    "response_body": reply.text,
+                }
+            ],
         )
         return reply
 

@@ -19,6 +19,8 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
+from gateway.store.deferred import send_deferred_writes_together
+
 if TYPE_CHECKING:
     from gateway.store.group_commit import GroupCommit
 
@@ -98,6 +100,7 @@ def make_engine(url: str, statement_timeout_ms: int = 0) -> Engine:
     connect_args = {"options": f"-c statement_timeout={statement_timeout_ms}"} if statement_timeout_ms else {}
     engine = create_engine(url, pool_size=10, max_overflow=20, connect_args=connect_args)
     _ping_when_idle(engine)
+    send_deferred_writes_together(engine)
     return engine
 
 

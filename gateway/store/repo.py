@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.util import identity_key
 
 from fhir_mapping.datetimes import parse_source_datetime, to_fhir_instant
+from gateway.store.deferred import defer
 from gateway.store.jsontext import dumps
 from gateway.store.keys import identifier_key, message_key
 from gateway.store.models import Base, IdentifierRow, InboundMessage, ResourceRow, TokenRow
@@ -154,14 +155,15 @@ def put_resources(
         note_write(session, f"{rtype}/{rid}", prior is None, row.get("subject_id"))
         written.append(full)
         out.append((full, "updated" if prior else "created"))
-    if inserts:
-        connection.execute(_INSERT_ROWS, list(inserts.values()))
+    # the identifiers first: the one statement whose reply is read. The rows and tokens are deferred (on PostgreSQL
+    # sent together with the transaction's next statement or its COMMIT, gateway.store.deferred)
+    _put_identifiers(connection, written)
+    defer(connection, _INSERT_ROWS, list(inserts.values()))
     for (rtype, rid), values in updates.items():
-        connection.execute(_update_of(tuple(values)), {"row_type": rtype, "row_id": rid} | {f"new_{k}": v for k, v in values.items()})
+        defer(connection, _update_of(tuple(values)), [{"row_type": rtype, "row_id": rid} | {f"new_{k}": v for k, v in values.items()}])
         loaded = session.identity_map.get(identity_key(ResourceRow, (rtype, rid)))
         if loaded is not None:  # a row the session had read is now out of date: reload it on next use
             session.expire(loaded)
-    _put_identifiers(connection, written)
     _put_tokens(connection, written, inserts)
     return out
 
@@ -285,9 +287,9 @@ def _put_tokens(connection: Connection, written: list[dict[str, Any]], new_rows:
     if not final:
         return
     replaced = [{"type": rtype, "id": rid} for rtype, rid in sorted(final) if (rtype, rid) not in new_rows]
-    if replaced:
-        connection.execute(_DELETE_TOKENS, replaced)
-    connection.execute(
+    defer(connection, _DELETE_TOKENS, replaced)
+    defer(
+        connection,
         _INSERT_TOKENS,
         [
             {"resource_type": rtype, "resource_id": rid, "param": p, "system": s, "code": c}
