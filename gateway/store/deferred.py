@@ -1,6 +1,6 @@
 """PostgreSQL: a transaction's writes that return nothing are sent together, in one round trip.
 
-A message's transaction on PostgreSQL made nine round trips to the server (BEGIN, the locking read, five
+A message's transaction on PostgreSQL made nine round trips to the server (BEGIN, the locking read, four
 inserts, the AuditEvent's two, COMMIT). Under load each one is a wait: for the server's process to be
 scheduled, then for this thread to get the GIL back. The ingest slot the message holds waits with it, and
 so do the messages queued for that slot (bench/README.md, tenth round).
@@ -45,7 +45,10 @@ _INLINE: WeakKeyDictionary[Insert, Insert] = WeakKeyDictionary()  # each INSERT 
 
 
 def send_deferred_writes_together(engine: Engine) -> None:
-    """Set up `engine` (PostgreSQL with psycopg) so that `defer` keeps writes and sends them in one pipeline."""
+    """Set up `engine` so that `defer` keeps writes and sends them in one pipeline: PostgreSQL through psycopg (the
+    driver the gateway installs and picks for `postgresql://`). With any other driver, `defer` writes at once."""
+    if engine.dialect.name != "postgresql" or engine.dialect.driver != "psycopg":
+        return
     event.listen(engine, "begin", _drop)
     event.listen(engine, "rollback", _drop)
     event.listen(engine, "checkin", lambda _dbapi, record: record.info.pop(_KEPT, None))
@@ -65,7 +68,9 @@ def defer(connection: Connection, statement: Executable, rows: Sequence[dict[str
         return
     if isinstance(statement, Insert):
         inline = _INLINE.get(statement)
-        statement = _INLINE.setdefault(statement, statement.inline()) if inline is None else inline
+        if inline is None:
+            inline = _INLINE[statement] = statement.inline()
+        statement = inline
     if connection.dialect not in _PIPELINED or connection.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
         connection.execute(statement, list(rows))
         return
