@@ -24,6 +24,7 @@ from gateway.store.repo import find_by_identifier, get_resource, put_resources
 from tests.conftest import NOW, add_test_client, bearer, empty_postgres, fixture_json, gateway_settings
 
 NHS = "https://fhir.nhs.uk/Id/nhs-number"
+_INSERT_INBOUND = insert(InboundMessage)  # built once, as defer() asks
 
 
 def _patient(pid: str, nhs_number: str) -> dict[str, Any]:
@@ -108,10 +109,10 @@ def test_a_kept_write_that_fails_fails_its_commit_and_nothing_of_its_transaction
     """A duplicate message id met at the commit, not at the insert: the same IntegrityError, and the whole transaction
     rolled back (a racing copy of a message is answered from this, gateway.messages)."""
     with write_transaction(app.state.sessions) as session:
-        defer(session.connection(), insert(InboundMessage), [_inbound("m-1")])
+        defer(session.connection(), _INSERT_INBOUND, [_inbound("m-1")])
     with pytest.raises(IntegrityError), write_transaction(app.state.sessions) as session:
         put_resources(session, [(_patient("lost", "9990000026"), None)], NOW)
-        defer(session.connection(), insert(InboundMessage), [_inbound("m-1")])
+        defer(session.connection(), _INSERT_INBOUND, [_inbound("m-1")])
     with app.state.sessions() as session:
         assert get_resource(session, "Patient", "lost") is None
         assert session.execute(select(InboundMessage.message_id)).scalars().all() == ["m-1"]
@@ -120,9 +121,9 @@ def test_a_kept_write_that_fails_fails_its_commit_and_nothing_of_its_transaction
 def test_a_rolled_back_transactions_kept_writes_are_never_sent(app: Any) -> None:
     """Nothing kept outlives its transaction: the next transaction on the same pooled connection does not send it."""
     with pytest.raises(RuntimeError), write_transaction(app.state.sessions) as session:
-        defer(session.connection(), insert(InboundMessage), [_inbound("rolled-back")])
+        defer(session.connection(), _INSERT_INBOUND, [_inbound("rolled-back")])
         raise RuntimeError("the work failed")
     with write_transaction(app.state.sessions) as session:
-        defer(session.connection(), insert(InboundMessage), [_inbound("committed")])
+        defer(session.connection(), _INSERT_INBOUND, [_inbound("committed")])
     with app.state.sessions() as session:
         assert session.execute(select(InboundMessage.message_id)).scalars().all() == ["committed"]
