@@ -6,6 +6,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -75,9 +76,10 @@ def _protocol_trace(engine: Any) -> Iterator[list[list[str]]]:
                 current = []
 
 
-def test_a_referrals_writes_reach_postgresql_together_just_before_its_commit(pg_url: str) -> None:
-    """One flat NHS 111 case on PostgreSQL: seven round trips (the credential, the re-send lookup, BEGIN, the locking
-    read, the identifiers, then every other write in one exchange, then COMMIT); it was eleven, one per write."""
+def test_a_referrals_writes_reach_postgresql_together_with_its_commit(pg_url: str) -> None:
+    """One flat NHS 111 case on PostgreSQL: six round trips (the credential, the re-send lookup, BEGIN, the locking
+    read, the identifiers, then every other write and the COMMIT in one query string). It was eleven, one per
+    write, then seven with the writes in a pipeline and the COMMIT on its own."""
     empty_postgres(pg_url)
     app = create_app(gateway_settings(pg_url), FixedClock(NOW))
     try:
@@ -88,13 +90,36 @@ def test_a_referrals_writes_reach_postgresql_together_just_before_its_commit(pg_
     finally:
         app.state.engine.dispose()
     sent = ["\n".join(line for line in exchange if line.startswith("F\t")) for exchange in exchanges]
-    assert len(sent) == 7, "\n---\n".join(sent)
-    writes = sent[-2]
+    assert len(sent) == 6, "\n---\n".join(sent)
+    last = sent[-1].splitlines()
+    assert len(last) == 1, last  # one message: the writes and the COMMIT in one query string
+    assert "\tQuery\t" in last[0]
     for table in ("resources", "resource_tokens", "inbound_messages", "audit_events", "audit_entities"):
-        assert f"INSERT INTO {table} " in writes
-    assert writes.count("\tSync") == 1  # one wait for all of them
-    assert 'Query\t "COMMIT"' in sent[-1]
-    assert "RETURNING" not in writes  # nothing in it is read back
+        assert last[0].count(f"INSERT INTO {table} ") == 1  # each table's rows in one multi-row INSERT
+    assert last[0].endswith('; COMMIT"'), last[0][-80:]
+    assert "RETURNING" not in last[0]  # nothing in it is read back
+
+
+def test_kept_values_reach_postgresql_as_they_were_given(pg_url: str) -> None:
+    """Values bound on this side keep what a sender sent: quotes, backslashes, non-ASCII text, any bytes but NUL
+    in text; an aware datetime stays the same instant (the UTCDateTime column's own conversion still runs)."""
+    empty_postgres(pg_url)
+    app = create_app(gateway_settings(pg_url), FixedClock(NOW))
+    awkward = "O'Brien \\ \\x41 \"quoted\" E'x' ; -- Ysbyty Gwynedd ñ 🙂 $$ $1 %(x)s %s %%"
+    raw = bytes(range(256)) + b"\\x00'"
+    later = datetime.fromisoformat("2026-06-01T10:30:00+01:00")  # BST: stored as the same instant
+    try:
+        with write_transaction(app.state.sessions) as session:
+            row = _inbound("m-awkward") | {"raw": raw, "response_body": awkward, "received_at": later}
+            defer(session.connection(), _INSERT_INBOUND, [row])
+            put_resources(session, [(_patient("awkward", "9990000034") | {"name": [{"text": awkward}]}, None)], NOW)
+        with app.state.sessions() as session:
+            stored = session.execute(select(InboundMessage).where(InboundMessage.message_id == "m-awkward")).scalar_one()
+            assert (stored.raw, stored.response_body, stored.received_at) == (raw, awkward, later)
+            patient = get_resource(session, "Patient", "awkward")
+            assert patient is not None and patient["name"] == [{"text": awkward}]
+    finally:
+        app.state.engine.dispose()
 
 
 def test_a_write_kept_for_the_commit_is_seen_by_the_transactions_next_read(app: Any) -> None:
