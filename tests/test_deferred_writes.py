@@ -13,14 +13,14 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from psycopg import pq
-from sqlalchemy import event, insert, select
+from sqlalchemy import event, func, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from gateway.api.app import create_app
 from gateway.clock import FixedClock
 from gateway.store.db import write_transaction
 from gateway.store.deferred import defer
-from gateway.store.models import InboundMessage
+from gateway.store.models import InboundMessage, ResourceRow
 from gateway.store.repo import find_by_identifier, get_resource, put_resources
 from tests.conftest import NOW, add_test_client, bearer, empty_postgres, fixture_json, gateway_settings
 
@@ -91,18 +91,27 @@ def test_a_referrals_writes_reach_postgresql_together_with_its_commit(pg_url: st
         app.state.engine.dispose()
     sent = ["\n".join(line for line in exchange if line.startswith("F\t")) for exchange in exchanges]
     assert len(sent) == 6, "\n---\n".join(sent)
-    last = sent[-1].splitlines()
-    assert len(last) == 1, last  # one message: the writes and the COMMIT in one query string
-    assert "\tQuery\t" in last[0]
+    writes = sent[-1]
     for table in ("resources", "resource_tokens", "inbound_messages", "audit_events", "audit_entities"):
-        assert last[0].count(f"INSERT INTO {table} ") == 1  # each table's rows in one multi-row INSERT
-    assert last[0].endswith('; COMMIT"'), last[0][-80:]
-    assert "RETURNING" not in last[0]  # nothing in it is read back
+        assert writes.count(f"INSERT INTO {table} ") == 1  # each table's rows in one multi-row INSERT
+    assert writes.count("\tSync") == 1  # one wait for all of them
+    assert writes.index('"COMMIT"') > writes.rindex("INSERT INTO")  # the COMMIT last, in the same exchange
+    assert "RETURNING" not in writes  # nothing in it is read back
+
+
+def test_a_big_batchs_kept_rows_all_arrive(app: Any) -> None:
+    """More rows than one multi-row INSERT takes (gateway.store.deferred._MOST_ROWS): every one stored, on both stores."""
+    patients = [(_patient(f"many-{n}", f"999{n:07d}"), None) for n in range(1234)]
+    with write_transaction(app.state.sessions) as session:
+        put_resources(session, patients, NOW)
+    with app.state.sessions() as session:
+        assert session.execute(select(func.count()).select_from(ResourceRow)).scalar_one() == 1234
+        assert get_resource(session, "Patient", "many-1233") is not None
 
 
 def test_kept_values_reach_postgresql_as_they_were_given(pg_url: str) -> None:
-    """Values bound on this side keep what a sender sent: quotes, backslashes, non-ASCII text, any bytes but NUL
-    in text; an aware datetime stays the same instant (the UTCDateTime column's own conversion still runs)."""
+    """Kept values arrive as they were given: quotes, backslashes, placeholders, non-ASCII text, any bytes; an aware
+    datetime stays the same instant (the UTCDateTime column's own conversion still runs)."""
     empty_postgres(pg_url)
     app = create_app(gateway_settings(pg_url), FixedClock(NOW))
     awkward = "O'Brien \\ \\x41 \"quoted\" E'x' ; -- Ysbyty Gwynedd ñ 🙂 $$ $1 %(x)s %s %%"

@@ -7,12 +7,12 @@ so do the messages queued for that slot (bench/README.md, tenth and eleventh rou
 
 `defer(connection, statement, rows)` is for a write whose result nothing reads: an insert with no
 RETURNING, or an update or delete whose row count is not checked. On PostgreSQL, inside a transaction,
-it is kept. Just before the transaction's next statement, or at its commit, every kept write goes to the
-server in one query string (one `Query` message of the simple protocol): the statements one after the
-other, each row's values bound by psycopg on this side (its `ClientCursor`, the driver's own quoting), the
-rows of one INSERT as one multi-row VALUES, and at the commit the COMMIT itself last in the same string.
-The server runs them in order and stops at the first that fails (the rest, the COMMIT with them, are not
-run). Elsewhere (SQLite, another driver, or a connection in autocommit) a write runs at once, as before.
+it is kept. Just before the transaction's next statement, or at its commit, every kept write is sent in
+one psycopg pipeline (every statement sent, then one wait for all the replies): the rows of one INSERT as
+one multi-row INSERT, their values as bound parameters (psycopg prepares a statement it sees often), and at
+the commit the COMMIT itself last in the same pipeline. The server runs them in order; once one fails, the
+rest (the COMMIT with them) are not run. Elsewhere (SQLite, another driver, or a connection in
+autocommit) a write runs at once, as before.
 
 What stays the same:
 - the order of statements: every kept write reaches the server before any later statement of its
@@ -28,15 +28,17 @@ retries or answers a lost race at the level of the transaction).
 Nothing kept outlives its transaction: a rollback drops it, and so do the start of the next transaction
 and the connection's return to the pool.
 
-Why not psycopg's pipeline mode (the tenth round's way): its `executemany` flushes each row to the socket
-as it goes, so the server's process woke once per row, and each row passed through SQLAlchemy and psycopg's
-per-statement machinery. One string per transaction cost 5–15% less CPU per message and one round trip fewer
-(bench/README.md, eleventh round).
+Why one multi-row INSERT per table (eleventh round): psycopg's `executemany` in a pipeline sends each row
+to the socket as it goes, so the server's process woke once per row, and each row went through SQLAlchemy's
+and psycopg's per-statement work. Why bound parameters, not values rendered into one SQL string (tried the
+same round): the string saved the same CPU here, but the server parsed and planned it anew every time, and
+cost more CPU there.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 from weakref import WeakKeyDictionary, WeakSet
 
@@ -100,67 +102,79 @@ def _send_before_statement(connection: Connection, *_args: Any) -> None:
 
 def _send_with_commit(connection: Connection) -> None:
     """The `commit` event, just before SQLAlchemy asks psycopg to commit: the kept writes and the COMMIT go in one
-    string, and psycopg, finding no transaction open, sends no COMMIT of its own."""
+    pipeline, and psycopg, finding no transaction open, then sends no COMMIT of its own."""
     _send(connection, commit=True)
 
 
 def _send(connection: Connection, commit: bool) -> None:
-    """The kept writes, in the order they were kept, in one query string (and the COMMIT last when `commit`, if
-    anything was kept; otherwise the commit goes as usual): one round trip, one wait."""
+    """The kept writes, in the order they were kept, in one pipeline (and the COMMIT last when `commit`, if anything
+    was kept; otherwise the commit goes as usual): one round trip, one wait."""
     kept = connection.info.pop(_KEPT, None)  # popped first: a failure below must not leave them to be sent again
     if not kept:
         return
     driver = connection.connection.driver_connection
     assert isinstance(driver, psycopg.Connection)
-    binder = psycopg.ClientCursor(driver)
     try:
-        statements: list[str] = []
-        for statement, rows in kept:
-            previous: tuple[str, ...] | None = None
-            for row in rows:
-                keys = tuple(row)
-                head, template, processors = _rendered(connection.dialect, statement, keys)
-                values = binder.mogrify(template, {k: processors[k](v) if k in processors else v for k, v in row.items()})
-                if head and keys == previous:  # the next row of the same INSERT: one more VALUES tuple
-                    statements[-1] += ", " + values
-                else:
-                    statements.append(head + values)
-                previous = keys
-        if commit:
-            statements.append("COMMIT")
-        binder.execute("; ".join(statements))
+        with driver.pipeline(), driver.cursor() as cursor:
+            for statement, rows in kept:
+                for sql, params in _statements(connection.dialect, statement, rows):
+                    cursor.execute(sql, params)
+            if commit:
+                cursor.execute("COMMIT")
     except psycopg.Error as exc:  # as SQLAlchemy raises a driver's error elsewhere (IntegrityError for a duplicate key...)
         raise DBAPIError.instance(None, None, exc, psycopg.Error, dialect=connection.dialect) from exc
-    finally:
-        binder.close()
+
+
+def _statements(dialect: Dialect, statement: Executable, rows: list[dict[str, Any]]) -> Iterator[tuple[str, list[Any]]]:
+    """`statement` run for `rows`, as (SQL, positional parameters): an INSERT's rows with the same keys in a row as one
+    multi-row INSERT (up to `_MOST_ROWS`, and never past PostgreSQL's 65,535 parameters); anything else, once per row."""
+    start = 0
+    while start < len(rows):
+        keys = tuple(rows[start])
+        head, each, names, processors = _rendered(dialect, statement, keys)
+        end = start + 1
+        if head:
+            most = min(_MOST_ROWS, _MOST_PARAMETERS // max(1, len(names)))
+            while end < len(rows) and end - start < most and tuple(rows[end]) == keys:
+                end += 1
+        group = rows[start:end]
+        params = [processors[name](row[name]) if name in processors else row[name] for row in group for name in names]
+        yield (head + ", ".join([each] * len(group)) if head else each), params
+        start = end
 
 
 Processor = Callable[[Any], Any]  # a bind processor: a value as the driver is given it
+_MOST_ROWS = 500  # rows in one multi-row INSERT
+_MOST_PARAMETERS = 65_535  # the most one statement may have (the protocol counts them in 16 bits)
 
-# (dialect, statement, the rows' keys) -> (INSERT head or "", the statement or its VALUES tuple with %(key)s, processors)
-_RENDERED: WeakKeyDictionary[Dialect, dict[tuple[Executable, tuple[str, ...]], tuple[str, str, dict[str, Processor]]]]
-_RENDERED = WeakKeyDictionary()
+# (statement, the rows' keys) -> (INSERT ... VALUES or "", the statement or one VALUES tuple, parameter names, processors)
+Rendered = tuple[str, str, list[str], dict[str, Processor]]
+_RENDERED: WeakKeyDictionary[Dialect, dict[tuple[Executable, tuple[str, ...]], Rendered]] = WeakKeyDictionary()
+_NAMED = re.compile(r"%\(([^)]+)\)s")  # a named placeholder in the psycopg dialect's SQL
 
 
-def _rendered(dialect: Dialect, statement: Executable, keys: tuple[str, ...]) -> tuple[str, str, dict[str, Processor]]:
-    """`statement` compiled for rows with `keys`, once per dialect: its SQL with psycopg's `%(key)s` placeholders,
-    split before the VALUES tuple for an INSERT, and the bind processors of its typed parameters (a `UTCDateTime`)."""
+def _rendered(dialect: Dialect, statement: Executable, keys: tuple[str, ...]) -> Rendered:
+    """`statement` compiled for rows with `keys`, once per dialect: its SQL with positional `%s` placeholders (split
+    before the VALUES tuple for a plain INSERT), the name of each placeholder in order, and the bind processors of
+    its typed parameters (a `UTCDateTime`)."""
     per_dialect = _RENDERED.setdefault(dialect, {})
     done = per_dialect.get((statement, keys))
     if done is None:
         assert isinstance(statement, ClauseElement)
         compiled = statement.compile(dialect=dialect, column_keys=list(keys))
         assert isinstance(compiled, SQLCompiler)
-        unknown = set(compiled.binds) - set(keys)
+        names = _NAMED.findall(compiled.string)
+        unknown = set(names) - set(keys)
         if unknown:
             raise ValueError(f"a kept write's rows have no value for {sorted(unknown)}")
         processors: dict[str, Processor] = {}
         for name, bind in compiled.binds.items():
             if (process := bind.type.bind_processor(dialect)) is not None:
                 processors[name] = process
-        head, template = "", compiled.string
-        before, values, after = compiled.string.partition(" VALUES ")
+        sql = _NAMED.sub("%s", compiled.string)
+        head, each = "", sql
+        before, values, after = sql.partition(" VALUES ")
         if isinstance(statement, Insert) and values and " ON CONFLICT " not in after and " RETURNING " not in after:
-            head, template = before + values, after  # a plain INSERT: its rows' VALUES tuples can follow one another
-        done = per_dialect[(statement, keys)] = (head, template, processors)
+            head, each = before + values, after  # a plain INSERT: its rows' VALUES tuples can follow one another
+        done = per_dialect[(statement, keys)] = (head, each, names, processors)
     return done
