@@ -78,8 +78,8 @@ def _protocol_trace(engine: Any) -> Iterator[list[list[str]]]:
 
 def test_a_referrals_writes_reach_postgresql_together_with_its_commit(pg_url: str) -> None:
     """One flat NHS 111 case on PostgreSQL: six round trips (the credential, the re-send lookup, BEGIN, the locking
-    read, the identifiers, then every other write and the COMMIT in one query string). It was eleven, one per
-    write, then seven with the writes in a pipeline and the COMMIT on its own."""
+    read, the identifiers, then every other write and the COMMIT in one exchange). It was eleven, one per write,
+    then seven with the COMMIT on its own."""
     empty_postgres(pg_url)
     app = create_app(gateway_settings(pg_url), FixedClock(NOW))
     try:
