@@ -71,6 +71,7 @@ class _Message:
     def __init__(self, bundle: dict[str, Any], problems: ProblemList) -> None:
         self.problems = problems
         self.entries: list[_Entry] = []
+        self._targets: dict[str, _Entry] = {}  # fullUrl or "Type/id" -> the first entry it names (_lookup)
         raw_entries = bundle.get("entry")
         if not isinstance(raw_entries, list) or not raw_entries:
             problems.error(Kind.REQUIRED, "Bundle.entry", "a message Bundle must have entries, the first a MessageHeader")
@@ -83,7 +84,12 @@ class _Message:
             full_url = item.get("fullUrl")
             if isinstance(full_url, str) and full_url.startswith("urn:uuid:") and not _is_uuid(full_url[9:]):
                 problems.warning(Kind.VALUE, f"Bundle.entry[{index}].fullUrl", "urn:uuid fullUrl is not a UUID")
-            self.entries.append(_Entry(index, full_url if isinstance(full_url, str) else None, resource))
+            entry = _Entry(index, full_url if isinstance(full_url, str) else None, resource)
+            self.entries.append(entry)
+            if entry.full_url is not None:
+                self._targets.setdefault(entry.full_url, entry)
+            if rid := resource.get("id"):
+                self._targets.setdefault(f"{resource['resourceType']}/{rid}", entry)
 
     def of_type(self, resource_type: str) -> list[_Entry]:
         return [e for e in self.entries if e.resource["resourceType"] == resource_type]
@@ -112,13 +118,9 @@ class _Message:
         return found
 
     def _lookup(self, target: str) -> _Entry | None:
-        for entry in self.entries:
-            if entry.full_url == target:
-                return entry
-            rid = entry.resource.get("id")
-            if rid and target == f"{entry.resource['resourceType']}/{rid}":
-                return entry
-        return None
+        """The first entry whose fullUrl is `target` or whose resource is `target` as "Type/id" (an index made once:
+        a message resolves a score of references)."""
+        return self._targets.get(target)
 
     def check_all_references(self, raw: bytes | None = None) -> None:
         """Warn about every reference in the message that is malformed or dangling (never dropped silently).

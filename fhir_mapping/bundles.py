@@ -31,18 +31,20 @@ def bundle_of(resources: list[dict[str, Any]], bundle_type: str, bundle_id: str,
 
 def _rewrite(node: Any, ids: set[str]) -> Any:
     """`node` with its references to `ids` rewritten: new objects and arrays only on the way to a rewritten
-    reference; the rest is shared with `node`, not copied (FHIR JSON here is not changed once built)."""
-    if isinstance(node, dict):
+    reference; the rest is shared with `node`, not copied (FHIR JSON here is not changed once built).
+
+    Objects and arrays are told by their exact class: built FHIR JSON holds only plain dicts and lists (`conform`
+    refuses anything else). This walk visits every element of every resource in the Bundle, so it is kept lean."""
+    if node.__class__ is dict:
         changed: dict[str, Any] | None = None
         for key, value in node.items():
-            if key == "reference" and isinstance(value, str):
-                if value not in ids:
-                    continue
-                new = f"urn:uuid:{value.split('/', 1)[1]}"
-            elif isinstance(value, (dict, list)):
+            kind = value.__class__
+            if kind is dict or kind is list:
                 new = _rewrite(value, ids)
                 if new is value:
                     continue
+            elif key == "reference" and isinstance(value, str) and value in ids:
+                new = f"urn:uuid:{value.split('/', 1)[1]}"
             else:
                 continue
             changed = {} if changed is None else changed
@@ -50,7 +52,8 @@ def _rewrite(node: Any, ids: set[str]) -> Any:
         return node if changed is None else {**node, **changed}
     out: list[Any] | None = None
     for index, item in enumerate(node):
-        if isinstance(item, (dict, list)):
+        kind = item.__class__
+        if kind is dict or kind is list:
             new = _rewrite(item, ids)
             if new is not item:
                 out = list(node) if out is None else out

@@ -115,31 +115,32 @@ def _send(connection: Connection, commit: bool) -> None:
     driver = connection.connection.driver_connection
     assert isinstance(driver, psycopg.Connection)
     try:
-        with driver.pipeline(), driver.cursor() as cursor:
+        with driver.pipeline(), psycopg.RawCursor(driver) as cursor:  # RawCursor: the SQL has $n placeholders already
             for statement, rows in kept:
                 for sql, params in _statements(connection.dialect, statement, rows):
                     cursor.execute(sql, params)
             if commit:
-                cursor.execute("COMMIT")
+                cursor.execute(b"COMMIT")
     except psycopg.Error as exc:  # as SQLAlchemy raises a driver's error elsewhere (IntegrityError for a duplicate key...)
         raise DBAPIError.instance(None, None, exc, psycopg.Error, dialect=connection.dialect) from exc
 
 
-def _statements(dialect: Dialect, statement: Executable, rows: list[dict[str, Any]]) -> Iterator[tuple[str, list[Any]]]:
+def _statements(dialect: Dialect, statement: Executable, rows: list[dict[str, Any]]) -> Iterator[tuple[bytes, list[Any]]]:
     """`statement` run for `rows`, as (SQL, positional parameters): an INSERT's rows with the same keys in a row as one
     multi-row INSERT (up to `_MOST_ROWS`, and never past PostgreSQL's 65,535 parameters); anything else, once per row."""
     start = 0
     while start < len(rows):
         keys = tuple(rows[start])
-        head, each, names, processors = _rendered(dialect, statement, keys)
+        rendered = _rendered(dialect, statement, keys)
+        names, processors = rendered.names, rendered.processors
         end = start + 1
-        if head:
+        if rendered.multirow:
             most = min(_MOST_ROWS, _MOST_PARAMETERS // max(1, len(names)))
             while end < len(rows) and end - start < most and tuple(rows[end]) == keys:
                 end += 1
         group = rows[start:end]
         params = [processors[name](row[name]) if name in processors else row[name] for row in group for name in names]
-        yield (head + ", ".join([each] * len(group)) if head else each), params
+        yield rendered.sql(len(group)), params
         start = end
 
 
@@ -147,34 +148,73 @@ Processor = Callable[[Any], Any]  # a bind processor: a value as the driver is g
 _MOST_ROWS = 500  # rows in one multi-row INSERT
 _MOST_PARAMETERS = 65_535  # the most one statement may have (the protocol counts them in 16 bits)
 
-# (statement, the rows' keys) -> (INSERT ... VALUES or "", the statement or one VALUES tuple, parameter names, processors)
-Rendered = tuple[str, str, list[str], dict[str, Processor]]
-_RENDERED: WeakKeyDictionary[Dialect, dict[tuple[Executable, tuple[str, ...]], Rendered]] = WeakKeyDictionary()
-_NAMED = re.compile(r"%\(([^)]+)\)s")  # a named placeholder in the psycopg dialect's SQL
+
+class _Rendered:
+    """A statement as PostgreSQL's own SQL for rows with given keys: `$1, $2, ...` placeholders, numbered on across the
+    rows of a multi-row INSERT. Sent with psycopg's `RawCursor`, which passes the SQL as it is: psycopg's `%s`
+    conversion parses a statement's text every time once it has more than 50 parameters (a multi-row INSERT does),
+    and that parse was a twentieth of a worker's Python time (bench/README.md, twelfth round)."""
+
+    __slots__ = ("head", "row", "names", "processors", "multirow", "_made")
+
+    def __init__(self, head: str, row: list[str], names: list[str], processors: dict[str, Processor], multirow: bool) -> None:
+        self.head, self.row, self.names, self.processors, self.multirow = head, row, names, processors, multirow
+        self._made: dict[int, bytes] = {}  # rows -> the SQL
+
+    def sql(self, rows: int) -> bytes:
+        made = self._made.get(rows)
+        if made is None:
+            width, row = len(self.names), self.row
+            tuples = (row[0] + "".join(f"${r * width + i + 1}{row[i + 1]}" for i in range(width)) for r in range(rows))
+            made = self._made[rows] = (self.head + ", ".join(tuples)).encode()
+        return made
 
 
-def _rendered(dialect: Dialect, statement: Executable, keys: tuple[str, ...]) -> Rendered:
-    """`statement` compiled for rows with `keys`, once per dialect: its SQL with positional `%s` placeholders (split
-    before the VALUES tuple for a plain INSERT), the name of each placeholder in order, and the bind processors of
-    its typed parameters (a `UTCDateTime`)."""
+_RENDERED: WeakKeyDictionary[Dialect, dict[tuple[Executable, tuple[str, ...]], _Rendered]] = WeakKeyDictionary()
+_PLACEHOLDER = re.compile(r"%%|%\(([^)]+)\)s")  # the psycopg dialect's SQL: a named placeholder, or an escaped %
+
+
+def _pieces(sql: str) -> tuple[list[str], list[str]]:
+    """The text around each named placeholder of `sql` (one more piece than placeholders, `%%` made `%` again), and the
+    placeholders' names in order."""
+    pieces, names, text, at = [], [], "", 0
+    for found in _PLACEHOLDER.finditer(sql):
+        text += sql[at : found.start()]
+        if found.group(1) is None:
+            text += "%"
+        else:
+            pieces.append(text)
+            names.append(found.group(1))
+            text = ""
+        at = found.end()
+    pieces.append(text + sql[at:])
+    return pieces, names
+
+
+def _rendered(dialect: Dialect, statement: Executable, keys: tuple[str, ...]) -> _Rendered:
+    """`statement` compiled for rows with `keys`, once per dialect: its SQL split before the VALUES tuple for a plain
+    INSERT (whose rows' tuples can follow one another), the name of each placeholder in order, and the bind processors
+    of its typed parameters (a `UTCDateTime`)."""
     per_dialect = _RENDERED.setdefault(dialect, {})
     done = per_dialect.get((statement, keys))
     if done is None:
         assert isinstance(statement, ClauseElement)
         compiled = statement.compile(dialect=dialect, column_keys=list(keys))
         assert isinstance(compiled, SQLCompiler)
-        names = _NAMED.findall(compiled.string)
-        unknown = set(names) - set(keys)
-        if unknown:
-            raise ValueError(f"a kept write's rows have no value for {sorted(unknown)}")
         processors: dict[str, Processor] = {}
         for name, bind in compiled.binds.items():
             if (process := bind.type.bind_processor(dialect)) is not None:
                 processors[name] = process
-        sql = _NAMED.sub("%s", compiled.string)
-        head, each = "", sql
-        before, values, after = sql.partition(" VALUES ")
-        if isinstance(statement, Insert) and values and " ON CONFLICT " not in after and " RETURNING " not in after:
-            head, each = before + values, after  # a plain INSERT: its rows' VALUES tuples can follow one another
-        done = per_dialect[(statement, keys)] = (head, each, names, processors)
+        head, each = "", compiled.string
+        before, values, after = each.partition(" VALUES ")
+        multirow = isinstance(statement, Insert) and bool(values) and " ON CONFLICT " not in after and " RETURNING " not in after
+        if multirow:
+            head, each = before + values, after
+        row, names = _pieces(each)
+        if _PLACEHOLDER.search(head):
+            raise ValueError(f"a kept write has parameters before its VALUES: {head!r}")
+        unknown = set(names) - set(keys)
+        if unknown:
+            raise ValueError(f"a kept write's rows have no value for {sorted(unknown)}")
+        done = per_dialect[(statement, keys)] = _Rendered(head.replace("%%", "%"), row, names, processors, multirow)
     return done
