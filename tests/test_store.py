@@ -116,3 +116,37 @@ def test_a_connection_used_a_moment_ago_is_not_pinged_and_the_next_checkout_gets
         with pytest.raises(OperationalError), engine.connect() as connection:
             connection.execute(text("SELECT 1"))
         assert _backend_pid(engine) != pid
+
+
+def _rows_read(connection: Any) -> int:
+    """Rows of `resources` this connection has read by any scan, as far as its counters not yet sent to PostgreSQL's
+    statistics hold them (`pg_stat_xact_user_tables`): compare two readings in one transaction."""
+    query = text("SELECT seq_tup_read + coalesce(idx_tup_fetch, 0) FROM pg_stat_xact_user_tables WHERE relname = 'resources'")
+    return int(connection.execute(query).scalar_one())
+
+
+def test_a_connection_opened_on_an_empty_store_still_locks_a_referrals_rows_by_key_as_the_store_grows(pg_url: str) -> None:
+    """A gateway started on a new database: psycopg prepares the locking read once it has run it five times, and
+    PostgreSQL's default then keeps a generic plan made while the table was empty (a scan of every row of the types
+    asked for), for the life of the pooled connection. Each statement is planned for its own values instead
+    (`db.PLAN_CACHE_MODE`), so a referral's locking read stays a lookup by key however many resources are stored."""
+    from tests.conftest import empty_postgres
+
+    empty_postgres(pg_url)
+    db.migrate(engine := db.make_engine(pg_url))
+    referral = [("Task", "t"), ("Patient", "p"), ("Encounter", "e"), ("ServiceRequest", "s"), ("CarePlan", "c")]
+    try:
+        with engine.connect() as connection:
+            session = db.make_sessionmaker(engine)(bind=connection)
+            for n in range(15):  # prepared after 5 runs; PostgreSQL weighs a generic plan after 5 more
+                with session.begin():
+                    put_resources(session, [({"resourceType": t, "id": f"{i}-{n}"}, None) for t, i in referral], NOW)
+            grown = "INSERT INTO resources (resource_type, id, version_id, last_updated, content) SELECT t, md5(g::text), 1, now(), '{}'"
+            with connection.begin():
+                connection.execute(text(f"{grown} FROM unnest(ARRAY['Task', 'Patient', 'Encounter']) t, generate_series(1, 4000) g"))
+            with session.begin():
+                before = _rows_read(connection)
+                put_resources(session, [({"resourceType": t, "id": f"{i}-new"}, None) for t, i in referral], NOW)
+                assert _rows_read(connection) - before <= len(referral)  # was 12,000: every Task, Patient and Encounter
+    finally:
+        engine.dispose()

@@ -77,7 +77,8 @@ _SQLITE_WRITERS: WeakKeyDictionary[Engine, SqliteWriterLock] = WeakKeyDictionary
 
 def make_engine(url: str, statement_timeout_ms: int = 0) -> Engine:
     """An engine for `url`. SQLite gets WAL, durable commits, a busy timeout and foreign keys; PostgreSQL a pool and,
-    when given, a statement timeout (so no request can hold a connection or a lock for ever)."""
+    custom plans for prepared statements (PLAN_CACHE_MODE) and, when given, a statement timeout (so
+    no request can hold a connection or a lock for ever)."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
@@ -97,12 +98,21 @@ def make_engine(url: str, statement_timeout_ms: int = 0) -> Engine:
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://") :]
-    connect_args = {"options": f"-c statement_timeout={statement_timeout_ms}"} if statement_timeout_ms else {}
-    engine = create_engine(url, pool_size=10, max_overflow=20, connect_args=connect_args)
+    options = [f"-c plan_cache_mode={PLAN_CACHE_MODE}"]
+    if statement_timeout_ms:
+        options.append(f"-c statement_timeout={statement_timeout_ms}")
+    engine = create_engine(url, pool_size=10, max_overflow=20, connect_args={"options": " ".join(options)})
     _ping_when_idle(engine)
     send_deferred_writes_together(engine)
     return engine
 
+
+# How PostgreSQL plans the statements psycopg prepares (after 5 runs on a connection): each run is planned for its own
+# values and the table as it is now. With PostgreSQL's default ("auto") a connection may keep, for its whole life, a
+# generic plan made while the tables were small: a gateway started on a new database locked a referral's rows with
+# a sequential scan of every resource, 24 ms at 50,000 rows and growing with the store, until an ANALYZE (autovacuum)
+# replanned it (bench/README.md, twelfth round). Planning these short statements costs far less than that risk.
+PLAN_CACHE_MODE = "force_custom_plan"
 
 # A pooled connection idle for longer than this is pinged before use (and replaced if the ping fails).
 PING_AFTER_IDLE_SECONDS = 1.0
