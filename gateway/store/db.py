@@ -109,9 +109,10 @@ def make_engine(url: str, statement_timeout_ms: int = 0) -> Engine:
 
 # How PostgreSQL plans the statements psycopg prepares (after 5 runs on a connection): each run is planned for its own
 # values and the table as it is now. With PostgreSQL's default ("auto") a connection may keep, for its whole life, a
-# generic plan made while the tables were small: a gateway started on a new database locked a referral's rows with
-# a sequential scan of every resource, 24 ms at 50,000 rows and growing with the store, until an ANALYZE (autovacuum)
-# replanned it (bench/README.md, twelfth round). Planning these short statements costs far less than that risk.
+# generic plan made while the tables were small: a gateway started on a new database locked a referral's rows by
+# reading every resource of the types asked for (a type index, the ids as a filter), 30-36 ms per referral at about
+# 50,000 resources and growing with the store, until an ANALYZE (autovacuum) replanned it (bench/README.md, twelfth
+# round). Planning these short statements each time costs far less than that risk.
 PLAN_CACHE_MODE = "force_custom_plan"
 
 # A pooled connection idle for longer than this is pinged before use (and replaced if the ping fails).
