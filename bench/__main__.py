@@ -112,6 +112,10 @@ def _ratio(top: float, bottom: float) -> str:
     return f"{top / bottom:.2f}" if bottom else "n/a"
 
 
+def _optional(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
 def print_ingest(results: list[ingest.LoadResult], args: argparse.Namespace) -> bool:
     print(
         f"\nIngest: {args.rate:g} req/s offered for {args.seconds:g} s (wrk, open loop), then closed loop for {args.saturate:g} s;"
@@ -119,11 +123,11 @@ def print_ingest(results: list[ingest.LoadResult], args: argparse.Namespace) -> 
     )
     table(
         ["backend", "target", "sent", "201", "got/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "late", "CPU ms/msg"]
-        + ["busy", "steal", "max req/s"],
+        + ["DB CPU ms/msg", "busy", "steal", "max req/s"],
         [
             [r.backend, r.target, str(r.sent), str(r.created), f"{r.achieved:.1f}", f"{r.p50_ms:.1f}", f"{r.p90_ms:.1f}"]
-            + [f"{r.p99_ms:.1f}", f"{r.max_ms:.1f}", str(r.late), f"{r.server_cpu_ms_per_msg:.2f}", f"{100 * r.machine_busy:.0f}%"]
-            + [f"{100 * r.machine_steal:.0f}%", f"{r.max_rate:.0f}"]
+            + [f"{r.p99_ms:.1f}", f"{r.max_ms:.1f}", str(r.late), f"{r.server_cpu_ms_per_msg:.2f}", _optional(r.database_cpu_ms_per_msg)]
+            + [f"{100 * r.machine_busy:.0f}%", f"{100 * r.machine_steal:.0f}%", f"{r.max_rate:.0f}"]
             for r in results
         ],
         text_columns=2,

@@ -61,6 +61,7 @@ class LoadResult:
     server_cpu_ms_per_msg: float
     machine_busy: float  # share of both cores busy during the measured run: the target, PostgreSQL, wrk and anything else
     machine_steal: float = 0.0  # share of both cores' time taken by the host (other guests) during the measured run
+    database_cpu_ms_per_msg: float | None = None  # PostgreSQL's client backends for the target's database, on this machine
     max_rate: float = 0.0
     notes: list[str] = field(default_factory=list)
 
@@ -161,20 +162,48 @@ def steal_between(before: tuple[int, ...], after: tuple[int, ...]) -> float:
     return (after[2] - before[2]) / max(1, after[1] - before[1])
 
 
+def _stat_fields(pid: int | str) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the process's name (state ppid pgrp ... utime(11) stime(12)); None if gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
 def _group_cpu_seconds(pgid: int) -> float:
     """User + system CPU of every live process in the process group (from /proc)."""
-    ticks = os.sysconf("SC_CLK_TCK")
     total = 0
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid:  # fields after the name: state ppid pgrp ... utime(11) stime(12)
+        if entry.name.isdigit() and (fields := _stat_fields(entry.name)) is not None and int(fields[2]) == pgid:
             total += int(fields[11]) + int(fields[12])
-    return total / ticks
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def _database_cpu_seconds(pg_url: str, database_url: str) -> dict[int, float] | None:
+    """CPU seconds so far of each PostgreSQL client backend connected to `database_url`'s database, from /proc: None
+    for SQLite (in the server's own processes), and when the server is not on this machine (no such postgres process)."""
+    if not database_url.startswith("postgresql"):
+        return None
+    from sqlalchemy import create_engine, text
+
+    admin = create_engine(pg_url.replace("postgresql://", "postgresql+psycopg://", 1) + "/postgres")
+    query = text("SELECT pid FROM pg_stat_activity WHERE datname = :name AND backend_type = 'client backend'")
+    try:
+        with admin.connect() as conn:
+            pids = conn.execute(query, {"name": database_url.rsplit("/", 1)[1]}).scalars().all()
+    finally:
+        admin.dispose()
+    seconds = {}
+    for pid in pids:
+        fields = _stat_fields(pid)
+        try:
+            postgres = Path(f"/proc/{pid}/comm").read_text().strip() == "postgres"
+        except OSError:
+            postgres = False
+        if fields is None or not postgres:
+            return None
+        seconds[int(pid)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return seconds
 
 
 @contextmanager
@@ -247,9 +276,9 @@ def measure(
             connections = max(16, int(rate // 4))
             if warmup > 0:
                 wrk(base + path, bodies, rate, warmup, connections, f"W{target[0]}", 0, key)
-            cpu, ticks = _group_cpu_seconds(pgid), machine_ticks()
+            cpu, ticks, database = _group_cpu_seconds(pgid), machine_ticks(), _database_cpu_seconds(pg_url, database_url)
             run = wrk(base + path, bodies, rate, seconds, connections, f"R{target[0]}", 200_000, key)
-            cpu, after = _group_cpu_seconds(pgid) - cpu, machine_ticks()
+            cpu, after, database_after = _group_cpu_seconds(pgid) - cpu, machine_ticks(), _database_cpu_seconds(pg_url, database_url)
             most = wrk(base + path, bodies, 0, saturate, 16, f"S{target[0]}", 600_000, key) if saturate > 0 else None
         stored = _count(database_url, table)
     statuses = dict(run["statuses"])
@@ -277,6 +306,15 @@ def measure(
         server_cpu_ms_per_msg=1000 * cpu / created if created else float("nan"),
         machine_busy=busy_between(ticks, after),
         machine_steal=steal_between(ticks, after),
+        database_cpu_ms_per_msg=_per_message(database, database_after, created),
         max_rate=(most["statuses"].get("201", 0) / (most["duration_us"] / 1e6)) if most else 0.0,
         notes=notes,
     )
+
+
+def _per_message(before: dict[int, float] | None, after: dict[int, float] | None, messages: int) -> float | None:
+    """Milliseconds of the database's CPU per message between two readings (a backend first seen in the second reading
+    counts from zero; one that closed between them is missed: the pools keep theirs open)."""
+    if before is None or after is None or not messages:
+        return None
+    return 1000 * sum(seconds - before.get(pid, 0.0) for pid, seconds in after.items()) / messages

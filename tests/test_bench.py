@@ -34,3 +34,11 @@ def test_bench_command_prints_mapping_ingest_and_ratio_tables() -> None:
     for backend in ("sqlite", "postgres"):
         assert sum(line.startswith(f"| {backend} ") for line in out.splitlines()) == 3  # gateway, bare, ratio
     assert "POST /ingest/nhs111" in out and "bare FastAPI, 1 insert" in out and "max req/s" in out
+    header = next(line for line in out.splitlines() if line.startswith("| backend ") and "DB CPU ms/msg" in line)
+    column = [cell.strip() for cell in header.strip(" |").split("|")].index("DB CPU ms/msg")
+    for line in out.splitlines():
+        cells = [cell.strip() for cell in line.strip(" |").split("|")]
+        if cells[0] == "sqlite" and len(cells) > column:
+            assert cells[column] == "–", line  # SQLite works in the server's own processes: counted in its CPU
+        if cells[0] == "postgres" and len(cells) > column:
+            assert float(cells[column]) > 0, line  # the server on this machine: its backends' CPU per message
