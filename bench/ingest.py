@@ -97,7 +97,7 @@ def new_store(backend: str, pg_url: str) -> Iterator[str]:
     from sqlalchemy import create_engine, text
 
     name = f"iap_bench_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(pg_url.replace("postgresql://", "postgresql+psycopg://", 1) + "/postgres", isolation_level="AUTOCOMMIT")
+    admin = create_engine(_admin_url(pg_url), isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     try:
@@ -106,6 +106,11 @@ def new_store(backend: str, pg_url: str) -> Iterator[str]:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+def _admin_url(pg_url: str) -> str:
+    """The server's `postgres` database, through psycopg: where databases are made and dropped, and backends listed."""
+    return pg_url.replace("postgresql://", "postgresql+psycopg://", 1) + "/postgres"
 
 
 def _count(database_url: str, table: str) -> int:
@@ -186,7 +191,7 @@ def _database_cpu_seconds(pg_url: str, database_url: str) -> dict[int, float] | 
         return None
     from sqlalchemy import create_engine, text
 
-    admin = create_engine(pg_url.replace("postgresql://", "postgresql+psycopg://", 1) + "/postgres")
+    admin = create_engine(_admin_url(pg_url))
     query = text("SELECT pid FROM pg_stat_activity WHERE datname = :name AND backend_type = 'client backend'")
     try:
         with admin.connect() as conn:
