@@ -210,11 +210,12 @@ def _rendered(dialect: Dialect, statement: Executable, keys: tuple[str, ...]) ->
         multirow = isinstance(statement, Insert) and bool(values) and " ON CONFLICT " not in after and " RETURNING " not in after
         if multirow:
             head, each = before + values, after
+        (head, *_), before_values = _pieces(head)
+        if before_values:
+            raise ValueError(f"a kept write has parameters before its VALUES: {before_values}")
         row, names = _pieces(each)
-        if _PLACEHOLDER.search(head):
-            raise ValueError(f"a kept write has parameters before its VALUES: {head!r}")
         unknown = set(names) - set(keys)
         if unknown:
             raise ValueError(f"a kept write's rows have no value for {sorted(unknown)}")
-        done = per_dialect[(statement, keys)] = _Rendered(head.replace("%%", "%"), row, names, processors, multirow)
+        done = per_dialect[(statement, keys)] = _Rendered(head, row, names, processors, multirow)
     return done
