@@ -116,7 +116,7 @@ def test_whatever_is_accepted_maps_to_resources_the_fhir_models_accept_and_seria
     check()
 
 
-_TEXT = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=0, max_size=30)
+_TEXT = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=0, max_size=30)
 
 
 @st.composite

@@ -156,12 +156,15 @@ def test_a_failed_shared_commit_stores_none_of_its_messages_and_each_is_written_
     AuditEvent and its 201."""
     import sqlite3
     import sys
+    from types import FrameType
 
     dialect = sqlite_app.state.engine.dialect
-    real_commit, failed = dialect.do_commit, []
+    real_commit = dialect.do_commit
+    failed: list[bool] = []
 
     def commit_failing_once_when_shared(connection: Any) -> None:
-        frame, shared = sys._getframe(1), False
+        frame: FrameType | None = sys._getframe(1)
+        shared = False
         while frame is not None and not shared:
             shared, frame = frame.f_code.co_name == "_together", frame.f_back
         if shared and not failed:

@@ -192,7 +192,8 @@ def mllp_port(app: Any) -> Iterator[int]:
 
 
 def _read_acks(sock: socket.socket, count: int) -> list[bytes]:
-    framer, acks = MllpFramer(), []
+    framer = MllpFramer()
+    acks: list[bytes] = []
     sock.settimeout(30)
     while len(acks) < count:
         acks += framer.feed(sock.recv(65536))

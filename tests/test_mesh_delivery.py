@@ -4,16 +4,30 @@ from __future__ import annotations
 
 import io
 import json
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import pytest
+from fhir.resources.STU3.binary import Binary as Stu3Binary
 from fhir.resources.STU3.bundle import Bundle as Stu3Bundle
+from fhir.resources.STU3.composition import Composition as Stu3Composition
+from fhir.resources.STU3.messageheader import MessageHeader as Stu3MessageHeader
+from fhir.resources.STU3.resource import Resource as Stu3Resource
 from pypdf import PdfReader
 
 from fhir_mapping.letters.itk3 import ITK_RESPONSE_CODES
 from tests.conftest import GPPROVIDER_TESTPATIENT
 from tests.letter_helpers import NOTES, completed_case, fhir_validate, letter_request, make_deliverer, outbox, pcmis_contacts, write_routing
 from tests.mesh_sandbox import GATEWAY_MAILBOX, PASSWORD, PRACTICE_MAILBOX, SHARED_KEY, free_port
+
+R = TypeVar("R", bound=Stu3Resource)
+
+
+def entry_resource(bundle: Stu3Bundle, index: int, kind: type[R]) -> R:
+    """The resource in the bundle's entry `index`, which must be a `kind`."""
+    assert bundle.entry is not None
+    resource = bundle.entry[index].resource
+    assert isinstance(resource, kind), resource
+    return resource
 
 
 def mesh_worker(app, clock, mesh, tmp_path, url: str | None = None, **routing: Any):  # type: ignore[no-untyped-def]
@@ -65,7 +79,8 @@ def itk_ack(header_id: str, code: str, itk_code: str, display: str) -> bytes:
             },
         ],
     }
-    return bytes(Stu3Bundle.model_validate(ack).model_dump_xml())
+    # fhir.resources annotates model_dump_xml() -> str, but it returns lxml's bytes
+    return cast(bytes, Stu3Bundle.model_validate(ack).model_dump_xml())
 
 
 def test_111_referral_to_a_consultation_report_in_the_practice_mesh_inbox(app, client, clock, mesh, tmp_path) -> None:
@@ -82,24 +97,27 @@ def test_111_referral_to_a_consultation_report_in_the_practice_mesh_inbox(app, c
     assert message["sender"] == GATEWAY_MAILBOX and message["content_type"] == "application/fhir+xml"
     assert message["subject"].startswith("Consultation report for Alex Testpatient , NHS Number 9990000018, seen at IAP MHCAS BNSSG")
     itk = Stu3Bundle.model_validate_xml(message["body"])
-    header = itk.entry[0].resource
+    header = entry_resource(itk, 0, Stu3MessageHeader)
     assert header.event.code == "ITK007C" and header.source.endpoint == GATEWAY_MAILBOX
-    document = itk.entry[2].resource
-    composition = document.entry[0].resource
+    document = entry_resource(itk, 2, Stu3Bundle)
+    composition = entry_resource(document, 0, Stu3Composition)
+    assert composition.type.coding is not None
     assert composition.type.coding[0].code == "371531000" and composition.title == "Consultation report"
-    binary = next(e.resource for e in document.entry if e.resource.get_resource_type() == "Binary")
+    binary = next(e.resource for e in document.entry or [] if isinstance(e.resource, Stu3Binary))
+    assert composition.section is not None and composition.section[0].entry is not None
     assert composition.section[0].entry[0].reference == f"urn:uuid:{binary.id}" and binary.contentType == "application/pdf"
-    assert binary.content.startswith(b"%PDF")  # the model decodes the base64 on the wire
+    assert binary.content is not None and binary.content.startswith(b"%PDF")  # the model decodes the base64 on the wire
     pdf = PdfReader(io.BytesIO(binary.content))
     text = " ".join(" ".join((page.extract_text() or "") for page in pdf.pages).split())
     assert " ".join(NOTES.split()) in text and "NHS Number: 9990000018" in text
-    assert any(NOTES in (s.text.div if s.text else "").replace("&#39;", "'") for s in composition.section)
+    assert any(NOTES in (s.text.div if s.text and s.text.div else "").replace("&#39;", "'") for s in composition.section)
     canonical = client.get(f"/fhir/Bundle/{letter_id}").json()
     checked = fhir_validate(tmp_path, "canonical", canonical)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     sent = client.get(f"/outbox/{row['id']}").json()
     assert sent["status"] == "sent" and sent["workflow_id"] == "GPFED_CONSULT_REPORT" and sent["address"] == PRACTICE_MAILBOX
     # the practice downloads it (MESH acknowledgement) and answers with a business acknowledgement
+    assert header.id is not None
     with mesh.client(PRACTICE_MAILBOX) as gp:
         gp.acknowledge_message(message["id"])
         gp.send_message(GATEWAY_MAILBOX, itk_ack(header.id, "ok", "30001", "Patient known here"), workflow_id="GPFED_CONSULT_REPORT_ACK")
@@ -178,7 +196,7 @@ def test_mh_discharge_goes_as_mh_edischarge_on_its_own_workflow(app, client, clo
     workflows = sorted(m["workflow_id"] for m in mesh.inbox(PRACTICE_MAILBOX))
     assert workflows == ["GPFED_CONSULT_REPORT", "TOC_FHIR_MH_DISCH"]
     discharge = next(m for m in mesh.inbox(PRACTICE_MAILBOX) if m["workflow_id"] == "TOC_FHIR_MH_DISCH")
-    assert Stu3Bundle.model_validate_xml(discharge["body"]).entry[0].resource.event.code == "ITK004D"
+    assert entry_resource(Stu3Bundle.model_validate_xml(discharge["body"]), 0, Stu3MessageHeader).event.code == "ITK004D"
     worker.close()
 
 
@@ -217,8 +235,11 @@ def test_pathway_progress_letter_reaches_the_practice_with_the_latest_scores_TT_
     worker.deliver_once()
     (message,) = mesh.inbox(PRACTICE_MAILBOX)
     assert message["workflow_id"] == "GPFED_CONSULT_REPORT"
-    composition = Stu3Bundle.model_validate_xml(message["body"]).entry[2].resource.entry[0].resource
-    measures = next(s for s in composition.section if s.title == "Outcome measures").text.div
+    document = entry_resource(Stu3Bundle.model_validate_xml(message["body"]), 2, Stu3Bundle)
+    composition = entry_resource(document, 0, Stu3Composition)
+    section = next(s for s in composition.section or [] if s.title == "Outcome measures")
+    assert section.text is not None and section.text.div is not None
+    measures = section.text.div
     assert "PHQ-9" in measures and "<td>12</td>" in measures and "GAD-7" in measures and "<td>6</td>" in measures
     worker.close()
 

@@ -90,7 +90,9 @@ def test_a_crisis_referral_is_never_booked_and_names_the_crisis_route_PC_02_PC_1
 def test_step_up_to_the_hub_after_an_mhp_needs_a_dialog_plus_care_plan_PC_06() -> None:
     with pytest.raises(GatewayInputError) as refused:
         decide("rdash-rotherham", "1980-01-01", step="pcmhh", source="mhp")
-    assert refused.value.first_error.kind is Kind.BUSINESS_RULE and "DIALOG+" in refused.value.first_error.message
+    first = refused.value.first_error
+    assert first is not None
+    assert first.kind is Kind.BUSINESS_RULE and "DIALOG+" in first.message
     accepted = decide("rdash-rotherham", "1980-01-01", step="pcmhh", source="mhp", dialog_plus=True)
     assert accepted.step == "pcmhh" and accepted.clocks == ["pcmhh-screening", "pcmhh-4-week-wait"]
 
@@ -98,7 +100,9 @@ def test_step_up_to_the_hub_after_an_mhp_needs_a_dialog_plus_care_plan_PC_06() -
 def test_unknown_findings_are_refused_naming_them() -> None:
     with pytest.raises(GatewayInputError) as refused:
         decide("rdash-rotherham", "1980-01-01", findings=("not-a-finding",))
-    assert refused.value.first_error.element == "ServiceRequest.reasonCode" and "not-a-finding" in refused.value.first_error.message
+    first = refused.value.first_error
+    assert first is not None
+    assert first.element == "ServiceRequest.reasonCode" and "not-a-finding" in first.message
 
 
 # --- Talking Therapies ----------------------------------------------------------------------------------
@@ -133,7 +137,7 @@ STEP_ROWS = [
 
 @pytest.mark.parametrize(("phq_band", "gad", "outcome", "where"), STEP_ROWS)
 def test_step_from_the_worse_of_phq9_and_gad7_TT_05_06_07(phq_band: str, gad: tuple[int, str], outcome: str, where: str) -> None:
-    measures = {"phq-9": (PHQ[phq_band], phq_band), "gad-7": gad}
+    measures: dict[str, tuple[float, str]] = {"phq-9": (PHQ[phq_band], phq_band), "gad-7": gad}
     decision = decide("north-essex-mid", "1990-01-01", measures=measures)
     assert decision.outcome == outcome
     assert (decision.step if outcome == "accept" else decision.route) == where
@@ -180,7 +184,9 @@ def test_a_self_referral_must_record_the_gp_contact_wish_TT_02() -> None:
     body = referral("north-essex-mid", "R-1", RECEIVED, "1990-01-01", source="self")
     with pytest.raises(GatewayInputError) as refused:
         parse_pathway_referral(json.dumps(body).encode())
-    assert "gp-contact-agreed" in refused.value.first_error.element and "TT-02" in refused.value.first_error.message
+    first = refused.value.first_error
+    assert first is not None
+    assert "gp-contact-agreed" in first.element and "TT-02" in first.message
 
 
 def test_referral_inputs_refused_name_their_element() -> None:

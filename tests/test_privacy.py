@@ -108,7 +108,8 @@ def test_mllp_logs_hold_no_patient_identifiers(app, capsys) -> None:  # type: ig
         sock.settimeout(30)
         messages = sorted((ROOT_FIXTURES / "rio").glob("*.hl7"))
         sock.sendall(b"".join(frame(p.read_bytes()) for p in messages))
-        framer, acks = MllpFramer(), []
+        framer = MllpFramer()
+        acks: list[bytes] = []
         while len(acks) < len(messages):
             acks += framer.feed(sock.recv(65536))
     logs = capsys.readouterr().err

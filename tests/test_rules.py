@@ -33,9 +33,10 @@ def test_shipped_rule_files_load_and_route_by_destination_CAS_01() -> None:
     """CAS-01: shipped rule files load and route by destination."""
     registry = load_rules()
     assert set(registry.services) == {"bnssg", "bsw"}
-    assert registry.for_destination("2000070001").service.id == "bnssg"
-    assert registry.for_destination("2000070002").service.id == "bsw"
-    assert registry.for_destination("111111111").service.id == "bnssg"
+    for destination, service in (("2000070001", "bnssg"), ("2000070002", "bsw"), ("111111111", "bnssg")):
+        found = registry.for_destination(destination)
+        assert found is not None, destination
+        assert found.service.id == service
     assert registry.for_destination("0") is None
 
 

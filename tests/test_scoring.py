@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
@@ -21,7 +22,7 @@ def answer(measure_id: str, link_id: str, raw: float | None, na: bool = False) -
     return {"valueCoding": {"system": entry.system, "code": entry.code}}
 
 
-def score(measure_id: str, raws: dict[str, float], na: tuple[str, ...] = ()) -> ScoredResponse:
+def score(measure_id: str, raws: Mapping[str, float], na: tuple[str, ...] = ()) -> ScoredResponse:
     measure = CATALOGUE.measures[measure_id]
     answers = {link: answer(measure_id, link, value) for link, value in raws.items()}
     answers |= {link: answer(measure_id, link, None, na=True) for link in na}
@@ -32,9 +33,10 @@ def items(measure_id: str) -> list[str]:
     return [i.link_id for i in CATALOGUE.measures[measure_id].spec.items if i.scale]
 
 
-def spread(measure_id: str, total: int, top: int) -> dict[str, float]:
+def spread(measure_id: str, total: int, top: int) -> dict[str, int]:
     """Raw answers (no reversed items assumed) adding up to `total`, each at most `top`."""
-    out, left = {}, total
+    out: dict[str, int] = {}
+    left = total
     for link in items(measure_id):
         out[link] = min(top, left)
         left -= out[link]

@@ -13,7 +13,7 @@ import sys
 import uuid
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import jwt
 import pytest
@@ -32,12 +32,8 @@ RIO = ROOT / "fixtures" / "rio"
 TOKEN_URL = "http://testserver/oauth2/token"
 
 
-def _post(body: bytes, headers: dict[str, str] | None = None) -> tuple[str, str, bytes, dict[str, str]]:
-    return ("POST", "", body, headers or {})
-
-
-# one request per endpoint family, and the scopes that allow it (any one)
-FAMILIES: dict[str, tuple[str, str, bytes | None, dict[str, str] | None, str]] = {
+# one request per endpoint family, and the scopes that allow it (any one); headers: "bars" = the BaRS headers, None = none
+FAMILIES: dict[str, tuple[str, str, bytes | None, Literal["bars"] | None, str]] = {
     "nhs111 case": ("POST", "/ingest/nhs111", fixture_bytes("option2-standard.case.json"), None, "ingest:nhs111"),
     "bars message": ("POST", "/fhir/$process-message", fixture_bytes("bars-dx13-self-harm-flag.bundle.json"), "bars", "ingest:nhs111"),
     "mhpl call": ("POST", "/ingest/mhpl", (ROOT / "fixtures/mhpl/police-call.mhpl.json").read_bytes(), None, "ingest:mhpl"),
