@@ -109,26 +109,24 @@ def test_a_big_batchs_kept_rows_all_arrive(app: Any) -> None:
         assert get_resource(session, "Patient", "many-1233") is not None
 
 
-def test_kept_values_reach_postgresql_as_they_were_given(pg_url: str) -> None:
-    """Kept values arrive as they were given: quotes, backslashes, placeholders, non-ASCII text, any bytes; an aware
-    datetime stays the same instant (the UTCDateTime column's own conversion still runs)."""
-    empty_postgres(pg_url)
-    app = create_app(gateway_settings(pg_url), FixedClock(NOW))
-    awkward = "O'Brien \\ \\x41 \"quoted\" E'x' ; -- Ysbyty Gwynedd ñ 🙂 $$ $1 %(x)s %s %%"
+def test_kept_values_reach_the_store_as_they_were_given(app: Any) -> None:
+    """Kept values arrive as they were given, on both stores (PostgreSQL's pipeline and SQLite's driver path):
+    quotes, backslashes, placeholders, non-ASCII text, any bytes, a null; an aware datetime stays the same instant
+    (the UTCDateTime column's own conversion still runs)."""
+    awkward = "O'Brien \\ \\x41 \"quoted\" E'x' ; -- Ysbyty Gwynedd ñ 🙂 $$ $1 ? :x %(x)s %s %%"
     raw = bytes(range(256)) + b"\\x00'"
     later = datetime.fromisoformat("2026-06-01T10:30:00+01:00")  # BST: stored as the same instant
-    try:
-        with write_transaction(app.state.sessions) as session:
-            row = _inbound("m-awkward") | {"raw": raw, "response_body": awkward, "received_at": later}
-            defer(session.connection(), _INSERT_INBOUND, [row])
-            put_resources(session, [(_patient("awkward", "9990000034") | {"name": [{"text": awkward}]}, None)], NOW)
-        with app.state.sessions() as session:
-            stored = session.execute(select(InboundMessage).where(InboundMessage.message_id == "m-awkward")).scalar_one()
-            assert (stored.raw, stored.response_body, stored.received_at) == (raw, awkward, later)
-            patient = get_resource(session, "Patient", "awkward")
-            assert patient is not None and patient["name"] == [{"text": awkward}]
-    finally:
-        app.state.engine.dispose()
+    with write_transaction(app.state.sessions) as session:
+        row = _inbound("m-awkward") | {"raw": raw, "response_body": awkward, "received_at": later, "header_id": None}
+        defer(session.connection(), _INSERT_INBOUND, [row])
+        put_resources(session, [(_patient("awkward", "9990000034") | {"name": [{"text": awkward}]}, None)], NOW)
+    with app.state.sessions() as session:
+        # found by its time too: stored in the column's own form, so the store's comparisons and ordering hold
+        found = select(InboundMessage).where(InboundMessage.message_id == "m-awkward", InboundMessage.received_at == later)
+        stored = session.execute(found).scalar_one()
+        assert (stored.raw, stored.response_body, stored.received_at, stored.header_id) == (raw, awkward, later, None)
+        patient = get_resource(session, "Patient", "awkward")
+        assert patient is not None and patient["name"] == [{"text": awkward}]
 
 
 def test_a_write_kept_for_the_commit_is_seen_by_the_transactions_next_read(app: Any) -> None:

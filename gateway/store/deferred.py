@@ -12,7 +12,7 @@ one psycopg pipeline (every statement sent, then one wait for all the replies): 
 one multi-row INSERT, their values as bound parameters (psycopg prepares a statement it sees often), and at
 the commit the COMMIT itself last in the same pipeline. The server runs them in order; once one fails, the
 rest (the COMMIT with them) are not run. Elsewhere (SQLite, another driver, or a connection in
-autocommit) a write runs at once, as before.
+autocommit) a write runs at once; on SQLite straight through its driver, compiled once (the end of this module).
 
 What stays the same:
 - the order of statements: every kept write reaches the server before any later statement of its
@@ -38,6 +38,7 @@ cost more CPU there.
 from __future__ import annotations
 
 import re
+import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 from weakref import WeakKeyDictionary, WeakSet
@@ -85,7 +86,10 @@ def defer(connection: Connection, statement: Executable, rows: Sequence[dict[str
             inline = _INLINE[statement] = statement.inline()
         statement = inline
     if connection.dialect not in _KEEPING or connection.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
-        connection.execute(statement, list(rows))
+        if connection.dialect.name == "sqlite" and connection.dialect.driver == "pysqlite":
+            _run_on_sqlite(connection, statement, rows)
+        else:
+            connection.execute(statement, list(rows))
         return
     connection.info.setdefault(_KEPT, []).append((statement, list(rows)))
 
@@ -191,6 +195,23 @@ def _pieces(sql: str) -> tuple[list[str], list[str]]:
     return pieces, names
 
 
+def _processors(dialect: Dialect, compiled: SQLCompiler) -> dict[str, Processor]:
+    """The bind processors of `compiled`'s typed parameters (a `UTCDateTime`), by parameter name: each type's as the
+    dialect has it (`dialect_impl`), as SQLAlchemy applies them (on SQLite a datetime is written as its text)."""
+    processors: dict[str, Processor] = {}
+    for name, bind in compiled.binds.items():
+        if (process := bind.type.dialect_impl(dialect).bind_processor(dialect)) is not None:
+            processors[name] = process
+    return processors
+
+
+def _compiled(dialect: Dialect, statement: Executable, keys: tuple[str, ...]) -> SQLCompiler:
+    assert isinstance(statement, ClauseElement)
+    compiled = statement.compile(dialect=dialect, column_keys=list(keys))
+    assert isinstance(compiled, SQLCompiler)
+    return compiled
+
+
 def _rendered(dialect: Dialect, statement: Executable, keys: tuple[str, ...]) -> _Rendered:
     """`statement` compiled for rows with `keys`, once per dialect: its SQL split before the VALUES tuple for a plain
     INSERT (whose rows' tuples can follow one another), the name of each placeholder in order, and the bind processors
@@ -198,13 +219,8 @@ def _rendered(dialect: Dialect, statement: Executable, keys: tuple[str, ...]) ->
     per_dialect = _RENDERED.setdefault(dialect, {})
     done = per_dialect.get((statement, keys))
     if done is None:
-        assert isinstance(statement, ClauseElement)
-        compiled = statement.compile(dialect=dialect, column_keys=list(keys))
-        assert isinstance(compiled, SQLCompiler)
-        processors: dict[str, Processor] = {}
-        for name, bind in compiled.binds.items():
-            if (process := bind.type.bind_processor(dialect)) is not None:
-                processors[name] = process
+        compiled = _compiled(dialect, statement, keys)
+        processors = _processors(dialect, compiled)
         head, each = "", compiled.string
         before, values, after = each.partition(" VALUES ")
         multirow = isinstance(statement, Insert) and bool(values) and " ON CONFLICT " not in after and " RETURNING " not in after
@@ -218,4 +234,51 @@ def _rendered(dialect: Dialect, statement: Executable, keys: tuple[str, ...]) ->
         if unknown:
             raise ValueError(f"a kept write's rows have no value for {sorted(unknown)}")
         done = per_dialect[(statement, keys)] = _Rendered(head, row, names, processors, multirow)
+    return done
+
+
+# --- SQLite: run at once, through the driver --------------------------------------------------------------------------
+# SQLite has no round trips to save, but SQLAlchemy's own work per statement (its compiled-statement cache, each row's
+# parameters through the execution context, a result object) was most of these writes' cost: a referral's five took
+# about a ninth of a worker's Python time, 1-2% of it in the driver (bench/README.md, fourteenth round). The statement
+# is compiled once per set of keys, as for PostgreSQL, and its rows given to sqlite3's executemany, in the same
+# transaction on the same connection: the same SQL, the same values after the same bind processors (each type's as
+# the dialect has it), the same errors (as SQLAlchemy raises them).
+
+_SQLITE: WeakKeyDictionary[Dialect, dict[tuple[Executable, tuple[str, ...]], tuple[str, tuple[str, ...], dict[str, Processor]]]] = (
+    WeakKeyDictionary()
+)
+
+
+def _run_on_sqlite(connection: Connection, statement: Executable, rows: Sequence[dict[str, Any]]) -> None:
+    start = 0
+    while start < len(rows):  # rows with the same keys in one executemany (an INSERT's columns are its first row's keys)
+        keys = tuple(rows[start])
+        end = start + 1
+        while end < len(rows) and tuple(rows[end]) == keys:
+            end += 1
+        sql, names, processors = _sqlite_statement(connection.dialect, statement, keys)
+        params = [tuple(processors[name](row[name]) if name in processors else row[name] for name in names) for row in rows[start:end]]
+        cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.executemany(sql, params)
+        except sqlite3.Error as exc:  # as SQLAlchemy raises it (IntegrityError for a duplicate key, ...)
+            raise DBAPIError.instance(sql, params, exc, sqlite3.Error, dialect=connection.dialect) from exc
+        finally:
+            cursor.close()
+        start = end
+
+
+def _sqlite_statement(dialect: Dialect, statement: Executable, keys: tuple[str, ...]) -> tuple[str, tuple[str, ...], dict[str, Processor]]:
+    """`statement` compiled for rows with `keys`: its SQL (`?` placeholders), the parameters' names in order, and the
+    bind processors of its typed parameters."""
+    per_dialect = _SQLITE.setdefault(dialect, {})
+    done = per_dialect.get((statement, keys))
+    if done is None:
+        compiled = _compiled(dialect, statement, keys)
+        names = tuple(compiled.positiontup or ())
+        unknown = set(names) - set(keys)
+        if unknown:
+            raise ValueError(f"a kept write's rows have no value for {sorted(unknown)}")
+        done = per_dialect[(statement, keys)] = (compiled.string, names, _processors(dialect, compiled))
     return done
