@@ -191,7 +191,7 @@ def mllp_port(app: Any) -> Iterator[int]:
         yield port
 
 
-def _read_acks(sock: socket.socket, count: int) -> list[bytes]:
+def read_acks(sock: socket.socket, count: int) -> list[bytes]:
     framer = MllpFramer()
     acks: list[bytes] = []
     sock.settimeout(30)
@@ -207,7 +207,7 @@ def test_a_real_mllp_session_acks_every_message_and_the_resources_appear(client,
         split = frame(ref)
         sock.sendall(split[:40])  # one split across writes
         sock.sendall(split[40:])
-        acks = _read_acks(sock, 3)
+        acks = read_acks(sock, 3)
     assert [msa(a)[1:3] for a in acks] == [["AA", "RIO-ADT-0002"], ["AA", "RIO-ORU-0001"], ["AA", "RIO-REF-0001"]]
     assert patient(client, "9990000131")["generalPractitioner"][0]["identifier"]["value"] == "J83002"
     assert client.get(f"/fhir/ServiceRequest/{_id(client, 'ServiceRequest', '9990000042')}").status_code == 200
@@ -218,7 +218,7 @@ def test_mllp_bad_message_gets_its_nack_on_the_same_session(mllp_port: int) -> N
         sock.sendall(
             b"noise" + frame(b"MSH|^~\\&|RIO|RVN|IAPGW|IAP|20261123+0000||ADT^A04|C1|P|2.3\r") + frame(rio("adt-a04-register.hl7"))
         )
-        first, second = _read_acks(sock, 2)
+        first, second = read_acks(sock, 2)
     assert msa(first)[1:3] == ["AR", "C1"] and msa(second)[1] == "AA"
 
 
@@ -294,7 +294,7 @@ def test_mllp_from_an_allowed_network_is_served_and_audited_as_an_import_by_its_
         sock.bind(("127.0.0.2", 0))
         sock.connect(("127.0.0.1", port))
         sock.sendall(frame(rio("adt-a04-register.hl7")))
-        (ack,) = _read_acks(sock, 1)
+        (ack,) = read_acks(sock, 1)
     assert msa(ack)[1] == "AA"
     pid = patient(client, "9990000131")["id"]
     events = client.get("/fhir/AuditEvent", params={"patient": pid, "agent": "mllp:127.0.0.2"}).json()["entry"]

@@ -101,17 +101,14 @@ def test_logs_of_accepted_resent_and_refused_messages_hold_no_patient_identifier
 
 
 def test_mllp_logs_hold_no_patient_identifiers(app, capsys) -> None:  # type: ignore[no-untyped-def]
-    from adapters.hl7v2 import MllpFramer, frame
-    from tests.test_hl7v2 import running_mllp
+    from adapters.hl7v2 import frame
+    from tests.test_hl7v2 import read_acks, running_mllp
 
     with running_mllp(app) as port, socket.create_connection(("127.0.0.1", port)) as sock:
         sock.settimeout(30)
         messages = sorted((ROOT_FIXTURES / "rio").glob("*.hl7"))
         sock.sendall(b"".join(frame(p.read_bytes()) for p in messages))
-        framer = MllpFramer()
-        acks: list[bytes] = []
-        while len(acks) < len(messages):
-            acks += framer.feed(sock.recv(65536))
+        read_acks(sock, len(messages))
     logs = capsys.readouterr().err
     assert "hl7.accepted" in logs or "hl7.refused" in logs
     assert _leaks(logs) == []
