@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from psycopg import pq
-from sqlalchemy import event, func, insert, select
+from sqlalchemy import bindparam, event, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from gateway.api.app import create_app
@@ -159,3 +159,14 @@ def test_a_rolled_back_transactions_kept_writes_are_never_sent(app: Any) -> None
         defer(session.connection(), _INSERT_INBOUND, [_inbound("committed")])
     with app.state.sessions() as session:
         assert session.execute(select(InboundMessage.message_id)).scalars().all() == ["committed"]
+
+
+def test_a_kept_write_missing_a_value_is_refused_naming_it_and_nothing_of_its_transaction_is_stored(app: Any) -> None:
+    """A statement whose rows lack one of its parameters is a caller's mistake: a ValueError naming the parameter (on
+    SQLite at once, on PostgreSQL when the kept writes are sent), never a write with a value left out."""
+    mark_answered = update(InboundMessage).where(InboundMessage.message_id == bindparam("mid")).values(response_status=bindparam("status"))
+    with pytest.raises(ValueError, match=r"no value for \['status'\]"), write_transaction(app.state.sessions) as session:
+        put_resources(session, [(_patient("unwritten", "9990000034"), None)], NOW)
+        defer(session.connection(), mark_answered, [{"mid": "m-1"}])
+    with app.state.sessions() as session:
+        assert get_resource(session, "Patient", "unwritten") is None

@@ -137,15 +137,27 @@ def _statements(dialect: Dialect, statement: Executable, rows: list[dict[str, An
         keys = tuple(rows[start])
         rendered = _rendered(dialect, statement, keys)
         names, processors = rendered.names, rendered.processors
-        end = start + 1
-        if rendered.multirow:
-            most = min(_MOST_ROWS, _MOST_PARAMETERS // max(1, len(names)))
-            while end < len(rows) and end - start < most and tuple(rows[end]) == keys:
-                end += 1
+        most = min(_MOST_ROWS, _MOST_PARAMETERS // max(1, len(names))) if rendered.multirow else 1
+        end = _same_keys(rows, start, most)
         group = rows[start:end]
         params = [processors[name](row[name]) if name in processors else row[name] for row in group for name in names]
         yield rendered.sql(len(group)), params
         start = end
+
+
+def _same_keys(rows: Sequence[dict[str, Any]], start: int, most: int) -> int:
+    """The end of the run of rows from `start` with the same keys as `rows[start]` (at most `most` of them)."""
+    keys, end = tuple(rows[start]), start + 1
+    while end < len(rows) and end - start < most and tuple(rows[end]) == keys:
+        end += 1
+    return end
+
+
+def _check_names(names: Sequence[str], keys: tuple[str, ...]) -> None:
+    """Every parameter of a kept write's statement has a value in its rows."""
+    unknown = set(names) - set(keys)
+    if unknown:
+        raise ValueError(f"a kept write's rows have no value for {sorted(unknown)}")
 
 
 Processor = Callable[[Any], Any]  # a bind processor: a value as the driver is given it
@@ -230,9 +242,7 @@ def _rendered(dialect: Dialect, statement: Executable, keys: tuple[str, ...]) ->
         if before_values:
             raise ValueError(f"a kept write has parameters before its VALUES: {before_values}")
         row, names = _pieces(each)
-        unknown = set(names) - set(keys)
-        if unknown:
-            raise ValueError(f"a kept write's rows have no value for {sorted(unknown)}")
+        _check_names(names, keys)
         done = per_dialect[(statement, keys)] = _Rendered(head, row, names, processors, multirow)
     return done
 
@@ -254,9 +264,7 @@ def _run_on_sqlite(connection: Connection, statement: Executable, rows: Sequence
     start = 0
     while start < len(rows):  # rows with the same keys in one executemany (an INSERT's columns are its first row's keys)
         keys = tuple(rows[start])
-        end = start + 1
-        while end < len(rows) and tuple(rows[end]) == keys:
-            end += 1
+        end = _same_keys(rows, start, len(rows))
         sql, names, processors = _sqlite_statement(connection.dialect, statement, keys)
         params = [tuple(processors[name](row[name]) if name in processors else row[name] for name in names) for row in rows[start:end]]
         cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
@@ -277,8 +285,6 @@ def _sqlite_statement(dialect: Dialect, statement: Executable, keys: tuple[str, 
     if done is None:
         compiled = _compiled(dialect, statement, keys)
         names = tuple(compiled.positiontup or ())
-        unknown = set(names) - set(keys)
-        if unknown:
-            raise ValueError(f"a kept write's rows have no value for {sorted(unknown)}")
+        _check_names(names, keys)
         done = per_dialect[(statement, keys)] = (compiled.string, names, _processors(dialect, compiled))
     return done
