@@ -45,6 +45,7 @@ def serve(
     import uvicorn
 
     from gateway.api.app import create_app, settle_heap
+    from gateway.logging import uvicorn_log_config
 
     application = create_app()  # migrates and checks the rule files before anything listens
     if demo:
@@ -56,11 +57,18 @@ def serve(
     # no access log: a request line holds the query string, which may hold a patient identifier
     if workers == 1:
         settle_heap(application.state.clock)
-        uvicorn.run(application, host=host, port=port, log_level="warning", access_log=False)
+        uvicorn.run(application, host=host, port=port, log_level="warning", access_log=False, log_config=uvicorn_log_config())
     else:
         application.state.engine.dispose()
         uvicorn.run(
-            "gateway.api.app:served_app", factory=True, host=host, port=port, workers=workers, log_level="warning", access_log=False
+            "gateway.api.app:served_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level="warning",
+            access_log=False,
+            log_config=uvicorn_log_config(),
         )
 
 

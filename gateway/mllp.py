@@ -4,19 +4,25 @@ Only configured peers may connect (IAP_MLLP_ALLOWED_PEERS, addresses or networks
 is disconnected before a byte is read, and the refusal is logged (address only) and audited. A
 connection silent for IAP_MLLP_IDLE_TIMEOUT_SECONDS is closed. Each message is audited as an
 Import by its peer: with its change when it stores something, on its own when it is refused.
+
+A message the gateway fails to take for a reason of its own (the store failing, a fault) is rolled back and
+answered AR (HL7 "application reject": not stored, send it again) with MSA-3 naming a reference; the log line
+`mllp.failed` carries the same reference, and the traceback its frames and exception types only.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
+import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 import structlog
 from sqlalchemy.orm import Session, sessionmaker
 
-from adapters.hl7v2 import Hl7Error, MllpFramer, build_ack, frame
+from adapters.hl7v2 import Hl7Error, MllpFramer, build_ack, frame, parse_hl7
 from gateway.audit import EVENT_IMPORT, AuditContext, audit_context, record
 from gateway.clock import Clock
 from gateway.metrics import AUTH_REFUSALS, MESSAGES
@@ -25,6 +31,7 @@ from gateway.security.principal import Principal
 __all__ = ["start_mllp_server", "peer_allowed", "Network"]
 
 log = structlog.get_logger("iap.mllp")
+tracebacks = logging.getLogger("iap.mllp")  # a failure's traceback (gateway.logging withholds the exceptions' messages)
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -94,15 +101,38 @@ async def start_mllp_server(
 async def _receive_audited(
     receive: Callable[[bytes], bytes], message: bytes, sessions: sessionmaker[Session], context: AuditContext
 ) -> bytes:
-    """One message under its peer's audit context; refusals and re-sends (nothing committed) audited on their own."""
+    """One message under its peer's audit context; refusals, re-sends and failures (nothing committed) audited on their own."""
     with audit_context(context):
-        ack = await asyncio.to_thread(receive, message)
+        try:
+            ack = await asyncio.to_thread(receive, message)
+        except Exception as error:  # nothing was stored (its transaction rolled back): say so, so that the sender sends it again
+            return await _failed(message, error, sessions, context)
         code = ack.split(b"\rMSA|", 1)[1][:2].decode() if b"\rMSA|" in ack else "AR"
         MESSAGES.labels(source="hl7v2", outcome="accepted" if code == "AA" else "refused").inc()
         if not context.recorded:
             outcome = ("0", "answered AA (no change)") if code == "AA" else ("4", f"refused: ACK {code}")
             await asyncio.to_thread(record, sessions, context, *outcome)
     return ack
+
+
+async def _failed(message: bytes, error: Exception, sessions: sessionmaker[Session], context: AuditContext) -> bytes:
+    """The ACK (AR) for a message the gateway failed to take; logged and audited with a reference, as far as it can be."""
+    reference = str(uuid.uuid4())
+    log.error("mllp.failed", reference=reference, error=type(error).__name__)
+    tracebacks.error("MLLP message not taken (reference %s)", reference, exc_info=error)
+    MESSAGES.labels(source="hl7v2", outcome="error").inc()
+    try:
+        await asyncio.to_thread(record, sessions, context, "8", f"failed: internal error (reference {reference})")
+    except Exception as failure:  # the store that failed the message may fail its AuditEvent too; the AR still goes
+        log.error("mllp.failure_not_audited", reference=reference, error=type(failure).__name__)
+    control_id: str | None
+    try:
+        header = parse_hl7(message).header
+        control_id, trigger = header.control_id, header.trigger
+    except Hl7Error as refused:
+        control_id, trigger = refused.control_id, ""
+    text = f"not stored: send it again (internal error {reference})"
+    return build_ack(control_id, trigger, Hl7Error("AR", text, "MSH", None, 207, control_id), _now())
 
 
 def _now() -> datetime:

@@ -196,6 +196,42 @@ def serving(app: Any) -> Iterator[str]:
         thread.join(timeout=30)
 
 
+# A database error's text can quote the values of the row it refused: SQLAlchemy's "[parameters: ...]", PostgreSQL's
+# "DETAIL: Key (value)=(...)". This trigger makes storing an NHS number fail (on PostgreSQL quoting it), as such an
+# error would.
+_REFUSE_NHS_NUMBERS = {
+    "sqlite": [
+        "CREATE TRIGGER refuse_nhs_numbers BEFORE INSERT ON resource_identifiers WHEN NEW.system LIKE '%nhs-number'"
+        " BEGIN SELECT RAISE(ABORT, 'refused'); END"
+    ],
+    "postgresql": [
+        "CREATE FUNCTION refuse_nhs_number() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+        " IF NEW.system LIKE '%nhs-number' THEN RAISE EXCEPTION 'refused identifier %', NEW.value; END IF; RETURN NEW; END $$",
+        "CREATE TRIGGER refuse_nhs_numbers BEFORE INSERT ON resource_identifiers FOR EACH ROW EXECUTE FUNCTION refuse_nhs_number()",
+    ],
+}
+_ALLOW_NHS_NUMBERS = {
+    "sqlite": ["DROP TRIGGER IF EXISTS refuse_nhs_numbers"],
+    "postgresql": ["DROP TRIGGER IF EXISTS refuse_nhs_numbers ON resource_identifiers", "DROP FUNCTION IF EXISTS refuse_nhs_number()"],
+}
+
+
+@contextmanager
+def refusing_nhs_numbers(engine: Any) -> Iterator[None]:
+    """While inside: the store (`engine`'s, migrated) fails every transaction that stores an NHS number (a trigger), as a
+    failing database would. Removed afterwards, also from the test run's shared PostgreSQL database."""
+    kind = engine.dialect.name
+    try:
+        with engine.begin() as connection:
+            for statement in _REFUSE_NHS_NUMBERS[kind]:
+                connection.execute(text(statement))
+        yield
+    finally:
+        with engine.begin() as connection:
+            for statement in _ALLOW_NHS_NUMBERS[kind]:
+                connection.execute(text(statement))
+
+
 @pytest.fixture
 def server_url(app: Any) -> Iterator[str]:
     with serving(app) as url:

@@ -19,7 +19,7 @@ import adapters.hl7v2
 from adapters.hl7v2 import MLLP_END, MLLP_START, Hl7Error, MllpFramer, frame, parse_hl7
 from gateway.mllp import start_mllp_server
 from gateway.settings import Settings
-from tests.conftest import ROOT, fixture_bytes, task_of
+from tests.conftest import ROOT, fixture_bytes, refusing_nhs_numbers, task_of
 from tests.test_cas_operations import op
 
 RIO = ROOT / "fixtures" / "rio"
@@ -196,7 +196,9 @@ def read_acks(sock: socket.socket, count: int) -> list[bytes]:
     acks: list[bytes] = []
     sock.settimeout(30)
     while len(acks) < count:
-        acks += framer.feed(sock.recv(65536))
+        data = sock.recv(65536)
+        assert data, f"the gateway closed the connection after {len(acks)} of {count} ACKs"
+        acks += framer.feed(data)
     return acks
 
 
@@ -300,6 +302,27 @@ def test_mllp_from_an_allowed_network_is_served_and_audited_as_an_import_by_its_
     events = client.get("/fhir/AuditEvent", params={"patient": pid, "agent": "mllp:127.0.0.2"}).json()["entry"]
     (event,) = [e["resource"] for e in events]
     assert event["type"]["code"] == "110107" and event["action"] == "C" and event["outcome"] == "0"
+
+
+def test_a_store_failure_over_mllp_is_answered_AR_with_a_reference_and_the_message_is_taken_when_sent_again(app, client, stored) -> None:  # type: ignore[no-untyped-def]
+    adt = rio("adt-a04-register.hl7")
+    with running_mllp(app) as port:
+        with refusing_nhs_numbers(app.state.engine), socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(frame(adt))
+            (failed,) = read_acks(sock, 1)
+        assert stored().get("Patient", 0) == 0 and stored().get("InboundMessage", 0) == 0  # rolled back, nothing kept
+        with socket.create_connection(("127.0.0.1", port)) as sock:  # the sender sends it again, as AR asks
+            sock.sendall(frame(adt))
+            (taken,) = read_acks(sock, 1)
+    _, code, control_id, text = msa(failed)[:4]
+    assert (code, control_id) == ("AR", "RIO-ADT-0002") and text.startswith("not stored: send it again (internal error ")
+    assert "^207&" in err(failed)  # HL7 table 0357: application internal error
+    reference = text.removeprefix("not stored: send it again (internal error ").removesuffix(")")
+    assert msa(taken)[1:3] == ["AA", "RIO-ADT-0002"]  # not a re-send of the failed one: that was never stored
+    assert patient(client, "9990000131")["identifier"][0]["value"] == "9990000131"
+    events = client.get("/fhir/AuditEvent", params={"outcome": "8"}).json()["entry"]
+    (event,) = [e["resource"] for e in events if reference in e["resource"].get("outcomeDesc", "")]
+    assert event["type"]["code"] == "110107" and event["agent"][0]["who"]["identifier"]["value"] == "mllp:127.0.0.1"
 
 
 def test_an_idle_mllp_connection_is_closed(app) -> None:  # type: ignore[no-untyped-def]

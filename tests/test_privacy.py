@@ -10,12 +10,24 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import re
 import socket
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
-from tests.conftest import BARS_EXAMPLES, FIXTURES, RUN_LOG, bars_headers
+from adapters.hl7v2 import frame
+from gateway.security.clients import add_client
+from gateway.store.db import make_engine, make_sessionmaker, migrate
+from tests.conftest import BARS_EXAMPLES, FIXTURES, ROOT, RUN_LOG, bars_headers, bearer, refusing_nhs_numbers
+from tests.test_cli import wait_healthy
+from tests.test_hl7v2 import read_acks
 
 ROOT_FIXTURES = FIXTURES.parent
 
@@ -124,3 +136,53 @@ def test_the_logs_of_the_whole_test_run_hold_no_fixture_identifiers_or_clinical_
     events = {json.loads(line)["event"] for line in lines if line.startswith("{")}
     assert {"message.accepted", "message.refused", "request.refused"} <= events
     assert _leaks(logs) == []
+
+
+def test_a_store_failure_while_ingesting_is_logged_with_its_place_but_not_the_values_it_quotes(database_url: str, tmp_path: Path) -> None:
+    """`iap-gateway serve`, its store refusing every NHS number: over HTTP a 500, over MLLP an AR, each logged with a
+    reference and a traceback by its frames and exception types, without the NHS number that the database's error text
+    and the failed statement's parameters hold."""
+    engine = make_engine(database_url)
+    migrate(engine)
+    with make_sessionmaker(engine).begin() as session:
+        _, key = add_client(session, "privacy", frozenset({"ingest:nhs111"}), datetime.now(UTC))
+    case, adt = FIXTURES / "option2-red-flag.case.json", ROOT_FIXTURES / "rio" / "adt-a04-register.hl7"
+    nhs_numbers = {json.loads(case.read_text())["patient"]["nhs_number"], "9990000131"}  # the case's and the ADT's patients
+    port, mllp_port = _free_port(), _free_port()
+    log_path = tmp_path / "serve.log"
+    env = {**os.environ, "DATABASE_URL": database_url, "IAP_MLLP_PORT": str(mllp_port), "IAP_TICK_SECONDS": "0", "IAP_DELIVER_SECONDS": "0"}
+    try:
+        with refusing_nhs_numbers(engine), log_path.open("wb") as log:
+            server = subprocess.Popen(
+                [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port)], cwd=ROOT, env=env, stdout=log, stderr=log
+            )
+            try:
+                wait_healthy(port)
+                reply = httpx.post(
+                    f"http://127.0.0.1:{port}/ingest/nhs111", content=case.read_bytes(), headers=bearer(key or ""), timeout=30
+                )
+                with socket.create_connection(("127.0.0.1", mllp_port), timeout=30) as sock:
+                    sock.sendall(frame(adt.read_bytes()))
+                    (ack,) = read_acks(sock, 1)
+            finally:
+                server.terminate()
+                server.wait(timeout=20)
+    finally:
+        engine.dispose()
+    assert reply.status_code == 500 and reply.json()["resourceType"] == "OperationOutcome"
+    logs = log_path.read_text(encoding="utf-8")
+    crashed = next(json.loads(line) for line in logs.splitlines() if '"request.crashed"' in line)
+    assert crashed["reference"] in reply.text  # the reply's reference finds the log line
+    assert "Exception in ASGI application" in logs and 'File "' in logs  # the traceback, by its frames
+    assert "sqlalchemy.exc." in logs and "(message not logged: it may quote patient data)" in logs
+    assert ack.split(b"\rMSA|", 1)[1].startswith(b"AR|RIO-ADT-0002|not stored: send it again (internal error ")
+    failed = next(json.loads(line) for line in logs.splitlines() if '"mllp.failed"' in line)
+    assert failed["reference"].encode() in ack and f"MLLP message not taken (reference {failed['reference']})" in logs
+    assert logs.count("(message not logged: it may quote patient data)") >= 4  # both tracebacks, each of two exceptions
+    assert not nhs_numbers & set(re.findall(r"\d{10}", logs)) and _leaks(logs) == []
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

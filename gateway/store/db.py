@@ -78,9 +78,13 @@ _SQLITE_WRITERS: WeakKeyDictionary[Engine, SqliteWriterLock] = WeakKeyDictionary
 def make_engine(url: str, statement_timeout_ms: int = 0) -> Engine:
     """An engine for `url`. SQLite gets WAL, durable commits, a busy timeout and foreign keys; PostgreSQL a pool and,
     custom plans for prepared statements (PLAN_CACHE_MODE) and, when given, a statement timeout (so
-    no request can hold a connection or a lock for ever)."""
+    no request can hold a connection or a lock for ever).
+
+    Both hide statements' parameters from SQLAlchemy's errors (`hide_parameters`): a failed INSERT's message would
+    otherwise carry its values (an NHS number, a name, a raw message) into every traceback that reaches a log.
+    """
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, hide_parameters=True)
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]
@@ -101,7 +105,7 @@ def make_engine(url: str, statement_timeout_ms: int = 0) -> Engine:
     options = [f"-c plan_cache_mode={PLAN_CACHE_MODE}"]
     if statement_timeout_ms:
         options.append(f"-c statement_timeout={statement_timeout_ms}")
-    engine = create_engine(url, pool_size=10, max_overflow=20, connect_args={"options": " ".join(options)})
+    engine = create_engine(url, pool_size=10, max_overflow=20, connect_args={"options": " ".join(options)}, hide_parameters=True)
     _ping_when_idle(engine)
     send_deferred_writes_together(engine)
     return engine

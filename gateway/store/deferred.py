@@ -270,8 +270,10 @@ def _run_on_sqlite(connection: Connection, statement: Executable, rows: Sequence
         cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
         try:
             cursor.executemany(sql, params)
-        except sqlite3.Error as exc:  # as SQLAlchemy raises it (IntegrityError for a duplicate key, ...)
-            raise DBAPIError.instance(sql, params, exc, sqlite3.Error, dialect=connection.dialect) from exc
+        except sqlite3.Error as exc:  # as SQLAlchemy raises it (IntegrityError for a duplicate key, ...), values hidden as it hides them
+            raise DBAPIError.instance(
+                sql, params, exc, sqlite3.Error, hide_parameters=connection.engine.hide_parameters, dialect=connection.dialect
+            ) from exc
         finally:
             cursor.close()
         start = end
