@@ -55,21 +55,13 @@ def serve(
         _hint_if_no_clients(application)
     typer.echo(f"IAP gateway on http://{host}:{port}  (FHIR: /fhir/metadata, queue: /queue, API docs: /docs)", err=True)
     # no access log: a request line holds the query string, which may hold a patient identifier
+    options: dict[str, Any] = dict(host=host, port=port, log_level="warning", access_log=False, log_config=uvicorn_log_config())
     if workers == 1:
         settle_heap(application.state.clock)
-        uvicorn.run(application, host=host, port=port, log_level="warning", access_log=False, log_config=uvicorn_log_config())
+        uvicorn.run(application, **options)
     else:
         application.state.engine.dispose()
-        uvicorn.run(
-            "gateway.api.app:served_app",
-            factory=True,
-            host=host,
-            port=port,
-            workers=workers,
-            log_level="warning",
-            access_log=False,
-            log_config=uvicorn_log_config(),
-        )
+        uvicorn.run("gateway.api.app:served_app", factory=True, workers=workers, **options)
 
 
 @app.command("map")

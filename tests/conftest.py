@@ -176,12 +176,17 @@ def anonymous(app: Any) -> Iterator[TestClient]:
         yield test_client
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 @contextmanager
 def serving(app: Any) -> Iterator[str]:
     """`app` on a real uvicorn server on 127.0.0.1 (in a thread); yields its base URL."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", limit_concurrency=100))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

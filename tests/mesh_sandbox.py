@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,8 @@ from typing import Any
 
 import httpx
 from mesh_client import MeshClient
+
+from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 REQUIREMENTS = ROOT / "tests" / "mesh" / "requirements-mesh-sandbox.txt"
@@ -48,12 +49,6 @@ def build_venv() -> Path:
         raise RuntimeError(f"building {VENV} failed: {pip.stderr[-2000:]}")
     stamp.write_text(digest)
     return VENV
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import FIXTURES, ROOT, bearer
+from tests.conftest import FIXTURES, ROOT, bearer, free_port
 
 CLI = [sys.executable, "-m", "gateway.cli"]
 
@@ -59,14 +59,11 @@ def test_demo_loads_the_fixtures_once_however_often_it_runs(tmp_path: Path) -> N
 
 
 def test_serve_starts_and_answers_on_http(tmp_path: Path) -> None:
-    import socket
     import time
 
     import httpx
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'serve.db'}", "IAP_MLLP_PORT": "0"}
     log = (tmp_path / "serve.log").open("wb")
     server = subprocess.Popen([*CLI, "serve", "--port", str(port), "--demo"], cwd=ROOT, env=env, stdout=log, stderr=log)

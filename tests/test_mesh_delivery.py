@@ -15,9 +15,9 @@ from fhir.resources.STU3.resource import Resource as Stu3Resource
 from pypdf import PdfReader
 
 from fhir_mapping.letters.itk3 import ITK_RESPONSE_CODES
-from tests.conftest import GPPROVIDER_TESTPATIENT
+from tests.conftest import GPPROVIDER_TESTPATIENT, free_port
 from tests.letter_helpers import NOTES, completed_case, fhir_validate, letter_request, make_deliverer, outbox, pcmis_contacts, write_routing
-from tests.mesh_sandbox import GATEWAY_MAILBOX, PASSWORD, PRACTICE_MAILBOX, SHARED_KEY, free_port
+from tests.mesh_sandbox import GATEWAY_MAILBOX, PASSWORD, PRACTICE_MAILBOX, SHARED_KEY
 
 R = TypeVar("R", bound=Stu3Resource)
 

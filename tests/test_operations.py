@@ -12,7 +12,7 @@ from sqlalchemy import create_engine
 
 from gateway.rules.schema import RuleRegistry
 from gateway.store.db import alembic_config
-from tests.conftest import ALL_SCOPES, NOW, add_test_client, bars_headers, fixture_bytes, issues, metric_value, serving
+from tests.conftest import ALL_SCOPES, NOW, add_test_client, bars_headers, fixture_bytes, free_port, issues, metric_value, serving
 from tests.letter_helpers import completed_case, make_deliverer, outbox, write_routing
 
 RECEIVER = "https://gp-system.example.test/fhir"
@@ -27,9 +27,7 @@ def test_liveness_needs_nothing_and_readiness_reports_the_rule_sets(anonymous) -
 
 def test_not_ready_when_the_database_is_unreachable(app, anonymous) -> None:
     working = app.state.engine
-    with socket.socket() as sock:  # a port nothing listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # nothing listens on it
     app.state.engine = create_engine(f"postgresql+psycopg://postgres@127.0.0.1:{port}/none", connect_args={"connect_timeout": 2})
     try:
         response = anonymous.get("/readyz")

@@ -20,9 +20,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import ROOT, bearer, empty_postgres, fixture_bytes, task_of
+from tests.conftest import ROOT, bearer, empty_postgres, fixture_bytes, free_port, task_of
 from tests.letter_helpers import NOTES, completed_case, outbox, params, write_routing
-from tests.mesh_sandbox import GATEWAY_MAILBOX, PASSWORD, PRACTICE_MAILBOX, SHARED_KEY, free_port
+from tests.mesh_sandbox import GATEWAY_MAILBOX, PASSWORD, PRACTICE_MAILBOX, SHARED_KEY
 
 AT = "2026-11-23T12:00:00Z"  # the test clock (tests/conftest.py NOW): when the letter is due
 LEASE_GONE = "2026-11-23T12:10:00Z"  # after the 5-minute lease of a worker that died

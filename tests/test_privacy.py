@@ -25,7 +25,7 @@ import pytest
 from adapters.hl7v2 import frame
 from gateway.security.clients import add_client
 from gateway.store.db import make_engine, make_sessionmaker, migrate
-from tests.conftest import BARS_EXAMPLES, FIXTURES, ROOT, RUN_LOG, bars_headers, bearer, refusing_nhs_numbers
+from tests.conftest import BARS_EXAMPLES, FIXTURES, ROOT, RUN_LOG, bars_headers, bearer, free_port, refusing_nhs_numbers
 from tests.test_cli import wait_healthy
 from tests.test_hl7v2 import read_acks
 
@@ -148,7 +148,7 @@ def test_a_store_failure_while_ingesting_is_logged_with_its_place_but_not_the_va
         _, key = add_client(session, "privacy", frozenset({"ingest:nhs111"}), datetime.now(UTC))
     case, adt = FIXTURES / "option2-red-flag.case.json", ROOT_FIXTURES / "rio" / "adt-a04-register.hl7"
     nhs_numbers = {json.loads(case.read_text())["patient"]["nhs_number"], "9990000131"}  # the case's and the ADT's patients
-    port, mllp_port = _free_port(), _free_port()
+    port, mllp_port = free_port(), free_port()
     log_path = tmp_path / "serve.log"
     env = {**os.environ, "DATABASE_URL": database_url, "IAP_MLLP_PORT": str(mllp_port), "IAP_TICK_SECONDS": "0", "IAP_DELIVER_SECONDS": "0"}
     try:
@@ -180,9 +180,3 @@ def test_a_store_failure_while_ingesting_is_logged_with_its_place_but_not_the_va
     assert failed["reference"].encode() in ack and f"MLLP message not taken (reference {failed['reference']})" in logs
     assert logs.count("(message not logged: it may quote patient data)") >= 4  # both tracebacks, each of two exceptions
     assert not nhs_numbers & set(re.findall(r"\d{10}", logs)) and _leaks(logs) == []
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -24,7 +23,7 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.conftest import PG_ADMIN_URL, ROOT, bearer, fixture_bytes
+from tests.conftest import PG_ADMIN_URL, ROOT, bearer, fixture_bytes, free_port
 from tests.test_cli import wait_healthy
 
 COPIES = 20
@@ -59,9 +58,7 @@ def two_instances(shared_db: str, tmp_path: Path) -> Iterator[tuple[list[str], s
     processes, urls, logs = [], [], []
     try:
         for index in range(2):
-            with socket.socket() as sock:
-                sock.bind(("127.0.0.1", 0))
-                port = sock.getsockname()[1]
+            port = free_port()
             log = (tmp_path / f"gateway-{index}.log").open("wb")
             logs.append(log)
             processes.append(subprocess.Popen([*CLI, "serve", "--port", str(port)], cwd=ROOT, env=env, stdout=log, stderr=log))
