@@ -7,7 +7,9 @@ Import by its peer: with its change when it stores something, on its own when it
 
 A message the gateway fails to take for a reason of its own (the store failing, a fault) is rolled back and
 answered AR (HL7 "application reject": not stored, send it again) with MSA-3 naming a reference; the log line
-`mllp.failed` carries the same reference, and the traceback its frames and exception types only.
+`mllp.failed` carries the same reference, and the traceback its frames and exception types only. When the store
+was unavailable (`gateway.store.db.store_unavailable`: unreachable, restarting, a timeout) MSA-3 says so
+(`store unavailable: send it again (<reference>)`) and the log line is `mllp.unavailable`, with no traceback.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from gateway.audit import EVENT_IMPORT, AuditContext, audit_context, record
 from gateway.clock import Clock
 from gateway.metrics import AUTH_REFUSALS, MESSAGES
 from gateway.security.principal import Principal
+from gateway.store.db import store_unavailable
 
 __all__ = ["start_mllp_server", "peer_allowed", "Network"]
 
@@ -118,11 +121,17 @@ async def _receive_audited(
 async def _failed(message: bytes, error: Exception, sessions: sessionmaker[Session], context: AuditContext) -> bytes:
     """The ACK (AR) for a message the gateway failed to take; logged and audited with a reference, as far as it can be."""
     reference = str(uuid.uuid4())
-    log.error("mllp.failed", reference=reference, error=type(error).__name__)
-    tracebacks.error("MLLP message not taken (reference %s)", reference, exc_info=error)
+    # MSA-3 (the reason) holds 80 characters: each text keeps the reference whole
+    if store_unavailable(error):  # the store unreachable or timed out: no fault of ours to trace, one line per message
+        what, reason = "store unavailable", f"store unavailable: send it again ({reference})"
+        log.warning("mllp.unavailable", reference=reference, error=type(error).__name__)
+    else:
+        what, reason = "internal error", f"not stored: send it again (internal error {reference})"
+        log.error("mllp.failed", reference=reference, error=type(error).__name__)
+        tracebacks.error("MLLP message not taken (reference %s)", reference, exc_info=error)
     MESSAGES.labels(source="hl7v2", outcome="error").inc()
     try:
-        await asyncio.to_thread(record, sessions, context, "8", f"failed: internal error (reference {reference})")
+        await asyncio.to_thread(record, sessions, context, "8", f"failed: {what} (reference {reference})")
     except Exception as failure:  # the store that failed the message may fail its AuditEvent too; the AR still goes
         log.error("mllp.failure_not_audited", reference=reference, error=type(failure).__name__)
     control_id: str | None
@@ -131,8 +140,7 @@ async def _failed(message: bytes, error: Exception, sessions: sessionmaker[Sessi
         control_id, trigger = header.control_id, header.trigger
     except Hl7Error as refused:
         control_id, trigger = refused.control_id, ""
-    text = f"not stored: send it again (internal error {reference})"
-    return build_ack(control_id, trigger, Hl7Error("AR", text, "MSH", None, 207, control_id), _now())
+    return build_ack(control_id, trigger, Hl7Error("AR", reason, "MSH", None, 207, control_id), _now())
 
 
 def _now() -> datetime:

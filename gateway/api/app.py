@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from fhir_mapping.datetimes import is_england_bank_holiday
 from fhir_mapping.measures import load_measures
 from gateway.api import audit, cases, fhir_read, ingest, measures, ops, outbox, pathways, queue, reports, security
-from gateway.api.responses import install_error_handlers
+from gateway.api.responses import AnswerStoreOutages, install_error_handlers
 from gateway.cases import CaseOperations
 from gateway.cleo import CleoLink
 from gateway.clock import Clock, SystemClock
@@ -140,6 +140,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
     app.state.migration_heads = ops.migration_heads()
     install_error_handlers(app)
     app.add_middleware(security.SecurityMiddleware)  # inside the header echo, so refusals carry X-Request-Id too
+    app.add_middleware(AnswerStoreOutages)  # outside the security gate: a credential check the store cannot answer too
 
     app.add_middleware(EchoTransactionHeaders)
 

@@ -12,8 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse, Response
 
 from adapters.problems import Kind, Problem
-from fhir_mapping.replies import operation_outcome
-from gateway.api.responses import FhirResponse
+from gateway.api.responses import unavailable
 from gateway.metrics import CONTENT_TYPE
 from gateway.store.db import alembic_config
 
@@ -65,7 +64,7 @@ async def readyz(request: Request) -> Response:
     state = request.app.state
     problems = await run_in_threadpool(readiness_problems, state.engine, state.migration_heads, state.registry, state.pathway_rules)
     if problems:
-        return FhirResponse(operation_outcome(problems), status_code=503, headers={"Retry-After": "5"})
+        return unavailable(problems)
     rule_sets = [r.label for r in (*state.registry.services.values(), *state.pathway_rules.services.values())]
     return JSONResponse({"status": "ready", "rule_sets": sorted(rule_sets)})
 

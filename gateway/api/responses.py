@@ -10,16 +10,21 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from adapters.problems import GatewayInputError, Kind, Problem
 from fhir_mapping.replies import operation_outcome, server_error_outcome
 from gateway.security.scopes import rule_for
+from gateway.store.db import store_unavailable
 from gateway.store.jsontext import dumps
 
-__all__ = ["FhirResponse", "install_error_handlers", "FHIR_JSON", "SenderGone"]
+__all__ = ["FhirResponse", "install_error_handlers", "FHIR_JSON", "SenderGone", "AnswerStoreOutages", "RETRY_AFTER_SECONDS", "unavailable"]
 
 FHIR_JSON = "application/fhir+json"
 log = structlog.get_logger("iap.api")
+
+# How long a sender told 503 (the store unavailable, the gateway not ready) is asked to wait before it sends again
+RETRY_AFTER_SECONDS = 5
 
 
 def _route(request: Request) -> str:
@@ -40,6 +45,53 @@ class FhirResponse(Response):
 
 def _outcome_response(status: int, problems: list[Problem], headers: dict[str, str] | None = None) -> FhirResponse:
     return FhirResponse(operation_outcome(problems), status_code=status, headers=headers)
+
+
+def unavailable(problems: list[Problem]) -> FhirResponse:
+    """503 with `Retry-After`: the sender should send the same request again later (BaRS senders retry a 503,
+    not a 500)."""
+    return _outcome_response(503, problems, {"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+
+class AnswerStoreOutages:
+    """A request the store could not serve just now (`gateway.store.db.store_unavailable`: unreachable, restarting,
+    a lock or statement timeout, no pooled connection) is answered **503** `REC_SERVICE_UNAVAILABLE` `transient`
+    with `Retry-After`, not 500: a BaRS sender retries a 503 and does not retry a 500 (BaRS error handling), so a
+    referral sent during a database restart is sent again rather than lost. Sending again is safe: a message that
+    was taken after all (a COMMIT whose reply the connection lost) is answered as a re-send, never stored twice.
+
+    Logged once as `request.unavailable` with the reference the sender is given and the error's type, without a
+    traceback (an outage would otherwise write one per request). Outside the security gate, so a credential
+    check that cannot reach the store is answered the same way. Any other error goes on to the 500 handler.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watched_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched_send)
+        except Exception as error:
+            if started or not store_unavailable(error):
+                raise
+            reference = str(uuid.uuid4())
+            route = rule_for(scope["method"], scope["path"]).pattern
+            log.warning("request.unavailable", route=route, reference=reference, error=type(error).__name__)
+            message = (
+                f"the store is unavailable just now; send the request again after {RETRY_AFTER_SECONDS} s"
+                f" (a message already taken is answered as a re-send, never stored twice); reference {reference}"
+            )
+            await unavailable([Problem(Kind.UNAVAILABLE, "", message)])(scope, receive, send)
 
 
 def install_error_handlers(app: FastAPI) -> None:

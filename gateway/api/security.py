@@ -29,6 +29,7 @@ from gateway.audit import EVENT_LOGIN, AuditContext, act_as, audit_context, outc
 from gateway.metrics import AUTH_REFUSALS, HTTP_REQUESTS, MAPPING_SECONDS, MESSAGES
 from gateway.security.credentials import ASSERTION_TYPE, AssertionRefused
 from gateway.security.scopes import RouteRule, check_scopes, rule_for
+from gateway.store.db import store_unavailable
 
 __all__ = ["SecurityMiddleware", "router"]
 
@@ -63,7 +64,11 @@ class SecurityMiddleware:
         started = time.perf_counter()
         with audit_context(context):
             credential = _bearer(scope)
-            principal = await run_in_threadpool(state.authenticator.authenticate, credential) if credential else None
+            try:
+                principal = await run_in_threadpool(state.authenticator.authenticate, credential) if credential else None
+            except Exception as error:  # the credential could not be checked (the store unreachable): counted, answered outside
+                _count(rule, method, _failure(error)[0], [], time.perf_counter() - started)
+                raise
             if principal is None:
                 reason = "no credential" if credential is None else "credential not valid"
                 await self._refuse(state, rule, context, 401, reason, scope, receive, send)
@@ -92,10 +97,12 @@ class SecurityMiddleware:
                     await FhirResponse(operation_outcome([problem]), status_code=400)(scope, receive, audited_send)
                     return
                 await self.app(scope, receive, audited_send)
-            except Exception:
-                if not answered and not context.recorded:  # the crash handler answers outside this middleware
-                    await run_in_threadpool(record, state.sessions, context, "8", "HTTP 500 (internal error)")
-                    _count(rule, method, 500, [], time.perf_counter() - started)
+            except Exception as error:
+                if not answered and not context.recorded:  # answered outside this middleware (AnswerStoreOutages, the 500 handler)
+                    status, what = _failure(error)
+                    _count(rule, method, status, [], time.perf_counter() - started)
+                    # a store that failed the request may fail its AuditEvent too: then that error is the one answered
+                    await run_in_threadpool(record, state.sessions, context, "8", f"HTTP {status} ({what})")
                 raise
 
     async def _refuse(
@@ -115,6 +122,11 @@ class SecurityMiddleware:
             problem = Problem(Kind.FORBIDDEN, "header:Authorization", f"client {who!r} may not {scope['method']} {rule.pattern}: {reason}")
             headers = {}
         await FhirResponse(operation_outcome([problem]), status_code=status, headers=headers)(scope, receive, send)
+
+
+def _failure(error: Exception) -> tuple[int, str]:
+    """The status a request that raised `error` is answered with (outside this middleware), and what it was."""
+    return (503, "store unavailable") if store_unavailable(error) else (500, "internal error")
 
 
 def _bearer(scope: Scope) -> str | None:

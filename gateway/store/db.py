@@ -16,7 +16,8 @@ from weakref import WeakKeyDictionary
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, Engine, create_engine, event
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.store.deferred import send_deferred_writes_together
@@ -24,7 +25,16 @@ from gateway.store.deferred import send_deferred_writes_together
 if TYPE_CHECKING:
     from gateway.store.group_commit import GroupCommit
 
-__all__ = ["make_engine", "make_sessionmaker", "migrate", "write_transaction", "group_commit", "one_read", "MIGRATIONS_DIR"]
+__all__ = [
+    "make_engine",
+    "make_sessionmaker",
+    "migrate",
+    "write_transaction",
+    "group_commit",
+    "one_read",
+    "store_unavailable",
+    "MIGRATIONS_DIR",
+]
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -75,16 +85,22 @@ class SqliteWriterLock:
 _SQLITE_WRITERS: WeakKeyDictionary[Engine, SqliteWriterLock] = WeakKeyDictionary()
 
 
-def make_engine(url: str, statement_timeout_ms: int = 0) -> Engine:
-    """An engine for `url`. SQLite gets WAL, durable commits, a busy timeout and foreign keys; PostgreSQL a pool and,
+def make_engine(url: str, statement_timeout_ms: int | None = None) -> Engine:
+    """An engine for `url`. SQLite gets WAL, durable commits, a busy timeout and foreign keys; PostgreSQL a pool,
     custom plans for prepared statements (PLAN_CACHE_MODE) and, when given, a statement timeout (so
     no request can hold a connection or a lock for ever).
+
+    `statement_timeout_ms` (the server's `IAP_DB_STATEMENT_TIMEOUT_MS`; 0 = no limit): on PostgreSQL the
+    `statement_timeout`; on SQLite how long a statement waits for a lock another process holds on the file
+    (a backup, a second tool) before it fails with "database is locked". None (the CLI): none on PostgreSQL,
+    30 s on SQLite.
 
     Both hide statements' parameters from SQLAlchemy's errors (`hide_parameters`): a failed INSERT's message would
     otherwise carry its values (an NHS number, a name, a raw message) into every traceback that reaches a log.
     """
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, hide_parameters=True)
+        busy = _SQLITE_DEFAULT_BUSY if statement_timeout_ms is None else (statement_timeout_ms / 1000 or _SQLITE_NO_LIMIT)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": busy}, hide_parameters=True)
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]
@@ -109,6 +125,22 @@ def make_engine(url: str, statement_timeout_ms: int = 0) -> Engine:
     _ping_when_idle(engine)
     send_deferred_writes_together(engine)
     return engine
+
+
+_SQLITE_DEFAULT_BUSY = 30.0  # seconds a statement waits for another process's lock on a SQLite file, unless told
+_SQLITE_NO_LIMIT = (2**31 - 1) / 1000  # seconds: the longest busy timeout SQLite takes (its milliseconds are a C int)
+
+
+def store_unavailable(error: BaseException) -> bool:
+    """`error` says the store could not do the work just now, not that the work or the input was wrong: the database
+    could not be reached or went away (a restart, a network fault, no connections left), a statement ran out of time
+    or waited too long for a lock, PostgreSQL gave up on a deadlock or a serialization conflict, or the pool had no
+    connection to give. A sender told so sends again later (HTTP 503 with Retry-After, gateway.api.responses); a
+    message that was taken meanwhile is answered as a re-send, never stored twice.
+    """
+    if isinstance(error, OperationalError | PoolTimeout):
+        return True
+    return isinstance(error, DBAPIError) and error.connection_invalidated
 
 
 # How PostgreSQL plans the statements psycopg prepares (after 5 runs on a connection): each run is planned for its own

@@ -1,0 +1,167 @@
+"""The store unavailable for a while (PostgreSQL refusing connections, a SQLite file locked by another process).
+
+A sender is told 503 `REC_SERVICE_UNAVAILABLE` `transient` with `Retry-After` over HTTP (BaRS senders retry a 503,
+not a 500) and AR `store unavailable: send it again (<reference>)` over MLLP; the same message sent again once the store is back is
+taken, once. Each test on both stores, through a real server (HTTP) or a real MLLP session.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sqlite3
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import create_engine, text
+
+from adapters.hl7v2 import frame
+from gateway.api.app import create_app
+from gateway.clock import FixedClock
+from tests.conftest import ALL_SCOPES, NOW, PG_ADMIN_URL, add_test_client, bearer, fixture_bytes, gateway_settings, metric_value, serving
+from tests.test_hl7v2 import err, msa, read_acks, rio, running_mllp
+
+Outage = Callable[[], AbstractContextManager[None]]
+
+
+@contextmanager
+def _locked_sqlite_file(path: Path) -> Iterator[None]:
+    """Another process's exclusive transaction on the file (a tool holding it): readers go on, writers wait, then fail."""
+    holder = sqlite3.connect(path, isolation_level=None)
+    try:
+        holder.execute("BEGIN EXCLUSIVE")
+        yield
+        holder.execute("ROLLBACK")
+    finally:
+        holder.close()
+
+
+@contextmanager
+def _refusing_connections(admin: Any, name: str) -> Iterator[None]:
+    """PostgreSQL refusing every connection to the database and closing those open (as in a restart), then back."""
+    with admin.connect() as conn:
+        conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false'))
+        conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :name"), {"name": name})
+    try:
+        yield
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, Outage]]:
+    """A store of its own (PostgreSQL: a database of its own, since the outage closes every connection to it), and
+    a way to make it unavailable for a while."""
+    if request.param == "sqlite":
+        path = tmp_path / "gateway.db"
+        yield f"sqlite:///{path}", lambda: _locked_sqlite_file(path)
+        return
+    name = f"iap_outage_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}", lambda: _refusing_connections(admin, name)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
+def gateway(store: tuple[str, Outage]) -> Iterator[Any]:
+    """The gateway on `store`, a statement waiting at most 0.3 s for a lock (IAP_DB_STATEMENT_TIMEOUT_MS)."""
+    application = create_app(gateway_settings(store[0], db_statement_timeout_ms=300), FixedClock(NOW))
+    yield application
+    application.state.engine.dispose()
+
+
+def _case(case_id: str) -> bytes:
+    return json.dumps(json.loads(fixture_bytes("option2-red-flag.case.json")) | {"case_id": case_id}).encode()
+
+
+def _unavailable_reference(reply: httpx.Response) -> str:
+    """Checks a 503 store-unavailable reply; returns the reference it gives."""
+    assert reply.status_code == 503, reply.text
+    assert reply.headers["Retry-After"] == "5" and reply.headers["Content-Type"].startswith("application/fhir+json")
+    (issue,) = reply.json()["issue"]
+    assert (issue["severity"], issue["code"]) == ("error", "transient")
+    assert issue["details"]["coding"] == [{"system": "https://fhir.nhs.uk/Codesystem/http-error-codes", "code": "REC_SERVICE_UNAVAILABLE"}]
+    assert issue["diagnostics"].startswith("the store is unavailable just now; send the request again after 5 s")
+    return str(issue["diagnostics"].rsplit("reference ", 1)[1])
+
+
+def _log_events(captured: str, event: str) -> list[dict[str, Any]]:
+    return [line for line in (json.loads(x) for x in captured.splitlines() if x.startswith("{")) if line.get("event") == event]
+
+
+def test_a_referral_sent_while_the_store_is_unavailable_is_answered_503_retry_after_and_taken_once_when_sent_again(
+    gateway: Any, store: tuple[str, Outage], capsys: pytest.CaptureFixture[str]
+) -> None:
+    key = add_test_client(gateway, ALL_SCOPES)
+    with serving(gateway) as base, httpx.Client(base_url=base, headers=bearer(key), timeout=30) as http:
+        assert http.post("/ingest/nhs111", content=_case("OUTAGE-0001")).status_code == 201
+        metrics_before = http.get("/metrics").text
+        with store[1]():
+            during = http.post("/ingest/nhs111", content=_case("OUTAGE-0002"), headers={"X-Request-Id": "req-outage-0002"})
+        again = http.post("/ingest/nhs111", content=_case("OUTAGE-0002"))  # the sender sends it again, as told
+        resent = http.post("/ingest/nhs111", content=_case("OUTAGE-0002"))
+        tasks = http.get("/fhir/Task", params={"_count": 50}).json()
+        metrics_after = http.get("/metrics").text
+    reference = _unavailable_reference(during)
+    assert during.headers["X-Request-Id"] == "req-outage-0002"  # BaRS transaction integrity holds for a 503 too
+    assert again.status_code == 201 and "X-Duplicate-Of" not in again.headers  # not a re-send: it was not taken before
+    assert resent.status_code == 201 and "X-Duplicate-Of" in resent.headers
+    assert tasks["total"] == 2  # one Task per referral: the one sent during the outage is taken once
+
+    def counted(name: str, **labels: str) -> float:
+        return metric_value(metrics_after, name, **labels) - metric_value(metrics_before, name, **labels)
+
+    assert counted("iap_http_requests_total", route="/ingest/nhs111", method="POST", status="503") == 1
+    assert counted("iap_messages_total", source="nhs111", outcome="error") == 1
+    logs = capsys.readouterr().err
+    (logged,) = [e for e in _log_events(logs, "request.unavailable") if e["reference"] == reference]
+    assert logged["route"] == "/ingest/nhs111" and logged["error"] == "OperationalError" and logged["level"] == "warning"
+    assert "Traceback" not in logs and "request.crashed" not in logs  # an outage is not a crash: one line per request
+
+
+def test_a_read_while_the_store_is_unavailable_is_answered_503_and_served_once_it_is_back(gateway: Any, store: tuple[str, Outage]) -> None:
+    """PostgreSQL: the credential check cannot reach it. SQLite: the read is served from the file, but its
+    AuditEvent cannot be written while another process holds the lock, and no read goes unaudited."""
+    key = add_test_client(gateway, ALL_SCOPES)
+    with serving(gateway) as base, httpx.Client(base_url=base, headers=bearer(key), timeout=30) as http:
+        with store[1]():
+            during = http.get("/fhir/Task")
+        after = http.get("/fhir/Task")
+    _unavailable_reference(during)
+    assert after.status_code == 200 and after.json()["resourceType"] == "Bundle"
+
+
+def test_an_hl7_message_sent_while_the_store_is_unavailable_is_answered_AR_store_unavailable_and_taken_when_sent_again(
+    gateway: Any, store: tuple[str, Outage], capsys: pytest.CaptureFixture[str]
+) -> None:
+    adt = rio("adt-a04-register.hl7")
+    with running_mllp(gateway) as port:
+        with store[1](), socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(frame(adt))
+            (failed,) = read_acks(sock, 1)
+        with socket.create_connection(("127.0.0.1", port)) as sock:  # the sender sends it again, as AR asks
+            sock.sendall(frame(adt))
+            (taken,) = read_acks(sock, 1)
+    _, code, control_id, reason = msa(failed)[:4]
+    assert (code, control_id) == ("AR", "RIO-ADT-0002") and reason.startswith("store unavailable: send it again (")
+    assert "^207&" in err(failed)  # HL7 table 0357: application internal error (0357 has no code for an outage)
+    reference = reason.removeprefix("store unavailable: send it again (").removesuffix(")")
+    assert msa(taken)[1:3] == ["AA", "RIO-ADT-0002"]
+    logs = capsys.readouterr().err
+    (logged,) = [e for e in _log_events(logs, "mllp.unavailable") if e["reference"] == reference]
+    assert logged["error"] == "OperationalError" and "mllp.failed" not in logs and "Traceback" not in logs
+    with gateway.state.sessions() as session:
+        stored = session.execute(text("SELECT count(*) FROM inbound_messages WHERE channel = 'hl7v2'")).scalar_one()
+    assert stored == 1
