@@ -129,7 +129,7 @@ async def _failed(message: bytes, error: Exception, sessions: sessionmaker[Sessi
         what, reason = "internal error", f"not stored: send it again (internal error {reference})"
         log.error("mllp.failed", reference=reference, error=type(error).__name__)
         tracebacks.error("MLLP message not taken (reference %s)", reference, exc_info=error)
-    MESSAGES.labels(source="hl7v2", outcome="error").inc()
+    MESSAGES.labels(source="hl7v2", outcome="unavailable" if what == "store unavailable" else "error").inc()
     try:
         await asyncio.to_thread(record, sessions, context, "8", f"failed: {what} (reference {reference})")
     except Exception as failure:  # the store that failed the message may fail its AuditEvent too; the AR still goes

@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     # at 200 req/s on 2 cores, 40 threads fell behind where 4 kept up, and 2 took more than 4 on both stores,
     # bench/README.md). Local decision, tune per host.
     ingest_concurrency: int = Field(default=2, ge=1, le=64)
+    # a message that has waited this long for its turn is answered 503 "busy" with Retry-After (the sender sends it again
+    # later) rather than held for ever while the backlog grows; 0 = no limit
+    ingest_queue_seconds: float = Field(default=10, ge=0)
     tick_seconds: int = Field(default=60, ge=0)  # safety-call worker interval; 0 = off (run `iap-gateway tick` instead)
     mllp_host: str = "127.0.0.1"
     mllp_port: int = Field(default=2575, ge=0, le=65535)  # HL7 v2 over MLLP (RiO); 0 = off

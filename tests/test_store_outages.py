@@ -1,8 +1,9 @@
-"""The store unavailable for a while (PostgreSQL refusing connections, a SQLite file locked by another process).
+"""When the gateway cannot take a message now: its store unavailable for a while (PostgreSQL refusing connections, a
+SQLite file locked by another process), or a backlog longer than IAP_INGEST_QUEUE_SECONDS.
 
 A sender is told 503 `REC_SERVICE_UNAVAILABLE` `transient` with `Retry-After` over HTTP (BaRS senders retry a 503,
-not a 500) and AR `store unavailable: send it again (<reference>)` over MLLP; the same message sent again once the store is back is
-taken, once. Each test on both stores, through a real server (HTTP) or a real MLLP session.
+not a 500) and AR `store unavailable: send it again (<reference>)` over MLLP; the same message sent again once the
+store is back is taken, once. Each test on both stores, through a real server (HTTP) or a real MLLP session.
 """
 
 from __future__ import annotations
@@ -10,9 +11,12 @@ from __future__ import annotations
 import json
 import socket
 import sqlite3
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +31,13 @@ from tests.conftest import ALL_SCOPES, NOW, PG_ADMIN_URL, add_test_client, beare
 from tests.test_hl7v2 import err, msa, read_acks, rio, running_mllp
 
 Outage = Callable[[], AbstractContextManager[None]]
+
+
+@dataclass(frozen=True)
+class Store:
+    url: str
+    outage: Outage  # the store unavailable while inside
+    writes_held: Outage | None  # PostgreSQL: the store up, but writes to resources wait while inside (another's lock)
 
 
 @contextmanager
@@ -54,20 +65,33 @@ def _refusing_connections(admin: Any, name: str) -> Iterator[None]:
             conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
 
 
+@contextmanager
+def _resources_locked(url: str) -> Iterator[None]:
+    """Another PostgreSQL session holding an EXCLUSIVE lock on `resources`: reads go on, writes wait."""
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("LOCK TABLE resources IN EXCLUSIVE MODE"))
+            yield
+    finally:
+        engine.dispose()
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, Outage]]:
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     """A store of its own (PostgreSQL: a database of its own, since the outage closes every connection to it), and
-    a way to make it unavailable for a while."""
+    ways to make it unavailable, or slow to write, for a while."""
     if request.param == "sqlite":
         path = tmp_path / "gateway.db"
-        yield f"sqlite:///{path}", lambda: _locked_sqlite_file(path)
+        yield Store(f"sqlite:///{path}", lambda: _locked_sqlite_file(path), None)
         return
     name = f"iap_outage_{uuid.uuid4().hex[:10]}"
     admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
     try:
-        yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}", lambda: _refusing_connections(admin, name)
+        yield Store(url, lambda: _refusing_connections(admin, name), lambda: _resources_locked(url))
     finally:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
@@ -75,9 +99,9 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str,
 
 
 @pytest.fixture
-def gateway(store: tuple[str, Outage]) -> Iterator[Any]:
+def gateway(store: Store) -> Iterator[Any]:
     """The gateway on `store`, a statement waiting at most 0.3 s for a lock (IAP_DB_STATEMENT_TIMEOUT_MS)."""
-    application = create_app(gateway_settings(store[0], db_statement_timeout_ms=300), FixedClock(NOW))
+    application = create_app(gateway_settings(store.url, db_statement_timeout_ms=300), FixedClock(NOW))
     yield application
     application.state.engine.dispose()
 
@@ -102,13 +126,13 @@ def _log_events(captured: str, event: str) -> list[dict[str, Any]]:
 
 
 def test_a_referral_sent_while_the_store_is_unavailable_is_answered_503_retry_after_and_taken_once_when_sent_again(
-    gateway: Any, store: tuple[str, Outage], capsys: pytest.CaptureFixture[str]
+    gateway: Any, store: Store, capsys: pytest.CaptureFixture[str]
 ) -> None:
     key = add_test_client(gateway, ALL_SCOPES)
     with serving(gateway) as base, httpx.Client(base_url=base, headers=bearer(key), timeout=30) as http:
         assert http.post("/ingest/nhs111", content=_case("OUTAGE-0001")).status_code == 201
         metrics_before = http.get("/metrics").text
-        with store[1]():
+        with store.outage():
             during = http.post("/ingest/nhs111", content=_case("OUTAGE-0002"), headers={"X-Request-Id": "req-outage-0002"})
         again = http.post("/ingest/nhs111", content=_case("OUTAGE-0002"))  # the sender sends it again, as told
         resent = http.post("/ingest/nhs111", content=_case("OUTAGE-0002"))
@@ -124,19 +148,19 @@ def test_a_referral_sent_while_the_store_is_unavailable_is_answered_503_retry_af
         return metric_value(metrics_after, name, **labels) - metric_value(metrics_before, name, **labels)
 
     assert counted("iap_http_requests_total", route="/ingest/nhs111", method="POST", status="503") == 1
-    assert counted("iap_messages_total", source="nhs111", outcome="error") == 1
+    assert counted("iap_messages_total", source="nhs111", outcome="unavailable") == 1
     logs = capsys.readouterr().err
     (logged,) = [e for e in _log_events(logs, "request.unavailable") if e["reference"] == reference]
     assert logged["route"] == "/ingest/nhs111" and logged["error"] == "OperationalError" and logged["level"] == "warning"
     assert "Traceback" not in logs and "request.crashed" not in logs  # an outage is not a crash: one line per request
 
 
-def test_a_read_while_the_store_is_unavailable_is_answered_503_and_served_once_it_is_back(gateway: Any, store: tuple[str, Outage]) -> None:
+def test_a_read_while_the_store_is_unavailable_is_answered_503_and_served_once_it_is_back(gateway: Any, store: Store) -> None:
     """PostgreSQL: the credential check cannot reach it. SQLite: the read is served from the file, but its
     AuditEvent cannot be written while another process holds the lock, and no read goes unaudited."""
     key = add_test_client(gateway, ALL_SCOPES)
     with serving(gateway) as base, httpx.Client(base_url=base, headers=bearer(key), timeout=30) as http:
-        with store[1]():
+        with store.outage():
             during = http.get("/fhir/Task")
         after = http.get("/fhir/Task")
     _unavailable_reference(during)
@@ -144,11 +168,11 @@ def test_a_read_while_the_store_is_unavailable_is_answered_503_and_served_once_i
 
 
 def test_an_hl7_message_sent_while_the_store_is_unavailable_is_answered_AR_store_unavailable_and_taken_when_sent_again(
-    gateway: Any, store: tuple[str, Outage], capsys: pytest.CaptureFixture[str]
+    gateway: Any, store: Store, capsys: pytest.CaptureFixture[str]
 ) -> None:
     adt = rio("adt-a04-register.hl7")
     with running_mllp(gateway) as port:
-        with store[1](), socket.create_connection(("127.0.0.1", port)) as sock:
+        with store.outage(), socket.create_connection(("127.0.0.1", port)) as sock:
             sock.sendall(frame(adt))
             (failed,) = read_acks(sock, 1)
         with socket.create_connection(("127.0.0.1", port)) as sock:  # the sender sends it again, as AR asks
@@ -165,3 +189,45 @@ def test_an_hl7_message_sent_while_the_store_is_unavailable_is_answered_AR_store
     with gateway.state.sessions() as session:
         stored = session.execute(text("SELECT count(*) FROM inbound_messages WHERE channel = 'hl7v2'")).scalar_one()
     assert stored == 1
+
+
+@pytest.mark.parametrize("store", ["postgresql"], indirect=True)
+def test_a_message_that_waits_past_IAP_INGEST_QUEUE_SECONDS_for_its_turn_is_answered_503_busy_and_taken_when_sent_again(
+    store: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One message at a time (IAP_INGEST_CONCURRENCY=1), held in the store by another session's lock on `resources`;
+    the next one waits 0.3 s for its turn, is told to come back, and is taken when it does.
+
+    PostgreSQL only: the wait for a turn is the same code on both stores, but on SQLite the one way to hold a message
+    in its turn from outside is a lock on the file, and that holds the busy reply's AuditEvent too (one writer).
+    """
+    assert store.writes_held is not None
+    settings = gateway_settings(store.url, ingest_concurrency=1, ingest_queue_seconds=0.3, db_statement_timeout_ms=20_000)
+    application = create_app(settings, FixedClock(NOW))
+    key = add_test_client(application, ALL_SCOPES)
+    try:
+        with serving(application) as base, httpx.Client(base_url=base, headers=bearer(key), timeout=30) as http:
+            first: list[httpx.Response] = []
+            unavailable_before = metric_value(http.get("/metrics").text, "iap_messages_total", source="nhs111", outcome="unavailable")
+            with store.writes_held():
+                sender = threading.Thread(target=lambda: first.append(http.post("/ingest/nhs111", content=_case("BUSY-0001"))))
+                sender.start()
+                time.sleep(1.0)  # the first message has its turn and waits for the lock
+                started = time.monotonic()
+                busy = http.post("/ingest/nhs111", content=_case("BUSY-0002"))
+                waited = time.monotonic() - started
+            sender.join(timeout=30)
+            again = http.post("/ingest/nhs111", content=_case("BUSY-0002"))
+            tasks = http.get("/fhir/Task").json()
+            unavailable = metric_value(http.get("/metrics").text, "iap_messages_total", source="nhs111", outcome="unavailable")
+    finally:
+        application.state.engine.dispose()
+    assert busy.status_code == 503 and busy.headers["Retry-After"] == "5", busy.text
+    (issue,) = busy.json()["issue"]
+    assert (issue["code"], issue["details"]["coding"][0]["code"]) == ("transient", "REC_SERVICE_UNAVAILABLE")
+    assert issue["diagnostics"].startswith("the gateway is busy: the message waited 0.3 s for its turn and was not taken")
+    assert 0.3 <= waited < 10  # answered when its wait ran out, not when the first message was done
+    assert [r.status_code for r in first] == [201] and again.status_code == 201 and "X-Duplicate-Of" not in again.headers
+    assert tasks["total"] == 2 and unavailable - unavailable_before == 1
+    (logged,) = _log_events(capsys.readouterr().err, "request.busy")
+    assert (logged["route"], logged["waited_seconds"], logged["level"]) == ("/ingest/nhs111", 0.3, "warning")

@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse, Response
 
 from adapters.problems import GatewayInputError, Kind, Problem
 from gateway.api.deps import IntakeDep, SessionDep, SettingsDep
-from gateway.api.responses import FHIR_JSON, FhirResponse, SenderGone
+from gateway.api.responses import FHIR_JSON, Busy, FhirResponse, SenderGone
 from gateway.cleo import export_case
 from gateway.messages import Reply
 
@@ -56,12 +56,26 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 async def in_worker_thread(request: Request, work: Callable[[bytes], T], raw: bytes) -> T:
-    """`work(raw)` in a worker thread, at most `ingest_concurrency` messages at once in this process."""
+    """`work(raw)` in a worker thread, at most `ingest_concurrency` messages at once in this process.
+
+    A message that waits longer than IAP_INGEST_QUEUE_SECONDS for its turn is not taken: `Busy` (503, Retry-After).
+    Under a peak the gateway can not keep up with, senders are told to come back instead of being held until they
+    time out while the backlog (and the bodies it holds in memory) grows. Nothing of it was stored.
+    """
     state = request.app.state
     limiter = getattr(state, "ingest_limiter", None)
     if limiter is None:  # made on first use: a limiter belongs to the running event loop
         limiter = state.ingest_limiter = anyio.CapacityLimiter(state.settings.ingest_concurrency)
-    return await anyio.to_thread.run_sync(work, raw, limiter=limiter)
+    wait = state.settings.ingest_queue_seconds
+    try:
+        with anyio.fail_after(wait or None):
+            await limiter.acquire()
+    except TimeoutError:
+        raise Busy(wait) from None
+    try:
+        return await anyio.to_thread.run_sync(work, raw)  # not cancellable: the slot is released when the work is done
+    finally:
+        limiter.release()
 
 
 async def answer(request: Request, limit: int, receive: Callable[[bytes], Reply], fhir: bool = True) -> Response:

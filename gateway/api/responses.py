@@ -18,7 +18,16 @@ from gateway.security.scopes import rule_for
 from gateway.store.db import store_unavailable
 from gateway.store.jsontext import dumps
 
-__all__ = ["FhirResponse", "install_error_handlers", "FHIR_JSON", "SenderGone", "AnswerStoreOutages", "RETRY_AFTER_SECONDS", "unavailable"]
+__all__ = [
+    "FhirResponse",
+    "install_error_handlers",
+    "FHIR_JSON",
+    "SenderGone",
+    "Busy",
+    "AnswerStoreOutages",
+    "RETRY_AFTER_SECONDS",
+    "unavailable",
+]
 
 FHIR_JSON = "application/fhir+json"
 log = structlog.get_logger("iap.api")
@@ -34,6 +43,15 @@ def _route(request: Request) -> str:
 
 class SenderGone(Exception):
     """The client disconnected while sending its body (not a server fault: logged at info, no 500)."""
+
+
+class Busy(Exception):
+    """A message waited `seconds` for its turn (IAP_INGEST_QUEUE_SECONDS) and did not get it: answered 503 with
+    Retry-After, so that the sender sends it again later."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"no ingest slot within {seconds:g} s")
+        self.seconds = seconds
 
 
 class FhirResponse(Response):
@@ -131,6 +149,15 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _sender_gone(request: Request, exc: SenderGone) -> Response:
         log.info("request.abandoned", route=_route(request))
         return Response(status_code=400)  # the client has gone; this is never read
+
+    @app.exception_handler(Busy)
+    async def _busy(request: Request, exc: Busy) -> Response:
+        log.warning("request.busy", route=_route(request), waited_seconds=exc.seconds)
+        message = (
+            f"the gateway is busy: the message waited {exc.seconds:g} s for its turn and was not taken; send it again after"
+            f" {RETRY_AFTER_SECONDS} s"
+        )
+        return unavailable([Problem(Kind.UNAVAILABLE, "", message)])
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception) -> Response:

@@ -160,6 +160,8 @@ def _count(rule: RouteRule, method: str, status: int, headers: list[tuple[bytes,
         outcome = "unauthorised"
     elif b"x-duplicate-of" in names or status == 409:
         outcome = "duplicate"
+    elif status == 503:  # the store unavailable or the gateway busy: the sender was told to send it again
+        outcome = "unavailable"
     elif status >= 500:
         outcome = "error"
     elif status >= 400 or names.get(b"x-hl7-ack-code", b"AA") != b"AA":
