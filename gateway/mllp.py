@@ -123,13 +123,13 @@ async def _failed(message: bytes, error: Exception, sessions: sessionmaker[Sessi
     reference = str(uuid.uuid4())
     # MSA-3 (the reason) holds 80 characters: each text keeps the reference whole
     if store_unavailable(error):  # the store unreachable or timed out: no fault of ours to trace, one line per message
-        what, reason = "store unavailable", f"store unavailable: send it again ({reference})"
+        what, outcome, reason = "store unavailable", "unavailable", f"store unavailable: send it again ({reference})"
         log.warning("mllp.unavailable", reference=reference, error=type(error).__name__)
     else:
-        what, reason = "internal error", f"not stored: send it again (internal error {reference})"
+        what, outcome, reason = "internal error", "error", f"not stored: send it again (internal error {reference})"
         log.error("mllp.failed", reference=reference, error=type(error).__name__)
         tracebacks.error("MLLP message not taken (reference %s)", reference, exc_info=error)
-    MESSAGES.labels(source="hl7v2", outcome="unavailable" if what == "store unavailable" else "error").inc()
+    MESSAGES.labels(source="hl7v2", outcome=outcome).inc()
     try:
         await asyncio.to_thread(record, sessions, context, "8", f"failed: {what} (reference {reference})")
     except Exception as failure:  # the store that failed the message may fail its AuditEvent too; the AR still goes
