@@ -542,5 +542,35 @@ def _load_demo(application: object) -> None:
     typer.echo(f"demo: {referrals} new Talking Therapies referral(s) on the demo wait list", err=True)
 
 
+# sysexits.h EX_TEMPFAIL: a temporary failure, the user is invited to retry (cron, systemd and shells read it so)
+EXIT_STORE_UNAVAILABLE = 75
+
+
+def main() -> None:
+    """The `iap-gateway` command. A database error ends it with one line on stderr, not a traceback:
+
+    - the database unavailable (`gateway.store.db.store_unavailable`: unreachable, not there, restarting, a lock or
+      statement timeout): exit 75 (EX_TEMPFAIL: run it again later), with the driver's reason (its first line: it
+      names the server, the database or the timeout, never a row);
+    - any other database error: exit 1, naming only its type: its message can quote the values of a row (an NHS
+      number in PostgreSQL's `DETAIL: Key (...)=(...)`), and a command's output often ends up in a log.
+    """
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from gateway.store.db import store_unavailable
+
+    try:
+        app()
+    except SQLAlchemyError as error:
+        name = type(error).__name__
+        if store_unavailable(error):
+            reason = (str(getattr(error, "orig", None) or "").strip().splitlines() or ["no reason given"])[0]
+            typer.echo(f"iap-gateway: the database is unavailable ({name}: {reason}); run the command again once it is back", err=True)
+            sys.exit(EXIT_STORE_UNAVAILABLE)
+        withheld = "its message is withheld: it can quote stored values"
+        typer.echo(f"iap-gateway: a database error ended the command ({name}; {withheld})", err=True)
+        sys.exit(1)
+
+
 if __name__ == "__main__":
-    app()
+    main()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -46,6 +47,35 @@ def test_map_of_refused_input_prints_the_operation_outcome_and_fails(tmp_path: P
     assert result.returncode == 1 and result.stdout == ""
     outcome = json.loads(result.stderr)
     assert outcome["issue"][0]["expression"] == ["pathways.dx"] and "Dx0122" in outcome["issue"][0]["diagnostics"]
+
+
+@pytest.mark.parametrize("args", [["clients", "list"], ["migrate"], ["serve", "--port", "0"]])
+def test_a_command_on_an_unreachable_database_says_so_in_one_line_and_exits_75_to_be_run_again(args: list[str]) -> None:
+    """No 400-line traceback: one line naming the driver's reason, and EX_TEMPFAIL for cron, systemd or a shell."""
+    result = _run(*args, env={"DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/iap_no_such_database"})
+    assert result.returncode == 75, result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("iap-gateway: the database is unavailable (OperationalError: connection failed: ")
+    assert 'database "iap_no_such_database" does not exist' in line and line.endswith("run the command again once it is back")
+
+
+def test_a_database_error_that_is_not_an_outage_ends_a_command_with_its_type_only_and_exits_1(tmp_path: Path) -> None:
+    """Its message is withheld: a database error can quote a row's values (as this trigger's does, the way PostgreSQL's
+    `DETAIL: Key (...)=(...)` would)."""
+    database = tmp_path / "refusing.db"
+    env = {"DATABASE_URL": f"sqlite:///{database}"}
+    assert _run("migrate", env=env).returncode == 0
+    with sqlite3.connect(database) as connection:
+        connection.execute(
+            "CREATE TRIGGER refuse_nhs_numbers BEFORE INSERT ON resource_identifiers WHEN NEW.system LIKE '%nhs-number'"
+            " BEGIN SELECT RAISE(ABORT, 'Key (value)=(9990000026) refused'); END"
+        )
+    result = _run("demo", env=env)
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == (
+        "iap-gateway: a database error ended the command (IntegrityError; its message is withheld: it can quote stored values)"
+    )
+    assert "Traceback" not in result.stderr and "9990000026" not in result.stderr
 
 
 def test_demo_loads_the_fixtures_once_however_often_it_runs(tmp_path: Path) -> None:
