@@ -25,6 +25,7 @@ from gateway.outbox import store as outbox_store
 __all__ = [
     "MESSAGES",
     "MAPPING_SECONDS",
+    "INGEST_WAIT_SECONDS",
     "STORE_COMMIT_MESSAGES",
     "DELIVERIES",
     "HTTP_REQUESTS",
@@ -39,7 +40,15 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 disable_created_metrics()  # no `*_created` series: counters and histograms only
 
 MESSAGES = Counter(
-    "iap_messages", "Inbound messages by source and outcome (accepted, duplicate, refused, unauthorised, error)", ["source", "outcome"]
+    "iap_messages",
+    "Inbound messages by source and outcome (accepted, duplicate, refused, unauthorised, unavailable, error)",
+    ["source", "outcome"],
+)
+INGEST_WAIT_SECONDS = Histogram(
+    "iap_ingest_wait_seconds",
+    "Time an inbound HTTP message waited for its turn (IAP_INGEST_CONCURRENCY per process) before its work began;"
+    " one that waits IAP_INGEST_QUEUE_SECONDS is answered 503",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
 MAPPING_SECONDS = Histogram(
     "iap_mapping_duration_seconds",

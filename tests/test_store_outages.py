@@ -121,6 +121,11 @@ def _unavailable_reference(reply: httpx.Response) -> str:
     return str(issue["diagnostics"].rsplit("reference ", 1)[1])
 
 
+def _counted(before: str, after: str, name: str, **labels: str) -> float:
+    """How much a series of /metrics grew between two readings."""
+    return metric_value(after, name, **labels) - metric_value(before, name, **labels)
+
+
 def _log_events(captured: str, event: str) -> list[dict[str, Any]]:
     return [line for line in (json.loads(x) for x in captured.splitlines() if x.startswith("{")) if line.get("event") == event]
 
@@ -143,12 +148,8 @@ def test_a_referral_sent_while_the_store_is_unavailable_is_answered_503_retry_af
     assert again.status_code == 201 and "X-Duplicate-Of" not in again.headers  # not a re-send: it was not taken before
     assert resent.status_code == 201 and "X-Duplicate-Of" in resent.headers
     assert tasks["total"] == 2  # one Task per referral: the one sent during the outage is taken once
-
-    def counted(name: str, **labels: str) -> float:
-        return metric_value(metrics_after, name, **labels) - metric_value(metrics_before, name, **labels)
-
-    assert counted("iap_http_requests_total", route="/ingest/nhs111", method="POST", status="503") == 1
-    assert counted("iap_messages_total", source="nhs111", outcome="unavailable") == 1
+    assert _counted(metrics_before, metrics_after, "iap_http_requests_total", route="/ingest/nhs111", method="POST", status="503") == 1
+    assert _counted(metrics_before, metrics_after, "iap_messages_total", source="nhs111", outcome="unavailable") == 1
     logs = capsys.readouterr().err
     (logged,) = [e for e in _log_events(logs, "request.unavailable") if e["reference"] == reference]
     assert logged["route"] == "/ingest/nhs111" and logged["error"] == "OperationalError" and logged["level"] == "warning"
@@ -208,7 +209,7 @@ def test_a_message_that_waits_past_IAP_INGEST_QUEUE_SECONDS_for_its_turn_is_answ
     try:
         with serving(application) as base, httpx.Client(base_url=base, headers=bearer(key), timeout=30) as http:
             first: list[httpx.Response] = []
-            unavailable_before = metric_value(http.get("/metrics").text, "iap_messages_total", source="nhs111", outcome="unavailable")
+            before = http.get("/metrics").text
             with store.writes_held():
                 sender = threading.Thread(target=lambda: first.append(http.post("/ingest/nhs111", content=_case("BUSY-0001"))))
                 sender.start()
@@ -219,7 +220,7 @@ def test_a_message_that_waits_past_IAP_INGEST_QUEUE_SECONDS_for_its_turn_is_answ
             sender.join(timeout=30)
             again = http.post("/ingest/nhs111", content=_case("BUSY-0002"))
             tasks = http.get("/fhir/Task").json()
-            unavailable = metric_value(http.get("/metrics").text, "iap_messages_total", source="nhs111", outcome="unavailable")
+            after = http.get("/metrics").text
     finally:
         application.state.engine.dispose()
     assert busy.status_code == 503 and busy.headers["Retry-After"] == "5", busy.text
@@ -228,6 +229,10 @@ def test_a_message_that_waits_past_IAP_INGEST_QUEUE_SECONDS_for_its_turn_is_answ
     assert issue["diagnostics"].startswith("the gateway is busy: the message waited 0.3 s for its turn and was not taken")
     assert 0.3 <= waited < 10  # answered when its wait ran out, not when the first message was done
     assert [r.status_code for r in first] == [201] and again.status_code == 201 and "X-Duplicate-Of" not in again.headers
-    assert tasks["total"] == 2 and unavailable - unavailable_before == 1
+    assert tasks["total"] == 2
+    assert _counted(before, after, "iap_messages_total", source="nhs111", outcome="unavailable") == 1
+    assert _counted(before, after, "iap_ingest_wait_seconds_count") == 3  # every message's wait for its turn, the one turned away too
+    assert _counted(before, after, "iap_ingest_wait_seconds_bucket", le="0.1") == 2  # the first and the one sent again
+    assert _counted(before, after, "iap_ingest_wait_seconds_bucket", le="0.5") == 3  # the busy one waited 0.3 s
     (logged,) = _log_events(capsys.readouterr().err, "request.busy")
     assert (logged["route"], logged["waited_seconds"], logged["level"]) == ("/ingest/nhs111", 0.3, "warning")

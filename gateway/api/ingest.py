@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -16,6 +17,7 @@ from gateway.api.deps import IntakeDep, SessionDep, SettingsDep
 from gateway.api.responses import FHIR_JSON, Busy, FhirResponse, SenderGone
 from gateway.cleo import export_case
 from gateway.messages import Reply
+from gateway.metrics import INGEST_WAIT_SECONDS
 
 __all__ = ["router", "read_body", "answer", "SenderGone", "body_of"]
 
@@ -66,12 +68,14 @@ async def in_worker_thread(request: Request, work: Callable[[bytes], T], raw: by
     limiter = getattr(state, "ingest_limiter", None)
     if limiter is None:  # made on first use: a limiter belongs to the running event loop
         limiter = state.ingest_limiter = anyio.CapacityLimiter(state.settings.ingest_concurrency)
-    wait = state.settings.ingest_queue_seconds
+    wait, queued = state.settings.ingest_queue_seconds, time.perf_counter()
     try:
         with anyio.fail_after(wait or None):
             await limiter.acquire()
     except TimeoutError:
         raise Busy(wait) from None
+    finally:
+        INGEST_WAIT_SECONDS.observe(time.perf_counter() - queued)
     try:
         return await anyio.to_thread.run_sync(work, raw)  # not cancellable: the slot is released when the work is done
     finally:
