@@ -8,6 +8,7 @@ store is back is taken, once. Each test on both stores, through a real server (H
 
 from __future__ import annotations
 
+import fcntl
 import json
 import socket
 import sqlite3
@@ -42,10 +43,17 @@ class Store:
 
 @contextmanager
 def _locked_sqlite_file(path: Path) -> Iterator[None]:
-    """Another process's exclusive transaction on the file (a tool holding it): readers go on, writers wait, then fail."""
+    """Another process's exclusive transaction on the file (a tool holding it): readers go on, writers wait, then fail.
+
+    Taken between two of the gateway's transactions: the gateway's writers take turns on `<file>-writer.lock`
+    (gateway.store.db.SqliteWriterLock), and under traffic one of them nearly always holds SQLite's lock, so a
+    process that only polled for it could wait until the traffic ended. This one waits its turn, then holds the file.
+    """
     holder = sqlite3.connect(path, isolation_level=None)
     try:
-        holder.execute("BEGIN EXCLUSIVE")
+        with open(f"{path}-writer.lock", "a") as turn:
+            fcntl.flock(turn, fcntl.LOCK_EX)
+            holder.execute("BEGIN EXCLUSIVE")
         yield
         holder.execute("ROLLBACK")
     finally:
@@ -236,3 +244,48 @@ def test_a_message_that_waits_past_IAP_INGEST_QUEUE_SECONDS_for_its_turn_is_answ
     assert _counted(before, after, "iap_ingest_wait_seconds_bucket", le="0.5") == 3  # the busy one waited 0.3 s
     (logged,) = _log_events(capsys.readouterr().err, "request.busy")
     assert (logged["route"], logged["waited_seconds"], logged["level"]) == ("/ingest/nhs111", 0.3, "warning")
+
+
+def test_an_outage_in_the_middle_of_traffic_loses_no_referral_and_stores_none_twice(
+    gateway: Any, store: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Four senders, each sending its referrals one after another and each 503 again (as BaRS senders do; here after
+    0.05 s, not Retry-After's 5), while the store goes away for a few seconds (PostgreSQL: connections closed in the middle
+    of transactions and refused; SQLite: the file locked) and comes back. Every referral ends up taken exactly once,
+    and no request is answered anything but 201 or 503."""
+    key = add_test_client(gateway, ALL_SCOPES)
+    statuses: list[int] = []
+    done: list[str] = []
+    failures: list[str] = []
+
+    def sender(number: int, base: str) -> None:
+        with httpx.Client(base_url=base, headers=bearer(key), timeout=30) as http:
+            for n in range(15):
+                case_id = f"OUTAGE-TRAFFIC-{number}-{n:02d}"
+                for _ in range(200):
+                    reply = http.post("/ingest/nhs111", content=_case(case_id))
+                    statuses.append(reply.status_code)
+                    if reply.status_code != 503:
+                        break
+                    time.sleep(0.05)
+                (done if reply.status_code == 201 else failures).append(f"{case_id}: {reply.status_code}")
+
+    with serving(gateway) as base:
+        senders = [threading.Thread(target=sender, args=(number, base)) for number in range(4)]
+        for thread in senders:
+            thread.start()
+        while len(done) < 8 and any(thread.is_alive() for thread in senders):  # the traffic under way
+            time.sleep(0.01)
+        with store.outage():
+            # longer than a message keeps trying: on SQLite three tries, each of a batch of messages sharing a commit
+            # waiting 0.3 s for the lock together and then each on its own (gateway.store.group_commit)
+            time.sleep(2.0 if store.url.startswith("postgresql") else 6.0)
+        for thread in senders:
+            thread.join(timeout=120)
+    with gateway.state.sessions() as session:
+        messages = session.execute(text("SELECT count(*), count(DISTINCT message_id) FROM inbound_messages")).one()
+        tasks = session.execute(text("SELECT count(*) FROM resources WHERE resource_type = 'Task'")).scalar_one()
+    assert failures == [] and len(done) == 60
+    assert set(statuses) == {201, 503}  # the outage met the traffic, and nothing was a 500
+    assert tuple(messages) == (60, 60) and tasks == 60
+    assert "request.crashed" not in capsys.readouterr().err
