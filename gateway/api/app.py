@@ -12,11 +12,12 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from fhir_mapping.datetimes import is_england_bank_holiday
 from fhir_mapping.measures import load_measures
 from gateway.api import audit, cases, fhir_read, ingest, measures, ops, outbox, pathways, queue, reports, security
+from gateway.api.asgi import HttpMiddleware
 from gateway.api.responses import AnswerStoreOutages, install_error_handlers
 from gateway.cases import CaseOperations
 from gateway.cleo import CleoLink
@@ -43,19 +44,10 @@ __all__ = ["create_app", "served_app", "settle_heap"]
 _ECHO_HEADERS = (b"x-request-id", b"x-correlation-id")
 
 
-class EchoTransactionHeaders:
-    """BaRS transaction integrity: X-Request-Id and X-Correlation-Id echoed in every reply.
+class EchoTransactionHeaders(HttpMiddleware):
+    """BaRS transaction integrity: X-Request-Id and X-Correlation-Id echoed in every reply."""
 
-    Plain ASGI rather than `@app.middleware("http")` (BaseHTTPMiddleware), which runs every request
-    through an extra task and a streamed copy of the reply: ~5% of an ingest (bench/README.md).
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         echo = [(k, v) for k, v in scope["headers"] if k in _ECHO_HEADERS and v and len(v) <= 128]
         if not echo:
             return await self.app(scope, receive, send)

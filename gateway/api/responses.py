@@ -10,10 +10,11 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from adapters.problems import GatewayInputError, Kind, Problem
 from fhir_mapping.replies import operation_outcome, server_error_outcome
+from gateway.api.asgi import HttpMiddleware
 from gateway.security.scopes import rule_for
 from gateway.store.db import store_unavailable
 from gateway.store.jsontext import dumps
@@ -71,7 +72,7 @@ def unavailable(problems: list[Problem]) -> FhirResponse:
     return _outcome_response(503, problems, {"Retry-After": str(RETRY_AFTER_SECONDS)})
 
 
-class AnswerStoreOutages:
+class AnswerStoreOutages(HttpMiddleware):
     """A request the store could not serve just now (`gateway.store.db.store_unavailable`: unreachable, restarting,
     a lock or statement timeout, no pooled connection) is answered **503** `REC_SERVICE_UNAVAILABLE` `transient`
     with `Retry-After`, not 500: a BaRS sender retries a 503 and does not retry a 500 (BaRS error handling), so a
@@ -83,13 +84,7 @@ class AnswerStoreOutages:
     check that cannot reach the store is answered the same way. Any other error goes on to the 500 handler.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = False
 
         async def watched_send(message: Message) -> None:

@@ -18,10 +18,11 @@ import structlog
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse, Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from adapters.problems import GatewayInputError, Kind, Problem
 from fhir_mapping.replies import operation_outcome
+from gateway.api.asgi import HttpMiddleware
 from gateway.api.deps import SettingsDep
 from gateway.api.ingest import read_body
 from gateway.api.responses import FhirResponse
@@ -38,14 +39,8 @@ router = APIRouter()
 _TOKEN_FORM_LIMIT = 16_384
 
 
-class SecurityMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+class SecurityMiddleware(HttpMiddleware):
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         method, path = scope["method"], scope["path"]
         rule = rule_for(method, path)
         if rule.public:
