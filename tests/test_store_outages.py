@@ -8,7 +8,6 @@ store is back is taken, once. Each test on both stores, through a real server (H
 
 from __future__ import annotations
 
-import fcntl
 import json
 import socket
 import sqlite3
@@ -43,17 +42,10 @@ class Store:
 
 @contextmanager
 def _locked_sqlite_file(path: Path) -> Iterator[None]:
-    """Another process's exclusive transaction on the file (a tool holding it): readers go on, writers wait, then fail.
-
-    Taken between two of the gateway's transactions: the gateway's writers take turns on `<file>-writer.lock`
-    (gateway.store.db.SqliteWriterLock), and under traffic one of them nearly always holds SQLite's lock, so a
-    process that only polled for it could wait until the traffic ended. This one waits its turn, then holds the file.
-    """
+    """Another process's exclusive transaction on the file (a tool holding it): readers go on, writers wait, then fail."""
     holder = sqlite3.connect(path, isolation_level=None)
     try:
-        with open(f"{path}-writer.lock", "a") as turn:
-            fcntl.flock(turn, fcntl.LOCK_EX)
-            holder.execute("BEGIN EXCLUSIVE")
+        holder.execute("BEGIN EXCLUSIVE")
         yield
         holder.execute("ROLLBACK")
     finally:
