@@ -241,10 +241,10 @@ def test_a_message_that_waits_past_IAP_INGEST_QUEUE_SECONDS_for_its_turn_is_answ
 def test_an_outage_in_the_middle_of_traffic_loses_no_referral_and_stores_none_twice(
     gateway: Any, store: Store, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Four senders, each sending its referrals one after another and each 503 again (as BaRS senders do; here after
-    0.05 s, not Retry-After's 5), while the store goes away for a few seconds (PostgreSQL: connections closed in the middle
-    of transactions and refused; SQLite: the file locked) and comes back. Every referral ends up taken exactly once,
-    and no request is answered anything but 201 or 503."""
+    """Four senders, each sending its referrals one after another and sending again any answered 503 (as BaRS senders
+    do; here after 0.05 s, not Retry-After's 5), while the store goes away for a few seconds (PostgreSQL: connections
+    closed in the middle of transactions, then refused; SQLite: the file locked) and comes back. Every referral ends up
+    taken exactly once, and no request is answered anything but 201 or 503."""
     key = add_test_client(gateway, ALL_SCOPES)
     statuses: list[int] = []
     done: list[str] = []
