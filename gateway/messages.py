@@ -19,7 +19,7 @@ from sqlalchemy import insert
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from gateway.store.db import group_commit, one_read, write_transaction
+from gateway.store.db import group_commit, one_read, store_timed_out, write_transaction
 from gateway.store.deferred import defer
 from gateway.store.jsontext import dumps
 from gateway.store.keys import message_key
@@ -140,9 +140,9 @@ def commit_message(
             original = previous(sessions, inbound.channel, inbound.message_id, inbound.header_id)
             if original is not None:
                 return on_race(original)
-            log.warning("store.retry", channel=inbound.channel, attempt=attempt, error=type(exc).__name__)
-            if attempt == ATTEMPTS:
+            if attempt == ATTEMPTS or store_timed_out(exc):  # a wait that ran its time: trying again would wait as long
                 raise
+            log.warning("store.retry", channel=inbound.channel, attempt=attempt, error=type(exc).__name__)
     raise AssertionError("unreachable")
 
 

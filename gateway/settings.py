@@ -59,7 +59,7 @@ class Settings(BaseSettings):
     mllp_allowed_peers: str = "127.0.0.1,::1"
     mllp_idle_timeout_seconds: float = Field(default=300, gt=0)  # an MLLP connection silent this long is closed
     body_timeout_seconds: float = Field(default=30, gt=0)  # a request body must arrive within this (else 408)
-    # PostgreSQL: statement_timeout; SQLite: how long a statement waits for another process's lock on the file; 0 = no limit
+    # PostgreSQL: statement_timeout; SQLite: how long a write waits for the writer lock, then for another process's lock; 0 = none
     db_statement_timeout_ms: int = Field(default=30_000, ge=0)
     token_ttl_seconds: int = Field(default=600, ge=60, le=3600)  # access tokens from /oauth2/token
     # the token endpoint's public URL, which client assertions must name in `aud` (default: as this request reached us)

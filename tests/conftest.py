@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import socket
+import sqlite3
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -235,6 +237,39 @@ def refusing_nhs_numbers(engine: Any) -> Iterator[None]:
         with engine.begin() as connection:
             for statement in _ALLOW_NHS_NUMBERS[kind]:
                 connection.execute(text(statement))
+
+
+@contextmanager
+def writer_held_elsewhere(app: Any) -> Iterator[Callable[[], None]]:
+    """Another writer (a CLI run, another worker process) holds the SQLite file's writer lock until `release()`."""
+    database = app.state.engine.url.database
+    fd = os.open(f"{database}-writer.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    released = False
+
+    def release() -> None:
+        nonlocal released
+        if not released:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            released = True
+
+    try:
+        yield release
+    finally:
+        release()
+        os.close(fd)
+
+
+@contextmanager
+def locked_sqlite_file(path: Path | str) -> Iterator[None]:
+    """Another process's exclusive transaction on the file (a tool holding it): readers go on, writers wait, then fail."""
+    holder = sqlite3.connect(path, isolation_level=None)
+    try:
+        holder.execute("BEGIN EXCLUSIVE")
+        yield
+        holder.execute("ROLLBACK")
+    finally:
+        holder.close()
 
 
 @pytest.fixture

@@ -4,14 +4,12 @@ of its messages and answers none of them from it. Over real HTTP."""
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +19,19 @@ from fastapi.testclient import TestClient
 
 from gateway.api.app import create_app
 from gateway.store.db import group_commit, make_engine, make_sessionmaker
+from gateway.store.group_commit import GroupCommit
 from gateway.store.repo import count_rows
-from tests.conftest import ALL_SCOPES, add_test_client, bearer, fixture_bytes, gateway_settings, metric_value, serving
+from tests.conftest import (
+    ALL_SCOPES,
+    add_test_client,
+    bearer,
+    fixture_bytes,
+    gateway_settings,
+    locked_sqlite_file,
+    metric_value,
+    serving,
+    writer_held_elsewhere,
+)
 
 SENDERS = 4
 
@@ -33,27 +42,6 @@ def sqlite_app(tmp_path: Path, clock: Any) -> Iterator[Any]:
     application = create_app(gateway_settings(f"sqlite:///{tmp_path}/gateway.db", ingest_concurrency=SENDERS), clock)
     yield application
     application.state.engine.dispose()
-
-
-@contextmanager
-def writer_held_elsewhere(app: Any) -> Iterator[Callable[[], None]]:
-    """Another writer (a CLI run, another worker process) holds the SQLite file's writer lock until `release()`."""
-    database = app.state.engine.url.database
-    fd = os.open(f"{database}-writer.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    fcntl.flock(fd, fcntl.LOCK_EX)
-    released = False
-
-    def release() -> None:
-        nonlocal released
-        if not released:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            released = True
-
-    try:
-        yield release
-    finally:
-        release()
-        os.close(fd)
 
 
 def _case(case_id: str) -> bytes:
@@ -72,9 +60,12 @@ def _since(app: Any, before: tuple[float, float]) -> tuple[float, float]:
     return now[0] - before[0], now[1] - before[1]
 
 
-def _send_while_the_writer_is_held(app: Any, sends: list[tuple[str, bytes]]) -> list[httpx.Response]:
+def _send_while_the_writer_is_held(
+    app: Any, sends: list[tuple[str, bytes]], meanwhile: AbstractContextManager[None] | None = None
+) -> list[httpx.Response]:
     """POST each (API key, body) at once while another writer holds the file; release it once all are waiting:
-    the first is written on its own (it was alone when it came), the rest wait for it and then share a commit."""
+    the first is written on its own (it was alone when it came), the rest wait for it and then share a commit.
+    `meanwhile`: entered before the release, left once every reply is in (the file locked by a tool, say)."""
     group = group_commit(app.state.sessions)
     assert group is not None
     with serving(app) as url, writer_held_elsewhere(app) as release, ThreadPoolExecutor(len(sends)) as pool:
@@ -88,8 +79,9 @@ def _send_while_the_writer_is_held(app: Any, sends: list[tuple[str, bytes]]) -> 
         while group.queued() < len(sends) - 1 and time.monotonic() < deadline:
             time.sleep(0.01)
         assert group.queued() == len(sends) - 1, "the messages did not all reach the writer"
-        release()
-        return [future.result() for future in futures]
+        with meanwhile or nullcontext():
+            release()
+            return [future.result() for future in futures]
 
 
 def test_messages_waiting_for_the_sqlite_writer_share_one_commit_each_with_its_own_reply_and_audit_event(sqlite_app: Any) -> None:
@@ -129,6 +121,39 @@ def test_a_copy_of_a_message_in_the_same_shared_commit_fails_alone_and_gets_the_
     logged = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
     assert [e["event"] for e in logged if e["event"].startswith("store.")] == []
     assert sum(e["event"] == "message.resent" for e in logged) == 1
+
+
+def test_a_store_failure_in_a_shared_commit_answers_each_of_its_messages_at_once_not_after_writing_each_alone(
+    tmp_path: Path, clock: Any, monkeypatch: Any, capsys: Any
+) -> None:
+    """The file locked by a tool's exclusive transaction while messages wait to share a commit: the statement that
+    waits 0.3 s (IAP_DB_STATEMENT_TIMEOUT_MS) and fails is the store's failure, not one message's, so every message of
+    the batch is answered 503 at once, and each is taken when sent again. Before, each was then written alone,
+    waiting 0.3 s in turn, then tried twice more: a batch of n waited (n + 1) x 3 x the timeout."""
+    settings = gateway_settings(f"sqlite:///{tmp_path}/gateway.db", ingest_concurrency=SENDERS, db_statement_timeout_ms=300)
+    application = create_app(settings, clock)
+    written_alone: list[int] = []
+    alone = GroupCommit._alone
+
+    def counted_alone(self: GroupCommit, waiting: Any) -> None:
+        written_alone.append(1)
+        alone(self, waiting)
+
+    monkeypatch.setattr(GroupCommit, "_alone", counted_alone)
+    try:
+        key = add_test_client(application, {"ingest:nhs111"})
+        sends = [(key, _case(f"GROUP-LOCKED-{n}-{uuid.uuid4().hex[:8]}")) for n in range(SENDERS)]
+        replies = _send_while_the_writer_is_held(application, sends, locked_sqlite_file(f"{tmp_path}/gateway.db"))
+        assert [r.status_code for r in replies] == [503] * SENDERS, [r.text for r in replies]
+        assert len(written_alone) == 1  # the first, which came alone; the batch of three was not written again one by one
+        logged = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+        assert [e["event"] for e in logged if e["event"] == "store.retry"] == []  # a lock wait that ran its time is not tried again
+        with serving(application) as url, httpx.Client(timeout=60, headers=bearer(key)) as http:
+            assert [http.post(f"{url}/ingest/nhs111", content=body).status_code for _, body in sends] == [201] * SENDERS
+        with application.state.sessions() as session:
+            assert count_rows(session)["Task"] == SENDERS
+    finally:
+        application.state.engine.dispose()
 
 
 def test_threads_that_find_the_writer_free_commit_on_their_own(sqlite_app: Any) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import socket
-import sqlite3
 import threading
 import time
 import uuid
@@ -27,7 +26,19 @@ from sqlalchemy import create_engine, text
 from adapters.hl7v2 import frame
 from gateway.api.app import create_app
 from gateway.clock import FixedClock
-from tests.conftest import ALL_SCOPES, NOW, PG_ADMIN_URL, add_test_client, bearer, fixture_bytes, gateway_settings, metric_value, serving
+from tests.conftest import (
+    ALL_SCOPES,
+    NOW,
+    PG_ADMIN_URL,
+    add_test_client,
+    bearer,
+    fixture_bytes,
+    gateway_settings,
+    locked_sqlite_file,
+    metric_value,
+    serving,
+    writer_held_elsewhere,
+)
 from tests.test_hl7v2 import err, msa, read_acks, rio, running_mllp
 
 Outage = Callable[[], AbstractContextManager[None]]
@@ -38,18 +49,6 @@ class Store:
     url: str
     outage: Outage  # the store unavailable while inside
     writes_held: Outage | None  # PostgreSQL: the store up, but writes to resources wait while inside (another's lock)
-
-
-@contextmanager
-def _locked_sqlite_file(path: Path) -> Iterator[None]:
-    """Another process's exclusive transaction on the file (a tool holding it): readers go on, writers wait, then fail."""
-    holder = sqlite3.connect(path, isolation_level=None)
-    try:
-        holder.execute("BEGIN EXCLUSIVE")
-        yield
-        holder.execute("ROLLBACK")
-    finally:
-        holder.close()
 
 
 @contextmanager
@@ -83,7 +82,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     ways to make it unavailable, or slow to write, for a while."""
     if request.param == "sqlite":
         path = tmp_path / "gateway.db"
-        yield Store(f"sqlite:///{path}", lambda: _locked_sqlite_file(path), None)
+        yield Store(f"sqlite:///{path}", lambda: locked_sqlite_file(path), None)
         return
     name = f"iap_outage_{uuid.uuid4().hex[:10]}"
     admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
@@ -154,6 +153,7 @@ def test_a_referral_sent_while_the_store_is_unavailable_is_answered_503_retry_af
     (logged,) = [e for e in _log_events(logs, "request.unavailable") if e["reference"] == reference]
     assert logged["route"] == "/ingest/nhs111" and logged["error"] == "OperationalError" and logged["level"] == "warning"
     assert "Traceback" not in logs and "request.crashed" not in logs  # an outage is not a crash: one line per request
+    assert _log_events(logs, "store.retry") == []  # a lock wait that ran its time (SQLite) is not waited again: answered now
 
 
 def test_a_read_while_the_store_is_unavailable_is_answered_503_and_served_once_it_is_back(gateway: Any, store: Store) -> None:
@@ -190,6 +190,39 @@ def test_an_hl7_message_sent_while_the_store_is_unavailable_is_answered_AR_store
     with gateway.state.sessions() as session:
         stored = session.execute(text("SELECT count(*) FROM inbound_messages WHERE channel = 'hl7v2'")).scalar_one()
     assert stored == 1
+
+
+@pytest.mark.parametrize("store", ["sqlite"], indirect=True)
+def test_a_write_waits_at_most_IAP_DB_STATEMENT_TIMEOUT_MS_for_a_sqlite_writer_lock_held_elsewhere_then_is_answered_503_or_AR(
+    gateway: Any, store: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Another process holds the file's writer lock and does not let it go (a CLI command suspended with Ctrl-Z, say).
+    A referral over HTTP and an ADT over MLLP each wait 0.3 s (IAP_DB_STATEMENT_TIMEOUT_MS) for it, are told to send
+    again, and are taken when they do once it is let go. Before, both waited for as long as the lock was held."""
+    key = add_test_client(gateway, ALL_SCOPES)
+    adt = rio("adt-a04-register.hl7")
+    with serving(gateway) as base, running_mllp(gateway) as port, httpx.Client(base_url=base, headers=bearer(key), timeout=20) as http:
+        assert http.post("/ingest/nhs111", content=_case("HELD-0001")).status_code == 201
+        with writer_held_elsewhere(gateway):
+            during = http.post("/ingest/nhs111", content=_case("HELD-0002"))
+            with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+                sock.sendall(frame(adt))
+                (refused,) = read_acks(sock, 1)
+        again = http.post("/ingest/nhs111", content=_case("HELD-0002"))
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+            sock.sendall(frame(adt))
+            (taken,) = read_acks(sock, 1)
+        tasks = http.get("/fhir/Task", params={"_count": 50}).json()
+    reference = _unavailable_reference(during)
+    assert again.status_code == 201 and "X-Duplicate-Of" not in again.headers
+    assert msa(refused)[1] == "AR" and msa(refused)[3].startswith("store unavailable: send it again (")
+    assert msa(taken)[1:3] == ["AA", "RIO-ADT-0002"]
+    assert tasks["total"] == 2
+    logs = capsys.readouterr().err
+    (logged,) = [e for e in _log_events(logs, "request.unavailable") if e["reference"] == reference]
+    assert logged["error"] == "WriterLockTimeout"
+    assert [e["error"] for e in _log_events(logs, "mllp.unavailable")] == ["WriterLockTimeout"]
+    assert _log_events(logs, "store.retry") == []  # each waited its 0.3 s once, not three times
 
 
 @pytest.mark.parametrize("store", ["postgresql"], indirect=True)
@@ -269,9 +302,7 @@ def test_an_outage_in_the_middle_of_traffic_loses_no_referral_and_stores_none_tw
         while len(done) < 8 and any(thread.is_alive() for thread in senders):  # the traffic under way
             time.sleep(0.01)
         with store.outage():
-            # longer than a message keeps trying: on SQLite three tries, each of a batch of messages sharing a commit
-            # waiting 0.3 s for the lock together and then each on its own (gateway.store.group_commit)
-            time.sleep(2.0 if store.url.startswith("postgresql") else 6.0)
+            time.sleep(2.0)  # longer than a message waits for the store (0.3 s): the senders meet the outage
         for thread in senders:
             thread.join(timeout=120)
     with gateway.state.sessions() as session:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import sqlite3
 import threading
 import time
 import weakref
@@ -33,10 +34,23 @@ __all__ = [
     "group_commit",
     "one_read",
     "store_unavailable",
+    "store_timed_out",
+    "WriterLockTimeout",
     "MIGRATIONS_DIR",
 ]
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+
+class WriterLockTimeout(OperationalError):
+    """A write waited longer than the store allows (`IAP_DB_STATEMENT_TIMEOUT_MS`) for a SQLite file's writer lock:
+    another thread or process wrote, or held the lock, all that time (a CLI command suspended with Ctrl-Z, say).
+    An OperationalError, so it is answered like any other wait that ran out (`store_unavailable`: HTTP 503, AR)."""
+
+    def __init__(self, path: str | None, seconds: float | None) -> None:
+        where = f"the writer lock {path}" if path else "the writer lock"
+        waited = "" if seconds is None else f" {seconds:g} s"
+        super().__init__(None, None, TimeoutError(f"waited{waited} for {where}; another writer held it all that time"))
 
 
 class SqliteWriterLock:
@@ -47,21 +61,27 @@ class SqliteWriterLock:
     10, ... 100 ms steps) and some waited seconds under load (bench/README.md); here they queue in the
     kernel and start as soon as the writer before them commits. Re-entrant within a thread. A store with
     no file (in-memory) needs only the thread lock.
+
+    `timeout` (seconds; None = no limit): how long a write waits for both, after which it fails with
+    `WriterLockTimeout`. Without it, a process holding the file's lock (a CLI command suspended with Ctrl-Z) held
+    every writer of the gateway (its ingest, MLLP, safety-call ticks) for as long as it lasted.
     """
 
-    def __init__(self, path: str | None) -> None:
+    def __init__(self, path: str | None, timeout: float | None) -> None:
         self._thread = threading.RLock()
         self._path = path
-        self._fd: int | None = None
-        self._pid = 0
+        self._timeout = timeout
+        self._file: _FileLock | None = None
         self._depth = 0
 
     def __enter__(self) -> None:
-        self._thread.acquire()
+        deadline = None if self._timeout is None else time.monotonic() + self._timeout
+        if not self._thread.acquire(timeout=-1 if self._timeout is None else self._timeout):
+            raise WriterLockTimeout(self._path, self._timeout)
         self._depth += 1
         if self._depth == 1 and self._path is not None:
             try:
-                fcntl.flock(self._file(), fcntl.LOCK_EX)
+                self._file_lock().acquire(deadline)
             except BaseException:
                 self._depth -= 1
                 self._thread.release()
@@ -69,17 +89,86 @@ class SqliteWriterLock:
 
     def __exit__(self, *_exc: object) -> None:
         try:
-            if self._depth == 1 and self._fd is not None:
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
+            if self._depth == 1 and self._file is not None:
+                self._file.release()
         finally:
             self._depth -= 1
             self._thread.release()
 
-    def _file(self) -> int:
-        if self._fd is None or self._pid != os.getpid():  # a forked child opens its own (flock belongs to the open file)
-            self._fd, self._pid = os.open(self._path or "", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600), os.getpid()
-            weakref.finalize(self, os.close, self._fd)  # closed with the engine's lock
-        return self._fd
+    def _file_lock(self) -> _FileLock:
+        if self._file is None or self._file.pid != os.getpid():  # a forked child opens its own (flock belongs to the open file)
+            self._file = _FileLock(self._path or "", self._timeout)
+        return self._file
+
+
+class _FileLock:
+    """The exclusive `flock` on a file, waited for until a deadline.
+
+    flock has no timed wait, and trying it again and again (LOCK_NB) loses to a busy process that takes it back the
+    moment it lets it go (the worker processes of `serve --workers N` share the file). So the wait is the kernel's,
+    in a thread of this lock's own (the waiter), and a writer waits for the waiter's word until its deadline. A writer
+    that gives up leaves the waiter waiting; the next writer of this process takes that wait over, and if none has
+    come by the time the waiter gets the lock, the waiter lets it go at once. Only a lock found taken needs the waiter.
+    """
+
+    FREE, WANTED, ABANDONED, HELD = range(4)
+    WAITER_IDLE_SECONDS = 5.0  # a waiter with nothing to do for this long ends (the next wait starts another)
+
+    def __init__(self, path: str, timeout: float | None) -> None:
+        self.pid = os.getpid()
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        weakref.finalize(self, os.close, self._fd)  # closed with the engine's lock
+        self._path, self._timeout = path, timeout
+        self._state = self.FREE
+        self._waiter: threading.Thread | None = None
+        self._changed = threading.Condition()
+
+    def acquire(self, deadline: float | None) -> None:
+        with self._changed:
+            if self._state == self.FREE:  # not FREE: ABANDONED, the waiter still waiting for it
+                try:
+                    fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    self._state = self.HELD
+                    return
+                except BlockingIOError:
+                    pass
+            self._state = self.WANTED
+            if self._waiter is None:
+                self._waiter = threading.Thread(target=self._wait, name="iap-sqlite-writer-lock", daemon=True)
+                self._waiter.start()
+            self._changed.notify_all()
+            try:
+                while self._state != self.HELD:
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        raise WriterLockTimeout(self._path, self._timeout)
+                    self._changed.wait(left)
+            except BaseException:  # out of time, or interrupted: the waiter lets the lock go when it gets it
+                self._state = self.ABANDONED
+                raise
+
+    def release(self) -> None:
+        with self._changed:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            self._state = self.FREE
+
+    def _wait(self) -> None:
+        """The waiter: takes the file's lock in the kernel's queue whenever a writer wants it."""
+        while True:
+            with self._changed:
+                if not self._changed.wait_for(lambda: self._state == self.WANTED, self.WAITER_IDLE_SECONDS):
+                    if self._state == self.ABANDONED:  # given up before this thread began to wait for it
+                        self._state = self.FREE
+                    self._waiter = None
+                    return
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            with self._changed:
+                if self._state == self.WANTED:
+                    self._state = self.HELD
+                    self._changed.notify_all()
+                else:  # ABANDONED: the writer gave up and no other has come
+                    fcntl.flock(self._fd, fcntl.LOCK_UN)
+                    self._state = self.FREE
 
 
 _SQLITE_WRITERS: WeakKeyDictionary[Engine, SqliteWriterLock] = WeakKeyDictionary()
@@ -91,7 +180,8 @@ def make_engine(url: str, statement_timeout_ms: int | None = None) -> Engine:
     no request can hold a connection or a lock for ever).
 
     `statement_timeout_ms` (the server's `IAP_DB_STATEMENT_TIMEOUT_MS`; 0 = no limit): on PostgreSQL the
-    `statement_timeout`; on SQLite how long a statement waits for a lock another process holds on the file
+    `statement_timeout`; on SQLite how long a write waits for the file's writer lock (`SqliteWriterLock`: another
+    thread's or process's write) and how long a statement waits for a lock another process holds on the file
     (a backup, a second tool) before it fails with "database is locked". None (the CLI): none on PostgreSQL,
     30 s on SQLite.
 
@@ -114,7 +204,8 @@ def make_engine(url: str, statement_timeout_ms: int | None = None) -> Engine:
 
         database = engine.url.database
         in_memory = not database or database == ":memory:" or database.startswith("file::memory:") or "mode=memory" in url
-        _SQLITE_WRITERS[engine] = SqliteWriterLock(None if in_memory or database is None else database + "-writer.lock")
+        writer = None if in_memory or database is None else database + "-writer.lock"
+        _SQLITE_WRITERS[engine] = SqliteWriterLock(writer, None if busy == _SQLITE_NO_LIMIT else busy)
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://") :]
@@ -142,6 +233,22 @@ def store_unavailable(error: BaseException) -> bool:
         return True
     return isinstance(error, DBAPIError) and error.connection_invalidated
 
+
+def store_timed_out(error: BaseException) -> bool:
+    """`error` is a wait that ran its whole time: for the SQLite file's writer (`WriterLockTimeout`) or its lock
+    (SQLITE_BUSY, after the busy timeout), for a PostgreSQL statement (`statement_timeout`: 57014) or lock (55P03),
+    or for a pooled connection. Trying the same work again at once would wait as long again, so it is not retried
+    (gateway.messages): the sender is answered now (503, AR) and sends again later. A deadlock, a serialization
+    conflict or a lost connection fail fast and are retried."""
+    if isinstance(error, WriterLockTimeout | PoolTimeout):
+        return True
+    orig = getattr(error, "orig", None)
+    if isinstance(orig, sqlite3.OperationalError):
+        return (getattr(orig, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_BUSY  # its extended codes share the low byte
+    return getattr(orig, "sqlstate", None) in _PG_TIMED_OUT
+
+
+_PG_TIMED_OUT = frozenset({"57014", "55P03"})  # query_canceled (statement_timeout), lock_not_available
 
 # How PostgreSQL plans the statements psycopg prepares (after 5 runs on a connection): each run is planned for its own
 # values and the table as it is now. With PostgreSQL's default ("auto") a connection may keep, for its whole life, a
