@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import event, text
 
 from gateway.api.app import create_app
 from gateway.store.db import group_commit, make_engine, make_sessionmaker
@@ -154,6 +155,35 @@ def test_a_store_failure_in_a_shared_commit_answers_each_of_its_messages_at_once
             assert count_rows(session)["Task"] == SENDERS
     finally:
         application.state.engine.dispose()
+
+
+def test_a_message_whose_own_statement_fails_in_a_shared_commit_fails_alone_the_others_are_stored(sqlite_app: Any, capsys: Any) -> None:
+    """A statement error of one message's own (here a trigger's function refusing its raw bytes, an OperationalError
+    as SQLite reports a function's failure) is not the store's: the batch is written again message by message, so
+    only that message fails (503, after its retries) and the others are stored. Only a wait for the file's lock that
+    ran its time fails the whole batch at once (the test above)."""
+
+    def refuse(raw: bytes) -> int:
+        if b"GROUP-POISON" in raw:
+            raise ValueError("refused")
+        return 0
+
+    engine = sqlite_app.state.engine
+    event.listen(engine, "connect", lambda connection, _record: connection.create_function("refuse", 1, refuse))
+    engine.dispose()  # every connection from now on has the function
+    with engine.begin() as connection:
+        connection.execute(text("CREATE TRIGGER poison BEFORE INSERT ON inbound_messages BEGIN SELECT refuse(NEW.raw); END"))
+    key = add_test_client(sqlite_app, {"ingest:nhs111"})
+    sends = [(key, _case(f"GROUP-{kind}-{uuid.uuid4().hex[:8]}")) for kind in ("FIRST", "A", "POISON", "B")]
+
+    replies = _send_while_the_writer_is_held(sqlite_app, sends)
+
+    assert [r.status_code for r in replies] == [201, 201, 503, 201], [r.text for r in replies]
+    with sqlite_app.state.sessions() as session:
+        assert count_rows(session)["InboundMessage"] == 3
+    logged = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    # the refused message tried three times (two retries); the others, written again alone, were stored the first time
+    assert [e["event"] for e in logged if e["event"] == "store.retry"] == ["store.retry"] * 2
 
 
 def test_threads_that_find_the_writer_free_commit_on_their_own(sqlite_app: Any) -> None:

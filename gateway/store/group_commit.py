@@ -9,8 +9,8 @@ moment share one transaction:
 - each message's work runs in the context of the request that sent it (who is acting, for its
   AuditEvent and the logs) and ends with its own AuditEvent (`close`: gateway.audit.close_work);
 - one COMMIT (one fsync) for all of them, and only then does any of them get its reply: nothing is
-  acknowledged before it is on disk. If the COMMIT fails, or the store fails in the middle (the file locked
-  elsewhere, an I/O error), none of them is stored and each gets the error at once;
+  acknowledged before it is on disk. If the COMMIT fails, or a statement waits its whole time for the file's
+  lock (held elsewhere: `store_timed_out`), none of them is stored and each gets the error at once;
 - if one message's work fails (a racing copy of it, an identifier held by another resource, ...),
   the shared transaction is rolled back and each message of the batch is written again in a
   transaction of its own, so that only the failing one fails and the others are stored as if the
@@ -32,7 +32,7 @@ from typing import Any, Generic, TypeVar
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from gateway.store.db import store_unavailable, write_transaction
+from gateway.store.db import store_timed_out, write_transaction
 
 __all__ = ["GroupCommit", "MAX_BATCH"]
 
@@ -129,7 +129,7 @@ class GroupCommit:
                     results.append(waiting.context.run(self._one, session, waiting))
         except _OneFailed:
             raise
-        except Exception as exc:  # the store failed (the COMMIT, a lock): none of the batch is stored, each sender is told
+        except Exception as exc:  # the COMMIT failed, or the file's lock: none of the batch is stored, each sender is told
             for waiting in batch:
                 waiting.error = exc
             return
@@ -143,8 +143,8 @@ class GroupCommit:
             self._close(session)
             return result
         except Exception as exc:
-            if store_unavailable(exc):  # the store's failure, not this work's (the file locked elsewhere, an I/O error):
-                raise  # the batch's, so each sender is told at once; written alone, each would meet it again in turn
+            if store_timed_out(exc):  # the file locked elsewhere all that time: the batch's failure, not this work's,
+                raise  # so each sender is told at once (written alone, each would wait as long again in turn)
             raise _OneFailed() from exc
 
     def _alone(self, waiting: _Waiting[Any]) -> None:
