@@ -124,7 +124,7 @@ def test_a_copy_of_a_message_in_the_same_shared_commit_fails_alone_and_gets_the_
     assert sum(e["event"] == "message.resent" for e in logged) == 1
 
 
-def test_a_store_failure_in_a_shared_commit_answers_each_of_its_messages_at_once_not_after_writing_each_alone(
+def test_a_lock_wait_that_runs_out_in_a_shared_commit_answers_each_of_its_messages_at_once_not_after_writing_each_alone(
     tmp_path: Path, clock: Any, monkeypatch: Any, capsys: Any
 ) -> None:
     """The file locked by a tool's exclusive transaction while messages wait to share a commit: the statement that

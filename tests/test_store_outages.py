@@ -3,7 +3,8 @@ SQLite file locked by another process), or a backlog longer than IAP_INGEST_QUEU
 
 A sender is told 503 `REC_SERVICE_UNAVAILABLE` `transient` with `Retry-After` over HTTP (BaRS senders retry a 503,
 not a 500) and AR `store unavailable: send it again (<reference>)` over MLLP; the same message sent again once the
-store is back is taken, once. Each test on both stores, through a real server (HTTP) or a real MLLP session.
+store is back is taken, once. Each test on both stores unless its docstring says why not, through a real server
+(HTTP) or a real MLLP session.
 """
 
 from __future__ import annotations
@@ -198,7 +199,9 @@ def test_a_write_waits_at_most_IAP_DB_STATEMENT_TIMEOUT_MS_for_a_sqlite_writer_l
 ) -> None:
     """Another process holds the file's writer lock and does not let it go (a CLI command suspended with Ctrl-Z, say).
     A referral over HTTP and an ADT over MLLP each wait 0.3 s (IAP_DB_STATEMENT_TIMEOUT_MS) for it, are told to send
-    again, and are taken when they do once it is let go. Before, both waited for as long as the lock was held."""
+    again, and are taken when they do once it is let go. Before, both waited for as long as the lock was held.
+
+    SQLite only: the writer lock is SQLite's (one writer per file); PostgreSQL's writers do not wait for one another."""
     key = add_test_client(gateway, ALL_SCOPES)
     adt = rio("adt-a04-register.hl7")
     with serving(gateway) as base, running_mllp(gateway) as port, httpx.Client(base_url=base, headers=bearer(key), timeout=20) as http:
