@@ -544,11 +544,16 @@ def _load_demo(application: object) -> None:
 
 # sysexits.h EX_TEMPFAIL: a temporary failure, the user is invited to retry (cron, systemd and shells read it so)
 EXIT_STORE_UNAVAILABLE = 75
+# sysexits.h EX_CONFIG: a configuration error; running it again will not help (systemd's RestartPreventExitStatus=78)
+EXIT_STORE_MISCONFIGURED = 78
 
 
 def main() -> None:
     """The `iap-gateway` command. A database error ends it with one line on stderr, not a traceback:
 
+    - a SQLite file that cannot be used whatever the time (`gateway.store.db.sqlite_file_unusable`: its folder does
+      not exist or may not be written, or it is not a SQLite database): exit 78 (EX_CONFIG: fix DATABASE_URL), naming
+      the file;
     - the database unavailable (`gateway.store.db.store_unavailable`: unreachable, not there, restarting, a lock or
       statement timeout): exit 75 (EX_TEMPFAIL: run it again later), with the driver's reason (its first line: it
       names the server, the database or the timeout, never a row);
@@ -557,19 +562,39 @@ def main() -> None:
     """
     from sqlalchemy.exc import SQLAlchemyError
 
-    from gateway.store.db import store_unavailable
+    from gateway.store.db import sqlite_file_unusable, store_unavailable
 
     try:
         app()
     except SQLAlchemyError as error:
         name = type(error).__name__
+        reason = (str(getattr(error, "orig", None) or "").strip().splitlines() or ["no reason given"])[0]
+        if sqlite_file_unusable(error):
+            typer.echo(
+                f"iap-gateway: the SQLite database {_sqlite_file()} cannot be used ({name}: {reason}); check DATABASE_URL:"
+                " the file's folder must exist and be writable, and the file, if there, must be a SQLite database",
+                err=True,
+            )
+            sys.exit(EXIT_STORE_MISCONFIGURED)
         if store_unavailable(error):
-            reason = (str(getattr(error, "orig", None) or "").strip().splitlines() or ["no reason given"])[0]
-            typer.echo(f"iap-gateway: the database is unavailable ({name}: {reason}); run the command again once it is back", err=True)
+            typer.echo(
+                f"iap-gateway: the database is unavailable ({name}: {reason}); check DATABASE_URL if the reason names a wrong"
+                " database, role or password, else run the command again once it is back",
+                err=True,
+            )
             sys.exit(EXIT_STORE_UNAVAILABLE)
         withheld = "its message is withheld: it can quote stored values"
         typer.echo(f"iap-gateway: a database error ended the command ({name}; {withheld})", err=True)
         sys.exit(1)
+
+
+def _sqlite_file() -> str:
+    """The SQLite file DATABASE_URL names, as an absolute path (a relative one is from the working directory)."""
+    from sqlalchemy.engine import make_url
+
+    from gateway.settings import Settings
+
+    return str(Path(make_url(Settings().database_url).database or "").resolve())
 
 
 if __name__ == "__main__":

@@ -56,7 +56,32 @@ def test_a_command_on_an_unreachable_database_says_so_in_one_line_and_exits_75_t
     assert result.returncode == 75, result.stderr
     (line,) = result.stderr.splitlines()
     assert line.startswith("iap-gateway: the database is unavailable (OperationalError: connection failed: ")
-    assert 'database "iap_no_such_database" does not exist' in line and line.endswith("run the command again once it is back")
+    assert 'database "iap_no_such_database" does not exist' in line
+    assert line.endswith(
+        "; check DATABASE_URL if the reason names a wrong database, role or password, else run the command again once it is back"
+    )
+
+
+@pytest.mark.parametrize("args", [["clients", "list"], ["migrate"], ["serve", "--port", "0"], ["demo"]])
+@pytest.mark.parametrize("unusable", ["folder missing", "not a database"])
+def test_a_sqlite_file_that_cannot_be_used_is_named_in_one_line_and_exits_78_as_a_setting_to_fix(
+    args: list[str], unusable: str, tmp_path: Path
+) -> None:
+    """Not 75: running it again would fail the same way, and a scheduler or systemd told "try later" would loop for
+    ever (systemd's `RestartPreventExitStatus=78`). The line names the file as an absolute path and what to check."""
+    if unusable == "folder missing":
+        database, reason = tmp_path / "no-such-folder" / "gateway.db", "OperationalError: unable to open database file"
+    else:
+        database, reason = tmp_path / "notes.txt", "DatabaseError: file is not a database"
+        database.write_text("a text file, not a database\n" * 100)
+    result = _run(*args, env={"DATABASE_URL": f"sqlite:///{database}"})
+    assert result.returncode == 78, result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"iap-gateway: the SQLite database {database} cannot be used ({reason}); check DATABASE_URL: ")
+    if unusable == "folder missing":
+        assert not database.parent.exists()  # no folder made on the way
+    else:
+        assert database.read_text().startswith("a text file")  # the file left as it was
 
 
 def test_a_database_error_that_is_not_an_outage_ends_a_command_with_its_type_only_and_exits_1(tmp_path: Path) -> None:

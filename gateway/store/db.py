@@ -250,6 +250,19 @@ def store_timed_out(error: BaseException) -> bool:
 
 _PG_TIMED_OUT = frozenset({"57014", "55P03"})  # query_canceled (statement_timeout), lock_not_available
 
+
+def sqlite_file_unusable(error: BaseException) -> bool:
+    """`error` says the SQLite file that DATABASE_URL names cannot be used at all, whatever the time: it cannot be
+    opened or made (SQLITE_CANTOPEN: its folder does not exist, or may not be written) or it is not a SQLite database
+    (SQLITE_NOTADB). Sending or running the same thing again would fail the same way: the setting is wrong, not the
+    store's state (the CLI's exit 78, EX_CONFIG). A PostgreSQL server's refusal (no such database or role, a wrong
+    password) is not told apart here: psycopg gives a connection's failure no SQLSTATE, only the server's words."""
+    orig = getattr(error, "orig", None)
+    return isinstance(orig, sqlite3.DatabaseError) and (getattr(orig, "sqlite_errorcode", 0) & 0xFF) in _SQLITE_UNUSABLE
+
+
+_SQLITE_UNUSABLE = frozenset({sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_NOTADB})
+
 # How PostgreSQL plans the statements psycopg prepares (after 5 runs on a connection): each run is planned for its own
 # values and the table as it is now. With PostgreSQL's default ("auto") a connection may keep, for its whole life, a
 # generic plan made while the tables were small: a gateway started on a new database locked a referral's rows by
