@@ -562,30 +562,31 @@ def main() -> None:
     """
     from sqlalchemy.exc import SQLAlchemyError
 
-    from gateway.store.db import sqlite_file_unusable, store_unavailable
-
     try:
         app()
     except SQLAlchemyError as error:
-        name = type(error).__name__
-        reason = (str(getattr(error, "orig", None) or "").strip().splitlines() or ["no reason given"])[0]
-        if sqlite_file_unusable(error):
-            typer.echo(
-                f"iap-gateway: the SQLite database {_sqlite_file()} cannot be used ({name}: {reason}); check DATABASE_URL:"
-                " the file's folder must exist and be writable, and the file, if there, must be a SQLite database",
-                err=True,
-            )
-            sys.exit(EXIT_STORE_MISCONFIGURED)
-        if store_unavailable(error):
-            typer.echo(
-                f"iap-gateway: the database is unavailable ({name}: {reason}); check DATABASE_URL if the reason names a wrong"
-                " database, role or password, else run the command again once it is back",
-                err=True,
-            )
-            sys.exit(EXIT_STORE_UNAVAILABLE)
-        withheld = "its message is withheld: it can quote stored values"
-        typer.echo(f"iap-gateway: a database error ended the command ({name}; {withheld})", err=True)
-        sys.exit(1)
+        code, line = _database_failure(error)
+        typer.echo(f"iap-gateway: {line}", err=True)
+        sys.exit(code)
+
+
+def _database_failure(error: Exception) -> tuple[int, str]:
+    """The exit code and the line for a database error that ended a command (`main`)."""
+    from gateway.store.db import sqlite_file_unusable, store_unavailable
+
+    name = type(error).__name__
+    reason = (str(getattr(error, "orig", None) or "").strip().splitlines() or ["no reason given"])[0]
+    if sqlite_file_unusable(error):
+        return EXIT_STORE_MISCONFIGURED, (
+            f"the SQLite database {_sqlite_file()} cannot be used ({name}: {reason}); check DATABASE_URL: the file's folder"
+            " must exist and be writable, and the file, if there, must be a SQLite database"
+        )
+    if store_unavailable(error):
+        return EXIT_STORE_UNAVAILABLE, (
+            f"the database is unavailable ({name}: {reason}); check DATABASE_URL if the reason names a wrong database, role"
+            " or password, else run the command again once it is back"
+        )
+    return 1, f"a database error ended the command ({name}; its message is withheld: it can quote stored values)"
 
 
 def _sqlite_file() -> str:
