@@ -12,7 +12,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -239,10 +239,14 @@ def refusing_nhs_numbers(engine: Any) -> Iterator[None]:
                 connection.execute(text(statement))
 
 
+def writer_held_elsewhere(app: Any) -> AbstractContextManager[Callable[[], None]]:
+    """Another writer (a CLI run, another worker process) holds `app`'s SQLite file's writer lock until `release()`."""
+    return sqlite_writer_held(app.state.engine.url.database)
+
+
 @contextmanager
-def writer_held_elsewhere(app: Any) -> Iterator[Callable[[], None]]:
-    """Another writer (a CLI run, another worker process) holds the SQLite file's writer lock until `release()`."""
-    database = app.state.engine.url.database
+def sqlite_writer_held(database: Path | str) -> Iterator[Callable[[], None]]:
+    """Another writer holds the writer lock of the SQLite file `database` until `release()` (or the end)."""
     fd = os.open(f"{database}-writer.lock", os.O_RDWR | os.O_CREAT, 0o600)
     fcntl.flock(fd, fcntl.LOCK_EX)
     released = False

@@ -15,6 +15,7 @@ from starlette.responses import JSONResponse, Response
 from adapters.problems import GatewayInputError, Kind, Problem
 from gateway.api.deps import IntakeDep, SessionDep, SettingsDep
 from gateway.api.responses import FHIR_JSON, Busy, FhirResponse, SenderGone
+from gateway.audit import not_audited
 from gateway.cleo import export_case
 from gateway.messages import Reply
 from gateway.metrics import INGEST_WAIT_SECONDS
@@ -73,6 +74,7 @@ async def in_worker_thread(request: Request, work: Callable[[bytes], T], raw: by
         with anyio.fail_after(wait or None):
             await limiter.acquire()
     except TimeoutError:
+        not_audited("busy: turned away unread")
         raise Busy(wait) from None
     finally:
         INGEST_WAIT_SECONDS.observe(time.perf_counter() - queued)

@@ -15,6 +15,7 @@ from starlette.types import Message, Receive, Scope, Send
 from adapters.problems import GatewayInputError, Kind, Problem
 from fhir_mapping.replies import operation_outcome, server_error_outcome
 from gateway.api.asgi import HttpMiddleware
+from gateway.audit import current_audit
 from gateway.security.scopes import rule_for
 from gateway.store.db import store_unavailable
 from gateway.store.jsontext import dumps
@@ -147,7 +148,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Busy)
     async def _busy(request: Request, exc: Busy) -> Response:
-        log.warning("request.busy", route=_route(request), waited_seconds=exc.seconds)
+        context = current_audit()
+        client = context.principal.name if context and context.principal else None
+        log.warning("request.busy", route=_route(request), waited_seconds=exc.seconds, client=client)  # not audited
         message = (
             f"the gateway is busy: the message waited {exc.seconds:g} s for its turn and was not taken; send it again after"
             f" {RETRY_AFTER_SECONDS} s"

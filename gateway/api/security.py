@@ -79,7 +79,7 @@ class SecurityMiddleware(HttpMiddleware):
                 if message["type"] == "http.response.start" and not answered:
                     answered = True
                     status = message["status"]
-                    if not context.recorded:
+                    if not context.recorded and not context.unaudited:
                         resent = any(name == b"x-duplicate-of" for name, _ in message.get("headers", []))
                         desc = f"HTTP {status}" + (" (re-send answered from the store)" if resent else "")
                         await run_in_threadpool(record, state.sessions, context, outcome_of(status), desc)
