@@ -97,7 +97,7 @@ class AuditContext:
     query: str = ""  # the raw query string, kept base64 in the event (it may hold identifiers)
     entities: list[str] = field(default_factory=list)
     recorded: bool = False  # an event for this request was committed with its change
-    unaudited: str = ""  # why this request gets no event (`not_audited`); "" = it gets one
+    unaudited: bool = False  # this request gets no event (`not_audited`: a message turned away busy)
 
 
 def current_audit() -> AuditContext | None:
@@ -116,15 +116,15 @@ def audit_context(context: AuditContext) -> Iterator[AuditContext]:
         _current.reset(audit_token)
 
 
-def not_audited(reason: str) -> None:
-    """Answer the current request without an AuditEvent, for `reason`. Only for a message turned away unread because
+def not_audited() -> None:
+    """Answer the current request without an AuditEvent. Only for a message turned away unread because
     the gateway is busy (`gateway.api.ingest.in_worker_thread`): nothing of it was parsed, read or stored, and turning
     a peak away must cost no write. Its event would take a transaction (on SQLite, the file's one writer, behind the
     very backlog that turned it away), so the busy reply would wait for it and each one turned away would slow the
     messages being taken. It is logged (`request.busy`, with the client) and counted (`iap_messages_total`) instead."""
     context = _current.get()
     if context is not None:
-        context.unaudited = reason
+        context.unaudited = True
 
 
 def act_as(context: AuditContext, principal: Principal) -> None:

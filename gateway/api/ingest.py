@@ -74,7 +74,7 @@ async def in_worker_thread(request: Request, work: Callable[[bytes], T], raw: by
         with anyio.fail_after(wait or None):
             await limiter.acquire()
     except TimeoutError:
-        not_audited("busy: turned away unread")
+        not_audited()  # turned away unread: logged and counted, no write (gateway.audit.not_audited)
         raise Busy(wait) from None
     finally:
         INGEST_WAIT_SECONDS.observe(time.perf_counter() - queued)
