@@ -99,6 +99,11 @@ class AuditContext:
     recorded: bool = False  # an event for this request was committed with its change
     unaudited: bool = False  # this request gets no event (`not_audited`: a message turned away busy)
 
+    @property
+    def client(self) -> str | None:
+        """The acting client's name, for logs; None before it is known."""
+        return self.principal.name if self.principal else None
+
 
 def current_audit() -> AuditContext | None:
     return _current.get()

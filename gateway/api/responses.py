@@ -149,8 +149,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Busy)
     async def _busy(request: Request, exc: Busy) -> Response:
         context = current_audit()
-        client = context.principal.name if context and context.principal else None
-        log.warning("request.busy", route=_route(request), waited_seconds=exc.seconds, client=client)  # not audited
+        log.warning("request.busy", route=_route(request), waited_seconds=exc.seconds, client=context and context.client)  # not audited
         message = (
             f"the gateway is busy: the message waited {exc.seconds:g} s for its turn and was not taken; send it again after"
             f" {RETRY_AFTER_SECONDS} s"

@@ -103,7 +103,7 @@ class SecurityMiddleware(HttpMiddleware):
     async def _refuse(
         self, state: Any, rule: RouteRule, context: AuditContext, status: int, reason: str, scope: Scope, receive: Receive, send: Send
     ) -> None:
-        who = context.principal.name if context.principal else None
+        who = context.client
         log.info("request.refused", route=rule.pattern, method=scope["method"], status=status, reason=reason, client=who)
         AUTH_REFUSALS.labels(reason="unauthenticated" if status == 401 else "forbidden").inc()
         await run_in_threadpool(record, state.sessions, context, "4", f"HTTP {status}: {reason}")

@@ -242,10 +242,10 @@ def store_timed_out(error: BaseException) -> bool:
     conflict or a lost connection fail fast and are retried."""
     if isinstance(error, WriterLockTimeout | PoolTimeout):
         return True
-    orig = getattr(error, "orig", None)
-    if isinstance(orig, sqlite3.OperationalError):
-        return (getattr(orig, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_BUSY  # its extended codes share the low byte
-    return getattr(orig, "sqlstate", None) in _PG_TIMED_OUT
+    code = _sqlite_result(error)
+    if code is not None:
+        return code == sqlite3.SQLITE_BUSY
+    return getattr(getattr(error, "orig", None), "sqlstate", None) in _PG_TIMED_OUT
 
 
 _PG_TIMED_OUT = frozenset({"57014", "55P03"})  # query_canceled (statement_timeout), lock_not_available
@@ -257,11 +257,18 @@ def sqlite_file_unusable(error: BaseException) -> bool:
     (SQLITE_NOTADB). Sending or running the same thing again would fail the same way: the setting is wrong, not the
     store's state (the CLI's exit 78, EX_CONFIG). A PostgreSQL server's refusal (no such database or role, a wrong
     password) is not told apart here: psycopg gives a connection's failure no SQLSTATE, only the server's words."""
-    orig = getattr(error, "orig", None)
-    return isinstance(orig, sqlite3.DatabaseError) and (getattr(orig, "sqlite_errorcode", 0) & 0xFF) in _SQLITE_UNUSABLE
+    return _sqlite_result(error) in _SQLITE_UNUSABLE
 
 
 _SQLITE_UNUSABLE = frozenset({sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_NOTADB})
+
+
+def _sqlite_result(error: BaseException) -> int | None:
+    """SQLite's primary result code for the driver error under `error` (SQLITE_BUSY, ...); None if not SQLite's.
+    Its extended codes (SQLITE_BUSY_SNAPSHOT, ...) share the primary code's low byte."""
+    orig = getattr(error, "orig", None)
+    return (getattr(orig, "sqlite_errorcode", 0) & 0xFF) if isinstance(orig, sqlite3.Error) else None
+
 
 # How PostgreSQL plans the statements psycopg prepares (after 5 runs on a connection): each run is planned for its own
 # values and the table as it is now. With PostgreSQL's default ("auto") a connection may keep, for its whole life, a
