@@ -12,8 +12,6 @@ Read-only; the lines come from each service's rule file, so a rule change moves 
 
 from __future__ import annotations
 
-import csv
-import io
 import statistics
 from collections import Counter
 from datetime import date, datetime
@@ -25,6 +23,7 @@ from sqlalchemy.orm import Session
 from adapters.problems import GatewayInputError, Kind, Problem
 from fhir_mapping.datetimes import london_date, parse_source_date, parse_source_datetime, to_fhir_instant
 from fhir_mapping.episodes import episode_clocks
+from gateway.csv_out import csv_text
 from gateway.rules.pathway_clocks import referral_to_treatment
 from gateway.rules.pathway_schema import PathwayRegistry, TalkingTherapiesRules
 from gateway.rules.pathway_steps import OPEN_EPISODE, current_step
@@ -205,12 +204,8 @@ def _summary(rows: list[dict[str, Any]], registry: PathwayRegistry) -> dict[str,
 
 
 def waitlist_csv(snapshot: dict[str, Any]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for row in snapshot["rows"]:
-        writer.writerow(row)
-    return buffer.getvalue()
+    """The snapshot's rows as CSV; a cell that a spreadsheet would run as a formula is written as text (gateway.csv_out)."""
+    return csv_text(CSV_COLUMNS, snapshot["rows"])
 
 
 def plot_waitlist(snapshot: dict[str, Any], path: Path) -> None:

@@ -616,6 +616,18 @@ def test_the_waitlist_report_as_csv_has_every_dimension(client) -> None:
     assert client.get("/reports/waitlist", params={"service": "nope"}).status_code == 400
 
 
+def test_a_waitlist_csv_cell_that_a_spreadsheet_would_run_is_written_as_text(client) -> None:
+    """OWASP CSV injection: a therapist named as a formula reaches the report's CSV as text, never as a formula."""
+    episode = tt_episode(client, received="2026-10-01T10:00:00+01:00")
+    formula = '=HYPERLINK("http://evil","x")'
+    allocation = {"resourceType": "Parameters", "parameter": [{"name": "practitioner", "valueString": formula}]}
+    assert operate(client, episode, "allocate", allocation).status_code == 200
+    assert client.get("/reports/waitlist").json()["rows"][0]["therapist"] == formula  # the JSON keeps the value as it is
+    table = list(csv.DictReader(io.StringIO(client.get("/reports/waitlist", params={"format": "csv"}).text)))
+    assert [(r["episode"], r["therapist"]) for r in table] == [(episode, "'" + formula)]
+    assert all(not cell.startswith(("=", "+", "-", "@", "\t", "\r")) for r in table for cell in r.values())
+
+
 def test_report_waitlist_command_draws_the_plot_from_the_demo(tmp_path: Path) -> None:
     import subprocess
     import sys
