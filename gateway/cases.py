@@ -84,17 +84,17 @@ class CaseOperations:
         who = params.string("practitioner") or ""
         stored, _ = put_resource(session, result.task, now, service_id)
         for extra in result.extra:
-            put_resource(session, extra, now)
+            put_resource(session, extra, now, service_id)  # what an operation writes belongs to the case's service
         if name == "record-contact-attempt" and params.values.get("safety-call"):
-            _complete_safety_call(session, task_id, params.values["safety-call"], now)
+            _complete_safety_call(session, task_id, params.values["safety-call"], now, service_id)
         if stored["status"] == "completed":
-            _request_gp_letter(session, stored, who, now)
-        put_resource(session, provenance(stored, name, who, result.rule_ids, result.summary, now), now)
+            _request_gp_letter(session, stored, who, now, service_id)
+        put_resource(session, provenance(stored, name, who, result.rule_ids, result.summary, now), now, service_id)
         log.info("case.operation", operation=name, rules=list(result.rule_ids), status=stored["status"])
         return stored
 
 
-def _request_gp_letter(session: Session, task: dict[str, Any], who: str, now: datetime) -> None:
+def _request_gp_letter(session: Session, task: dict[str, Any], who: str, now: datetime, service_id: str) -> None:
     """The GP letter a completed case owes, in the same transaction as the completion, so it cannot be lost.
 
     CAS-15: a Specialist Desk case sends its notes with the RiO notes; CAS-13: any other case a consultation report.
@@ -111,17 +111,17 @@ def _request_gp_letter(session: Session, task: dict[str, Any], who: str, now: da
     else:
         request = gp_letter_request(consultation_report_id(task["id"]), "cas-consultation-report", task, patient, about, who or None, now)
         activity, rules, summary = "gp-letter", ("CAS-13",), "consultation report queued for delivery to the GP practice"
-    letter = request_letter(session, request, now)
+    letter = request_letter(session, request, now, service_id)
     record = provenance(letter, activity, who, rules, summary, now)
     record["target"].append({"reference": f"Task/{task['id']}"})
-    put_resource(session, record, now)
+    put_resource(session, record, now, service_id)
 
 
 def is_specialist_desk(task: dict[str, Any]) -> bool:
     return any(i["type"]["coding"][0]["code"] == "specialist-desk" and i.get("valueBoolean") for i in task.get("input", []))
 
 
-def _complete_safety_call(session: Session, case_id: str, reference: Any, now: datetime) -> None:
+def _complete_safety_call(session: Session, case_id: str, reference: Any, now: datetime, service_id: str) -> None:
     """The safety call this contact attempt answers is done (it must belong to this case)."""
     ref = reference.get("reference") if isinstance(reference, dict) else reference
     element = "Parameters.parameter.where(name='safety-call')"
@@ -130,7 +130,7 @@ def _complete_safety_call(session: Session, case_id: str, reference: Any, now: d
         raise GatewayInputError(Problem(Kind.VALUE, element, f"{str(ref)[:80]} is not a safety call of Task/{case_id}"))
     if call["status"] != "completed":
         call = {k: v for k, v in call.items() if k != "meta"} | {"status": "completed", "lastModified": to_fhir_instant(now)}
-        put_resource(session, call, now)
+        put_resource(session, call, now, service_id)
 
 
 def explain(session: Session, task_id: str) -> dict[str, Any]:

@@ -147,7 +147,9 @@ class Intake:
             rule_set=decision.rules.label,
             unused=referral.unused,
         )
-        planned = _planned_writes([(r, service_id if r["resourceType"] == "Task" else None) for r in reversed(resources)], decision, now)
+        # every resource of the case belongs to its service; the Patient to every service holding it (gateway.store.visibility)
+        owned = [(r, None if r["resourceType"] == "Patient" else service_id) for r in reversed(resources)]
+        planned = _planned_writes(owned, decision, now)
         reply = commit_message(
             self.sessions,
             inbound,
@@ -175,7 +177,7 @@ class Intake:
 def _planned_writes(writes: Writes, decision: QueueDecision, now: datetime) -> Writes:
     """The Task first (it leads the reply), then the rest, then the rule trace of the intake decision."""
     trace = provenance(writes[0][0], "intake", "iap-gateway intake rules", decision.rule_ids, "; ".join(decision.reasons), now)
-    return [*writes, (trace, None)]
+    return [*writes, (trace, decision.rules.service.id)]
 
 
 def _never_downgrade(stored: dict[str, Any], resource: dict[str, Any]) -> dict[str, Any]:

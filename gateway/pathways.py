@@ -143,7 +143,7 @@ class Pathways:
                 subject = {"reference": patient_ref}
                 qr_id = response_id({k: v for k, v in qr.items() if k != "id"} | {"subject": subject})
                 stored_form = {k: v for k, v in as_fhir.items() if k != "id"} | {"subject": subject}
-                out += [(r, None) for r in response_resources(stored_form, result, qr_id, subject, None, now, [])]
+                out += [(r, rules.service.id) for r in response_resources(stored_form, result, qr_id, subject, None, now, [])]
             summary = _summary(decision)
             request = referral_request(referral, sr_id, patient_ref, rules.service.name, decision.outcome, summary)
             out.append((request, rules.service.id))
@@ -185,7 +185,7 @@ class Pathways:
                 policy=rules.policy_uri,
             )
             record["target"] += [{"reference": f"EpisodeOfCare/{t['id']}"} for t in targets if t["resourceType"] == "EpisodeOfCare"]
-            out.append((record, None))
+            out.append((record, rules.service.id))  # all but the Patient and its consent belong to the service
             return _letters_queued(session, out, now)
 
         def make_reply(stored: list[dict[str, Any]], created: set[str]) -> Reply:
@@ -249,7 +249,7 @@ class Pathways:
         request = get_resource(session, "ServiceRequest", episode["referralRequest"][0]["reference"].split("/", 1)[1]) or {}
         patient = get_resource(session, "Patient", patient_ref.split("/", 1)[1]) or {}
         for letter in result.letters:  # through the outbox (issue 7), in this transaction
-            queue_letter(session, _letter(letter, stored, request, patient, now), now)
+            queue_letter(session, _letter(letter, stored, request, patient, now), now, rules.service.id)
         for work in result.work:
             put_resource(
                 session,
@@ -273,11 +273,12 @@ class Pathways:
             route, where = result.transfer
             put_resource(session, transfer_request(request, route, where, now, result.rule_ids, result.summary), now, rules.service.id)
         if result.flag:
-            put_resource(session, _flag(stored, result.flag, now), now)
+            put_resource(session, _flag(stored, result.flag, now), now, rules.service.id)
         put_resource(
             session,
             provenance(stored, name, who, result.rule_ids, result.summary, now, system=PATHWAY_ACTIVITY, policy=rules.policy_uri),
             now,
+            rules.service.id,
         )
         log.info("pathway.operation", operation=name, rules=result.rule_ids, status=stored["status"])
         return stored
@@ -529,6 +530,7 @@ class Pathways:
                                 policy=rules.policy_uri,
                             ),
                             now,
+                            service_id,
                         )
                 for clock in clock_due_items(episode_clocks(current), now):
                     task = _clock_task(current, clock, rules, now)
@@ -550,6 +552,7 @@ class Pathways:
                                 policy=rules.policy_uri,
                             ),
                             now,
+                            service_id,
                         )
         if created:
             log.info("pathway.clocks_due", tasks=len(created))
@@ -683,7 +686,7 @@ def _letters_queued(
     for resource, service_id in out:
         if resource["resourceType"] != "CommunicationRequest":
             put_resource(session, resource, now, service_id)
-    return [(queue_letter(session, r, now), s) if r["resourceType"] == "CommunicationRequest" else (r, s) for r, s in out]
+    return [(queue_letter(session, r, now, s), s) if r["resourceType"] == "CommunicationRequest" else (r, s) for r, s in out]
 
 
 def _letter(

@@ -65,7 +65,8 @@ def tick(sessions: sessionmaker[Session], registry: RuleRegistry, now: datetime)
         cases = queue_rows(session, None)
     created = []
     for case in cases:
-        rules = registry.services.get(case.pop("_service") or "")
+        service_id = case.pop("_service") or ""
+        rules = registry.services.get(service_id)
         call = safety_call_for(case, rules, now) if rules else None
         if call is None:
             continue
@@ -73,12 +74,12 @@ def tick(sessions: sessionmaker[Session], registry: RuleRegistry, now: datetime)
             with write_transaction(sessions) as session:
                 if get_resource(session, "Task", call["id"]) is not None:
                     continue
-                stored, outcome = put_resource(session, call, now)
+                stored, outcome = put_resource(session, call, now, service_id)  # the case's service owns its calls
                 if outcome != "created":  # another instance committed it between our look and our write
                     continue
                 record = provenance(stored, "safety-call", "iap-gateway safety-call worker", ("CAS-09",), call["description"], now)
                 record["target"].append({"reference": f"Task/{case['id']}"})
-                put_resource(session, record, now)
+                put_resource(session, record, now, service_id)
             created.append(call["id"])
         except IntegrityError:
             continue  # another instance created this safety call first

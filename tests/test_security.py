@@ -159,13 +159,14 @@ def test_an_operator_works_the_queue_but_cannot_submit_referrals(client, client_
 
 
 def test_an_epr_bound_to_its_service_syncs_only_its_own_cases(client, client_with, stored) -> None:
-    """CLEO for bnssg: exports and updates bnssg cases; a bsw case is refused (403) and left unchanged."""
+    """CLEO for bnssg: exports and updates bnssg cases; a bsw case is not found (404: no hint that it exists), and an
+    update of it is refused (403) and leaves it unchanged."""
     ours = task_of(client.post("/ingest/nhs111", content=fixture_bytes("option2-standard.case.json")).json())  # bnssg
     theirs = task_of(client.post("/ingest/nhs111", content=fixture_bytes("third-party-bsw.case.json")).json())  # bsw
     cleo = client_with({"ingest:cleo"}, service="bnssg")
     assert cleo.get(f"/export/cleo/{ours['id']}").status_code == 200
     refused = cleo.get(f"/export/cleo/{theirs['id']}")
-    assert refused.status_code == 403 and "bound to service 'bnssg'" in issues(refused.json())[0][2]
+    assert refused.status_code == 404 and "bnssg" not in refused.text
     before = stored()
     assert cleo.post("/ingest/cleo", content=update(theirs["id"])).status_code == 403
     assert stored() == before and client.get(f"/fhir/Task/{theirs['id']}").json()["status"] == "ready"
@@ -450,6 +451,6 @@ def test_a_pathway_team_bound_to_its_service_refers_to_and_works_only_its_own_ep
     assert ours.status_code == 201  # to its own service
     refused = team.post(f"/fhir/EpisodeOfCare/{theirs}/$allocate", content=params(practitioner="T", therapist="T"))
     assert refused.status_code == 403 and "north-essex-north-east" in issues(refused.json())[0][2]
-    assert team.get(f"/fhir/EpisodeOfCare/{theirs}/$explain").status_code == 403
+    assert team.get(f"/fhir/EpisodeOfCare/{theirs}/$explain").status_code == 404
     assert team.get("/reports/waitlist", params={"service": "north-essex-mid"}).status_code == 403
     assert team.get("/reports/waitlist").status_code == 200

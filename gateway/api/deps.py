@@ -14,13 +14,18 @@ from sqlalchemy.orm import Session
 from gateway.clock import Clock
 from gateway.intake import Intake
 from gateway.rules.schema import RuleRegistry
+from gateway.security.principal import current_principal
 from gateway.settings import Settings
+from gateway.store.visibility import bind_reads
 
 __all__ = ["SessionDep", "IntakeDep", "ClockDep", "RegistryDep", "SettingsDep"]
 
 
 def _session(request: Request) -> Iterator[Session]:
+    """The request's read session, bound to the acting client's service if it has one (gateway.store.visibility)."""
+    principal = current_principal()
     with request.app.state.sessions() as session:
+        bind_reads(session, principal.service_id if principal else None)
         yield session
 
 

@@ -74,7 +74,7 @@ async def letter_request(request: Request, settings: SettingsDep, clock: ClockDe
 
     def store_letter() -> dict[str, Any]:
         with request.app.state.sessions.begin() as session:
-            return request_letter(session, body, clock.now())
+            return request_letter(session, body, clock.now(), (current_principal() or SYSTEM).service_id)  # a bound client's own
 
     letter = await run_in_threadpool(store_letter)
     return FhirResponse(letter, status_code=201, headers={"Location": f"/fhir/DocumentReference/{letter['id']}"})

@@ -102,8 +102,10 @@ def _owner(resource: dict[str, Any]) -> str | None:
     return (resource.get("subject") or resource.get("for") or resource.get("patient") or {}).get("reference")
 
 
-def request_letter(session: Session, communication_request: dict[str, Any], now: datetime) -> dict[str, Any]:
+def request_letter(session: Session, communication_request: dict[str, Any], now: datetime, service_id: str | None = None) -> dict[str, Any]:
     """Store the request, its letter and its deliveries in the caller's transaction; returns the letter's DocumentReference.
+
+    `service_id`: the service sending it, which owns the letter and its deliveries (gateway.store.visibility).
 
     Refuses a malformed request with GatewayInputError naming the element (nothing is written).
     """
@@ -117,15 +119,15 @@ def request_letter(session: Session, communication_request: dict[str, Any], now:
     existing = get_resource(session, "DocumentReference", letter_id)
     if existing is not None:
         return existing  # the same request again: the same letter, already queued
-    stored_request, _ = put_resource(session, communication_request, now)
+    stored_request, _ = put_resource(session, communication_request, now, service_id)
     previous = _supersede(session, request, letter_id, now)
     sender = organization(request.sender_ods, request.sender_name)
     kinds = [(r, recipient_kind(r, patient)) for r in request.recipients]
     view = letter_view(request, letter_id, patient, resources, [(r, _label(r, k)) for r, k in kinds], sender["name"], now)
     document = document_bundle(view, request, patient, sender, resources, now, replaces=previous)
     pdf = render_pdf(view, now)
-    put_resource(session, document, now)
-    letter, _ = put_resource(session, _letter_reference(request, letter_id, patient, sender, pdf, now, previous), now)
+    put_resource(session, document, now, service_id)
+    letter, _ = put_resource(session, _letter_reference(request, letter_id, patient, sender, pdf, now, previous), now, service_id)
     for recipient, kind in kinds:
         store.enqueue(
             session,
@@ -146,7 +148,7 @@ def request_letter(session: Session, communication_request: dict[str, Any], now:
         now,
     )
     record["target"].append({"reference": f"CommunicationRequest/{stored_request['id']}"})
-    put_resource(session, record, now)
+    put_resource(session, record, now, service_id)
     log.info("letter.requested", letter_type=request.letter_type.code, recipients=len(kinds), replaces=bool(previous))
     return letter
 
@@ -160,7 +162,7 @@ def _addressable(recipient: Any, patient_id: str) -> bool:
     )
 
 
-def queue_letter(session: Session, communication_request: dict[str, Any], now: datetime) -> dict[str, Any]:
+def queue_letter(session: Session, communication_request: dict[str, Any], now: datetime, service_id: str | None = None) -> dict[str, Any]:
     """For the gateway's own rules (pathways): the letter through `request_letter`, with recipients it cannot address
     (a referrer known only by name) noted rather than refused; with none left, the request is kept `on-hold` with the
     reason. Returns the stored CommunicationRequest."""
@@ -177,10 +179,10 @@ def queue_letter(session: Session, communication_request: dict[str, Any], now: d
             "status": "on-hold",
             "statusReason": {"text": "No recipient the gateway can address: an organisation's ODS code, or the patient"},
         }
-        stored, _ = put_resource(session, request, now)
+        stored, _ = put_resource(session, request, now, service_id)
         return stored
     request["recipient"] = usable
-    request_letter(session, request, now)
+    request_letter(session, request, now, service_id)
     return get_resource(session, "CommunicationRequest", str(request["id"])) or request
 
 

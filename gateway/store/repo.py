@@ -18,6 +18,7 @@ from gateway.store.deferred import defer
 from gateway.store.jsontext import dumps
 from gateway.store.keys import identifier_key, message_key
 from gateway.store.models import Base, IdentifierRow, InboundMessage, ResourceRow, TokenRow
+from gateway.store.visibility import bound_service, resource_visible
 
 __all__ = [
     "put_resource",
@@ -329,7 +330,9 @@ def _put_identifiers(connection: Connection, written: list[dict[str, Any]]) -> N
 
 def get_resource(session: Session, resource_type: str, resource_id: str) -> dict[str, Any] | None:
     # on the session's connection: a plain statement needs none of Session.execute's ORM steps (it autoflushes only ORM ones)
-    content = session.connection().execute(_CONTENT, {"type": resource_type, "id": resource_id}).scalar_one_or_none()
+    service_id = bound_service(session)
+    stmt = _CONTENT if service_id is None else _CONTENT.where(resource_visible(service_id))
+    content = session.connection().execute(stmt, {"type": resource_type, "id": resource_id}).scalar_one_or_none()
     return json.loads(content) if content is not None else None
 
 
