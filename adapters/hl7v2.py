@@ -110,6 +110,8 @@ class MllpFramer:
                 if len(self.buffer) > self.max_bytes:
                     raise Hl7Error("AR", f"MLLP block over {self.max_bytes} bytes", code=207)
                 return frames
+            if end - start - 1 > self.max_bytes:  # arrived whole in one read, but no smaller for it
+                raise Hl7Error("AR", f"MLLP block over {self.max_bytes} bytes", code=207)
             frames.append(self.buffer[start + 1 : end])
             self.buffer = self.buffer[end + 2 :]
 

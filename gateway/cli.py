@@ -53,6 +53,7 @@ def serve(
         _demo_credential(application, host, port)
     else:
         _hint_if_no_clients(application)
+    _check_mllp_port_free(application.state.settings, workers)
     typer.echo(f"IAP gateway on http://{host}:{port}  (FHIR: /fhir/metadata, queue: /queue, API docs: /docs)", err=True)
     # no access log: a request line holds the query string, which may hold a patient identifier
     options: dict[str, Any] = dict(host=host, port=port, log_level="warning", access_log=False, log_config=uvicorn_log_config())
@@ -62,6 +63,23 @@ def serve(
     else:
         application.state.engine.dispose()
         uvicorn.run("gateway.api.app:served_app", factory=True, workers=workers, **options)
+
+
+def _check_mllp_port_free(settings: Any, workers: int) -> None:
+    """A busy MLLP port ends `serve` in one line (exit 1), as a busy HTTP port does; `--workers N` share it, no one else."""
+    import os
+
+    from gateway.mllp import SHARED_BY_WORKERS, PortInUse, check_port_free
+
+    if settings.mllp_port <= 0:
+        return
+    try:
+        check_port_free(settings.mllp_host, settings.mllp_port)
+    except PortInUse as busy:
+        typer.echo(f"iap-gateway: {busy.strerror}", err=True)
+        raise typer.Exit(1) from None
+    if workers > 1:
+        os.environ[SHARED_BY_WORKERS] = "1"  # the workers (spawned with this environment) each listen on it, together
 
 
 @app.command("map")

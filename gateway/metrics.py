@@ -30,6 +30,7 @@ __all__ = [
     "DELIVERIES",
     "HTTP_REQUESTS",
     "AUTH_REFUSALS",
+    "MLLP_REFUSED_CONNECTIONS",
     "DELIVERY_OUTCOMES",
     "count_delivery",
     "Metrics",
@@ -66,6 +67,9 @@ HTTP_REQUESTS = Counter(
     "iap_http_requests", "HTTP requests by route (its scope-table pattern), method and status", ["route", "method", "status"]
 )
 AUTH_REFUSALS = Counter("iap_auth_refusals", "Requests refused before reaching a route: unauthenticated, forbidden, mllp-peer", ["reason"])
+MLLP_REFUSED_CONNECTIONS = Counter(
+    "iap_mllp_refused_connections", "MLLP connections closed unread: busy (IAP_MLLP_MAX_CONNECTIONS sessions open)", ["reason"]
+)
 
 DELIVERY_OUTCOMES = ("sent", "delivered", "retry", "failed", "dead", "withheld")  # the outbox's words (docs/letters.md)
 

@@ -10,13 +10,21 @@ answered AR (HL7 "application reject": not stored, send it again) with MSA-3 nam
 `mllp.failed` carries the same reference, and the traceback its frames and exception types only. When the store
 was unavailable (`gateway.store.db.store_unavailable`: unreachable, restarting, a timeout) MSA-3 says so
 (`store unavailable: send it again (<reference>)`) and the log line is `mllp.unavailable`, with no traceback.
+
+Bounded: at most IAP_MLLP_MAX_CONNECTIONS sessions at once (one more is closed unread, logged `mllp.busy` and counted),
+and a connection holds at most IAP_MLLP_MAX_BUFFER_BYTES of an unanswered block (a longer one is answered AR and the
+connection closed). The port is this gateway's alone: a port already in use fails the start (`PortInUse`), as the
+HTTP port does; only `serve --workers N`'s own workers share it (`SHARED_BY_WORKERS`, after the CLI checked it free).
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import logging
+import os
+import socket
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -27,15 +35,46 @@ from sqlalchemy.orm import Session, sessionmaker
 from adapters.hl7v2 import Hl7Error, MllpFramer, build_ack, frame, parse_hl7
 from gateway.audit import EVENT_IMPORT, AuditContext, audit_context, record
 from gateway.clock import Clock
-from gateway.metrics import AUTH_REFUSALS, MESSAGES
+from gateway.metrics import AUTH_REFUSALS, MESSAGES, MLLP_REFUSED_CONNECTIONS
 from gateway.security.principal import Principal
 from gateway.store.db import store_unavailable
 
-__all__ = ["start_mllp_server", "peer_allowed", "Network"]
+__all__ = ["start_mllp_server", "peer_allowed", "Network", "PortInUse", "check_port_free", "SHARED_BY_WORKERS", "shared_by_workers"]
 
 log = structlog.get_logger("iap.mllp")
 tracebacks = logging.getLogger("iap.mllp")  # a failure's traceback (gateway.logging withholds the exceptions' messages)
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+# set by `serve --workers N` for its workers (after it checked the port free): they, and only they, share the MLLP port
+SHARED_BY_WORKERS = "IAP_MLLP_SHARED_BY_WORKERS"
+
+
+class PortInUse(OSError):
+    """The MLLP port is held by another program (another gateway?): the start fails rather than share it."""
+
+    def __init__(self, host: str, port: int) -> None:
+        super().__init__(
+            errno.EADDRINUSE,
+            f"the MLLP port {host}:{port} (IAP_MLLP_HOST, IAP_MLLP_PORT) is in use by another program: "
+            "a second gateway sharing it would split the sender's messages between two databases",
+        )
+
+
+def shared_by_workers() -> bool:
+    """Whether this process is one of `serve --workers N`'s workers, which share the MLLP port (SO_REUSEPORT)."""
+    return os.environ.get(SHARED_BY_WORKERS) == "1"
+
+
+def check_port_free(host: str, port: int) -> None:
+    """PortInUse unless host:port can be bound now without sharing (what `serve` checks before it starts workers)."""
+    for family, kind, proto, _, address in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE):
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio binds: a TIME_WAIT is no owner
+            try:
+                probe.bind(address)
+            except OSError as error:
+                if error.errno == errno.EADDRINUSE:
+                    raise PortInUse(host, port) from None
+                raise
 
 
 def peer_allowed(address: str, allowed: Sequence[Network]) -> bool:
@@ -58,8 +97,15 @@ async def start_mllp_server(
     sessions: sessionmaker[Session],
     clock: Clock,
     idle_timeout: float = 300.0,
+    max_connections: int = 16,
+    reuse_port: bool = False,
 ) -> asyncio.Server:
-    """Listen on host:port; each framed message from an allowed peer goes to `receive` (in a thread), its ACK back framed."""
+    """Listen on host:port; each framed message from an allowed peer goes to `receive` (in a thread), its ACK back framed.
+
+    `max_bytes` bounds what one connection buffers of an unanswered block; `max_connections` the sessions at once.
+    `reuse_port` only for `serve --workers N`'s workers (each its own listener on the one port).
+    """
+    open_sessions = 0
 
     def context_for(address: str, principal: Principal | None, description: str) -> AuditContext:
         return AuditContext(principal, address, description, "create", clock, event_type=EVENT_IMPORT)
@@ -73,6 +119,13 @@ async def start_mllp_server(
             refused = context_for(address, None, "MLLP connection from a peer not on the allow-list")
             await asyncio.to_thread(record, sessions, refused, "4", "refused: peer not allowed (IAP_MLLP_ALLOWED_PEERS)")
             return
+        nonlocal open_sessions
+        if open_sessions >= max_connections:  # nothing read: the sender sees the connection closed and connects again later
+            writer.close()
+            log.warning("mllp.busy", peer=address, connections=open_sessions)
+            MLLP_REFUSED_CONNECTIONS.labels(reason="busy").inc()
+            return
+        open_sessions += 1
         peer = Principal(f"mllp:{address}", f"MLLP peer {address}", frozenset({"ingest:hl7v2"}))
         framer = MllpFramer(max_bytes)
         try:
@@ -94,9 +147,16 @@ async def start_mllp_server(
         except (ConnectionResetError, BrokenPipeError):
             log.info("mllp.peer_gone")
         finally:
+            open_sessions -= 1
             writer.close()
 
-    server = await asyncio.start_server(session, host, port, reuse_port=True)  # several `serve` workers share the port
+    try:
+        server = await asyncio.start_server(session, host, port, reuse_port=reuse_port or None)
+    except OSError as error:
+        if error.errno == errno.EADDRINUSE:
+            log.error("mllp.port_in_use", host=host, port=port)
+            raise PortInUse(host, port) from None
+        raise
     log.info("mllp.listening", port=server.sockets[0].getsockname()[1], allowed=[str(n) for n in allowed_peers])
     return server
 

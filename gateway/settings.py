@@ -58,6 +58,12 @@ class Settings(BaseSettings):
     # MLLP peers allowed to connect: addresses or networks, comma-separated (e.g. "10.20.0.5,10.21.0.0/24")
     mllp_allowed_peers: str = "127.0.0.1,::1"
     mllp_idle_timeout_seconds: float = Field(default=300, gt=0)  # an MLLP connection silent this long is closed
+    mllp_max_connections: int = Field(default=16, ge=1, le=4096)  # MLLP sessions at once; one more is closed unread
+    mllp_max_buffer_bytes: int = Field(default=1_048_576, ge=1024)  # an MLLP block longer is answered AR, connection closed
+    batch_max_rows: int = Field(default=1000, ge=1, le=100_000)  # rows in one PCMIS / SystmOne batch; more: the file is refused
+    # failed credential checks: after this many in the window from one address, or for one API key id, 429 with Retry-After
+    auth_failure_limit: int = Field(default=10, ge=1)
+    auth_failure_window_seconds: float = Field(default=60, gt=0)
     body_timeout_seconds: float = Field(default=30, gt=0)  # a request body must arrive within this (else 408)
     # PostgreSQL: statement_timeout; SQLite: how long a write waits for the writer lock, then for another process's lock; 0 = none
     db_statement_timeout_ms: int = Field(default=30_000, ge=0)

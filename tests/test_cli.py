@@ -142,6 +142,24 @@ def test_serve_starts_and_answers_on_http(tmp_path: Path) -> None:
         log.close()
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_serve_on_a_busy_mllp_port_fails_in_one_line_rather_than_share_it(workers: str, tmp_path: Path) -> None:
+    """A gateway already listening there (SO_REUSEPORT, as the workers of one `serve` share it) is not joined: RiO's
+    messages would be split between two databases. The start fails as a busy HTTP port fails it."""
+    import socket
+
+    with socket.socket() as other:
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        busy = other.getsockname()[1]
+        env = {"DATABASE_URL": f"sqlite:///{tmp_path / 'serve.db'}", "IAP_MLLP_PORT": str(busy), "IAP_TICK_SECONDS": "0"}
+        result = _run("serve", "--port", str(free_port()), "--workers", workers, env=env)
+    assert result.returncode == 1, result.stderr
+    line = result.stderr.splitlines()[-1]  # after the migrations' lines
+    assert line.startswith(f"iap-gateway: the MLLP port 127.0.0.1:{busy} (IAP_MLLP_HOST, IAP_MLLP_PORT) is in use by another program")
+
+
 def wait_healthy(port: int, seconds: float = 60) -> None:
     import time
 

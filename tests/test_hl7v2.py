@@ -17,9 +17,9 @@ from hypothesis import strategies as st
 
 import adapters.hl7v2
 from adapters.hl7v2 import MLLP_END, MLLP_START, Hl7Error, MllpFramer, frame, parse_hl7
-from gateway.mllp import start_mllp_server
+from gateway.mllp import PortInUse, start_mllp_server
 from gateway.settings import Settings
-from tests.conftest import ROOT, fixture_bytes, refusing_nhs_numbers, task_of
+from tests.conftest import ROOT, fixture_bytes, metric_value, refusing_nhs_numbers, task_of
 from tests.test_cas_operations import op
 
 RIO = ROOT / "fixtures" / "rio"
@@ -148,7 +148,9 @@ def test_rio_notes_for_a_specialist_desk_case_go_with_its_gp_notification_CAS_15
 
 
 @contextmanager
-def running_mllp(app: Any, allowed: str = "127.0.0.1", idle_timeout: float = 300.0) -> Iterator[int]:
+def running_mllp(
+    app: Any, allowed: str = "127.0.0.1", idle_timeout: float = 300.0, port: int = 0, max_connections: int = 16, max_bytes: int = 1_048_576
+) -> Iterator[int]:
     """A real MLLP listener on 127.0.0.1 (its own event loop in a thread) for `app`, allowing only `allowed`; yields its port."""
     loop = asyncio.new_event_loop()
     peers = Settings(mllp_allowed_peers=allowed).mllp_peers
@@ -157,12 +159,13 @@ def running_mllp(app: Any, allowed: str = "127.0.0.1", idle_timeout: float = 300
         start_mllp_server(
             state.hl7.receive,
             "127.0.0.1",
-            0,
-            1_048_576,
+            port,
+            max_bytes,
             allowed_peers=peers,
             sessions=state.sessions,
             clock=state.clock,
             idle_timeout=idle_timeout,
+            max_connections=max_connections,
         )
     )
     thread = threading.Thread(target=loop.run_forever, daemon=True)
@@ -331,3 +334,54 @@ def test_an_idle_mllp_connection_is_closed(app) -> None:  # type: ignore[no-unty
         started = time.monotonic()
         assert sock.recv(1024) == b""  # closed by the gateway, not by us
         assert time.monotonic() - started < 9
+
+
+def test_a_second_listener_on_a_busy_mllp_port_fails_to_start_rather_than_share_it(app) -> None:  # type: ignore[no-untyped-def]
+    """Two gateways on one MLLP port would split RiO's messages between two databases: the second one's start fails."""
+    with running_mllp(app) as port:
+        state = app.state
+        second = start_mllp_server(
+            state.hl7.receive, "127.0.0.1", port, 1_048_576, allowed_peers=(), sessions=state.sessions, clock=state.clock
+        )
+        with pytest.raises(PortInUse, match=f"MLLP port 127.0.0.1:{port} .* is in use"):
+            asyncio.run(second)
+
+
+def test_mllp_connections_past_the_limit_are_closed_unread_and_counted(app, client) -> None:  # type: ignore[no-untyped-def]
+    """IAP_MLLP_MAX_CONNECTIONS: with 2 sessions open a third is closed at once; once one ends, a new one is served."""
+    refused_before = metric_value(client.get("/metrics").text, "iap_mllp_refused_connections_total", reason="busy")
+    adt = rio("adt-a04-register.hl7")
+    with running_mllp(app, max_connections=2) as port:
+        first, second = socket.create_connection(("127.0.0.1", port)), socket.create_connection(("127.0.0.1", port))
+        for sock in (first, second):  # each session is open (its ACK came back) before the third connects
+            sock.sendall(frame(adt))
+            assert msa(read_acks(sock, 1)[0])[1] == "AA"
+        with socket.create_connection(("127.0.0.1", port)) as third:
+            third.settimeout(10)
+            assert third.recv(1024) == b""  # closed by the gateway, nothing read
+        first.close()
+        deadline = time.monotonic() + 10
+        while True:  # the first session's end is seen by the listener a moment after our close
+            with socket.create_connection(("127.0.0.1", port)) as fourth:
+                fourth.sendall(frame(adt))
+                fourth.settimeout(10)
+                data = fourth.recv(65536)
+            if data or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert msa(MllpFramer().feed(data)[0])[1] == "AA"
+        second.close()
+    refused = metric_value(client.get("/metrics").text, "iap_mllp_refused_connections_total", reason="busy") - refused_before
+    assert refused >= 1
+
+
+def test_an_mllp_block_over_the_buffer_limit_is_answered_AR_and_the_connection_closed(app) -> None:  # type: ignore[no-untyped-def]
+    """IAP_MLLP_MAX_BUFFER_BYTES: a block longer than the limit, arriving whole or in pieces, is not held on to."""
+    big = rio("adt-a04-register.hl7") + b"NTE|1||" + b"x" * 4096 + b"\r"
+    for pieces in ([frame(big)], [frame(big)[:3000], frame(big)[3000:]]):
+        with running_mllp(app, max_bytes=2048) as port, socket.create_connection(("127.0.0.1", port)) as sock:
+            for piece in pieces:
+                sock.sendall(piece)
+            (ack,) = read_acks(sock, 1)
+            assert msa(ack)[1] == "AR" and b"MLLP block over 2048 bytes" in ack
+            assert sock.recv(1024) == b""

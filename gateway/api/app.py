@@ -16,8 +16,9 @@ from starlette.types import Message, Receive, Scope, Send
 
 from fhir_mapping.datetimes import is_england_bank_holiday
 from fhir_mapping.measures import load_measures
-from gateway.api import audit, cases, fhir_read, ingest, measures, ops, outbox, pathways, queue, reports, security
+from gateway.api import audit, capability, cases, fhir_read, fhir_search, ingest, measures, ops, outbox, pathways, queue, reports, security
 from gateway.api.asgi import HttpMiddleware
+from gateway.api.fhir_http import FhirHttpConventions
 from gateway.api.responses import AnswerStoreOutages, install_error_handlers
 from gateway.cases import CaseOperations
 from gateway.cleo import CleoLink
@@ -27,7 +28,7 @@ from gateway.hl7_intake import Hl7Intake
 from gateway.intake import Intake
 from gateway.logging import configure_logging
 from gateway.metrics import Metrics
-from gateway.mllp import start_mllp_server
+from gateway.mllp import shared_by_workers, start_mllp_server
 from gateway.outbox.worker import deliverer_from_settings, run_deliverer
 from gateway.pathways import Pathways
 from gateway.responses import ResponseIntake
@@ -79,22 +80,24 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         """Beside the API: the safety-call worker (CAS-09), the delivery worker (letters) and the MLLP listener (HL7 v2)."""
         worker = mllp = delivering = None
+        if settings.mllp_port > 0:  # first: a port in use fails the start before anything else runs
+            mllp = await start_mllp_server(
+                app.state.hl7.receive,
+                settings.mllp_host,
+                settings.mllp_port,
+                settings.mllp_max_buffer_bytes,
+                allowed_peers=settings.mllp_peers,
+                sessions=sessions,
+                clock=clock,
+                idle_timeout=settings.mllp_idle_timeout_seconds,
+                max_connections=settings.mllp_max_connections,
+                reuse_port=shared_by_workers(),
+            )
         if settings.tick_seconds > 0:
             ticks = [partial(tick_safety_calls, sessions, registry), app.state.pathways.tick]
             worker = asyncio.create_task(run_ticker(ticks, clock, timedelta(seconds=settings.tick_seconds)))
         if settings.deliver_seconds > 0:
             delivering = asyncio.create_task(run_deliverer(deliverer, timedelta(seconds=settings.deliver_seconds)))
-        if settings.mllp_port > 0:
-            mllp = await start_mllp_server(
-                app.state.hl7.receive,
-                settings.mllp_host,
-                settings.mllp_port,
-                settings.max_body_bytes,
-                allowed_peers=settings.mllp_peers,
-                sessions=sessions,
-                clock=clock,
-                idle_timeout=settings.mllp_idle_timeout_seconds,
-            )
         yield
         if worker:
             worker.cancel()
@@ -132,6 +135,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
     app.state.migration_heads = ops.migration_heads()
     install_error_handlers(app)
     app.add_middleware(security.SecurityMiddleware)  # inside the header echo, so refusals carry X-Request-Id too
+    app.add_middleware(FhirHttpConventions)  # outside the security gate: a POST _search is scoped and audited as its GET
     app.add_middleware(AnswerStoreOutages)  # outside the security gate: a credential check the store cannot answer too
 
     app.add_middleware(EchoTransactionHeaders)
@@ -146,7 +150,9 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
     app.include_router(reports.router)
     app.include_router(outbox.router)
     app.include_router(audit.router)  # before fhir_read's generic /fhir/{type}/{id}
+    app.include_router(capability.router)  # /fhir/OperationDefinition/{id}, likewise
     app.include_router(fhir_read.router)
+    app.include_router(fhir_search.router)  # the generic /fhir/{type} search, after every type's own
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 
