@@ -9,14 +9,14 @@ the Clinical Navigator's confirmed level is kept beside it (both stored, CAS-16)
 from __future__ import annotations
 
 from collections import Counter
-from datetime import date, datetime
+from datetime import datetime
 from typing import Any
 
 from fhir_mapping import codes
 from fhir_mapping.datetimes import to_fhir_instant
 from fhir_mapping.ids import resource_id
-from gateway.rules.cas_queue import breach_status, breach_time
 from gateway.rules.schema import RiskThresholds, ServiceRules
+from gateway.store.queue_index import QueueCounts
 
 __all__ = ["queue_summary", "risk_level_observation", "RISK_LEVELS", "RISK_SYSTEM", "SERVICE_ID_SYSTEM"]
 
@@ -25,42 +25,21 @@ RISK_SYSTEM = f"{codes.GATEWAY_BASE}/CodeSystem/queue-risk-level"
 SERVICE_ID_SYSTEM = f"{codes.GATEWAY_BASE}/Id/cas-service"
 
 
-def _age(birth: str | None, today: date) -> int | None:
-    if not birth or len(birth) < 10:
-        return None
-    born = date.fromisoformat(birth[:10])
-    return today.year - born.year - ((today.month, today.day) < (born.month, born.day))
-
-
 def queue_summary(
-    rules: ServiceRules,
-    cases: list[dict[str, Any]],
-    patients: dict[str, dict[str, Any]],
-    worsening: int,
-    confirmed: dict[str, Any] | None,
-    now: datetime,
+    rules: ServiceRules, counts: QueueCounts, worsening: int, confirmed: dict[str, Any] | None, now: datetime
 ) -> dict[str, Any]:
-    """The CAS-16 summary of one service's open cases."""
-    statuses: Counter[str] = Counter()
+    """The CAS-16 summary of one service's open cases, from their counts (gateway.store.queue_index.queue_counts)."""
+    statuses = counts.by_breach_status
     classes: Counter[str] = Counter()
-    urgent_unreviewed = extreme_ages = 0
-    limits = rules.queue_risk.extreme_age
-    for case in cases:
-        statuses[breach_status(breach_time(case), now, rules.breach_status)] += 1
-        code = ((case.get("businessStatus") or {}).get("coding") or [{}])[0].get("code")
-        classes[codes.CLASSIFICATION_DISPLAY.get(code or "", "(blank)")] += 1
-        if code == "urgent-cn-review" and not case.get("performerType"):
-            urgent_unreviewed += 1
-        age = _age(patients.get(case["for"]["reference"], {}).get("birthDate"), now.date())
-        if age is not None and (age < limits.get("under", 0) or age > limits.get("over", 200)):
-            extreme_ages += 1
+    for code, n in counts.by_classification.items():
+        classes[codes.CLASSIFICATION_DISPLAY.get(code or "", "(blank)")] += n
     breached = statuses["red"] + statuses["black"]
     evidence = {
-        "open_cases": len(cases),
+        "open_cases": counts.open_cases,
         "breached": breached,
         "black": statuses["black"],
-        "urgent_cn_review_not_allocated": urgent_unreviewed,
-        "extreme_ages_waiting": extreme_ages,
+        "urgent_cn_review_not_allocated": counts.urgent_cn_review_not_allocated,
+        "extreme_ages_waiting": counts.extreme_ages_waiting,
         "worsening_calls": worsening,
     }
     level, why = _suggest(evidence, rules)

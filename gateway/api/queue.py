@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
+from urllib.parse import urlencode
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse, Response
 
 from adapters.jsonparse import parse_json_object
 from adapters.problems import GatewayInputError, Kind, Problem
-from fhir_mapping.datetimes import format_iso_duration, parse_source_datetime, to_fhir_instant
+from fhir_mapping import codes
+from fhir_mapping.datetimes import format_iso_duration, to_fhir_instant
 from gateway.api.deps import ClockDep, RegistryDep, SessionDep, SettingsDep
 from gateway.api.ingest import body_of, read_body
 from gateway.api.responses import FhirResponse
+from gateway.api.search import MAX_COUNT, int_param
 from gateway.audit import note
 from gateway.queue_summary import RISK_LEVELS, RISK_SYSTEM, queue_summary, risk_level_observation
 from gateway.rules.cas_ops import parse_parameters
@@ -23,43 +26,63 @@ from gateway.rules.cas_queue import breach_status
 from gateway.rules.schema import ServiceRules
 from gateway.security.principal import allowed_service, require_service
 from gateway.store.db import write_transaction
-from gateway.store.repo import ResourceQuery, get_resource, put_resource, queue_rows, search_resources
+from gateway.store.queue_index import latest_tokened, queue_counts, queue_page, worsening_calls
+from gateway.store.repo import put_resource
 
 __all__ = ["router"]
 
 router = APIRouter()
 
+QUEUE_PAGE = 50  # /queue's _count when none is given; at most MAX_COUNT (README "CAS queue")
 
-@router.get("/queue", summary="CAS queue, ordered per CAS-02: breached cases first (most overdue first), then by time to breach")
-def queue(session: SessionDep, clock: ClockDep, registry: RegistryDep, service: str | None = None) -> Response:
+
+@router.get(
+    "/queue",
+    summary="CAS queue, ordered per CAS-02: breached cases first (most overdue first), then by time to breach;"
+    f" paged: _count (default {QUEUE_PAGE}, at most {MAX_COUNT}) and _offset, with a `next` link",
+)
+def queue(
+    request: Request,
+    session: SessionDep,
+    clock: ClockDep,
+    registry: RegistryDep,
+    service: str | None = None,
+    count: Annotated[str | None, Query(alias="_count")] = None,
+    offset: Annotated[str | None, Query(alias="_offset")] = None,
+) -> Response:
+    """One page of the queue from the cases' indexed columns (gateway.store.queue_index): no case is read whole."""
     service = allowed_service(service)
     if service is not None and service not in registry.services:
         raise GatewayInputError(Problem(Kind.VALUE, "service", f"unknown service {service[:32]!r}; known: {sorted(registry.services)}"))
+    size, start = int_param(count, "_count", QUEUE_PAGE, 0, MAX_COUNT), int_param(offset, "_offset", 0, 0, 10_000_000)
     now = clock.now()
+    rows, total = queue_page(session, service, size, start)
+    note(*({"resourceType": "Task", "id": row.id, "for": {"reference": f"Patient/{row.subject_id}"}} for row in rows))
     entries = []
-    rows = queue_rows(session, service)
-    note(*rows)
-    for position, task in enumerate(rows, start=1):
-        breach = parse_source_datetime(task["restriction"]["period"]["end"])
-        remaining = breach - now
-        classification = ((task.get("businessStatus") or {}).get("coding") or [{}])[0]
-        rules = registry.services[task["_service"]]
+    for position, row in enumerate(rows, start=start + 1):
+        remaining = row.breach_at - now
+        rules = registry.services.get(row.service_id or "")
         entries.append(
             {
                 "position": position,
-                "task": f"Task/{task['id']}",
-                "service": task["_service"],
-                "patient": task["for"]["reference"],
-                "priority": task.get("priority"),
-                "classification": classification.get("display"),
-                "breach_time": task["restriction"]["period"]["end"],
+                "task": f"Task/{row.id}",
+                "service": row.service_id,
+                "patient": f"Patient/{row.subject_id}" if row.subject_id else None,
+                "priority": row.priority,
+                "classification": codes.CLASSIFICATION_DISPLAY.get(row.classification) if row.classification else None,
+                "breach_time": to_fhir_instant(row.breach_at),
                 "breached": remaining.total_seconds() <= 0,
-                "breach_status": breach_status(breach, now, rules.breach_status),  # CAS-09
+                "breach_status": breach_status(row.breach_at, now, rules.breach_status) if rules else None,  # CAS-09
                 "time_to_breach": format_iso_duration(remaining),
                 "time_to_breach_seconds": int(remaining.total_seconds()),
             }
         )
-    return JSONResponse({"generated_at": to_fhir_instant(now), "service": service, "count": len(entries), "entries": entries})
+    links = {"self": str(request.url)}
+    if start + len(rows) < total and size:
+        kept = [(k, v) for k, v in request.query_params.multi_items() if k not in ("_count", "_offset")]
+        links["next"] = str(request.url.replace(query=urlencode([*kept, ("_count", str(size)), ("_offset", str(start + size))])))
+    body = {"generated_at": to_fhir_instant(now), "service": service, "total": total, "offset": start, "count": len(entries)}
+    return JSONResponse(body | {"link": links, "entries": entries})
 
 
 @router.get("/queue/summary", summary="CAS-16: counts by breach status and classification, evidence, suggested risk level, confirmed level")
@@ -88,29 +111,28 @@ async def confirm_risk_level(request: Request, clock: ClockDep, registry: Regist
     def store() -> dict[str, Any]:
         with write_transaction(request.app.state.sessions) as session:
             suggested = _summary(session, registry.services[service], now)["suggested_risk_level"]
-            stored, _ = put_resource(session, risk_level_observation(service, suggested, level, who, note, now), now)
+            # kept under its service: the summary reads the service's latest one alone (gateway.store.queue_index)
+            stored, _ = put_resource(session, risk_level_observation(service, suggested, level, who, note, now), now, service)
             return stored
 
     return FhirResponse(await run_in_threadpool(store), status_code=201)
 
 
 def _summary(session: Session, rules: ServiceRules, now: datetime) -> dict[str, Any]:
-    cases = queue_rows(session, rules.service.id)
-    patients = {ref: get_resource(session, "Patient", ref.split("/", 1)[1]) or {} for ref in {c["for"]["reference"] for c in cases}}
-    since = now - rules.queue_risk.worsening_within
-    records, _ = search_resources(session, ResourceQuery("Provenance", dates=[("ge", since)], count=10_000))
-    case_refs = {f"Task/{c['id']}" for c in cases}
-    worsening = sum(
-        1
-        for r in records
-        if any(c.get("code") == "CAS-10" for c in r["reason"][0].get("coding", []))
-        and any(t["reference"].split("/_history/")[0] in case_refs for t in r["target"])
+    """CAS-16 from the open cases' indexed columns and counts: no case, patient or call record is read whole."""
+    service_id, risk = rules.service.id, rules.queue_risk
+    limits = risk.extreme_age
+    counts = queue_counts(
+        session,
+        service_id,
+        now,
+        rules.breach_status.amber_within,
+        rules.breach_status.black_after,
+        limits.get("under", 0),
+        limits.get("over", 200),
     )
-    confirmations, _ = search_resources(
-        session, ResourceQuery("Observation", tokens=[("code", RISK_SYSTEM, "queue-risk-level")], count=10_000)
-    )
-    mine = [o for o in confirmations if o.get("focus", [{}])[0].get("identifier", {}).get("value") == rules.service.id]
-    latest = mine[-1] if mine else None
+    worsening = worsening_calls(session, service_id, now - risk.worsening_within)
+    latest = latest_tokened(session, "Observation", service_id, RISK_SYSTEM, "queue-risk-level")
     confirmed = (
         {
             "level": latest["valueCodeableConcept"]["coding"][0]["code"],
@@ -122,4 +144,4 @@ def _summary(session: Session, rules: ServiceRules, now: datetime) -> dict[str, 
         if latest
         else None
     )
-    return queue_summary(rules, cases, patients, worsening, confirmed, now)
+    return queue_summary(rules, counts, worsening, confirmed, now)

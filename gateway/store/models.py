@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Boolean, DateTime, Index, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Boolean, DateTime, Index, Integer, LargeBinary, String, Text, UniqueConstraint, text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -24,7 +24,25 @@ __all__ = [
     "UsedAssertion",
     "AuditEventRow",
     "AuditEntityRow",
+    "OPEN_CAS_CASE",
 ]
+
+# The rows on the CAS queue (CAS-02): open CAS cases. Written out with literal values, as the partial queue indexes'
+# predicate; gateway.store.queue_index writes the same condition the same way, so both stores use those indexes.
+OPEN_CAS_CASE = (
+    "resource_type = 'Task' AND breach_at IS NOT NULL"
+    " AND status IN ('requested', 'received', 'accepted', 'ready', 'in-progress', 'on-hold')"
+)
+
+# Task search's sort keys, each with its own index. Not partial (of Tasks alone): a search's type is a bound parameter,
+# and SQLite uses a partial index only for a query that names its predicate's values.
+TASK_SORTS = (
+    ("authored", "authored_on"),
+    ("updated", "last_updated"),
+    ("priority", "priority"),
+    ("status", "status"),
+    ("breach", "breach_at"),
+)
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -73,6 +91,28 @@ class ResourceRow(Base):
         Index("ix_resources_type_status", "resource_type", "status"),
         Index("ix_resources_type_subject", "resource_type", "subject_id"),
         Index("ix_resources_queue", "resource_type", "service_id", "breach_at"),
+        # the queue (CAS-02) and its summary read only open cases, in breach order: partial indexes of those alone
+        Index(
+            "ix_resources_open_queue_service",
+            "service_id",
+            "breach_at",
+            "authored_on",
+            "id",
+            postgresql_where=text(OPEN_CAS_CASE),
+            sqlite_where=text(OPEN_CAS_CASE),
+        ),
+        Index(
+            "ix_resources_open_queue",
+            "breach_at",
+            "authored_on",
+            "id",
+            postgresql_where=text(OPEN_CAS_CASE),
+            sqlite_where=text(OPEN_CAS_CASE),
+        ),
+        # one per `_sort` key of Task search (repo._SORTABLE), the id last as the searches order ties
+        *(Index(f"ix_tasks_sort_{name}", "resource_type", column, "id") for name, column in TASK_SORTS),
+        # `date` order of the searches of other types (repo.search_resources), and a window of recent decisions (CAS-16)
+        Index("ix_resources_sort_effective", "resource_type", "effective_at", "id"),
     )
 
 

@@ -272,8 +272,15 @@ def _tokens(res: dict[str, Any]) -> list[tuple[str, str, str]]:
         return [("related", "", r["reference"]) for r in (res.get("context") or {}).get("related", []) if r.get("reference")]
     if res["resourceType"] == "Encounter":
         return [("episode-of-care", "", e["reference"]) for e in res.get("episodeOfCare", []) if e.get("reference")]
-    if res["resourceType"] == "Provenance":
-        return [("target", "", t["reference"].split("/_history/", 1)[0]) for t in res.get("target", []) if t.get("reference")]
+    if res["resourceType"] == "Task" and res.get("performerType"):  # a CN's suitability (CAS-07): the case is allocated (CAS-16)
+        return [
+            ("performer-type", c.get("system", ""), c["code"]) for t in res["performerType"] for c in t.get("coding", []) if c.get("code")
+        ]
+    if res["resourceType"] == "Patient" and isinstance(res.get("birthDate"), str) and len(res["birthDate"]) == 10:
+        return [("birthdate", "", res["birthDate"])]  # a whole day (YYYY-MM-DD) sorts as text: extremes of age waiting (CAS-16)
+    if res["resourceType"] == "Provenance":  # its targets, and the rules it names (the queue summary counts CAS-10 calls)
+        reasons = [("reason", c.get("system", ""), c["code"]) for r in res.get("reason", []) for c in r.get("coding", []) if c.get("code")]
+        return [("target", "", t["reference"].split("/_history/", 1)[0]) for t in res.get("target", []) if t.get("reference")] + reasons
     return []
 
 

@@ -1,0 +1,189 @@
+"""The CAS queue from indexed columns: one page of open cases in breach order (CAS-02), and the counts of its summary
+(CAS-09 breach status, CAS-16 evidence), without reading any resource's JSON.
+
+Open cases are the rows `models.OPEN_CAS_CASE` describes; two partial indexes hold them alone, in breach order, so a
+page or a count reads the open cases of a service and nothing of the closed history. The condition is written here
+with the same literal values as the indexes' predicate: PostgreSQL and SQLite use a partial index only for a query
+whose WHERE implies its predicate, which a bound parameter cannot show.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from typing import Any, cast
+
+from sqlalchemy import ColumnElement, FromClause, Select, Table, and_, case, exists, func, literal, literal_column, select
+from sqlalchemy.orm import Session
+
+from gateway.store.models import ResourceRow, TokenRow
+from gateway.store.repo import ACTIVE_TASK_STATUSES
+
+__all__ = ["QueueEntry", "QueueCounts", "open_cases", "queue_page", "queue_counts", "worsening_calls", "latest_tokened", "years_before"]
+
+_RESOURCES, _TOKENS = cast(Table, ResourceRow.__table__), cast(Table, TokenRow.__table__)
+
+
+def open_cases(rows: FromClause) -> ColumnElement[bool]:
+    """`rows` (the resources table or an alias of it) is an open CAS case: models.OPEN_CAS_CASE, literal values and all."""
+    return and_(
+        rows.c.resource_type == literal_column("'Task'"),
+        rows.c.breach_at.is_not(None),
+        rows.c.status.in_([literal_column(f"'{status}'") for status in ACTIVE_TASK_STATUSES]),
+    )
+
+
+@dataclass(frozen=True)
+class QueueEntry:
+    """An open case as the queue shows it: its row's columns."""
+
+    id: str
+    service_id: str | None
+    subject_id: str | None
+    priority: str | None
+    classification: str | None  # Task.businessStatus code
+    breach_at: datetime
+
+
+def _of_service(stmt: Select[Any], service_id: str | None) -> Select[Any]:
+    return stmt if service_id is None else stmt.where(_RESOURCES.c.service_id == service_id)
+
+
+def queue_page(session: Session, service_id: str | None, count: int, offset: int) -> tuple[list[QueueEntry], int]:
+    """CAS-02: one page of open cases, earliest breach first (breached lead, most overdue first; then the earlier
+    referral, then the id, so the order is total and pages do not overlap), and how many open cases there are."""
+    c = _RESOURCES.c
+    columns = select(c.id, c.service_id, c.subject_id, c.priority, c.business_status, c.breach_at).where(open_cases(_RESOURCES))
+    page = _of_service(columns, service_id).order_by(c.breach_at.asc(), c.authored_on.asc(), c.id.asc()).limit(count).offset(offset)
+    total = _of_service(select(func.count()).select_from(_RESOURCES).where(open_cases(_RESOURCES)), service_id)
+    entries = [QueueEntry(*row) for row in session.execute(page)]
+    return entries, int(session.execute(total).scalar_one())
+
+
+@dataclass
+class QueueCounts:
+    """What the CAS-16 summary counts over a service's open cases."""
+
+    by_breach_status: Counter[str] = field(default_factory=Counter)  # green / amber / red / black (CAS-09)
+    by_classification: Counter[str | None] = field(default_factory=Counter)  # Task.businessStatus code, None = blank
+    urgent_cn_review_not_allocated: int = 0  # Urgent CN Review and no suitability set by a CN yet
+    extreme_ages_waiting: int = 0
+
+    @property
+    def open_cases(self) -> int:
+        return sum(self.by_breach_status.values())
+
+
+def years_before(today: date, years: int) -> date:
+    """The day `years` years before `today` (28 February for a 29 February that year lacks): someone born after it is
+    under `years` years old today, someone born on or before it is at least that."""
+    try:
+        return today.replace(year=today.year - years)
+    except ValueError:
+        return today.replace(year=today.year - years, day=28)
+
+
+def queue_counts(
+    session: Session, service_id: str, now: datetime, amber_within: timedelta, black_after: timedelta, under: int, over: int
+) -> QueueCounts:
+    """One grouped query over the service's open cases (and their patients' birth dates): CAS-09 breach status as
+    `gateway.rules.cas_queue.breach_status` gives it, classification, unallocated Urgent CN Review, and cases whose
+    patient is younger than `under` or older than `over` years today."""
+    cases = _RESOURCES.alias("cases")
+    allocated, born = _TOKENS.alias("allocated"), _TOKENS.alias("born")  # Task.performerType; Patient.birthDate (YYYY-MM-DD)
+    status = case(
+        (cases.c.breach_at < now - black_after, literal("black")),
+        (cases.c.breach_at <= now, literal("red")),
+        (cases.c.breach_at <= now + amber_within, literal("amber")),
+        else_=literal("green"),
+    )
+    today = now.date()
+    extreme = case(
+        (born.c.code > years_before(today, under).isoformat(), 1),
+        (born.c.code <= years_before(today, over + 1).isoformat(), 1),
+        else_=0,
+    )
+    unallocated = ~exists(
+        select(literal(1))
+        .select_from(allocated)
+        .where(allocated.c.resource_type == "Task", allocated.c.resource_id == cases.c.id, allocated.c.param == "performer-type")
+    )
+    rows = (
+        select(
+            status.label("breach_status"),
+            cases.c.business_status.label("classification"),
+            case((unallocated, 1), else_=0).label("unallocated"),
+            extreme.label("extreme"),
+        )
+        .select_from(
+            cases.outerjoin(
+                born, and_(born.c.resource_type == "Patient", born.c.resource_id == cases.c.subject_id, born.c.param == "birthdate")
+            )
+        )
+        .where(open_cases(cases), cases.c.service_id == service_id)
+        .subquery()
+    )
+    grouped = select(rows.c.breach_status, rows.c.classification, func.sum(rows.c.unallocated), func.sum(rows.c.extreme), func.count())
+    out = QueueCounts()
+    for breach_status, classification, unallocated, extremes, n in session.execute(
+        grouped.group_by(rows.c.breach_status, rows.c.classification)
+    ):
+        out.by_breach_status[breach_status] += n
+        out.by_classification[classification] += n
+        out.extreme_ages_waiting += int(extremes or 0)
+        if classification == "urgent-cn-review":
+            out.urgent_cn_review_not_allocated += int(unallocated or 0)
+    return out
+
+
+def worsening_calls(session: Session, service_id: str, since: datetime) -> int:
+    """CAS-10: decisions recorded since `since` (Provenance) that name CAS-10 and concern an open case of the service."""
+    provenance = _RESOURCES.alias("provenance")
+    cases = _RESOURCES.alias("cases")
+    targets, reasons = _TOKENS.alias("targets"), _TOKENS.alias("reasons")
+    names_cas_10 = exists(
+        select(literal(1))
+        .select_from(reasons)
+        .where(
+            reasons.c.resource_type == "Provenance",
+            reasons.c.resource_id == provenance.c.id,
+            reasons.c.param == "reason",
+            reasons.c.code == "CAS-10",
+        )
+    )
+    on_open_case = exists(
+        select(literal(1))
+        .select_from(targets.join(cases, targets.c.code == literal("Task/") + cases.c.id))
+        .where(
+            targets.c.resource_type == "Provenance",
+            targets.c.resource_id == provenance.c.id,
+            targets.c.param == "target",
+            open_cases(cases),
+            cases.c.service_id == service_id,
+        )
+    )
+    stmt = (
+        select(func.count())
+        .select_from(provenance)
+        .where(provenance.c.resource_type == "Provenance", provenance.c.effective_at >= since, names_cas_10, on_open_case)
+    )
+    return int(session.execute(stmt).scalar_one())
+
+
+def latest_tokened(session: Session, resource_type: str, service_id: str, system: str, code: str) -> dict[str, Any] | None:
+    """The service's latest resource (by effective date, then id) coded `system`|`code`: the one JSON read."""
+    c = _RESOURCES.c
+    tokens = _TOKENS.alias()
+    coded = select(tokens.c.resource_id).where(
+        tokens.c.resource_type == resource_type, tokens.c.param == "code", tokens.c.system == system, tokens.c.code == code
+    )
+    stmt = (
+        select(c.content)
+        .where(c.resource_type == resource_type, c.service_id == service_id, c.id.in_(coded))
+        .order_by(c.effective_at.desc(), c.id.desc())
+        .limit(1)
+    )
+    content = session.execute(stmt).scalar_one_or_none()
+    return None if content is None else dict(json.loads(content))
