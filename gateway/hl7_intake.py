@@ -1,8 +1,10 @@
 """RiO HL7 v2 intake: parse -> map -> store, one transaction per message, ACK after commit.
 
-A duplicate control id (same sending facility and MSH-10) is not processed twice: it gets
-its original ACK. AE/AR ACKs store nothing. RiO notes for a Specialist Desk case are related
-to that case and attached to its pending GP notification (CAS-15).
+A duplicate control id (same sending facility and MSH-10) is not processed twice: the same
+message again (whatever its MSH-7 time) gets its original ACK; a different message reusing
+the control id gets AE naming MSH-10 (gateway.resends). AE/AR ACKs store nothing. RiO notes
+for a Specialist Desk case are related to that case and attached to its pending GP
+notification (CAS-15).
 """
 
 from __future__ import annotations
@@ -27,9 +29,10 @@ from gateway.cases import is_specialist_desk
 from gateway.clock import Clock
 from gateway.messages import Inbound, Reply, commit_message, previous
 from gateway.outbox.letters import request_letter
+from gateway.resends import id_reused, same_hl7
 from gateway.security.principal import SYSTEM, current_principal
 from gateway.store.models import ResourceRow
-from gateway.store.repo import ResourceQuery, find_by_identifier, get_resource, put_resource, search_resources
+from gateway.store.repo import ResourceQuery, StoredMessage, find_by_identifier, get_resource, put_resource, search_resources
 
 __all__ = ["Hl7Intake", "CHANNEL_HL7", "map_hl7", "map_hl7_offline"]
 
@@ -55,8 +58,7 @@ class Hl7Intake:
         key = f"{header.sending_facility}|{header.control_id}"
         original = previous(self.sessions, CHANNEL_HL7, key)
         if original is not None:
-            log.info("hl7.resent", type=f"{header.message_type}^{header.trigger}")
-            return str(json.loads(original.response_body)["ack"]).encode()
+            return _again(original, raw, message, now)
 
         def write(session: Session) -> list[tuple[dict[str, Any], str | None]]:
             return [(r, None) for r in self._resources(session, message, now)]
@@ -66,10 +68,20 @@ class Hl7Intake:
             return Reply(200, {"ack": ack, "resources": [f"{r['resourceType']}/{r['id']}" for r in stored]})
 
         try:
-            reply = commit_message(self.sessions, Inbound(CHANNEL_HL7, key, raw, unused=message.unused_segments), now, write, make_reply)
+            inbound = Inbound(CHANNEL_HL7, key, raw, unused=message.unused_segments)
+            reply = commit_message(
+                self.sessions,
+                inbound,
+                now,
+                write,
+                make_reply,
+                on_race=lambda original: Reply(200, {"ack": _again(original, raw, message, now).decode()}, duplicate=True),
+            )
         except Hl7Error as error:  # found while writing (e.g. an update for an unknown patient): rolled back
             log.info("hl7.refused", ack=error.ack, code=error.code, segment=error.segment, field=error.field_no)
             return build_ack(error.control_id, header.trigger, error, now)
+        if reply.duplicate:  # a racing copy (or a message reusing its control id) was stored first: answered above
+            return str(reply.body["ack"]).encode()
         log.info("hl7.accepted", type=f"{header.message_type}^{header.trigger}", resources=len(reply.body.get("resources", [])))
         return str(reply.body["ack"]).encode()
 
@@ -101,6 +113,18 @@ class Hl7Intake:
                     put_resource(session, resource, now)  # the letter reports it, so it is stored first
                     request_letter(session, with_document(pending, f"DocumentReference/{resource['id']}"), now)
         return out
+
+
+def _again(original: StoredMessage, raw: bytes, message: Hl7Message, now: datetime) -> bytes:
+    """A message under a stored control id: the original ACK when it is that message again (MSH-7 aside), else AE
+    naming MSH-10 (table 0357 code 205, duplicate key identifier): a different message is never taken for a re-send."""
+    header = message.header
+    if same_hl7(original.raw, raw):
+        log.info("hl7.resent", type=f"{header.message_type}^{header.trigger}")
+        return str(json.loads(original.response_body)["ack"]).encode()
+    id_reused(CHANNEL_HL7, "MSH-10", original.seq)
+    text = "MSH-10 already used by a different message: needs a new id"  # MSA-3 holds 80, ERR 60
+    return build_ack(header.control_id, header.trigger, Hl7Error("AE", text, "MSH", 10, 205, header.control_id), now)
 
 
 def map_hl7(message: Hl7Message, stored_patient: dict[str, Any] | None, desk_cases: list[str], now: datetime) -> list[dict[str, Any]]:

@@ -2,10 +2,11 @@
 
 The reply is computed before the commit and stored with the message, and the sender
 sees it only after the commit (nothing acknowledged before it is durable). A re-sent
-message (same message id, or same BaRS MessageHeader id) stores nothing: the flat
-JSON gets its original reply back, BaRS gets 409 REC_CONFLICT `duplicate` as the
-standard requires. Two copies racing on PostgreSQL meet the unique constraints on
-`inbound_messages`; the loser rolls back and answers as a re-send.
+message (same message id, or same BaRS MessageHeader id, and the same content) stores
+nothing: the flat JSON gets its original reply back, BaRS gets 409 REC_CONFLICT
+`duplicate` as the standard requires. A different message reusing such an id is
+refused 422 naming the id (gateway.resends). Two copies racing on PostgreSQL meet the
+unique constraints on `inbound_messages`; the loser rolls back and answers as above.
 """
 
 from __future__ import annotations
@@ -30,9 +31,11 @@ from fhir_mapping.replies import bars_response_message, batch_response, operatio
 from gateway.cases import provenance
 from gateway.clock import Clock
 from gateway.messages import Inbound, Reply, Writes, commit_message, previous, resend
+from gateway.resends import refuse_reuse, same_json
 from gateway.rules.cas_intake import QueueDecision, decide_intake
 from gateway.rules.cas_queue import merge_resent_task
 from gateway.rules.schema import RuleRegistry
+from gateway.store.repo import StoredMessage
 
 __all__ = ["Intake", "Reply", "CHANNEL_NHS111", "CHANNEL_BARS", "plan_for", "decide", "detect_kind", "map_offline"]
 
@@ -41,6 +44,7 @@ log = structlog.get_logger("iap.intake")
 CHANNEL_NHS111 = "nhs111-case"
 CHANNEL_BARS = "bars"
 CHANNEL_MHPL = "mhpl"
+_ID_ELEMENTS = {CHANNEL_NHS111: "case_id", CHANNEL_MHPL: "call_id"}  # where the flat JSON formats carry their message id
 
 
 def plan_for(decision: QueueDecision) -> TaskPlan:
@@ -81,7 +85,7 @@ class Intake:
         referral = parse_nhs111_case(raw)
         original = previous(self.sessions, CHANNEL_NHS111, referral.message_id, None)
         if original is not None:
-            return resend(original)
+            return _again(CHANNEL_NHS111, original, raw)
         decision = decide(referral, self.registry)
         return self._commit(CHANNEL_NHS111, referral, decision, raw, self._nhs111_reply)
 
@@ -98,19 +102,29 @@ class Intake:
         referral = parse_mhpl_call(raw)
         original = previous(self.sessions, CHANNEL_MHPL, referral.message_id)
         if original is not None:
-            return resend(original)
+            return _again(CHANNEL_MHPL, original, raw)
         decision = decide(referral, self.registry)
         return self._commit(CHANNEL_MHPL, referral, decision, raw, self._nhs111_reply)
 
     # -- BaRS $process-message ---------------------------------------------------------------
     def receive_bars(self, raw: bytes, request_id: str | None, correlation_id: str | None) -> Reply:
-        if request_id and correlation_id and previous(self.sessions, CHANNEL_BARS, request_id, None) is not None:
-            return _bars_duplicate()
-        referral = parse_bars_message(raw, request_id, correlation_id)
-        if previous(self.sessions, CHANNEL_BARS, referral.message_id, referral.header_id) is not None:
-            return _bars_duplicate()
+        stored = previous(self.sessions, CHANNEL_BARS, request_id, None) if request_id and correlation_id else None
+        if stored is not None and same_json(stored.raw, raw):
+            return _bars_duplicate()  # a re-send, answered before any parsing
+        referral = parse_bars_message(raw, request_id, correlation_id)  # a message reusing an id is checked like any other first
+        original = stored or previous(self.sessions, CHANNEL_BARS, referral.message_id, referral.header_id)
+        if original is not None:
+            return self._bars_again(original, referral, raw)
         decision = decide(referral, self.registry)
         return self._commit(CHANNEL_BARS, referral, decision, raw, self._bars_reply)
+
+    def _bars_again(self, original: StoredMessage, referral: Referral, raw: bytes) -> Reply:
+        """A message under a stored X-Request-Id or MessageHeader id. That message again: 409 duplicate, as BaRS requires.
+        Another message reusing the id (e.g. a header id kept from a template): refused 422 naming the id it reuses."""
+        if same_json(original.raw, raw):
+            return _bars_duplicate()
+        by_request_id = previous(self.sessions, CHANNEL_BARS, referral.message_id, None) is not None
+        raise refuse_reuse(CHANNEL_BARS, "header:X-Request-Id" if by_request_id else "MessageHeader.id", original.seq)
 
     def _bars_reply(self, referral: Referral, stored: list[dict[str, Any]], created: set[str], now: datetime) -> Reply:
         task, service_request = stored[0], next(r for r in stored if r["resourceType"] == "ServiceRequest")
@@ -156,7 +170,11 @@ class Intake:
             now,
             write=lambda _session: planned,
             make_reply=lambda stored, created: make_reply(referral, stored, created, now),
-            on_race=(lambda _original: _bars_duplicate()) if channel == CHANNEL_BARS else resend,
+            on_race=(
+                (lambda original: self._bars_again(original, referral, raw))
+                if channel == CHANNEL_BARS
+                else (lambda original: _again(channel, original, raw))
+            ),
             expected=planned,
             merge=_never_downgrade,
         )
@@ -188,6 +206,14 @@ def _never_downgrade(stored: dict[str, Any], resource: dict[str, Any]) -> dict[s
     (it names the Task and the message's time, not the Task's content).
     """
     return merge_resent_task(stored, resource) if resource["resourceType"] == "Task" else resource
+
+
+def _again(channel: str, original: StoredMessage, raw: bytes) -> Reply:
+    """A flat JSON message under a stored id: its original reply when it is that message again (however re-serialised),
+    else refused 422 naming the id: a different case reusing an accepted case id is never taken for a re-send."""
+    if same_json(original.raw, raw):
+        return resend(original)
+    raise refuse_reuse(channel, _ID_ELEMENTS[channel], original.seq)
 
 
 def _bars_duplicate() -> Reply:

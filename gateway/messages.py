@@ -19,6 +19,7 @@ from sqlalchemy import insert
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from adapters.problems import GatewayInputError
 from gateway.store.db import group_commit, one_read, store_timed_out, write_transaction
 from gateway.store.deferred import defer
 from gateway.store.jsontext import dumps
@@ -135,6 +136,13 @@ def commit_message(
                 return group.run(transaction)
             with write_transaction(sessions) as session:
                 return transaction(session)
+        except GatewayInputError:
+            # refused while writing (e.g. CAS-08 against a case just stored): when a racing message under this one's id
+            # was committed first, this is a re-send of it or reuses its id, and `on_race` answers as it would after it
+            original = previous(sessions, inbound.channel, inbound.message_id, inbound.header_id)
+            if original is not None:
+                return on_race(original)
+            raise
         except (IntegrityError, OperationalError) as exc:
             # a racing copy of this message won, or a racing write on a shared resource (a Patient): look, then retry
             original = previous(sessions, inbound.channel, inbound.message_id, inbound.header_id)

@@ -24,6 +24,7 @@ from gateway.outbox import store as outbox_store
 
 __all__ = [
     "MESSAGES",
+    "MESSAGE_ID_REUSES",
     "MAPPING_SECONDS",
     "INGEST_WAIT_SECONDS",
     "STORE_COMMIT_MESSAGES",
@@ -44,6 +45,12 @@ MESSAGES = Counter(
     "iap_messages",
     "Inbound messages by source and outcome (accepted, duplicate, refused, unauthorised, unavailable, error)",
     ["source", "outcome"],
+)
+MESSAGE_ID_REUSES = Counter(
+    "iap_message_id_reuses",
+    "Inbound messages refused for reusing a stored message's id with different content (not a re-send: the sender"
+    " must give a new message a new id); also counted as refused in iap_messages_total",
+    ["source"],
 )
 INGEST_WAIT_SECONDS = Histogram(
     "iap_ingest_wait_seconds",
