@@ -3,6 +3,7 @@
     .venv/bin/python -m bench                      # full run (~7 min): 200 req/s for 60 s per target and backend
     .venv/bin/python -m bench --quick              # smoke run (~1 min): tiny counts, 20 req/s for 2 s
     .venv/bin/python -m bench --only mapping       # or: --only ingest; --backends sqlite
+    .venv/bin/python -m bench --only queue         # the CAS queue and Task searches, empty and at 100,000 referrals (~8 min)
 
 The ingest part needs wrk (`apt-get install wrk`) and, for PostgreSQL, a server at --pg-url.
 Exit status 1 if any message failed to map, any request failed, or a stored count is short.
@@ -19,7 +20,7 @@ import time
 from datetime import date
 from pathlib import Path
 
-from bench import ingest, mapping
+from bench import ingest, mapping, queue
 
 
 def machine() -> str:
@@ -39,7 +40,7 @@ def busy(seconds: float = 2.0) -> tuple[float, float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=["mapping", "ingest"], help="run one part")
+    parser.add_argument("--only", choices=["mapping", "ingest", "queue"], help="run one part (queue runs only when asked)")
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny counts and durations (checks the command works)")
     parser.add_argument("--n", type=int, default=5000, help="messages mapped per source (default 5000)")
     parser.add_argument("--rate", type=float, default=200, help="offered load, requests/s (default 200)")
@@ -49,9 +50,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="server worker processes for both targets (default 2, one per core)")
     parser.add_argument("--backends", default="sqlite,postgres", help="comma-separated: sqlite, postgres (default both)")
     parser.add_argument("--pg-url", default=ingest.DEFAULT_PG, help=f"PostgreSQL server, no database (default {ingest.DEFAULT_PG})")
+    parser.add_argument("--tasks", type=int, default=100_000, help="queue: referrals stored before the second measurement")
+    parser.add_argument("--open-every", type=int, default=100, help="queue: one stored case in this many is open (default 100)")
+    parser.add_argument("--requests", type=int, default=300, help="queue: timed requests of each kind per measurement")
     args = parser.parse_args(argv)
     if args.quick:
         args.n, args.rate, args.seconds, args.warmup, args.saturate = 50, 20, 2, 1, 1
+        args.tasks, args.open_every, args.requests = 200, 10, 20
     backends = [b for b in args.backends.split(",") if b]
     if any(b not in ("sqlite", "postgres") for b in backends):
         parser.error("--backends takes sqlite and/or postgres")
@@ -76,6 +81,11 @@ def main(argv: list[str] | None = None) -> int:
                         )
                     )
             failed |= print_ingest(results, args)
+    if args.only == "queue":
+        if not 0 < args.tasks <= 1_000_000:
+            parser.error("--tasks takes 1 to 1,000,000")
+        found = queue.run_all(backends, args.pg_url, args.tasks, args.open_every, args.requests, max(5, args.requests // 10))
+        failed |= print_queue(found)
     return 1 if failed else 0
 
 
@@ -150,6 +160,30 @@ def print_ingest(results: list[ingest.LoadResult], args: argparse.Namespace) -> 
             print(f"  {r.backend} {r.target}: {problem}", file=sys.stderr)
         failed |= bool(problems)
     return failed
+
+
+def print_queue(results: list[queue.QueueResult]) -> bool:
+    print("\nCAS queue and Task search: one connection, one request after another; latency = send to whole reply")
+    table(
+        ["backend", "request", "referrals", "open", "n", "p50 ms", "p99 ms", "max ms", "failed"],
+        [
+            [r.backend, queue.REQUESTS[r.request], str(r.tasks), str(r.open_cases), str(r.n)]
+            + [f"{r.p50_ms:.1f}", f"{r.p99_ms:.1f}", f"{r.max_ms:.1f}", str(sum(r.failures.values()))]
+            for r in results
+        ],
+        text_columns=2,
+    )
+    print("\np99 ms on the empty store and with the referrals stored (target < 50 ms)")
+    rows = []
+    for r in results:
+        if r.tasks:
+            empty = next(e for e in results if (e.backend, e.request, e.tasks) == (r.backend, r.request, 0))
+            rows.append([r.backend, queue.REQUESTS[r.request], f"{empty.p99_ms:.1f}", f"{r.p99_ms:.1f}", str(r.tasks)])
+    table(["backend", "request", "empty", "stored", "referrals"], rows, text_columns=2)
+    for r in results:
+        for failure, count in r.failures.items():
+            print(f"  {r.backend} {r.request} ({r.tasks} stored): {failure} x{count}", file=sys.stderr)
+    return any(r.failures for r in results)
 
 
 if __name__ == "__main__":

@@ -4,14 +4,22 @@ answered from indexed columns (a stored case's JSON is never read for them); Tas
 from __future__ import annotations
 
 import json
+import uuid
+from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, cast
 
-from sqlalchemy import Table, text
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Table, create_engine, insert, text
 
-from gateway.store.models import ResourceRow
+from gateway.api.app import create_app
+from gateway.queue_summary import RISK_SYSTEM, risk_level_observation
+from gateway.store.db import make_engine, migrate
+from gateway.store.models import ResourceRow, TokenRow
 from gateway.store.repo import sortable_task_params
-from tests.conftest import NOW, fixture_json, issues, task_of
+from tests.conftest import ALL_SCOPES, NOW, PG_ADMIN_URL, add_test_client, bearer, fixture_json, gateway_settings, issues, task_of
 from tests.test_cas_operations import op
 
 
@@ -177,3 +185,67 @@ def test_the_open_queue_indexes_hold_exactly_the_cases_the_queue_reads() -> None
     assert OPEN_CAS_CASE.endswith("status IN (" + ", ".join(f"'{s}'" for s in ACTIVE_TASK_STATUSES) + ")")
     written = str(open_cases(ResourceRow.__table__).compile(dialect=postgresql.dialect()))
     assert written.replace("resources.", "").replace("(", "").replace(")", "") == OPEN_CAS_CASE.replace("(", "").replace(")", "")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def new_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database of its own (the migrations are walked from the start)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'older.db'}"
+        return
+    name = f"iap_test_older_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def test_a_store_from_before_the_queue_indexes_shows_its_evidence_once_migrated_CAS_16(new_database: str, clock: Any) -> None:
+    """Migration 0006 fills in what the summary now counts by, from the JSON stored before it: a CN's suitability on a
+    case (CAS-07), a patient's birth date, a CAS-10 call's rule, and the service of a confirmed risk level."""
+    engine = make_engine(new_database)
+    migrate(engine, "0005")
+    breach, young, adult = NOW + timedelta(hours=3), "young-patient", "adult-patient"
+    urgent = {"coding": [{"system": "x", "code": "urgent-cn-review"}]}
+    suitable = [{"coding": [{"system": "x", "code": "registered"}]}]
+    call = {"resourceType": "Provenance", "id": "call", "reason": [{"coding": [{"system": "x", "code": "CAS-10"}]}]}
+    level = risk_level_observation("bnssg", {"level": "low", "because": ["quiet"]}, "medium", "CN Smith", None, NOW)
+    rows: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = [
+        ("Patient", young, {"birthDate": "2010-01-01"}, {}),
+        ("Patient", adult, {"birthDate": "1980-01-01"}, {}),
+        ("Task", "unallocated", {"businessStatus": urgent}, {"subject_id": young}),
+        ("Task", "allocated", {"businessStatus": urgent, "performerType": suitable}, {"subject_id": adult}),
+        ("Provenance", "call", call, {"effective_at": NOW - timedelta(hours=1)}),
+        ("Observation", level["id"], level, {"effective_at": NOW}),
+    ]
+    with engine.begin() as connection:
+        for rtype, rid, body, columns in rows:
+            task: dict[str, Any] = {"status": "ready", "business_status": "urgent-cn-review", "service_id": "bnssg", "breach_at": breach}
+            values: dict[str, Any] = {"resource_type": rtype, "id": rid, "version_id": 1, "last_updated": NOW, "content": json.dumps(body)}
+            connection.execute(insert(ResourceRow), values | (task if rtype == "Task" else {}) | columns)
+        tokens = [("Provenance", "call", "target", "Task/unallocated"), ("Observation", level["id"], "code", "queue-risk-level")]
+        for rtype, rid, param, code in tokens:
+            system = RISK_SYSTEM if param == "code" else ""
+            values = {"resource_type": rtype, "resource_id": rid, "param": param, "system": system, "code": code}
+            connection.execute(insert(TokenRow), values)
+    engine.dispose()
+    app = create_app(gateway_settings(new_database), clock)  # migrates to the head, as the prestart step does
+    try:
+        with TestClient(app, raise_server_exceptions=False, headers=bearer(add_test_client(app, ALL_SCOPES))) as client:
+            summary = client.get("/queue/summary", params={"service": "bnssg"}).json()
+    finally:
+        app.state.engine.dispose()
+    assert summary["evidence"] | {"breached": None, "black": None} == {
+        "open_cases": 2,
+        "breached": None,
+        "black": None,
+        "urgent_cn_review_not_allocated": 1,
+        "extreme_ages_waiting": 1,
+        "worsening_calls": 1,
+    }
+    assert summary["confirmed_risk_level"]["level"] == "medium" and summary["confirmed_risk_level"]["by"] == "CN Smith"

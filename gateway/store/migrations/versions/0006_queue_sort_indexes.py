@@ -39,9 +39,12 @@ def upgrade() -> None:
         batch_op.create_index("ix_resources_sort_effective", ["resource_type", "effective_at", "id"], unique=False)
     for name, column in TASK_SORTS.items():
         op.create_index(name, "resources", ["resource_type", column, "id"])
-    where = {"postgresql_where": sa.text(OPEN_CAS_CASE), "sqlite_where": sa.text(OPEN_CAS_CASE)}
-    op.create_index("ix_resources_open_queue_service", "resources", ["service_id", "breach_at", "authored_on", "id"], **where)
-    op.create_index("ix_resources_open_queue", "resources", ["breach_at", "authored_on", "id"], **where)
+    where = sa.text(OPEN_CAS_CASE)
+    for name, columns in (
+        ("ix_resources_open_queue_service", ["service_id", "breach_at", "authored_on", "id"]),
+        ("ix_resources_open_queue", ["breach_at", "authored_on", "id"]),
+    ):
+        op.create_index(name, "resources", columns, postgresql_where=where, sqlite_where=where)
     _backfill()
 
 
