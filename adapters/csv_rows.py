@@ -7,13 +7,13 @@ import io
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from adapters.case_json import source_time
 from adapters.problems import GatewayInputError, Kind, Problem, ProblemList
 from adapters.referral import check_nhs_number
 
-__all__ = ["csv_rows", "contact_basics", "changed_columns", "ContactRow"]
+__all__ = ["csv_rows", "within", "empty_row", "contact_basics", "changed_columns", "ContactRow"]
 
 C = TypeVar("C")
 
@@ -71,3 +71,23 @@ def contact_basics(value: dict[str, str], where: str, problems: ProblemList) -> 
     else:
         when = source_time(value["contact_time"], f"{where}.contact_time", problems)
     return contact_id, nhs, when
+
+
+def within(
+    rows: Iterator[tuple[int, dict[str, str], bytes]], max_rows: int | None, export: str
+) -> Iterator[tuple[int, dict[str, str], bytes]]:
+    """`csv_rows` refused whole past `max_rows` rows (IAP_BATCH_MAX_ROWS). Parsing precedes storing, so a file too
+    long is refused before any row is stored, and after reading at most one row more than the limit."""
+    for number, value, source in rows:
+        if max_rows is not None and number > max_rows:
+            raise GatewayInputError(
+                Problem(Kind.TOO_LARGE, "file", f"the {export} has more than {max_rows} rows (IAP_BATCH_MAX_ROWS): send it in parts")
+            )
+        yield number, value, source
+
+
+def empty_row(number: int, value: dict[str, str]) -> ContactRow[Any] | None:
+    """A row with every value blank refused with one problem (no checks, no mapping, no raw copy kept); else None."""
+    if any(value.values()):
+        return None
+    return ContactRow(number, None, None, (Problem(Kind.REQUIRED, f"row[{number}]", "the row is empty"),))

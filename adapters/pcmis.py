@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from adapters.csv_rows import ContactRow, contact_basics, csv_rows
+from adapters.csv_rows import ContactRow, contact_basics, csv_rows, empty_row, within
 from adapters.problems import Kind, ProblemList
 
 __all__ = ["PcmisContact", "PcmisRow", "parse_pcmis_csv", "COLUMNS", "MEASURE_COLUMNS"]
@@ -62,9 +62,13 @@ class PcmisContact:
 PcmisRow = ContactRow[PcmisContact]
 
 
-def parse_pcmis_csv(raw: bytes) -> list[PcmisRow]:
-    """Every row, parsed or with its problems. Raises GatewayInputError only for a file that cannot be read."""
-    return [_row(number, value, source) for number, value, source in csv_rows(raw, COLUMNS, "PCMIS export")]
+def parse_pcmis_csv(raw: bytes, max_rows: int | None = None) -> list[PcmisRow]:
+    """Every row, parsed or with its problems (an empty row refused at once). Raises GatewayInputError only for a file
+    that cannot be read, or that has more than `max_rows` rows."""
+    return [
+        empty_row(number, value) or _row(number, value, source)
+        for number, value, source in within(csv_rows(raw, COLUMNS, "PCMIS export"), max_rows, "PCMIS export")
+    ]
 
 
 def _row(number: int, value: dict[str, str], source: bytes) -> PcmisRow:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from adapters.csv_rows import ContactRow, contact_basics, csv_rows
+from adapters.csv_rows import ContactRow, contact_basics, csv_rows, empty_row, within
 from adapters.problems import Kind, ProblemList
 
 __all__ = ["SystmOneContact", "SystmOneRow", "parse_systmone_csv", "COLUMNS", "CONTACT_CODES", "MEASURE_COLUMNS"]
@@ -63,9 +63,13 @@ class SystmOneContact:
 SystmOneRow = ContactRow[SystmOneContact]
 
 
-def parse_systmone_csv(raw: bytes) -> list[SystmOneRow]:
-    """Every row, parsed or with its problems. Raises GatewayInputError only for a file that cannot be read."""
-    return [_row(number, value, source) for number, value, source in csv_rows(raw, COLUMNS, "SystmOne extract")]
+def parse_systmone_csv(raw: bytes, max_rows: int | None = None) -> list[SystmOneRow]:
+    """Every row, parsed or with its problems (an empty row refused at once). Raises GatewayInputError only for a file
+    that cannot be read, or that has more than `max_rows` rows."""
+    return [
+        empty_row(number, value) or _row(number, value, source)
+        for number, value, source in within(csv_rows(raw, COLUMNS, "SystmOne extract"), max_rows, "SystmOne extract")
+    ]
 
 
 def _row(number: int, value: dict[str, str], source: bytes) -> SystmOneRow:

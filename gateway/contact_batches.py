@@ -30,7 +30,6 @@ from fhir_mapping.fhir import to_json_dict
 from fhir_mapping.measures import MeasureCatalogue
 from fhir_mapping.patients import patient_resource
 from fhir_mapping.pcmis import contact_consent, contact_encounter, employment_observation, measure_responses
-from fhir_mapping.replies import operation_outcome
 from fhir_mapping.scoring import check_response, score_answers
 from fhir_mapping.systmone import care_plans, systmone_encounter, systmone_responses
 from gateway.clock import Clock
@@ -101,7 +100,7 @@ class ContactBatches:
         sessions: sessionmaker[Session],
         clock: Clock,
         channel: str,
-        parse: Callable[[bytes], Sequence[Row]],
+        parse: Callable[[bytes, int | None], Sequence[Row]],
         build: Build,
         catalogue: MeasureCatalogue,
         link: Link | None = None,
@@ -109,14 +108,20 @@ class ContactBatches:
         self.sessions, self.clock, self.channel, self.parse, self.build = sessions, clock, channel, parse, build
         self.catalogue, self.link = catalogue, link
 
-    def receive_batch(self, raw: bytes) -> Reply:
-        rows = self.parse(raw)
+    def receive_batch(self, raw: bytes, max_rows: int | None = None, gone: Callable[[], bool] = lambda: False) -> Reply:
+        """Every row's outcome. A file over `max_rows` rows is refused whole, before any row is stored; once `gone()`
+        (the sender hung up) no further row is started: the rows committed stay committed (a re-sent file finds them
+        duplicates), the rest are taken when the file is sent again."""
+        rows = self.parse(raw, max_rows)
         now = self.clock.now()
-        results = []
+        results: list[dict[str, Any]] = []
         for row in rows:
+            if gone():
+                log.info("batch.sender_gone", channel=self.channel, rows=len(rows), done=len(results))
+                break
             outcome: dict[str, Any] = {"row": row.number, "contact_id": row.contact_id}
             if row.contact is None:
-                results.append(outcome | {"outcome": "refused", "issues": operation_outcome(list(row.problems))["issue"]})
+                results.append(outcome | {"outcome": "refused", "issues": row_issues(row.problems)})
                 continue
             original = previous(self.sessions, self.channel, row.contact.contact_id)
             if original is not None:
@@ -125,10 +130,10 @@ class ContactBatches:
             try:
                 stored, notes = self._store(row, now)
             except GatewayInputError as exc:
-                results.append(outcome | {"outcome": "refused", "issues": operation_outcome(exc.problems)["issue"]})
+                results.append(outcome | {"outcome": "refused", "issues": row_issues(exc.problems)})
                 continue
             warnings = [p for p in row.problems if not p.is_error]
-            issues = (operation_outcome(warnings)["issue"] if warnings else []) + notes
+            issues = row_issues(warnings) + notes
             results.append(outcome | {"outcome": "accepted", "resources": stored} | ({"issues": issues} if issues else {}))
         counts = {k: sum(1 for r in results if r["outcome"] == k) for k in ("accepted", "refused", "duplicate", "conflict")}
         log.info("batch.received", channel=self.channel, rows=len(rows), **counts)
@@ -147,7 +152,7 @@ class ContactBatches:
             return [(r, None) for r in [patient, *built]]
 
         def reply(stored: list[dict[str, Any]], _created: set[str]) -> Reply:
-            issues = {"issues": operation_outcome(notes)["issue"]} if notes else {}
+            issues = {"issues": row_issues(notes)} if notes else {}
             return Reply(200, {"resources": [f"{r['resourceType']}/{r['id']}" for r in stored], **issues})
 
         made = commit_message(self.sessions, Inbound(self.channel, row.contact.contact_id, row.source), now, write, reply)
@@ -172,7 +177,16 @@ def _again(row: Row, first: bytes) -> dict[str, Any]:
         )
         for column in changed
     ]
-    return {"outcome": "conflict", "issues": operation_outcome(problems)["issue"]}
+    return {"outcome": "conflict", "issues": row_issues(problems)}
+
+
+def row_issues(problems: Sequence[Problem]) -> list[dict[str, Any]]:
+    """A row's problems, compact: OperationOutcome issues without the per-issue error code (the reply is one line per
+    row of an export of up to IAP_BATCH_MAX_ROWS rows; the outcome names the kind), built as plain dicts."""
+    return [
+        {"severity": p.severity, "code": p.kind.issue_code, "diagnostics": p.message} | ({"expression": [p.element]} if p.element else {})
+        for p in problems
+    ]
 
 
 def _patient(session: Session, nhs_number: str) -> dict[str, Any]:

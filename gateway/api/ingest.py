@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -17,8 +18,10 @@ from gateway.api.deps import IntakeDep, SessionDep, SettingsDep
 from gateway.api.responses import FHIR_JSON, Busy, FhirResponse, SenderGone
 from gateway.audit import not_audited
 from gateway.cleo import export_case
+from gateway.contact_batches import ContactBatches
 from gateway.messages import Reply
 from gateway.metrics import INGEST_WAIT_SECONDS
+from gateway.settings import Settings
 
 __all__ = ["router", "read_body", "answer", "SenderGone", "body_of"]
 
@@ -132,7 +135,7 @@ def export_cleo(task_id: str, session: SessionDep) -> Response:
     openapi_extra=body_of("text/csv", "a PCMIS contact export (docs/formats/pcmis-contacts.md)"),
 )
 async def ingest_pcmis(request: Request, settings: SettingsDep) -> Response:
-    return await answer(request, settings.max_body_bytes, request.app.state.pcmis.receive_batch, fhir=False)
+    return await answer_batch(request, settings, request.app.state.pcmis)
 
 
 @router.post(
@@ -141,7 +144,26 @@ async def ingest_pcmis(request: Request, settings: SettingsDep) -> Response:
     openapi_extra=body_of("text/csv", "a SystmOne template extract (docs/formats/systmone-extract.md)"),
 )
 async def ingest_systmone(request: Request, settings: SettingsDep) -> Response:
-    return await answer(request, settings.max_body_bytes, request.app.state.systmone.receive_batch, fhir=False)
+    return await answer_batch(request, settings, request.app.state.systmone)
+
+
+async def answer_batch(request: Request, settings: Settings, batches: ContactBatches) -> Response:
+    """A CSV batch (plain JSON reply): at most IAP_BATCH_MAX_ROWS rows, and no row started once its sender has hung up
+    (the rows committed stay committed; sent again, they are duplicates and the rest are taken)."""
+    raw = await read_body(request, settings.max_body_bytes)
+    gone = threading.Event()
+
+    async def watch() -> None:  # with the body read, the next ASGI message is the disconnect (if before the reply)
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        gone.set()
+
+    watcher = asyncio.create_task(watch())
+    try:
+        reply = await in_worker_thread(request, lambda body: batches.receive_batch(body, settings.batch_max_rows, gone.is_set), raw)
+    finally:
+        watcher.cancel()
+    return Response(reply.encoded(), status_code=reply.status, headers=reply.headers, media_type="application/json")
 
 
 @router.post(
