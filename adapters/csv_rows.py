@@ -39,13 +39,32 @@ def csv_rows(raw: bytes, columns: tuple[str, ...], export: str) -> Iterator[tupl
     except UnicodeDecodeError as exc:
         raise GatewayInputError(Problem(Kind.STRUCTURE, "file", f"not UTF-8 (byte {exc.start})")) from None
     reader = csv.DictReader(io.StringIO(text, newline=""))
-    missing = [c for c in columns if c not in (reader.fieldnames or [])]
+    try:
+        missing = [c for c in columns if c not in (reader.fieldnames or [])]
+    except csv.Error as exc:  # a header the csv module cannot read (a field over its 131,072 characters)
+        raise GatewayInputError(Problem(Kind.STRUCTURE, "file", f"the header line cannot be read as CSV: {exc}")) from None
     if missing:
         raise GatewayInputError([Problem(Kind.REQUIRED, f"column:{c}", f"the {export} must have a {c!r} column") for c in missing])
-    for number, record in enumerate(reader, start=1):
+    for number, record in _records(reader):
         buffer = io.StringIO()
         csv.writer(buffer).writerows([columns, [record.get(c, "") for c in columns]])
         yield number, {k: (v or "").strip() for k, v in record.items() if k}, buffer.getvalue().encode()
+
+
+def _records(reader: csv.DictReader[str]) -> Iterator[tuple[int, dict[str, str]]]:
+    """(1-based row number, record); a row the csv module cannot read refuses the file, naming its line (no 500)."""
+    number = 0
+    while True:
+        try:
+            record = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise GatewayInputError(
+                Problem(Kind.STRUCTURE, f"row[{number + 1}]", f"line {reader.line_num} cannot be read as CSV: {exc}")
+            ) from None
+        number += 1
+        yield number, record
 
 
 def changed_columns(first: bytes, again: bytes) -> list[str]:

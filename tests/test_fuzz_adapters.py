@@ -1,4 +1,6 @@
 """Property-based: every adapter, fed random and mutated input, refuses cleanly or parses: never another exception.
+The JSON adapters are fed JSON built to break a reader too (tests/hostile.py: deep nesting, duplicate keys, extreme
+numbers).
 
 CI runs each adapter with CI_EXAMPLES; the nightly-style run (`pytest -m nightly`) runs NIGHTLY_EXAMPLES
 per adapter (deselected by default: see `addopts` in pyproject.toml).
@@ -27,6 +29,7 @@ from adapters.pcmis import parse_pcmis_csv
 from adapters.problems import GatewayInputError
 from adapters.systmone import parse_systmone_csv
 from tests.conftest import ROOT
+from tests.hostile import hostile_json
 
 CI_EXAMPLES = 150
 NIGHTLY_EXAMPLES = 10_000
@@ -73,8 +76,12 @@ def _fuzz(source: str, examples: int) -> None:
     parse, paths = SAMPLES[source]
     assert paths, f"no fixtures for {source}"
 
+    inputs = mutated(paths)
+    if all(path.suffix == ".json" for path in paths):  # and JSON built to break a reader (tests/hostile.py)
+        inputs = inputs | hostile_json([path.read_bytes() for path in paths])
+
     @settings(max_examples=examples, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
-    @given(mutated(paths))
+    @given(inputs)
     def check(data: bytes) -> None:
         try:
             parse(data)

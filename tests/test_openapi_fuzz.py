@@ -5,7 +5,7 @@ break it (negative), authenticated as a client with every scope so they reach th
 (unauthenticated refusals are tested in tests/test_security.py). A small example count per operation
 keeps CI short; the nightly run (`pytest -m nightly`) sends 25 times as many. (schemathesis's own
 pytest plugin does not run under pytest 9, so the operations are walked here, each with its
-hypothesis strategy.)
+hypothesis strategy.) Every operation taking a body is also sent JSON built to break a reader (tests/hostile.py).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from schemathesis.core.result import Ok
 from schemathesis.generation import GenerationMode
 
@@ -55,3 +56,52 @@ def test_no_request_the_description_allows_or_breaks_gets_a_server_error(app: An
 
             check()
     assert failures == []
+
+
+# The documents each JSON route takes, for JSON built to break a reader (tests/hostile.py); any other route that takes
+# a body gets a Parameters document and an empty object (path parameters filled by tests.hostile.filled_paths).
+_DOCUMENTS = {
+    "/ingest/nhs111": "nhs111/option2-red-flag.case.json",
+    "/ingest/mhpl": "mhpl/police-call.mhpl.json",
+    "/ingest/cleo": "cleo/consultation-registered.update.json",
+    "/fhir/$process-message": "nhs111/bars-dx13-self-harm-flag.bundle.json",
+    "/fhir/ServiceRequest/$route": "pathways/tt-gp-referral-step-3.servicerequest.json",
+    "/fhir/QuestionnaireResponse": "measures/phq-9-lhc-forms.qr.json",
+}
+_PARAMETERS = b'{"resourceType":"Parameters","parameter":[{"name":"practitioner","valueString":"CH"},{"name":"n","valueInteger":1}]}'
+
+
+@pytest.mark.parametrize(
+    "examples",
+    [EXAMPLES_PER_OPERATION, pytest.param(NIGHTLY_EXAMPLES_PER_OPERATION, marks=pytest.mark.nightly, id="nightly")],
+)
+def test_no_json_built_to_break_a_reader_gets_a_server_error_from_any_route_taking_a_body(client: Any, examples: int) -> None:
+    """Deep nesting, duplicate keys and extreme numbers (tests/hostile.py) to every operation in /openapi.json with a
+    request body: a route added later is fuzzed without anyone adding it here."""
+    from tests.conftest import ROOT
+    from tests.hostile import filled_paths, hostile_json
+
+    description = client.get("/openapi.json").json()
+    failures: list[str] = []
+    taking = [(m, t, op) for t, ops in description["paths"].items() for m, op in ops.items() if "requestBody" in op]
+    assert len(taking) >= 10, [t for _, t, _ in taking]
+    for method, template, operation in taking:
+        media = next(iter(operation["requestBody"]["content"]))
+        name = _DOCUMENTS.get(template)
+        documents = [(ROOT / "fixtures" / name).read_bytes()] if name else [_PARAMETERS, b"{}"]
+        _fuzz_route(client, method.upper(), media, filled_paths(template), hostile_json(documents), examples, failures)
+    assert failures == []
+
+
+def _fuzz_route(client: Any, method: str, media: str, urls: list[str], bodies: Any, examples: int, failures: list[str]) -> None:
+    from tests.conftest import bars_headers
+
+    @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(body=bodies, url=st.sampled_from(urls))
+    def check(body: bytes, url: str) -> None:
+        headers = {"Content-Type": media} | (bars_headers() if "process-message" in url else {})
+        response = client.request(method, url, content=body, headers=headers)
+        if response.status_code >= 500:
+            failures.append(f"{method} {url}: {response.status_code} {body[:80]!r} {response.text[:160]}")
+
+    check()

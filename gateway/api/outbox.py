@@ -11,7 +11,7 @@ from starlette.responses import JSONResponse, Response
 from adapters.jsonparse import parse_json_object
 from adapters.problems import GatewayInputError, Kind, Problem
 from gateway.api.deps import ClockDep, SessionDep, SettingsDep
-from gateway.api.ingest import read_body
+from gateway.api.ingest import body_of, read_body
 from gateway.api.responses import FhirResponse
 from gateway.api.search import paging, refuse_unknown, split_list
 from gateway.outbox import store
@@ -68,6 +68,7 @@ def replay(delivery_id: str, request: Request, clock: ClockDep) -> Response:
     "/fhir/CommunicationRequest",
     status_code=201,
     summary="Request a letter (docs/letters.md): stored with its document, PDF and deliveries; 201 with the letter's DocumentReference",
+    openapi_extra=body_of("application/fhir+json", "a FHIR CommunicationRequest (docs/letters.md)"),
 )
 async def letter_request(request: Request, settings: SettingsDep, clock: ClockDep) -> Response:
     body = parse_json_object(await read_body(request, settings.max_body_bytes), "CommunicationRequest")

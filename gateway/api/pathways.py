@@ -8,7 +8,7 @@ from starlette.responses import Response
 
 from adapters.problems import GatewayInputError, Kind, Problem
 from gateway.api.deps import SessionDep, SettingsDep
-from gateway.api.ingest import answer, read_body
+from gateway.api.ingest import answer, body_of, read_body
 from gateway.api.responses import FhirResponse
 from gateway.api.search import paging, refuse_unknown, searchset, split_list
 from gateway.cases import explain_resource
@@ -26,6 +26,7 @@ _OPS = ", ".join(f"${name}" for name in EPISODE_OPERATIONS)
     status_code=201,
     summary="Route a referral to a primary care or Talking Therapies pathway (docs/formats/pathway-referral.md): "
     "accept (step, team), signpost or redirect, with the rule trace; a re-sent referral id gets its original reply",
+    openapi_extra=body_of("application/fhir+json", "a FHIR ServiceRequest (docs/formats/pathway-referral.md)"),
 )
 async def route_referral(request: Request, settings: SettingsDep) -> Response:
     return await answer(request, settings.max_body_bytes, request.app.state.pathways.refer)
@@ -58,7 +59,11 @@ def episode_search(request: Request, session: SessionDep) -> Response:
     return FhirResponse(searchset(request, resources, total, count, offset))
 
 
-@router.post("/EpisodeOfCare/{episode_id}/{operation}", summary=f"Operate on an episode of care ({_OPS}); body: FHIR Parameters")
+@router.post(
+    "/EpisodeOfCare/{episode_id}/{operation}",
+    summary=f"Operate on an episode of care ({_OPS}); body: FHIR Parameters",
+    openapi_extra=body_of("application/fhir+json", "FHIR Parameters for the operation"),
+)
 async def episode_operation(request: Request, episode_id: str, operation: str, settings: SettingsDep) -> Response:
     if not operation.startswith("$"):
         raise GatewayInputError(Problem(Kind.NOT_SUPPORTED, "operation", f"POST /fhir/EpisodeOfCare/{{id}}/$<operation>: one of {_OPS}"))

@@ -15,6 +15,7 @@ import base64
 import hashlib
 import hmac
 import json
+import math
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -22,6 +23,9 @@ from typing import Any
 
 import jwt
 from jwt.algorithms import RSAAlgorithm
+
+from adapters.jsonparse import parse_json_object
+from adapters.problems import GatewayInputError
 
 __all__ = [
     "API_KEY_PREFIX",
@@ -112,6 +116,7 @@ class Assertion:
 
 def unverified_client_id(assertion: str) -> str:
     """The `iss` an assertion claims (to find its keys); nothing is trusted until `verify_client_assertion`."""
+    _check_jose_json(assertion)
     try:
         claims = jwt.decode(assertion, options={"verify_signature": False})
     except jwt.PyJWTError:
@@ -124,6 +129,7 @@ def unverified_client_id(assertion: str) -> str:
 
 def verify_client_assertion(assertion: str, jwks_json: str, audience: str, now: datetime) -> Assertion:
     """Check signature (RS512 with the key named by `kid`), iss = sub, aud, exp within five minutes, jti present."""
+    _check_jose_json(assertion)
     try:
         header = jwt.get_unverified_header(assertion)
     except jwt.PyJWTError:
@@ -153,17 +159,37 @@ def verify_client_assertion(assertion: str, jwks_json: str, audience: str, now: 
     if claims["iss"] != claims["sub"]:
         raise AssertionRefused("invalid_request", "'iss' and 'sub' claims must both be the client id")
     exp = claims["exp"]
-    if not isinstance(exp, int | float) or isinstance(exp, bool):
+    if not isinstance(exp, int | float) or isinstance(exp, bool) or (isinstance(exp, float) and not math.isfinite(exp)):
         raise AssertionRefused("invalid_request", "'exp' claim must be a number")
-    expires = datetime.fromtimestamp(exp, tz=now.tzinfo)
-    if expires <= now:
+    # compared as numbers first (exact for any int or float): 1e300 or 10**400 is no datetime, and was an OverflowError
+    if exp <= now.timestamp():
         raise AssertionRefused("invalid_request", "client_assertion has expired")
-    if expires - now > MAX_ASSERTION_LIFETIME + timedelta(seconds=10):  # 10 s for clock skew
+    if exp > now.timestamp() + (MAX_ASSERTION_LIFETIME + timedelta(seconds=10)).total_seconds():  # 10 s for clock skew
         raise AssertionRefused("invalid_request", "'exp' claim must be no more than 5 minutes in the future")
+    expires = datetime.fromtimestamp(exp, tz=now.tzinfo)
     jti = claims["jti"]
     if not isinstance(jti, str) or not 0 < len(jti) <= 255 or "\x00" in jti:
         raise AssertionRefused("invalid_request", "'jti' claim must be a string of at most 255 characters, with no NUL")
     return Assertion(str(claims["iss"]), jti, expires)
+
+
+def _check_jose_json(assertion: str) -> None:
+    """The JOSE header and the claims read by the gateway's one JSON reader (adapters.jsonparse) before PyJWT reads
+    them: a key twice (RFC 7515 4: "MUST reject" or take the last; the last `iss` is not who signed for the first),
+    NaN, Infinity, 1e400 or nesting past its depth are an `invalid_request`, not whatever PyJWT's reader makes of them."""
+    parts = assertion.split(".")
+    if len(parts) != 3:
+        raise AssertionRefused("invalid_request", "client_assertion is not a JWT")
+    for name, part in (("header", parts[0]), ("claims", parts[1])):
+        try:
+            raw = base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+        except ValueError:  # binascii.Error
+            raise AssertionRefused("invalid_request", "client_assertion is not a JWT") from None
+        try:
+            parse_json_object(raw, name)
+        except GatewayInputError as refused:
+            problem = refused.problems[0]
+            raise AssertionRefused("invalid_request", f"client_assertion {name} ({problem.element}): {problem.message}") from None
 
 
 def _public_key(jwks_json: str, kid: str) -> Any:
