@@ -186,7 +186,9 @@ def _group_cpu_seconds(pgid: int) -> float:
 
 def _database_cpu_seconds(pg_url: str, database_url: str) -> dict[int, float] | None:
     """CPU seconds so far of each PostgreSQL client backend connected to `database_url`'s database, from /proc: None
-    for SQLite (in the server's own processes), and when the server is not on this machine (no such postgres process)."""
+    for SQLite (in the server's own processes), and when the server is not on this machine (the backend serving this
+    very query is no postgres process here). A backend that ended between the query and the read is left out: on a
+    busy machine one may (a pool replacing a connection), and that used to cost the whole reading ('–')."""
     if not database_url.startswith("postgresql"):
         return None
     from sqlalchemy import create_engine, text
@@ -196,19 +198,22 @@ def _database_cpu_seconds(pg_url: str, database_url: str) -> dict[int, float] | 
     try:
         with admin.connect() as conn:
             pids = conn.execute(query, {"name": database_url.rsplit("/", 1)[1]}).scalars().all()
+            if not _is_postgres(conn.execute(text("SELECT pg_backend_pid()")).scalar_one()):  # alive: this connection
+                return None
+            seconds = {}
+            for pid in pids:
+                if _is_postgres(pid) and (fields := _stat_fields(pid)) is not None:
+                    seconds[int(pid)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            return seconds
     finally:
         admin.dispose()
-    seconds = {}
-    for pid in pids:
-        fields = _stat_fields(pid)
-        try:
-            postgres = Path(f"/proc/{pid}/comm").read_text().strip() == "postgres"
-        except OSError:
-            postgres = False
-        if fields is None or not postgres:
-            return None
-        seconds[int(pid)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return seconds
+
+
+def _is_postgres(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip() == "postgres"
+    except OSError:
+        return False
 
 
 @contextmanager
@@ -224,14 +229,16 @@ def server(target: str, database_url: str, workers: int, log: Path) -> Iterator[
     with log.open("wb") as out:
         process = subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180  # a busy machine: the workers' imports and migrations take their turn
         while True:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2):
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5):
                     break
             except OSError:
                 if process.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"{target} did not start; its log: {log}") from None
+                    ended = "exited" if process.poll() is not None else "did not answer /healthz within 180 s"
+                    tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:])
+                    raise SystemExit(f"{target} did not start ({ended}); the end of its log ({log}):\n{tail}") from None
                 time.sleep(0.2)
         yield f"http://127.0.0.1:{port}", process.pid
     finally:
@@ -280,7 +287,7 @@ def measure(
             bodies = bodies_file(logs)
             connections = max(16, int(rate // 4))
             if warmup > 0:
-                wrk(base + path, bodies, rate, warmup, connections, f"W{target[0]}", 0, key)
+                _warm_up(base + path, bodies, rate, warmup, connections, target, key)
             cpu, ticks, database = _group_cpu_seconds(pgid), machine_ticks(), _database_cpu_seconds(pg_url, database_url)
             run = wrk(base + path, bodies, rate, seconds, connections, f"R{target[0]}", 200_000, key)
             cpu, after, database_after = _group_cpu_seconds(pgid) - cpu, machine_ticks(), _database_cpu_seconds(pg_url, database_url)
@@ -289,7 +296,7 @@ def measure(
     statuses = dict(run["statuses"])
     created = statuses.pop("201", 0)
     failures = {f"HTTP {k}": v for k, v in statuses.items()} | {f"socket {k}": v for k, v in run["errors"].items() if v and k != "status"}
-    notes = []
+    notes = [] if run["requests"] else [f"no reply within the {seconds:g} s measured (the machine too busy for this run?)"]
     expected_min = created + (most or {}).get("statuses", {}).get("201", 0)
     if stored < expected_min:
         notes.append(f"stored {stored} < acknowledged {expected_min}")
@@ -315,6 +322,17 @@ def measure(
         max_rate=(most["statuses"].get("201", 0) / (most["duration_us"] / 1e6)) if most else 0.0,
         notes=notes,
     )
+
+
+def _warm_up(url: str, bodies: Path, rate: float, seconds: float, connections: int, target: str, key: str) -> None:
+    """The warm-up at the offered rate, run again (up to a minute) until the server has replied: on a busy machine a
+    worker's first requests (imports, pools, caches) can take longer than a short warm-up, and then the measured run
+    would time its cold start, or in a smoke run of 2 s catch no reply at all (no figure: '–')."""
+    deadline = time.monotonic() + 60
+    for attempt in range(1000):
+        warm = wrk(url, bodies, rate, seconds, connections, f"W{target[0]}{attempt}", 0, key)
+        if warm["requests"] or time.monotonic() > deadline:
+            return
 
 
 def _per_message(before: dict[int, float] | None, after: dict[int, float] | None, messages: int) -> float | None:
