@@ -201,3 +201,14 @@ def test_a_signed_assertion_with_a_claim_twice_is_an_invalid_request(anonymous, 
     assert response.status_code == 400, response.text
     body = response.json()
     assert body["error"] == "invalid_request" and "'iss' appears twice" in body["error_description"]
+
+
+@pytest.mark.parametrize("export", ["pcmis", "systmone"])
+def test_a_csv_field_longer_than_the_csv_reader_takes_is_refused_400_naming_its_row(client, stored, export: str) -> None:
+    """Python's csv module reads fields of up to 131,072 characters; a longer one was csv.Error, a 500."""
+    header = (ROOT / "fixtures" / export / "contacts.csv").read_bytes().splitlines()[0]
+    before = stored()
+    for body, element in ((b'"' + b"x" * 140_000 + b'"\n', "file"), (header + b'\n"' + b"x" * 140_000 + b'"\n', "row[1]")):
+        response = client.post(f"/ingest/{export}", content=body, headers={"Content-Type": "text/csv"})
+        _refused_400(response, element, "cannot be read as CSV: field larger than field limit")
+    assert stored() == before
