@@ -27,6 +27,8 @@ class Kind(Enum):
     VALUE = (400, "REC_BAD_REQUEST", "value")
     INVARIANT = (400, "REC_BAD_REQUEST", "invariant")
     NOT_SUPPORTED = (422, "REC_UNPROCESSABLE_ENTITY", "not-supported")
+    UNKNOWN_PARAMETER = (400, "REC_BAD_REQUEST", "not-supported")  # a search parameter not served (Prefer: handling=strict)
+    NOT_ACCEPTABLE = (406, "REC_NOT_ACCEPTABLE", "not-supported")  # a reply format (Accept, _format) not served
     UNPROCESSABLE = (422, "REC_UNPROCESSABLE_ENTITY", "processing")  # well-formed, but breaks the definition it claims
     BUSINESS_RULE = (422, "REC_UNPROCESSABLE_ENTITY", "business-rule")
     TOO_LARGE = (413, "REC_UNPROCESSABLE_ENTITY", "too-costly")

@@ -95,7 +95,7 @@ class Intake:
         body = batch_response(
             stored, created, [p for p in referral.problems if not p.is_error], resource_id("Bundle", "nhs111-reply", referral.message_id)
         )
-        return Reply(201, body, {"Location": f"/fhir/Task/{task['id']}"})
+        return Reply(201, body, {"Location": f"/fhir/Task/{task['id']}/_history/{task['meta']['versionId']}"})
 
     # -- MHPL (professional line) calls ---------------------------------------------------------
     def receive_mhpl_call(self, raw: bytes) -> Reply:

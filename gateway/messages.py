@@ -73,7 +73,11 @@ def resend(original: StoredMessage) -> Reply:
     """The original reply again, marked as such (HL7 'duplicate transmission' semantics)."""
     log.info("message.resent", channel=original.channel, seq=original.seq)
     body = json.loads(original.response_body)
-    return Reply(original.response_status, body, {"X-Duplicate-Of": str(original.seq)}, duplicate=True, text=original.response_body)
+    headers = {"X-Duplicate-Of": str(original.seq)}
+    if original.response_status == 201 and body.get("type") == "batch-response" and body.get("entry"):
+        # the Location the original reply had (its first entry's): a sender recovering after a crash needs it again
+        headers["Location"] = "/fhir/" + body["entry"][0]["response"]["location"]
+    return Reply(original.response_status, body, headers, duplicate=True, text=original.response_body)
 
 
 def commit_message(

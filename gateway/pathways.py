@@ -192,8 +192,11 @@ class Pathways:
             decision = decision_box[-1]
             by_type = {r["resourceType"]: r for r in reversed(stored)}
             body = _decision_parameters(decision, rules, stored, sr_id)
+            made = by_type.get("EpisodeOfCare") or by_type.get("ServiceRequest")
             location = (
-                f"/fhir/EpisodeOfCare/{by_type['EpisodeOfCare']['id']}" if "EpisodeOfCare" in by_type else f"/fhir/ServiceRequest/{sr_id}"
+                f"/fhir/{made['resourceType']}/{made['id']}/_history/{made['meta']['versionId']}"
+                if made
+                else f"/fhir/ServiceRequest/{sr_id}"
             )
             return Reply(201, body, {"Location": location})
 

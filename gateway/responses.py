@@ -173,7 +173,8 @@ class ResponseIntake:
         def make_reply(stored: list[dict[str, Any]], created: set[str]) -> Reply:
             ordered = [r for r in stored if r["resourceType"] != "Patient"] + [r for r in stored if r["resourceType"] == "Patient"]
             body = batch_response(ordered, created, _notes(scored), resource_id("Bundle", "qr-reply", qr_id))
-            return Reply(201, body, {"Location": f"/fhir/QuestionnaireResponse/{qr_id}"})
+            version = next(r["meta"]["versionId"] for r in stored if r["resourceType"] == "QuestionnaireResponse")
+            return Reply(201, body, {"Location": f"/fhir/QuestionnaireResponse/{qr_id}/_history/{version}"})
 
         reply = commit_message(self.sessions, Inbound(CHANNEL_RESPONSES, qr_id, raw), now, write, make_reply)
         if not reply.duplicate:

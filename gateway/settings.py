@@ -12,6 +12,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateway.rules.pathway_schema import DEFAULT_PATHWAYS_DIR
 from gateway.rules.schema import DEFAULT_RULES_DIR
+from gateway.rules.sender_schema import DEFAULT_SENDERS_DIR
 
 DEFAULT_ROUTING_FILE = Path(__file__).parent / "rules" / "routing.yaml"
 
@@ -37,6 +38,7 @@ class Settings(BaseSettings):
     tick_seconds: int = Field(default=60, ge=0)  # safety-call worker interval; 0 = off (run `iap-gateway tick` instead)
     mllp_host: str = "127.0.0.1"
     mllp_port: int = Field(default=2575, ge=0, le=65535)  # HL7 v2 over MLLP (RiO); 0 = off
+    senders_dir: Path = DEFAULT_SENDERS_DIR  # HL7 v2 sender profiles; a profile's `destination` gets CAS notes (CAS-13)
     # letters and delivery (docs/letters.md)
     deliver_seconds: int = Field(default=30, ge=0)  # outbox worker interval in `serve`; 0 = off (run `iap-gateway deliver`)
     routing_file: Path = DEFAULT_ROUTING_FILE  # ODS code -> MESH mailbox / FHIR endpoint; GPPROVIDER routing; sender

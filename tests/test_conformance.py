@@ -208,9 +208,57 @@ def _audit_trail(client, anonymous) -> dict[str, Any]:  # type: ignore[no-untype
     return out
 
 
-def test_everything_emitted_for_the_fixtures_passes_the_independent_validator(client, anonymous, tmp_path: Path) -> None:
+def _crawl(client) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """What a FHIR client can reach in the loaded gateway: every type's search (Task with its _include/_revinclude, a
+    count-only one, a lenient one with its warning), every match read by id, every OperationDefinition, every GET
+    $operation on every resource it applies to, and refusals (406, 404, 400)."""
+    out: dict[str, Any] = {}
+    statement = client.get("/fhir/metadata").json()
+    found: dict[str, list[str]] = {}
+    for entry in statement["rest"][0]["resource"]:
+        rtype = entry["type"]
+        interactions = {i["code"] for i in entry["interaction"]}
+        for op in entry.get("operation", []):
+            definition = client.get(f"/fhir/OperationDefinition/{op['definition'].rsplit('/', 1)[1]}")
+            assert definition.status_code == 200, op
+            out[f"crawl-definition-{rtype}-{op['name']}"] = definition.json()
+        if "search-type" not in interactions:
+            continue
+        params: list[tuple[str, str]] = [("_count", "200"), ("_lastUpdated", "ge2000-01-01")]
+        params += [("_include", name) for name in entry.get("searchInclude", [])]
+        params += [("_revinclude", name) for name in entry.get("searchRevInclude", [])]
+        bundle = client.get(f"/fhir/{rtype}", params=params)
+        assert bundle.status_code == 200, (rtype, bundle.text)
+        out[f"crawl-search-{rtype}"] = bundle.json()
+        out[f"crawl-count-{rtype}"] = client.get(f"/fhir/{rtype}", params={"_summary": "count", "_id": "x"}).json()
+        matches = [e["resource"]["id"] for e in bundle.json().get("entry", []) if e["search"]["mode"] == "match"]
+        found[rtype] = matches
+        for rid in matches[:20] if rtype == "AuditEvent" else matches:
+            read = client.get(f"/fhir/{rtype}/{rid}")
+            assert read.status_code == 200, (rtype, rid, read.text)
+            out[f"crawl-read-{rtype}-{rid}"] = read.json()
+    assert {"Task", "Patient", "Encounter", "ServiceRequest", "Provenance", "EpisodeOfCare"} <= {t for t, ids in found.items() if ids}
+    for entry in statement["rest"][0]["resource"]:
+        for op in entry.get("operation", []):
+            definition = out[f"crawl-definition-{entry['type']}-{op['name']}"]
+            if definition["affectsState"] or not definition["instance"]:
+                continue  # POST operations' replies are validated from the scenarios above
+            for rid in found.get(entry["type"], []):
+                reply = client.get(f"/fhir/{entry['type']}/{rid}/${op['name']}")
+                assert reply.status_code == 200, (entry["type"], op["name"], reply.text)
+                out[f"crawl-op-{entry['type']}-{op['name']}-{rid}"] = reply.json()
+    lenient = client.get("/fhir/Encounter", params={"colour": "red", "_count": "2"}, headers={"Prefer": "handling=lenient"})
+    out["crawl-lenient"] = lenient.json()
+    out["crawl-406"] = client.get("/fhir/Task", headers={"Accept": "application/fhir+xml"}).json()
+    out["crawl-404-type"] = client.get("/fhir/Medication").json()
+    out["crawl-400-parameter"] = client.get("/fhir/Task", params={"colour": "red"}).json()
+    return out
+
+
+def test_everything_emitted_and_served_for_the_fixtures_passes_the_independent_validator(client, anonymous, tmp_path: Path) -> None:
     emitted = _collect(client)
     emitted.update(_everything_stored(client.app))  # every resource in the store, whatever wrote it
+    emitted.update(_crawl(client))
     emitted.update(_audit_trail(client, anonymous))
     for name, resource in emitted.items():
         (tmp_path / f"{name.replace('/', '_')}.json").write_text(json.dumps(resource))

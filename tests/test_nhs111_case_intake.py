@@ -33,7 +33,7 @@ def test_option2_case_gets_the_six_hour_default_CAS_03(client) -> None:
     assert task["priority"] == "urgent"
     assert task["status"] == "ready" and task["intent"] == "order"
     assert "businessStatus" not in task  # blank classification
-    assert response.headers["location"] == f"/fhir/Task/{task['id']}"
+    assert response.headers["location"] == f"http://testserver/fhir/Task/{task['id']}/_history/1"
     assert "CAS-03" in " ".join(i.get("valueString", "") for i in task["input"])
 
 

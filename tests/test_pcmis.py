@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from adapters.pcmis import parse_pcmis_csv
 from adapters.problems import GatewayInputError
+from fhir_mapping.parameters import from_parameters
 from tests.conftest import ROOT
 
 CONTACTS = ROOT / "fixtures" / "pcmis" / "contacts.csv"
@@ -39,7 +40,7 @@ def test_a_batch_stores_each_contact_with_its_measures_and_the_paired_outcome_TT
     patient = client.get("/fhir/Patient", params={"identifier": "https://fhir.nhs.uk/Id/nhs-number|9990000158"}).json()["entry"][0][
         "resource"
     ]
-    summary = client.get(f"/fhir/Patient/{patient['id']}/$outcome-summary").json()
+    summary = from_parameters(client.get(f"/fhir/Patient/{patient['id']}/$outcome-summary").json())
     phq = summary["measures"]["phq-9"]["scores"]["total"]
     assert (phq["first"]["value"], phq["latest"]["value"], phq["reliable_improvement"]) == (13, 4, True)
     assert summary["measures"]["wsas"]["scores"]["total"]["first"]["value"] == 14  # work N/A: four items

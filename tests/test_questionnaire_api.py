@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from fhir_mapping.parameters import from_parameters
 from tests.conftest import ROOT, fixture_bytes, issues, task_of
 
 MEASURES = ROOT / "fixtures" / "measures"
@@ -69,7 +70,7 @@ def test_phq9_is_scored_and_stored_as_a_searchable_observation_TT_05(client) -> 
     assert response.status_code == 201, response.text
     reply = response.json()
     stored_qr = of_type(reply, "QuestionnaireResponse")[0]
-    assert response.headers["location"] == f"/fhir/QuestionnaireResponse/{stored_qr['id']}"
+    assert response.headers["location"] == f"http://testserver/fhir/QuestionnaireResponse/{stored_qr['id']}/_history/1"
     (observation,) = of_type(reply, "Observation")
     assert observation["valueQuantity"] == {"value": 12, "unit": "{score}", "system": "http://unitsofmeasure.org", "code": "{score}"}
     assert [c["code"] for c in observation["code"]["coding"]] == ["44261-6", "720433000"]
@@ -234,7 +235,7 @@ def test_outcome_summary_pairs_first_and_latest_with_nhs_talking_therapies_verdi
         assert post(client, gad7(gad_values, authored=when)).status_code == 201
         encounter_refs.append(when)
     patient = client.get("/fhir/Patient", params={"identifier": f"https://fhir.nhs.uk/Id/nhs-number|{NHS}"}).json()["entry"][0]["resource"]
-    summary = client.get(f"/fhir/Patient/{patient['id']}/$outcome-summary").json()
+    summary = from_parameters(client.get(f"/fhir/Patient/{patient['id']}/$outcome-summary").json())
     phq = summary["measures"]["phq-9"]["scores"]["total"]
     assert (phq["first"]["value"], phq["latest"]["value"], phq["change"]) == (18, 7, -11)
     assert phq["reliable_improvement"] is True and phq["recovery"] is True
@@ -274,7 +275,9 @@ def test_dialog_improvement_of_a_quarter_point_is_reported_PC_11(client) -> None
     assert post(client, response([4, 4, 4, 4, 4, 4, 4, 4, 5, 5, 5], "2026-09-01T10:00:00+01:00")).status_code == 201
     assert post(client, response([4, 4, 4, 4, 4, 5, 5, 4, 5, 5, 5], "2026-11-01T10:00:00+00:00")).status_code == 201
     patient = client.get("/fhir/Patient", params={"identifier": f"https://fhir.nhs.uk/Id/nhs-number|{NHS}"}).json()["entry"][0]["resource"]
-    sqol = client.get(f"/fhir/Patient/{patient['id']}/$outcome-summary").json()["measures"]["dialog"]["scores"]["sqol-mean"]
+    sqol = from_parameters(client.get(f"/fhir/Patient/{patient['id']}/$outcome-summary").json())["measures"]["dialog"]["scores"][
+        "sqol-mean"
+    ]
     assert (sqol["first"]["value"], sqol["latest"]["value"], sqol["change"], sqol["improvement"]) == (4, 4.25, 0.25, True)
 
 

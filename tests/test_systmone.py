@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fhir_mapping.parameters import from_parameters
 from tests.conftest import ROOT
 from tests.test_pcmis import rows, to_csv
 
@@ -60,7 +61,7 @@ def test_dialog_improvement_is_paired_across_systmone_contacts_PC_11(client) -> 
     patient = client.get("/fhir/Patient", params={"identifier": "https://fhir.nhs.uk/Id/nhs-number|9990000166"}).json()["entry"][0][
         "resource"
     ]
-    summary = client.get(f"/fhir/Patient/{patient['id']}/$outcome-summary").json()
+    summary = from_parameters(client.get(f"/fhir/Patient/{patient['id']}/$outcome-summary").json())
     sqol = summary["measures"]["dialog"]["scores"]["sqol-mean"]
     assert (sqol["first"]["value"], sqol["latest"]["value"], sqol["improvement"]) == (3.75, 4.25, True)
     assert summary["measures"]["gbo"]["scores"]["goal-2"]["change"] == 4

@@ -16,7 +16,22 @@ from starlette.types import Message, Receive, Scope, Send
 
 from fhir_mapping.datetimes import is_england_bank_holiday
 from fhir_mapping.measures import load_measures
-from gateway.api import audit, capability, cases, fhir_read, fhir_search, ingest, measures, ops, outbox, pathways, queue, reports, security
+from gateway.api import (
+    audit,
+    capability,
+    cases,
+    fhir_read,
+    fhir_search,
+    history,
+    ingest,
+    measures,
+    ops,
+    outbox,
+    pathways,
+    queue,
+    reports,
+    security,
+)
 from gateway.api.asgi import HttpMiddleware
 from gateway.api.fhir_http import FhirHttpConventions
 from gateway.api.responses import AnswerStoreOutages, install_error_handlers
@@ -37,6 +52,7 @@ from gateway.rules.schema import load_rules
 from gateway.safety_calls import run_ticker
 from gateway.safety_calls import tick as tick_safety_calls
 from gateway.security.clients import Authenticator
+from gateway.security.guessing import FailedChecks
 from gateway.settings import Settings
 from gateway.store.db import make_engine, make_sessionmaker, migrate
 
@@ -130,7 +146,8 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
     app.state.pcmis = pcmis_batches(sessions, catalogue, clock, link=app.state.pathways.link_pcmis_contact)  # TT episodes
     app.state.systmone = systmone_batches(sessions, catalogue, clock, link=app.state.pathways.link_systmone_contact)  # PC episodes
     app.state.deliverer = deliverer
-    app.state.authenticator = Authenticator(sessions, clock, timedelta(seconds=settings.token_ttl_seconds))
+    failures = FailedChecks(clock, settings.auth_failure_limit, settings.auth_failure_window_seconds)
+    app.state.authenticator = Authenticator(sessions, clock, timedelta(seconds=settings.token_ttl_seconds), failures)
     app.state.metrics = Metrics(sessions, clock)
     app.state.migration_heads = ops.migration_heads()
     install_error_handlers(app)
@@ -153,6 +170,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
     app.include_router(capability.router)  # /fhir/OperationDefinition/{id}, likewise
     app.include_router(fhir_read.router)
     app.include_router(fhir_search.router)  # the generic /fhir/{type} search, after every type's own
+    app.include_router(history.router)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

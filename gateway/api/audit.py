@@ -8,22 +8,12 @@ from starlette.responses import Response
 from adapters.problems import GatewayInputError, Kind, Problem
 from gateway.api.deps import SessionDep
 from gateway.api.responses import FhirResponse
-from gateway.api.search import date_filter, paging, refuse_unknown, searchset, split_list
+from gateway.api.search import Search, date_filter, split_list
 from gateway.store.audit_store import AuditQuery, get_audit_event, search_audit_events
 
-__all__ = ["router", "AUDIT_PARAMS"]
+__all__ = ["router"]
 
 router = APIRouter(prefix="/fhir/AuditEvent")
-
-AUDIT_PARAMS = {
-    "date": "date",
-    "agent": "token",
-    "entity": "reference",
-    "patient": "reference",
-    "outcome": "token",
-    "action": "token",
-    "subtype": "token",
-}
 
 
 @router.get(
@@ -32,28 +22,28 @@ AUDIT_PARAMS = {
     "_sort=-date for newest first",
 )
 def audit_search(request: Request, session: SessionDep) -> Response:
-    params = request.query_params
-    refuse_unknown(params.keys(), {*AUDIT_PARAMS, "_sort", "_count", "_offset", "_format"}, "AuditEvent")
-    count, offset = paging(params)
-    sort = params.get("_sort") or "date"
+    search = Search(request, "AuditEvent")
+    sort = search.get("_sort") or "date"
     if sort not in ("date", "-date"):
         raise GatewayInputError(Problem(Kind.NOT_SUPPORTED, "_sort", "AuditEvents sort by date or -date only"))
-    entities = list(params.getlist("entity"))
-    if params.get("patient"):
-        entities.append("Patient/" + params["patient"].removeprefix("Patient/"))
+    entities = list(search.getlist("entity"))
+    if search.get("patient"):
+        entities.append("Patient/" + (search.get("patient") or "").removeprefix("Patient/"))
     query = AuditQuery(
-        agent=(params.get("agent") or "").rpartition("|")[2] or None,
+        agent=(search.get("agent") or "").rpartition("|")[2] or None,
         entities=entities,
-        outcome=split_list(params.get("outcome")),
-        action=split_list(params.get("action")),
-        subtype=[v.rpartition("|")[2] for v in split_list(params.get("subtype")) or []] or None,
-        dates=[date_filter(value) for value in params.getlist("date")],
+        outcome=split_list(search.get("outcome")),
+        action=split_list(search.get("action")),
+        subtype=[v.rpartition("|")[2] for v in split_list(search.get("subtype")) or []] or None,
+        # an AuditEvent is written once and never changed: it was last updated when it was recorded
+        dates=[date_filter(value) for value in search.getlist("date")] + search.last_updated,
         newest_first=sort == "-date",
-        count=count,
-        offset=offset,
+        count=search.count,
+        offset=search.offset,
+        ids=search.ids,
     )
     resources, total = search_audit_events(session, query)
-    return FhirResponse(searchset(request, resources, total, count, offset, audited=False))
+    return FhirResponse(search.bundle(resources, total, audited=False))
 
 
 @router.get("/{event_id}", summary="Read one AuditEvent")

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+from typing import Any
+
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from adapters.problems import GatewayInputError, Kind, Problem
+from fhir_mapping.datetimes import LONDON, parse_source_datetime
+from fhir_mapping.parameters import to_parameters
 from gateway.api.deps import SessionDep, SettingsDep
 from gateway.api.ingest import answer, body_of
 from gateway.api.responses import FhirResponse
-from gateway.api.search import date_filter, paging, refuse_unknown, searchset
+from gateway.api.search import Search, date_filter
 from gateway.audit import note
 from gateway.outcome_summary import outcome_summary
 from gateway.store.repo import ResourceQuery, get_resource, search_resources
@@ -19,22 +24,39 @@ __all__ = ["router"]
 router = APIRouter(prefix="/fhir")
 
 
-@router.get("/Questionnaire", summary="The shipped Questionnaires; search by url, name or code (system|code or code)")
+@router.get("/Questionnaire", summary="The shipped Questionnaires; search by url, name, code (system|code or code), _id, _lastUpdated")
 def questionnaire_search(request: Request) -> Response:
-    params = request.query_params
-    refuse_unknown(params.keys(), {"url", "name", "code", "_format"}, "Questionnaire")
+    search = Search(request, "Questionnaire")
     catalogue = request.app.state.measures
     found = list(catalogue)
-    if params.get("url"):
-        wanted = catalogue.find(params["url"])
-        found = [m for m in found if m is wanted and params["url"].split("|", 1)[0] == m.url]
-    if params.get("name"):
-        found = [m for m in found if params["name"].lower() in m.questionnaire.get("name", "").lower()]
-    if params.get("code"):
-        system, _, code = params["code"].rpartition("|")
+    if search.get("url"):
+        url = search.get("url") or ""
+        wanted = catalogue.find(url)
+        found = [m for m in found if m is wanted and url.split("|", 1)[0] == m.url]
+    if search.get("name"):
+        found = [m for m in found if (search.get("name") or "").lower() in m.questionnaire.get("name", "").lower()]
+    if search.get("code"):
+        system, _, code = (search.get("code") or "").rpartition("|")
         found = [m for m in found if m in catalogue.by_code(system or None, code)]
-    resources = [m.questionnaire for m in found]
-    return FhirResponse(searchset(request, resources, len(resources), max(len(resources), 1), 0))
+    if search.ids is not None:
+        found = [m for m in found if m.questionnaire["id"] in search.ids]
+    resources = [m.questionnaire for m in found if _updated_within(m.questionnaire, search.last_updated)]
+    page = resources[search.offset : search.offset + search.count]
+    return FhirResponse(search.bundle(page, len(resources)))
+
+
+def _updated_within(resource: dict[str, Any], filters: list[tuple[str, datetime]]) -> bool:
+    """`_lastUpdated` on a shipped Questionnaire: its meta.lastUpdated, or its date (none: no match for a filter)."""
+    if not filters:
+        return True
+    when = (resource.get("meta") or {}).get("lastUpdated") or resource.get("date")
+    if not when:
+        return False
+    moment = parse_source_datetime(when) if "T" in when else datetime.fromisoformat(when).replace(tzinfo=LONDON)
+    return all(getattr(moment, _COMPARE[op])(limit) for op, limit in filters)
+
+
+_COMPARE = {"eq": "__eq__", "ge": "__ge__", "le": "__le__", "gt": "__gt__", "lt": "__lt__"}
 
 
 @router.get("/Questionnaire/{questionnaire_id}", summary="Read a shipped Questionnaire")
@@ -55,37 +77,54 @@ async def questionnaire_response_create(request: Request, settings: SettingsDep)
     return await answer(request, settings.max_body_bytes, request.app.state.responses.receive)
 
 
-@router.get("/QuestionnaireResponse", summary="Search responses: patient, questionnaire (canonical URL), _count, _offset")
+@router.get(
+    "/QuestionnaireResponse", summary="Search responses: patient, questionnaire (canonical URL), _id, _lastUpdated, _count, _offset"
+)
 def questionnaire_response_search(request: Request, session: SessionDep) -> Response:
-    params = request.query_params
-    refuse_unknown(params.keys(), {"patient", "questionnaire", "_count", "_offset", "_format"}, "QuestionnaireResponse")
-    count, offset = paging(params)
-    tokens: list[tuple[str, str | None, str]] = (
-        [("questionnaire", None, params["questionnaire"].split("|", 1)[0])] if params.get("questionnaire") else []
+    search = Search(request, "QuestionnaireResponse")
+    tokens: list[tuple[str, str | None, str]] = [
+        ("questionnaire", None, value.split("|", 1)[0]) for value in search.getlist("questionnaire")
+    ]
+    query = ResourceQuery(
+        "QuestionnaireResponse",
+        patient=search.get("patient"),
+        tokens=tokens,
+        count=search.count,
+        offset=search.offset,
+        ids=search.ids,
+        last_updated=search.last_updated,
     )
-    query = ResourceQuery("QuestionnaireResponse", patient=params.get("patient"), tokens=tokens, count=count, offset=offset)
     resources, total = search_resources(session, query)
-    return FhirResponse(searchset(request, resources, total, count, offset))
+    return FhirResponse(search.bundle(resources, total))
 
 
-@router.get("/Observation", summary="Search score Observations: patient, code (system|code), date (ge/le/gt/lt/eq prefixes)")
+@router.get(
+    "/Observation", summary="Search score Observations: patient, code (system|code), date (ge/le/gt/lt/eq prefixes), _id, _lastUpdated"
+)
 def observation_search(request: Request, session: SessionDep) -> Response:
-    params = request.query_params
-    refuse_unknown(params.keys(), {"patient", "code", "date", "_count", "_offset", "_format"}, "Observation")
-    count, offset = paging(params)
+    search = Search(request, "Observation")
     tokens = []
-    for value in params.getlist("code"):
+    for value in search.getlist("code"):
         system, _, code = value.rpartition("|")
         tokens.append(("code", system or None, code))
-    dates = [date_filter(value) for value in params.getlist("date")]
-    query = ResourceQuery("Observation", patient=params.get("patient"), tokens=tokens, dates=dates, count=count, offset=offset)
+    dates = [date_filter(value) for value in search.getlist("date")]
+    query = ResourceQuery(
+        "Observation",
+        patient=search.get("patient"),
+        tokens=tokens,
+        dates=dates,
+        count=search.count,
+        offset=search.offset,
+        ids=search.ids,
+        last_updated=search.last_updated,
+    )
     resources, total = search_resources(session, query)
-    return FhirResponse(searchset(request, resources, total, count, offset))
+    return FhirResponse(search.bundle(resources, total))
 
 
 @router.get(
     "/Patient/{patient_id}/$outcome-summary",
-    summary="Paired measures: first/latest, change, reliable improvement, recovery, TT-11 data set",
+    summary="Paired measures as Parameters: first/latest, change, reliable improvement, recovery, TT-11 data set",
 )
 def patient_outcome_summary(request: Request, patient_id: str, session: SessionDep) -> Response:
     patient = get_resource(session, "Patient", patient_id)
@@ -94,4 +133,4 @@ def patient_outcome_summary(request: Request, patient_id: str, session: SessionD
     note(patient)
     observations, _ = search_resources(session, ResourceQuery("Observation", patient=patient_id, count=10_000))
     responses, _ = search_resources(session, ResourceQuery("QuestionnaireResponse", patient=patient_id, count=10_000))
-    return FhirResponse(outcome_summary(patient_id, observations, responses, request.app.state.measures))
+    return FhirResponse(to_parameters(outcome_summary(patient_id, observations, responses, request.app.state.measures)))

@@ -78,4 +78,6 @@ async def letter_request(request: Request, settings: SettingsDep, clock: ClockDe
             return request_letter(session, body, clock.now(), (current_principal() or SYSTEM).service_id)  # a bound client's own
 
     letter = await run_in_threadpool(store_letter)
-    return FhirResponse(letter, status_code=201, headers={"Location": f"/fhir/DocumentReference/{letter['id']}"})
+    return FhirResponse(
+        letter, status_code=201, headers={"Location": f"/fhir/DocumentReference/{letter['id']}/_history/{letter['meta']['versionId']}"}
+    )

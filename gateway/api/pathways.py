@@ -10,7 +10,7 @@ from adapters.problems import GatewayInputError, Kind, Problem
 from gateway.api.deps import SessionDep, SettingsDep
 from gateway.api.ingest import answer, body_of, read_body
 from gateway.api.responses import FhirResponse
-from gateway.api.search import paging, refuse_unknown, searchset, split_list
+from gateway.api.search import Search, split_list
 from gateway.cases import explain_resource
 from gateway.rules.pathway_steps import EPISODE_OPERATIONS
 from gateway.store.repo import ResourceQuery, search_resources
@@ -42,21 +42,21 @@ def explain_episode(episode_id: str, session: SessionDep) -> Response:
     return FhirResponse(explain_resource(session, "EpisodeOfCare", episode_id))
 
 
-@router.get("/EpisodeOfCare", summary="Search episodes of care: patient, status, service (pathway service id)")
+@router.get("/EpisodeOfCare", summary="Search episodes of care: patient, status, service (pathway service id), _id, _lastUpdated")
 def episode_search(request: Request, session: SessionDep) -> Response:
-    params = request.query_params
-    refuse_unknown(params.keys(), {"patient", "status", "service", "_count", "_offset", "_format"}, "EpisodeOfCare")
-    count, offset = paging(params)
+    search = Search(request, "EpisodeOfCare")
     query = ResourceQuery(
         "EpisodeOfCare",
-        patient=params.get("patient"),
-        status=split_list(params.get("status")),
-        service=params.get("service"),
-        count=count,
-        offset=offset,
+        patient=search.get("patient"),
+        status=split_list(search.get("status")),
+        service=search.get("service"),
+        count=search.count,
+        offset=search.offset,
+        ids=search.ids,
+        last_updated=search.last_updated,
     )
     resources, total = search_resources(session, query)
-    return FhirResponse(searchset(request, resources, total, count, offset))
+    return FhirResponse(search.bundle(resources, total))
 
 
 @router.post(

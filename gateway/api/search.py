@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
 
 from fastapi import Request
+from starlette.datastructures import QueryParams
 
 from adapters.problems import GatewayInputError, Kind, Problem
 from fhir_mapping.datetimes import LONDON, parse_source_datetime
+from fhir_mapping.replies import operation_outcome
+from gateway.api.search_params import SEARCHES
 from gateway.audit import note
 
-__all__ = ["refuse_unknown", "int_param", "split_list", "searchset", "MAX_COUNT", "paging", "date_filter"]
+__all__ = ["refuse_unknown", "int_param", "split_list", "searchset", "MAX_COUNT", "paging", "date_filter", "Search", "handling"]
 
 MAX_COUNT = 200
 
@@ -45,7 +49,7 @@ def split_list(value: str | None) -> list[str] | None:
     return [v for v in value.split(",") if v] if value else None
 
 
-def date_filter(value: str) -> tuple[str, datetime]:
+def date_filter(value: str, name: str = "date") -> tuple[str, datetime]:
     """`ge2026-11-01`, `lt2026-11-23T12:00:00Z`: a prefix and an instant (a bare date is London midnight)."""
     op, rest = (value[:2], value[2:]) if value[:2] in ("eq", "ge", "le", "gt", "lt") else ("eq", value)
     try:
@@ -53,21 +57,106 @@ def date_filter(value: str) -> tuple[str, datetime]:
             return op, parse_source_datetime(rest)
         return op, datetime.fromisoformat(rest).replace(tzinfo=LONDON)
     except ValueError:
-        raise GatewayInputError(
-            Problem(Kind.VALUE, "date", f"{value[:40]!r} is not [prefix]YYYY-MM-DD or an instant with offset")
-        ) from None
+        raise GatewayInputError(Problem(Kind.VALUE, name, f"{value[:40]!r} is not [prefix]YYYY-MM-DD or an instant with offset")) from None
+
+
+def handling(request: Request) -> str:
+    """`Prefer: handling=strict|lenient` (RFC 7240, FHIR search): strict unless the client asks for lenient."""
+    for preference in request.headers.get("prefer", "").split(","):
+        name, _, value = preference.strip().partition("=")
+        if name.strip().lower() == "handling" and value.strip().strip('"').lower() == "lenient":
+            return "lenient"
+    return "strict"
+
+
+class Search:
+    """A search request on `rtype`, its parameters checked against the type's (gateway.api.search_params).
+
+    A parameter the type does not take is refused, 400 naming it, unless the client sent `Prefer: handling=lenient`:
+    then it is ignored, left out of the paging links, and named in a warning OperationOutcome in the Bundle.
+    The common parameters are read here: `_count`, `_offset`, `_summary=count` (the total only), `_id`, `_lastUpdated`.
+    """
+
+    def __init__(self, request: Request, rtype: str) -> None:
+        spec = SEARCHES[rtype]
+        self.request, self.rtype, self.spec = request, rtype, spec
+        items = request.query_params.multi_items()
+        self.ignored = sorted({name for name, _ in items if name not in spec.allowed})
+        if self.ignored and handling(request) == "strict":
+            raise GatewayInputError(
+                [
+                    Problem(
+                        Kind.UNKNOWN_PARAMETER,
+                        name,
+                        f"search parameter {name[:40]!r} is not supported for {rtype}; supported: {sorted(spec.allowed)}",
+                    )
+                    for name in self.ignored
+                ]
+            )
+        self.params = QueryParams([(k, v) for k, v in items if k not in self.ignored])
+        self.count, self.offset = paging(self.params)
+        summary = self.params.get("_summary")
+        if summary not in (None, "false", "count"):
+            raise GatewayInputError(Problem(Kind.NOT_SUPPORTED, "_summary", "_summary takes count or false here"))
+        self.summary_count = summary == "count"
+        if self.summary_count:
+            self.count = 0
+        ids: set[str] | None = None
+        for value in self.params.getlist("_id"):  # a comma is "any of"; repeating the parameter is "all of"
+            ids = set(split_list(value) or []) if ids is None else ids & set(split_list(value) or [])
+        self.ids = sorted(ids) if ids is not None else None
+        self.last_updated = [date_filter(value, "_lastUpdated") for value in self.params.getlist("_lastUpdated")]
+
+    def get(self, name: str) -> str | None:
+        return self.params.get(name)
+
+    def getlist(self, name: str) -> list[str]:
+        return self.params.getlist(name)
+
+    def bundle(
+        self, resources: list[dict[str, Any]], total: int, included: list[dict[str, Any]] | None = None, audited: bool = True
+    ) -> dict[str, Any]:
+        """The searchset Bundle: the matches, what `_include`/`_revinclude` brought, a warning for ignored parameters."""
+        outcome = None
+        if self.ignored:
+            outcome = operation_outcome(
+                [
+                    Problem(
+                        Kind.UNKNOWN_PARAMETER,
+                        name,
+                        f"search parameter {name[:40]!r} is not supported for {self.rtype}: ignored",
+                        "warning",
+                    )
+                    for name in self.ignored
+                ]
+            )
+        return searchset(
+            self.request, resources, total, self.count, self.offset, audited, included=included, outcome=outcome, dropped=set(self.ignored)
+        )
 
 
 def searchset(
-    request: Request, resources: list[dict[str, Any]], total: int, count: int, offset: int, audited: bool = True
+    request: Request,
+    resources: list[dict[str, Any]],
+    total: int,
+    count: int,
+    offset: int,
+    audited: bool = True,
+    included: list[dict[str, Any]] | None = None,
+    outcome: dict[str, Any] | None = None,
+    dropped: set[str] | None = None,
 ) -> dict[str, Any]:
-    """A searchset Bundle with paging links; what it returns is noted for the request's AuditEvent (unless `audited` is False)."""
+    """A searchset Bundle with paging links; what it returns is noted for the request's AuditEvent (unless `audited` is False).
+
+    `included`: resources an `_include`/`_revinclude` brought (search mode include); `outcome`: an OperationOutcome
+    about the search itself (search mode outcome); `dropped`: parameters ignored, left out of the links."""
     if audited:
-        note(*resources)
+        note(*resources, *(included or []))
     base = str(request.base_url).rstrip("/")
+    left_out = {"_offset", *(dropped or set())}
 
     def link(relation: str, new_offset: int) -> dict[str, str]:
-        query = [(k, v) for k, v in request.query_params.multi_items() if k != "_offset"] + [("_offset", str(new_offset))]
+        query = [(k, v) for k, v in request.query_params.multi_items() if k not in left_out] + [("_offset", str(new_offset))]
         return {"relation": relation, "url": f"{base}{request.url.path}?{urlencode(query)}"}
 
     links = [link("self", offset)]
@@ -76,8 +165,13 @@ def searchset(
     if offset > 0:
         links.append(link("previous", max(0, offset - count)))
     bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset", "total": total, "link": links}
-    if resources:  # FHIR JSON has no empty arrays: no matches, no `entry`
-        bundle["entry"] = [
-            {"fullUrl": f"{base}/fhir/{r['resourceType']}/{r['id']}", "resource": r, "search": {"mode": "match"}} for r in resources
-        ]
+    entries = [
+        {"fullUrl": f"{base}/fhir/{r['resourceType']}/{r['id']}", "resource": r, "search": {"mode": mode}}
+        for mode, group in (("match", resources), ("include", included or []))
+        for r in group
+    ]
+    if outcome is not None:
+        entries.append({"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": outcome, "search": {"mode": "outcome"}})
+    if entries:  # FHIR JSON has no empty arrays: no matches, no `entry`
+        bundle["entry"] = entries
     return bundle

@@ -84,13 +84,19 @@ class NhsNumberPlacement(_Strict):
 
 
 class Destination(_Strict):
-    """Where notes back to this sender go over MLLP (issue 32 section 2; filled in by that work)."""
+    """Where notes back to this sender go over MLLP (issue 32 section 2, CAS-13; docs/epr-notes.md).
+
+    `timeout_seconds` bounds the connection and the wait for the ACK (no ACK by then: retried with backoff);
+    `services`: the CAS services whose consultation notes go here (empty: every service's).
+    """
 
     host: str = Field(min_length=1)
     port: int = Field(ge=1, le=65535)
     tls: bool = False
+    ca_file: Path | None = None  # TLS: the CA bundle the receiver's certificate is checked against (None: the system's)
     timeout_seconds: float = Field(default=30, gt=0, le=600)
     note_message_type: Literal["MDM^T02", "ORU^R01"] = "MDM^T02"
+    services: list[str] = Field(default_factory=list)
 
 
 class SenderProfile(_Strict):

@@ -112,6 +112,7 @@ ROUTES: tuple[RouteRule, ...] = (
     # reading
     _rule("GET", "/fhir/Questionnaire/**", "fhir:read measures:write", "read"),
     _rule("GET", "/fhir/AuditEvent/**", "audit:read", "search"),
+    _rule("GET", "/fhir/{type}/{id}/_history/**", "fhir:read", "read"),  # a resource's versions (vread, _history)
     _rule("GET", "/fhir/{type}/{id}/{operation}", "fhir:read", "operation"),
     _rule("GET", "/fhir/{type}/{id}", "fhir:read", "read"),
     _rule("GET", "/fhir/{type}", "fhir:read", "search"),

@@ -29,6 +29,7 @@ class AuditQuery:
     newest_first: bool = False
     count: int = 50
     offset: int = 0
+    ids: list[str] | None = None  # `_id`: any of these
 
 
 def search_audit_events(session: Session, query: AuditQuery) -> tuple[list[dict[str, Any]], int]:
@@ -45,6 +46,8 @@ def search_audit_events(session: Session, query: AuditQuery) -> tuple[list[dict[
         stmt = stmt.where(AuditEventRow.subtype.in_(query.subtype))
     for op, moment in query.dates or []:
         stmt = stmt.where(getattr(AuditEventRow.recorded, _DATE_OPS[op])(moment))
+    if query.ids is not None:
+        stmt = stmt.where(AuditEventRow.id.in_(query.ids))
     total = count_matches(session, stmt)
     order = AuditEventRow.seq.desc() if query.newest_first else AuditEventRow.seq.asc()
     rows = session.execute(stmt.order_by(order).limit(query.count).offset(query.offset)).scalars()

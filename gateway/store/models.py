@@ -25,6 +25,8 @@ __all__ = [
     "AuditEventRow",
     "AuditEntityRow",
     "OPEN_CAS_CASE",
+    "ResourceVersionRow",
+    "KEPT_VERSIONS",
 ]
 
 # The rows on the CAS queue (CAS-02): open CAS cases. Written out with literal values, as the partial queue indexes'
@@ -290,3 +292,22 @@ class AuditEntityRow(Base):
 
     reference: Mapped[str] = mapped_column(String(160), primary_key=True)
     event_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+
+
+# The types whose every version is kept (resource_versions): the ones that change over their life. A Task's versions
+# are the proof that a case was never downgraded (CAS-08). Not kept: what is written once and never changed
+# (Provenance, Observation, QuestionnaireResponse, AuditEvent) and letters' documents (large, a new one per version).
+KEPT_VERSIONS = ("Task", "Patient", "EpisodeOfCare", "ServiceRequest", "Encounter", "Flag", "CarePlan", "Consent", "CommunicationRequest")
+
+
+class ResourceVersionRow(Base):
+    """Every version of a resource of the KEPT_VERSIONS types, as it was stored (written with it, append-only):
+    FHIR vread and _history."""
+
+    __tablename__ = "resource_versions"
+
+    resource_type: Mapped[str] = mapped_column(String(64), primary_key=True)
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    last_updated: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    content: Mapped[str] = mapped_column(Text, nullable=False)

@@ -17,7 +17,7 @@ from fhir_mapping.datetimes import parse_source_datetime, to_fhir_instant
 from gateway.store.deferred import defer
 from gateway.store.jsontext import dumps
 from gateway.store.keys import identifier_key, message_key
-from gateway.store.models import Base, IdentifierRow, InboundMessage, ResourceRow, TokenRow
+from gateway.store.models import KEPT_VERSIONS, Base, IdentifierRow, InboundMessage, ResourceRow, ResourceVersionRow, TokenRow
 from gateway.store.visibility import bound_service, resource_visible
 
 __all__ = [
@@ -132,6 +132,7 @@ def put_resources(
     updates: dict[tuple[str, str], dict[str, Any]] = {}
     out: list[tuple[dict[str, Any], str]] = []
     written: list[dict[str, Any]] = []
+    versions: list[dict[str, Any]] = []  # every version written, in resource_versions
     for resource, service_id in writes:
         key = rtype, rid = resource["resourceType"], resource["id"]
         prior = current.get(key)
@@ -155,11 +156,16 @@ def put_resources(
         current[key] = (row["version_id"], row["content"])
         note_write(session, f"{rtype}/{rid}", prior is None, row.get("subject_id"))
         written.append(full)
+        if rtype in KEPT_VERSIONS:  # vread and _history (gateway.store.history)
+            versions.append(
+                {"resource_type": rtype, "id": rid, "version_id": row["version_id"], "last_updated": now, "content": row["content"]}
+            )
         out.append((full, "updated" if prior else "created"))
     # the identifiers first: the one statement whose reply is read. The rows and tokens are deferred (on PostgreSQL
     # sent together with the transaction's next statement or its COMMIT, gateway.store.deferred)
     _put_identifiers(connection, written)
     defer(connection, _INSERT_ROWS, list(inserts.values()))
+    defer(connection, _INSERT_VERSIONS, versions)
     for (rtype, rid), values in updates.items():
         defer(connection, _update_of(tuple(values)), [{"row_type": rtype, "row_id": rid} | {f"new_{k}": v for k, v in values.items()}])
         loaded = session.identity_map.get(identity_key(ResourceRow, (rtype, rid)))
@@ -202,6 +208,7 @@ _ROWS_FOR_UPDATE = (
     .with_for_update()
 )
 _INSERT_ROWS = insert(_RESOURCES)
+_INSERT_VERSIONS = insert(_table(ResourceVersionRow))
 _IDENTIFIER_HOLDERS = select(_IDENTIFIERS.c.resource_type, _IDENTIFIERS.c.system, _IDENTIFIERS.c.value, _IDENTIFIERS.c.resource_id).where(
     _IDENTIFIERS.c.resource_type.in_(bindparam("types", expanding=True)),
     _IDENTIFIERS.c.system.in_(bindparam("systems", expanding=True)),
@@ -362,6 +369,8 @@ class TaskQuery:
     sort: list[tuple[str, bool]] | None = None  # (column, descending)
     count: int = 50
     offset: int = 0
+    ids: list[str] | None = None  # `_id`: any of these
+    last_updated: list[tuple[str, datetime]] | None = None  # `_lastUpdated`: (prefix, instant), all of them
 
 
 _SORTABLE = {
@@ -389,6 +398,7 @@ def search_tasks(session: Session, query: TaskQuery) -> tuple[list[dict[str, Any
         stmt = stmt.where(ResourceRow.priority.in_(query.priority))
     if query.patient:
         stmt = stmt.where(ResourceRow.subject_id == query.patient.removeprefix("Patient/"))
+    stmt = _common_filters(stmt, query.ids, query.last_updated)
     total = count_matches(session, stmt)
     order: list[Any] = []
     for name, descending in query.sort or []:
@@ -411,6 +421,8 @@ class ResourceQuery:
     dates: list[tuple[str, datetime]] | None = None
     count: int = 50
     offset: int = 0
+    ids: list[str] | None = None  # `_id`: any of these
+    last_updated: list[tuple[str, datetime]] | None = None  # `_lastUpdated`: (prefix, instant), all of them
 
 
 _DATE_OPS = {"eq": "__eq__", "ge": "__ge__", "le": "__le__", "gt": "__gt__", "lt": "__lt__"}
@@ -434,9 +446,19 @@ def search_resources(session: Session, query: ResourceQuery) -> tuple[list[dict[
         stmt = stmt.where(ResourceRow.id.in_(match))
     for op, moment in query.dates or []:
         stmt = stmt.where(getattr(ResourceRow.effective_at, _DATE_OPS[op])(moment))
+    stmt = _common_filters(stmt, query.ids, query.last_updated)
     total = count_matches(session, stmt)
     stmt = stmt.order_by(ResourceRow.effective_at.asc(), ResourceRow.id.asc()).limit(query.count).offset(query.offset)
     return [json.loads(r.content) for r in session.execute(stmt).scalars()], total
+
+
+def _common_filters(stmt: Select[Any], ids: list[str] | None, last_updated: list[tuple[str, datetime]] | None) -> Select[Any]:
+    """`_id` and `_lastUpdated`, which every searchable type takes."""
+    if ids is not None:
+        stmt = stmt.where(ResourceRow.id.in_(ids))
+    for op, moment in last_updated or []:
+        stmt = stmt.where(getattr(ResourceRow.last_updated, _DATE_OPS[op])(moment))
+    return stmt
 
 
 def get_for_update(session: Session, resource_type: str, resource_id: str) -> tuple[dict[str, Any], str | None] | None:

@@ -1,0 +1,49 @@
+"""Reads the FHIR search layer needs beyond repo.py's named queries; each ends in repo's own reads (get_resource,
+search_resources), so whatever those apply to every read (a bound client's service) applies here too."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from gateway.store.models import TokenRow
+from gateway.store.repo import ResourceQuery, get_resource, search_resources
+
+__all__ = ["referring", "resolve"]
+
+_MOST = 1000  # at most this many resources brought in by one _include or _revinclude
+
+
+def referring(session: Session, source_type: str, param: str, references: list[str]) -> list[dict[str, Any]]:
+    """The `source_type` resources whose reference parameter `param` names any of `references` ("Task/<id>"):
+    `_revinclude=Provenance:target`. Only parameters kept in the token table (repo._tokens) can be followed."""
+    if not references:
+        return []
+    ids = session.execute(
+        select(TokenRow.resource_id)
+        .where(TokenRow.resource_type == source_type, TokenRow.param == param, TokenRow.code.in_(sorted(set(references))))
+        .distinct()
+    ).scalars()
+    found = sorted(ids)
+    if not found:
+        return []
+    resources, _ = search_resources(session, ResourceQuery(source_type, ids=found, count=_MOST))
+    return resources
+
+
+def resolve(session: Session, references: list[str], readable: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The resources `references` ("Type/id", relative) name, each once, in order; unknown or unreadable ones left out."""
+    out, seen = [], set()
+    for reference in references:
+        rtype, _, rid = reference.partition("/")
+        if reference in seen or rtype not in readable or not rid or "/" in rid:
+            continue
+        seen.add(reference)
+        resource = get_resource(session, rtype, rid)
+        if resource is not None:
+            out.append(resource)
+        if len(out) >= _MOST:
+            break
+    return out
