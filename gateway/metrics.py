@@ -32,6 +32,7 @@ __all__ = [
     "HTTP_REQUESTS",
     "AUTH_REFUSALS",
     "MLLP_REFUSED_CONNECTIONS",
+    "CREDENTIAL_FAILURES",
     "DELIVERY_OUTCOMES",
     "count_delivery",
     "Metrics",
@@ -74,6 +75,12 @@ HTTP_REQUESTS = Counter(
     "iap_http_requests", "HTTP requests by route (its scope-table pattern), method and status", ["route", "method", "status"]
 )
 AUTH_REFUSALS = Counter("iap_auth_refusals", "Requests refused before reaching a route: unauthenticated, forbidden, mllp-peer", ["reason"])
+CREDENTIAL_FAILURES = Counter(
+    "iap_credential_failures",
+    "Bearer credentials presented and not valid (not-valid), and requests answered 429 after too many failed checks from"
+    " their address or for their API key id (rate-limited): a rise is someone guessing; alert on it",
+    ["outcome"],
+)
 MLLP_REFUSED_CONNECTIONS = Counter(
     "iap_mllp_refused_connections", "MLLP connections closed unread: busy (IAP_MLLP_MAX_CONNECTIONS sessions open)", ["reason"]
 )

@@ -27,8 +27,9 @@ from gateway.api.deps import SettingsDep
 from gateway.api.ingest import read_body
 from gateway.api.responses import FhirResponse
 from gateway.audit import EVENT_LOGIN, AuditContext, act_as, audit_context, outcome_of, record
-from gateway.metrics import AUTH_REFUSALS, HTTP_REQUESTS, MAPPING_SECONDS, MESSAGES
+from gateway.metrics import AUTH_REFUSALS, CREDENTIAL_FAILURES, HTTP_REQUESTS, MAPPING_SECONDS, MESSAGES
 from gateway.security.credentials import ASSERTION_TYPE, AssertionRefused
+from gateway.security.guessing import TooManyFailures
 from gateway.security.scopes import RouteRule, check_scopes, rule_for
 from gateway.store.db import store_unavailable
 
@@ -60,11 +61,16 @@ class SecurityMiddleware(HttpMiddleware):
         with audit_context(context):
             credential = _bearer(scope)
             try:
-                principal = await run_in_threadpool(state.authenticator.authenticate, credential) if credential else None
+                principal = await run_in_threadpool(state.authenticator.authenticate, credential, context.address) if credential else None
+            except TooManyFailures as limited:  # no check made: answered 429 at once
+                await self._limited(state, rule, context, limited, scope, receive, send)
+                return
             except Exception as error:  # the credential could not be checked (the store unreachable): counted, answered outside
                 _count(rule, method, _failure(error)[0], [], time.perf_counter() - started)
                 raise
             if principal is None:
+                if credential is not None:
+                    CREDENTIAL_FAILURES.labels(outcome="not-valid").inc()
                 reason = "no credential" if credential is None else "credential not valid"
                 await self._refuse(state, rule, context, 401, reason, scope, receive, send)
                 return
@@ -117,6 +123,24 @@ class SecurityMiddleware(HttpMiddleware):
             problem = Problem(Kind.FORBIDDEN, "header:Authorization", f"client {who!r} may not {scope['method']} {rule.pattern}: {reason}")
             headers = {}
         await FhirResponse(operation_outcome([problem]), status_code=status, headers=headers)(scope, receive, send)
+
+    async def _limited(
+        self, state: Any, rule: RouteRule, context: AuditContext, limited: TooManyFailures, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        """429 with Retry-After: too many failed credential checks from this address or for this API key id; audited."""
+        log.warning("request.rate_limited", route=rule.pattern, method=scope["method"], what=limited.what, retry_after=limited.retry_after)
+        AUTH_REFUSALS.labels(reason="rate-limited").inc()
+        CREDENTIAL_FAILURES.labels(outcome="rate-limited").inc()
+        await run_in_threadpool(record, state.sessions, context, "4", f"HTTP 429: {limited}")
+        _count(rule, scope["method"], 429, [], 0.0)
+        issue = {
+            "severity": "error",
+            "code": "throttled",
+            "diagnostics": f"{limited}: try again in {limited.retry_after} s",
+            "expression": ["header:Authorization"],
+        }
+        headers = {"Retry-After": str(limited.retry_after), "WWW-Authenticate": 'Bearer realm="iap-gateway", error="invalid_token"'}
+        await FhirResponse({"resourceType": "OperationOutcome", "issue": [issue]}, status_code=429, headers=headers)(scope, receive, send)
 
 
 def _failure(error: Exception) -> tuple[int, str]:

@@ -8,9 +8,11 @@ read per request (so a revoked client is refused at once, on every instance).
 from __future__ import annotations
 
 import re
+import threading
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import cache
 from typing import Any
 
 from sqlalchemy import bindparam, delete, select
@@ -23,6 +25,7 @@ from gateway.security.credentials import (
     TOKEN_PREFIX,
     AssertionRefused,
     check_jwks,
+    hash_secret,
     new_access_token,
     new_api_key,
     split_api_key,
@@ -31,6 +34,7 @@ from gateway.security.credentials import (
     verify_client_assertion,
     verify_secret,
 )
+from gateway.security.guessing import FailedChecks, TooManyFailures
 from gateway.security.principal import Principal
 from gateway.security.scopes import SCOPES
 from gateway.store.db import one_read
@@ -45,6 +49,7 @@ __all__ = [
     "rotate_api_key",
     "Authenticator",
     "IssuedToken",
+    "TooManyFailures",
     "parse_scopes",
 ]
 
@@ -158,38 +163,60 @@ def rotate_api_key(session: Session, name: str) -> str:
 # so scrypt runs once per key (a rotated key has a new hash and is checked afresh; a revoked client fails before this)
 _VERIFIED: dict[str, str] = {}
 _VERIFIED_MAX = 4096
+# scrypt takes ~16 MiB while it runs: at most two at once per process, whoever asks (guessers cannot take the memory)
+_SLOW_CHECKS = threading.BoundedSemaphore(2)
+
+
+@cache
+def _nobodys_hash() -> str:
+    """A hash no key has: an unknown or revoked key id's secret is checked against it, so that a guess costs the same
+    scrypt whether or not its key id exists (the time taken does not tell)."""
+    return hash_secret("not any client's secret")
 
 
 class Authenticator:
     """Bearer credentials -> Principal (or None). Verified API keys are remembered by digest, so scrypt runs once."""
 
-    def __init__(self, sessions: sessionmaker[Session], clock: Clock, token_ttl: timedelta) -> None:
+    def __init__(self, sessions: sessionmaker[Session], clock: Clock, token_ttl: timedelta, failures: FailedChecks | None = None) -> None:
         self.sessions = sessions
         self.clock = clock
         self.token_ttl = token_ttl
+        self.failures = failures or FailedChecks(clock, limit=10, window_seconds=60)
 
-    def authenticate(self, credential: str) -> Principal | None:
+    def authenticate(self, credential: str, address: str | None = None) -> Principal | None:
+        """The client a bearer credential is, or None; TooManyFailures (answer 429) for an API key needing a slow check
+        from an address, or for a key id, that has failed too often lately (gateway.security.guessing)."""
         if credential.startswith(API_KEY_PREFIX + "_"):
-            return self._api_key(credential)
+            return self._api_key(credential, address)
         if credential.startswith(TOKEN_PREFIX + "_"):
             return self._access_token(credential)
         return None
 
-    def _api_key(self, key: str) -> Principal | None:
+    def _api_key(self, key: str, address: str | None) -> Principal | None:
         parts = split_api_key(key)
         if parts is None:
             return None
+        digest = token_digest(key)
+        known = digest in _VERIFIED
+        if not known:  # before any read: a blocked guesser costs a hash and nothing more
+            self.failures.check(address, parts[0])
+            if self.failures.failed_before(digest):
+                return None
         with one_read(self.sessions) as connection:  # read on every request, so a revocation holds at once on every instance
             client = connection.execute(_CLIENT_BY_KEY_ID, {"key_id": parts[0]}).first()
-        if client is None or not client.active or client.key_hash is None:
+        stored: str | None = client.key_hash if client is not None and client.active else None
+        if stored is not None and _VERIFIED.get(digest) == stored:
+            return _principal(client)  # proven good in this process: no slow check, even from a blocked address
+        if known:  # remembered, but for a key since rotated: a slow check like any other
+            self.failures.check(address, parts[0])
+        with _SLOW_CHECKS:  # the same scrypt for a known key id and for an unknown one
+            good = verify_secret(parts[1], stored or _nobodys_hash())
+        if stored is None or not good:
+            self.failures.failed(address, parts[0], digest)
             return None
-        digest = token_digest(key)
-        if _VERIFIED.get(digest) != client.key_hash:
-            if not verify_secret(parts[1], client.key_hash):
-                return None
-            if len(_VERIFIED) >= _VERIFIED_MAX:
-                _VERIFIED.clear()
-            _VERIFIED[digest] = client.key_hash
+        if len(_VERIFIED) >= _VERIFIED_MAX:
+            _VERIFIED.clear()
+        _VERIFIED[digest] = stored
         return _principal(client)
 
     def _access_token(self, token: str) -> Principal | None:
