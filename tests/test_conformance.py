@@ -210,8 +210,9 @@ def _audit_trail(client, anonymous) -> dict[str, Any]:  # type: ignore[no-untype
 
 def _crawl(client) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     """What a FHIR client can reach in the loaded gateway: every type's search (Task with its _include/_revinclude, a
-    count-only one, a lenient one with its warning), every match read by id, every OperationDefinition, every GET
-    $operation on every resource it applies to, and refusals (406, 404, 400)."""
+    count-only one, a lenient one with its warning), every match read by id (and its _history and first version where
+    versions are kept), every OperationDefinition, every GET $operation on every resource it applies to, and refusals
+    (406, 404, 400)."""
     out: dict[str, Any] = {}
     statement = client.get("/fhir/metadata").json()
     found: dict[str, list[str]] = {}
@@ -237,6 +238,11 @@ def _crawl(client) -> dict[str, Any]:  # type: ignore[no-untyped-def]
             read = client.get(f"/fhir/{rtype}/{rid}")
             assert read.status_code == 200, (rtype, rid, read.text)
             out[f"crawl-read-{rtype}-{rid}"] = read.json()
+            if "history-instance" in interactions:
+                history = client.get(f"/fhir/{rtype}/{rid}/_history")
+                assert history.status_code == 200, (rtype, rid, history.text)
+                out[f"crawl-history-{rtype}-{rid}"] = history.json()
+                out[f"crawl-vread-{rtype}-{rid}"] = client.get(f"/fhir/{rtype}/{rid}/_history/1").json()
     assert {"Task", "Patient", "Encounter", "ServiceRequest", "Provenance", "EpisodeOfCare"} <= {t for t, ids in found.items() if ids}
     for entry in statement["rest"][0]["resource"]:
         for op in entry.get("operation", []):
