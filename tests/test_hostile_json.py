@@ -19,6 +19,7 @@ from fastapi.testclient import TestClient
 from jwt.api_jws import PyJWS
 
 from adapters.jsonparse import MAX_DEPTH
+from gateway.security.clients import add_client
 from tests.conftest import NOW, ROOT, bars_headers, issues
 from tests.hostile import filled_paths
 from tests.test_cas_operations import new_case
@@ -212,3 +213,18 @@ def test_a_csv_field_longer_than_the_csv_reader_takes_is_refused_400_naming_its_
         response = client.post(f"/ingest/{export}", content=body, headers={"Content-Type": "text/csv"})
         _refused_400(response, element, "cannot be read as CSV: field larger than field limit")
     assert stored() == before
+
+
+@pytest.mark.parametrize(
+    ("jwks", "says"),
+    [
+        ('{"keys":' + "[" * 100_000 + "]" * 100_000 + "}", "nested more than 100"),
+        ('{"keys":[],"keys":[]}', "'keys' appears twice"),
+        ('{"keys":[{"kty":"RSA","e":1e400}]}', "1e400 is not a number"),
+    ],
+    ids=["deep", "duplicate-key", "1e400"],
+)
+def test_a_client_registered_with_a_hostile_jwks_is_refused_with_a_reason(app, jwks: str, says: str) -> None:
+    """`clients add --jwks`: the key set is read by the one reader too (100,000 deep was a RecursionError)."""
+    with app.state.sessions.begin() as session, pytest.raises(ValueError, match=says):
+        add_client(session, "hostile-jwks", frozenset({"fhir:read"}), NOW, jwks=jwks)

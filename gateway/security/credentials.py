@@ -202,10 +202,10 @@ def _public_key(jwks_json: str, kid: str) -> Any:
 def check_jwks(text: str) -> str:
     """A JWKS document of RSA public keys, each with a `kid` and at least 4096 bits; returned normalised, or ValueError."""
     try:
-        document = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"not JSON: {error.msg}") from None
-    keys = document.get("keys") if isinstance(document, dict) else None
+        document = parse_json_object(text.encode("utf-8", "surrogatepass"), "JWKS")  # the one reader (deep, duplicates)
+    except GatewayInputError as error:
+        raise ValueError(f"not a JSON object: {error.problems[0].message}") from None
+    keys = document.get("keys")
     if not isinstance(keys, list) or not keys:
         raise ValueError('a JWKS needs a non-empty "keys" array')
     kept = []
