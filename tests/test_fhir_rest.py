@@ -147,6 +147,26 @@ def test_last_updated_count_summary_and_id_work_on_every_searchable_type(client,
     assert _ids(client.get("/fhir/Task", params={"_id": f"{task['id']},other"}).json()) == [f"Task/{task['id']}"]
 
 
+def test_last_updated_on_a_bare_date_means_that_whole_day(client) -> None:
+    task = _case(client)  # stored at 12:00 on 23 November
+    assert task["meta"]["lastUpdated"] == "2026-11-23T12:00:00Z"
+    for value, found in [
+        ("2026-11-23", 1),
+        ("eq2026-11-23", 1),
+        ("ge2026-11-23", 1),
+        ("le2026-11-23", 1),
+        ("gt2026-11-23", 0),
+        ("lt2026-11-23", 0),
+        ("eq2026-11-22", 0),
+        ("gt2026-11-22", 1),
+        ("lt2026-11-23T12:00:01Z", 1),
+        ("gt2026-11-23T12:00:00Z", 0),
+    ]:
+        assert client.get("/fhir/Task", params={"_lastUpdated": value}).json()["total"] == found, value
+    bad = client.get("/fhir/Task", params={"_lastUpdated": "yesterday"})
+    assert bad.status_code == 400 and issues(bad.json())[0][1] == "_lastUpdated"
+
+
 def test_a_task_search_brings_its_patient_focus_and_provenance_in_one_call(client) -> None:
     task = _case(client)
     _case(client, "third-party-bsw.case.json")

@@ -108,6 +108,8 @@ def _resource(rtype: str) -> dict[str, Any]:
         entry["readHistory"] = True
     spec = SEARCHES.get(rtype)
     if spec is not None:
+        if spec.note:
+            entry["documentation"] = spec.note
         if spec.include:
             entry["searchInclude"] = list(spec.include)
         if spec.revinclude:

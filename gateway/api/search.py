@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import datetime, time, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
@@ -60,6 +60,18 @@ def date_filter(value: str, name: str = "date") -> tuple[str, datetime]:
         raise GatewayInputError(Problem(Kind.VALUE, name, f"{value[:40]!r} is not [prefix]YYYY-MM-DD or an instant with offset")) from None
 
 
+def day_filter(value: str, name: str) -> list[tuple[str, datetime]]:
+    """`date_filter`, a bare date meaning the whole (London) day as FHIR search does: `eq2026-11-23` (or `2026-11-23`)
+    is that day, `gt` after it, `le` up to its end."""
+    op, moment = date_filter(value, name)
+    if "T" in value:
+        return [(op, moment)]
+    end = datetime.combine(moment.date() + timedelta(days=1), time(), LONDON)
+    return {"eq": [("ge", moment), ("lt", end)], "ge": [("ge", moment)], "lt": [("lt", moment)], "gt": [("ge", end)], "le": [("lt", end)]}[
+        op
+    ]
+
+
 def handling(request: Request) -> str:
     """`Prefer: handling=strict|lenient` (RFC 7240, FHIR search): strict unless the client asks for lenient."""
     for preference in request.headers.get("prefer", "").split(","):
@@ -105,7 +117,7 @@ class Search:
         for value in self.params.getlist("_id"):  # a comma is "any of"; repeating the parameter is "all of"
             ids = set(split_list(value) or []) if ids is None else ids & set(split_list(value) or [])
         self.ids = sorted(ids) if ids is not None else None
-        self.last_updated = [date_filter(value, "_lastUpdated") for value in self.params.getlist("_lastUpdated")]
+        self.last_updated = [f for value in self.params.getlist("_lastUpdated") for f in day_filter(value, "_lastUpdated")]
 
     def get(self, name: str) -> str | None:
         return self.params.get(name)

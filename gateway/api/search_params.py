@@ -3,7 +3,7 @@ against and the CapabilityStatement is written from (so what is advertised is wh
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from gateway.store.repo import sortable_task_params
 
@@ -23,7 +23,7 @@ class SearchSpec:
     sort: tuple[str, ...] = ()
     include: tuple[str, ...] = ()
     revinclude: tuple[str, ...] = ()
-    documentation: dict[str, str] = field(default_factory=dict)
+    note: str | None = None  # the CapabilityStatement's documentation of the type's search
 
     @property
     def all_params(self) -> dict[str, str]:
@@ -60,7 +60,9 @@ SEARCHES: dict[str, SearchSpec] = {
         include=("Task:patient", "Task:focus"),
         revinclude=("Provenance:target",),
     ),
-    "Patient": SearchSpec({"identifier": "token"}),
+    "Patient": SearchSpec(
+        {"identifier": "token"}, note="A Patient search names identifier, _id or _lastUpdated (no browsing of all patients)."
+    ),
     "Questionnaire": SearchSpec({"url": "uri", "name": "string", "code": "token"}),
     "QuestionnaireResponse": SearchSpec(_PATIENT | {"questionnaire": "reference"}),
     "Observation": SearchSpec(_PATIENT | {"code": "token", "date": "date"}),
