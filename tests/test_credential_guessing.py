@@ -21,7 +21,7 @@ LIMIT = 3
 @pytest.fixture
 def guarded(app: Any, clock: Any) -> Any:
     """The app with a limit of 3 failed checks per 60 s (IAP_AUTH_FAILURE_LIMIT, IAP_AUTH_FAILURE_WINDOW_SECONDS)."""
-    app.state.authenticator.failures = FailedChecks(clock, LIMIT, 60)
+    app.state.authenticator.failures = FailedChecks(clock, LIMIT, 60, refusal_delay=0)  # the delay: bench/guessing.py
     return app
 
 
@@ -53,9 +53,9 @@ def test_wrong_secrets_for_a_key_id_are_answered_429_with_retry_after_and_its_re
         clock.set(clock.now() + timedelta(seconds=16))  # the window is over: checked (and refused) again
         assert guesser.get("/queue", headers=bearer(_guess(key, 97))).status_code == 401
     events = [e for e in _audit(client) if e["outcomeDesc"].startswith("HTTP 429")]
-    assert sorted(e["outcomeDesc"] for e in events) == [
+    # once per window for each blocked address and key id (a write for every refused guess would hand guessers the store)
+    assert sorted(e["outcomeDesc"].split(" (")[0] for e in events) == [
         "HTTP 429: too many failed credential checks for this API key id",  # from 192.0.2.77: its key id is blocked
-        "HTTP 429: too many failed credential checks for this address",
         "HTTP 429: too many failed credential checks for this address",
     ]
     assert all(e["agent"][0]["who"] == {"display": "unauthenticated client"} for e in events)

@@ -51,7 +51,7 @@ def readiness_problems(engine: Engine, expected_heads: frozenset[str], *registri
 
 
 @router.get("/healthz", summary="Liveness: the process answers (no dependencies checked)", tags=["operations"])
-def healthz() -> Response:
+async def healthz() -> Response:  # on the event loop: liveness needs no worker thread (they may all be busy)
     return JSONResponse({"status": "ok"})
 
 

@@ -10,6 +10,7 @@ client assertions, NHS England's pattern).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 from urllib.parse import parse_qs, parse_qsl
@@ -61,6 +62,8 @@ class SecurityMiddleware(HttpMiddleware):
         with audit_context(context):
             credential = _bearer(scope)
             try:
+                if credential:
+                    state.authenticator.precheck(credential, context.address)  # a blocked guesser takes no thread
                 principal = await run_in_threadpool(state.authenticator.authenticate, credential, context.address) if credential else None
             except TooManyFailures as limited:  # no check made: answered 429 at once
                 await self._limited(state, rule, context, limited, scope, receive, send)
@@ -127,12 +130,17 @@ class SecurityMiddleware(HttpMiddleware):
     async def _limited(
         self, state: Any, rule: RouteRule, context: AuditContext, limited: TooManyFailures, scope: Scope, receive: Receive, send: Send
     ) -> None:
-        """429 with Retry-After: too many failed credential checks from this address or for this API key id; audited."""
-        log.warning("request.rate_limited", route=rule.pattern, method=scope["method"], what=limited.what, retry_after=limited.retry_after)
+        """429 with Retry-After: too many failed credential checks from this address or for this API key id. Counted
+        every time; logged and audited once per window (a write per refused guess would hand guessers the store)."""
         AUTH_REFUSALS.labels(reason="rate-limited").inc()
         CREDENTIAL_FAILURES.labels(outcome="rate-limited").inc()
-        await run_in_threadpool(record, state.sessions, context, "4", f"HTTP 429: {limited}")
+        if limited.first:
+            log.warning(
+                "request.rate_limited", route=rule.pattern, method=scope["method"], what=limited.what, retry_after=limited.retry_after
+            )
+            await run_in_threadpool(record, state.sessions, context, "4", f"HTTP 429: {limited} (further refusals this window are counted)")
         _count(rule, scope["method"], 429, [], 0.0)
+        await asyncio.sleep(state.authenticator.failures.refusal_delay)  # on the event loop: holds no thread
         issue = {
             "severity": "error",
             "code": "throttled",
