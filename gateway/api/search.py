@@ -67,9 +67,8 @@ def day_filter(value: str, name: str) -> list[tuple[str, datetime]]:
     if "T" in value:
         return [(op, moment)]
     end = datetime.combine(moment.date() + timedelta(days=1), time(), LONDON)
-    return {"eq": [("ge", moment), ("lt", end)], "ge": [("ge", moment)], "lt": [("lt", moment)], "gt": [("ge", end)], "le": [("lt", end)]}[
-        op
-    ]
+    ranges = {"eq": [("ge", moment), ("lt", end)], "ge": [("ge", moment)], "lt": [("lt", moment)], "gt": [("ge", end)], "le": [("lt", end)]}
+    return ranges[op]
 
 
 def handling(request: Request) -> str:
