@@ -19,6 +19,7 @@ from gateway.audit import note
 from gateway.clock import Clock
 from gateway.rules.cas_ops import OPERATIONS, Params, apply_operation, parse_parameters
 from gateway.rules.schema import RuleRegistry
+from gateway.rules.sender_schema import SenderRegistry
 from gateway.security.principal import require_service
 from gateway.store.db import write_transaction
 from gateway.store.models import ResourceRow
@@ -58,10 +59,13 @@ def provenance(
 
 
 class CaseOperations:
-    def __init__(self, sessions: sessionmaker[Session], registry: RuleRegistry, clock: Clock) -> None:
+    def __init__(
+        self, sessions: sessionmaker[Session], registry: RuleRegistry, clock: Clock, senders: SenderRegistry | None = None
+    ) -> None:
         self.sessions = sessions
         self.registry = registry
         self.clock = clock
+        self.senders = senders or SenderRegistry([])  # whose `destination` gets the notes back (CAS-13)
 
     def run(self, task_id: str, name: str, raw: bytes) -> dict[str, Any]:
         """Apply operation `name` to Task `task_id`; the new Task version, or GatewayInputError and nothing changed."""
@@ -89,6 +93,8 @@ class CaseOperations:
             _complete_safety_call(session, task_id, params.values["safety-call"], now, service_id)
         if stored["status"] == "completed":
             _request_gp_letter(session, stored, who, now, service_id)
+        if stored["status"] == "completed" or (name == "end-assessment" and params.values.get("registered") is True):
+            _send_notes_to_epr(session, stored, who, self.senders, now, service_id)
         put_resource(session, provenance(stored, name, who, result.rule_ids, result.summary, now), now, service_id)
         log.info("case.operation", operation=name, rules=list(result.rule_ids), status=stored["status"])
         return stored
@@ -115,6 +121,17 @@ def _request_gp_letter(session: Session, task: dict[str, Any], who: str, now: da
     record = provenance(letter, activity, who, rules, summary, now)
     record["target"].append({"reference": f"Task/{task['id']}"})
     put_resource(session, record, now, service_id)
+
+
+def _send_notes_to_epr(session: Session, task: dict[str, Any], who: str, senders: SenderRegistry, now: datetime, service_id: str) -> None:
+    """CAS-13: the consultation notes to the patient's RiO record, queued in the same transaction as the operation ending
+    the consultation (a registered practitioner's end of assessment; a ratification or any completion for the rest)."""
+    from gateway.outbox.epr import queue_notes  # the outbox builds on cases (provenance): imported late
+
+    queued = queue_notes(session, task, senders, service_id, now)
+    if queued:
+        summary = f"consultation notes queued for the patient's EPR record ({len(queued)} delivery(ies))"
+        put_resource(session, provenance(task, "epr-notes", who, ("CAS-13",), summary, now), now, service_id)
 
 
 def is_specialist_desk(task: dict[str, Any]) -> bool:

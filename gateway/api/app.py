@@ -49,6 +49,7 @@ from gateway.pathways import Pathways
 from gateway.responses import ResponseIntake
 from gateway.rules.pathway_schema import load_pathways
 from gateway.rules.schema import load_rules
+from gateway.rules.sender_schema import load_senders
 from gateway.safety_calls import run_ticker
 from gateway.safety_calls import tick as tick_safety_calls
 from gateway.security.clients import Authenticator
@@ -138,7 +139,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
     app.state.intake = Intake(sessions, registry, clock)
     app.state.measures = catalogue
     app.state.responses = ResponseIntake(sessions, catalogue, clock)
-    app.state.cases = CaseOperations(sessions, registry, clock)
+    app.state.cases = CaseOperations(sessions, registry, clock, load_senders(settings.senders_dir))  # notes back to EPRs: CAS-13
     app.state.hl7 = Hl7Intake(sessions, clock)
     app.state.cleo = CleoLink(sessions, app.state.cases, clock)
     app.state.pathway_rules = pathway_rules

@@ -180,7 +180,7 @@ def row_json(row: OutboxRow) -> dict[str, Any]:
     return {
         "id": row.id,
         "letter": f"DocumentReference/{row.letter_id}",
-        "document": f"Bundle/{row.letter_id}",
+        "document": f"Bundle/{row.letter_id}" if row.recipient_kind != "epr" else None,  # a note to an EPR is the note itself
         "letter_type": row.letter_type,
         "patient": f"Patient/{row.patient_id}" if row.patient_id else None,
         "recipient_kind": row.recipient_kind,

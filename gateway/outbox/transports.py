@@ -1,4 +1,5 @@
 """How a letter leaves: MESH (NHS England's mesh-client), FHIR push (httpx), or the print folder (the client's copy).
+(A note to an EPR leaves over MLLP: gateway.outbox.mllp_out.)
 
 Each transport sends one `Outgoing` and says how it went: `Sent` (with the receiver's id for it),
 `TransientError` (worth retrying: connection, timeout, 5xx, 429), or `PermanentError` (retrying
@@ -46,6 +47,7 @@ class Outgoing:
     workflow_id: str | None = None
     subject: str | None = None
     filename: str | None = None
+    control_id: str | None = None  # HL7 v2 over MLLP: MSH-10, which the receiver's ACK must quote in MSA-2
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,10 @@ from gateway.clock import Clock
 from gateway.failpoints import failpoint
 from gateway.outbox import store
 from gateway.outbox.consent import withheld_because
+from gateway.outbox.epr import RECIPIENT_KIND as EPR
+from gateway.outbox.epr import note_outgoing
 from gateway.outbox.letters import letter_document
+from gateway.outbox.mllp_out import MllpTransport
 from gateway.outbox.routing import NoRoute, Route, Routing, load_routing, resolve
 from gateway.outbox.transports import (
     FhirPushTransport,
@@ -49,6 +52,7 @@ from gateway.outbox.transports import (
     Transport,
     mesh_client,
 )
+from gateway.rules.sender_schema import SenderRegistry, load_senders
 from gateway.settings import Settings
 from gateway.store.jsontext import dumps
 from gateway.store.models import OutboxRow
@@ -89,7 +93,9 @@ class Deliverer:
     lease: timedelta = timedelta(minutes=5)
     retention: timedelta = timedelta(days=90)
     worker: str = field(default_factory=lambda: f"{socket.gethostname()[:40]}:{uuid.uuid4().hex[:8]}")
+    senders: SenderRegistry = field(default_factory=lambda: SenderRegistry([]))
     _skipped: set[str] = field(default_factory=set)
+    _down: set[str] = field(default_factory=set)  # EPR destinations that failed an attempt in this pass
 
     def close(self) -> None:
         for transport in self.transports.values():
@@ -111,6 +117,7 @@ class Deliverer:
     def deliver_once(self, only: str | None = None, limit: int = 20) -> list[tuple[str, str]]:
         """Claim due deliveries and attempt each once: [(delivery id, status after)]."""
         out = []
+        self._down = set()
         for claim in store.claim(self.sessions, self.worker, self.clock.now(), self.lease, limit, only):
             try:
                 status = self._deliver(claim)
@@ -123,6 +130,8 @@ class Deliverer:
     # --- one delivery -----------------------------------------------------------------------------
 
     def _deliver(self, claim: store.Claim) -> str:
+        if claim.recipient_kind == EPR:
+            return self._deliver_note(claim)
         letter_type = letter_types()[claim.letter_type]
         with self.sessions() as session:
             reason = withheld_because(session, letter_type, claim.recipient_kind, claim.patient_id)
@@ -153,6 +162,43 @@ class Deliverer:
             return self._failed_attempt(claim, exc, route)
         failpoint("outbox.after-send")
         return self._sent(claim, route, outgoing, result)
+
+    def _deliver_note(self, claim: store.Claim) -> str:
+        """CAS-13: a consultation note to an EPR over MLLP (gateway.outbox.epr); a destination that failed in this pass
+        is not tried again in it, so one that is down costs each pass at most one timeout (letters go on meanwhile)."""
+        profile = self.senders.profiles.get(claim.recipient)
+        if profile is None or profile.destination is None:
+            return self._dead(claim, f"no MLLP destination in sender profile {claim.recipient!r} (gateway/rules/senders)", None, None)
+        route = Route("mllp", f"{profile.destination.host}:{profile.destination.port}")
+        if claim.recipient in self._down:
+            return self._postpone(claim, route, f"{route.address} failed earlier in this pass")
+        transport = self.transports.get("mllp")
+        if transport is None:
+            return self._dead(claim, "the mllp transport is not configured", route, None)
+        with self.sessions() as session:
+            outgoing = note_outgoing(session, claim.id, claim.letter_id, claim.patient_id or "", profile, self.clock.now())
+        failpoint("outbox.before-send")
+        try:
+            result = transport.send(outgoing)  # in doubt or not: MLLP cannot be asked; the same MSH-10 lets the receiver drop a copy
+        except PermanentError as exc:
+            return self._dead(claim, str(exc), route, None)
+        except TransientError as exc:
+            self._down.add(claim.recipient)
+            return self._failed_attempt(claim, exc, route)
+        failpoint("outbox.after-send")
+        return self._sent(claim, route, outgoing, result)
+
+    def _postpone(self, claim: store.Claim, route: Route, why: str) -> str:
+        """Back to pending without spending an attempt: not tried, so not a failure of this delivery."""
+        now = self.clock.now()
+        later = now + (self.policy.next_delay(1) or timedelta(0))
+        with self.sessions.begin() as session:
+            row = self._row(session, claim.id)
+            row.status, row.attempts, row.next_attempt_at, row.lease_until, row.updated_at = "pending", claim.attempt - 1, later, None, now
+            row.transport, row.address = route.transport, route.address
+            # not an attempt: an outbox event only (no AuditEvent, no delivery counted)
+            store.event(session, row.id, "postponed", "pending", f"{why}; next attempt at {to_fhir_instant(later)}", now)
+        return "pending"
 
     def _outgoing(
         self, claim: store.Claim, letter_type: LetterType, route: Route, document: dict[str, Any], pdf: bytes, patient: dict[str, Any]
@@ -385,9 +431,11 @@ def deliverer_from_settings(
 ) -> Deliverer:
     """The worker as configured: routing file checked, transports for what is configured (MESH, FHIR push, print)."""
     routing = load_routing(settings.routing_file)
+    senders = load_senders(settings.senders_dir)
     transports: dict[str, Transport] = {
         "fhir": FhirPushTransport(http or httpx.Client(timeout=settings.fhir_push_timeout_seconds)),
         "print": PrintTransport(),
+        "mllp": MllpTransport(senders),
     }
     mesh = None
     if settings.mesh_url:
@@ -415,6 +463,7 @@ def deliverer_from_settings(
         print_dir=settings.print_dir,
         lease=timedelta(seconds=settings.outbox_lease_seconds),
         retention=timedelta(days=settings.outbox_retention_days),
+        senders=senders,
     )
 
 
