@@ -10,9 +10,11 @@ refuses, as a `GatewayInputError` naming where:
 - lone surrogate escapes (`"\\ud800"`), which no UTF-8 store or reply can hold.
 
 Speed (it is on every ingest's path): the standard library's C reader with an `object_pairs_hook` (a duplicate
-costs one `dict` of the pairs already made) and one walk of the containers for the depth; ~2x the bare
-`json.loads`, tens of microseconds on a 10 kB BaRS Bundle. The slow paths (naming a duplicate's element, the line of
-a too-deep nesting or an out-of-range number) run only for input that is refused.
+costs one `dict` of the pairs already made) and one walk of the containers for the depth, skipped when the body
+has too few brackets to nest that deep. CPU per read, before -> after (process time, best of 9): a 10 kB BaRS
+Bundle 35 -> 87 us, a 1 kB flat 111 case 7 -> 10 us, a 6 kB pathway referral 23 -> 42 us; an ingest takes
+~2-3 ms of CPU. (orjson reads 2x faster but cannot see a duplicate key.) The slow paths (naming a duplicate's
+element, the line of a too-deep nesting or an out-of-range number) run only for input that is refused.
 """
 
 from __future__ import annotations
