@@ -1,4 +1,4 @@
-"""RiO over HL7 v2.4: MLLP framing, and ER7 bytes -> a typed `Hl7Message` (parsed with hl7apy).
+"""HL7 v2 (2.3 to 2.5.1, RiO and UK PAS/EPR feeds): MLLP framing, and ER7 bytes -> a typed `Hl7Message` (hl7apy).
 
 Messages taken: ADT^A04/A08/A28/A31 (register/update patient), REF^I12 (referral),
 ORU^R01 and MDM^T02 (progress notes / documents). Format: docs/formats/rio-hl7v2.md.
@@ -9,23 +9,41 @@ field, an HL7 table 0357 error code, and text for MSA-3. No FHIR, no database he
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta, timezone
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, tzinfo
 
 from hl7apy import load_library
 from hl7apy.parser import parse_message
 
-from adapters.referral import Demographics, check_nhs_number
+from adapters.hl7v2_fields import TimeReading, component, decode, escape, field, read_time, unescape
+from adapters.hl7v2_patient import LocalNumber, PidProblem, read_pid
+from adapters.referral import Demographics
+from fhir_mapping.datetimes import LONDON, Hl7Time
 
-__all__ = ["Hl7Error", "Hl7Header", "Hl7Note", "Hl7Referral", "Hl7Message", "MllpFramer", "frame", "parse_hl7", "build_ack", "SUPPORTED"]
+__all__ = [
+    "Hl7Error",
+    "Hl7Header",
+    "Hl7Note",
+    "Hl7Referral",
+    "Hl7Message",
+    "Hl7Reading",
+    "LocalNumber",
+    "MllpFramer",
+    "frame",
+    "parse_hl7",
+    "build_ack",
+    "SUPPORTED",
+    "VERSIONS",
+]
 
 MLLP_START, MLLP_END = b"\x0b", b"\x1c\x0d"
 SUPPORTED = {("ADT", "A04"), ("ADT", "A08"), ("ADT", "A28"), ("ADT", "A31"), ("REF", "I12"), ("ORU", "R01"), ("MDM", "T02")}
 REQUIRED_SEGMENTS = {"ADT": ("EVN", "PID"), "REF": ("RF1", "PID"), "ORU": ("PID", "OBR", "OBX"), "MDM": ("EVN", "PID", "TXA", "OBX")}
-# every segment hl7apy's v2.4 library defines: a message made only of these and Z-segments is one hl7apy parses
-_V24_SEGMENTS = frozenset(load_library("2.4").SEGMENTS)
-_TS = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(?:\.\d+)?([+-]\d{4})?$")
+VERSIONS = ("2.3", "2.3.1", "2.4", "2.5", "2.5.1")  # MSH-12 versions taken (the fields read are the same in each)
+# every segment hl7apy's library defines per version: a message made only of these and Z-segments is one hl7apy parses
+_SEGMENTS = {version: frozenset(load_library(version).SEGMENTS) for version in VERSIONS}
 
 
 @dataclass(eq=False)  # not frozen: the interpreter sets __traceback__ on exceptions as they travel
@@ -81,7 +99,20 @@ class Hl7Message:
     gp_practice_ods: str | None = None
     notes: tuple[Hl7Note, ...] = ()
     referral: Hl7Referral | None = None
-    unused_segments: tuple[str, ...] = field(default=())
+    unused_segments: tuple[str, ...] = dataclasses.field(default=())
+    local_numbers: tuple[LocalNumber, ...] = ()  # PID-3 repetitions other than the NHS number
+    nhs_status: str | None = None  # NHS Number Status Indicator (01-08) from PID-32, when sent
+    warnings: tuple[str, ...] = ()  # how something was read that the sender should know (no patient data)
+    birth_date_partial: str | None = None  # PID-7 to the year or month only, as FHIR writes it ("1988", "1988-06")
+
+
+@dataclass(frozen=True)
+class Hl7Reading:
+    """How one sender's messages are read (from its sender profile): its local time zone and NHS number placement."""
+
+    local_zone: tzinfo = LONDON
+    nhs_number_in: str = "any"  # any | authority | type-code
+    status_field: str = "PID-32"
 
 
 def frame(message: bytes) -> bytes:
@@ -116,13 +147,13 @@ class MllpFramer:
             self.buffer = self.buffer[end + 2 :]
 
 
-def parse_hl7(raw: bytes) -> Hl7Message:
-    """Parse one ER7 message; raises Hl7Error naming what is wrong."""
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        text = raw.decode("latin-1")  # HL7 v2 default character set is often 8859/1
-    text = text.replace("\r\n", "\r").replace("\n", "\r").strip("\r")
+def parse_hl7(raw: bytes, reading_for: Callable[[str, str], Hl7Reading] | None = None) -> Hl7Message:
+    """Parse one ER7 message; raises Hl7Error naming what is wrong.
+
+    `reading_for(MSH-3, MSH-4)` says how this sender is read (its time zone, NHS number placement): the
+    gateway's sender profiles (gateway.rules.sender_schema); without it, `Hl7Reading()` (Europe/London, any placement).
+    """
+    text = decode(raw).replace("\r\n", "\r").replace("\n", "\r").strip("\r")
     if not text.startswith("MSH"):
         raise Hl7Error("AR", "message does not start with an MSH segment", "MSH", None, 100)
     control_id = _field(text.split("\r", 1)[0], 10)
@@ -130,13 +161,13 @@ def parse_hl7(raw: bytes) -> Hl7Message:
         raise Hl7Error("AR", "MSH-1/MSH-2: field separator and encoding characters must be |^~\\&", "MSH", 2, 102, control_id)
     msh = text.split("\r", 1)[0]
     msg_type = _field(msh, 9)
-    version = _field(msh, 12)
+    version = _field(msh, 12).split("^")[0]
     if not control_id:
         raise Hl7Error("AR", "MSH-10 message control id is required", "MSH", 10, 101)
     if not msg_type:
         raise Hl7Error("AR", "MSH-9 message type is required", "MSH", 9, 101, control_id)
-    if version.split("^")[0] != "2.4":
-        raise Hl7Error("AR", f"MSH-12 version {version[:10]!r} is not supported (2.4)", "MSH", 12, 203, control_id)
+    if version not in VERSIONS:
+        raise Hl7Error("AR", f"MSH-12 version {version[:10]!r} is not supported ({', '.join(VERSIONS)})", "MSH", 12, 203, control_id)
     parts = msg_type.split("^")
     kind, trigger = parts[0], parts[1] if len(parts) > 1 else ""
     if (kind, trigger) not in SUPPORTED:
@@ -154,50 +185,77 @@ def parse_hl7(raw: bytes) -> Hl7Message:
     for required in REQUIRED_SEGMENTS[kind]:
         if required not in names:
             raise Hl7Error("AE", f"{kind}^{trigger} needs a {required} segment", required, None, 100, control_id)
-    if not _plain_segments(segments):
+    if not _plain_segments(segments, version):
         try:
             parse_message("\r".join(segments), find_groups=False)
         except Exception as exc:  # hl7apy raises many types for malformed ER7; all mean "cannot parse"
             raise Hl7Error("AR", f"cannot parse the message: {type(exc).__name__}", "MSH", None, 102, control_id) from None
+    application, facility = _field(msh, 3).split("^")[0], _field(msh, 4).split("^")[0]
+    reading = reading_for(application, facility) if reading_for else Hl7Reading()
+    times = _Times(reading.local_zone, control_id)
     header = Hl7Header(
         control_id=control_id,
         message_type=kind,
         trigger=trigger,
-        sending_application=_field(msh, 3).split("^")[0],
-        sending_facility=_field(msh, 4).split("^")[0],
-        version="2.4",
-        sent_at=_timestamp(_field(msh, 7), "MSH", 7, control_id, required=False),
+        sending_application=application,
+        sending_facility=facility,
+        version=version,
+        sent_at=times.at(_field(msh, 7), "MSH", 7, required=False),
     )
     pid = _segment(segments, "PID")
-    patient = _patient(pid, control_id)
+    born = times.read(_field(pid, 7), "PID", 7)
+    try:
+        person = read_pid(pid, reading.nhs_number_in, reading.status_field, born.day if born else None)
+    except PidProblem as problem:
+        raise Hl7Error("AE", f"PID-{problem.field_no}: {problem.text}", "PID", problem.field_no, problem.code, control_id) from None
     pd1 = _segment(segments, "PD1")
     gp = _component(_field(pd1, 3), 3) if pd1 else None
     notes: tuple[Hl7Note, ...] = ()
     referral = None
     if kind == "ORU":
-        notes = _oru_notes(segments, control_id)
+        notes = _oru_notes(segments, times)
     elif kind == "MDM":
-        notes = _mdm_notes(segments, control_id)
+        notes = _mdm_notes(segments, times)
     elif kind == "REF":
-        referral = _referral(segments, control_id)
+        referral = _referral(segments, times)
     known = {"MSH", "EVN", "PID", "PD1", "PV1", "RF1", "PRD", "OBR", "OBX", "TXA", "NTE"}
     unused = tuple(sorted({n for n in names if n not in known}))
-    return Hl7Message(header, patient, gp or None, notes, referral, unused)
+    return Hl7Message(
+        header,
+        person.patient,
+        gp or None,
+        notes,
+        referral,
+        unused,
+        person.local_numbers,
+        person.nhs_status,
+        tuple(times.warnings),
+        _partial_date(_field(pid, 7)),
+    )
 
 
-def _plain_segments(segments: list[str]) -> bool:
+def _partial_date(value: str) -> str | None:
+    """A TS to the year or the month, as a FHIR partial date (exact: never a 1 January the sender did not send)."""
+    digits = value.split("^")[0][:8]
+    if len(digits) in (4, 6) and digits.isdigit():
+        return digits[:4] if len(digits) == 4 else f"{digits[:4]}-{digits[4:]}"
+    return None
+
+
+def _plain_segments(segments: list[str], version: str = "2.4") -> bool:
     """Whether hl7apy is sure to parse these segments, so its parse (~3 ms, most of an ADT's cost) can be skipped.
 
-    Fields are read positionally here (RiO sends no groups); hl7apy is run only for the structure
+    Fields are read positionally here (senders send no groups); hl7apy is run only for the structure
     check, and in its default (tolerant) mode, for a message whose MSH passed the checks above,
     it refuses only a segment whose name it does not know. A message whose every segment starts
-    with a v2.4 segment name hl7apy knows, or a Z-segment name, then `|` (or ends) is one it
+    with a segment name hl7apy knows for its version, or a Z-segment name, then `|` (or ends) is one it
     parses; anything else still goes through hl7apy. tests/test_hl7v2.py checks this against
     hl7apy itself on generated messages.
     """
+    known = _SEGMENTS[version]
     for segment in segments:
         name = segment[:3]
-        if not (name in _V24_SEGMENTS or (len(name) == 3 and name[0] == "Z")) or segment[3:4] not in ("|", ""):
+        if not (name in known or (len(name) == 3 and name[0] == "Z")) or segment[3:4] not in ("|", ""):
             return False
     return True
 
@@ -206,67 +264,37 @@ def _segment(segments: list[str], name: str) -> str:
     return next((s for s in segments if s.startswith(name + "|")), "")
 
 
-def _field(segment: str, index: int) -> str:
-    """Field n of a segment (MSH counts MSH-1 as the separator itself, as the standard does)."""
-    parts = segment.split("|")
-    position = index - 1 if segment.startswith("MSH") else index
-    return parts[position] if 0 <= position < len(parts) else ""
+_field, _component = field, component
 
 
-def _component(value: str, index: int) -> str:
-    parts = value.split("^")
-    return parts[index - 1] if len(parts) >= index else ""
+class _Times:
+    """Reads a message's TS fields in its sender's zone, keeping a warning for each time in the repeated autumn hour."""
+
+    def __init__(self, zone: tzinfo, control_id: str) -> None:
+        self.zone, self.control_id = zone, control_id
+        self.warnings: list[str] = []
+
+    def read(self, value: str, segment: str, field_no: int, required: bool = False) -> Hl7Time | None:
+        where = f"{segment}-{field_no}"
+        if not value or not value.split("^")[0]:
+            if required:
+                raise Hl7Error("AE", f"{where} is required", segment, field_no, 101, self.control_id)
+            return None
+        try:
+            read = read_time(value, self.zone)
+        except TimeReading as problem:
+            raise Hl7Error("AE", f"{where} {problem.text}", segment, field_no, 102, self.control_id) from None
+        if read.repeated_hour:
+            self.warnings.append(f"{where}: local time in the hour the clocks repeat; read as the first (summer time)")
+        return read
+
+    def at(self, value: str, segment: str, field_no: int, required: bool = False) -> datetime | None:
+        read = self.read(value, segment, field_no, required)
+        return read.moment if read else None
 
 
-def _timestamp(value: str, segment: str, field_no: int, control_id: str, required: bool = True) -> datetime | None:
-    """HL7 TS: YYYYMMDD[HHMM[SS]][+ZZZZ]. A time without an offset is refused (never the host zone)."""
-    if not value:
-        if required:
-            raise Hl7Error("AE", f"{segment}-{field_no} is required", segment, field_no, 101, control_id)
-        return None
-    match = _TS.match(value.split("^")[0])
-    if not match:
-        raise Hl7Error("AE", f"{segment}-{field_no} is not an HL7 timestamp", segment, field_no, 102, control_id)
-    year, month, day, hour, minute, second, offset = match.groups()
-    if hour and not offset:
-        raise Hl7Error("AE", f"{segment}-{field_no} has a time but no UTC offset (+ZZZZ)", segment, field_no, 102, control_id)
-    try:
-        zone = timezone(timedelta(hours=int(offset[:3]), minutes=int(offset[0] + offset[3:]))) if offset else UTC
-        return datetime(
-            int(year), int(month or 1), int(day or 1), int(hour or 0), int(minute or 0), int(second or 0), tzinfo=zone
-        ).astimezone(UTC)
-    except ValueError:
-        raise Hl7Error("AE", f"{segment}-{field_no} is not a real date/time", segment, field_no, 102, control_id) from None
-
-
-def _patient(pid: str, control_id: str) -> Demographics:
-    identifiers = _field(pid, 3).split("~")
-    nhs_raw = next((_component(i, 1) for i in identifiers if _component(i, 4) == "NHS" or _component(i, 5) == "NH"), None)
-    if not nhs_raw:
-        raise Hl7Error("AE", "PID-3 needs the NHS number (CX.4 NHS or CX.5 NH)", "PID", 3, 101, control_id)
-    nhs, reason = check_nhs_number(nhs_raw)
-    if reason:
-        raise Hl7Error("AE", f"PID-3: {reason}", "PID", 3, 102, control_id)
-    name = _field(pid, 5).split("~")[0]
-    birth = _field(pid, 7)
-    born = _timestamp(birth, "PID", 7, control_id, required=False) if birth else None
-    sex = {"M": "male", "F": "female", "O": "other", "U": "unknown"}.get(_field(pid, 8))
-    address = _field(pid, 11).split("~")[0]
-    return Demographics(
-        nhs_number=nhs or "",
-        family=_component(name, 1) or None,
-        given=tuple(g for g in (_component(name, 2), _component(name, 3)) if g),
-        prefix=tuple(p for p in (_component(name, 5),) if p),
-        birth_date=born.date() if born else None,
-        gender=sex,
-        address_lines=tuple(a for a in (_component(address, 1), _component(address, 2)) if a),
-        city=_component(address, 3) or None,
-        postcode=_component(address, 5) or None,
-        phone=_component(_field(pid, 13), 1) or None,
-    )
-
-
-def _oru_notes(segments: list[str], control_id: str) -> tuple[Hl7Note, ...]:
+def _oru_notes(segments: list[str], times: _Times) -> tuple[Hl7Note, ...]:
+    control_id = times.control_id
     obr = _segment(segments, "OBR")
     title = _component(_field(obr, 4), 2) or "RiO progress note"
     notes = []
@@ -279,19 +307,20 @@ def _oru_notes(segments: list[str], control_id: str) -> tuple[Hl7Note, ...]:
         notes.append(
             Hl7Note(
                 note_id=f"{_field(obr, 3) or _field(obr, 2) or control_id}-{index + 1}",
-                text=_unescape(text),
+                text=unescape(text),
                 title=title,
                 author=_component(_field(obx, 16), 2) or _component(_field(obr, 32), 1) or None,
-                written_at=_timestamp(_field(obx, 14) or _field(obr, 7), "OBX", 14, control_id, required=False),
+                written_at=times.at(_field(obx, 14), "OBX", 14) or times.at(_field(obr, 7), "OBR", 7),
             )
         )
     return tuple(notes)
 
 
-def _mdm_notes(segments: list[str], control_id: str) -> tuple[Hl7Note, ...]:
+def _mdm_notes(segments: list[str], times: _Times) -> tuple[Hl7Note, ...]:
+    control_id = times.control_id
     txa = _segment(segments, "TXA")
     document_id = _component(_field(txa, 12), 1) or control_id
-    text = "\n".join(_unescape(_field(obx, 5).replace("~", "\n")) for obx in segments if obx.startswith("OBX|"))
+    text = "\n".join(unescape(_field(obx, 5).replace("~", "\n")) for obx in segments if obx.startswith("OBX|"))
     if not text.strip():
         raise Hl7Error("AE", "OBX-5 document text is empty", "OBX", 5, 101, control_id)
     return (
@@ -300,12 +329,13 @@ def _mdm_notes(segments: list[str], control_id: str) -> tuple[Hl7Note, ...]:
             text=text,
             title=_component(_field(txa, 2), 2) or _field(txa, 2) or "RiO document",
             author=_component(_field(txa, 9), 2) or _component(_field(txa, 9), 1) or None,
-            written_at=_timestamp(_field(txa, 4) or _field(txa, 6), "TXA", 4, control_id, required=False),
+            written_at=times.at(_field(txa, 4), "TXA", 4) or times.at(_field(txa, 6), "TXA", 6),
         ),
     )
 
 
-def _referral(segments: list[str], control_id: str) -> Hl7Referral:
+def _referral(segments: list[str], times: _Times) -> Hl7Referral:
+    control_id = times.control_id
     rf1 = _segment(segments, "RF1")
     referral_id = _component(_field(rf1, 6), 1)
     if not referral_id:
@@ -315,14 +345,8 @@ def _referral(segments: list[str], control_id: str) -> Hl7Referral:
         referral_id=referral_id,
         reason=_component(_field(rf1, 10), 2) or _component(_field(rf1, 10), 1) or None,
         referred_by=" ".join(p for p in (_component(_field(prd, 2), 2), _component(_field(prd, 2), 1)) if p) or None,
-        referred_at=_timestamp(_field(rf1, 7), "RF1", 7, control_id, required=False),
+        referred_at=times.at(_field(rf1, 7), "RF1", 7),
     )
-
-
-def _unescape(text: str) -> str:
-    for escape, char in (("\\F\\", "|"), ("\\S\\", "^"), ("\\R\\", "~"), ("\\T\\", "&"), ("\\E\\", "\\"), ("\\.br\\", "\n")):
-        text = text.replace(escape, char)
-    return text
 
 
 def build_ack(
@@ -333,15 +357,9 @@ def build_ack(
     code = error.ack if error else "AA"
     segments = [
         f"MSH|^~\\&|{receiving[0]}|{receiving[1]}|||{stamp}||ACK^{trigger}^ACK|ACK-{control_id or 'UNKNOWN'}|P|2.4",
-        f"MSA|{code}|{control_id or ''}" + (f"|{_escape(error.text)[:80]}" if error else ""),
+        f"MSA|{code}|{control_id or ''}" + (f"|{escape(error.text)[:80]}" if error else ""),
     ]
     if error:
-        location = f"{error.segment}^1^{error.field_no or ''}^{error.code}&{_escape(error.text)[:60]}&HL70357"
+        location = f"{error.segment}^1^{error.field_no or ''}^{error.code}&{escape(error.text)[:60]}&HL70357"
         segments.append(f"ERR|{location}")
     return ("\r".join(segments) + "\r").encode()
-
-
-def _escape(text: str) -> str:
-    for char, escape in (("\\", "\\E\\"), ("|", "\\F\\"), ("^", "\\S\\"), ("~", "\\R\\"), ("&", "\\T\\")):
-        text = text.replace(char, escape)
-    return text

@@ -1,7 +1,9 @@
 """The one datetime module: source times in, FHIR instants out, Europe/London explicit.
 
 Rules (style.md, lessons from LinuxForHealth #55 / FHIR-Converter #481):
-- a source time without a UTC offset is refused, never guessed from the host zone;
+- a source time without a UTC offset is refused, never guessed from the host zone; the one exception is
+  HL7 v2 TS (`parse_hl7_time`), whose offset the standard makes optional: UK senders mean their local
+  time (Europe/London unless their sender profile says otherwise), read in that zone explicitly;
 - FHIR output is written in Europe/London local time with its offset (GMT/BST aware);
 - durations are ISO 8601 (``PT6H``) in rule files.
 
@@ -12,7 +14,8 @@ from __future__ import annotations
 
 import calendar
 import re
-from datetime import UTC, date, datetime, timedelta
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
 from functools import cache
 from zoneinfo import ZoneInfo
 
@@ -31,6 +34,9 @@ __all__ = [
     "london_date",
     "add_wall_clock",
     "is_england_bank_holiday",
+    "Hl7Time",
+    "parse_hl7_time",
+    "LocalTimeMissing",
 ]
 
 LONDON = ZoneInfo("Europe/London")
@@ -57,6 +63,60 @@ def parse_source_datetime(value: str) -> datetime:
     except ValueError:
         raise ValueError(f"{value!r} is not a real date-time") from None
     return parsed.astimezone(UTC)
+
+
+class LocalTimeMissing(ValueError):
+    """A local time that does not exist (the hour skipped when the clocks go forward)."""
+
+
+@dataclass(frozen=True)
+class Hl7Time:
+    """An HL7 v2 TS as read: the instant (aware, UTC), the calendar date as written, and how it was read."""
+
+    moment: datetime
+    day: date
+    has_time: bool
+    repeated_hour: bool = False  # a local time in the hour the autumn change repeats: read as the first (fold=0)
+
+
+_HL7_TS = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(?:(\d{2})(\d{2})?(?:(\d{2})(?:\.(\d{1,6}))?)?)?([+-]\d{4})?$")
+
+
+def parse_hl7_time(value: str, local_zone: tzinfo = LONDON) -> Hl7Time:
+    """HL7 v2 TS/DTM `YYYY[MM[DD[HH[MM[SS[.S...]]]]]][+/-ZZZZ]` (the precision component after `^` ignored).
+
+    With an offset, that offset. Without one, the sender's local time in `local_zone` (its profile; Europe/London
+    by default), BST-aware: a time in the hour the autumn change repeats is read as the first of the two
+    (`repeated_hour` set, for the caller to keep a warning), a time in the hour skipped in spring raises
+    LocalTimeMissing. Reduced precision (to the minute, hour, day, month) and fractional seconds are taken.
+    Raises ValueError for anything else.
+    """
+    match = _HL7_TS.match(value.split("^", 1)[0])
+    if not match:
+        raise ValueError("is not an HL7 timestamp (YYYYMMDD[HHMM[SS[.SSSS]]][+ZZZZ])")
+    year, month, day, hour, minute, second, fraction, offset = match.groups()
+    try:
+        wall = datetime(
+            int(year),
+            int(month or 1),
+            int(day or 1),
+            int(hour or 0),
+            int(minute or 0),
+            int(second or 0),
+            int((fraction or "0").ljust(6, "0")),
+        )
+        if offset:
+            sign = -1 if offset[0] == "-" else 1
+            zone: tzinfo = timezone(sign * timedelta(hours=int(offset[1:3]), minutes=int(offset[3:])))
+            return Hl7Time(wall.replace(tzinfo=zone).astimezone(UTC), wall.date(), hour is not None)
+    except ValueError:
+        raise ValueError("is not a real date/time") from None
+    first, second_reading = wall.replace(tzinfo=local_zone, fold=0), wall.replace(tzinfo=local_zone, fold=1)
+    moment = first.astimezone(UTC)
+    if moment.astimezone(local_zone).replace(tzinfo=None) != wall:
+        raise LocalTimeMissing(f"is a local time that does not exist in {local_zone} (the clocks went forward)")
+    repeated = hour is not None and first.utcoffset() != second_reading.utcoffset()
+    return Hl7Time(moment, wall.date(), hour is not None, repeated)
 
 
 def parse_source_date(value: str) -> date:

@@ -4,7 +4,10 @@ A duplicate control id (same sending facility and MSH-10) is not processed twice
 message again (whatever its MSH-7 time) gets its original ACK; a different message reusing
 the control id gets AE naming MSH-10 (gateway.resends). AE/AR ACKs store nothing. RiO notes
 for a Specialist Desk case are related to that case and attached to its pending GP
-notification (CAS-15).
+notification (CAS-15). Each sender is read by its profile (gateway.rules.sender_schema: time
+zone, NHS number placement, local identifier systems, the message types it may send); its
+patient is found by any identifier it gives (gateway.hl7_patients). An update (A08/A31) about a
+patient not yet known creates it: the sender is the source of truth.
 """
 
 from __future__ import annotations
@@ -16,8 +19,7 @@ from typing import Any
 import structlog
 from sqlalchemy.orm import Session, sessionmaker
 
-from adapters.hl7v2 import Hl7Error, Hl7Message, build_ack, parse_hl7
-from fhir_mapping import codes
+from adapters.hl7v2 import Hl7Error, Hl7Message, Hl7Reading, build_ack, parse_hl7
 from fhir_mapping.bundles import bundle_of
 from fhir_mapping.datetimes import to_fhir_instant
 from fhir_mapping.fhir import to_json_dict
@@ -27,48 +29,65 @@ from fhir_mapping.patients import merge_patient, patient_resource
 from fhir_mapping.rio import note_document, referral_request
 from gateway.cases import is_specialist_desk
 from gateway.clock import Clock
+from gateway.hl7_patients import PatientIdentity, find_patient, identity_of
 from gateway.messages import Inbound, Reply, commit_message, previous
 from gateway.outbox.letters import request_letter
 from gateway.resends import id_reused, same_hl7
+from gateway.rules.sender_schema import SenderProfile, SenderRegistry, load_senders
 from gateway.security.principal import SYSTEM, current_principal
 from gateway.store.models import ResourceRow
-from gateway.store.repo import ResourceQuery, StoredMessage, find_by_identifier, get_resource, put_resource, search_resources
+from gateway.store.repo import ResourceQuery, StoredMessage, get_resource, put_resource, search_resources
 
 __all__ = ["Hl7Intake", "CHANNEL_HL7", "map_hl7", "map_hl7_offline"]
 
 log = structlog.get_logger("iap.hl7")
 CHANNEL_HL7 = "hl7v2"
-UPDATES_ONLY = {("ADT", "A08"), ("ADT", "A31")}  # update person / patient information: the patient must exist
 
 
 class Hl7Intake:
-    def __init__(self, sessions: sessionmaker[Session], clock: Clock) -> None:
+    def __init__(self, sessions: sessionmaker[Session], clock: Clock, senders: SenderRegistry | None = None) -> None:
         self.sessions = sessions
         self.clock = clock
+        self.senders = senders if senders is not None else load_senders()
 
     def receive(self, raw: bytes) -> bytes:
         """One ER7 message in, its ACK out (AA after commit; AE/AR with the reason, nothing stored)."""
         now = self.clock.now()
+        principal = current_principal() or SYSTEM
+        peer = principal.client_id[5:] if principal.client_id.startswith("mllp:") else None  # gateway.mllp's principal
+
+        def reading_for(application: str, facility: str) -> Hl7Reading:
+            profile = self.senders.for_message(application, facility, peer)
+            return Hl7Reading(profile.zone, profile.nhs_number.pid3, profile.nhs_number.status_field)
+
         try:
-            message = parse_hl7(raw)
+            message = parse_hl7(raw, reading_for)
         except Hl7Error as error:
             log.info("hl7.refused", ack=error.ack, code=error.code, segment=error.segment, field=error.field_no)
             return build_ack(error.control_id, "", error, now)
         header = message.header
+        profile = self.senders.for_message(header.sending_application, header.sending_facility, peer)
+        if not profile.may_send(header.message_type, header.trigger):
+            text = f"MSH-9 {header.message_type}^{header.trigger} is not one this sender's profile lets it send"
+            refusal = Hl7Error("AR", text, "MSH", 9, 200, header.control_id)
+            log.info("hl7.refused", ack=refusal.ack, code=refusal.code, segment="MSH", field=9, sender=profile.id)
+            return build_ack(header.control_id, header.trigger, refusal, now)
+        if message.unused_segments or message.warnings:  # names and fields only, never values
+            log.info("hl7.read_with_warnings", sender=profile.id, unused=list(message.unused_segments), warnings=list(message.warnings))
         key = f"{header.sending_facility}|{header.control_id}"
         original = previous(self.sessions, CHANNEL_HL7, key)
         if original is not None:
             return _again(original, raw, message, now)
 
         def write(session: Session) -> list[tuple[dict[str, Any], str | None]]:
-            return [(r, None) for r in self._resources(session, message, now)]
+            return [(r, None) for r in self._resources(session, message, profile, now)]
 
         def make_reply(stored: list[dict[str, Any]], created: set[str]) -> Reply:
             ack = build_ack(header.control_id, header.trigger, None, now).decode()
             return Reply(200, {"ack": ack, "resources": [f"{r['resourceType']}/{r['id']}" for r in stored]})
 
         try:
-            inbound = Inbound(CHANNEL_HL7, key, raw, unused=message.unused_segments)
+            inbound = Inbound(CHANNEL_HL7, key, raw, unused=message.unused_segments + message.warnings)
             reply = commit_message(
                 self.sessions,
                 inbound,
@@ -85,25 +104,17 @@ class Hl7Intake:
         log.info("hl7.accepted", type=f"{header.message_type}^{header.trigger}", resources=len(reply.body.get("resources", [])))
         return str(reply.body["ack"]).encode()
 
-    def _resources(self, session: Session, message: Hl7Message, now: datetime) -> list[dict[str, Any]]:
-        found = find_by_identifier(session, "Patient", codes.NHS_NUMBER, message.patient.nhs_number)
-        if not found and (message.header.message_type, message.header.trigger) in UPDATES_ONLY:
-            raise Hl7Error(
-                "AE",
-                f"PID-3: no patient with this NHS number is known; {message.header.trigger} updates, send ADT^A04 or A28 to register",
-                "PID",
-                3,
-                204,
-                message.header.control_id,
-            )
+    def _resources(self, session: Session, message: Hl7Message, profile: SenderProfile, now: datetime) -> list[dict[str, Any]]:
+        identity = identity_of(message, profile)
+        found = find_patient(session, identity, message.header.control_id)
         desk: list[str] = []
         if message.notes:
-            patient_id = found[0]["id"] if found else resource_id("Patient", codes.NHS_NUMBER, message.patient.nhs_number)
+            patient_id = found["id"] if found else identity.new_id
             cases, _ = search_resources(session, ResourceQuery("Task", patient=patient_id, count=1000))
             bound = (current_principal() or SYSTEM).service_id  # an EPR bound to a service relates notes to its own cases only
             desk = [f"Task/{t['id']}" for t in cases if is_specialist_desk(t) and (bound is None or _service_of(session, t["id"]) == bound)]
         out = []
-        for resource in map_hl7(message, found[0] if found else None, desk, now):
+        for resource in map_hl7(message, found, desk, now, identity):
             out.append(resource)
             if resource["resourceType"] != "DocumentReference":
                 continue
@@ -127,10 +138,26 @@ def _again(original: StoredMessage, raw: bytes, message: Hl7Message, now: dateti
     return build_ack(header.control_id, header.trigger, Hl7Error("AE", text, "MSH", 10, 205, header.control_id), now)
 
 
-def map_hl7(message: Hl7Message, stored_patient: dict[str, Any] | None, desk_cases: list[str], now: datetime) -> list[dict[str, Any]]:
-    """Pure: the resources a parsed message becomes, given the patient as stored (if known) and the patient's
-    Specialist Desk cases (Task references) that its notes relate to."""
-    patient = merge_patient(stored_patient, to_json_dict(patient_resource(message.patient, message.gp_practice_ods)))
+def map_hl7(
+    message: Hl7Message,
+    stored_patient: dict[str, Any] | None,
+    desk_cases: list[str],
+    now: datetime,
+    identity: PatientIdentity | None = None,
+) -> list[dict[str, Any]]:
+    """Pure: the resources a parsed message becomes, given the patient as stored (if known), the patient's
+    Specialist Desk cases (Task references) that its notes relate to, and its identifiers (gateway.hl7_patients)."""
+    identity = identity or identity_of(message, SenderProfile.default(message.header.sending_facility))
+    update = patient_resource(
+        message.patient,
+        message.gp_practice_ods,
+        patient_id=stored_patient["id"] if stored_patient else identity.new_id,
+        identifiers=identity.identifiers,
+    )
+    sent = to_json_dict(update)
+    if message.birth_date_partial:
+        sent["birthDate"] = message.birth_date_partial
+    patient = merge_patient(stored_patient, sent)
     patient_ref = {"reference": f"Patient/{patient['id']}"}
     out = [patient]
     if message.referral is not None:

@@ -87,6 +87,8 @@ def test_every_adapter_has_a_format_document() -> None:
         "bars": "bars.md",
         "mhpl": "mhpl-call.md",
         "hl7v2": "rio-hl7v2.md",
+        "hl7v2_fields": "rio-hl7v2.md",
+        "hl7v2_patient": "rio-hl7v2.md",
         "cleo": "cleo.md",
         "pcmis": "pcmis-contacts.md",
         "systmone": "systmone-extract.md",

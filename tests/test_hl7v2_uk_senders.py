@@ -1,0 +1,148 @@
+"""HL7 v2 as UK PAS/EPR senders send it (issue 32, inbound): the fixtures/uk-hl7v2 corpus, NHS number placements,
+local numbers and linking, offset-less Europe/London times, updates for unknown patients, escape sequences."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from gateway.store.models import InboundMessage
+from tests.conftest import ROOT
+
+UK = ROOT / "fixtures" / "uk-hl7v2"
+NHS = "https://fhir.nhs.uk/Id/nhs-number"
+RIO_LOCAL = "https://fhir.awp.nhs.uk/Id/rio-client-id"
+STATUS_EXT = "https://fhir.hl7.org.uk/StructureDefinition/Extension-UKCore-NHSNumberVerificationStatus"
+
+
+def post(client: Any, body: bytes) -> tuple[str, str]:
+    """POST one message; (MSA-1, the whole ACK)."""
+    response = client.post("/ingest/hl7v2", content=body, headers={"Content-Type": "x-application/hl7-v2+er7"})
+    assert response.status_code == 200
+    return response.headers["x-hl7-ack-code"], response.text
+
+
+def patients(client: Any, identifier: str) -> list[dict[str, Any]]:
+    bundle = client.get("/fhir/Patient", params={"identifier": identifier}).json()
+    return [e["resource"] for e in bundle.get("entry", [])]
+
+
+def every_patient(app: Any) -> list[str]:
+    from gateway.store.models import ResourceRow
+
+    with app.state.sessions() as session:
+        return list(session.execute(select(ResourceRow.id).where(ResourceRow.resource_type == "Patient")).scalars())
+
+
+def notes_of(client: Any, patient_id: str) -> list[dict[str, Any]]:
+    bundle = client.get("/fhir/DocumentReference", params={"patient": patient_id}).json()
+    return [e["resource"] for e in bundle.get("entry", [])]
+
+
+def text_of(document: dict[str, Any]) -> str:
+    return base64.b64decode(document["content"][0]["attachment"]["data"]).decode()
+
+
+def adt(trigger: str, control_id: str, pid3: str, name: str = "Linked^Sam", extra: str = "") -> bytes:
+    return (
+        f"MSH|^~\\&|RIO|RVN|IAPGW|IAP|20260701100000||ADT^{trigger}^ADT_A01|{control_id}|P|2.4\r"
+        f"EVN|{trigger}|20260701100000\rPID|1||{pid3}||{name}||19900101|F{extra}\r"
+    ).encode()
+
+
+def oru(control_id: str, pid3: str, text: str) -> bytes:
+    return (
+        f"MSH|^~\\&|RIO|RVN|IAPGW|IAP|20260701110000||ORU^R01|{control_id}|P|2.4\r"
+        f"PID|1||{pid3}||Linked^Sam||19900101|F\rOBR|1|O-{control_id}|N-{control_id}|11488-4^Consultation note^LN\r"
+        f"OBX|1|TX|11488-4^Consultation note^LN||{text}||||||F\r"
+    ).encode()
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in UK.glob("*.hl7")))
+def test_every_uk_shaped_message_is_acked_AA_and_stored_as_sent(client, name: str) -> None:  # type: ignore[no-untyped-def]
+    expected = json.loads((UK / f"{name}.expected.json").read_text(encoding="utf-8"))
+    code, ack = post(client, (UK / f"{name}.hl7").read_bytes())
+    assert code == "AA", ack
+    (patient,) = patients(client, expected["find"])
+    assert patient["name"][0]["family"] == expected["family"] and patient["name"][0]["given"] == expected["given"]
+    assert patient["birthDate"] == expected["birthDate"]
+    if "identifiers" in expected:
+        assert [f"{i['system']}|{i['value']}" for i in patient["identifier"]] == expected["identifiers"]
+    if "nhs_status" in expected:
+        (extension,) = patient["identifier"][0]["extension"]
+        assert extension["url"] == STATUS_EXT and extension["valueCodeableConcept"]["coding"][0]["code"] == expected["nhs_status"]
+    documents = notes_of(client, patient["id"])
+    assert sorted(text_of(d) for d in documents) == sorted(expected.get("notes", []))
+    if "note_date" in expected:
+        assert [d["date"] for d in documents] == [expected["note_date"]]
+
+
+def test_a_time_in_the_repeated_autumn_hour_is_read_as_the_first_and_a_warning_kept(client, app) -> None:  # type: ignore[no-untyped-def]
+    assert post(client, (UK / "pas-a04-autumn-repeated-hour.hl7").read_bytes())[0] == "AA"
+    with app.state.sessions() as session:
+        unused = json.loads(session.execute(select(InboundMessage.unused)).scalars().one())
+    assert unused == ["MSH-7: local time in the hour the clocks repeat; read as the first (summer time)"]
+
+
+def test_an_offsetless_time_in_the_hour_skipped_in_spring_is_AE_naming_the_field(client, stored) -> None:  # type: ignore[no-untyped-def]
+    before = stored()
+    code, ack = post(client, oru("SPRING-1", "9990000557^^^NHS^NH", "note").replace(b"|20260701110000|", b"|20260329013000|"))
+    assert code == "AE" and "ERR|MSH^1^7^102&" in ack and stored() == before
+
+
+@pytest.mark.parametrize(
+    "pid3",
+    ["9990000565^^^^NHS", "9990000565^^^NHS", "9990000565^^^nhs^PI", "9990000565^^^&2.16.840.1.113883.2.1.4.1&ISO", "9990000565^^^XX^NH"],
+    ids=["type-NHS", "authority-NHS", "authority-lower-case", "authority-OID", "type-NH"],
+)
+def test_the_nhs_number_is_read_from_every_usual_pid3_placement_and_its_check_digit_checked(client, stored, pid3: str) -> None:  # type: ignore[no-untyped-def]
+    before = stored()
+    code, ack = post(client, adt("A04", "BAD-CHECK", pid3.replace("9990000565", "9990000566")))
+    assert code == "AE" and "ERR|PID^1^3^102&" in ack and stored() == before
+    assert post(client, adt("A04", "GOOD-CHECK", pid3))[0] == "AA"
+    assert len(patients(client, f"{NHS}|9990000565")) == 1
+
+
+def test_a_patient_known_by_a_local_number_then_by_both_is_one_patient_with_its_notes(client, app) -> None:  # type: ignore[no-untyped-def]
+    local = "RV7000001^^^RVN^PI"
+    assert post(client, adt("A04", "LINK-1", local))[0] == "AA"
+    (first,) = patients(client, f"{RIO_LOCAL}|RV7000001")
+    assert post(client, oru("LINK-2", local, "Before the trace"))[0] == "AA"
+    assert post(client, adt("A08", "LINK-3", f"9990000573^^^NHS^NH~{local}", extra="|||||||||||||||||||||||||01"))[0] == "AA"
+    assert post(client, oru("LINK-4", "9990000573^^^NHS^NH", "After the trace"))[0] == "AA"  # the NHS number alone
+    assert every_patient(app) == [first["id"]]
+    (linked,) = patients(client, f"{NHS}|9990000573")
+    assert linked["id"] == first["id"] and patients(client, f"{RIO_LOCAL}|RV7000001") == [linked]
+    assert [(i["system"], i["value"]) for i in linked["identifier"]] == [(NHS, "9990000573"), (RIO_LOCAL, "RV7000001")]
+    assert sorted(text_of(d) for d in notes_of(client, first["id"])) == ["After the trace", "Before the trace"]
+
+
+def test_identifiers_naming_two_different_patients_are_refused_not_merged(client, stored) -> None:  # type: ignore[no-untyped-def]
+    assert post(client, adt("A04", "TWO-1", "RV7000002^^^RVN^PI"))[0] == "AA"
+    assert post(client, adt("A04", "TWO-2", "9990000581^^^NHS^NH"))[0] == "AA"
+    before = stored()
+    code, ack = post(client, adt("A08", "TWO-3", "9990000581^^^NHS^NH~RV7000002^^^RVN^PI"))
+    assert code == "AE" and "ERR|PID^1^3^205&" in ack and stored() == before
+
+
+def test_an_update_about_an_unknown_patient_creates_it_and_a_registration_of_a_known_one_updates_it(client) -> None:  # type: ignore[no-untyped-def]
+    assert post(client, adt("A31", "UPD-1", "9990000603^^^NHS^NH", name="Created^ByUpdate"))[0] == "AA"
+    (created,) = patients(client, f"{NHS}|9990000603")
+    assert created["name"][0]["family"] == "Created"
+    assert post(client, adt("A28", "UPD-2", "9990000603^^^NHS^NH", name="Renamed^ByRegistration"))[0] == "AA"
+    (updated,) = patients(client, f"{NHS}|9990000603")
+    assert updated["id"] == created["id"] and updated["name"][0]["family"] == "Renamed" and updated["meta"]["versionId"] == "2"
+
+
+def test_a_message_type_the_senders_profile_does_not_allow_is_AR(client, app, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from gateway.rules.sender_schema import load_senders
+
+    (tmp_path / "pas-only.yaml").write_text("id: pas-only\nname: ADT only\nmatch: {sending_facility: [RVN]}\nmessage_types: [ADT^A04]\n")
+    app.state.hl7.senders = load_senders(tmp_path)
+    assert post(client, adt("A04", "TYPE-1", "9990000611^^^NHS^NH"))[0] == "AA"
+    code, ack = post(client, oru("TYPE-2", "9990000611^^^NHS^NH", "not from this sender"))
+    assert code == "AR" and "ERR|MSH^1^9^200&" in ack
