@@ -6,9 +6,11 @@ another message, and keeps every message it took. Nothing is mocked between the 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -24,7 +26,7 @@ from adapters.hl7v2 import Hl7Error, MllpFramer, build_ack, frame, parse_hl7
 from fhir_mapping.hl7v2_notes import NoteEnvelope, build_note_message
 from gateway.rules.sender_schema import load_senders
 from gateway.settings import Settings
-from tests.conftest import NOW, ROOT, gateway_settings
+from tests.conftest import NOW, ROOT, fixture_bytes, gateway_settings, task_of
 from tests.letter_helpers import make_deliverer, outbox
 from tests.test_cas_operations import new_case, op
 
@@ -35,7 +37,8 @@ REFUSAL = "PID-3: no such client in RiO"
 class Listener:
     """A test EPR's MLLP listener: answers each message as `mode` says; `received` holds every message it took whole."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
+        self.tls = tls
         self.server = socket.create_server(("127.0.0.1", 0))
         self.server.settimeout(0.1)
         self.port = int(self.server.getsockname()[1])
@@ -61,6 +64,8 @@ class Listener:
         framer = MllpFramer()
         connection.settimeout(10)
         try:
+            if self.tls:
+                connection = self.tls.wrap_socket(connection, server_side=True)
             while data := connection.recv(65536):
                 if self.mode == "hang-up":  # gone mid-message: nothing taken, nothing answered
                     return
@@ -257,6 +262,70 @@ def test_a_destination_that_is_down_holds_up_neither_other_destinations_nor_its_
         assert rows == {"other-epr1", "rio-test1", "rio-test0"}  # the note not tried spent no attempt
     finally:
         deliverer.close()
+
+
+def test_a_cleo_update_ending_a_consultation_and_a_specialist_desk_case_completing_send_their_notes_CAS_13_CAS_15(
+    client, worker, rio
+) -> None:
+    cleo_case = task_of(client.post("/ingest/nhs111", content=fixture_bytes("option2-standard.case.json")).json())
+    update = json.loads((ROOT / "fixtures" / "cleo" / "consultation-registered.update.json").read_text()) | {"case_ref": cleo_case["id"]}
+    assert client.post("/ingest/cleo", content=json.dumps(update).encode()).status_code == 200
+    end_consultation(client, notes="Specialist Desk: notes pulled from RiO and reviewed.", case="specialist-desk-ooh.case.json")
+    assert len(note_rows(client)) == 2
+    assert deliver_notes(worker) == ["delivered", "delivered"]
+    texts = sorted(parse_hl7(m).notes[0].text for m in rio.received)
+    assert texts[0] == "Specialist Desk: notes pulled from RiO and reviewed." and "safety plan agreed" in texts[1]
+
+
+def test_a_tls_destination_gets_the_note_over_tls(client, app, clock, tmp_path) -> None:
+    cert, key = self_signed(tmp_path)
+    server_side = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_side.load_cert_chain(cert, key)
+    listener = Listener(tls=server_side)
+    folder = tmp_path / "tls-senders"
+    folder.mkdir()
+    write_profile(folder, "rio-tls", listener.port)
+    profile = yaml.safe_load((folder / "rio-tls.yaml").read_text())
+    profile["destination"] |= {"tls": True, "ca_file": str(cert), "timeout_seconds": 5}
+    (folder / "rio-tls.yaml").write_text(yaml.safe_dump(profile))
+    app.state.cases.senders = load_senders(folder)
+    deliverer = make_deliverer(app, clock, senders_dir=folder)
+    try:
+        end_consultation(client)
+        assert deliver_notes(deliverer) == ["delivered"]
+        assert parse_hl7(listener.received[0]).notes[0].text == NOTES
+    finally:
+        deliverer.close()
+        listener.close()
+
+
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 (its own CA), and its key."""
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test RiO")])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(datetime.now(UTC) - timedelta(days=1))
+        .not_valid_after(datetime.now(UTC) + timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "rio.crt", folder / "rio.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return cert_path, key_path
 
 
 def test_an_oru_r01_destination_gets_the_note_as_one_observation() -> None:
