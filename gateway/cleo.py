@@ -19,7 +19,7 @@ from fhir_mapping import codes
 from gateway.audit import note
 from gateway.cases import CaseOperations
 from gateway.clock import Clock
-from gateway.messages import Inbound, Reply, commit_message, previous, resend
+from gateway.messages import Inbound, Reply, commit_message, previous, resend_or_refuse
 from gateway.rules.cas_ops import Params
 from gateway.security.principal import require_service
 from gateway.store.models import ResourceRow
@@ -80,7 +80,7 @@ class CleoLink:
         update = parse_cleo_update(raw)
         original = previous(self.sessions, CHANNEL_CLEO, update.update_id)
         if original is not None:
-            return resend(original)
+            return resend_or_refuse(original, raw, "update_id")
         now = self.clock.now()
         applied: dict[str, Any] = {}
 
@@ -90,5 +90,10 @@ class CleoLink:
             return []
 
         return commit_message(
-            self.sessions, Inbound(CHANNEL_CLEO, update.update_id, raw), now, write, lambda _s, _c: Reply(200, applied["case"])
+            self.sessions,
+            Inbound(CHANNEL_CLEO, update.update_id, raw),
+            now,
+            write,
+            lambda _s, _c: Reply(200, applied["case"]),
+            on_race=lambda racing: resend_or_refuse(racing, raw, "update_id"),
         )

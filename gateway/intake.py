@@ -30,7 +30,7 @@ from fhir_mapping.ids import resource_id
 from fhir_mapping.replies import bars_response_message, batch_response, operation_outcome
 from gateway.cases import provenance
 from gateway.clock import Clock
-from gateway.messages import Inbound, Reply, Writes, commit_message, previous, resend
+from gateway.messages import Inbound, Reply, Writes, commit_message, previous, resend_or_refuse
 from gateway.resends import refuse_reuse, same_json
 from gateway.rules.cas_intake import QueueDecision, decide_intake
 from gateway.rules.cas_queue import merge_resent_task
@@ -211,9 +211,7 @@ def _never_downgrade(stored: dict[str, Any], resource: dict[str, Any]) -> dict[s
 def _again(channel: str, original: StoredMessage, raw: bytes) -> Reply:
     """A flat JSON message under a stored id: its original reply when it is that message again (however re-serialised),
     else refused 422 naming the id: a different case reusing an accepted case id is never taken for a re-send."""
-    if same_json(original.raw, raw):
-        return resend(original)
-    raise refuse_reuse(channel, _ID_ELEMENTS[channel], original.seq)
+    return resend_or_refuse(original, raw, _ID_ELEMENTS[channel])
 
 
 def _bars_duplicate() -> Reply:

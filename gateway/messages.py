@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from adapters.problems import GatewayInputError
+from gateway.resends import refuse_reuse, same_json
 from gateway.store.db import group_commit, one_read, store_timed_out, write_transaction
 from gateway.store.deferred import defer
 from gateway.store.jsontext import dumps
@@ -27,7 +28,7 @@ from gateway.store.keys import message_key
 from gateway.store.models import InboundMessage
 from gateway.store.repo import FirstVersion, Merge, StoredMessage, find_inbound, first_versions, put_resources
 
-__all__ = ["Reply", "Inbound", "previous", "resend", "commit_message", "ATTEMPTS"]
+__all__ = ["Reply", "Inbound", "previous", "resend", "resend_or_refuse", "commit_message", "ATTEMPTS"]
 
 log = structlog.get_logger("iap.messages")
 ATTEMPTS = 3
@@ -78,6 +79,14 @@ def resend(original: StoredMessage) -> Reply:
         # the Location the original reply had (its first entry's): a sender recovering after a crash needs it again
         headers["Location"] = "/fhir/" + body["entry"][0]["response"]["location"]
     return Reply(original.response_status, body, headers, duplicate=True, text=original.response_body)
+
+
+def resend_or_refuse(original: StoredMessage, raw: bytes, element: str) -> Reply:
+    """A JSON message under a stored id: the original reply when it is that message again (however re-serialised),
+    else refused 422 naming `element`: a different message reusing an id is never taken for a re-send (gateway.resends)."""
+    if same_json(original.raw, raw):
+        return resend(original)
+    raise refuse_reuse(original.channel, element, original.seq)
 
 
 def commit_message(

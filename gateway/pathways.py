@@ -40,7 +40,7 @@ from fhir_mapping.pcmis import consent_id, contact_preferences
 from fhir_mapping.scoring import check_response, read_response, score_answers
 from gateway.cases import provenance
 from gateway.clock import Clock
-from gateway.messages import Inbound, Reply, commit_message, previous, resend
+from gateway.messages import Inbound, Reply, commit_message, previous, resend_or_refuse
 from gateway.outbox.letters import queue_letter
 from gateway.responses import response_id, response_resources
 from gateway.rules.cas_ops import Params, parse_parameters
@@ -87,7 +87,7 @@ class Pathways:
         message_id = f"{referral.system}|{referral.value}"
         original = previous(self.sessions, CHANNEL_PATHWAY, message_id)
         if original is not None:
-            return resend(original)
+            return resend_or_refuse(original, raw, "ServiceRequest.identifier")
         rules = self.registry.get(referral.service_id)
         if rules is not None:
             require_service(referral.service_id)  # a referrer bound to one service refers only to it
@@ -201,7 +201,8 @@ class Pathways:
             return Reply(201, body, {"Location": location})
 
         inbound = Inbound(CHANNEL_PATHWAY, message_id, raw, rule_set=rules.label)
-        reply = commit_message(self.sessions, inbound, now, write, make_reply)
+        again = lambda racing: resend_or_refuse(racing, raw, "ServiceRequest.identifier")  # noqa: E731
+        reply = commit_message(self.sessions, inbound, now, write, make_reply, on_race=again)
         if not reply.duplicate:
             log.info("pathway.routed", service=rules.service.id, outcome=reply.body["parameter"][0]["valueCode"])
         return reply

@@ -28,7 +28,7 @@ from fhir_mapping.replies import batch_response
 from fhir_mapping.score_resources import escalate_task, risk_flag, score_observations, stored_response
 from fhir_mapping.scoring import ScoredResponse, check_response, read_response, score_answers
 from gateway.clock import Clock
-from gateway.messages import Inbound, Reply, commit_message, previous, resend
+from gateway.messages import Inbound, Reply, commit_message, previous, resend_or_refuse
 from gateway.store.repo import find_by_identifier, get_resource, open_cas_tasks
 
 __all__ = ["ResponseIntake", "score_offline", "CHANNEL_RESPONSES", "response_resources", "response_id"]
@@ -155,7 +155,7 @@ class ResponseIntake:
         qr_id = response_id(qr)
         original = previous(self.sessions, CHANNEL_RESPONSES, qr_id)
         if original is not None:
-            return resend(original)
+            return resend_or_refuse(original, raw, "QuestionnaireResponse.identifier")
         measure, answers = check_response(qr, self.catalogue)
         scored = score_answers(measure, answers)
         now = self.clock.now()
@@ -176,7 +176,8 @@ class ResponseIntake:
             version = next(r["meta"]["versionId"] for r in stored if r["resourceType"] == "QuestionnaireResponse")
             return Reply(201, body, {"Location": f"/fhir/QuestionnaireResponse/{qr_id}/_history/{version}"})
 
-        reply = commit_message(self.sessions, Inbound(CHANNEL_RESPONSES, qr_id, raw), now, write, make_reply)
+        again = lambda racing: resend_or_refuse(racing, raw, "QuestionnaireResponse.identifier")  # noqa: E731
+        reply = commit_message(self.sessions, Inbound(CHANNEL_RESPONSES, qr_id, raw), now, write, make_reply, on_race=again)
         if not reply.duplicate:
             log.info(
                 "response.accepted",

@@ -210,3 +210,52 @@ def test_an_hl7_message_reusing_an_accepted_control_id_gets_AE_naming_MSH_10_ove
     assert reused.headers["x-hl7-ack-code"] == "AE" and err(reused.content).startswith("ERR|MSH^1^10^205&")
     assert post(client, _new_send_time(message)).content == first.content
     assert stored() == before
+
+
+# The other JSON channels keyed on a sender's id: a CLEO update id, a pathway referral's identifier, a measure's identifier
+def _cleo_case(client: Any) -> bytes:
+    from tests.test_cleo import update
+
+    return update(task_of(client.post("/ingest/nhs111", content=fixture_bytes("option2-standard.case.json")).json())["id"])
+
+
+def _measure(client: Any) -> bytes:
+    body = fixture_json("../measures/phq-9-lhc-forms.qr.json") | {
+        "identifier": {"system": "https://pcmis.example.nhs.uk/qr", "value": "QR-0001"}
+    }
+    return json.dumps(body).encode()
+
+
+def _pathway_referral(client: Any) -> bytes:
+    return fixture_bytes("../pathways/tt-gp-referral-step-3.servicerequest.json")
+
+
+def _changed(raw: bytes, path: str, value: Any) -> bytes:
+    body = json.loads(raw)
+    body[path] = value
+    return json.dumps(body, indent=1).encode()
+
+
+REUSING_CHANNELS = {
+    # channel: (url, first message, (element changed, new value), element a reuse is refused naming, metric source)
+    "cleo": ("/ingest/cleo", _cleo_case, ("notes", "Synthetic: another consultation entirely."), "update_id"),
+    "measure": ("/fhir/QuestionnaireResponse", _measure, ("authored", "2026-11-24T09:00:00+00:00"), "QuestionnaireResponse.identifier"),
+    "pathway": ("/fhir/ServiceRequest/$route", _pathway_referral, ("authoredOn", "2026-11-03T09:00:00+00:00"), "ServiceRequest.identifier"),
+}
+
+
+@pytest.mark.parametrize("channel", sorted(REUSING_CHANNELS))
+def test_a_different_json_message_reusing_a_cleo_pathway_or_measure_id_is_refused_422_and_a_resend_is_answered(
+    client, stored, channel: str
+) -> None:
+    url, first, (element, value), named = REUSING_CHANNELS[channel]
+    raw = first(client)
+    accepted = client.post(url, content=raw)
+    assert accepted.status_code in (200, 201), accepted.text
+    before = stored()
+    again = client.post(url, content=json.dumps(json.loads(raw), indent=2).encode())  # the same message, re-serialised
+    assert again.status_code == accepted.status_code and again.headers.get("x-duplicate-of")
+    assert again.json() == accepted.json()
+    refused = client.post(url, content=_changed(raw, element, value))
+    _refused_for_reusing(refused, named)
+    assert stored() == before
