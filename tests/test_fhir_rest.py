@@ -66,12 +66,15 @@ def test_asking_for_xml_is_answered_406_with_an_operation_outcome(client, query,
         ({}, {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}),  # a browser
         ({"_format": "json"}, {}),
         ({"_format": "application/fhir+json"}, {"Accept": "application/*"}),
+        ({}, {"Accept": "application/json+fhir"}),  # DSTU2's media type, still sent by older clients
     ],
 )
 def test_asking_for_json_in_any_spelling_is_answered(client, query, headers) -> None:
     task = _case(client)
     reply = client.get(f"/fhir/Task/{task['id']}", params=query, headers=headers)
     assert reply.status_code == 200 and reply.json()["id"] == task["id"]
+    unescaped = client.get(f"/fhir/Task/{task['id']}?_format=application/fhir+json")  # the '+' arrives as a space
+    assert unescaped.status_code == 200
 
 
 def test_an_unknown_resource_type_is_404_for_read_and_search(client) -> None:

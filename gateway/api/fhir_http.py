@@ -25,7 +25,7 @@ from gateway.store.jsontext import dumps
 __all__ = ["FhirHttpConventions", "MAX_SEARCH_BODY_BYTES"]
 
 MAX_SEARCH_BODY_BYTES = 65_536  # a form-encoded search body is a query string: no search needs more
-_JSON_FORMATS = {"json", "application/json", "application/fhir+json"}
+_JSON_FORMATS = {"json", "application/json", "application/fhir+json", "application/json+fhir"}  # the last: DSTU2's, still sent
 _JSON_RANGES = _JSON_FORMATS | {"*/*", "application/*"}
 _SEARCH_PATH = re.compile(r"^/fhir/([A-Za-z]{1,64})/_search$")
 _FORM = "application/x-www-form-urlencoded"
@@ -44,7 +44,7 @@ def _media_types(value: str) -> list[str]:
 def _unacceptable(scope: Scope) -> Problem | None:
     """Why the reply format asked for cannot be given (None: JSON will do)."""
     for value in QueryParams(scope.get("query_string", b"")).getlist("_format"):
-        if not set(_media_types(value)) & _JSON_FORMATS:
+        if not set(_media_types(value.replace(" ", "+"))) & _JSON_FORMATS:  # an unescaped '+' in a query is a space
             return Problem(
                 Kind.NOT_ACCEPTABLE, "_format", f"_format={value[:40]!r}: this server answers FHIR JSON only (application/fhir+json)"
             )
