@@ -59,7 +59,7 @@ SAMPLES: dict[str, tuple[Callable[[bytes], Any], list[Path]]] = {
     "mhpl": (parse_mhpl_call, sorted((FIXTURES / "mhpl").glob("*.json"))),
     "pathway": (parse_pathway_referral, sorted((FIXTURES / "pathways").glob("*.servicerequest.json"))),
     "cleo": (parse_cleo_update, sorted((FIXTURES / "cleo").glob("*.json"))),
-    "hl7v2": (parse_hl7, sorted((FIXTURES / "rio").glob("*.hl7"))),
+    "hl7v2": (parse_hl7, sorted((FIXTURES / "rio").glob("*.hl7")) + sorted((FIXTURES / "uk-hl7v2").glob("*.hl7"))),
     "pcmis": (lambda raw: _rows_are_clear(parse_pcmis_csv(raw)), sorted((FIXTURES / "pcmis").glob("*.csv"))),
     "systmone": (lambda raw: _rows_are_clear(parse_systmone_csv(raw)), sorted((FIXTURES / "systmone").glob("*.csv"))),
 }
