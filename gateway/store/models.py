@@ -115,6 +115,8 @@ class ResourceRow(Base):
         *(Index(f"ix_tasks_sort_{name}", "resource_type", column, "id") for name, column in TASK_SORTS),
         # `date` order of the searches of other types (repo.search_resources), and a window of recent decisions (CAS-16)
         Index("ix_resources_sort_effective", "resource_type", "effective_at", "id"),
+        # the patients a service holds: what a client bound to it may see of Patients (gateway.store.visibility)
+        Index("ix_resources_service_subject", "service_id", "subject_id"),
     )
 
 
