@@ -140,7 +140,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
     app.state.measures = catalogue
     app.state.responses = ResponseIntake(sessions, catalogue, clock)
     app.state.cases = CaseOperations(sessions, registry, clock, load_senders(settings.senders_dir))  # notes back to EPRs: CAS-13
-    app.state.hl7 = Hl7Intake(sessions, clock)
+    app.state.hl7 = Hl7Intake(sessions, clock, load_senders(settings.senders_dir))  # how each sender is read (issue 32)
     app.state.cleo = CleoLink(sessions, app.state.cases, clock)
     app.state.pathway_rules = pathway_rules
     app.state.pathways = Pathways(sessions, pathway_rules, catalogue, clock)
