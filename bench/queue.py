@@ -65,12 +65,16 @@ def nhs_number(n: int) -> str:
 
 def load(database_url: str, tasks: int, open_every: int, now: datetime) -> int:
     """Store `tasks` referrals as the gateway does (see the module's docstring); the number of open cases."""
+    from sqlalchemy import func, select
+
     from adapters.nhs111_case import parse_nhs111_case
     from fhir_mapping.cas_referral import map_cas_referral
     from gateway.cases import provenance
     from gateway.intake import decide, plan_for
     from gateway.rules.schema import load_rules
     from gateway.store.db import make_engine, make_sessionmaker, write_transaction
+    from gateway.store.models import ResourceRow
+    from gateway.store.queue_index import open_cases
     from gateway.store.repo import put_resources
 
     registry = load_rules()
@@ -90,7 +94,7 @@ def load(database_url: str, tasks: int, open_every: int, now: datetime) -> int:
                 decision = decide(referral, registry)
                 service_id = decision.rules.service.id
                 resources = map_cas_referral(referral, plan_for(decision), called).as_json()
-                task = resources[0]
+                task = next(r for r in resources if r["resourceType"] == "Task")
                 if not is_open:
                     task["status"] = "completed"
                 opened += is_open
@@ -100,6 +104,10 @@ def load(database_url: str, tasks: int, open_every: int, now: datetime) -> int:
                 put_resources(session, writes, now)
             if start and start % 20_000 == 0:
                 print(f"    stored {start} referrals ...", file=sys.stderr, flush=True)
+        with sessions() as session:  # what the store holds, not what was meant: the figures are for these
+            stored = session.execute(select(func.count()).select_from(ResourceRow).where(open_cases(ResourceRow.__table__))).scalar_one()
+        if stored != opened:
+            raise SystemExit(f"the store holds {stored} open cases, not the {opened} loaded")
         if engine.dialect.name == "postgresql":
             with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
                 connection.exec_driver_sql("VACUUM ANALYZE")
