@@ -27,6 +27,7 @@ from adapters.referral import Referral
 from fhir_mapping.cas_referral import TaskPlan, map_cas_referral
 from fhir_mapping.datetimes import to_fhir_instant
 from fhir_mapping.ids import resource_id
+from fhir_mapping.patients import merge_patient
 from fhir_mapping.replies import bars_response_message, batch_response, operation_outcome
 from gateway.cases import provenance
 from gateway.clock import Clock
@@ -202,9 +203,13 @@ def _never_downgrade(stored: dict[str, Any], resource: dict[str, Any]) -> dict[s
     """CAS-08 on re-sent referrals: an existing case keeps its history and can only become more urgent.
 
     Applied by `put_resources` to the version it has locked, so no other writer can change the case in between.
-    The rest of a referral (Patient, Encounter, ...) is written as sent; the rule trace is unchanged by the merge
-    (it names the Task and the message's time, not the Task's content).
+    A known Patient is updated with what the referral sends (fhir_mapping.patients.merge_patient): what another source
+    gave it and this one does not send (an EPR's local number, the NHS number's verification status) is kept, so that
+    source still finds its patient (issue 32). The rest of a referral (Encounter, ...) is written as sent; the rule
+    trace is unchanged by the merge (it names the Task and the message's time, not the Task's content).
     """
+    if resource["resourceType"] == "Patient":
+        return merge_patient(stored, resource)
     return merge_resent_task(stored, resource) if resource["resourceType"] == "Task" else resource
 
 

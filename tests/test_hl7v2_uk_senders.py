@@ -16,6 +16,7 @@ from tests.conftest import ROOT
 UK = ROOT / "fixtures" / "uk-hl7v2"
 NHS = "https://fhir.nhs.uk/Id/nhs-number"
 RIO_LOCAL = "https://fhir.awp.nhs.uk/Id/rio-client-id"
+PID32_VERIFIED = "|" * 24 + "01"  # after PID-8: NHS Number Status Indicator 01 (number present and verified)
 STATUS_EXT = "https://fhir.hl7.org.uk/StructureDefinition/Extension-UKCore-NHSNumberVerificationStatus"
 
 
@@ -112,12 +113,13 @@ def test_a_patient_known_by_a_local_number_then_by_both_is_one_patient_with_its_
     assert post(client, adt("A04", "LINK-1", local))[0] == "AA"
     (first,) = patients(client, f"{RIO_LOCAL}|RV7000001")
     assert post(client, oru("LINK-2", local, "Before the trace"))[0] == "AA"
-    assert post(client, adt("A08", "LINK-3", f"9990000573^^^NHS^NH~{local}", extra="|||||||||||||||||||||||||01"))[0] == "AA"
+    assert post(client, adt("A08", "LINK-3", f"9990000573^^^NHS^NH~{local}", extra=PID32_VERIFIED))[0] == "AA"
     assert post(client, oru("LINK-4", "9990000573^^^NHS^NH", "After the trace"))[0] == "AA"  # the NHS number alone
     assert every_patient(app) == [first["id"]]
     (linked,) = patients(client, f"{NHS}|9990000573")
     assert linked["id"] == first["id"] and patients(client, f"{RIO_LOCAL}|RV7000001") == [linked]
     assert [(i["system"], i["value"]) for i in linked["identifier"]] == [(NHS, "9990000573"), (RIO_LOCAL, "RV7000001")]
+    assert linked["identifier"][0]["extension"][0]["url"] == STATUS_EXT
     assert sorted(text_of(d) for d in notes_of(client, first["id"])) == ["After the trace", "Before the trace"]
 
 
@@ -146,3 +148,16 @@ def test_a_message_type_the_senders_profile_does_not_allow_is_AR(client, app, tm
     assert post(client, adt("A04", "TYPE-1", "9990000611^^^NHS^NH"))[0] == "AA"
     code, ack = post(client, oru("TYPE-2", "9990000611^^^NHS^NH", "not from this sender"))
     assert code == "AR" and "ERR|MSH^1^9^200&" in ack
+
+
+def test_a_later_111_case_keeps_the_local_number_a_sender_linked_so_its_notes_still_find_the_patient(client) -> None:  # type: ignore[no-untyped-def]
+    case = json.loads((ROOT / "fixtures" / "nhs111" / "option1-dx12.case.json").read_text())  # 9990000042
+    assert client.post("/ingest/nhs111", content=json.dumps(case)).status_code == 201
+    assert post(client, adt("A08", "KEEP-1", "9990000042^^^NHS^NH~RV7000003^^^RVN^PI", extra=PID32_VERIFIED))[0] == "AA"
+    case["case_id"] += "-again"
+    assert client.post("/ingest/nhs111", content=json.dumps(case)).status_code == 201  # the same patient, a new case
+    (patient,) = patients(client, f"{NHS}|9990000042")
+    assert patients(client, f"{RIO_LOCAL}|RV7000003") == [patient]
+    assert patient["identifier"][0]["extension"][0]["valueCodeableConcept"]["coding"][0]["code"] == "01"
+    assert post(client, oru("KEEP-2", "RV7000003^^^RVN^PI", "Note under the local number"))[0] == "AA"
+    assert [text_of(d) for d in notes_of(client, patient["id"])] == ["Note under the local number"]
