@@ -251,7 +251,7 @@ _ER7_PIECES = ["|", "^", "~", "\\", "&", "\r", "\r", "\n", " ", "\t", "A", "z", 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    st.sampled_from(sorted(RIO.glob("*.hl7")))
+    st.sampled_from(sorted(RIO.glob("*.hl7")) + sorted((ROOT / "fixtures" / "uk-hl7v2").glob("*.hl7")))
     .map(lambda p: p.read_bytes())
     .flatmap(
         lambda good: st.lists(st.tuples(st.integers(9, len(good)), st.lists(st.sampled_from(_ER7_PIECES), max_size=4)), max_size=6).map(

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from adapters.hl7v2 import Hl7Error, MllpFramer, frame, parse_hl7
+from adapters.hl7v2 import Hl7Error, Hl7Reading, MllpFramer, frame, parse_hl7
 from adapters.hl7v2_fields import escape, unescape
 from fhir_mapping.datetimes import LocalTimeMissing, parse_hl7_time
 from tests.conftest import ROOT
@@ -139,3 +139,18 @@ def test_a_mutated_message_is_refused_only_with_an_hl7_error() -> None:
             parse_hl7(_mutations(corpus[seed % len(corpus)].read_bytes(), seed))
         except Hl7Error:
             pass
+
+
+@pytest.mark.parametrize(
+    ("placement", "nhs_number", "local"),
+    [("any", "9990000646", ()), ("authority", "", ("9990000646",)), ("type-code", "9990000646", ())],
+)
+def test_a_senders_nhs_number_placement_says_which_pid3_repetitions_are_the_nhs_number(
+    placement: str, nhs_number: str, local: tuple[str, ...]
+) -> None:
+    message = (
+        b"MSH|^~\\&|PAS|RXX|IAPGW|IAP|20260615120000||ADT^A04|C-1|P|2.4\rEVN|A04\r"
+        b"PID|1||9990000646^^^^NHS~L-1^^^RXX^PI||Placed^Sam||19900101|F\r"
+    )
+    read = parse_hl7(message, lambda application, facility: Hl7Reading(nhs_number_in=placement))
+    assert read.patient.nhs_number == nhs_number and tuple(n.value for n in read.local_numbers) == (*local, "L-1")
