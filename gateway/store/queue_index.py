@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, FromClause, Select, Table, and_, case, exists, func, literal, literal_column, select
+from sqlalchemy import ColumnElement, FromClause, Select, Table, and_, bindparam, case, exists, func, literal, literal_column, select
 from sqlalchemy.orm import Session
 
 from gateway.store.models import ResourceRow, TokenRow
@@ -47,19 +47,25 @@ class QueueEntry:
     breach_at: datetime
 
 
-def _of_service(stmt: Select[Any], service_id: str | None) -> Select[Any]:
-    return stmt if service_id is None else stmt.where(_RESOURCES.c.service_id == service_id)
+def _page(of_service: bool) -> tuple[Select[Any], Select[Any]]:
+    c = _RESOURCES.c
+    where = [open_cases(_RESOURCES), *([c.service_id == bindparam("service")] if of_service else [])]
+    page = select(c.id, c.service_id, c.subject_id, c.priority, c.business_status, c.breach_at).where(*where)
+    page = page.order_by(c.breach_at.asc(), c.authored_on.asc(), c.id.asc()).limit(bindparam("count")).offset(bindparam("offset"))
+    return page, select(func.count()).select_from(_RESOURCES).where(*where)
+
+
+# statements built once (building one cost more than running it on an empty store): for all services, and for one
+_PAGES = {False: _page(False), True: _page(True)}
 
 
 def queue_page(session: Session, service_id: str | None, count: int, offset: int) -> tuple[list[QueueEntry], int]:
     """CAS-02: one page of open cases, earliest breach first (breached lead, most overdue first; then the earlier
     referral, then the id, so the order is total and pages do not overlap), and how many open cases there are."""
-    c = _RESOURCES.c
-    columns = select(c.id, c.service_id, c.subject_id, c.priority, c.business_status, c.breach_at).where(open_cases(_RESOURCES))
-    page = _of_service(columns, service_id).order_by(c.breach_at.asc(), c.authored_on.asc(), c.id.asc()).limit(count).offset(offset)
-    total = _of_service(select(func.count()).select_from(_RESOURCES).where(open_cases(_RESOURCES)), service_id)
-    entries = [QueueEntry(*row) for row in session.execute(page)]
-    return entries, int(session.execute(total).scalar_one())
+    page, total = _PAGES[service_id is not None]
+    connection = session.connection()
+    entries = [QueueEntry(*row) for row in connection.execute(page, {"service": service_id, "count": count, "offset": offset})]
+    return entries, int(connection.execute(total, {"service": service_id}).scalar_one())
 
 
 @dataclass
@@ -91,20 +97,36 @@ def queue_counts(
     """One grouped query over the service's open cases (and their patients' birth dates): CAS-09 breach status as
     `gateway.rules.cas_queue.breach_status` gives it, classification, unallocated Urgent CN Review, and cases whose
     patient is younger than `under` or older than `over` years today."""
+    today = now.date()
+    values = {
+        "service": service_id,
+        "black_before": now - black_after,
+        "now": now,
+        "amber_before": now + amber_within,
+        "young_after": years_before(today, under).isoformat(),
+        "old_from": years_before(today, over + 1).isoformat(),
+    }
+    out = QueueCounts()
+    for breach_status, classification, unallocated, extremes, n in session.connection().execute(_COUNTS, values):
+        out.by_breach_status[breach_status] += n
+        out.by_classification[classification] += n
+        out.extreme_ages_waiting += int(extremes or 0)
+        if classification == "urgent-cn-review":
+            out.urgent_cn_review_not_allocated += int(unallocated or 0)
+    return out
+
+
+def _counts() -> Select[Any]:
     cases = _RESOURCES.alias("cases")
     allocated, born = _TOKENS.alias("allocated"), _TOKENS.alias("born")  # Task.performerType; Patient.birthDate (YYYY-MM-DD)
+    instant = _RESOURCES.c.breach_at.type
     status = case(
-        (cases.c.breach_at < now - black_after, literal("black")),
-        (cases.c.breach_at <= now, literal("red")),
-        (cases.c.breach_at <= now + amber_within, literal("amber")),
-        else_=literal("green"),
+        (cases.c.breach_at < bindparam("black_before", type_=instant), literal_column("'black'")),
+        (cases.c.breach_at <= bindparam("now", type_=instant), literal_column("'red'")),
+        (cases.c.breach_at <= bindparam("amber_before", type_=instant), literal_column("'amber'")),
+        else_=literal_column("'green'"),
     )
-    today = now.date()
-    extreme = case(
-        (born.c.code > years_before(today, under).isoformat(), 1),
-        (born.c.code <= years_before(today, over + 1).isoformat(), 1),
-        else_=0,
-    )
+    extreme = case((born.c.code > bindparam("young_after"), 1), (born.c.code <= bindparam("old_from"), 1), else_=0)
     unallocated = ~exists(
         select(literal(1))
         .select_from(allocated)
@@ -122,24 +144,22 @@ def queue_counts(
                 born, and_(born.c.resource_type == "Patient", born.c.resource_id == cases.c.subject_id, born.c.param == "birthdate")
             )
         )
-        .where(open_cases(cases), cases.c.service_id == service_id)
+        .where(open_cases(cases), cases.c.service_id == bindparam("service"))
         .subquery()
     )
     grouped = select(rows.c.breach_status, rows.c.classification, func.sum(rows.c.unallocated), func.sum(rows.c.extreme), func.count())
-    out = QueueCounts()
-    for breach_status, classification, unallocated, extremes, n in session.execute(
-        grouped.group_by(rows.c.breach_status, rows.c.classification)
-    ):
-        out.by_breach_status[breach_status] += n
-        out.by_classification[classification] += n
-        out.extreme_ages_waiting += int(extremes or 0)
-        if classification == "urgent-cn-review":
-            out.urgent_cn_review_not_allocated += int(unallocated or 0)
-    return out
+    return grouped.group_by(rows.c.breach_status, rows.c.classification)
+
+
+_COUNTS = _counts()
 
 
 def worsening_calls(session: Session, service_id: str, since: datetime) -> int:
     """CAS-10: decisions recorded since `since` (Provenance) that name CAS-10 and concern an open case of the service."""
+    return int(session.connection().execute(_WORSENING, {"service": service_id, "since": since}).scalar_one())
+
+
+def _worsening() -> Select[Any]:
     provenance = _RESOURCES.alias("provenance")
     cases = _RESOURCES.alias("cases")
     targets, reasons = _TOKENS.alias("targets"), _TOKENS.alias("reasons")
@@ -161,15 +181,18 @@ def worsening_calls(session: Session, service_id: str, since: datetime) -> int:
             targets.c.resource_id == provenance.c.id,
             targets.c.param == "target",
             open_cases(cases),
-            cases.c.service_id == service_id,
+            cases.c.service_id == bindparam("service"),
         )
     )
-    stmt = (
+    since = bindparam("since", type_=_RESOURCES.c.effective_at.type)
+    return (
         select(func.count())
         .select_from(provenance)
         .where(provenance.c.resource_type == "Provenance", provenance.c.effective_at >= since, names_cas_10, on_open_case)
     )
-    return int(session.execute(stmt).scalar_one())
+
+
+_WORSENING = _worsening()
 
 
 def latest_tokened(session: Session, resource_type: str, service_id: str, system: str, code: str) -> dict[str, Any] | None:
