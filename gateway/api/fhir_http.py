@@ -81,7 +81,8 @@ class FhirHttpConventions(HttpMiddleware):
                 return await _answer(send, 406, problem)
         # Location and Prefer on every route: /ingest/nhs111 creates a case as POST /fhir/QuestionnaireResponse creates
         minimal = scope["method"] == "POST" and _prefers_minimal(scope)
-        base = f"{URL(scope=scope).scheme}://{URL(scope=scope).netloc}".encode()
+        url = URL(scope=scope)
+        base = f"{url.scheme}://{url.netloc}".encode()
         dropping = False
 
         async def conventional_send(message: Message) -> None:
@@ -111,8 +112,10 @@ class FhirHttpConventions(HttpMiddleware):
             await _answer(send, 415, problem)
             return None
         body = b""
+        settings = getattr(scope["app"].state, "settings", None) if "app" in scope else None
+        seconds = settings.body_timeout_seconds if settings is not None else 30
         try:
-            async with asyncio.timeout(30):
+            async with asyncio.timeout(seconds):
                 while True:
                     message = await receive()
                     if message["type"] == "http.disconnect":

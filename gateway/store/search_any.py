@@ -1,5 +1,5 @@
-"""Reads the FHIR search layer needs beyond repo.py's named queries; each ends in repo's own reads (get_resource,
-search_resources), so whatever those apply to every read (a bound client's service) applies here too."""
+"""Reads the FHIR search layer needs beyond repo.py's named queries; each ends in repo's own search_resources, so
+whatever it applies to every read (a bound client's service) applies here too."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from gateway.store.models import TokenRow
-from gateway.store.repo import ResourceQuery, get_resource, search_resources
+from gateway.store.repo import ResourceQuery, search_resources
 
 __all__ = ["referring", "resolve"]
 
@@ -34,16 +34,15 @@ def referring(session: Session, source_type: str, param: str, references: list[s
 
 
 def resolve(session: Session, references: list[str], readable: tuple[str, ...]) -> list[dict[str, Any]]:
-    """The resources `references` ("Type/id", relative) name, each once, in order; unknown or unreadable ones left out."""
-    out, seen = [], set()
+    """The resources `references` ("Type/id", relative) name, each once: one read per type; unknown or unreadable
+    ones left out."""
+    wanted: dict[str, set[str]] = {}
     for reference in references:
         rtype, _, rid = reference.partition("/")
-        if reference in seen or rtype not in readable or not rid or "/" in rid:
-            continue
-        seen.add(reference)
-        resource = get_resource(session, rtype, rid)
-        if resource is not None:
-            out.append(resource)
-        if len(out) >= _MOST:
-            break
-    return out
+        if rtype in readable and rid and "/" not in rid:
+            wanted.setdefault(rtype, set()).add(rid)
+    out: list[dict[str, Any]] = []
+    for rtype, ids in sorted(wanted.items()):
+        resources, _ = search_resources(session, ResourceQuery(rtype, ids=sorted(ids), count=_MOST))
+        out += resources
+    return out[:_MOST]
