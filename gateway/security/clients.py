@@ -8,8 +8,9 @@ read per request (so a revoked client is refused at once, on every instance).
 from __future__ import annotations
 
 import re
+import threading
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
@@ -166,6 +167,9 @@ _VERIFIED_MAX = 4096
 # scrypt takes ~16 MiB while it runs: at most two at once per process, whoever asks, and always on the same two threads
 # (run on any of the request threads, each thread's malloc arena kept its own 16 MiB: 700 MiB under 40 guessers)
 _SLOW_CHECKS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="iap-scrypt")
+# sha256(API key) -> its check under way: requests with the same credential wait for that one check
+_IN_FLIGHT: dict[str, Future[bool]] = {}
+_IN_FLIGHT_LOCK = threading.Lock()
 
 
 @cache
@@ -215,13 +219,27 @@ class Authenticator:
         stored: str | None = client.key_hash if client is not None and client.active else None
         if stored is not None and _VERIFIED.get(digest) == stored:
             return _principal(client)  # proven good in this process: no slow check, even from a blocked address
-        self.failures.begin(address, parts[0])  # counted as failed until it passes
-        # the same scrypt for a known key id and for an unknown one
-        good = _SLOW_CHECKS.submit(verify_secret, parts[1], stored or _nobodys_hash()).result()
+        # one check per credential at a time: a client's first burst of requests shares one scrypt (and counts as one
+        # check under way), where each request checking on its own would count as many and hit the limit
+        with _IN_FLIGHT_LOCK:
+            pending = _IN_FLIGHT.get(digest)
+            leader = pending is None
+            if pending is None:
+                self.failures.begin(address, parts[0])  # counted as failed until it passes
+                # the same scrypt for a known key id and for an unknown one
+                pending = _IN_FLIGHT[digest] = _SLOW_CHECKS.submit(verify_secret, parts[1], stored or _nobodys_hash())
+        try:
+            good = pending.result()
+        finally:
+            if leader:
+                with _IN_FLIGHT_LOCK:
+                    _IN_FLIGHT.pop(digest, None)
         if stored is None or not good:
-            self.failures.failed(digest)
+            if leader:
+                self.failures.failed(digest)
             return None
-        self.failures.succeeded(address, parts[0])
+        if leader:
+            self.failures.succeeded(address, parts[0])
         if len(_VERIFIED) >= _VERIFIED_MAX:
             _VERIFIED.clear()
         _VERIFIED[digest] = stored

@@ -5,7 +5,8 @@ worker thread and hundreds of MiB (scrypt's memory) and tell a known key id from
 So, per process:
 - after `limit` failed checks within `window` seconds from one address, or for one API key id, further credentials
   needing a check are answered 429 with Retry-After, without a check (no scrypt, no read); a check under way counts
-  as failed until it succeeds, so a crowd arriving at once gets no more than `limit` checks either;
+  as failed until it succeeds, so a crowd arriving at once gets no more than `limit` checks either; requests with
+  the same credential share one check (gateway.security.clients), so a real client's first burst counts as one;
 - a credential that failed is remembered (by its SHA-256) for `window` seconds: sent again, it fails at once;
 - a credential proven good earlier in this process (gateway.security.clients' memo) still passes: a real client
   keeps working from an address or key id that guessers have blocked;
