@@ -350,13 +350,19 @@ def _referral(segments: list[str], times: _Times) -> Hl7Referral:
 
 
 def build_ack(
-    control_id: str | None, trigger: str, error: Hl7Error | None, now: datetime, receiving: tuple[str, str] = ("IAPGW", "IAP")
+    control_id: str | None,
+    trigger: str,
+    error: Hl7Error | None,
+    now: datetime,
+    receiving: tuple[str, str] = ("IAPGW", "IAP"),
+    version: str = "2.4",
 ) -> bytes:
-    """An ACK for `control_id` (MSA-2 = MSH-10 of the message it answers): AA, or AE/AR with MSA-3 text and ERR."""
+    """An ACK for `control_id` (MSA-2 = MSH-10 of the message it answers): AA, or AE/AR with MSA-3 text and ERR.
+    `version` (MSH-12) is the version of the message answered, when it was read."""
     stamp = now.astimezone(UTC).strftime("%Y%m%d%H%M%S+0000")
     code = error.ack if error else "AA"
     segments = [
-        f"MSH|^~\\&|{receiving[0]}|{receiving[1]}|||{stamp}||ACK^{trigger}^ACK|ACK-{control_id or 'UNKNOWN'}|P|2.4",
+        f"MSH|^~\\&|{receiving[0]}|{receiving[1]}|||{stamp}||ACK^{trigger}^ACK|ACK-{control_id or 'UNKNOWN'}|P|{version}",
         f"MSA|{code}|{control_id or ''}" + (f"|{escape(error.text)[:80]}" if error else ""),
     ]
     if error:

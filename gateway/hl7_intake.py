@@ -71,7 +71,7 @@ class Hl7Intake:
             text = f"MSH-9 {header.message_type}^{header.trigger} is not one this sender's profile lets it send"
             refusal = Hl7Error("AR", text, "MSH", 9, 200, header.control_id)
             log.info("hl7.refused", ack=refusal.ack, code=refusal.code, segment="MSH", field=9, sender=profile.id)
-            return build_ack(header.control_id, header.trigger, refusal, now)
+            return build_ack(header.control_id, header.trigger, refusal, now, version=header.version)
         if message.unused_segments or message.warnings:  # names and fields only, never values
             log.info("hl7.read_with_warnings", sender=profile.id, unused=list(message.unused_segments), warnings=list(message.warnings))
         key = f"{header.sending_facility}|{header.control_id}"
@@ -83,7 +83,7 @@ class Hl7Intake:
             return [(r, None) for r in self._resources(session, message, profile, now)]
 
         def make_reply(stored: list[dict[str, Any]], created: set[str]) -> Reply:
-            ack = build_ack(header.control_id, header.trigger, None, now).decode()
+            ack = build_ack(header.control_id, header.trigger, None, now, version=header.version).decode()
             return Reply(200, {"ack": ack, "resources": [f"{r['resourceType']}/{r['id']}" for r in stored]})
 
         try:
@@ -98,7 +98,7 @@ class Hl7Intake:
             )
         except Hl7Error as error:  # found while writing (e.g. an update for an unknown patient): rolled back
             log.info("hl7.refused", ack=error.ack, code=error.code, segment=error.segment, field=error.field_no)
-            return build_ack(error.control_id, header.trigger, error, now)
+            return build_ack(error.control_id, header.trigger, error, now, version=header.version)
         if reply.duplicate:  # a racing copy (or a message reusing its control id) was stored first: answered above
             return str(reply.body["ack"]).encode()
         log.info("hl7.accepted", type=f"{header.message_type}^{header.trigger}", resources=len(reply.body.get("resources", [])))
@@ -135,7 +135,8 @@ def _again(original: StoredMessage, raw: bytes, message: Hl7Message, now: dateti
         return str(json.loads(original.response_body)["ack"]).encode()
     id_reused(CHANNEL_HL7, "MSH-10", original.seq)
     text = "MSH-10 already used by a different message: needs a new id"  # MSA-3 holds 80, ERR 60
-    return build_ack(header.control_id, header.trigger, Hl7Error("AE", text, "MSH", 10, 205, header.control_id), now)
+    reused = Hl7Error("AE", text, "MSH", 10, 205, header.control_id)
+    return build_ack(header.control_id, header.trigger, reused, now, version=header.version)
 
 
 def map_hl7(

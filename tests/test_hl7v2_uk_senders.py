@@ -66,8 +66,10 @@ def oru(control_id: str, pid3: str, text: str) -> bytes:
 @pytest.mark.parametrize("name", sorted(p.stem for p in UK.glob("*.hl7")))
 def test_every_uk_shaped_message_is_acked_AA_and_stored_as_sent(client, name: str) -> None:  # type: ignore[no-untyped-def]
     expected = json.loads((UK / f"{name}.expected.json").read_text(encoding="utf-8"))
-    code, ack = post(client, (UK / f"{name}.hl7").read_bytes())
+    sent = (UK / f"{name}.hl7").read_bytes()
+    code, ack = post(client, sent)
     assert code == "AA", ack
+    assert ack.split("\r")[0].split("|")[11] == sent.splitlines()[0].split(b"|")[11].decode()  # the ACK in the message's version
     (patient,) = patients(client, expected["find"])
     assert patient["name"][0]["family"] == expected["family"] and patient["name"][0]["given"] == expected["given"]
     assert patient["birthDate"] == expected["birthDate"]
