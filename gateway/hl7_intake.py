@@ -95,8 +95,9 @@ class Hl7Intake:
                 write,
                 make_reply,
                 on_race=lambda original: Reply(200, {"ack": _again(original, raw, message, now).decode()}, duplicate=True),
+                merge=_keep_what_others_gave,
             )
-        except Hl7Error as error:  # found while writing (e.g. an update for an unknown patient): rolled back
+        except Hl7Error as error:  # found while writing (e.g. identifiers naming two patients): rolled back
             log.info("hl7.refused", ack=error.ack, code=error.code, segment=error.segment, field=error.field_no)
             return build_ack(error.control_id, header.trigger, error, now, version=header.version)
         if reply.duplicate:  # a racing copy (or a message reusing its control id) was stored first: answered above
@@ -124,6 +125,12 @@ class Hl7Intake:
                     put_resource(session, resource, now)  # the letter reports it, so it is stored first
                     request_letter(session, with_document(pending, f"DocumentReference/{resource['id']}"), now)
         return out
+
+
+def _keep_what_others_gave(stored: dict[str, Any], resource: dict[str, Any]) -> dict[str, Any]:
+    """A Patient is merged with its version as locked for the write (not only as read before): a patient this sender
+    cannot see, or another source's write in between, keeps its other identifiers and elements."""
+    return merge_patient(stored, resource) if resource["resourceType"] == "Patient" else resource
 
 
 def _again(original: StoredMessage, raw: bytes, message: Hl7Message, now: datetime) -> bytes:
