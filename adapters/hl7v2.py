@@ -13,8 +13,9 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
+from functools import cache
 
-from hl7apy import load_library
+from hl7apy import load_library, load_reference
 from hl7apy.parser import parse_message
 
 from adapters.hl7v2_fields import TimeReading, component, decode, escape, field, read_time, unescape
@@ -220,6 +221,7 @@ def parse_hl7(raw: bytes, reading_for: Callable[[str, str], Hl7Reading] | None =
         referral = _referral(segments, times)
     known = {"MSH", "EVN", "PID", "PD1", "PV1", "RF1", "PRD", "OBR", "OBX", "TXA", "NTE"}
     unused = tuple(sorted({n for n in names if n not in known}))
+    times.warnings += _fields_past_the_standard(segments, version)
     return Hl7Message(
         header,
         person.patient,
@@ -240,6 +242,28 @@ def _partial_date(value: str) -> str | None:
     if len(digits) in (4, 6) and digits.isdigit():
         return digits[:4] if len(digits) == 4 else f"{digits[:4]}-{digits[4:]}"
     return None
+
+
+def _fields_past_the_standard(segments: list[str], version: str) -> list[str]:
+    """Warnings (names, never values) for segments with more fields than the standard defines: they are not read."""
+    warnings = []
+    for segment in segments:
+        name = segment[:3]
+        defined = _defined_fields(name, version) if name in _SEGMENTS[version] else None
+        sent = len(segment.split("|")) - (0 if name == "MSH" else 1)
+        if defined and sent > defined and any(segment.split("|")[defined + (0 if name == "MSH" else 1) :]):
+            warning = f"{name}: fields past {name}-{defined} not read"
+            if warning not in warnings:
+                warnings.append(warning)
+    return warnings
+
+
+@cache
+def _defined_fields(name: str, version: str) -> int | None:
+    try:
+        return len(load_reference(name, "Segment", version)[1])
+    except Exception:  # hl7apy raises its own types for a segment it has no structure for
+        return None
 
 
 def _plain_segments(segments: list[str], version: str = "2.4") -> bool:

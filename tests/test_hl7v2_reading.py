@@ -154,3 +154,8 @@ def test_a_senders_nhs_number_placement_says_which_pid3_repetitions_are_the_nhs_
     )
     read = parse_hl7(message, lambda application, facility: Hl7Reading(nhs_number_in=placement))
     assert read.patient.nhs_number == nhs_number and tuple(n.value for n in read.local_numbers) == (*local, "L-1")
+
+
+def test_fields_past_those_the_standard_defines_are_not_read_and_named_in_a_warning_without_values() -> None:
+    message = parse_hl7((UK / "pas-a08-v25-lowercase-authority-z-segment.hl7").read_bytes())
+    assert message.warnings == ("PID: fields past PID-39 not read",) and message.unused_segments == ("ZCS", "ZPI")
