@@ -88,16 +88,7 @@ def patient_search(request: Request, session: SessionDep) -> Response:
 @router.get("/CommunicationRequest", summary="Pending notifications (e.g. CAS-15 GP notifications): status, patient, _id, _lastUpdated")
 def communication_request_search(request: Request, session: SessionDep) -> Response:
     search = Search(request, "CommunicationRequest")
-    query = ResourceQuery(
-        "CommunicationRequest",
-        patient=search.get("patient"),
-        status=split_list(search.get("status")),
-        count=search.count,
-        offset=search.offset,
-        ids=search.ids,
-        last_updated=search.last_updated,
-    )
-    resources, total = search_resources(session, query)
+    resources, total = search.resources(session, status=split_list(search.get("status")))
     return FhirResponse(search.bundle(resources, total))
 
 

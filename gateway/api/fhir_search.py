@@ -15,7 +15,6 @@ from gateway.api.fhir_types import READABLE_TYPES, not_served
 from gateway.api.responses import FhirResponse
 from gateway.api.search import Search, split_list
 from gateway.api.search_params import GENERIC_TYPES
-from gateway.store.repo import ResourceQuery, search_resources
 from gateway.store.search_any import referring, resolve
 
 __all__ = ["router", "task_includes"]
@@ -38,17 +37,7 @@ def generic_search(request: Request, resource_type: str, session: SessionDep) ->
     tokens: list[tuple[str, str | None, str]] = []
     for param in _REFERENCE_TOKENS.get(resource_type, ()):
         tokens += [(param, None, value) for value in search.getlist(param)]
-    query = ResourceQuery(
-        resource_type,
-        patient=search.get("patient"),
-        status=split_list(search.get("status")),
-        tokens=tokens,
-        count=search.count,
-        offset=search.offset,
-        ids=search.ids,
-        last_updated=search.last_updated,
-    )
-    resources, total = search_resources(session, query)
+    resources, total = search.resources(session, status=split_list(search.get("status")), tokens=tokens)
     return FhirResponse(search.bundle(resources, total))
 
 

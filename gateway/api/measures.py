@@ -85,16 +85,7 @@ def questionnaire_response_search(request: Request, session: SessionDep) -> Resp
     tokens: list[tuple[str, str | None, str]] = [
         ("questionnaire", None, value.split("|", 1)[0]) for value in search.getlist("questionnaire")
     ]
-    query = ResourceQuery(
-        "QuestionnaireResponse",
-        patient=search.get("patient"),
-        tokens=tokens,
-        count=search.count,
-        offset=search.offset,
-        ids=search.ids,
-        last_updated=search.last_updated,
-    )
-    resources, total = search_resources(session, query)
+    resources, total = search.resources(session, tokens=tokens)
     return FhirResponse(search.bundle(resources, total))
 
 
@@ -108,17 +99,7 @@ def observation_search(request: Request, session: SessionDep) -> Response:
         system, _, code = value.rpartition("|")
         tokens.append(("code", system or None, code))
     dates = [date_filter(value) for value in search.getlist("date")]
-    query = ResourceQuery(
-        "Observation",
-        patient=search.get("patient"),
-        tokens=tokens,
-        dates=dates,
-        count=search.count,
-        offset=search.offset,
-        ids=search.ids,
-        last_updated=search.last_updated,
-    )
-    resources, total = search_resources(session, query)
+    resources, total = search.resources(session, tokens=tokens, dates=dates)
     return FhirResponse(search.bundle(resources, total))
 
 

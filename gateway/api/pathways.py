@@ -13,7 +13,6 @@ from gateway.api.responses import FhirResponse
 from gateway.api.search import Search, split_list
 from gateway.cases import explain_resource
 from gateway.rules.pathway_steps import EPISODE_OPERATIONS
-from gateway.store.repo import ResourceQuery, search_resources
 
 __all__ = ["router"]
 
@@ -45,17 +44,7 @@ def explain_episode(episode_id: str, session: SessionDep) -> Response:
 @router.get("/EpisodeOfCare", summary="Search episodes of care: patient, status, service (pathway service id), _id, _lastUpdated")
 def episode_search(request: Request, session: SessionDep) -> Response:
     search = Search(request, "EpisodeOfCare")
-    query = ResourceQuery(
-        "EpisodeOfCare",
-        patient=search.get("patient"),
-        status=split_list(search.get("status")),
-        service=search.get("service"),
-        count=search.count,
-        offset=search.offset,
-        ids=search.ids,
-        last_updated=search.last_updated,
-    )
-    resources, total = search_resources(session, query)
+    resources, total = search.resources(session, status=split_list(search.get("status")), service=search.get("service"))
     return FhirResponse(search.bundle(resources, total))
 
 

@@ -8,6 +8,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from fastapi import Request
+from sqlalchemy.orm import Session
 from starlette.datastructures import QueryParams
 
 from adapters.problems import GatewayInputError, Kind, Problem
@@ -15,6 +16,7 @@ from fhir_mapping.datetimes import LONDON, parse_source_datetime
 from fhir_mapping.replies import operation_outcome
 from gateway.api.search_params import SEARCHES
 from gateway.audit import note
+from gateway.store.repo import ResourceQuery, search_resources
 
 __all__ = ["refuse_unknown", "int_param", "split_list", "searchset", "MAX_COUNT", "paging", "date_filter", "Search", "handling"]
 
@@ -120,6 +122,20 @@ class Search:
 
     def get(self, name: str) -> str | None:
         return self.params.get(name)
+
+    def resources(self, session: Session, **filters: Any) -> tuple[list[dict[str, Any]], int]:
+        """One page of this type's matches (and the total): the type's own `filters` (ResourceQuery's fields), `patient`
+        and the common parameters as the request gave them. Reads through `search_resources`, so service binding holds."""
+        query = ResourceQuery(
+            self.rtype,
+            patient=self.get("patient"),
+            count=self.count,
+            offset=self.offset,
+            ids=self.ids,
+            last_updated=self.last_updated,
+            **filters,
+        )
+        return search_resources(session, query)
 
     def getlist(self, name: str) -> list[str]:
         return self.params.getlist(name)
