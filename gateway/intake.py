@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -151,6 +152,8 @@ class Intake:
         make_reply: Callable[[Referral, list[dict[str, Any]], set[str], datetime], Reply],
     ) -> Reply:
         now = self.clock.now()
+        if decision.warnings:  # the rules' warnings (e.g. CAS-06 unknown caller service) go back with the adapter's
+            referral = replace(referral, problems=referral.problems + decision.warnings)
         resources = map_cas_referral(referral, plan_for(decision), now).as_json()
         service_id = decision.rules.service.id
         inbound = Inbound(

@@ -30,16 +30,27 @@ def test_mhpl_police_call_gets_the_police_timeframe_CAS_06(client) -> None:
     assert referral["requester"]["display"].startswith("PC Synthetic Officer, Response officer, police")
 
 
-def test_mhpl_fire_call_gets_its_own_timeframe_and_an_unknown_service_is_refused_CAS_06(client, stored) -> None:
-    """CAS-06: timeframe by caller type; a caller type with no timeframe is refused by name, not guessed."""
+def test_mhpl_fire_call_gets_its_own_timeframe_CAS_06(client) -> None:
+    """CAS-06: timeframe by caller type (rule file: fire PT2H), no classification of its own."""
     fire = task_of(mhpl(client, service="fire", call_id="MHPL-FIRE-1").json())
     assert fire["restriction"]["period"]["end"] == "2026-11-23T13:30:00Z"
-    before = stored()
-    refused = mhpl(client, service="lifeboat", call_id="MHPL-X-2")
-    assert refused.status_code == 422
-    ((severity, element, text),) = issues(refused.json())
-    assert element == "caller.service" and "'lifeboat'" in text and "CAS-06" in text
-    assert stored() == before
+    assert "businessStatus" not in fire
+
+
+def test_mhpl_caller_service_with_no_timeframe_gets_a_case_with_the_shortest_window_and_urgent_cn_review_CAS_06(client) -> None:
+    """CAS-06: the handbook's call handler "will create a case" for an emergency-services professional: an unknown
+    service is taken with the shortest configured MHPL window (police/ambulance PT1H), Urgent CN Review, and a warning
+    naming the service; the rule trace names the setting that decided."""
+    response = mhpl(client, service="lifeboat", call_id="MHPL-X-2")
+    assert response.status_code == 201, response.text
+    task = task_of(response.json())
+    assert task["restriction"]["period"] == {"start": "2026-11-23T11:30:00Z", "end": "2026-11-23T12:30:00Z"}
+    assert task["businessStatus"]["coding"][0]["code"] == "urgent-cn-review"
+    outcome = response.json()["entry"][0]["response"]["outcome"]
+    (warning,) = [(e, t) for severity, e, t in issues(outcome) if severity == "warning" and e == "caller.service"]
+    assert "'lifeboat'" in warning[1] and "CAS-06" in warning[1]
+    explained = client.get(f"/fhir/Task/{task['id']}/$explain").json()
+    assert "mhpl.unknown_service_classification" in json.dumps(explained)
 
 
 def test_mhpl_call_sent_twice_gets_its_original_reply(client, stored) -> None:

@@ -32,6 +32,7 @@ class QueueDecision:
     rule_ids: tuple[str, ...]
     reasons: tuple[str, ...]
     specialist_desk: bool = False  # CAS-15: out-of-hours Specialist Desk case: GP notified when it completes
+    warnings: tuple[Problem, ...] = ()  # told to the sender with the accepted case (e.g. CAS-06 unknown caller service)
 
 
 def decide_intake(referral: Referral, registry: RuleRegistry) -> QueueDecision | list[Problem]:
@@ -47,6 +48,8 @@ def decide_intake(referral: Referral, registry: RuleRegistry) -> QueueDecision |
         ]
     rule_ids = ["CAS-01"]
     reasons = [f"CAS-01: case lands on the {rules.service.name} CAS queue"]
+    warnings: list[Problem] = []
+    classification: str | None = None
     dx = referral.pathways.dx if referral.pathways else None
 
     if referral.channel.pathways_assessed:
@@ -72,18 +75,29 @@ def decide_intake(referral: Referral, registry: RuleRegistry) -> QueueDecision |
     elif referral.channel is Channel.MHPL:
         service = referral.professional.service if referral.professional else ""
         window = rules.mhpl.timeframes.get(service)
-        if window is None:
-            return [
-                Problem(
-                    Kind.NOT_SUPPORTED,
-                    "caller.service",
-                    f"MHPL caller service {service!r} has no timeframe in the {rules.label} rules; "
-                    f"known: {sorted(rules.mhpl.timeframes)} (CAS-06)",
-                )
-            ]
-        breach = referral.call_time + window
         rule_ids.append("CAS-06")
-        reasons.append(f"CAS-06: MHPL call from {service}, {format_iso_duration(window)} timeframe")
+        if window is None:
+            # CAS-06: "the call handlers will create a case" for an emergency-services professional: never refused;
+            # the shortest configured MHPL window and Urgent CN Review (mhpl.unknown_service_classification)
+            window = min(rules.mhpl.timeframes.values())
+            classification = rules.mhpl.unknown_service_classification
+            warnings.append(
+                Problem(
+                    Kind.BUSINESS_RULE,
+                    "caller.service",
+                    f"MHPL caller service {service!r} has no timeframe in the {rules.label} rules "
+                    f"(known: {sorted(rules.mhpl.timeframes)}): case taken with the shortest MHPL window, "
+                    f"{format_iso_duration(window)}, classified Urgent CN Review (CAS-06)",
+                    severity="warning",
+                )
+            )
+            reasons.append(
+                f"CAS-06: MHPL call from {service}, a service with no configured timeframe: shortest MHPL window "
+                f"{format_iso_duration(window)} (mhpl.timeframes) and {classification} (mhpl.unknown_service_classification)"
+            )
+        else:
+            reasons.append(f"CAS-06: MHPL call from {service}, {format_iso_duration(window)} timeframe")
+        breach = referral.call_time + window
     else:
         breach = referral.call_time + rules.call_handler_timeframe
         rule_ids.append("CAS-03")
@@ -106,7 +120,6 @@ def decide_intake(referral: Referral, registry: RuleRegistry) -> QueueDecision |
         breach = referral.callback_deadline
         reasons.append("sender's callback deadline (ServiceRequest.occurrencePeriod.end) is earlier: breach time capped to it")
 
-    classification = None
     positive = [f.question_id for f in referral.red_flags if f.answer]
     matched = [
         f.code
@@ -131,4 +144,5 @@ def decide_intake(referral: Referral, registry: RuleRegistry) -> QueueDecision |
         rule_ids=tuple(rule_ids),
         reasons=tuple(reasons),
         specialist_desk=specialist_desk,
+        warnings=tuple(warnings),
     )

@@ -99,6 +99,9 @@ class MhplRules(_Strict):
     """CAS-06: callback timeframe by the calling emergency service."""
 
     timeframes: dict[str, Duration] = Field(min_length=1)
+    # a caller service with no timeframe still gets a case (handbook: "the call handlers will create a case"):
+    # the shortest of `timeframes`, with this classification (issue 33; local decision)
+    unknown_service_classification: Literal["urgent-cn-review"]
 
 
 class InHours(_Strict):
