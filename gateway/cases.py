@@ -93,7 +93,8 @@ class CaseOperations:
             _complete_safety_call(session, task_id, params.values["safety-call"], now, service_id)
         if stored["status"] == "completed":
             _request_gp_letter(session, stored, who, now, service_id)
-        if stored["status"] == "completed" or (name == "end-assessment" and params.values.get("registered") is True):
+        registered_end = name == "end-assessment" and params.values.get("registered") is True
+        if stored["status"] == "completed" or registered_end or name == "ratify":  # ratified: the notes stand (CAS-13, CAS-14)
             _send_notes_to_epr(session, stored, who, self.senders, now, service_id)
         put_resource(session, provenance(stored, name, who, result.rule_ids, result.summary, now), now, service_id)
         log.info("case.operation", operation=name, rules=list(result.rule_ids), status=stored["status"])

@@ -254,6 +254,45 @@ def test_physical_health_follow_up_goes_to_the_urgent_follow_up_queue_CAS_14(cli
     assert ended["status"] == "ready" and classification(ended) == "urgent-follow-up"
 
 
+def test_unregistered_consultation_with_a_follow_up_keeps_both_and_can_be_ratified_CAS_13_CAS_14(client) -> None:
+    """CAS-13 with CAS-14: an unregistered practitioner's End Assessment asking for a physical-health follow-up is
+    classified Urgent Follow Up AND stays awaiting ratification; $ratify then works and the follow-up stands."""
+    task = new_case(client)
+    ended = op(
+        client,
+        task["id"],
+        "end-assessment",
+        practitioner="Practitioner U",
+        registered=False,
+        notes="Chest pain mentioned.",
+        physical_health_follow_up=True,
+    ).json()
+    marks = {i["type"]["coding"][0]["code"]: i.get("valueBoolean") for i in ended["input"]}
+    assert ended["status"] == "ready" and classification(ended) == "urgent-follow-up" and marks["awaiting-ratification"] is True
+    closing = op(client, task["id"], "end-assessment", practitioner="Practitioner R", registered=True, notes="More notes.")
+    assert closing.status_code == 409 and "ratif" in issues(closing.json())[0][2]
+    assert op(client, task["id"], "ratify", practitioner="Practitioner U2", registered=False).status_code == 409
+    ratified = op(client, task["id"], "ratify", practitioner="Practitioner R", registered=True)
+    assert ratified.status_code == 200, ratified.text
+    body = ratified.json()
+    assert body["status"] == "ready" and classification(body) == "urgent-follow-up"  # the shift manager moves it on
+    assert "awaiting-ratification" not in {i["type"]["coding"][0]["code"] for i in body["input"]}
+    again = op(client, task["id"], "ratify", practitioner="Practitioner R", registered=True)
+    assert again.status_code == 409  # ratified once
+    steps = [p["valueString"] for p in client.get(f"/fhir/Task/{task['id']}/$explain").json()["parameter"] if p["name"] == "step"]
+    assert any("end-assessment (CAS-13, CAS-14)" in step and "ratification" in step for step in steps)
+    assert any("ratify (CAS-13, CAS-14)" in step and "follow-up stands" in step for step in steps)
+
+
+def test_a_cleared_classification_keeps_the_ratification_mark_CAS_13(client) -> None:
+    """CAS-13: a CN clearing the classification of an unregistered consultation does not lose its ratification."""
+    task = new_case(client)
+    op(client, task["id"], "end-assessment", practitioner="Practitioner U", registered=False, notes="Synthetic notes.")
+    cleared = op(client, task["id"], "cn-review", practitioner="CN Smith", clear_classification=True).json()
+    assert classification(cleared) is None
+    assert op(client, task["id"], "ratify", practitioner="Practitioner R", registered=True).json()["status"] == "completed"
+
+
 def test_explain_tells_every_decision_in_plain_words(client, clock) -> None:
     task = new_case(client, "option2-red-flag.case.json")
     clock.set(NOW + timedelta(minutes=5))

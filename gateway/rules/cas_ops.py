@@ -28,8 +28,9 @@ from fhir_mapping.ids import resource_id
 from gateway.rules.cas_queue import breach_time, priority_rank
 from gateway.rules.schema import ServiceRules
 
-__all__ = ["OPERATIONS", "OpResult", "Params", "apply_operation", "parse_parameters"]
+__all__ = ["OPERATIONS", "OpResult", "Params", "apply_operation", "awaiting_ratification", "parse_parameters"]
 
+RATIFICATION_MARK = "awaiting-ratification"  # Task.input code: the CAS-13 mark, kept apart from the classification
 OPEN = ("requested", "received", "accepted", "ready", "in-progress", "on-hold")
 
 
@@ -257,20 +258,33 @@ def known_service(task: dict[str, Any], p: Params, rules: ServiceRules, now: dat
 
 
 def end_assessment(task: dict[str, Any], p: Params, rules: ServiceRules, now: datetime) -> OpResult:
-    """CAS-13: registered completes, unregistered awaits CN ratification; CAS-14: physical-health follow-up queue."""
+    """CAS-13: registered completes, unregistered awaits CN ratification; CAS-14: physical-health follow-up queue.
+
+    The two hold together: an unregistered practitioner's consultation that also asks for a physical-health follow-up
+    is classified Urgent Follow Up (CAS-14) AND keeps its ratification mark (CAS-13, the `awaiting-ratification` input),
+    so neither the follow-up nor the registered practitioner's ratification is lost.
+    """
     registered = p.boolean("registered", required=True)
     notes = p.string("notes", required=True)
     follow_up = p.boolean("physical-health-follow-up") or False
     who = p.string("practitioner", required=True)
-    if classification(task) == "awaiting-ratification":
+    if awaiting_ratification(task):
         raise _refuse("CAS-13: the case awaits ratification of an unregistered consultation: a registered practitioner uses $ratify")
     encounter = _consultation(task, who or "", bool(registered), now)
     record = _consultation_notes(task, encounter, who or "", notes or "", now)
     _set_input(task, "consultation-notes", "Consultation notes (for CLEO and RiO)", valueString=notes)
+    if not registered:
+        _set_input(task, RATIFICATION_MARK, "Unregistered consultation awaiting ratification (CAS-13)", valueBoolean=True)
     if follow_up:
         _classify(task, "urgent-follow-up")
+        summary = "end assessment: physical-health follow-up requested: Urgent Follow Up queue"
+        if registered:
+            return OpResult(task, summary, ("CAS-14",), [encounter, record])
         return OpResult(
-            task, "end assessment: physical-health follow-up requested: Urgent Follow Up queue", ("CAS-14",), [encounter, record]
+            task,
+            summary + "; by an unregistered practitioner: stays on the queue for CN ratification",
+            ("CAS-13", "CAS-14"),
+            [encounter, record],
         )
     if registered:
         task["status"] = "completed"
@@ -282,14 +296,33 @@ def end_assessment(task: dict[str, Any], p: Params, rules: ServiceRules, now: da
 
 
 def ratify(task: dict[str, Any], p: Params, rules: ServiceRules, now: datetime) -> OpResult:
-    """CAS-13: a registered practitioner ratifies an unregistered practitioner's consultation; the case completes."""
+    """CAS-13: a registered practitioner ratifies an unregistered practitioner's consultation; the case completes.
+
+    CAS-14: when the consultation also asked for a physical-health follow-up, the ratification is recorded and the case
+    stays in Urgent Follow Up for the shift manager to move to the relevant team (ratifying never drops the follow-up).
+    """
     if not p.boolean("registered", required=True):
         raise _refuse("CAS-13: only a registered practitioner may ratify", "Parameters.parameter.where(name='registered')")
-    if classification(task) != "awaiting-ratification":
+    if not awaiting_ratification(task):
         raise _refuse("CAS-13: there is no unregistered consultation awaiting ratification on this case", "Task.businessStatus")
+    task["input"] = [i for i in task.get("input", []) if i["type"]["coding"][0]["code"] != RATIFICATION_MARK]
+    if not task["input"]:
+        del task["input"]
+    if classification(task) == "urgent-follow-up":
+        return OpResult(
+            task,
+            "ratified by a registered practitioner: the physical-health follow-up stands: stays in the Urgent Follow Up queue",
+            ("CAS-13", "CAS-14"),
+        )
     _classify(task, None)
     task["status"] = "completed"
     return OpResult(task, "ratified by a registered practitioner: case completed", ("CAS-13",))
+
+
+def awaiting_ratification(task: dict[str, Any]) -> bool:
+    """CAS-13: an unregistered consultation awaits a registered practitioner's ratification (the mark, or the
+    classification alone on cases stored before the mark existed)."""
+    return bool(_input_value(task, RATIFICATION_MARK)) or classification(task) == "awaiting-ratification"
 
 
 def _consultation(task: dict[str, Any], who: str, registered: bool, now: datetime) -> dict[str, Any]:
