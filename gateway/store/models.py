@@ -93,21 +93,20 @@ class ResourceRow(Base):
         Index("ix_resources_type_status", "resource_type", "status"),
         Index("ix_resources_type_subject", "resource_type", "subject_id"),
         Index("ix_resources_queue", "resource_type", "service_id", "breach_at"),
-        # the queue (CAS-02) and its summary read only open cases, in breach order: partial indexes of those alone
+        # the queue (CAS-02) and its summary read only open cases, in breach order: partial indexes of those alone,
+        # holding every column the queue and summary read (both stores answer from the index alone), the type and
+        # service first (SQLite, with no statistics, takes an index by its equality columns: these must win)
         Index(
             "ix_resources_open_queue_service",
-            "service_id",
-            "breach_at",
-            "authored_on",
-            "id",
+            *("resource_type", "service_id", "breach_at", "authored_on", "id"),
+            *("status", "business_status", "subject_id", "priority"),
             postgresql_where=text(OPEN_CAS_CASE),
             sqlite_where=text(OPEN_CAS_CASE),
         ),
         Index(
             "ix_resources_open_queue",
-            "breach_at",
-            "authored_on",
-            "id",
+            *("resource_type", "breach_at", "authored_on", "id"),
+            *("status", "service_id", "business_status", "subject_id", "priority"),
             postgresql_where=text(OPEN_CAS_CASE),
             sqlite_where=text(OPEN_CAS_CASE),
         ),
