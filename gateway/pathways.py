@@ -49,6 +49,7 @@ from gateway.rules.pathway_routing import Decision, MeasureFact, route_referral
 from gateway.rules.pathway_schema import PathwayRegistry, PrimaryCareRules, TalkingTherapiesRules
 from gateway.rules.pathway_steps import (
     EPISODE_OPERATIONS,
+    MISSABLE_IN_TREATMENT,
     OPEN_EPISODE,
     EpisodeFacts,
     Letter,
@@ -305,7 +306,7 @@ class Pathways:
             dna_in_treatment=sum(
                 1
                 for k, o, _, w in parsed
-                if o != "attended" and first_treatment is not None and w > first_treatment and k in ("assessment", "treatment")
+                if o != "attended" and first_treatment is not None and w > first_treatment and k in MISSABLE_IN_TREATMENT
             ),
             assessed=assessed,
             treatments_attended=sum(1 for k, o, _, _ in parsed if k == "treatment" and o == "attended"),

@@ -30,12 +30,24 @@ from gateway.rules.cas_ops import Params
 from gateway.rules.pathway_clocks import ASSESSMENT_ATTENDED, running, start_clock, stop_clock
 from gateway.rules.pathway_schema import PrimaryCareRules, TalkingTherapiesRules
 
-__all__ = ["EPISODE_OPERATIONS", "OPEN_EPISODE", "EpisodeFacts", "StepResult", "apply_episode_operation", "CONTACT_KINDS", "Letter", "Work"]
+__all__ = [
+    "EPISODE_OPERATIONS",
+    "MISSABLE_IN_TREATMENT",
+    "OPEN_EPISODE",
+    "EpisodeFacts",
+    "StepResult",
+    "apply_episode_operation",
+    "CONTACT_KINDS",
+    "Letter",
+    "Work",
+]
 
 CONTACT_KINDS = ("assessment", "treatment", "review-only", "mhp-session", "care-plan-review", "patient-contact")
 OUTCOMES = ("attended", "dna", "cancelled")
 DIRECTIONS = ("up", "down", "across", "out")
 OPEN_EPISODE = ("planned", "waitlist", "active", "onhold")  # EpisodeOfCare statuses of an episode still in care
+# TT-13 misses that count once in treatment; TT-19: KIT appointments ("review only") included
+MISSABLE_IN_TREATMENT = ("assessment", "treatment", "review-only")
 
 
 @dataclass(frozen=True)
@@ -219,16 +231,30 @@ def _tt_contact(
 def _tt_missed(
     kind: str, outcome: str, when: datetime, rules: TalkingTherapiesRules, facts: EpisodeFacts, clocks: dict[str, Any], result: StepResult
 ) -> dict[str, Any]:
-    """TT-13: DNA at assessment -> discharge; once in treatment the 2nd DNA or cancellation discharges."""
+    """TT-13: DNA at assessment -> discharge; once in treatment the 2nd DNA or cancellation discharges.
+
+    TT-19: a KIT appointment ("review only") is a standard appointment for these rules: its DNA or cancellation counts
+    towards the discharge and a DNA starts the 7-working-day clock; it still never counts as a session (TT-12). A missed
+    KIT leaves the KIT clock running: the call was not held.
+    """
     if kind == "assessment" and not facts.assessed and outcome == "dna":
         result.because("TT-13", "did not attend the assessment: discharged; patient and referrer notified")
         return _discharge(result, when, clocks, "did not attend the initial assessment", ("TT-13", "TT-14"))
-    if kind in ("treatment", "assessment") and facts.assessed:
+    kit = kind == "review-only"
+    if kit:
+        result.because("TT-19", f"KIT appointment (review only) {outcome}: the standard DNA and cancellation rules (TT-13) apply")
+    if kind in MISSABLE_IN_TREATMENT and facts.assessed:
         missed = facts.dna_in_treatment + 1
+        setting = f"rule file dna_discharge_in_treatment: {rules.dna_discharge_in_treatment}"
         if missed >= rules.dna_discharge_in_treatment:
-            result.because("TT-13", f"{missed} DNAs or cancellations in treatment: discharged (reviewable); patient and referrer notified")
-            return _discharge(result, when, clocks, f"{missed} missed sessions in treatment", ("TT-13", "TT-14"))
-        result.because("TT-13", f"missed session {missed} of {rules.dna_discharge_in_treatment} before discharge")
+            result.because(
+                "TT-13",
+                f"{missed} DNAs or cancellations in treatment: discharged (reviewable); patient and referrer notified "
+                f"(KIT appointments count, TT-19; {setting})",
+            )
+            rule_ids = ("TT-13", "TT-19", "TT-14") if kit else ("TT-13", "TT-14")
+            return _discharge(result, when, clocks, f"{missed} missed sessions in treatment", rule_ids)
+        result.because("TT-13", f"missed appointment {missed} of {rules.dna_discharge_in_treatment} before discharge ({setting})")
     if outcome == "dna":
         clocks = start_clock(clocks, "tt-dna-contact", rules, when)
         result.because("TT-13", "no contact within 7 working days of this DNA -> decision with the supervisor")

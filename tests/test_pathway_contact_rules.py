@@ -1,0 +1,77 @@
+"""Talking Therapies contact rules over HTTP, on SQLite and PostgreSQL: KIT appointments under the DNA rules (TT-19),
+failed contact attempts to book the initial assessment (TT-17), letters when the wait exceeds the target (TT-18)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.pathway_demo import contact
+from tests.test_pathway_api import _all, _explained, _tasks, operate, tt_episode
+
+
+def _letters(client, kind: str) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
+    return [c for c in _all(client, "CommunicationRequest") if c["category"][0]["coding"][0]["code"] == kind]
+
+
+# --- TT-19: KIT appointments -------------------------------------------------------------------------------------
+
+
+def test_a_missed_kit_appointment_counts_as_the_first_miss_in_treatment_TT_19_TT_13(client) -> None:
+    """TT-19: a KIT DNA is a missed appointment (TT-13): the first does not discharge, the next miss does."""
+    episode = tt_episode(client)
+    operate(client, episode, "record-contact", contact("assessment", date_="2026-11-05T10:00:00+00:00"))
+    kit = operate(client, episode, "record-contact", contact("review-only", "dna", "2026-11-12T10:00:00+00:00"))
+    assert kit.status_code == 200 and kit.json()["status"] == "active"
+    explained = _explained(client, episode)
+    assert "TT-19: KIT appointment (review only) dna" in explained
+    assert "missed appointment 1 of 2 before discharge (rule file dna_discharge_in_treatment: 2)" in explained
+    assert not _letters(client, "tt-discharge")
+    second = operate(client, episode, "record-contact", contact("treatment", "cancelled", "2026-11-19T10:00:00+00:00")).json()
+    assert second["status"] == "finished"
+    (letter,) = _letters(client, "tt-discharge")
+    assert "TT-13" in [c["code"] for c in letter["reasonCode"][0]["coding"]]
+
+
+def test_a_cancelled_kit_appointment_as_the_second_miss_discharges_TT_19_TT_13(client) -> None:
+    episode = tt_episode(client)
+    operate(client, episode, "record-contact", contact("assessment", date_="2026-11-05T10:00:00+00:00"))
+    first = operate(client, episode, "record-contact", contact("treatment", "dna", "2026-11-12T10:00:00+00:00")).json()
+    assert first["status"] == "active"
+    kit = operate(client, episode, "record-contact", contact("review-only", "cancelled", "2026-11-19T10:00:00+00:00")).json()
+    assert kit["status"] == "finished"
+    (letter,) = _letters(client, "tt-discharge")
+    assert {"TT-13", "TT-19"} <= {c["code"] for c in letter["reasonCode"][0]["coding"]}
+    assert (
+        "TT-13: 2 DNAs or cancellations in treatment: discharged (reviewable); patient and referrer notified (KIT appointments count, TT-19"
+        in _explained(client, episode)
+    )
+
+
+def test_a_kit_dna_starts_the_seven_working_day_contact_clock_TT_19_TT_13(client, app) -> None:
+    from datetime import datetime
+
+    episode = tt_episode(client)
+    operate(client, episode, "record-contact", contact("assessment", date_="2026-11-05T10:00:00+00:00"))
+    operate(client, episode, "record-contact", contact("review-only", "dna", "2026-11-12T10:00:00+00:00"))
+    app.state.pathways.tick(datetime.fromisoformat("2026-11-20T10:00:00+00:00"))  # 6 working days after
+    assert not _tasks(client, "clock-tt-dna-contact")
+    app.state.pathways.tick(datetime.fromisoformat("2026-11-24T12:00:00+00:00"))  # past the 7th working day
+    assert len(_tasks(client, "clock-tt-dna-contact")) == 1
+
+
+def test_attended_kit_appointments_never_count_towards_the_session_limit_TT_19_TT_12(client) -> None:
+    """TT-19 with TT-12: step 2 gives 7 contacts without a supervisor; two KITs among them leave the 7th treatment free."""
+    episode = tt_episode(client)
+    days = iter(range(3, 23))
+    for _ in range(6):
+        assert (
+            operate(client, episode, "record-contact", contact("treatment", date_=f"2026-11-{next(days):02d}T10:00:00+00:00")).status_code
+            == 200
+        )
+    for _ in range(2):
+        kit = operate(client, episode, "record-contact", contact("review-only", date_=f"2026-11-{next(days):02d}T10:00:00+00:00"))
+        assert kit.status_code == 200
+    seventh = operate(client, episode, "record-contact", contact("treatment", date_=f"2026-11-{next(days):02d}T10:00:00+00:00"))
+    assert seventh.status_code == 200, seventh.text
+    eighth = operate(client, episode, "record-contact", contact("treatment", date_=f"2026-11-{next(days):02d}T10:00:00+00:00"))
+    assert eighth.status_code == 422 and "supervisor" in eighth.json()["issue"][0]["diagnostics"]
