@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
 import pytest
 
+from adapters.nhs111_case import parse_nhs111_case
 from fhir_mapping.datetimes import parse_source_datetime
-from gateway.rules.schema import load_rules
+from gateway.rules.cas_intake import QueueDecision, decide_intake
+from gateway.rules.schema import RuleRegistry, load_rules
 from tests.conftest import fixture_bytes, fixture_json, task_of
 
 RULES = load_rules()
@@ -123,3 +126,48 @@ def _supporting(client, task, rtype):  # type: ignore[no-untyped-def]
     service_request = client.get(f"/fhir/{task['focus']['reference']}").json()
     refs = [s["reference"] for s in service_request["supportingInfo"]]
     return next(r.split("/")[1] for r in refs if r.startswith(rtype))
+
+
+def _dx14(client, case_id: str, red_flag: bool):  # type: ignore[no-untyped-def]
+    case = fixture_json("option1-dx12.case.json")
+    case["case_id"] = case_id
+    case["pathways"] = {**case["pathways"], "dx": "Dx14", "dx_display": "Speak to a Primary Care Service within 12 hours"}
+    case["red_flags"] = [
+        {"id": "rf-harm-to-self", "question": "Are you having thoughts of harming yourself right now?", "answer": red_flag}
+    ]
+    response = client.post("/ingest/nhs111", content=json.dumps(case))
+    assert response.status_code == 201, response.text
+    task = task_of(response.json())
+    explained = " ".join(
+        p["valueString"] for p in client.get(f"/fhir/Task/{task['id']}/$explain").json()["parameter"] if p["name"] == "step"
+    )
+    return task, explained
+
+
+def test_dx14_without_a_red_flag_keeps_its_twelve_hours_CAS_05(client) -> None:
+    """CAS-05: option-1 Dx14 'within 12 hours', no red flag: the disposition's window, no classification."""
+    task, _ = _dx14(client, "NHS111-DX14-NO-FLAG", red_flag=False)
+    assert task["restriction"]["period"] == {"start": "2026-11-23T12:30:00Z", "end": "2026-11-24T00:30:00Z"}
+    assert "businessStatus" not in task
+
+
+def test_dx14_with_a_red_flag_gets_the_earlier_red_flag_window_CAS_04_CAS_05(client) -> None:
+    """CAS-04 with CAS-05: a red flag answered yes on a 12-hour Dx14 case: Urgent CN Review and the earlier of the
+    disposition's and the red-flag window (red_flags.within PT6H, red_flags.on_timed_disposition: earlier), in the trace."""
+    task, explained = _dx14(client, "NHS111-DX14-FLAG", red_flag=True)
+    assert task["restriction"]["period"] == {"start": "2026-11-23T12:30:00Z", "end": "2026-11-23T18:30:00Z"}
+    assert task["businessStatus"]["coding"][0]["code"] == "urgent-cn-review"
+    assert "CAS-04 with CAS-05" in explained and "red_flags.on_timed_disposition: earlier" in explained
+
+
+def test_red_flag_on_a_timed_disposition_keeps_the_dispositions_window_when_the_rule_file_says_so_CAS_04_CAS_05() -> None:
+    """CAS-04 with CAS-05: red_flags.on_timed_disposition: disposition keeps Dx14's 12 hours, and says so."""
+    rules = RULES.services["bnssg"]
+    keep = rules.model_copy(update={"red_flags": rules.red_flags.model_copy(update={"on_timed_disposition": "disposition"})})
+    case = fixture_json("option1-dx12.case.json")
+    case["pathways"] = {**case["pathways"], "dx": "Dx14"}
+    case["red_flags"] = [{"id": "rf-harm-to-self", "question": "Harm?", "answer": True}]
+    decision = decide_intake(parse_nhs111_case(json.dumps(case).encode()), RuleRegistry([keep]))
+    assert isinstance(decision, QueueDecision)
+    assert decision.timeframe == timedelta(hours=12) and decision.classification == "urgent-cn-review"
+    assert any("red_flags.on_timed_disposition: disposition" in reason for reason in decision.reasons)

@@ -2,7 +2,8 @@
 
 Applies CAS-01 (one queue per service), CAS-03 (call-handler cases: 6-hour default), CAS-06 (MHPL:
 timeframe by caller service), CAS-15 (Specialist Desk: out of hours only),
-CAS-04 (any red flag -> Urgent CN Review, set by the system), CAS-05 (Pathways cases:
+CAS-04 (any red flag -> Urgent CN Review, set by the system; on a timed Pathways disposition the earlier of
+the two windows by default, red_flags.on_timed_disposition), CAS-05 (Pathways cases:
 timeframe of the Dx code), and the BaRS callback deadline cap (occurrencePeriod.end).
 """
 
@@ -132,6 +133,8 @@ def decide_intake(referral: Referral, registry: RuleRegistry) -> QueueDecision |
         rule_ids.append("CAS-04")
         what = f"red-flag question(s) {', '.join(positive)} answered yes" if positive else "risk Flag in the referral"
         reasons.append(f"CAS-04: {what}: classified Urgent CN Review")
+        if referral.channel.pathways_assessed:
+            breach = _red_flag_window(rules, referral.call_time, breach, dx, reasons)
 
     timeframe = breach - referral.call_time
     return QueueDecision(
@@ -146,3 +149,23 @@ def decide_intake(referral: Referral, registry: RuleRegistry) -> QueueDecision |
         specialist_desk=specialist_desk,
         warnings=tuple(warnings),
     )
+
+
+def _red_flag_window(rules: ServiceRules, call_time: datetime, breach: datetime, dx: str | None, reasons: list[str]) -> datetime:
+    """CAS-04 with CAS-05: a red flag on a timed Pathways disposition. By default (red_flags.on_timed_disposition:
+    earlier) the case's window is the earlier of the disposition's and the red-flag window (red_flags.within): a person
+    with a positive red flag does not wait 12 hours because 111 gave a Dx14 (issue 33). Recorded in the rule trace."""
+    flagged = call_time + rules.red_flags.within
+    setting = f"red_flags.on_timed_disposition: {rules.red_flags.on_timed_disposition}"
+    window = format_iso_duration(rules.red_flags.within)
+    if breach <= flagged:
+        reasons.append(f"CAS-04 with CAS-05: {dx} window kept: the red-flag window {window} (red_flags.within) is not earlier")
+        return breach
+    if rules.red_flags.on_timed_disposition == "disposition":
+        reasons.append(f"CAS-04 with CAS-05: red flag on {dx}: the disposition's window kept, red_flags.within {window} ({setting})")
+        return breach
+    reasons.append(
+        f"CAS-04 with CAS-05: red flag on {dx} ({format_iso_duration(breach - call_time)}): window {window}, "
+        f"the earlier of the disposition's and the red-flag window (red_flags.within; {setting})"
+    )
+    return flagged

@@ -72,6 +72,10 @@ class FlagMatch(_Strict):
 
 class RedFlagRules(_Strict):
     classification: Literal["urgent-cn-review"]
+    within: Duration  # CAS-04: a red-flag case's window (handbook: "added to the CAS queue as a 6-hour priority")
+    # CAS-04 with CAS-05: a red flag on a timed Pathways disposition gets the earlier of the two windows, or keeps the
+    # disposition's (issue 33; local decision, default the earlier)
+    on_timed_disposition: Literal["earlier", "disposition"] = "earlier"
     bars_flags: list[FlagMatch] = Field(default_factory=list)
 
 
