@@ -315,6 +315,7 @@ class Pathways:
             self_referred=any(c["code"] == "self" for cat in request.get("category", []) for c in cat.get("coding", [])),
             gp_contact_agreed=agreed,
             outcome_measures=self._episode_measures(session, patient_id, rules, parse_source_datetime(episode["period"]["start"])),
+            failed_booking_attempts=sum(1 for k, o, _, _ in parsed if k == "booking-attempt" and o == "failed"),  # TT-17
         )
 
     def _episode_measures(self, session: Session, patient_id: str, rules: Rules, referred: datetime) -> frozenset[str]:

@@ -75,3 +75,50 @@ def test_attended_kit_appointments_never_count_towards_the_session_limit_TT_19_T
     assert seventh.status_code == 200, seventh.text
     eighth = operate(client, episode, "record-contact", contact("treatment", date_=f"2026-11-{next(days):02d}T10:00:00+00:00"))
     assert eighth.status_code == 422 and "supervisor" in eighth.json()["issue"][0]["diagnostics"]
+
+
+# --- TT-17: failed contact attempts to book the initial assessment ---------------------------------------------------
+
+
+def _attempt(client, episode: str, when: str):  # type: ignore[no-untyped-def]
+    body = {
+        "resourceType": "Parameters",
+        "parameter": [{"name": "date", "valueDateTime": when}, {"name": "practitioner", "valueString": "Booking clerk A"}],
+    }
+    return operate(client, episode, "record-booking-attempt", body)
+
+
+def test_the_attempt_before_the_limit_leaves_the_case_open_and_the_attempt_at_it_closes_it_TT_17(client) -> None:
+    """TT-17: North Essex closes after 3 failed attempts (rule file assessment_booking_attempts: 3, a local decision)."""
+    episode = tt_episode(client)
+    for n, day in enumerate(("05", "09"), start=1):
+        reply = _attempt(client, episode, f"2026-11-{day}T10:00:00+00:00")
+        assert reply.status_code == 200 and reply.json()["status"] == "waitlist", reply.text
+        assert f"TT-17: failed contact attempt {n} of 3 to arrange the initial assessment" in _explained(client, episode)
+    assert not _letters(client, "tt-discharge")
+    closed = _attempt(client, episode, "2026-11-12T10:00:00+00:00").json()
+    assert closed["status"] == "finished" and closed["period"]["end"] == "2026-11-12T10:00:00Z"
+    explained = _explained(client, episode)
+    assert "TT-17: failed contact attempt 3 of 3: not possible to arrange an initial assessment after 3 contact attempts" in explained
+    assert "rule file assessment_booking_attempts: 3" in explained
+    (letter,) = _letters(client, "tt-discharge")  # to the referrer, in the same transaction as the closing
+    assert "TT-17" in [c["code"] for c in letter["reasonCode"][0]["coding"]]
+    assert letter["about"][0]["reference"] == f"EpisodeOfCare/{episode}"
+    clock = client.get(f"/fhir/EpisodeOfCare/{episode}").json()
+    assert all(any(e["url"] == "stopped" for e in ext["extension"]) for ext in clock["extension"] if ext["url"].endswith("/pathway-clock"))
+    after = _attempt(client, episode, "2026-11-13T10:00:00+00:00")
+    assert after.status_code == 422  # a closed episode takes no more attempts
+
+
+def test_a_resent_booking_attempt_is_not_counted_twice_TT_17(client) -> None:
+    episode = tt_episode(client)
+    for _ in range(3):
+        assert _attempt(client, episode, "2026-11-05T10:00:00+00:00").json()["status"] == "waitlist"
+    assert _attempt(client, episode, "2026-11-06T10:00:00+00:00").json()["status"] == "waitlist"  # the 2nd attempt
+
+
+def test_booking_attempts_after_the_assessment_are_refused_TT_17(client) -> None:
+    episode = tt_episode(client)
+    operate(client, episode, "record-contact", contact("assessment", date_="2026-11-05T10:00:00+00:00"))
+    refused = _attempt(client, episode, "2026-11-06T10:00:00+00:00")
+    assert refused.status_code == 422 and "TT-17" in refused.json()["issue"][0]["diagnostics"]

@@ -187,6 +187,7 @@ class TalkingTherapiesRules(_Common):
     step_allocation: list[Allocation] = Field(min_length=5)  # TT-07
     session_caps: dict[Literal["step-2", "step-3"], SessionCap]  # TT-12
     dna_discharge_in_treatment: int = Field(ge=1, le=5)  # TT-13
+    assessment_booking_attempts: int = Field(ge=1, le=10)  # TT-17: failed attempts to arrange the initial assessment before closing
     duty_screening_within: Duration  # TT-03 (local decision)
     treatment_targets: list[TreatmentTarget] = Field(min_length=1)  # TT-08 referral to first treatment
     tail_share: float = Field(gt=0, lt=1)  # TT-09: no more than 10% wait over the tail

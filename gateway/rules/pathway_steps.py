@@ -37,6 +37,7 @@ __all__ = [
     "EpisodeFacts",
     "StepResult",
     "apply_episode_operation",
+    "close_episode",
     "CONTACT_KINDS",
     "Letter",
     "Work",
@@ -63,6 +64,7 @@ class EpisodeFacts:
     self_referred: bool = False
     gp_contact_agreed: bool | None = None
     outcome_measures: frozenset[str] = frozenset()  # PC-14: measure ids scored for the patient since the episode started
+    failed_booking_attempts: int = 0  # TT-17: failed attempts to arrange the initial assessment
 
 
 @dataclass(frozen=True)
@@ -123,6 +125,11 @@ def _status(episode: dict[str, Any], status: str, moment: datetime) -> dict[str,
     if status in ("finished", "cancelled"):
         out["period"] = {**episode["period"], "end": when}
     return out
+
+
+def close_episode(episode: dict[str, Any], moment: datetime) -> dict[str, Any]:
+    """The episode finished at `moment` (status history and period end follow)."""
+    return _status(episode, "finished", moment)
 
 
 def record_contact(
@@ -480,7 +487,7 @@ def progress_letter(episode: dict[str, Any], params: Params, rules: PrimaryCareR
     return result
 
 
-EPISODE_OPERATIONS = ("record-contact", "allocate", "step", "kit-opt-out", "progress-letter")
+EPISODE_OPERATIONS = ("record-contact", "allocate", "step", "kit-opt-out", "progress-letter", "record-booking-attempt")
 
 
 def apply_episode_operation(
@@ -498,4 +505,8 @@ def apply_episode_operation(
         return kit_opt_out(episode, params, rules, now)
     if name == "progress-letter":
         return progress_letter(episode, params, rules, now)
+    if name == "record-booking-attempt":
+        from gateway.rules.pathway_booking import record_booking_attempt  # TT-17 builds on this module: imported late
+
+        return record_booking_attempt(episode, params, rules, facts, now)
     raise GatewayInputError(Problem(Kind.NOT_SUPPORTED, "operation", f"unknown operation ${name[:40]}; known: {list(EPISODE_OPERATIONS)}"))
