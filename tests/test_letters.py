@@ -87,7 +87,7 @@ def test_pdf_rendition_is_made_from_the_type_template_and_holds_the_notes(client
     completed_case(client)
     _, letter, _ = the_letter(client)
     text = " ".join(pdf_text(letter).split())
-    assert "Consultation report" in text and "NHS Number: 9990000018" in text and "Alex Testpatient" in text
+    assert "Consultation report" in text and "NHS number: 999 000 0018" in text and "Alex Testpatient" in text
     assert "after contacting NHS 111" in text  # the intro from templates/types/cas-consultation-report.html.j2
     assert " ".join(NOTES.split()) in text
 
@@ -217,7 +217,7 @@ SEND_DOCUMENT_REQUIRED = {
     f"{STU3}ITK-MessageHeader-2": [
         "id", "extension.url", "event.system", "event.code", "sender.reference", "timestamp", "source.endpoint", "focus.reference",
     ],
-    f"{CARECONNECT}CareConnect-ITK-Header-Organization-1": ["id", "identifier.system", "identifier.value"],
+    f"{STU3}CareConnect-ITK-Header-Organization-1": ["id", "identifier.system", "identifier.value"],
     f"{STU3}ITK-Document-Bundle-1": ["id", "identifier.value", "type", "entry"],
     f"{CARECONNECT}CareConnect-Composition-1": [
         "id", "identifier.value", "status", "type.coding.code", "subject.reference", "date", "author.reference", "title",
@@ -228,7 +228,7 @@ SEND_DOCUMENT_REQUIRED = {
         "id", "identifier.system", "identifier.value", "identifier.extension.valueCodeableConcept.coding.code",
     ],
     f"{CARECONNECT}CareConnect-Organization-1": ["id", "identifier.value", "name"],
-    f"{STU3}ITK-Device-1": ["id", "type"],
+    f"{CARECONNECT}CareConnect-Practitioner-1": ["id", "name.use", "name.family"],
 }  # fmt: skip
 
 

@@ -95,7 +95,10 @@ def test_111_referral_to_a_consultation_report_in_the_practice_mesh_inbox(app, c
     (message,) = mesh.inbox(PRACTICE_MAILBOX)
     assert message["workflow_id"] == "GPFED_CONSULT_REPORT" and message["local_id"] == letter_id
     assert message["sender"] == GATEWAY_MAILBOX and message["content_type"] == "application/fhir+xml"
-    assert message["subject"].startswith("Consultation report for Alex Testpatient , NHS Number 9990000018, seen at IAP MHCAS BNSSG")
+    assert (
+        message["subject"]
+        == "Consultation report for Alex Testpatient, NHS Number 9990000018, seen at IAP MHCAS BNSSG, ODS Code RVN, Version 1"
+    )
     itk = Stu3Bundle.model_validate_xml(message["body"])
     header = entry_resource(itk, 0, Stu3MessageHeader)
     assert header.event.code == "ITK007C" and header.source.endpoint == GATEWAY_MAILBOX
@@ -109,7 +112,7 @@ def test_111_referral_to_a_consultation_report_in_the_practice_mesh_inbox(app, c
     assert binary.content is not None and binary.content.startswith(b"%PDF")  # the model decodes the base64 on the wire
     pdf = PdfReader(io.BytesIO(binary.content))
     text = " ".join(" ".join((page.extract_text() or "") for page in pdf.pages).split())
-    assert " ".join(NOTES.split()) in text and "NHS Number: 9990000018" in text
+    assert " ".join(NOTES.split()) in text and "NHS number: 999 000 0018" in text
     assert any(NOTES in (s.text.div if s.text and s.text.div else "").replace("&#39;", "'") for s in composition.section)
     canonical = client.get(f"/fhir/Bundle/{letter_id}").json()
     checked = fhir_validate(tmp_path, "canonical", canonical)

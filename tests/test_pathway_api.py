@@ -59,7 +59,7 @@ def test_an_accepted_referral_opens_an_episode_with_its_clock_and_the_rule_versi
     assert episode["status"] == "waitlist" and episode["type"][1]["coding"][0]["code"] == "step-3"
     clock = next(e for e in episode["extension"] if e["url"].endswith("/pathway-clock"))
     values = {x["url"]: next(v for k, v in x.items() if k.startswith("value")) for x in clock["extension"]}
-    assert values["name"] == "tt-initial-assessment" and values["due"] == "2026-12-18T10:00:00Z"  # 28 days after referral
+    assert values["name"] == "tt-initial-assessment" and values["due"] == "2026-12-19T00:00:00Z"  # end of the 28th day
     explained = client.get(f"/fhir/EpisodeOfCare/{episode['id']}/$explain").json()
     text = " ".join(p["valueString"] for p in explained["parameter"] if p["name"] == "step")
     assert "TT-07" in text and "PHQ-9 16" in text and "rules/north-essex-north-east/2026.12.1" in text
@@ -649,11 +649,11 @@ def test_twelve_weeks_on_the_hub_caseload_without_a_care_plan_review_makes_a_tas
     body = json.loads((PATHWAYS / "pc-step-up-from-secondary-care.servicerequest.json").read_text())
     episode = episode_of(route(client, body).json())
     operate(client, episode, "allocate", {"resourceType": "Parameters", "parameter": [{"name": "practitioner", "valueString": "KW"}]})
-    assert _clocks(client, episode)["pcmhh-caseload-review"]["due"] == "2027-02-15T12:00:00Z"  # 12 weeks from allocation
+    assert _clocks(client, episode)["pcmhh-caseload-review"]["due"] == "2027-02-16T00:00:00Z"  # the end of the day 12 weeks from allocation
     review = contact("care-plan-review", date_="2027-01-04T10:00:00+00:00")
     clock.set(datetime.fromisoformat("2027-01-04T11:00:00+00:00"))
     assert operate(client, episode, "record-contact", review).status_code == 200
-    assert _clocks(client, episode)["pcmhh-caseload-review"]["due"] == "2027-03-29T10:00:00+01:00"  # restarted from the review (BST)
+    assert _clocks(client, episode)["pcmhh-caseload-review"]["due"] == "2027-03-30T00:00:00+01:00"  # restarted from the review (BST)
     app.state.pathways.tick(datetime.fromisoformat("2027-03-01T12:00:00+00:00"))
     assert not _tasks(client, "clock-pcmhh-caseload-review")
     app.state.pathways.tick(datetime.fromisoformat("2027-03-30T12:00:00+01:00"))

@@ -73,7 +73,7 @@ def test_dx_codes_are_case_normalised_but_digits_kept_CAS_05(sent: str, normal: 
         ("Dx12:  {within: PT2H,", "DX12:  {within: PT2H,", "written Dx"),
         ("  - {up_to: PT2H, priority: asap}", "  - {up_to: PT2H, priority: high}", "task_priority"),
         ("schema: cas-queue/1", "schema: cas-queue/2", "schema"),
-        ('version: "2026.12.2"', 'version: "2026.12.2"\nunexpected: 1', "unexpected"),
+        ('version: "2026.12.3"', 'version: "2026.12.3"\nunexpected: 1', "unexpected"),
         ("  id: bnssg", "  id: bristol", "must match the file name"),
         ('    - "2000070001"', '    - "2000070002"', "claimed by both"),
     ],
@@ -96,7 +96,7 @@ def test_gateway_refuses_to_start_on_a_bad_rule_file(tmp_path: Path) -> None:
 def test_a_rule_change_is_a_data_change_CAS_03(tmp_path: Path, clock) -> None:  # type: ignore[no-untyped-def]
     rules = _rules_copy(tmp_path)
     _edit(rules / "bnssg.yaml", "call_handler_timeframe: PT6H", "call_handler_timeframe: PT4H")
-    _edit(rules / "bnssg.yaml", 'version: "2026.12.2"', 'version: "2099.1.0"')
+    _edit(rules / "bnssg.yaml", 'version: "2026.12.3"', 'version: "2099.1.0"')
     app = create_app(Settings(DATABASE_URL=f"sqlite:///{tmp_path / 'g.db'}", rules_dir=rules, environment="test"), clock)
     with TestClient(app, headers=bearer(add_test_client(app, ALL_SCOPES))) as client:
         task = task_of(client.post("/ingest/nhs111", content=fixture_bytes("option2-standard.case.json")).json())

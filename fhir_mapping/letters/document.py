@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -32,10 +33,16 @@ __all__ = [
     "letter_view",
     "document_bundle",
     "organization",
+    "practitioner",
+    "LETTER_VERSION",
+    "letter_version",
     "SECTION_SYSTEM",
     "RFC4122",
     "patient_name",
     "nhs_number",
+    "nhs_number_for_reading",
+    "long_date",
+    "plain_text",
     "section_narrative",
     "templates",
 ]
@@ -44,6 +51,15 @@ SECTION_SYSTEM = f"{codes.GATEWAY_BASE}/CodeSystem/letter-section"
 UKCORE_HEADINGS = "https://fhir.hl7.org.uk/CodeSystem/UKCore-RecordStandardHeadings"
 RFC4122 = "https://tools.ietf.org/html/rfc4122"
 XHTML = "http://www.w3.org/1999/xhtml"
+RULE_SYSTEM = f"{codes.GATEWAY_BASE}/CodeSystem/domain-rule"
+# the letter's version: 1 the original, each replacement one more (GPCM-SD-CS-006/007; the issue's GPCM-SD-091/092)
+LETTER_VERSION = f"{codes.GATEWAY_BASE}/StructureDefinition/letter-version"
+_TITLES = ("Dr", "Mr", "Mrs", "Ms", "Miss", "Mx", "Prof", "Professor")
+# rule ids and their traces belong in $explain, never in a letter (issue 34): "(TT-14)", "TT-10: ", "(PC-13, PC-14)"
+_RULE_IN_BRACKETS = re.compile(r"\s*\((?:(?:CAS|PC|TT)-\d{2}(?:,\s*)?)+\)")
+_RULE_PREFIX = re.compile(r"\b(?:CAS|PC|TT)-\d{2}(?:,\s*(?:CAS|PC|TT)-\d{2})*:\s*")
+# sections PRSB marks mandatory (the MH discharge's clinical summary, nhs-standards §4.2): shown as "None recorded" when empty
+PRSB_MANDATORY = ("reason-for-contact", "assessment")
 
 # (code, title, national heading coding or None): nhs-standards.md §3 (UK Core headings) and §4.2 (PRSB SNOMED codes)
 SECTIONS: tuple[tuple[str, str, dict[str, str] | None], ...] = (
@@ -64,6 +80,7 @@ class SectionView:
     headers: list[str] = field(default_factory=list)
     rows: list[list[str]] = field(default_factory=list)
     entries: list[str] = field(default_factory=list)  # "Type/id" of the resources it reports
+    mandatory: bool = False  # PRSB-mandatory: said "None recorded" when empty; any other empty heading is left out
 
     @property
     def empty(self) -> bool:
@@ -77,16 +94,20 @@ class LetterView:
     letter_id: str
     title: str
     letter_type: str
-    date: str  # London local, e.g. 23 November 2026 12:00
+    date: str  # London local, e.g. 23 November 2026
     patient_name: str
-    nhs_number: str
-    birth_date: str
+    nhs_number: str  # as people read it: 999 000 0018
+    birth_date: str  # 12 April 1988
     sender: str
-    recipients: list[str]
+    recipients: list[str]  # the addressees the letter is actually sent to (a withheld GP letter is not named)
     signed_by: str
     lines: list[str]
     sections: list[SectionView]
-    rules: list[str]
+    version: int = 1  # GPCM-SD-CS-006/007: 1 the original, a replacement one more
+    sender_ods: str = ""
+    composition_title: str = ""  # GPCM-SD-118: "Consultation report" (the TT progress letter "Progress update")
+    audience: str = "gp"  # who reads it first: gp, referrer or patient (the wording of the type's template)
+    contact: list[str] = field(default_factory=list)  # the service's address, telephone and email (head and footer)
 
 
 def templates() -> Environment:
@@ -116,9 +137,39 @@ def nhs_number(patient: dict[str, Any]) -> str:
     return next((i["value"] for i in patient.get("identifier", []) if i.get("system") == codes.NHS_NUMBER), "")
 
 
-def organization(ods: str | None, name: str | None) -> dict[str, Any]:
-    """An Organization by ODS code (the sender, a recipient); without a code, the gateway's own service."""
-    key = ods or "iap-gateway"
+def nhs_number_for_reading(value: str) -> str:
+    """9990000018 -> 999 000 0018 (the 3-3-4 grouping NHS letters use); anything else as it is."""
+    digits = value.replace(" ", "")
+    return f"{digits[:3]} {digits[3:6]} {digits[6:]}" if len(digits) == 10 and digits.isdigit() else value
+
+
+def long_date(value: str | None) -> str:
+    """A FHIR date as a GP reads it: 1988-04-12 -> 12 April 1988 (1988-04 -> April 1988); a dateTime in London time."""
+    if not value:
+        return ""
+    if "T" in value:
+        moment = parse_source_datetime(value).astimezone(LONDON)
+        return f"{moment.day} {moment:%B %Y}, {moment:%H:%M}"
+    parts = value.split("-")
+    try:
+        if len(parts) == 3:
+            day = datetime(int(parts[0]), int(parts[1]), int(parts[2]))
+            return f"{day.day} {day:%B %Y}"
+        if len(parts) == 2:
+            return f"{datetime(int(parts[0]), int(parts[1]), 1):%B %Y}"
+    except ValueError:
+        return value
+    return value
+
+
+def plain_text(text: str) -> str:
+    """A line for a letter's reader: rule ids and rule traces taken out (they belong in $explain)."""
+    return _RULE_PREFIX.sub("", _RULE_IN_BRACKETS.sub("", text)).strip()
+
+
+def organization(ods: str | None, name: str | None, telephone: str | None = None) -> dict[str, Any]:
+    """An Organization by ODS code (the sending service, a recipient). Never the software: a letter is the service's."""
+    key = ods or f"name:{name or 'sending-service'}"
     org: dict[str, Any] = {
         "resourceType": "Organization",
         "id": resource_id("Organization", codes.ODS_ORG, key),
@@ -126,22 +177,47 @@ def organization(ods: str | None, name: str | None) -> dict[str, Any]:
     }
     if ods:
         org["identifier"] = [{"system": codes.ODS_ORG, "value": ods}]
-    org["name"] = name or ("IAP gateway" if not ods else f"Organisation {ods}")
+    org["name"] = name or (f"Organisation {ods}" if ods else "Sending service")
+    if telephone:
+        org["telecom"] = [{"system": "phone", "value": telephone, "use": "work"}]
     return org
 
 
+def practitioner(display: str, organization_id: str) -> dict[str, Any]:
+    """The clinician named in the operation that produced the letter, as its author (GPCM-SD-121 / GPCM-SD-CS-025)."""
+    words = display.split()
+    prefix = [words.pop(0)] if len(words) > 1 and words[0].rstrip(".") in _TITLES else []
+    family = words.pop() if words else display
+    name: dict[str, Any] = {"use": "official", "text": display, "family": family}
+    if words:
+        name["given"] = words
+    if prefix:
+        name["prefix"] = prefix
+    return {
+        "resourceType": "Practitioner",
+        "id": resource_id("Practitioner", f"Organization/{organization_id}", display),
+        "meta": {"profile": [f"{codes.UKCORE}Practitioner"]},
+        "name": [name],
+    }
+
+
+def letter_version(document: dict[str, Any] | None) -> int:
+    """The version a stored letter document carries (1 when it names none)."""
+    composition = ((document or {}).get("entry") or [{}])[0].get("resource") or {}
+    return next((int(e["valueInteger"]) for e in composition.get("extension", []) if e.get("url") == LETTER_VERSION), 1)
+
+
 def _when(value: str | None) -> str:
-    if not value:
-        return ""
-    if "T" not in value:
-        return value
-    return parse_source_datetime(value).astimezone(LONDON).strftime("%d %b %Y %H:%M")
+    return long_date(value)
 
 
 def _text(concept: dict[str, Any] | None) -> str:
     if not concept:
         return ""
-    coding: dict[str, Any] = next(iter(concept.get("coding") or []), {})
+    codings = concept.get("coding") or []
+    if codings and all(c.get("system") == RULE_SYSTEM for c in codings):
+        return ""  # a rule trace (the rules that decided and why): $explain's, not the letter's
+    coding: dict[str, Any] = next(iter(codings), {})
     return str(concept.get("text") or coding.get("display") or coding.get("code") or "")
 
 
@@ -172,9 +248,9 @@ def _sections(resources: list[dict[str, Any]], lines: list[str]) -> list[Section
     reason, assessment, measures = views["reason-for-contact"], views["assessment"], views["outcome-measures"]
     plan, risk, follow = views["plan"], views["safety-risk"], views["follow-up"]
     for request in by_type.get("ServiceRequest", []):
-        said = "; ".join(
-            t for t in [_text(c) for c in request.get("reasonCode", [])] + [n.get("text", "") for n in request.get("note", [])] if t
-        )
+        # a note someone wrote is the referrer's; an unsigned one is the gateway's own routing trace ($explain's, not the letter's)
+        signed = [n.get("text", "") for n in request.get("note", []) if n.get("authorString") or n.get("authorReference")]
+        said = "; ".join(t for t in [_text(c) for c in request.get("reasonCode", [])] + signed if t)
         reason.paragraphs.append(
             f"Referral of {_when(request.get('authoredOn'))}: {said or _text(request.get('code')) or 'no reason recorded'}"
         )
@@ -233,6 +309,9 @@ def _sections(resources: list[dict[str, Any]], lines: list[str]) -> list[Section
     for flag in by_type.get("Flag", []):
         risk.paragraphs.append(f"{_text(flag.get('code'))} ({flag.get('status')})")
         risk.entries.append(f"Flag/{flag['id']}")
+    for view in views.values():
+        view.paragraphs = [p for p in (plain_text(p) for p in view.paragraphs) if p]
+        view.rows = [[plain_text(cell) for cell in row] for row in view.rows]
     return [views[code] for code, _, _ in SECTIONS]
 
 
@@ -244,21 +323,35 @@ def letter_view(
     recipients: list[tuple[Recipient, str]],
     sender_name: str,
     now: datetime,
+    audience: str = "gp",
+    contact: list[str] | None = None,
+    version: int = 1,
+    sender_ods: str | None = None,
 ) -> LetterView:
+    """What the reader sees. `recipients`: (recipient, addressee line) of those the letter is actually sent to."""
+    sections = _sections(resources, [plain_text(line) for line in request.lines])
+    if request.letter_type.itk == "mh-edischarge":
+        for section in sections:
+            section.mandatory = section.code in PRSB_MANDATORY
+    day = now.astimezone(LONDON)
     return LetterView(
         letter_id=letter_id,
         title=request.letter_type.title,
         letter_type=request.letter_type.code,
-        date=now.astimezone(LONDON).strftime("%d %B %Y %H:%M"),
+        date=f"{day.day} {day:%B %Y}",
         patient_name=patient_name(patient),
-        nhs_number=nhs_number(patient),
-        birth_date=str(patient.get("birthDate") or ""),
+        nhs_number=nhs_number_for_reading(nhs_number(patient)),
+        birth_date=long_date(patient.get("birthDate")) or "not recorded",
         sender=sender_name,
         recipients=[label for _, label in recipients],
         signed_by=request.signed_by or sender_name,
-        lines=list(request.lines),
-        sections=_sections(resources, list(request.lines)),
-        rules=list(request.rule_ids),
+        lines=[plain_text(line) for line in request.lines],
+        sections=sections,
+        audience=audience,
+        contact=list(contact or []),
+        version=version,
+        sender_ods=sender_ods or "",
+        composition_title=request.letter_type.composition_title or request.letter_type.title,
     )
 
 
@@ -279,10 +372,13 @@ def document_bundle(
     letter_type = request.letter_type
     composition_id = resource_id("Composition", f"Bundle/{view.letter_id}", "composition")
     encounters = [f"Encounter/{r['id']}" for r in resources if r["resourceType"] == "Encounter"]
+    # the author is the clinician named in the operation (GPCM-SD-121); the service's Organization when none was named
+    author = practitioner(request.signed_by, sender["id"]) if request.signed_by else None
     composition: dict[str, Any] = {
         "resourceType": "Composition",
         "id": composition_id,
         "meta": {"profile": [f"{codes.UKCORE}Composition"]},
+        "extension": [{"url": LETTER_VERSION, "valueInteger": view.version}],
         "text": {
             "status": "generated",
             "div": templates().get_template("composition.xhtml.j2").render(view=view, xmlns=XHTML).strip(),
@@ -295,8 +391,8 @@ def document_bundle(
         "category": [{"coding": [{"system": LETTER_TYPE_SYSTEM, "code": letter_type.code, "display": letter_type.description}]}],
         "subject": {"reference": f"Patient/{patient['id']}"},
         "date": to_fhir_instant(now),
-        "author": [{"reference": f"Organization/{sender['id']}"}],
-        "title": letter_type.title,
+        "author": [{"reference": f"Practitioner/{author['id']}" if author else f"Organization/{sender['id']}"}],
+        "title": view.composition_title,
         "confidentiality": "N",
         "custodian": {"reference": f"Organization/{sender['id']}"},
     }
@@ -322,7 +418,7 @@ def document_bundle(
             }
         sections.append(section)
     composition["section"] = sections
-    included = [composition, patient, sender, *resources]
+    included = [composition, patient, sender, *([author] if author else []), *resources]
     bundle = bundle_of([_plain(r) for r in included], "document", view.letter_id, to_fhir_instant(now))
     bundle = {"resourceType": "Bundle", "id": view.letter_id, "identifier": {"system": RFC4122, "value": view.letter_id}} | {
         k: v for k, v in bundle.items() if k not in ("resourceType", "id")

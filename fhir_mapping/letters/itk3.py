@@ -34,6 +34,7 @@ __all__ = [
     "MH_HEADINGS",
     "ITK_RESPONSE_CODES",
     "parse_itk_response",
+    "STU3_SYSTEMS",
 ]
 
 STU3 = "https://fhir.nhs.uk/STU3/StructureDefinition/"
@@ -45,6 +46,13 @@ ITK_RESPONSE_CODES = "https://fhir.nhs.uk/STU3/CodeSystem/ITK-ResponseCodes-1"
 NHS_NUMBER_STATUS = f"{CARECONNECT}Extension-CareConnect-NHSNumberVerificationStatus-1"
 NHS_NUMBER_STATUS_CODES = "https://fhir.hl7.org.uk/STU3/CodeSystem/CareConnect-NHSNumberVerificationStatus-1"
 RFC4122 = "https://tools.ietf.org/html/rfc4122"
+# R4 terminology URLs -> their STU3 form (issue 34: an STU3 payload uses STU3 code systems)
+STU3_SYSTEMS = {
+    "http://terminology.hl7.org/CodeSystem/v3-ActCode": "http://hl7.org/fhir/v3/ActCode",
+    "http://terminology.hl7.org/CodeSystem/v3-ParticipationType": "http://hl7.org/fhir/v3/ParticipationType",
+    "http://terminology.hl7.org/CodeSystem/v2-0203": "http://hl7.org/fhir/v2/0203",
+    "http://terminology.hl7.org/CodeSystem/list-empty-reason": "http://hl7.org/fhir/list-empty-reason",
+}
 XHTML = "http://www.w3.org/1999/xhtml"
 
 # form -> (event code, event display, MessageDefinition) : §4.3 (GPCM SD-039..055); §4.2 (MHTOC) with ITK004D
@@ -139,6 +147,8 @@ def _organization(org: dict[str, Any], profile: str) -> dict[str, Any]:
         out["identifier"] = org["identifier"]
     if org.get("name"):
         out["name"] = org["name"]
+    if org.get("telecom"):  # the sender's telephone (GPCM-SD-CS-035)
+        out["telecom"] = org["telecom"]
     return out
 
 
@@ -163,9 +173,24 @@ def _encounter(encounter: dict[str, Any], patient_url: str) -> dict[str, Any]:
         "subject": {"reference": patient_url},
     }
     if encounter.get("class"):
-        out["class"] = encounter["class"]
+        coding = dict(encounter["class"])
+        coding["system"] = STU3_SYSTEMS.get(str(coding.get("system")), coding.get("system"))
+        out["class"] = coding
     if encounter.get("period"):
         out["period"] = encounter["period"]
+    return out
+
+
+def _practitioner(practitioner: dict[str, Any]) -> dict[str, Any]:
+    """The letter's author as CareConnect-Practitioner-1 (GPCM-SD-121): the clinician named in the operation."""
+    out: dict[str, Any] = {
+        "resourceType": "Practitioner",
+        "id": practitioner["id"],
+        "meta": {"profile": [f"{CARECONNECT}CareConnect-Practitioner-1"]},
+        "name": practitioner.get("name") or [],
+    }
+    if practitioner.get("identifier"):  # the SDS user id or the professional registration number, where given
+        out["identifier"] = practitioner["identifier"]
     return out
 
 
@@ -193,15 +218,13 @@ def _message(document: dict[str, Any], pdf: bytes, context: ItkContext) -> Stu3B
     custodian = _organization(canonical_sender, f"{CARECONNECT}CareConnect-Organization-1")
     if not sender_ids:
         custodian["identifier"] = [{"system": codes.ODS_ORG, "value": sender_ods}]
-    header_org = _ods_org(sender_ods, f"{CARECONNECT}CareConnect-ITK-Header-Organization-1")
+    # the ITK3 header Organization's profile is NHS England's (fhir.nhs.uk), as in the ITK3 bundle structure (issue 34)
+    header_org = _ods_org(sender_ods, f"{STU3}CareConnect-ITK-Header-Organization-1", custodian.get("name"))
     header_org["id"] = resource_id("Organization", f"itk-header/{context.delivery_id}", sender_ods)
-    author = {
-        "resourceType": "Device",
-        "id": resource_id("Device", "iap-gateway", sender_ods),
-        "meta": {"profile": [f"{STU3}ITK-Device-1"]},
-        "type": {"text": "IAP gateway letter service"},
-        "owner": {"reference": url(custodian)},
-    }
+    # the author is the clinician (GPCM-SD-121); a letter nobody signed is the service's own (never a Device)
+    written_by = str(composition["author"][0]["reference"]).removeprefix("urn:uuid:").split("/")[-1]
+    signer = next((r for r in resources.values() if r["resourceType"] == "Practitioner" and r["id"] == written_by), None)
+    author = _practitioner(signer) if signer else custodian
     binary = {
         "resourceType": "Binary",
         "id": resource_id("Binary", f"Bundle/{letter_id}", "pdf"),
@@ -240,9 +263,17 @@ def _message(document: dict[str, Any], pdf: bytes, context: ItkContext) -> Stu3B
         stu3_composition["meta"] = {"profile": [f"{CARECONNECT}CareConnect-ITK-MH-Composition-1"]}
         gp = _ods_org(context.gp_ods, f"{CARECONNECT}CareConnect-Organization-1") if context.gp_ods else None
         extra += [gp] if gp else []
-        sections = _mh_sections(composition, patient, custodian, gp, binary)
+        sections = _mh_sections(composition, patient, custodian, gp, binary, author)
     stu3_composition["section"] = sections
-    inner = [stu3_composition, binary, patient, custodian, author, *([encounter] if encounter else []), *extra]
+    inner = [
+        stu3_composition,
+        binary,
+        patient,
+        custodian,
+        *([author] if author is not custodian else []),
+        *([encounter] if encounter else []),
+    ]
+    inner += extra
     inner_entries = [{"fullUrl": url(r), "resource": r} for r in inner]
     inner_bundle = {
         "resourceType": "Bundle",
@@ -304,6 +335,7 @@ def _mh_sections(
     custodian: dict[str, Any],
     gp: dict[str, Any] | None,
     binary: dict[str, Any],
+    author: dict[str, Any],
 ) -> list[dict[str, Any]]:
     """PRSB headings with their SNOMED codes; canonical sections folded into the heading they belong to."""
     divs: dict[str, list[str]] = {}
@@ -340,7 +372,8 @@ def _mh_sections(
             add(
                 key, {"status": "generated", "div": f'<div xmlns="{XHTML}">{merged}</div>'}, [binary] if key == "clinical-summary" else None
             )
-    add("person-completing-record", _div(f"Completed by {sender}"), [custodian])
+    person = next((n.get("text") for n in author.get("name", []) if n.get("text")), None) if author is not custodian else None
+    add("person-completing-record", _div(f"{person}, {sender}" if person else sender), [author] if person else [custodian])
     return sections
 
 

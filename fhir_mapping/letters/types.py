@@ -28,6 +28,7 @@ class LetterType(BaseModel):
 
     code: str = ""
     title: str = Field(min_length=3)
+    composition_title: str | None = None  # the Composition.title a receiver files it by (GPCM-SD-118); default `title`
     description: str = Field(min_length=3)
     rules: list[str] = Field(min_length=1)
     itk: Literal["send-document", "mh-edischarge"]

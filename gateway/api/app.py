@@ -44,6 +44,7 @@ from gateway.intake import Intake
 from gateway.logging import configure_logging
 from gateway.metrics import Metrics
 from gateway.mllp import shared_by_workers, start_mllp_server
+from gateway.outbox.letters import use_services
 from gateway.outbox.worker import deliverer_from_settings, run_deliverer
 from gateway.pathways import Pathways
 from gateway.responses import ResponseIntake
@@ -86,6 +87,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
     configure_logging(settings.log_level, settings.log_json, settings.log_file)
     registry = load_rules(settings.rules_dir)
     pathway_rules = load_pathways(settings.pathways_dir)
+    use_services(registry, pathway_rules)  # letters carry their service's contact details (issue 34)
     catalogue = load_measures()
     engine = make_engine(settings.database_url, settings.db_statement_timeout_ms)
     migrate(engine)

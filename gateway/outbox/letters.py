@@ -13,6 +13,7 @@ superseded.
 from __future__ import annotations
 
 import base64
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -22,17 +23,60 @@ from sqlalchemy.orm import Session
 from adapters.problems import GatewayInputError, Kind, Problem
 from fhir_mapping import codes
 from fhir_mapping.datetimes import to_fhir_instant
-from fhir_mapping.letters.document import document_bundle, letter_id_for, letter_view, organization
+from fhir_mapping.letters.document import document_bundle, letter_id_for, letter_version, letter_view, organization, patient_name
 from fhir_mapping.letters.pdf import render_pdf
 from fhir_mapping.letters.request import UNKNOWN_PRACTICE, LetterRequest, Recipient, parse_letter_request
 from fhir_mapping.letters.types import LETTER_TYPE_SYSTEM
 from gateway.cases import provenance
 from gateway.outbox import store
+from gateway.outbox.consent import withheld_because
 from gateway.store.repo import ResourceQuery, get_resource, put_resource, search_resources
 
-__all__ = ["request_letter", "queue_letter", "letter_pdf", "letter_document", "recipient_kind"]
+__all__ = [
+    "request_letter",
+    "queue_letter",
+    "letter_pdf",
+    "letter_document",
+    "recipient_kind",
+    "use_services",
+    "service_contact",
+    "ServiceContact",
+]
 
 log = structlog.get_logger("iap.letters")
+
+
+@dataclass(frozen=True)
+class ServiceContact:
+    """A sending service as its letters show it: name, ODS code, and contact lines (rule file `service`)."""
+
+    name: str
+    ods: str
+    telephone: str
+    lines: list[str]
+
+
+# service id -> its contact, from the rule files' `service.contact` (issue 34); set by the app at start-up
+_SERVICES: dict[str, ServiceContact] = {}
+
+
+def use_services(*registries: Any) -> None:
+    """Letters from these services carry their name and contact details (rule files' `service.contact`)."""
+    for registry in registries:
+        for service_id, rules in registry.services.items():
+            info = rules.service
+            lines = [*info.contact.address, f"Telephone: {info.contact.telephone}", f"Email: {info.contact.email}"]
+            _SERVICES[service_id] = ServiceContact(info.name, info.provider_ods, info.contact.telephone, lines)
+
+
+def service_contact(service_id: str | None) -> ServiceContact | None:
+    """The contact of a configured service; the shipped rule files when the app set none."""
+    if not _SERVICES:
+        from gateway.rules.pathway_schema import load_pathways  # late: the rules are data the outbox only reads
+        from gateway.rules.schema import load_rules
+
+        use_services(load_rules(), load_pathways())
+    return _SERVICES.get(service_id) if service_id else None
 
 
 def recipient_kind(recipient: Recipient, patient: dict[str, Any]) -> str:
@@ -47,9 +91,9 @@ def recipient_kind(recipient: Recipient, patient: dict[str, Any]) -> str:
     return "gp" if not practices or recipient.ods in practices or recipient.ods == UNKNOWN_PRACTICE else "referrer"
 
 
-def _label(recipient: Recipient, kind: str) -> str:
+def _label(recipient: Recipient, kind: str, patient: dict[str, Any]) -> str:
     if kind == "patient":
-        return "The patient (copy)"
+        return f"{patient_name(patient)} (the patient)"
     name = recipient.display or ("GP practice" if kind == "gp" else "Referrer")
     return f"{name} ({recipient.ods})" if recipient.ods != UNKNOWN_PRACTICE else "The patient's GP practice"
 
@@ -121,9 +165,31 @@ def request_letter(session: Session, communication_request: dict[str, Any], now:
         return existing  # the same request again: the same letter, already queued
     stored_request, _ = put_resource(session, communication_request, now, service_id)
     previous = _supersede(session, request, letter_id, now)
-    sender = organization(request.sender_ods, request.sender_name)
+    configured = service_contact(service_id)
+    # the service's Organization is custodian and sender (never the software): the request's, else the service's own
+    sender = organization(
+        request.sender_ods or (configured.ods if configured else None),
+        request.sender_name or (configured.name if configured else None),
+        configured.telephone if configured else None,
+    )
     kinds = [(r, recipient_kind(r, patient)) for r in request.recipients]
-    view = letter_view(request, letter_id, patient, resources, [(r, _label(r, k)) for r, k in kinds], sender["name"], now)
+    # the addressee lines name only those it goes to: a GP letter withheld (TT-02, TT-14) is not "To: GP practice"
+    sent_to = [(r, k) for r, k in kinds if withheld_because(session, request.letter_type, k, request.patient_id) is None]
+    sent_to.sort(key=lambda pair: ("gp", "referrer", "patient").index(pair[1]))  # "To:" the first, "Copy:" the rest
+    audience = next((k for k in ("gp", "referrer", "patient") if any(kind == k for _, kind in sent_to)), "gp")
+    view = letter_view(
+        request,
+        letter_id,
+        patient,
+        resources,
+        [(r, _label(r, k, patient)) for r, k in sent_to],
+        sender["name"],
+        now,
+        audience=audience,
+        contact=configured.lines if configured else None,
+        version=letter_version(get_resource(session, "Bundle", previous)) + 1 if previous else 1,  # GPCM-SD-CS-007
+        sender_ods=(sender.get("identifier") or [{}])[0].get("value"),
+    )
     document = document_bundle(view, request, patient, sender, resources, now, replaces=previous)
     pdf = render_pdf(view, now)
     put_resource(session, document, now, service_id)

@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from tenacity import RetryCallState, stop_after_attempt, wait_exponential_jitter
 
 from fhir_mapping.datetimes import to_fhir_instant
-from fhir_mapping.letters.document import nhs_number, patient_name
+from fhir_mapping.letters.document import letter_version, nhs_number, patient_name
 from fhir_mapping.letters.itk3 import ItkContext, message_header_id, parse_itk_response, render_itk3
 from fhir_mapping.letters.types import LetterType, letter_types
 from gateway.audit import record_delivery
@@ -224,9 +224,9 @@ class Deliverer:
         )
         ods = next((i["value"] for i in custodian.get("identifier", [])), self.routing.sender.ods)
         subject = (
-            f"{letter_type.title} for {patient_name(patient)} , NHS Number {nhs_number(patient)}, "
-            f"seen at {custodian.get('name') or self.routing.sender.name}, ODS Code {ods}"
-        )  # GPCM SD-056..064
+            f"{sender.get('title') or letter_type.title} for {patient_name(patient)}, NHS Number {nhs_number(patient)}, "
+            f"seen at {custodian.get('name') or self.routing.sender.name}, ODS Code {ods}, Version {letter_version(document)}"
+        )  # GPCM-SD-CS-065/068 with the version (GPCM-SD-CS-006; the GPCM-SD-091/092)
         return Outgoing(
             claim.id,
             claim.letter_id,

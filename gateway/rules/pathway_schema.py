@@ -16,7 +16,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
-from gateway.rules.schema import Duration, RuleFileError, read_rule_file
+from gateway.rules.schema import Duration, RuleFileError, ServiceContact, read_rule_file
 
 __all__ = [
     "Age",
@@ -91,6 +91,7 @@ class ServiceInfo(_Strict):
     name: str = Field(min_length=3)
     provider_ods: str = Field(pattern=r"^[A-Z0-9]{3,10}$")
     teams: Teams
+    contact: ServiceContact  # letter head and footer (issue 34)
 
 
 class _Common(_Strict):

@@ -221,7 +221,7 @@ def _tt_contact(
                 to_gp=True,
                 to_referrer=False,
                 copy_to_patient=True,
-                lines=("Outcome of the initial assessment (TT-14): a copy goes to the GP where permission was given",),
+                lines=("Initial assessment completed. We will write again with progress during therapy and at discharge.",),  # TT-14
                 rule_ids=("TT-14",),
             )
         )
@@ -461,7 +461,10 @@ def kit_opt_out(episode: dict[str, Any], params: Params, rules: PrimaryCareRules
             to_gp=True,
             to_referrer=True,
             copy_to_patient=True,
-            lines=("The client has opted out of keeping-in-touch calls while waiting; who to contact in an emergency or if things change",),
+            lines=(
+                "The client has chosen not to have keeping-in-touch calls while waiting for treatment. If things change, "
+                "please contact us using the details above; in an emergency call 999, or NHS 111 and choose the mental health option.",
+            ),  # TT-10
             rule_ids=("TT-10",),
         )
     )
@@ -480,7 +483,7 @@ def progress_letter(episode: dict[str, Any], params: Params, rules: PrimaryCareR
             to_gp=True,
             to_referrer=False,
             copy_to_patient=True,
-            lines=("Progress during therapy with the latest PHQ-9 and GAD-7 (TT-14)",),
+            lines=("Therapy continues; the latest PHQ-9 and GAD-7 scores are shown above.",),  # TT-14
             rule_ids=("TT-14",),
         )
     )

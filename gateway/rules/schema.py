@@ -57,11 +57,20 @@ class Disposition(_Strict):
         return self
 
 
+class ServiceContact(_Strict):
+    """How a letter's reader reaches the service (letter head and footer, issue 34): no letter without one."""
+
+    telephone: str = Field(pattern=r"^\+?[0-9][0-9 ]{6,18}[0-9]$")
+    email: str = Field(pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+    address: list[str] = Field(min_length=1, max_length=6)  # postal address lines, postcode last
+
+
 class ServiceInfo(_Strict):
     id: str = Field(pattern=r"^[a-z0-9-]{2,32}$")
     name: str
     provider_ods: str = Field(pattern=r"^[A-Z0-9]{3,10}$")
     dos_service_ids: list[str] = Field(min_length=1)
+    contact: ServiceContact
 
 
 class FlagMatch(_Strict):
