@@ -290,7 +290,9 @@ def record_delivery(
     ("DocumentReference/<id>", "Patient/<id>"); outcome: one of `gateway.metrics.DELIVERY_OUTCOMES`;
     detail: why, in words.
     """
-    fhir_outcome = {"sent": "0", "delivered": "0", "withheld": "0", "retry": "4", "failed": "8", "dead": "8"}.get(outcome)
+    fhir_outcome = {"sent": "0", "delivered": "0", "withheld": "0", "retry": "4", "unacknowledged": "4", "failed": "8", "dead": "8"}.get(
+        outcome
+    )
     if fhir_outcome is None:
         raise ValueError(f"delivery outcome must be one of {DELIVERY_OUTCOMES}")
     receiver = {"who": {"display": destination[:128]}, "requestor": False, "name": channel[:64]}

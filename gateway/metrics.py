@@ -85,12 +85,14 @@ MLLP_REFUSED_CONNECTIONS = Counter(
     "iap_mllp_refused_connections", "MLLP connections closed unread: busy (IAP_MLLP_MAX_CONNECTIONS sessions open)", ["reason"]
 )
 
-DELIVERY_OUTCOMES = ("sent", "delivered", "retry", "failed", "dead", "withheld")  # the outbox's words (docs/letters.md)
+# the outbox's words (docs/letters.md); `unacknowledged`: sent, no acknowledgement in time (GPCM-SD-095): alert on it
+DELIVERY_OUTCOMES = ("sent", "delivered", "retry", "failed", "dead", "withheld", "unacknowledged")
 
 
 def count_delivery(channel: str, outcome: str) -> None:
     """One delivery event's outcome: `sent` (handed over), `delivered` (acknowledged), `retry` (will be tried again),
-    `failed` (the receiver refused it), `dead` (given up), `withheld` (consent: not sent)."""
+    `failed` (the receiver refused it), `dead` (given up), `withheld` (consent: not sent), `unacknowledged` (no
+    acknowledgement within IAP_OUTBOX_ACK_DUE_HOURS: a person is asked to follow it up, GPCM-SD-095)."""
     if outcome not in DELIVERY_OUTCOMES:
         raise ValueError(f"delivery outcome must be one of {DELIVERY_OUTCOMES}")
     DELIVERIES.labels(channel=channel, outcome=outcome).inc()

@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     outbox_backoff_max_seconds: float = Field(default=3600.0, gt=0)
     outbox_lease_seconds: int = Field(default=300, ge=5)  # a claimed delivery whose worker vanished is retried after this
     outbox_retention_days: int = Field(default=90, ge=1)  # delivered rows are deleted after this; failed/dead never
+    # GPCM-SD-095: a letter sent by MESH with no acknowledgement after this long is raised for a person (local decision: 48 h)
+    outbox_ack_due_hours: float = Field(default=48.0, gt=0)
     mesh_url: str | None = None  # e.g. https://msg.intspineservices.nhs.uk; unset = no MESH transport
     mesh_mailbox: str | None = None
     mesh_password: str | None = None

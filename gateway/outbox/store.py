@@ -40,8 +40,9 @@ __all__ = [
     "summary",
 ]
 
-STATUSES = ("pending", "sending", "sent", "delivered", "failed", "dead", "withheld", "superseded")
-KEPT = ("pending", "sending", "sent", "failed", "dead", "withheld")  # retention never deletes these
+# unacknowledged: sent, but no acknowledgement came within IAP_OUTBOX_ACK_DUE_HOURS (GPCM-SD-095; a late one still counts)
+STATUSES = ("pending", "sending", "sent", "unacknowledged", "delivered", "failed", "dead", "withheld", "superseded")
+KEPT = ("pending", "sending", "sent", "unacknowledged", "failed", "dead", "withheld")  # retention never deletes these
 PURGEABLE = ("delivered", "superseded")
 WAITING = ("pending", "sending")  # not yet handed to a transport: the outbox's depth
 

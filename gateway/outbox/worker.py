@@ -25,7 +25,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from tenacity import RetryCallState, stop_after_attempt, wait_exponential_jitter
 
+from fhir_mapping import codes
 from fhir_mapping.datetimes import to_fhir_instant
+from fhir_mapping.ids import resource_id
 from fhir_mapping.letters.document import letter_version, nhs_number, patient_name
 from fhir_mapping.letters.itk3 import ItkContext, message_header_id, parse_itk_response, render_itk3
 from fhir_mapping.letters.types import LetterType, letter_types
@@ -56,9 +58,11 @@ from gateway.rules.sender_schema import SenderRegistry, load_senders
 from gateway.settings import Settings
 from gateway.store.jsontext import dumps
 from gateway.store.models import OutboxRow
-from gateway.store.repo import get_resource, put_resource
+from gateway.store.repo import get_for_update, get_resource, put_resource
 
-__all__ = ["RetryPolicy", "Deliverer", "deliverer_from_settings", "run_deliverer"]
+__all__ = ["RetryPolicy", "Deliverer", "deliverer_from_settings", "run_deliverer", "unacknowledged_task", "OUTBOX_TASK_SYSTEM"]
+
+OUTBOX_TASK_SYSTEM = f"{codes.GATEWAY_BASE}/CodeSystem/outbox-task"  # work the outbox raises for a person
 
 log = structlog.get_logger("iap.outbox")
 DONE = ("delivered", "withheld", "superseded")
@@ -92,6 +96,7 @@ class Deliverer:
     print_dir: Any = None
     lease: timedelta = timedelta(minutes=5)
     retention: timedelta = timedelta(days=90)
+    ack_due: timedelta = timedelta(hours=48)  # GPCM-SD-095: no acknowledgement after this long -> a person follows it up
     worker: str = field(default_factory=lambda: f"{socket.gethostname()[:40]}:{uuid.uuid4().hex[:8]}")
     senders: SenderRegistry = field(default_factory=lambda: SenderRegistry([]))
     _skipped: set[str] = field(default_factory=set)
@@ -109,10 +114,11 @@ class Deliverer:
         """Deliver what is due, poll acknowledgements, apply retention; counts of each."""
         outcomes = self.deliver_once()
         acks = self.poll_acks()
+        overdue = self.raise_unacknowledged()
         with self.sessions.begin() as session:
             purged = store.purge(session, self.clock.now() - self.retention)
         counts = {status: sum(1 for _, s in outcomes if s == status) for status in store.STATUSES}
-        return {k: v for k, v in counts.items() if v} | {"acknowledgements": acks, "purged": purged}
+        return {k: v for k, v in counts.items() if v} | {"acknowledgements": acks, "unacknowledged": overdue, "purged": purged}
 
     def deliver_once(self, only: str | None = None, limit: int = 20) -> list[tuple[str, str]]:
         """Claim due deliveries and attempt each once: [(delivery id, status after)]."""
@@ -309,7 +315,9 @@ class Deliverer:
         with self.sessions() as session:
             sent = list(
                 session.execute(
-                    select(OutboxRow.id, OutboxRow.message_id).where(OutboxRow.status == "sent", OutboxRow.transport == "mesh").limit(500)
+                    select(OutboxRow.id, OutboxRow.message_id)
+                    .where(OutboxRow.status.in_(("sent", "unacknowledged")), OutboxRow.transport == "mesh")
+                    .limit(500)
                 ).all()
             )
         try:
@@ -359,6 +367,33 @@ class Deliverer:
         client.acknowledge_message(message_id)
         return recorded
 
+    def raise_unacknowledged(self) -> int:
+        """GPCM-SD-095: a letter sent by MESH with no acknowledgement (infrastructure or business) within `ack_due`
+        is shown `unacknowledged`, counted (`iap_deliveries_total{outcome="unacknowledged"}`) and given to a person:
+        a Task for the sending service's desk. Each delivery is raised once."""
+        now = self.clock.now()
+        with self.sessions.begin() as session:
+            rows = (
+                session.execute(
+                    select(OutboxRow)
+                    .where(OutboxRow.status == "sent", OutboxRow.transport == "mesh", OutboxRow.updated_at <= now - self.ack_due)
+                    .with_for_update()
+                    .limit(500)
+                )
+                .scalars()
+                .all()
+            )
+            for row in rows:
+                hours = f"{self.ack_due.total_seconds() / 3600:g}"
+                reason = f"no acknowledgement {hours} hours after sending (GPCM-SD-095): check with the recipient"
+                row.status, row.reason, row.updated_at = "unacknowledged", reason, now
+                _event(session, row, "ack-overdue", "unacknowledged", reason, now)
+                found = get_for_update(session, "DocumentReference", row.letter_id)
+                put_resource(session, unacknowledged_task(row, now), now, found[1] if found else None)
+        for row in rows:
+            log.warning("outbox.unacknowledged", delivery=row.id, transport=row.transport)
+        return len(rows)
+
     def _by(self, column: Any, value: str | None) -> str | None:
         if not value:
             return None
@@ -378,9 +413,9 @@ class Deliverer:
         with self.sessions.begin() as session:
             row = self._row(session, delivery)
             _event(session, row, kind, outcome, detail, now)
-            if outcome == "failed" and row.status in ("sent", "delivered"):
+            if outcome == "failed" and row.status in ("sent", "unacknowledged", "delivered"):
                 row.status, row.reason, row.updated_at = "failed", detail, now
-            elif outcome == "delivered" and row.status == "sent":
+            elif outcome == "delivered" and row.status in ("sent", "unacknowledged"):  # a late acknowledgement still counts
                 row.status, row.updated_at = "delivered", now
                 _settle(session, row.letter_id, now)
         log.info("outbox.ack", delivery=delivery, kind=kind, outcome=outcome)
@@ -403,6 +438,26 @@ def _event(session: Session, row: OutboxRow, kind: str, outcome: str, detail: st
         detail=f"{kind}: {detail}",
         now=now,
     )
+
+
+def unacknowledged_task(row: OutboxRow, now: datetime) -> dict[str, Any]:
+    """The service desk's work item for a letter nobody acknowledged (GPCM-SD-095): one per delivery."""
+    task: dict[str, Any] = {
+        "resourceType": "Task",
+        "id": resource_id("Task", f"Outbox/{row.id}", "unacknowledged"),
+        "status": "requested",
+        "intent": "order",
+        "priority": "urgent",
+        "code": {"coding": [{"system": OUTBOX_TASK_SYSTEM, "code": "letter-unacknowledged", "display": "Letter not acknowledged"}]},
+        "description": f"The {row.letter_type} letter sent to {row.recipient_kind} {row.address or ''} was not acknowledged: "
+        "check with the recipient that it arrived, and resend or send it another way",
+        "focus": {"reference": f"DocumentReference/{row.letter_id}"},
+        "authoredOn": to_fhir_instant(now),
+        "reasonCode": {"text": "GPCM-SD-095: the infrastructure and business acknowledgements did not arrive in time"},
+    }
+    if row.patient_id:
+        task["for"] = {"reference": f"Patient/{row.patient_id}"}
+    return task
 
 
 def _settle(session: Session, letter_id: str, now: datetime) -> None:
@@ -463,6 +518,7 @@ def deliverer_from_settings(
         print_dir=settings.print_dir,
         lease=timedelta(seconds=settings.outbox_lease_seconds),
         retention=timedelta(days=settings.outbox_retention_days),
+        ack_due=timedelta(hours=settings.outbox_ack_due_hours),
         senders=senders,
     )
 
