@@ -15,7 +15,7 @@ from __future__ import annotations
 import calendar
 import re
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
+from datetime import UTC, date, datetime, time, timedelta, timezone, tzinfo
 from functools import cache
 from zoneinfo import ZoneInfo
 
@@ -33,6 +33,7 @@ __all__ = [
     "age_reached",
     "london_date",
     "add_wall_clock",
+    "end_of_london_day",
     "is_england_bank_holiday",
     "Hl7Time",
     "parse_hl7_time",
@@ -208,6 +209,13 @@ def add_wall_clock(moment: datetime, delta: timedelta) -> datetime:
     (day-based waiting times, PC-06/PC-10/TT-08, are calendar days, whatever the clocks did in between)."""
     local = moment.astimezone(LONDON).replace(tzinfo=None) + delta
     return local.replace(tzinfo=LONDON).astimezone(UTC)
+
+
+def end_of_london_day(moment: datetime) -> datetime:
+    """The end of `moment`'s Europe/London day, as the first instant of the next day (00:00 London, in UTC): a target
+    "within N days" is met at any time on its last day (TT-08, TT-09; issue 33), whatever the clocks did in between."""
+    following = london_date(moment) + timedelta(days=1)
+    return datetime.combine(following, time(0), tzinfo=LONDON).astimezone(UTC)
 
 
 def is_england_bank_holiday(day: date) -> bool:

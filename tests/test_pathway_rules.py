@@ -205,7 +205,7 @@ def test_referral_inputs_refused_name_their_element() -> None:
 def test_seven_working_days_skip_the_christmas_bank_holidays_PC_07() -> None:
     rules = REGISTRY.services["rdash-rotherham"]
     start = datetime(2026, 12, 24, 10, 0, tzinfo=UTC)  # Thursday; 25 Dec, 28 Dec (Boxing Day substitute) and 1 Jan are holidays
-    assert due_time(rules.clocks["pcmhh-screening"], start) == datetime(2027, 1, 7, 10, 0, tzinfo=UTC)
+    assert due_time(rules.clocks["pcmhh-screening"], start) == datetime(2027, 1, 8, 0, 0, tzinfo=UTC)  # the end of 7 January
 
 
 def test_keeping_well_call_is_three_calendar_months_after_step_out_PC_12() -> None:
@@ -281,7 +281,7 @@ def test_a_primary_care_file_asking_for_more_outcome_measures_than_it_lists_is_r
         load_pathways(tmp_path)
 
 
-def test_day_counted_clocks_keep_the_london_wall_time_across_the_clock_change_TT_08() -> None:
+def test_day_counted_clocks_end_at_the_end_of_the_london_day_across_the_clock_change_TT_08() -> None:
     rules = REGISTRY.services["north-essex-mid"]
     start = datetime(2027, 3, 10, 10, 0, tzinfo=UTC)  # 10:00 GMT; British Summer Time starts on 28 March 2027
-    assert due_time(rules.clocks["tt-initial-assessment"], start) == datetime(2027, 4, 7, 9, 0, tzinfo=UTC)  # 10:00 BST
+    assert due_time(rules.clocks["tt-initial-assessment"], start) == datetime(2027, 4, 7, 23, 0, tzinfo=UTC)  # 00:00 BST, 8 April

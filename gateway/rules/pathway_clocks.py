@@ -19,10 +19,17 @@ working days (bank holidays skipped) or calendar months, all in Europe/London.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from fhir_mapping.datetimes import add_calendar_months, add_wall_clock, add_working_days, parse_source_datetime, to_fhir_instant
+from fhir_mapping.datetimes import (
+    add_calendar_months,
+    add_wall_clock,
+    add_working_days,
+    end_of_london_day,
+    parse_source_datetime,
+    to_fhir_instant,
+)
 from gateway.rules.pathway_schema import ClockRule, PrimaryCareRules, TalkingTherapiesRules
 
 __all__ = [
@@ -43,12 +50,19 @@ ASSESSMENT_ATTENDED = "initial assessment attended"  # the TT-08 clock's stop re
 
 
 def due_time(rule: ClockRule, start: datetime) -> datetime:
+    """When clock `rule` started at `start` falls due. A target (on_due: breach) stated in days, weeks, working days or
+    months ends at the end of its last day, Europe/London (TT-08, TT-09: "within 28 days" of a referral at 09:00 on
+    1 September is met by an assessment at any time on 29 September; issue 33); one stated in hours or minutes stays
+    exact. A reminder (on_due: reminder) is due at the same London time of day."""
     if rule.after is not None:
-        return add_wall_clock(start, rule.after)
-    if rule.after_working_days is not None:
-        return add_working_days(start, rule.after_working_days)
-    assert rule.after_months is not None  # validated: exactly one window
-    return add_calendar_months(start, rule.after_months)
+        due = add_wall_clock(start, rule.after)
+        whole_days = rule.after % timedelta(days=1) == timedelta(0)
+    elif rule.after_working_days is not None:
+        due, whole_days = add_working_days(start, rule.after_working_days), True
+    else:
+        assert rule.after_months is not None  # validated: exactly one window
+        due, whole_days = add_calendar_months(start, rule.after_months), True
+    return end_of_london_day(due) if whole_days and rule.on_due == "breach" else due
 
 
 def start_clock(clocks: Clocks, name: str, rules: PrimaryCareRules | TalkingTherapiesRules, start: datetime) -> Clocks:
