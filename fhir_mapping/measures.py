@@ -9,6 +9,7 @@ its source). A bad file stops start-up with the file and field named.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -129,6 +130,10 @@ class ScoreSpec(_Strict):
         return self
 
     def band_for(self, value: float) -> Band | None:
+        """The band of `value`. Bands of a sum end at whole scores: an exact prorated total between two edges is in the
+        band of the whole score it has reached (CORE-10 10.6 is "low", it has not reached the cut-off 11), as caseness reads it."""
+        if self.method == "sum" and all(float(b.up_to).is_integer() for b in self.bands):
+            value = math.floor(value)
         return next((b for b in self.bands if value <= b.up_to), None)
 
 

@@ -19,7 +19,7 @@ from fhir_mapping.fhir import Flag, Observation, QuestionnaireResponse, build, t
 from fhir_mapping.ids import resource_id
 from fhir_mapping.scoring import RiskHit, ScoredResponse
 
-__all__ = ["stored_response", "score_observations", "risk_flag", "escalate_task", "BAND_SYSTEM"]
+__all__ = ["stored_response", "score_observations", "risk_flag", "escalate_task", "names_risk", "risk_summary", "BAND_SYSTEM"]
 
 BAND_SYSTEM = f"{codes.GATEWAY_BASE}/CodeSystem/score-band"
 RISK_ITEM_SYSTEM = f"{codes.GATEWAY_BASE}/CodeSystem/measure-risk-item"
@@ -102,25 +102,37 @@ def score_observations(
     return out
 
 
+REFUSED = "in a QuestionnaireResponse refused for other reasons (not stored; gateway id {qr_id})"
+
+
 def risk_flag(
-    scored: ScoredResponse, hit: RiskHit, qr_id: str, subject: dict[str, str], encounter: dict[str, str] | None, start: str
+    scored: ScoredResponse,
+    hit: RiskHit,
+    qr_id: str,
+    subject: dict[str, str],
+    encounter: dict[str, str] | None,
+    start: str,
+    refused: bool = False,
 ) -> dict[str, Any]:
-    """A Flag on the patient for a risk answer when no open CAS case can take it (never lost)."""
+    """A Flag on the patient for a risk answer when no open CAS case can take it (never lost). Its id is the
+    response's and the item's, so a re-send (refused or not) finds the same Flag. A refused response is not
+    stored: its Flag says so instead of pointing at it (issue 33)."""
+    detail = (
+        [{"url": "http://hl7.org/fhir/StructureDefinition/flag-detail", "valueReference": {"reference": f"QuestionnaireResponse/{qr_id}"}}]
+        if not refused
+        else None
+    )
+    where = f" {REFUSED.format(qr_id=qr_id)}" if refused else ""
     flag = build(
         Flag,
         id=resource_id("Flag", qr_id, hit.link_id),
         meta={"profile": [f"{codes.UKCORE}Flag"]},
-        extension=[
-            {
-                "url": "http://hl7.org/fhir/StructureDefinition/flag-detail",
-                "valueReference": {"reference": f"QuestionnaireResponse/{qr_id}"},
-            }
-        ],
+        extension=detail,
         status="active",
         category=[{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/flag-category", "code": "safety", "display": "Safety"}]}],
         code={
             "coding": [{"system": RISK_ITEM_SYSTEM, "code": f"{scored.measure.id}-{hit.link_id}", "display": hit.reason}],
-            "text": f"{hit.reason}: answered '{hit.answer_display}'",
+            "text": f"{hit.reason}: answered '{hit.answer_display}'{where}",
         },
         subject=subject,
         encounter=encounter,
@@ -129,7 +141,28 @@ def risk_flag(
     return to_json_dict(flag)
 
 
-def escalate_task(task: dict[str, Any], scored: ScoredResponse, hit: RiskHit, qr_id: str, now: datetime) -> dict[str, Any]:
+def names_risk(task: dict[str, Any], qr_id: str, hit: RiskHit) -> bool:
+    """The Task already carries this response's reason for this risk item (a re-send escalates nothing twice)."""
+    return any(qr_id in i.get("valueString", "") and hit.reason in i.get("valueString", "") for i in task.get("input", []))
+
+
+def risk_summary(scored: ScoredResponse, hits: list[RiskHit]) -> str:
+    """For $explain (a Provenance's reason): which items, answered how, and the scoring-file setting that decided."""
+    parts = []
+    for hit in hits:
+        item = scored.measure.item_spec(hit.link_id)
+        risk = item.risk if item else None
+        setting = f"above {risk.above:g}" if risk and risk.above is not None else f"equals {risk.equals}" if risk else "?"
+        parts.append(
+            f"{scored.measure.spec.title} item {hit.link_id} answered '{hit.answer_display}'"
+            f" (setting: {scored.measure.id}.scoring.yaml items[{hit.link_id}].risk: {setting})"
+        )
+    return "; ".join(parts) + ": classified Urgent CN Review"
+
+
+def escalate_task(
+    task: dict[str, Any], scored: ScoredResponse, hit: RiskHit, qr_id: str, now: datetime, refused: bool = False
+) -> dict[str, Any]:
     """CAS-04/CAS-10: the open CAS case for this patient becomes Urgent CN Review, saying why."""
     updated = {k: v for k, v in task.items() if k != "meta"}
     updated["businessStatus"] = {
@@ -140,7 +173,7 @@ def escalate_task(task: dict[str, Any], scored: ScoredResponse, hit: RiskHit, qr
     updated["lastModified"] = to_fhir_instant(now)
     reason = (
         f"CAS-10: {scored.measure.spec.title} {hit.reason} answered '{hit.answer_display}' "
-        f"(QuestionnaireResponse/{qr_id}): classified Urgent CN Review"
+        f"({REFUSED.format(qr_id=qr_id) if refused else f'QuestionnaireResponse/{qr_id}'}): classified Urgent CN Review"
     )
     updated["input"] = [
         *task.get("input", []),

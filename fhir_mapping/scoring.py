@@ -20,7 +20,7 @@ from adapters.problems import GatewayInputError, Kind, Problem
 from fhir_mapping.fhir import QuestionnaireResponse, to_json_dict
 from fhir_mapping.measures import Band, Measure, MeasureCatalogue, ScaleEntry, ScoreSpec
 
-__all__ = ["Score", "RiskHit", "ScoredResponse", "check_response", "score_answers", "item_path"]
+__all__ = ["Score", "RiskHit", "ScoredResponse", "check_response", "score_answers", "item_path", "risk_answers", "unanswered_required"]
 
 _VALUE_KEYS = {
     "choice": ("valueCoding", "valueInteger", "valueString"),
@@ -125,8 +125,8 @@ def check_response(qr: dict[str, Any], catalogue: MeasureCatalogue) -> tuple[Mea
             continue
         answers[link_id] = answer
     if qr.get("status") == "completed":
-        for link_id in _required(measure):
-            if link_id not in answers and not any(p.element == item_path(link_id) for p in problems):
+        for link_id in unanswered_required(measure, answers):
+            if not any(p.element == item_path(link_id) for p in problems):
                 problems.append(
                     Problem(Kind.UNPROCESSABLE, item_path(link_id), f"required item {link_id!r} has no answer in a completed response")
                 )
@@ -146,21 +146,65 @@ def _flatten(items: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
     return [(link_id, item) for link_id, item in out if "answer" in item or not item.get("item")]
 
 
-def _required(measure: Measure) -> list[str]:
-    questions = (measure.question(link) for link in _all_link_ids(measure.questionnaire))
-    return [q["linkId"] for q in questions if q and q.get("required") and q.get("type") != "group"]
+def unanswered_required(measure: Measure, answers: dict[str, dict[str, Any]]) -> list[str]:
+    """The required items a completed response must still answer: only those enabled (`enableWhen`, so GBO's goal 2
+    and 3 ratings only when their goal is given, PC-14), and not those the instrument's own scoring rule lets it
+    prorate over (CORE-10: one item), since that score is still computed (issue 33)."""
+    missing = [link for link in _enabled_required(measure, measure.questionnaire.get("item") or [], answers) if link not in answers]
+    if not missing:
+        return []
+    scores = score_answers(measure, answers).scores
+    return [link for link in missing if not _prorated_over(measure, scores, link)]
 
 
-def _all_link_ids(questionnaire: dict[str, Any]) -> list[str]:
+def _enabled_required(measure: Measure, items: list[dict[str, Any]], answers: dict[str, dict[str, Any]]) -> list[str]:
     out: list[str] = []
-
-    def walk(items: list[dict[str, Any]]) -> None:
-        for item in items:
+    for item in items:
+        if not _enabled(item, answers):
+            continue  # a disabled item, and every item under it, is never required (FHIR R4 Questionnaire.item.enableWhen)
+        if item.get("required") and item.get("type") != "group":
             out.append(item["linkId"])
-            walk(item.get("item") or [])
-
-    walk(questionnaire.get("item") or [])
+        out += _enabled_required(measure, item.get("item") or [], answers)
     return out
+
+
+def _prorated_over(measure: Measure, scores: list[Score], link_id: str) -> bool:
+    """A missing item every score of which is prorated (a published rule: `prorate`) and still has a value."""
+    using = [s for s in scores if link_id in measure.score_items(s.spec)]
+    return bool(using) and all(s.spec.missing.rule == "prorate" and s.value is not None for s in using)
+
+
+def _enabled(item: dict[str, Any], answers: dict[str, dict[str, Any]]) -> bool:
+    """FHIR R4 enableWhen over the checked answers: `all` (the default) or `any` of the conditions."""
+    conditions = item.get("enableWhen") or []
+    if not conditions:
+        return True
+    results = [_condition_met(c, answers.get(str(c.get("question")))) for c in conditions]
+    return any(results) if item.get("enableBehavior") == "any" else all(results)
+
+
+def _condition_met(condition: dict[str, Any], answer: dict[str, Any] | None) -> bool:
+    operator = str(condition.get("operator"))
+    expected_key = next((k for k in condition if k.startswith("answer")), None)
+    expected: Any = condition[expected_key] if expected_key else None
+    if operator == "exists":
+        return (answer is not None) is bool(expected)
+    if answer is None or expected_key is None:
+        return False  # an unanswered question meets no comparison, `!=` included (R4 leaves it open)
+    given = answer.get("value" + expected_key.removeprefix("answer"))
+    if expected_key == "answerCoding":
+        wanted = expected if isinstance(expected, dict) else {}
+        same = isinstance(given, dict) and (given.get("system"), given.get("code")) == (wanted.get("system"), wanted.get("code"))
+        return same if operator == "=" else (not same if operator == "!=" else False)
+    if given is None:
+        return False
+    compare = {"=": given == expected, "!=": given != expected}
+    if operator in compare:
+        return compare[operator]
+    try:
+        return {">": given > expected, "<": given < expected, ">=": given >= expected, "<=": given <= expected}[operator]
+    except (KeyError, TypeError):
+        return False
 
 
 def _check_answer(measure: Measure, question: dict[str, Any], link_id: str, answer: dict[str, Any]) -> str | None:
@@ -223,13 +267,49 @@ def score_answers(measure: Measure, answers: dict[str, dict[str, Any]]) -> Score
         result.scores.append(_score(measure, spec, item_scores, not_applicable))
     for item in measure.spec.items:
         answer = answers.get(item.link_id)
-        if item.risk is None or answer is None:
-            continue
-        entry = _entry_for(measure, item.link_id, answer)
-        # thresholds are on the answer's own scale, before any reversal (ReQoL-10 item 6 is both reversed and a risk item)
-        if item.risk.raised_by(entry.score if entry else None, answer):
-            result.risks.append(RiskHit(item.link_id, item.risk.reason, (entry.display if entry else None) or _describe(answer)))
+        hit = _risk_hit(measure, item.link_id, answer) if answer is not None else None
+        if hit:
+            result.risks.append(hit)
     return result
+
+
+def _risk_hit(measure: Measure, link_id: str, answer: dict[str, Any]) -> RiskHit | None:
+    item = measure.item_spec(link_id)
+    if item is None or item.risk is None:
+        return None
+    entry = _entry_for(measure, link_id, answer)
+    # thresholds are on the answer's own scale, before any reversal (ReQoL-10 item 6 is both reversed and a risk item)
+    if item.risk.raised_by(entry.score if entry else None, answer):
+        return RiskHit(link_id, item.risk.reason, (entry.display if entry else None) or _describe(answer))
+    return None
+
+
+def risk_answers(qr: dict[str, Any], catalogue: MeasureCatalogue) -> list[RiskHit]:
+    """The risk items (PHQ-9 item 9, CORE-10 item 6, ReQoL-10 item 6, red flags) a response raises, read before, and
+    whatever, anything else in it is refused (issue 33: a risk answer is never lost). Never raises: an answer it cannot
+    read as one of the item's own answers raises nothing here (the refusal names it)."""
+    reference = qr.get("questionnaire")
+    measure = catalogue.find(reference) if isinstance(reference, str) else None
+    items = qr.get("item")
+    if measure is None or not isinstance(items, list):
+        return []
+    hits: dict[str, RiskHit] = {}
+    try:
+        flat = _flatten(items)
+    except (AttributeError, TypeError):
+        return []  # not a list of items: nothing can be read as an answer
+    for link_id, item in flat:
+        question = measure.question(link_id)
+        given = item.get("answer")
+        if question is None or link_id in hits or not isinstance(given, list):
+            continue
+        for answer in given:  # any answer given (even one too many) that raises the risk is acted on
+            if isinstance(answer, dict) and _check_answer(measure, question, link_id, answer) is None:
+                hit = _risk_hit(measure, link_id, answer)
+                if hit:
+                    hits[link_id] = hit
+                    break
+    return list(hits.values())
 
 
 def _reverse(measure: Measure, scale: str, score: float) -> float:
@@ -261,8 +341,13 @@ def _score(measure: Measure, spec: ScoreSpec, item_scores: dict[str, float | Non
     elif spec.method == "sum":
         if missing and (rule.rule != "prorate" or len(missing) > (rule.max_missing or 0)):
             return unscored(f"{unanswered}; at most {rule.max_missing or 0} may be prorated")
-        value = round(sum(numbers) * expected / used if missing else sum(numbers), spec.decimals or 0)
-        note = f"prorated from {used} of {expected} items" if missing else None
+        if missing:  # the exact prorated value (issue 33), rounded only where the scoring file sets `decimals`
+            prorated = sum(numbers) * expected / used
+            value = prorated if spec.decimals is None else round(prorated, spec.decimals)
+            formula = f"{_number(sum(numbers))} x {expected} / {used}"
+            note = f"prorated from {used} of {expected} items ({formula}; {', '.join(missing)} unanswered)"
+        else:
+            value = round(sum(numbers), spec.decimals or 0)
     else:  # mean
         if missing and (rule.rule != "min_answered" or used < (rule.at_least or expected)):
             return unscored(f"not scored: {used} of {expected} items answered; at least {rule.at_least or expected} needed")
@@ -271,3 +356,7 @@ def _score(measure: Measure, spec: ScoreSpec, item_scores: dict[str, float | Non
     if spec.decimals is None and float(value).is_integer():
         value = int(value)
     return Score(spec, value, spec.band_for(value), used, expected, note)
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)

@@ -25,13 +25,23 @@ from fhir_mapping.fhir import Patient, build, to_json_dict
 from fhir_mapping.ids import resource_id
 from fhir_mapping.measures import MeasureCatalogue
 from fhir_mapping.replies import batch_response
-from fhir_mapping.score_resources import escalate_task, risk_flag, score_observations, stored_response
-from fhir_mapping.scoring import ScoredResponse, check_response, read_response, score_answers
+from fhir_mapping.score_resources import (
+    REFUSED,
+    escalate_task,
+    names_risk,
+    risk_flag,
+    risk_summary,
+    score_observations,
+    stored_response,
+)
+from fhir_mapping.scoring import RiskHit, ScoredResponse, check_response, item_path, read_response, risk_answers, score_answers
+from gateway.cases import provenance
 from gateway.clock import Clock
 from gateway.messages import Inbound, Reply, commit_message, previous, resend_or_refuse
-from gateway.store.repo import find_by_identifier, get_resource, open_cas_tasks
+from gateway.store.db import write_transaction
+from gateway.store.repo import find_by_identifier, get_for_update, get_resource, open_cas_tasks, put_resource
 
-__all__ = ["ResponseIntake", "score_offline", "CHANNEL_RESPONSES", "response_resources", "response_id"]
+__all__ = ["ResponseIntake", "score_offline", "CHANNEL_RESPONSES", "response_resources", "response_id", "risk_actions"]
 
 log = structlog.get_logger("iap.responses")
 CHANNEL_RESPONSES = "questionnaire-response"
@@ -39,11 +49,25 @@ CHANNEL_RESPONSES = "questionnaire-response"
 
 def _parse(raw: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
     """The response as sent (its id and answers are read from that) and as its FHIR model writes it (what is stored)."""
+    qr = _response_object(raw)
+    return qr, _checked(qr)
+
+
+def _response_object(raw: bytes) -> dict[str, Any]:
     qr = parse_json_object(raw, "QuestionnaireResponse")
     if qr.get("resourceType") != "QuestionnaireResponse":
         raise GatewayInputError(
             Problem(Kind.STRUCTURE, "resourceType", f"expected a QuestionnaireResponse, got {str(qr.get('resourceType'))[:40]!r}")
         )
+    return qr
+
+
+def _risk_problem(hit: RiskHit, what: str) -> Problem:
+    return Problem(Kind.BUSINESS_RULE, item_path(hit.link_id), f"risk: {hit.reason}, answered '{hit.answer_display}': {what}", "warning")
+
+
+def _checked(qr: dict[str, Any]) -> dict[str, Any]:
+    """The response as its FHIR model writes it (what is stored), with `authored` checked."""
     as_fhir, problems = read_response(qr)
     if problems:
         raise GatewayInputError(problems)
@@ -58,7 +82,7 @@ def _parse(raw: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
         raise GatewayInputError(Problem(Kind.VALUE, "QuestionnaireResponse.authored", f"dates must carry a timezone: {exc}")) from None
     except ValueError as exc:
         raise GatewayInputError(Problem(Kind.VALUE, "QuestionnaireResponse.authored", str(exc))) from None
-    return qr, as_fhir
+    return as_fhir
 
 
 def response_id(qr: dict[str, Any]) -> str:
@@ -96,15 +120,37 @@ def response_resources(
     """What the gateway stores for one response: the response, its score Observations, and the risk action."""
     effective = to_fhir_instant(parse_source_datetime(qr["authored"]))
     resources = [stored_response(qr, scored, qr_id, subject, encounter), *score_observations(scored, qr_id, subject, encounter, effective)]
-    for hit in scored.risks:
+    return resources + risk_actions(scored, scored.risks, qr_id, subject, encounter, effective, now, open_tasks)
+
+
+def risk_actions(
+    scored: ScoredResponse,
+    hits: list[RiskHit],
+    qr_id: str,
+    subject: dict[str, str],
+    encounter: dict[str, str] | None,
+    effective: str,
+    now: datetime,
+    open_tasks: list[dict[str, Any]] | None,
+    refused: bool = False,
+) -> list[dict[str, Any]]:
+    """CAS-10 (CAS-04): each open CAS Task escalated to Urgent CN Review, with a Provenance for $explain naming the rule,
+    the answers and the scoring-file setting that decided; with no open case, a Flag per risk item. A Task already
+    carrying this response's reason for an item (a re-send) is not escalated again for it."""
+    resources: list[dict[str, Any]] = []
+    escalated: dict[str, tuple[dict[str, Any], list[RiskHit]]] = {}
+    for hit in hits:
         if open_tasks:
-            resources += [escalate_task(task, scored, hit, qr_id, now) for task in open_tasks]
-            open_tasks = [r for r in resources if r["resourceType"] == "Task"]  # a second hit builds on the first
+            for task in open_tasks:
+                current, done = escalated.get(task["id"], (task, []))  # a second hit builds on the first
+                if not names_risk(current, qr_id, hit):
+                    escalated[task["id"]] = (escalate_task(current, scored, hit, qr_id, now, refused), [*done, hit])
         else:
-            resources.append(risk_flag(scored, hit, qr_id, subject, encounter, effective))
-    # one resource per id (several risk hits on one Task: keep the last, which carries every reason)
-    by_key = {f"{r['resourceType']}/{r['id']}": r for r in resources}
-    return list(by_key.values())
+            resources.append(risk_flag(scored, hit, qr_id, subject, encounter, effective, refused))
+    for task, task_hits in escalated.values():
+        why = risk_summary(scored, task_hits) + (f" ({REFUSED.format(qr_id=qr_id)})" if refused else f" (QuestionnaireResponse/{qr_id})")
+        resources += [task, provenance(task, "risk-escalation", "IAP gateway", ("CAS-10", "CAS-04"), why, now, policy=scored.measure.url)]
+    return resources
 
 
 def score_offline(raw: bytes, catalogue: MeasureCatalogue, now: datetime) -> dict[str, Any]:
@@ -151,11 +197,71 @@ class ResponseIntake:
         self.clock = clock
 
     def receive(self, raw: bytes) -> Reply:
-        qr, as_fhir = _parse(raw)
+        """Take a response; if it is refused, its risk answers are acted on all the same, and the refusal says how."""
+        qr = _response_object(raw)
         qr_id = response_id(qr)
         original = previous(self.sessions, CHANNEL_RESPONSES, qr_id)
         if original is not None:
             return resend_or_refuse(original, raw, "QuestionnaireResponse.identifier")
+        try:
+            return self._take(raw, qr, qr_id)
+        except GatewayInputError as refused:
+            hits = risk_answers(qr, self.catalogue)
+            if not hits:
+                raise
+            raise GatewayInputError([*refused.problems, *self._act_on_refused(qr, qr_id, hits)], stage=refused.stage) from None
+
+    def _act_on_refused(self, qr: dict[str, Any], qr_id: str, hits: list[RiskHit]) -> list[Problem]:
+        """Issue 33: a risk answer is never lost. In its own (audited) transaction, the risk items of a refused response
+        escalate the patient's open CAS case (CAS-10) or raise a Flag; a re-send finds them done (deterministic ids,
+        `names_risk`). Not acted on only when the response names no known patient, or two (subject and encounter)."""
+        measure = self.catalogue.find(str(qr["questionnaire"]))
+        assert measure is not None  # risk_answers found it
+        scored = ScoredResponse(measure, {}, risks=hits)
+        now = self.clock.now()
+        try:
+            effective = to_fhir_instant(parse_source_datetime(str(qr.get("authored"))))
+        except (OffsetMissing, ValueError):
+            effective = to_fhir_instant(now)
+        done: list[str] = []
+        try:
+            with write_transaction(self.sessions) as session:
+                subject, new_patient = self._subject(session, qr)
+                self._encounter_if_known(session, qr, subject)
+                open_tasks = open_cas_tasks(session, subject["reference"].split("/", 1)[1])
+                services = {f"Task/{t['id']}": (get_for_update(session, "Task", t["id"]) or ({}, None))[1] for t in open_tasks}
+                for resource in risk_actions(scored, hits, qr_id, subject, None, effective, now, open_tasks, refused=True):
+                    key = f"{resource['resourceType']}/{resource['id']}"
+                    if resource["resourceType"] == "Flag" and get_resource(session, "Flag", resource["id"]) is not None:
+                        done.append(f"{key} (raised when this response was first sent)")
+                        continue
+                    if new_patient:
+                        put_resource(session, new_patient, now)
+                        new_patient = None
+                    target = resource["target"][0]["reference"] if resource["resourceType"] == "Provenance" else None
+                    put_resource(session, resource, now, services.get(target or ""))  # a case's record: the case's service
+                    if resource["resourceType"] != "Provenance":
+                        done.append(f"{key} ({'Urgent CN Review, CAS-10' if resource['resourceType'] == 'Task' else 'raised'})")
+                if not done:
+                    done = [f"{t['resourceType']}/{t['id']} (escalated when this response was first sent)" for t in open_tasks]
+        except GatewayInputError as why:
+            reason = why.first_error.message if why.first_error else "the response's patient is not known"
+            log.warning("response.refused.risk_not_acted_on", measure=measure.id, risks=len(hits))
+            return [_risk_problem(hit, f"NOT acted on: {reason}; correct the response and send it again") for hit in hits]
+        log.info("response.refused.risk_acted_on", measure=measure.id, risks=len(hits), actions=len(done))
+        acted = "acted on although this response is refused (the response itself is not stored): " + ", ".join(done)
+        return [_risk_problem(hit, acted) for hit in hits]
+
+    def _encounter_if_known(self, session: Session, qr: dict[str, Any], subject: dict[str, str]) -> None:
+        """A refused response's encounter: an unknown one is ignored, another patient's makes the patient uncertain."""
+        try:
+            self._encounter(session, qr, subject)
+        except GatewayInputError as why:
+            if "another patient's" in (why.first_error.message if why.first_error else ""):
+                raise
+
+    def _take(self, raw: bytes, qr: dict[str, Any], qr_id: str) -> Reply:
+        as_fhir = _checked(qr)
         measure, answers = check_response(qr, self.catalogue)
         scored = score_answers(measure, answers)
         now = self.clock.now()

@@ -116,7 +116,10 @@ def test_phq9_item9_above_zero_is_a_risk_even_when_the_total_is_low_or_incomplet
 @pytest.mark.parametrize(
     ("total", "band"),
     [
-        (10, "healthy-low"),
+        (0, "healthy"),
+        (5, "healthy"),
+        (6, "low"),
+        (10, "low"),
         (11, "mild"),
         (14, "mild"),
         (15, "moderate"),
@@ -126,7 +129,8 @@ def test_phq9_item9_above_zero_is_a_risk_even_when_the_total_is_low_or_incomplet
         (25, "severe"),
     ],
 )
-def test_core10_band_edges(total: int, band: str) -> None:
+def test_core10_band_edges_with_healthy_and_low_below_the_cut_off(total: int, band: str) -> None:
+    """Barkham et al. 2013: healthy 0-5 and low 6-10 below the clinical cut-off 11 (issue 33 item 11)."""
     raws = dict.fromkeys(items("core-10"), 0)
     raws["core-10-2-support"] = raws["core-10-3-cope"] = 4  # reversed items: raw 4 scores 0
     left = total
@@ -144,14 +148,33 @@ def test_core10_reverses_items_2_and_3() -> None:
     assert total_and_band(score("core-10", raws))[0] == 8  # items 2 and 3 at raw 0 score 4 each
 
 
-def test_core10_prorates_one_missing_item_but_not_two() -> None:
+def test_core10_prorates_one_missing_item_but_not_two_keeping_the_exact_value() -> None:
     raws = dict.fromkeys(items("core-10"), 2)
     raws.pop("core-10-10-unwanted-images")
     one = score("core-10", raws).score("total")
     assert one is not None and one.value == 20 and "prorated from 9 of 10" in (one.note or "")
+    raws["core-10-1-tense"] = 3
+    exact = score("core-10", raws).score("total")
+    assert exact is not None and exact.value == 19 * 10 / 9 and exact.band is not None  # 21.11..., not rounded to 21
+    assert exact.band.code == "moderate-severe"
     raws.pop("core-10-9-unhappy")
     two = score("core-10", raws).score("total")
     assert two is not None and two.value is None and "at most 1" in (two.note or "")
+
+
+@pytest.mark.parametrize(("answered", "band", "case"), [(5, "healthy", False), (6, "low", False), (9, "low", False), (10, "mild", True)])
+def test_core10_exact_prorated_total_between_band_edges_is_in_the_band_it_has_reached(answered: int, band: str, case: bool) -> None:
+    """A prorated 5.56 has not reached 6 (healthy); 10.0 is low; 11.1 has passed the cut-off 11 (mild), as caseness reads it."""
+    raws = dict.fromkeys(items("core-10"), 0) | {"core-10-2-support": 4, "core-10-3-cope": 4}
+    raws.pop("core-10-10-unwanted-images")
+    left = answered
+    for link in ("core-10-1-tense", "core-10-4-talking-too-much", "core-10-5-panic", "core-10-7-sleep"):
+        raws[link] = min(4, left)
+        left -= raws[link]
+    found = score("core-10", raws).score("total")
+    assert found is not None and found.value == pytest.approx(answered * 10 / 9) and found.band is not None
+    assert found.band.code == band
+    assert found.value is not None and found.spec.caseness is not None and found.spec.caseness.met(found.value) is case
 
 
 def test_core10_item6_above_zero_is_a_risk() -> None:
