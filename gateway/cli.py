@@ -272,6 +272,25 @@ def demo() -> None:
     _load_demo(create_app())
 
 
+practices_app = typer.Typer(no_args_is_help=True, help="The GP practice directory (NHS England ODS epraccur.csv).")
+app.add_typer(practices_app, name="practices")
+
+
+@practices_app.command("load")
+def practices_load(path: Annotated[Path, typer.Argument(help="An epraccur.csv (ODS GP practices); run again to refresh.")]) -> None:
+    """Load or refresh the GP practice directory that letters to a practice are addressed from (issue 34)."""
+    from adapters.epraccur import read_epraccur
+    from gateway.clock import SystemClock
+    from gateway.outbox.practices import load_practices
+
+    practices, problems = read_epraccur(path.read_bytes())
+    for problem in problems[:20]:
+        typer.echo(f"skipped: {problem}", err=True)
+    with _store() as sessions, sessions.begin() as session:
+        added, updated = load_practices(session, practices, SystemClock().now())
+    typer.echo(f"{len(practices)} practices read: {added} added, {updated} updated, {len(problems)} skipped")
+
+
 report_app = typer.Typer(no_args_is_help=True, help="Reports from the gateway's database.")
 app.add_typer(report_app, name="report")
 

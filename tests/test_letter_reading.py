@@ -87,6 +87,9 @@ def test_a_client_copy_when_the_gp_letter_is_withheld_is_written_to_the_client_T
     assert "GP practice" not in text and "L81001" not in text and "Synthetic Surgery" not in text
     assert "(the patient)" in text and "your patient" not in text and "update on your therapy" in text
     assert {r["recipient_kind"] for r in outbox(client)} == {"gp", "patient"}  # the GP row is still there, to be withheld at send
+    found = client.get("/fhir/Provenance", params={"target": f"DocumentReference/{reply.json()['id']}"}).json()
+    said = " ".join(str(e["resource"].get("reason", "")) + str(e["resource"].get("activity", "")) for e in found["entry"])
+    assert "gp not named as an addressee: TT-14" in said  # why, for $explain
 
 
 def test_a_letter_to_the_gp_and_the_client_names_both(client) -> None:

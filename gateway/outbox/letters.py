@@ -30,6 +30,7 @@ from fhir_mapping.letters.types import LETTER_TYPE_SYSTEM
 from gateway.cases import provenance
 from gateway.outbox import store
 from gateway.outbox.consent import withheld_because
+from gateway.outbox.practices import practice_address
 from gateway.store.repo import ResourceQuery, get_resource, put_resource, search_resources
 
 __all__ = [
@@ -91,9 +92,14 @@ def recipient_kind(recipient: Recipient, patient: dict[str, Any]) -> str:
     return "gp" if not practices or recipient.ods in practices or recipient.ods == UNKNOWN_PRACTICE else "referrer"
 
 
-def _label(recipient: Recipient, kind: str, patient: dict[str, Any]) -> str:
+def _label(session: Session, recipient: Recipient, kind: str, patient: dict[str, Any]) -> str:
     if kind == "patient":
         return f"{patient_name(patient)} (the patient)"
+    if kind == "gp" and recipient.ods != UNKNOWN_PRACTICE:
+        found = practice_address(session, recipient.ods)  # the GP practice directory (ODS epraccur.csv)
+        if found:
+            return f"{', '.join([found[0], *found[1]])} ({recipient.ods})"
+        log.warning("letter.practice_not_in_directory", ods=recipient.ods)  # addressed by code; load the ODS file
     name = recipient.display or ("GP practice" if kind == "gp" else "Referrer")
     return f"{name} ({recipient.ods})" if recipient.ods != UNKNOWN_PRACTICE else "The patient's GP practice"
 
@@ -174,7 +180,8 @@ def request_letter(session: Session, communication_request: dict[str, Any], now:
     )
     kinds = [(r, recipient_kind(r, patient)) for r in request.recipients]
     # the addressee lines name only those it goes to: a GP letter withheld (TT-02, TT-14) is not "To: GP practice"
-    sent_to = [(r, k) for r, k in kinds if withheld_because(session, request.letter_type, k, request.patient_id) is None]
+    withheld = {k: withheld_because(session, request.letter_type, k, request.patient_id) for _, k in kinds}
+    sent_to = [(r, k) for r, k in kinds if withheld[k] is None]
     sent_to.sort(key=lambda pair: ("gp", "referrer", "patient").index(pair[1]))  # "To:" the first, "Copy:" the rest
     audience = next((k for k in ("gp", "referrer", "patient") if any(kind == k for _, kind in sent_to)), "gp")
     view = letter_view(
@@ -182,7 +189,7 @@ def request_letter(session: Session, communication_request: dict[str, Any], now:
         letter_id,
         patient,
         resources,
-        [(r, _label(r, k, patient)) for r, k in sent_to],
+        [(r, _label(session, r, k, patient)) for r, k in sent_to],
         sender["name"],
         now,
         audience=audience,
@@ -210,7 +217,10 @@ def request_letter(session: Session, communication_request: dict[str, Any], now:
         "letter-requested",
         request.signed_by or "iap-gateway",
         request.rule_ids,
-        f"{request.letter_type.title} queued for {len(kinds)} recipient(s)" + (f"; replaces letter {previous}" if previous else ""),
+        f"{request.letter_type.title} queued for {len(kinds)} recipient(s)"
+        + (f"; replaces letter {previous}" if previous else "")
+        # $explain: why an addressee is left off the letter (the delivery is still checked again at send time)
+        + "".join(f"; {kind} not named as an addressee: {why}" for kind, why in withheld.items() if why),
         now,
     )
     record["target"].append({"reference": f"CommunicationRequest/{stored_request['id']}"})

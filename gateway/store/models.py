@@ -27,6 +27,7 @@ __all__ = [
     "OPEN_CAS_CASE",
     "ResourceVersionRow",
     "KEPT_VERSIONS",
+    "GpPracticeRow",
 ]
 
 # The rows on the CAS queue (CAS-02): open CAS cases. Written out with literal values, as the partial queue indexes'
@@ -312,3 +313,16 @@ class ResourceVersionRow(Base):
     version_id: Mapped[int] = mapped_column(Integer, primary_key=True)
     last_updated: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
     content: Mapped[str] = mapped_column(Text, nullable=False)
+
+
+class GpPracticeRow(Base):
+    """The GP practice directory (NHS England ODS `epraccur.csv`; `iap-gateway practices load`): who "To:" names on a
+    letter to a practice (issue 34). Replaced row by row when the file is loaded again."""
+
+    __tablename__ = "gp_practices"
+
+    ods: Mapped[str] = mapped_column(String(10), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), nullable=False)
+    address: Mapped[str] = mapped_column(Text, nullable=False)  # address lines then postcode, one per line
+    status: Mapped[str] = mapped_column(String(1), nullable=False)  # ODS status: A active, C closed, D dormant, P proposed
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
