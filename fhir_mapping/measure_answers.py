@@ -12,6 +12,7 @@ from typing import Any
 
 from fhir_mapping.datetimes import to_fhir_instant
 from fhir_mapping.measures import MeasureCatalogue
+from fhir_mapping.scoring import unanswered_required
 
 __all__ = ["responses_from_item_scores"]
 
@@ -42,9 +43,9 @@ def responses_from_item_scores(
                 {"linkId": link, "answer": [{"valueInteger": entry.value} if entry.value is not None else {"valueCoding": coding}]}
             )
         extras = (extra_items or {}).get(measure_id, [])
-        complete = None not in values and all(
-            q["linkId"] in {i["linkId"] for i in items + extras} for q in measure.questionnaire.get("item", []) if q.get("required")
-        )
+        # completed when every required item that is enabled is answered (GBO: a goal not given needs no rating, PC-14),
+        # less what the instrument prorates over (scoring.unanswered_required)
+        complete = not unanswered_required(measure, {i["linkId"]: i["answer"][0] for i in extras + items if i.get("answer")})
         out.append(
             {
                 "resourceType": "QuestionnaireResponse",

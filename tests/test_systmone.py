@@ -83,3 +83,11 @@ def test_a_contact_changed_since_first_received_is_a_conflict_and_changes_nothin
     reply = post(client, to_csv([first | {"contact_code": "XaZrH"}])).json()  # re-exported as a follow-up
     assert reply["conflict"] == 1 and [i["expression"] for i in reply["rows"][0]["issues"]] == [["row[1].contact_code"]]
     assert stored() == before
+
+
+def test_a_gbo_with_two_of_three_goals_is_a_completed_response_PC_14(client) -> None:
+    """PC-14: up to 3 goals; goal 3 not given, so its rating is not enabled and not missing (enableWhen)."""
+    reply = post(client, EXTRACT.read_bytes()).json()
+    responses = _resources(client, reply["rows"][0]["resources"], "QuestionnaireResponse")
+    (gbo,) = [r for r in responses if r["questionnaire"].startswith("https://fhir.iap-gateway.org/Questionnaire/gbo|")]
+    assert gbo["status"] == "completed"
