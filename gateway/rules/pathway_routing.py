@@ -211,9 +211,17 @@ def _route_talking_therapies(
         fact = measures.get(measure)
         if fact is None or fact.band is None:
             continue
-        severity = rules.severity(measure, fact.band)
         rule = "TT-05" if measure == "phq-9" else "TT-06"
-        decision.because(rule, f"{measure.upper()} {fact.score:g}: {fact.band} -> severity {severity}")
+        stepping = rules.stepping_severity(measure, fact.score)
+        if stepping is None:
+            severity = rules.severity(measure, fact.band)
+            decision.because(rule, f"{measure.upper()} {fact.score:g}: {fact.band} -> severity {severity}")
+        else:  # TT-06 (b): the service's own table decides the step; the Observation keeps the published band
+            severity = stepping
+            decision.because(
+                rule,
+                f"{measure.upper()} {fact.score:g}: stepping severity {severity} (stepping_bands.{measure}; published band {fact.band})",
+            )
         severities.append(severity)
     if referral.priority in _URGENT and referral.source == "self":
         decision.duty_screening = True
