@@ -59,6 +59,7 @@ from gateway.rules.pathway_steps import (
 )
 from gateway.security.principal import allowed_service, require_service
 from gateway.store.repo import ResourceQuery, get_for_update, get_resource, put_resource, search_resources
+from gateway.wait_letters import send_wait_letters
 
 __all__ = ["Pathways", "CHANNEL_PATHWAY", "PATHWAY_ACTIVITY", "CONTACT_SYSTEM"]
 
@@ -562,6 +563,7 @@ class Pathways:
                         )
         if created:
             log.info("pathway.clocks_due", tasks=len(created))
+        send_wait_letters(self.sessions, self.registry, now)  # TT-18: waits over target, one letter per estimate
         return created
 
 

@@ -3,10 +3,12 @@ failed contact attempts to book the initial assessment (TT-17), letters when the
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
-from gateway.pathway_demo import contact
-from tests.test_pathway_api import _all, _explained, _tasks, operate, tt_episode
+from gateway.pathway_demo import contact, gad7, phq9, referral
+from tests.conftest import NOW
+from tests.test_pathway_api import _all, _explained, _tasks, episode_of, operate, route, tt_episode
 
 
 def _letters(client, kind: str) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
@@ -122,3 +124,78 @@ def test_booking_attempts_after_the_assessment_are_refused_TT_17(client) -> None
     operate(client, episode, "record-contact", contact("assessment", date_="2026-11-05T10:00:00+00:00"))
     refused = _attempt(client, episode, "2026-11-06T10:00:00+00:00")
     assert refused.status_code == 422 and "TT-17" in refused.json()["issue"][0]["diagnostics"]
+
+
+# --- TT-18: waits over the target ------------------------------------------------------------------------------------
+
+
+def _wait_letters(client) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
+    return _letters(client, "tt-wait-estimate")
+
+
+def _other_patient(client, received: str) -> str:  # type: ignore[no-untyped-def]
+    body = referral(
+        "north-essex-mid", "R-NEW", received, "1985-05-05", nhs_number="9990000166", practice="F81001", responses=(phq9(12), gad7(6))
+    )
+    reply = route(client, body)
+    assert reply.status_code == 201, reply.text
+    return episode_of(reply.json())
+
+
+def _agree_email(app, episode: str) -> None:  # type: ignore[no-untyped-def]
+    """TT-15: the patient's contact preferences permit email (as a PCMIS row or a self-referral records them)."""
+    from fhir_mapping.pcmis import contact_preferences
+    from gateway.store.repo import get_resource, put_resource
+
+    with app.state.sessions.begin() as session:
+        stored = get_resource(session, "EpisodeOfCare", episode)
+        assert stored is not None
+        patient = stored["patient"]
+        put_resource(session, contact_preferences(patient, {"email": True}, None, False, NOW, "PCMIS"), NOW, None)
+
+
+def test_no_letter_while_the_estimated_wait_is_within_the_target_TT_18(client, app) -> None:
+    tt_episode(client, received="2026-10-27T10:00:00+00:00")  # 27 days waiting: estimate 28 days (4 weeks), the target
+    app.state.pathways.tick(NOW)
+    assert _wait_letters(client) == []
+
+
+def test_waits_over_target_write_to_each_person_and_gp_once_per_estimate_TT_18_TT_15(client, app) -> None:
+    """TT-18: the estimate (longest current wait, nobody having entered treatment, rounded up to weeks) is over the
+    28-day target: everyone waiting for a first appointment gets one letter, GP and patient; by email where consented."""
+    long = tt_episode(client, received="2026-10-01T10:00:00+01:00", ref="R-LONG")  # 53 days at NOW: estimate 56 days
+    recent = _other_patient(client, "2026-11-20T10:00:00+00:00")
+    _agree_email(app, recent)
+    app.state.pathways.tick(NOW)
+    app.state.pathways.tick(NOW + timedelta(days=1))  # the next day: the same estimate, no second letter
+    letters = _wait_letters(client)
+    assert len(letters) == 2
+    by_episode = {c["about"][0]["reference"]: c for c in letters}
+    assert set(by_episode) == {f"EpisodeOfCare/{long}", f"EpisodeOfCare/{recent}"}
+    for letter in letters:
+        text = " ".join(p["contentString"] for p in letter["payload"])
+        assert "within about 8 weeks" in text and "Samaritans" in text and "Every Mind Matters" in text
+        assert {r.get("reference", "").split("/")[0] for r in letter["recipient"]} >= {"Patient"}
+        assert len(letter["recipient"]) == 2  # the GP practice and the patient
+    assert by_episode[f"EpisodeOfCare/{recent}"]["medium"][0]["coding"][0]["code"] == "EMAILWRIT"
+    assert by_episode[f"EpisodeOfCare/{long}"]["medium"][0]["coding"][0]["code"] == "MAILWRIT"
+    explained = _explained(client, long)
+    assert "TT-18: estimated wait to a first appointment 56 days (longest current wait" in explained
+    assert "wait_letters.round_to_days: 7" in explained and "post (no email consent recorded)" in explained
+    assert "email (TT-15: email consent recorded)" in _explained(client, recent)
+
+    app.state.pathways.tick(NOW + timedelta(days=4))  # 57 days: the estimate moves to 63 days: one more letter each
+    assert len(_wait_letters(client)) == 4
+    app.state.pathways.tick(NOW + timedelta(days=5))
+    assert len(_wait_letters(client)) == 4
+
+
+def test_someone_seen_gets_no_more_wait_letters_TT_18(client, app) -> None:
+    first = tt_episode(client, received="2026-10-01T10:00:00+01:00", ref="R-LONG")
+    app.state.pathways.tick(NOW)
+    operate(client, first, "record-contact", contact("assessment", date_="2026-11-23T10:00:00+00:00"))
+    _other_patient(client, "2026-11-20T10:00:00+00:00")
+    app.state.pathways.tick(NOW + timedelta(days=4))
+    # the estimate is now the median wait of those who entered treatment (53 days -> 56): the new referral is written to
+    assert [c["about"][0]["reference"] for c in _wait_letters(client)].count(f"EpisodeOfCare/{first}") == 1
+    assert len(_wait_letters(client)) == 2
