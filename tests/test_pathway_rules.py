@@ -131,7 +131,7 @@ STEP_ROWS = [
     ("severe", (8, "mild"), "redirect", "secondary-care"),
     ("none-minimal", (2, "minimal"), "signpost", "signpost"),
     ("mild", (14, "moderate"), "accept", "step-2"),  # GAD-7 14: moderate (TT-06 standard cut-offs)
-    ("mild", (15, "severe"), "redirect", "secondary-care"),  # GAD-7 15: severe, not the seed's overlapping "moderate"
+    ("mild", (15, "severe"), "accept", "step-2"),  # GAD-7 15: moderate for stepping (TT-06 b: the service's table, issue 33)
 ]
 
 

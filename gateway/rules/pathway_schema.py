@@ -166,6 +166,13 @@ class Allocation(_Strict):
     outcome: Literal["step-2", "step-3", "secondary-care", "signpost"]
 
 
+class SteppingBand(_Strict):
+    """TT-06 (b): one row of the service's own score bands for step allocation (scores up to `up_to` inclusive)."""
+
+    up_to: int = Field(ge=0)
+    severity: Literal["none", "mild", "moderate", "moderately-severe", "severe"]
+
+
 class TreatmentTarget(_Strict):
     """TT-08: this share of referrals that have a course of treatment start it within this time of referral."""
 
@@ -195,6 +202,8 @@ class TalkingTherapiesRules(_Common):
     min_age: Age  # TT-01 local variant
     severity_bands: dict[str, dict[str, str]]  # TT-05/TT-06: measure id -> scorer band code -> severity
     step_allocation: list[Allocation] = Field(min_length=5)  # TT-07
+    # TT-06 (b): the service's own bands for stepping, by score (the Observation keeps the published bands)
+    stepping_bands: dict[Literal["phq-9", "gad-7"], list[SteppingBand]] = Field(default_factory=dict)
     session_caps: dict[Literal["step-2", "step-3"], SessionCap]  # TT-12
     dna_discharge_in_treatment: int = Field(ge=1, le=5)  # TT-13
     assessment_booking_attempts: int = Field(ge=1, le=10)  # TT-17: failed attempts to arrange the initial assessment before closing
@@ -217,6 +226,13 @@ class TalkingTherapiesRules(_Common):
 
     def severity(self, measure: str, band: str) -> str:
         return self.severity_bands[measure][band]
+
+    def stepping_severity(self, measure: str, score: float | None) -> str | None:
+        """TT-06 (b): the severity for stepping from the service's own bands (None: no such bands, or no score)."""
+        bands = self.stepping_bands.get(measure)  # type: ignore[call-overload]
+        if not bands or score is None:
+            return None
+        return next((b.severity for b in bands if score <= b.up_to), bands[-1].severity)
 
     def allocation(self, severity: str) -> str:
         return next(a.outcome for a in self.step_allocation if a.severity == severity)
