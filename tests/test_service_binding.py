@@ -169,3 +169,17 @@ def test_an_unbound_client_still_sees_every_service(client, loaded) -> None:
     assert {loaded["bnssg_task"], loaded["own_task"]} <= ids
     for patient_id in loaded["patients"]:
         assert client.get(f"/fhir/Patient/{patient_id}").status_code == 200
+
+
+def test_a_bound_operator_sees_every_step_of_its_case_in_explain_even_one_a_measure_caused_CAS_10(client, client_with) -> None:
+    """A step recorded without a service (a measure sent by an unbound client escalating the case) belongs to the
+    service of what it records: the bound operator's `$explain` shows it, as an unbound client's does."""
+    task = task_of(client.post("/ingest/nhs111", content=fixture_bytes("option1-dx12.case.json")).json())
+    qr = (fixture_bytes("../measures/phq-9-item9-risk.qr.json"), {"Content-Type": "application/fhir+json"})
+    assert client.post("/fhir/QuestionnaireResponse", content=qr[0], headers=qr[1]).status_code == 201
+    service = client.get(f"/export/cleo/{task['id']}").json()["service"]
+    operator = client_with({"cas:operate"}, service=service)
+    everything = client.get(f"/fhir/Task/{task['id']}/$explain").json()["parameter"]
+    bound = operator.get(f"/fhir/Task/{task['id']}/$explain").json()["parameter"]
+    assert len(everything) >= 3 and any("CAS-10" in p.get("valueString", "") for p in everything)
+    assert bound == everything

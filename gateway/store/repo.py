@@ -125,6 +125,7 @@ def put_resources(
     session.flush()  # ORM changes made earlier in this transaction reach the database before the reads below
     # plain statements on the session's connection: no ORM objects, no unit of work (a third of the time they took)
     connection = session.connection()
+    writes = _with_owners(connection, writes)
     keys = {(r["resourceType"], r["id"]) for r, _ in writes}
     found = connection.execute(_ROWS_FOR_UPDATE, _in_lists(("types", "ids"), keys))
     current = {key: (version, content) for rtype, rid, version, content in found if (key := (rtype, rid)) in keys}
@@ -138,7 +139,7 @@ def put_resources(
         prior = current.get(key)
         made = (first or {}).get(key) if prior is None else None
         if made is not None and made.resource is resource:
-            full, row = made.full, made.row
+            full, row = made.full, made.row if service_id is None else made.row | {"service_id": service_id}
         else:
             stored = json.loads(prior[1]) if prior is not None else None
             if stored is not None and merge is not None:
@@ -172,6 +173,24 @@ def put_resources(
         if loaded is not None:  # a row the session had read is now out of date: reload it on next use
             session.expire(loaded)
     _put_tokens(connection, written, inserts)
+    return out
+
+
+def _with_owners(connection: Connection, writes: Sequence[tuple[dict[str, Any], str | None]]) -> list[tuple[dict[str, Any], str | None]]:
+    """A Provenance written with no service belongs to the service of what it records (its first target that has one),
+    so a client bound to that service sees the step in `$explain` (gateway.store.visibility). Looked up only for such."""
+    if all(service is not None or r["resourceType"] != "Provenance" for r, service in writes):
+        return list(writes)
+    given = {(r["resourceType"], r["id"]): service for r, service in writes if service is not None}
+    out: list[tuple[dict[str, Any], str | None]] = []
+    for resource, service_id in writes:
+        if service_id is None and resource["resourceType"] == "Provenance":
+            for target in resource.get("target", []):
+                rtype, _, rid = str(target.get("reference", "")).split("/_history/", 1)[0].partition("/")
+                service_id = given.get((rtype, rid)) or connection.execute(_SERVICE_OF, {"type": rtype, "id": rid}).scalar_one_or_none()
+                if service_id is not None:
+                    break
+        out.append((resource, service_id))
     return out
 
 
@@ -222,6 +241,7 @@ _INSERT_NEW_IDENTIFIERS = {
 }
 _DELETE_TOKENS = delete(_TOKENS).where(_TOKENS.c.resource_type == bindparam("type"), _TOKENS.c.resource_id == bindparam("id"))
 _INSERT_TOKENS = insert(_TOKENS)
+_SERVICE_OF = select(_RESOURCES.c.service_id).where(_RESOURCES.c.resource_type == bindparam("type"), _RESOURCES.c.id == bindparam("id"))
 _CONTENT = select(_RESOURCES.c.content).where(_RESOURCES.c.resource_type == bindparam("type"), _RESOURCES.c.id == bindparam("id"))
 _INBOUND = select(
     InboundMessage.seq, InboundMessage.channel, InboundMessage.response_status, InboundMessage.response_body, InboundMessage.raw
@@ -343,6 +363,7 @@ def _put_identifiers(connection: Connection, written: list[dict[str, Any]]) -> N
 
 
 def get_resource(session: Session, resource_type: str, resource_id: str) -> dict[str, Any] | None:
+    """The stored resource, or None if there is none or the session's reads are bound to a service that may not see it."""
     # on the session's connection: a plain statement needs none of Session.execute's ORM steps (it autoflushes only ORM ones)
     service_id = bound_service(session)
     stmt = _CONTENT if service_id is None else _CONTENT.where(resource_visible(service_id))
