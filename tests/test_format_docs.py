@@ -93,6 +93,7 @@ def test_every_adapter_has_a_format_document() -> None:
         "pcmis": "pcmis-contacts.md",
         "systmone": "systmone-extract.md",
         "pathway_referral": "pathway-referral.md",
+        "epraccur": "gp-practices.md",
     }
     assert adapters == set(documented)
     assert all((DOCS / name).exists() for name in documented.values())
