@@ -163,3 +163,21 @@ def test_a_later_111_case_keeps_the_local_number_a_sender_linked_so_its_notes_st
     assert patient["identifier"][0]["extension"][0]["valueCodeableConcept"]["coding"][0]["code"] == "01"
     assert post(client, oru("KEEP-2", "RV7000003^^^RVN^PI", "Note under the local number"))[0] == "AA"
     assert [text_of(d) for d in notes_of(client, patient["id"])] == ["Note under the local number"]
+
+
+def test_a_111_case_and_a_measure_for_a_patient_an_epr_registered_by_local_number_join_that_patient(client) -> None:  # type: ignore[no-untyped-def]
+    """RiO registers a patient by its local number, then links the NHS number; a 111 referral and a measure sent by the
+    NHS number alone find that Patient: one Patient, never a second (the referral was a 500 before: an NHS number held)."""
+    assert post(client, adt("A04", "JOIN-1", "RV7000009^^^RVN^PI"))[0] == "AA"
+    assert post(client, adt("A08", "JOIN-2", "9990000042^^^NHS^NH~RV7000009^^^RVN^PI", extra=PID32_VERIFIED))[0] == "AA"
+    (registered,) = patients(client, f"{RIO_LOCAL}|RV7000009")
+    case = client.post("/ingest/nhs111", content=(ROOT / "fixtures" / "nhs111" / "option1-dx12.case.json").read_bytes())
+    assert case.status_code == 201, case.text
+    task = next(e["resource"] for e in case.json()["entry"] if e["resource"]["resourceType"] == "Task")
+    assert task["for"]["reference"] == f"Patient/{registered['id']}"
+    measure = (ROOT / "fixtures" / "measures" / "phq-9-lhc-forms.qr.json").read_bytes()  # by NHS number 9990000042
+    assert client.post("/fhir/QuestionnaireResponse", content=measure).status_code == 201
+    (patient,) = patients(client, f"{NHS}|9990000042")
+    assert patient["id"] == registered["id"] and patients(client, f"{RIO_LOCAL}|RV7000009") == [patient]
+    assert {i["system"] for i in patient["identifier"]} == {NHS, RIO_LOCAL}
+    assert client.get("/fhir/Patient", params={"_summary": "count", "_lastUpdated": "ge2000-01-01"}).json()["total"] == 1

@@ -8,12 +8,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
+import structlog
 from sqlalchemy import Connection, Select, Table, Update, bindparam, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.util import identity_key
 
 from fhir_mapping.datetimes import parse_source_datetime, to_fhir_instant
+from fhir_mapping.patients import merge_patient
 from gateway.store.deferred import defer
 from gateway.store.jsontext import dumps
 from gateway.store.keys import identifier_key, message_key
@@ -44,6 +46,8 @@ __all__ = [
     "open_cas_tasks",
     "get_for_update",
 ]
+
+log = structlog.get_logger("iap.store")
 
 ACTIVE_TASK_STATUSES = ("requested", "received", "accepted", "ready", "in-progress", "on-hold")
 
@@ -164,7 +168,12 @@ def put_resources(
         out.append((full, "updated" if prior else "created"))
     # the identifiers first: the one statement whose reply is read. The rows and tokens are deferred (on PostgreSQL
     # sent together with the transaction's next statement or its COMMIT, gateway.store.deferred)
-    _put_identifiers(connection, written)
+    try:
+        _put_identifiers(connection, written)
+    except IdentifierTaken as taken:
+        if taken.resource_type != "Patient" or taken.holder is None or ("Patient", taken.claimant) not in inserts:
+            raise
+        return _relinked(session, writes, taken.claimant, taken.holder, now, merge)
     defer(connection, _INSERT_ROWS, list(inserts.values()))
     defer(connection, _INSERT_VERSIONS, versions)
     for (rtype, rid), values in updates.items():
@@ -239,6 +248,9 @@ _INSERT_NEW_IDENTIFIERS = {
     .returning(_IDENTIFIERS.c.resource_type, _IDENTIFIERS.c.system, _IDENTIFIERS.c.value)
     for dialect in (postgresql, sqlite)
 }
+_DELETE_CLAIMS = delete(_IDENTIFIERS).where(
+    _IDENTIFIERS.c.resource_type == bindparam("type"), _IDENTIFIERS.c.resource_id == bindparam("id")
+)
 _DELETE_TOKENS = delete(_TOKENS).where(_TOKENS.c.resource_type == bindparam("type"), _TOKENS.c.resource_id == bindparam("id"))
 _INSERT_TOKENS = insert(_TOKENS)
 _SERVICE_OF = select(_RESOURCES.c.service_id).where(_RESOURCES.c.resource_type == bindparam("type"), _RESOURCES.c.id == bindparam("id"))
@@ -334,6 +346,44 @@ def _put_tokens(connection: Connection, written: list[dict[str, Any]], new_rows:
     )
 
 
+class IdentifierTaken(ValueError):
+    """An identifier a written resource claims is held by another resource of its type (`holder`, when known)."""
+
+    def __init__(self, resource_type: str, system: str, claimant: str, holder: str | None) -> None:
+        super().__init__(f"identifier {system} is already used by another {resource_type}")
+        self.resource_type, self.claimant, self.holder = resource_type, claimant, holder
+
+
+def _relinked(
+    session: Session, writes: Sequence[tuple[dict[str, Any], str | None]], claimant: str, holder: str, now: datetime, merge: Merge | None
+) -> list[tuple[dict[str, Any], str]]:
+    """A new Patient whose identifier (an NHS number) an existing Patient holds already is that Patient: e.g. one an EPR
+    registered by its local number and later linked to the NHS number (issue 32). The batch is written again with the
+    new Patient's id and every reference to it turned to the holder's, the Patient merged into the holder's
+    (fhir_mapping.patients.merge_patient: what the holder has from another source is kept). Never two Patients."""
+    connection = session.connection()
+    connection.execute(_DELETE_CLAIMS, {"type": "Patient", "id": claimant})  # the rows this batch just inserted for it
+    noted: dict[str, Any] = session.info.get(WRITES_KEY, {})
+    for resource, _ in writes:
+        noted.pop(f"{resource['resourceType']}/{resource['id']}", None)
+    old, new = f"Patient/{claimant}", f"Patient/{holder}"
+
+    def turned(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: (new if k == "reference" and v == old else turned(v)) for k, v in node.items()}
+        return [turned(v) for v in node] if isinstance(node, list) else node
+
+    again = [(turned(r) | ({"id": holder} if (r["resourceType"], r["id"]) == ("Patient", claimant) else {}), s) for r, s in writes]
+
+    def merged(stored: dict[str, Any], resource: dict[str, Any]) -> dict[str, Any]:
+        if resource["resourceType"] == "Patient" and resource["id"] == holder:
+            return merge_patient(stored, resource) if merge is None else merge(stored, resource)
+        return merge(stored, resource) if merge is not None else resource
+
+    log.info("patient.linked_by_identifier", resources=len(again))
+    return put_resources(session, again, now, None, merged)
+
+
 def _put_identifiers(connection: Connection, written: list[dict[str, Any]]) -> None:
     """One row per (type, system, value); an identifier already held by another resource of the type is refused.
 
@@ -359,7 +409,7 @@ def _put_identifiers(connection: Connection, written: list[dict[str, Any]]) -> N
     holders = {key: rid for t, s, v, rid in found if (key := (t, s, v)) in there}
     for key in there:
         if holders.get(key) != claims[key]:
-            raise ValueError(f"identifier {key[1]} is already used by another {key[0]}")
+            raise IdentifierTaken(key[0], key[1], claims[key], holders.get(key))
 
 
 def get_resource(session: Session, resource_type: str, resource_id: str) -> dict[str, Any] | None:
