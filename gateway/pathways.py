@@ -58,7 +58,7 @@ from gateway.rules.pathway_steps import (
     current_step,
 )
 from gateway.security.principal import allowed_service, require_service
-from gateway.store.repo import ResourceQuery, get_for_update, get_resource, put_resource, search_resources
+from gateway.store.repo import ResourceQuery, find_by_identifier, get_for_update, get_resource, put_resource, search_resources
 from gateway.wait_letters import send_wait_letters
 
 __all__ = ["Pathways", "CHANNEL_PATHWAY", "PATHWAY_ACTIVITY", "CONTACT_SYSTEM"]
@@ -586,8 +586,14 @@ def _contained(resource: dict[str, Any]) -> str:
 
 
 def _patient(session: Session, referral: PathwayReferral) -> dict[str, Any]:
+    """The referral's Patient merged over the stored one: the Patient holding its NHS number if there is one (a patient an
+    EPR registered by its local number keeps its id, issue 32), else the one the NHS number's id names."""
     update = to_json_dict(patient_resource(referral.patient, referral.gp_practice))
-    return merge_patient(get_resource(session, "Patient", update["id"]), update)
+    nhs = [i["value"] for i in update.get("identifier", []) if i.get("system") == codes.NHS_NUMBER]
+    held = find_by_identifier(session, "Patient", codes.NHS_NUMBER, nhs[0]) if nhs else []
+    if held:
+        update["id"] = held[0]["id"]
+    return merge_patient(held[0] if held else get_resource(session, "Patient", update["id"]), update)
 
 
 def _dialog_plus_times(session: Session, patient_id: str, since: datetime | None, pending: Sequence[dict[str, Any]] = ()) -> list[datetime]:

@@ -181,3 +181,16 @@ def test_a_111_case_and_a_measure_for_a_patient_an_epr_registered_by_local_numbe
     assert patient["id"] == registered["id"] and patients(client, f"{RIO_LOCAL}|RV7000009") == [patient]
     assert {i["system"] for i in patient["identifier"]} == {NHS, RIO_LOCAL}
     assert client.get("/fhir/Patient", params={"_summary": "count", "_lastUpdated": "ge2000-01-01"}).json()["total"] == 1
+
+
+def test_a_pathway_referral_for_a_patient_an_epr_registered_by_local_number_joins_that_patient(client) -> None:  # type: ignore[no-untyped-def]
+    assert post(client, adt("A04", "JOIN-P1", "RV7000010^^^RVN^PI"))[0] == "AA"  # known by the local number first
+    assert post(client, adt("A08", "JOIN-P2", "9990000182^^^NHS^NH~RV7000010^^^RVN^PI", extra=PID32_VERIFIED))[0] == "AA"
+    (registered,) = patients(client, f"{NHS}|9990000182")
+    referral = (ROOT / "fixtures" / "pathways" / "tt-gp-referral-step-3.servicerequest.json").read_bytes()  # 9990000182
+    routed = client.post("/fhir/ServiceRequest/$route", content=referral)
+    assert routed.status_code == 201, routed.text
+    (patient,) = patients(client, f"{NHS}|9990000182")
+    assert patient["id"] == registered["id"] and patients(client, f"{RIO_LOCAL}|RV7000010") == [patient]
+    episode = client.get(routed.headers["location"]).json()
+    assert episode["patient"]["reference"] == f"Patient/{registered['id']}"
