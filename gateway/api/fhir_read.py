@@ -11,10 +11,9 @@ from fhir_mapping.datetimes import to_fhir_instant
 from gateway.api.capability import capability_statement
 from gateway.api.deps import ClockDep, SessionDep
 from gateway.api.fhir_search import task_includes
-from gateway.api.fhir_types import READABLE_TYPES, etag, not_modified, not_served, valid_id
+from gateway.api.fhir_types import READABLE_TYPES, not_served, served_read, valid_id
 from gateway.api.responses import FhirResponse
 from gateway.api.search import Search, split_list
-from gateway.audit import note
 from gateway.store.repo import (
     ResourceQuery,
     TaskQuery,
@@ -99,8 +98,4 @@ def read(request: Request, resource_type: str, resource_id: str, session: Sessio
     resource = get_resource(session, resource_type, valid_id(resource_id))
     if resource is None:
         raise GatewayInputError(Problem(Kind.NOT_FOUND, "id", f"{resource_type}/{resource_id} is not known"))
-    note(resource)
-    headers = etag(resource)
-    if not_modified(request, headers):
-        return Response(status_code=304, headers=headers)
-    return FhirResponse(resource, headers=headers)
+    return served_read(request, resource)

@@ -6,11 +6,14 @@ import re
 from typing import Any
 
 from starlette.requests import Request
+from starlette.responses import Response
 
 from adapters.problems import GatewayInputError, Kind, Problem
+from gateway.api.responses import FhirResponse
+from gateway.audit import note
 from gateway.store.models import KEPT_VERSIONS
 
-__all__ = ["READABLE_TYPES", "VERSIONED_TYPES", "not_served", "valid_id", "etag", "not_modified"]
+__all__ = ["READABLE_TYPES", "VERSIONED_TYPES", "not_served", "valid_id", "etag", "not_modified", "served_read"]
 
 READABLE_TYPES = (
     "Task",
@@ -59,3 +62,12 @@ def not_modified(request: Request, headers: dict[str, str]) -> bool:
     tag = headers["ETag"]
     wanted = {t.strip() for t in request.headers.get("if-none-match", "").split(",")}
     return bool(wanted & {tag, tag.removeprefix("W/"), "*"})
+
+
+def served_read(request: Request, resource: dict[str, Any]) -> Response:
+    """A read's reply (read and vread): noted for the AuditEvent, with its ETag; 304 when `If-None-Match` names it."""
+    note(resource)
+    headers = etag(resource)
+    if not_modified(request, headers):
+        return Response(status_code=304, headers=headers)
+    return FhirResponse(resource, headers=headers)

@@ -10,7 +10,7 @@ from starlette.responses import Response
 
 from adapters.problems import GatewayInputError, Kind, Problem
 from gateway.api.deps import SessionDep
-from gateway.api.fhir_types import READABLE_TYPES, VERSIONED_TYPES, etag, not_modified, not_served, valid_id
+from gateway.api.fhir_types import READABLE_TYPES, VERSIONED_TYPES, not_served, served_read, valid_id
 from gateway.api.responses import FhirResponse
 from gateway.api.search import handling, paging
 from gateway.audit import note
@@ -76,8 +76,4 @@ def vread(request: Request, resource_type: str, resource_id: str, version_id: st
         raise GatewayInputError(Problem(Kind.NOT_FOUND, "id", f"{resource_type}/{resource_id} is not known"))
     if resource is None:
         raise GatewayInputError(Problem(Kind.NOT_FOUND, "version", f"{resource_type}/{resource_id} has no version {version_id[:16]!r}"))
-    note(resource)
-    headers = etag(resource)
-    if not_modified(request, headers):
-        return Response(status_code=304, headers=headers)
-    return FhirResponse(resource, headers=headers)
+    return served_read(request, resource)
