@@ -29,6 +29,8 @@ __all__ = [
     "KEPT_VERSIONS",
     "GpPracticeRow",
     "RuleFileVersionRow",
+    "QuarantinedMessage",
+    "ResentMessage",
 ]
 
 # The rows on the CAS queue (CAS-02): open CAS cases. Written out with literal values, as the partial queue indexes'
@@ -167,11 +169,59 @@ class InboundMessage(Base):
     unused: Mapped[str] = mapped_column(Text, nullable=False, default="[]")
     response_status: Mapped[int] = mapped_column(Integer, nullable=False)
     response_body: Mapped[str] = mapped_column(Text, nullable=False)
+    # who sent it and the service it went to (its resources' service, else the sender's binding): the console's
+    # message log and its service binding (gateway.store.visibility); None for messages stored before 0011
+    client_id: Mapped[str | None] = mapped_column(String(64))
+    service_id: Mapped[str | None] = mapped_column(String(32))
 
     __table_args__ = (
         UniqueConstraint("channel", "message_id", name="uq_inbound_channel_message"),
         UniqueConstraint("channel", "header_id", name="uq_inbound_channel_header"),
+        Index("ix_inbound_received", "received_at"),  # the console's counts and log read a window of time
     )
+
+
+class QuarantinedMessage(Base):
+    """A refused inbound message, kept IAP_QUARANTINE_RETENTION_DAYS days so that an operator can answer "what happened
+    to it?" (docs/quarantine.md): the problems found, the reply it got, its raw body. Not clinical data: no patient
+    link, no identifier indexed, never searched or read through /fhir; purged by `gateway.quarantine.purge`."""
+
+    __tablename__ = "quarantine"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    channel: Mapped[str] = mapped_column(String(32), nullable=False)  # as inbound_messages.channel
+    transport: Mapped[str] = mapped_column(String(8), nullable=False)  # http | mllp
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    client_id: Mapped[str | None] = mapped_column(String(64))  # api_clients.id, or mllp:<peer address>
+    service_id: Mapped[str | None] = mapped_column(String(32))  # the sender's bound service (console binding)
+    message_id: Mapped[str | None] = mapped_column(String(128))  # as far as it could be read (gateway.store.keys)
+    reason: Mapped[str] = mapped_column(String(64), nullable=False)  # the first error's issue code, or the HL7 ACK and ERR code
+    reply_status: Mapped[int | None] = mapped_column(Integer)  # HTTP status (None over MLLP)
+    ack_code: Mapped[str | None] = mapped_column(String(2))  # HL7 v2 MSA-1 (AE, AR)
+    problems: Mapped[str] = mapped_column(Text, nullable=False)  # JSON: the OperationOutcome issues (HL7: MSA-3 and ERR)
+    raw: Mapped[bytes | None] = mapped_column(LargeBinary)  # as received; None when it was not all received (too large, too slow)
+
+    __table_args__ = (Index("ix_quarantine_received", "received_at"),)
+
+
+class ResentMessage(Base):
+    """A re-sent message, answered from the store with its original reply: counted for the console, nothing else kept
+    (the original, in inbound_messages, holds the body). Purged with the quarantine log."""
+
+    __tablename__ = "resent_messages"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    channel: Mapped[str] = mapped_column(String(32), nullable=False)
+    transport: Mapped[str] = mapped_column(String(8), nullable=False)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    client_id: Mapped[str | None] = mapped_column(String(64))
+    service_id: Mapped[str | None] = mapped_column(String(32))
+    message_id: Mapped[str | None] = mapped_column(String(128))
+    original_seq: Mapped[int | None] = mapped_column(Integer)  # inbound_messages.seq, when the reply named it
+    reply_status: Mapped[int | None] = mapped_column(Integer)
+    ack_code: Mapped[str | None] = mapped_column(String(2))
+
+    __table_args__ = (Index("ix_resent_received", "received_at"),)
 
 
 class OutboxRow(Base):
