@@ -1,0 +1,58 @@
+"""`iap-gateway tick` and `deliver`: the scheduled work, once (cron, systemd timers, Kubernetes CronJobs)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from fhir_mapping.datetimes import parse_source_datetime
+from gateway.cli.common import worker_context
+
+app = typer.Typer()
+
+
+@app.command()
+def tick(
+    now: Annotated[str | None, typer.Option(help="The time to tick at (ISO 8601 with offset); default now.")] = None,
+) -> None:
+    """Create the Tasks due now, once: safety calls for amber and red CAS cases (CAS-09) and pathway clocks (PC/TT);
+    safe to run anywhere, any number of times."""
+    from gateway.clock import SystemClock
+    from gateway.rules.schema import load_rules
+    from gateway.safety_calls import tick as run_tick
+    from gateway.settings import Settings
+    from gateway.store.db import make_engine, make_sessionmaker
+    from gateway.store.db import migrate as run_migrations
+
+    settings = Settings()
+    engine = make_engine(settings.database_url)
+    run_migrations(engine)
+    moment = parse_source_datetime(now) if now else SystemClock().now()
+    from fhir_mapping.measures import load_measures
+    from gateway.clock import FixedClock
+    from gateway.pathways import Pathways
+    from gateway.rules.pathway_schema import load_pathways
+
+    sessions = make_sessionmaker(engine)
+    created = run_tick(sessions, load_rules(settings.rules_dir), moment)
+    due = Pathways(sessions, load_pathways(settings.pathways_dir), load_measures(), FixedClock(moment)).tick(moment)
+    typer.echo(f"tick: {len(created)} safety call(s) created; {len(due)} pathway clock Task(s) created", err=True)
+    engine.dispose()
+
+
+@app.command()
+def deliver(
+    now: Annotated[str | None, typer.Option(help="The time to deliver at (ISO 8601 with offset); default now.")] = None,
+) -> None:
+    """Send the letters that are due (MESH, FHIR push, print folder), poll acknowledgements, apply retention; once.
+
+    Safe on several instances at once: each delivery is claimed by one worker.
+    """
+    engine, deliverer = worker_context(now)
+    try:
+        counts = deliverer.run_pass()
+    finally:
+        deliverer.close()
+        engine.dispose()
+    typer.echo("deliver: " + ", ".join(f"{k} {v}" for k, v in counts.items()), err=True)
