@@ -1,7 +1,8 @@
 """The deployment files and the README say what the code does (there is no Docker engine here to run them).
 
 docker-compose.yml: two gateway replicas, PostgreSQL, the MESH sandbox, a proxy; every IAP_ setting it
-sets is a real setting; no secret in the file. The README documents every setting and every scope row.
+sets is a real setting; no secret in the file. The README's configuration table and docs/operations.md name every
+setting; docs/security.md every scope and every row of the scope table.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from tests.conftest import ROOT
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 README = (ROOT / "README.md").read_text()
+OPERATIONS = (ROOT / "docs" / "operations.md").read_text()
+SECURITY = (ROOT / "docs" / "security.md").read_text()
 SETTINGS = {f"IAP_{name.upper()}" for name in Settings.model_fields} - {"IAP_DATABASE_URL"}
 
 
@@ -55,16 +58,17 @@ def test_the_proxy_balances_http_and_mllp_over_the_replicas_and_keeps_the_gatewa
     assert f"client_body_timeout {int(Settings.model_fields['body_timeout_seconds'].default)}s;" in nginx
 
 
-def test_the_readme_documents_every_setting_and_every_scope() -> None:
+def test_the_docs_document_every_setting_and_every_scope() -> None:
     for name in SETTINGS:
-        assert f"`{name}`" in README, name
+        assert f"`{name}`" in README, f"{name}: add it to the README's configuration table"
+        assert f"`{name}`" in OPERATIONS, f"{name}: add it to docs/operations.md's configuration table"
     for scope in SCOPES:
-        assert f"`{scope}`" in README, scope
-    section = README.split("## Security", 1)[1].split("## Audit", 1)[0]
+        assert f"`{scope}`" in SECURITY, f"{scope}: add it to docs/security.md"
+    table = SECURITY.split("## The scope table", 1)[1].split("\n## ", 1)[0]
     for rule in ROUTES:
-        assert all(f"`{scope}`" in section for scope in rule.scopes), rule.pattern
+        assert all(f"`{scope}`" in table for scope in rule.scopes), f"{rule.pattern}: docs/security.md's scope table"
         first = rule.pattern.split("/**")[0]
-        assert first in section, rule.pattern
+        assert first in table, f"{rule.pattern}: add it to docs/security.md's scope table"
 
 
 def test_the_dockerfile_runs_as_a_user_not_root() -> None:
