@@ -29,7 +29,16 @@ from gateway.rules.pathway_schema import PathwayRegistry, TalkingTherapiesRules
 from gateway.rules.pathway_steps import OPEN_EPISODE, current_step
 from gateway.store.repo import ResourceQuery, search_resources
 
-__all__ = ["waitlist_snapshot", "waitlist_csv", "plot_waitlist", "reporting_period", "treatment_targets", "CSV_COLUMNS"]
+__all__ = [
+    "waitlist_snapshot",
+    "waitlist_csv",
+    "plot_waitlist",
+    "require_plot",
+    "PlotExtraMissing",
+    "reporting_period",
+    "treatment_targets",
+    "CSV_COLUMNS",
+]
 
 CSV_COLUMNS = (
     "episode",
@@ -208,8 +217,28 @@ def waitlist_csv(snapshot: dict[str, Any]) -> str:
     return csv_text(CSV_COLUMNS, snapshot["rows"])
 
 
+class PlotExtraMissing(RuntimeError):
+    """`--plot` asked for on an install without the `plot` extra (matplotlib: docs/install-weight.md)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "--plot needs matplotlib, which is not installed: pip install 'iap-gateway[plot]' (about 120 MB); "
+            "the table, JSON and CSV need nothing more"
+        )
+
+
+def require_plot() -> None:
+    """Refuse `--plot` at once (`PlotExtraMissing`), before any work, when the `plot` extra is not installed."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise PlotExtraMissing() from None
+
+
 def plot_waitlist(snapshot: dict[str, Any], path: Path) -> None:
-    """Draw the distribution of waits against the 28/42-day (first) and 28/90-day (second) lines, as a PNG."""
+    """Draw the distribution of waits against the 28/42-day (first) and 28/90-day (second) lines, as a PNG.
+    Needs the `plot` extra (`PlotExtraMissing` without it)."""
+    require_plot()
     import matplotlib
 
     matplotlib.use("Agg")

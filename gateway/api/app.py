@@ -33,6 +33,7 @@ from gateway.api import (
     security,
 )
 from gateway.api.asgi import HttpMiddleware
+from gateway.api.docs_pages import add_docs_pages
 from gateway.api.fhir_http import FhirHttpConventions
 from gateway.api.responses import AnswerStoreOutages, install_error_handlers
 from gateway.cases import CaseOperations
@@ -132,7 +133,10 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
         version="0.1.0",
         description="FHIR R4 integration gateway for NHS mental health services",
         lifespan=lifespan,
+        docs_url=None,  # served by add_docs_pages from the installed package, not a CDN
+        redoc_url=None,
     )
+    add_docs_pages(app)
     app.state.settings = settings
     app.state.engine = engine
     app.state.sessions = sessions

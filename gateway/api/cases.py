@@ -8,6 +8,7 @@ from starlette.responses import Response
 
 from adapters.problems import GatewayInputError, Kind, Problem
 from gateway.api.deps import SessionDep, SettingsDep
+from gateway.api.examples import CAS_OPERATION_EXAMPLES
 from gateway.api.ingest import body_of, read_body
 from gateway.api.responses import FhirResponse
 from gateway.cases import explain
@@ -27,7 +28,10 @@ def task_explain(task_id: str, session: SessionDep) -> Response:
 @router.post(
     "/{task_id}/{operation}",
     summary=f"Operate on a CAS case ({_OPS}); body: FHIR Parameters",
-    openapi_extra=body_of("application/fhir+json", "FHIR Parameters for the operation"),
+    description="Scope `cas:operate`. The operation's rules run on the case as stored (CAS-07..CAS-14); 200 with the new "
+    "Task (ETag: its version), stored with a Provenance; 409 with an OperationOutcome naming the rule when refused, and "
+    "nothing changes. One example per operation below.",
+    openapi_extra=body_of("application/fhir+json", "FHIR Parameters for the operation", examples=CAS_OPERATION_EXAMPLES),
 )
 async def task_operation(request: Request, task_id: str, operation: str, settings: SettingsDep) -> Response:
     if not operation.startswith("$"):

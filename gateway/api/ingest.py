@@ -15,6 +15,7 @@ from starlette.responses import JSONResponse, Response
 
 from adapters.problems import GatewayInputError, Kind, Problem
 from gateway.api.deps import IntakeDep, SessionDep, SettingsDep
+from gateway.api.examples import fixture_example
 from gateway.api.responses import FHIR_JSON, Busy, FhirResponse, SenderGone
 from gateway.audit import not_audited
 from gateway.cleo import export_case
@@ -29,10 +30,19 @@ router = APIRouter()
 T = TypeVar("T")
 
 
-def body_of(media_type: str, description: str) -> dict[str, Any]:
-    """`openapi_extra` for a route that reads its raw body: what it takes, so /docs and API fuzzers can send one."""
+def body_of(
+    media_type: str, description: str, example: str | None = None, examples: dict[str, tuple[str, Any]] | None = None
+) -> dict[str, Any]:
+    """`openapi_extra` for a route that reads its raw body: what it takes, so /docs and API fuzzers can send one;
+    `example` names a fixture (gateway.api.examples), `examples` are named (summary, body) pairs."""
     schema = {"type": "object"} if media_type.endswith("json") else {"type": "string"}
-    return {"requestBody": {"required": True, "description": description, "content": {media_type: {"schema": schema}}}}
+    content: dict[str, Any] = {"schema": schema}
+    value = fixture_example(example) if example else None
+    if value is not None:
+        content["example"] = value
+    if examples:
+        content["examples"] = {name: {"summary": summary, "value": body} for name, (summary, body) in examples.items()}
+    return {"requestBody": {"required": True, "description": description, "content": {media_type: content}}}
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -99,7 +109,11 @@ async def answer(request: Request, limit: int, receive: Callable[[bytes], Reply]
     "/ingest/nhs111",
     status_code=201,
     summary="Receive a flat NHS 111 case (docs/formats/nhs111-case.md); a re-sent case id gets its original reply",
-    openapi_extra=body_of("application/json", "a flat NHS 111 case (docs/formats/nhs111-case.md)"),
+    description="Scope `ingest:nhs111`. The case becomes Patient, Encounter, Condition and a CAS queue Task (priority and "
+    "breach time by the service's rule file, CAS-01..CAS-05). 201 with a transaction-response Bundle; a re-sent case id "
+    "gets the original reply (200); a refused case 400/422 with an OperationOutcome naming the field; 503 with Retry-After "
+    "when the store is busy (nothing stored).",
+    openapi_extra=body_of("application/json", "a flat NHS 111 case (docs/formats/nhs111-case.md)", "nhs111/option2-standard.case.json"),
 )
 async def ingest_nhs111(request: Request, intake: IntakeDep, settings: SettingsDep) -> Response:
     return await answer(request, settings.max_body_bytes, intake.receive_nhs111_case)
@@ -109,7 +123,9 @@ async def ingest_nhs111(request: Request, intake: IntakeDep, settings: SettingsD
     "/ingest/mhpl",
     status_code=201,
     summary="Receive an Emergency Services Mental Health Professional Line call (docs/formats/mhpl-call.md); timeframe by caller (CAS-06)",
-    openapi_extra=body_of("application/json", "an MHPL call (docs/formats/mhpl-call.md)"),
+    description="Scope `ingest:mhpl`. The call becomes a CAS queue Task whose timeframe is set by who called (police, "
+    "ambulance, fire: CAS-06). Replies as /ingest/nhs111: 201, 200 for a re-send, 400/422 OperationOutcome, 503 Retry-After.",
+    openapi_extra=body_of("application/json", "an MHPL call (docs/formats/mhpl-call.md)", "mhpl/police-call.mhpl.json"),
 )
 async def ingest_mhpl(request: Request, intake: IntakeDep, settings: SettingsDep) -> Response:
     return await answer(request, settings.max_body_bytes, intake.receive_mhpl_call)
@@ -118,7 +134,10 @@ async def ingest_mhpl(request: Request, intake: IntakeDep, settings: SettingsDep
 @router.post(
     "/ingest/cleo",
     summary="Apply a CLEO case update (docs/formats/cleo.md) as the matching case operation; replies with the case",
-    openapi_extra=body_of("application/json", "a CLEO case update (docs/formats/cleo.md)"),
+    description="Scope `ingest:cleo`. The update's `event` runs the matching case operation ($end-assessment, "
+    "$record-contact-attempt, $cn-review, $known-service, $ratify) with its rules; 200 with the case in CLEO's shape, "
+    "409 with an OperationOutcome when a rule refuses it (nothing changed).",
+    openapi_extra=body_of("application/json", "a CLEO case update (docs/formats/cleo.md)", "cleo/consultation-registered.update.json"),
 )
 async def ingest_cleo(request: Request, settings: SettingsDep) -> Response:
     return await answer(request, settings.max_body_bytes, request.app.state.cleo.receive_update, fhir=False)
@@ -132,7 +151,9 @@ def export_cleo(task_id: str, session: SessionDep) -> Response:
 @router.post(
     "/ingest/pcmis",
     summary="A PCMIS contact export (CSV, docs/formats/pcmis-contacts.md): every row's outcome in the reply",
-    openapi_extra=body_of("text/csv", "a PCMIS contact export (docs/formats/pcmis-contacts.md)"),
+    description="Scope `ingest:pcmis`. Each row becomes an Encounter on the Talking Therapies episode it names (TT clocks "
+    "move with it). 200 with every row's outcome (stored, duplicate, refused and why); at most IAP_BATCH_MAX_ROWS rows.",
+    openapi_extra=body_of("text/csv", "a PCMIS contact export (docs/formats/pcmis-contacts.md)", "pcmis/contacts.csv"),
 )
 async def ingest_pcmis(request: Request, settings: SettingsDep) -> Response:
     return await answer_batch(request, settings, request.app.state.pcmis)
@@ -141,7 +162,9 @@ async def ingest_pcmis(request: Request, settings: SettingsDep) -> Response:
 @router.post(
     "/ingest/systmone",
     summary="A SystmOne template extract (CSV, docs/formats/systmone-extract.md): every row's outcome",
-    openapi_extra=body_of("text/csv", "a SystmOne template extract (docs/formats/systmone-extract.md)"),
+    description="Scope `ingest:systmone`. Each row becomes an Encounter on the primary care episode it names (PC clocks "
+    "move with it). 200 with every row's outcome; at most IAP_BATCH_MAX_ROWS rows.",
+    openapi_extra=body_of("text/csv", "a SystmOne template extract (docs/formats/systmone-extract.md)", "systmone/contacts.csv"),
 )
 async def ingest_systmone(request: Request, settings: SettingsDep) -> Response:
     return await answer_batch(request, settings, request.app.state.systmone)
@@ -169,7 +192,10 @@ async def answer_batch(request: Request, settings: Settings, batches: ContactBat
 @router.post(
     "/ingest/hl7v2",
     summary="Receive one HL7 v2.4 message (ER7 text, RiO): the reply is its ACK (AA, or AE/AR with MSA-3 and ERR)",
-    openapi_extra=body_of("x-application/hl7-v2+er7", "one HL7 v2.4 message, ER7 (docs/formats/rio-hl7v2.md)"),
+    description="Scope `ingest:hl7v2`. The same intake as the MLLP listener: ADT, REF, MDM and ORU messages from RiO "
+    "and other EPRs (read by the sender's profile). The reply is always an ACK (X-HL7-Ack-Code header): AA stored, "
+    "AE/AR refused with MSA-3 and ERR; a re-sent control id gets its original ACK.",
+    openapi_extra=body_of("x-application/hl7-v2+er7", "one HL7 v2.4 message, ER7 (docs/formats/rio-hl7v2.md)", "rio/adt-a04-register.hl7"),
 )
 async def ingest_hl7v2(request: Request, settings: SettingsDep) -> Response:
     raw = await read_body(request, settings.max_body_bytes)
@@ -181,7 +207,14 @@ async def ingest_hl7v2(request: Request, settings: SettingsDep) -> Response:
 @router.post(
     "/fhir/$process-message",
     summary="BaRS: receive a servicerequest-request message Bundle (X-Request-Id and X-Correlation-Id required)",
-    openapi_extra=body_of("application/fhir+json", "a BaRS servicerequest-request message Bundle (docs/formats/bars.md)"),
+    description="Scope `ingest:nhs111`. A BaRS message Bundle (MessageHeader, ServiceRequest, Patient, ...) becomes a "
+    "CAS queue Task as /ingest/nhs111 does. X-Request-Id and X-Correlation-Id are required and echoed; a re-sent "
+    "X-Request-Id gets its original reply; refusals are OperationOutcomes.",
+    openapi_extra=body_of(
+        "application/fhir+json",
+        "a BaRS servicerequest-request message Bundle (docs/formats/bars.md)",
+        "nhs111/bars-dx13-self-harm-flag.bundle.json",
+    ),
 )
 async def process_message(request: Request, intake: IntakeDep, settings: SettingsDep) -> Response:
     request_id, correlation_id = request.headers.get("x-request-id"), request.headers.get("x-correlation-id")

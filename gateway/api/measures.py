@@ -71,7 +71,10 @@ def questionnaire_read(request: Request, questionnaire_id: str) -> Response:
     "/QuestionnaireResponse",
     status_code=201,
     summary="Submit a completed measure: checked against its Questionnaire, scored, stored with score Observations",
-    openapi_extra=body_of("application/fhir+json", "a QuestionnaireResponse"),
+    description="Scope `measures:write`. Checked against its shipped Questionnaire (PHQ-9, GAD-7, ...), scored, and "
+    "stored with one Observation per score (risk items flagged); 201 with the stored resources, 422 OperationOutcome "
+    "naming the item when it does not fit.",
+    openapi_extra=body_of("application/fhir+json", "a QuestionnaireResponse", "measures/phq-9-lhc-forms.qr.json"),
 )
 async def questionnaire_response_create(request: Request, settings: SettingsDep) -> Response:
     return await answer(request, settings.max_body_bytes, request.app.state.responses.receive)

@@ -11,6 +11,7 @@ from starlette.responses import JSONResponse, Response
 from adapters.jsonparse import parse_json_object
 from adapters.problems import GatewayInputError, Kind, Problem
 from gateway.api.deps import ClockDep, SessionDep, SettingsDep
+from gateway.api.examples import LETTER_REQUEST_EXAMPLE
 from gateway.api.ingest import body_of, read_body
 from gateway.api.responses import FhirResponse
 from gateway.api.search import paging, refuse_unknown, split_list
@@ -48,7 +49,12 @@ def delivery(delivery_id: str, session: SessionDep) -> Response:
     return JSONResponse(store.row_json(row) | {"events": store.events_json(session, row.id)})
 
 
-@router.post("/outbox/{delivery_id}/$replay", summary="Send a delivery again from the stored letter (dead, failed, withheld or sent)")
+@router.post(
+    "/outbox/{delivery_id}/$replay",
+    summary="Send a delivery again from the stored letter (dead, failed, withheld or sent)",
+    description="Scope `outbox:operate`. No body. The delivery is queued again at once, the replay recorded with who asked "
+    "(the client, and X-User when given); 409 for one already on its way or superseded, 404 for an unknown id.",
+)
 def replay(delivery_id: str, request: Request, clock: ClockDep) -> Response:
     client = (current_principal() or SYSTEM).name  # the authenticated client; X-User names the person at an operator UI
     user = request.headers.get("x-user")
@@ -68,7 +74,14 @@ def replay(delivery_id: str, request: Request, clock: ClockDep) -> Response:
     "/fhir/CommunicationRequest",
     status_code=201,
     summary="Request a letter (docs/letters.md): stored with its document, PDF and deliveries; 201 with the letter's DocumentReference",
-    openapi_extra=body_of("application/fhir+json", "a FHIR CommunicationRequest (docs/letters.md)"),
+    description="Scope `letters:write`. The letter (a FHIR document and its PDF) and one delivery per recipient are stored "
+    "in one transaction; the outbox worker sends them (MESH, FHIR push, print folder). 422 OperationOutcome naming each "
+    "failing element; nothing is stored then.",
+    openapi_extra=body_of(
+        "application/fhir+json",
+        "a FHIR CommunicationRequest (docs/letters.md)",
+        examples={"progress": ("TT-14 progress letter", LETTER_REQUEST_EXAMPLE)},
+    ),
 )
 async def letter_request(request: Request, settings: SettingsDep, clock: ClockDep) -> Response:
     body = parse_json_object(await read_body(request, settings.max_body_bytes), "CommunicationRequest")

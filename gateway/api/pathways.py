@@ -8,6 +8,7 @@ from starlette.responses import Response
 
 from adapters.problems import GatewayInputError, Kind, Problem
 from gateway.api.deps import SessionDep, SettingsDep
+from gateway.api.examples import EPISODE_OPERATION_EXAMPLES
 from gateway.api.ingest import answer, body_of, read_body
 from gateway.api.responses import FhirResponse
 from gateway.api.search import Search, split_list
@@ -25,7 +26,13 @@ _OPS = ", ".join(f"${name}" for name in EPISODE_OPERATIONS)
     status_code=201,
     summary="Route a referral to a primary care or Talking Therapies pathway (docs/formats/pathway-referral.md): "
     "accept (step, team), signpost or redirect, with the rule trace; a re-sent referral id gets its original reply",
-    openapi_extra=body_of("application/fhir+json", "a FHIR ServiceRequest (docs/formats/pathway-referral.md)"),
+    description="Scope `ingest:referral`. 201 with a Parameters decision (outcome, step, team, every rule id and reason) "
+    "and the EpisodeOfCare, Tasks and letters it made; 400/422 OperationOutcome for a referral that cannot be read.",
+    openapi_extra=body_of(
+        "application/fhir+json",
+        "a FHIR ServiceRequest (docs/formats/pathway-referral.md)",
+        "pathways/tt-gp-referral-step-3.servicerequest.json",
+    ),
 )
 async def route_referral(request: Request, settings: SettingsDep) -> Response:
     return await answer(request, settings.max_body_bytes, request.app.state.pathways.refer)
@@ -51,7 +58,10 @@ def episode_search(request: Request, session: SessionDep) -> Response:
 @router.post(
     "/EpisodeOfCare/{episode_id}/{operation}",
     summary=f"Operate on an episode of care ({_OPS}); body: FHIR Parameters",
-    openapi_extra=body_of("application/fhir+json", "FHIR Parameters for the operation"),
+    description="Scope `pathway:operate`. The pathway's rules run on the episode (PC-xx, TT-xx; parameters: "
+    "docs/formats/pathway-referral.md); 200 with the new EpisodeOfCare (ETag: its version); a refusal is an "
+    "OperationOutcome naming the parameter and changes nothing. One example per operation below.",
+    openapi_extra=body_of("application/fhir+json", "FHIR Parameters for the operation", examples=EPISODE_OPERATION_EXAMPLES),
 )
 async def episode_operation(request: Request, episode_id: str, operation: str, settings: SettingsDep) -> Response:
     if not operation.startswith("$"):

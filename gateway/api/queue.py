@@ -16,6 +16,7 @@ from adapters.problems import GatewayInputError, Kind, Problem
 from fhir_mapping import codes
 from fhir_mapping.datetimes import format_iso_duration, to_fhir_instant
 from gateway.api.deps import ClockDep, RegistryDep, SessionDep, SettingsDep
+from gateway.api.examples import RISK_LEVEL_EXAMPLE
 from gateway.api.ingest import body_of, read_body
 from gateway.api.responses import FhirResponse
 from gateway.api.search import MAX_COUNT, int_param
@@ -96,7 +97,13 @@ def summary(session: SessionDep, clock: ClockDep, registry: RegistryDep, service
 @router.post(
     "/queue/$confirm-risk-level",
     summary="CAS-16: a Clinical Navigator confirms the queue risk level (kept with the suggestion)",
-    openapi_extra=body_of("application/fhir+json", "FHIR Parameters: service, level, practitioner, note"),
+    description="Scope `cas:operate`. Stores the confirmed level (low, medium, high) as an Observation beside the "
+    "suggestion it was made against; /queue/summary shows it. 201 with the Observation.",
+    openapi_extra=body_of(
+        "application/fhir+json",
+        "FHIR Parameters: service, level, practitioner, note",
+        examples={"confirm": ("CAS-16: confirm high", RISK_LEVEL_EXAMPLE)},
+    ),
 )
 async def confirm_risk_level(request: Request, clock: ClockDep, registry: RegistryDep, settings: SettingsDep) -> Response:
     params = parse_parameters(parse_json_object(await read_body(request, settings.max_body_bytes), "Parameters"))
