@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
 from typing import Any
 
@@ -174,7 +175,33 @@ def explain_resource(session: Session, resource_type: str, resource_id_: str) ->
         policy = f" [{', '.join(record['policy'])}]" if record.get("policy") else ""
         steps.append(f"{record['recorded']} {activity} ({rules}){policy} by {who}: {record['reason'][0]['text']}")
     key = resource_type[0].lower() + resource_type[1:]
+    versions = [{"name": "rules-version", "valueString": line} for line in _rule_versions(session, json.loads(row.content), records)]
     return {
         "resourceType": "Parameters",
-        "parameter": [{"name": key, "valueReference": {"reference": ref}}] + [{"name": "step", "valueString": step} for step in steps],
+        "parameter": [{"name": key, "valueReference": {"reference": ref}}]
+        + [{"name": "step", "valueString": step} for step in steps]
+        + versions,
     }
+
+
+_LABEL = re.compile(r"\(([a-z0-9-]{2,64} (?:cas-queue|pathway) [^()]{1,64})\)$")
+
+
+def _rule_versions(session: Session, resource: dict[str, Any], records: list[dict[str, Any]]) -> list[str]:
+    """Each rule file version named by the resource (Task input `rule-set`) or its decisions (Provenance agent), with
+    when and by whom it was activated (issue 37, gateway.rules.history)."""
+    from gateway.rules.history import activation_of  # rule history builds on the store and audit: imported late
+
+    labels = [i.get("valueString", "") for i in resource.get("input", []) if i["type"]["coding"][0]["code"] == "rule-set"]
+    for record in records:
+        found = _LABEL.search(record["agent"][0]["who"].get("display", ""))
+        if found:
+            labels.append(found.group(1))
+    lines = []
+    for label in dict.fromkeys(label for label in labels if label):
+        activation = activation_of(session, label)
+        if activation is None:
+            lines.append(f"{label}: the rule file shipped with the gateway (not activated with `iap-gateway rules activate`)")
+        else:
+            lines.append(f"{label}: activated {to_fhir_instant(activation.activated_at)} by {activation.activated_by}")
+    return lines
