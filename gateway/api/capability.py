@@ -147,7 +147,7 @@ def capability_statement(date: str) -> dict[str, Any]:
                         {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service", "code": "OAuth"}]}
                     ],
                     "description": "Every request needs 'Authorization: Bearer <API key or access token>'; access tokens come from "
-                    "POST /oauth2/token for a signed JWT client assertion (RS512, private_key_jwt). Scopes per route: README, Security.",
+                    "POST /oauth2/token for a signed JWT client assertion (RS512, private_key_jwt). Scopes per route: docs/security.md.",
                 },
                 "operation": [
                     {"name": "process-message", "definition": "http://hl7.org/fhir/OperationDefinition/MessageHeader-process-message"}
