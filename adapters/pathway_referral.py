@@ -13,6 +13,8 @@ What is read (docs/formats/pathway-referral.md has the full table):
   supportingInfo -> contained QuestionnaireResponse (PHQ-9, GAD-7, DIALOG, ...), or CarePlan/<id> (PC-06 DIALOG+)
   extension gp-contact-agreed      valueBoolean; required on a self-referral (TT-02, TT-14)
   extension letter-copy-to-patient valueBoolean; default true (TT-14 cc the client unless they prefer not)
+  extension referral-functioning   valueCode relatively-unaffected | impeded | poor: the referrer's statement (TT-07)
+  extension referral-risk          valueCode low | no-current-intent | high: the referrer's statement (TT-07)
 
 No FHIR objects are built and nothing is stored here; every problem names its element.
 """
@@ -39,6 +41,10 @@ STEP_SYSTEM = f"{GATEWAY}/CodeSystem/pathway-step"
 FINDING_SYSTEM = f"{GATEWAY}/CodeSystem/referral-finding"
 GP_CONTACT_URL = f"{GATEWAY}/StructureDefinition/gp-contact-agreed"
 COPY_URL = f"{GATEWAY}/StructureDefinition/letter-copy-to-patient"
+FUNCTIONING_URL = f"{GATEWAY}/StructureDefinition/referral-functioning"
+RISK_URL = f"{GATEWAY}/StructureDefinition/referral-risk"
+FUNCTIONING = ("relatively-unaffected", "impeded", "poor")  # TT-07 step table's functioning column
+RISKS = ("low", "no-current-intent", "high")  # TT-07 step table's risk column
 NHS_NUMBER = codes.NHS_NUMBER
 ODS = codes.ODS_ORG
 SOURCES = ("self", "gp", "health-professional", "secondary-care", "care-navigator", "mhwbtc", "mhp")
@@ -64,6 +70,8 @@ class PathwayReferral:
     care_plans: tuple[str, ...] = ()  # CarePlan ids named in supportingInfo
     requester: str | None = None
     note: tuple[str, ...] = field(default=())
+    functioning: str | None = None  # TT-07: the referral's own statement of functioning (None: not stated)
+    risk: str | None = None  # TT-07: the referral's own statement of risk (None: not stated)
 
     @property
     def birth_date(self) -> date | None:
@@ -99,6 +107,8 @@ def parse_pathway_referral(raw: bytes) -> PathwayReferral:
         care_plans=_care_plans(body),
         requester=((body.get("requester") or {}).get("display") if isinstance(body.get("requester"), dict) else None),
         note=tuple(n["text"] for n in body.get("note") or [] if isinstance(n, dict) and isinstance(n.get("text"), str)),
+        functioning=_stated(body, FUNCTIONING_URL, FUNCTIONING, problems),
+        risk=_stated(body, RISK_URL, RISKS, problems),
     )
     if referral.source == "self" and referral.gp_contact_agreed is None:
         problems.error(
@@ -300,6 +310,17 @@ def _flag(body: dict[str, Any], url: str, problems: ProblemList) -> bool | None:
                 problems.error(Kind.VALUE, f"ServiceRequest.extension('{url}')", "must be valueBoolean")
                 return None
             return bool(ext["valueBoolean"])
+    return None
+
+
+def _stated(body: dict[str, Any], url: str, allowed: tuple[str, ...], problems: ProblemList) -> str | None:
+    """A coded statement the referral makes about itself (TT-07 functioning, risk): one of `allowed`, or None."""
+    for ext in body.get("extension") or []:
+        if isinstance(ext, dict) and ext.get("url") == url:
+            if ext.get("valueCode") not in allowed:
+                problems.error(Kind.VALUE, f"ServiceRequest.extension('{url}')", f"must be valueCode, one of {list(allowed)}")
+                return None
+            return str(ext["valueCode"])
     return None
 
 

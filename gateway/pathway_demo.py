@@ -60,6 +60,25 @@ def gad7(total: int, authored: str = "2026-11-02T09:00:00+00:00") -> dict[str, A
     return _response(f"{GATEWAY}/Questionnaire/gad-7", _GAD7, _spread(total, 7), authored, "gad7")
 
 
+def wsas(total: int, authored: str = "2026-11-02T09:00:00+00:00") -> dict[str, Any]:
+    """A WSAS (5 items, 0-8 each) with this total, items filled from the first."""
+    scores = [min(8, max(0, total - 8 * i)) for i in range(5)]
+    if not 0 <= total <= 40:
+        raise ValueError(f"WSAS total {total} out of range")
+    links = ("wsas-work", "wsas-home-management", "wsas-social-leisure", "wsas-private-leisure", "wsas-relationships")
+    return {
+        "resourceType": "QuestionnaireResponse",
+        "id": "wsas",
+        "status": "completed",
+        "questionnaire": f"{GATEWAY}/Questionnaire/wsas",
+        "authored": authored,
+        "item": [
+            {"linkId": link, "answer": [{"valueCoding": {"system": f"{GATEWAY}/CodeSystem/wsas-answers", "code": str(s)}}]}
+            for link, s in zip(links, scores, strict=True)
+        ],
+    }
+
+
 def _spread(total: int, items: int) -> list[int]:
     if not 0 <= total <= 3 * items:
         raise ValueError(f"total {total} out of range for {items} items")
@@ -83,6 +102,8 @@ def referral(
     responses: tuple[dict[str, Any], ...] = (),
     care_plans: tuple[str, ...] = (),
     requester: str | None = "Dr Synthetic Referrer",
+    functioning: str | None = None,
+    risk: str | None = None,
 ) -> dict[str, Any]:
     """A pathway referral ServiceRequest in the shape docs/formats/pathway-referral.md describes."""
     patient: dict[str, Any] = {
@@ -99,6 +120,10 @@ def referral(
         extension.append({"url": f"{GATEWAY}/StructureDefinition/gp-contact-agreed", "valueBoolean": gp_contact_agreed})
     if copy_to_patient is not None:
         extension.append({"url": f"{GATEWAY}/StructureDefinition/letter-copy-to-patient", "valueBoolean": copy_to_patient})
+    if functioning is not None:  # TT-07: the referral's own statement of functioning
+        extension.append({"url": f"{GATEWAY}/StructureDefinition/referral-functioning", "valueCode": functioning})
+    if risk is not None:  # TT-07: the referral's own statement of risk
+        extension.append({"url": f"{GATEWAY}/StructureDefinition/referral-risk", "valueCode": risk})
     body: dict[str, Any] = {
         "resourceType": "ServiceRequest",
         "contained": [patient, *responses],

@@ -123,7 +123,8 @@ class Pathways:
             patient = _patient(session, referral)
             patient_ref = f"Patient/{patient['id']}"
             dialog_plus = _dialog_plus_in_force(session, patient["id"], referral.care_plans)
-            decision = route_referral(referral, rules, measures, dialog_plus)
+            on_file = self._wsas_on_file(session, patient["id"], referral.received, rules) if "wsas" not in measures else None
+            decision = route_referral(referral, rules, measures | ({"wsas-on-file": on_file} if on_file else {}), dialog_plus)
             decision_box.append(decision)
             out: list[tuple[dict[str, Any], str | None]] = [(patient, None)]
             if referral.source == "self" and referral.gp_contact_agreed is not None:
@@ -174,6 +175,8 @@ class Pathways:
                             rules.service.id,
                         )
                     )
+                if decision.senior_screening:  # TT-07: a column the step table needed is unknown (appendix 1 screening)
+                    out.append((_senior_screening_task(decision, rules, sr_id, patient_ref, now), rules.service.id))
             else:
                 out += [(r, rules.service.id) for r in _not_booked(request, decision, patient, referral, now)]
             record = provenance(
@@ -318,6 +321,24 @@ class Pathways:
             outcome_measures=self._episode_measures(session, patient_id, rules, parse_source_datetime(episode["period"]["start"])),
             failed_booking_attempts=sum(1 for k, o, _, _ in parsed if k == "booking-attempt" and o == "failed"),  # TT-17
         )
+
+    def _wsas_on_file(self, session: Session, patient_id: str, referred: datetime, rules: Rules) -> MeasureFact | None:
+        """TT-07: the patient's latest WSAS total on file, completed within `functioning_on_file_within` before the referral."""
+        if not isinstance(rules, TalkingTherapiesRules):
+            return None
+        since = referred - rules.functioning_on_file_within
+        observations, _ = search_resources(session, ResourceQuery("Observation", patient=patient_id, count=10_000))
+        found: list[tuple[datetime, float, str]] = []
+        for obs in observations:
+            coding: dict[str, Any] = next(iter(obs["code"].get("coding", [])), {})
+            if self._codes.get((coding.get("system"), str(coding.get("code")))) == ("wsas", "total") and obs.get("effectiveDateTime"):
+                when = parse_source_datetime(obs["effectiveDateTime"])
+                if since <= when <= referred and (obs.get("valueQuantity") or {}).get("value") is not None:
+                    found.append((when, float(obs["valueQuantity"]["value"]), obs["id"]))
+        if not found:
+            return None
+        when, value, obs_id = max(found)
+        return MeasureFact("wsas", value, None, on_file=f"Observation/{obs_id} of {when.date().isoformat()}")
 
     def _episode_measures(self, session: Session, patient_id: str, rules: Rules, referred: datetime) -> frozenset[str]:
         """PC-14: which of the service's outcome measures were scored for the patient in the episode (from
@@ -657,6 +678,22 @@ def _new_episode(referral: PathwayReferral, rules: Rules, decision: Decision, sr
     return with_clocks(episode, clocks)
 
 
+def _senior_screening_task(decision: Decision, rules: Rules, sr_id: str, patient_ref: str, now: datetime) -> dict[str, Any]:
+    """TT-07 (appendix 1): a senior clinician screens a referral the step table could not fully decide."""
+    unknown = [c for c in ("functioning", "risk") if decision.columns and getattr(decision.columns, c).value is None]
+    return pathway_task(
+        "senior-screening",
+        "Screening by a senior clinician",
+        f"ServiceRequest/{sr_id}",
+        patient_ref,
+        now,
+        None,
+        rules.service.teams.by_step.get(decision.step or "") or rules.service.name,
+        ["TT-07"],
+        f"Severe score with {' and '.join(unknown) or 'a column'} unknown: confirm {decision.step} or step 4/5 (TT-07 step table)",
+    )
+
+
 def _not_booked(
     request: dict[str, Any], decision: Decision, patient: dict[str, Any], referral: PathwayReferral, now: datetime
 ) -> list[dict[str, Any]]:
@@ -746,6 +783,10 @@ def _decision_parameters(decision: Decision, rules: Rules, stored: list[dict[str
     if decision.route:
         params += [{"name": "route", "valueCode": decision.route}, {"name": "where", "valueString": decision.where or ""}]
     params.append({"name": "rules-version", "valueString": rules.label})
+    if decision.columns is not None:  # TT-07: the step table's three columns and which decided
+        for column in ("severity", "functioning", "risk"):
+            params.append({"name": column, "valueString": str(getattr(decision.columns, column))})
+        params += [{"name": "decided-by", "valueCode": column} for column in decision.decided_by]
     params += [{"name": "rule", "valueCode": rule} for rule in decision.rule_ids]
     params += [{"name": "reason", "valueString": line} for line in decision.trace]
     params.append({"name": "referral", "valueReference": {"reference": f"ServiceRequest/{sr_id}"}})

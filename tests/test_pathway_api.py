@@ -54,7 +54,7 @@ def test_an_accepted_referral_opens_an_episode_with_its_clock_and_the_rule_versi
     assert reply.status_code == 201
     body = reply.json()
     assert param(body, "outcome") == "accept" and param(body, "step") == "step-3"
-    assert param(body, "rules-version") == "north-essex-north-east pathway 2026.12.2"
+    assert param(body, "rules-version") == "north-essex-north-east pathway 2026.12.3"
     episode = client.get(reply.headers["location"]).json()
     assert episode["status"] == "waitlist" and episode["type"][1]["coding"][0]["code"] == "step-3"
     clock = next(e for e in episode["extension"] if e["url"].endswith("/pathway-clock"))
@@ -62,7 +62,7 @@ def test_an_accepted_referral_opens_an_episode_with_its_clock_and_the_rule_versi
     assert values["name"] == "tt-initial-assessment" and values["due"] == "2026-12-19T00:00:00Z"  # end of the 28th day
     explained = client.get(f"/fhir/EpisodeOfCare/{episode['id']}/$explain").json()
     text = " ".join(p["valueString"] for p in explained["parameter"] if p["name"] == "step")
-    assert "TT-07" in text and "PHQ-9 16" in text and "rules/north-essex-north-east/2026.12.2" in text
+    assert "TT-07" in text and "PHQ-9 16" in text and "rules/north-essex-north-east/2026.12.3" in text
 
 
 def test_a_resent_referral_gets_its_original_reply_and_stores_nothing(client, stored) -> None:

@@ -128,7 +128,7 @@ STEP_ROWS = [
     ("mild", (7, "mild"), "accept", "step-2"),
     ("moderate", (8, "mild"), "accept", "step-2"),
     ("moderately-severe", (8, "mild"), "accept", "step-3"),
-    ("severe", (8, "mild"), "redirect", "secondary-care"),
+    ("severe", (8, "mild"), "accept", "step-3"),  # severe alone is step 3 (TT-07: secondary care needs poor functioning and high risk)
     ("none-minimal", (2, "minimal"), "signpost", "signpost"),
     ("mild", (14, "moderate"), "accept", "step-2"),  # GAD-7 14: moderate (TT-06 standard cut-offs)
     ("mild", (15, "severe"), "accept", "step-2"),  # GAD-7 15: moderate for stepping (TT-06 b: the service's table, issue 33)
@@ -241,11 +241,11 @@ def test_a_rule_change_is_a_data_change_TT_01(tmp_path: Path) -> None:
     for path in folder.glob("*.yaml"):
         (tmp_path / path.name).write_text(path.read_text())
     mid = tmp_path / "north-essex-mid.yaml"
-    mid.write_text(mid.read_text().replace("min_age: {years: 17}", "min_age: {years: 18}").replace('"2026.12.2"', '"2026.12.3"'))
+    mid.write_text(mid.read_text().replace("min_age: {years: 17}", "min_age: {years: 18}").replace('"2026.12.3"', '"2026.12.4"'))
     changed = load_pathways(tmp_path).services["north-essex-mid"]
     body = referral("north-essex-mid", "R-1", RECEIVED, "2009-11-23", practice="F81001")
     decision = route_referral(parse_pathway_referral(json.dumps(body).encode()), changed, {}, False)
-    assert decision.outcome == "signpost" and changed.label == "north-essex-mid pathway 2026.12.3"
+    assert decision.outcome == "signpost" and changed.label == "north-essex-mid pathway 2026.12.4"
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,8 @@ an excluded referral is signposted or redirected to a named destination.
   PC-07 the hub screens step-ups within 7 working days (clock)
   TT-01 age by locality; TT-04 exclusions (GP informed); TT-16 risk -> secondary care / access and assessment
   TT-03 urgent self-referral -> duty worker telephone screening as a priority
-  TT-05/06/07 step from the worse of the PHQ-9 and GAD-7 severities
+  TT-05/06/07 step from the step table's three columns: the worse of the PHQ-9 and GAD-7 severities, functioning
+              (WSAS or the referral's statement) and risk (pathway_step_table)
   TT-08 initial assessment clock from referral
 """
 
@@ -24,6 +25,7 @@ from adapters.pathway_referral import PathwayReferral
 from adapters.problems import GatewayInputError, Kind, Problem
 from fhir_mapping.datetimes import age_reached, format_iso_duration, london_date
 from gateway.rules.pathway_schema import Exclusion, PrimaryCareRules, Route, TalkingTherapiesRules
+from gateway.rules.pathway_step_table import Column, Columns, choose_step, functioning_column, risk_column
 
 __all__ = ["Decision", "MeasureFact", "route_referral", "SEVERITY_ORDER", "ROUTE_ORDER"]
 
@@ -38,6 +40,7 @@ class MeasureFact:
     measure: str  # phq-9, gad-7, ...
     score: float | None
     band: str | None
+    on_file: str | None = None  # None: scored from the referral; else where the stored score is (e.g. "Observation/x of 2026-11-01")
 
 
 @dataclass
@@ -52,6 +55,9 @@ class Decision:
     inform_gp: bool = False
     duty_screening: bool = False  # TT-03
     clocks: list[str] = field(default_factory=list)  # clocks started at the referral time
+    columns: Columns | None = None  # TT-07: the step table's inputs (Talking Therapies, scored)
+    decided_by: tuple[str, ...] = ()  # TT-07: the columns that decided the step
+    senior_screening: bool = False  # TT-07: a senior clinician screens the referral (a column was unknown)
 
     def because(self, rule: str, text: str) -> None:
         if rule not in self.rule_ids:
@@ -206,10 +212,10 @@ def _route_talking_therapies(
     if referral.source == "self":
         agreed = "agrees" if referral.gp_contact_agreed else "does not agree"
         decision.because("TT-02", f"the person {agreed} to the GP being contacted (recorded; TT-14 letters follow it)")
-    severities = []
+    severities: list[tuple[str, str]] = []  # (stepping severity, the score it came from)
     for measure in ("phq-9", "gad-7"):
         fact = measures.get(measure)
-        if fact is None or fact.band is None:
+        if fact is None or fact.band is None or fact.on_file is not None:
             continue
         rule = "TT-05" if measure == "phq-9" else "TT-06"
         stepping = rules.stepping_severity(measure, fact.score)
@@ -222,7 +228,7 @@ def _route_talking_therapies(
                 rule,
                 f"{measure.upper()} {fact.score:g}: stepping severity {severity} (stepping_bands.{measure}; published band {fact.band})",
             )
-        severities.append(severity)
+        severities.append((severity, f"{measure.upper()} {fact.score:g}"))
     if referral.priority in _URGENT and referral.source == "self":
         decision.duty_screening = True
         within = format_iso_duration(rules.duty_screening_within)
@@ -231,11 +237,27 @@ def _route_talking_therapies(
         decision.step = "screening"
         decision.because("TT-07", "no scored PHQ-9 or GAD-7 with the referral: screening decides step 2, step 3 or signposting")
     else:
-        severity = max(severities, key=SEVERITY_ORDER.index)
-        outcome = rules.allocation(severity)
-        decision.because("TT-07", f"worse severity {severity} -> {outcome}")
+        severity, source = max(severities, key=lambda pair: SEVERITY_ORDER.index(pair[0]))
+        wsas, on_file = measures.get("wsas"), measures.get("wsas-on-file")
+        columns = Columns(
+            Column(severity, f"the worse of PHQ-9 and GAD-7: {source}"),
+            functioning_column(
+                rules,
+                wsas.score if wsas and wsas.on_file is None else None,
+                referral.functioning,
+                (on_file.score, on_file.on_file) if on_file and on_file.score is not None and on_file.on_file else None,
+            ),
+            risk_column(referral.risk),
+        )
+        choice = choose_step(rules, columns)
+        decision.columns, decision.decided_by, decision.senior_screening = columns, choice.decided_by, choice.senior_screening
+        for line in choice.reasons:
+            decision.because("TT-07", line)
+        outcome = choice.outcome
         if outcome in ("step-2", "step-3"):
             decision.step = outcome
+            if choice.senior_screening:
+                decision.because("TT-07", f"{outcome} booked; screening by a senior clinician (a Task) before the initial assessment")
         else:
             route: Route = "signpost" if outcome == "signpost" else "secondary-care"
             where = rules.routes.get(route) or outcome

@@ -159,11 +159,34 @@ class SessionCap(_Strict):
         return self
 
 
-class Allocation(_Strict):
-    """TT-07: the step for the worse of the PHQ-9 and GAD-7 severities."""
+Severity = Literal["none", "mild", "moderate", "moderately-severe", "severe"]
+Functioning = Literal["relatively-unaffected", "impeded", "poor"]
+Risk = Literal["low", "no-current-intent", "high"]
 
-    severity: Literal["none", "mild", "moderate", "moderately-severe", "severe"]
+
+class Allocation(_Strict):
+    """TT-07: one row of the step table (policy 9), whose rows combine three columns: severity (the worse of the
+    PHQ-9 and GAD-7 stepping severities), functioning and risk. A row without `functioning` / `risk` is the severity's
+    default; a row with them applies only when every column it names is known and in its list. `if_unknown` says what
+    a row does when a column it names is unknown: `default` (the severity's default row decides) or `senior-screening`
+    (the default row decides, and a senior clinician screens the referral: never an automatic redirect)."""
+
+    severity: Severity
+    functioning: list[Functioning] | None = Field(default=None, min_length=1)
+    risk: list[Risk] | None = Field(default=None, min_length=1)
     outcome: Literal["step-2", "step-3", "secondary-care", "signpost"]
+    if_unknown: Literal["default", "senior-screening"] = "default"
+
+    @property
+    def conditional(self) -> bool:
+        return self.functioning is not None or self.risk is not None
+
+
+class FunctioningBand(_Strict):
+    """TT-07: the functioning column from a WSAS total (scores up to `up_to` inclusive)."""
+
+    up_to: int = Field(ge=0, le=40)
+    functioning: Functioning
 
 
 class SteppingBand(_Strict):
@@ -201,7 +224,9 @@ class TalkingTherapiesRules(_Common):
     kind: Literal["talking-therapies"]
     min_age: Age  # TT-01 local variant
     severity_bands: dict[str, dict[str, str]]  # TT-05/TT-06: measure id -> scorer band code -> severity
-    step_allocation: list[Allocation] = Field(min_length=5)  # TT-07
+    step_allocation: list[Allocation] = Field(min_length=5)  # TT-07: severity, functioning, risk
+    functioning_bands: list[FunctioningBand] = Field(min_length=1)  # TT-07: WSAS total -> functioning column
+    functioning_on_file_within: Duration  # TT-07: a WSAS on file counts when completed this long before the referral
     # TT-06 (b): the service's own bands for stepping, by score (the Observation keeps the published bands)
     stepping_bands: dict[Literal["phq-9", "gad-7"], list[SteppingBand]] = Field(default_factory=dict)
     session_caps: dict[Literal["step-2", "step-3"], SessionCap]  # TT-12
@@ -216,9 +241,14 @@ class TalkingTherapiesRules(_Common):
     def _tt_checks(self) -> TalkingTherapiesRules:
         _need_clocks(self.clocks, ("tt-initial-assessment", "tt-second-session", "tt-kit-call", "tt-dna-contact"))
         _need_steps(self.service.teams, ("duty", "step-2", "step-3"))
-        severities = {a.severity for a in self.step_allocation}
-        if len(severities) != len(self.step_allocation) or len(severities) != 5:
-            raise ValueError("step_allocation needs exactly one row per severity (none, mild, moderate, moderately-severe, severe)")
+        defaults = [a.severity for a in self.step_allocation if not a.conditional]
+        if len(set(defaults)) != len(defaults) or len(set(defaults)) != 5:
+            raise ValueError(
+                "step_allocation needs exactly one row without functioning/risk per severity "
+                "(none, mild, moderate, moderately-severe, severe)"
+            )
+        if [b.up_to for b in self.functioning_bands] != sorted({b.up_to for b in self.functioning_bands}):
+            raise ValueError("functioning_bands: up_to must rise from row to row")
         for measure in ("phq-9", "gad-7"):
             if measure not in self.severity_bands:
                 raise ValueError(f"severity_bands needs {measure}")
@@ -235,7 +265,12 @@ class TalkingTherapiesRules(_Common):
         return next((b.severity for b in bands if score <= b.up_to), bands[-1].severity)
 
     def allocation(self, severity: str) -> str:
-        return next(a.outcome for a in self.step_allocation if a.severity == severity)
+        """The severity's default row (no functioning or risk named)."""
+        return next(a.outcome for a in self.step_allocation if a.severity == severity and not a.conditional)
+
+    def functioning_from_wsas(self, total: float) -> str:
+        """TT-07: the functioning column for a WSAS total (functioning_bands)."""
+        return next((b.functioning for b in self.functioning_bands if total <= b.up_to), self.functioning_bands[-1].functioning)
 
 
 def _need_clocks(clocks: dict[str, ClockRule], names: tuple[str, ...]) -> None:
