@@ -19,8 +19,8 @@ from fhir_mapping.episodes import episode_clocks, with_clocks
 from gateway.clock import CLOCK_SKEW
 from gateway.rules.cas_ops import Params
 from gateway.rules.pathway_clocks import stop_clock
+from gateway.rules.pathway_episode import EpisodeFacts, Letter, StepResult, close_episode, current_step
 from gateway.rules.pathway_schema import PrimaryCareRules, TalkingTherapiesRules
-from gateway.rules.pathway_steps import EpisodeFacts, Letter, StepResult, close_episode, current_step
 
 __all__ = ["BOOKING_ATTEMPT", "record_booking_attempt"]
 
