@@ -1,15 +1,10 @@
-"""Engine, sessions and migrations."""
+"""Engine, sessions and migrations (the SQLite writer lock: `writer_lock`; what a database error means: `failures`)."""
 
 from __future__ import annotations
 
-import fcntl
-import os
-import sqlite3
-import threading
 import time
-import weakref
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 from weakref import WeakKeyDictionary
@@ -17,11 +12,12 @@ from weakref import WeakKeyDictionary
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, Engine, create_engine, event
-from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.store.deferred import send_deferred_writes_together
+from gateway.store.failures import sqlite_file_unusable, store_timed_out, store_unavailable
+from gateway.store.writer_lock import _SQLITE_WRITERS, SqliteWriterLock, WriterLockTimeout, write_transaction
 
 if TYPE_CHECKING:
     from gateway.store.group_commit import GroupCommit
@@ -35,143 +31,13 @@ __all__ = [
     "one_read",
     "store_unavailable",
     "store_timed_out",
+    "sqlite_file_unusable",
+    "SqliteWriterLock",
     "WriterLockTimeout",
     "MIGRATIONS_DIR",
 ]
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
-
-
-class WriterLockTimeout(OperationalError):
-    """A write waited longer than the store allows (`IAP_DB_STATEMENT_TIMEOUT_MS`) for a SQLite file's writer lock:
-    another thread or process wrote, or held the lock, all that time (a CLI command suspended with Ctrl-Z, say).
-    An OperationalError, so it is answered like any other wait that ran out (`store_unavailable`: HTTP 503, AR)."""
-
-    def __init__(self, path: str | None, seconds: float | None) -> None:
-        where = f"the writer lock {path}" if path else "the writer lock"
-        waited = "" if seconds is None else f" {seconds:g} s"
-        super().__init__(None, None, TimeoutError(f"waited{waited} for {where}; another writer held it all that time"))
-
-
-class SqliteWriterLock:
-    """One writing transaction at a time on a SQLite file, across the threads of a process and the processes
-    of a host (`serve --workers N`, the CLI): a thread lock, then an exclusive `flock` on `<db>-writer.lock`.
-
-    SQLite has one writer. Without this, writers that meet its lock sleep in its busy handler (1, 2, 5,
-    10, ... 100 ms steps) and some waited seconds under load (bench/README.md); here they queue in the
-    kernel and start as soon as the writer before them commits. Re-entrant within a thread. A store with
-    no file (in-memory) needs only the thread lock.
-
-    `timeout` (seconds; None = no limit): how long a write waits for both, after which it fails with
-    `WriterLockTimeout`. Without it, a process holding the file's lock (a CLI command suspended with Ctrl-Z) held
-    every writer of the gateway (its ingest, MLLP, safety-call ticks) for as long as it lasted.
-    """
-
-    def __init__(self, path: str | None, timeout: float | None) -> None:
-        self._thread = threading.RLock()
-        self._path = path
-        self._timeout = timeout
-        self._file: _FileLock | None = None
-        self._depth = 0
-
-    def __enter__(self) -> None:
-        deadline = None if self._timeout is None else time.monotonic() + self._timeout
-        if not self._thread.acquire(timeout=-1 if self._timeout is None else self._timeout):
-            raise WriterLockTimeout(self._path, self._timeout)
-        self._depth += 1
-        if self._depth == 1 and self._path is not None:
-            try:
-                self._file_lock().acquire(deadline)
-            except BaseException:
-                self._depth -= 1
-                self._thread.release()
-                raise
-
-    def __exit__(self, *_exc: object) -> None:
-        try:
-            if self._depth == 1 and self._file is not None:
-                self._file.release()
-        finally:
-            self._depth -= 1
-            self._thread.release()
-
-    def _file_lock(self) -> _FileLock:
-        if self._file is None or self._file.pid != os.getpid():  # a forked child opens its own (flock belongs to the open file)
-            self._file = _FileLock(self._path or "", self._timeout)
-        return self._file
-
-
-class _FileLock:
-    """The exclusive `flock` on a file, waited for until a deadline.
-
-    flock has no timed wait, and trying it again and again (LOCK_NB) loses to a busy process that takes it back the
-    moment it lets it go (the worker processes of `serve --workers N` share the file). So the wait is the kernel's,
-    in a thread of this lock's own (the waiter), and a writer waits for the waiter's word until its deadline. A writer
-    that gives up leaves the waiter waiting; the next writer of this process takes that wait over, and if none has
-    come by the time the waiter gets the lock, the waiter lets it go at once. Only a lock found taken needs the waiter.
-    """
-
-    FREE, WANTED, ABANDONED, HELD = range(4)
-    WAITER_IDLE_SECONDS = 5.0  # a waiter with nothing to do for this long ends (the next wait starts another)
-
-    def __init__(self, path: str, timeout: float | None) -> None:
-        self.pid = os.getpid()
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        weakref.finalize(self, os.close, self._fd)  # closed with the engine's lock
-        self._path, self._timeout = path, timeout
-        self._state = self.FREE
-        self._waiter: threading.Thread | None = None
-        self._changed = threading.Condition()
-
-    def acquire(self, deadline: float | None) -> None:
-        with self._changed:
-            if self._state == self.FREE:  # not FREE: ABANDONED, the waiter still waiting for it
-                try:
-                    fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    self._state = self.HELD
-                    return
-                except BlockingIOError:
-                    pass
-            self._state = self.WANTED
-            if self._waiter is None:
-                self._waiter = threading.Thread(target=self._wait, name="iap-sqlite-writer-lock", daemon=True)
-                self._waiter.start()
-            self._changed.notify_all()
-            try:
-                while self._state != self.HELD:
-                    left = None if deadline is None else deadline - time.monotonic()
-                    if left is not None and left <= 0:
-                        raise WriterLockTimeout(self._path, self._timeout)
-                    self._changed.wait(left)
-            except BaseException:  # out of time, or interrupted: the waiter lets the lock go when it gets it
-                self._state = self.ABANDONED
-                raise
-
-    def release(self) -> None:
-        with self._changed:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            self._state = self.FREE
-
-    def _wait(self) -> None:
-        """The waiter: takes the file's lock in the kernel's queue whenever a writer wants it."""
-        while True:
-            with self._changed:
-                if not self._changed.wait_for(lambda: self._state == self.WANTED, self.WAITER_IDLE_SECONDS):
-                    if self._state == self.ABANDONED:  # given up before this thread began to wait for it
-                        self._state = self.FREE
-                    self._waiter = None
-                    return
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
-            with self._changed:
-                if self._state == self.WANTED:
-                    self._state = self.HELD
-                    self._changed.notify_all()
-                else:  # ABANDONED: the writer gave up and no other has come
-                    fcntl.flock(self._fd, fcntl.LOCK_UN)
-                    self._state = self.FREE
-
-
-_SQLITE_WRITERS: WeakKeyDictionary[Engine, SqliteWriterLock] = WeakKeyDictionary()
 
 
 def make_engine(url: str, statement_timeout_ms: int | None = None) -> Engine:
@@ -220,54 +86,6 @@ def make_engine(url: str, statement_timeout_ms: int | None = None) -> Engine:
 
 _SQLITE_DEFAULT_BUSY = 30.0  # seconds a statement waits for another process's lock on a SQLite file, unless told
 _SQLITE_NO_LIMIT = (2**31 - 1) / 1000  # seconds: the longest busy timeout SQLite takes (its milliseconds are a C int)
-
-
-def store_unavailable(error: BaseException) -> bool:
-    """`error` says the store could not do the work just now, not that the work or the input was wrong: the database
-    could not be reached or went away (a restart, a network fault, no connections left), a statement ran out of time
-    or waited too long for a lock, PostgreSQL gave up on a deadlock or a serialization conflict, or the pool had no
-    connection to give. A sender told so sends again later (HTTP 503 with Retry-After, gateway.api.responses); a
-    message that was taken meanwhile is answered as a re-send, never stored twice.
-    """
-    if isinstance(error, OperationalError | PoolTimeout):
-        return True
-    return isinstance(error, DBAPIError) and error.connection_invalidated
-
-
-def store_timed_out(error: BaseException) -> bool:
-    """`error` is a wait that ran its whole time: for the SQLite file's writer (`WriterLockTimeout`) or its lock
-    (SQLITE_BUSY, after the busy timeout), for a PostgreSQL statement (`statement_timeout`: 57014) or lock (55P03),
-    or for a pooled connection. Trying the same work again at once would wait as long again, so it is not retried
-    (gateway.messages): the sender is answered now (503, AR) and sends again later. A deadlock, a serialization
-    conflict or a lost connection fail fast and are retried."""
-    if isinstance(error, WriterLockTimeout | PoolTimeout):
-        return True
-    code = _sqlite_result(error)
-    if code is not None:
-        return code == sqlite3.SQLITE_BUSY
-    return getattr(getattr(error, "orig", None), "sqlstate", None) in _PG_TIMED_OUT
-
-
-_PG_TIMED_OUT = frozenset({"57014", "55P03"})  # query_canceled (statement_timeout), lock_not_available
-
-
-def sqlite_file_unusable(error: BaseException) -> bool:
-    """`error` says the SQLite file that DATABASE_URL names cannot be used at all, whatever the time: it cannot be
-    opened or made (SQLITE_CANTOPEN: its folder does not exist, or may not be written) or it is not a SQLite database
-    (SQLITE_NOTADB). Sending or running the same thing again would fail the same way: the setting is wrong, not the
-    store's state (the CLI's exit 78, EX_CONFIG). A PostgreSQL server's refusal (no such database or role, a wrong
-    password) is not told apart here: psycopg gives a connection's failure no SQLSTATE, only the server's words."""
-    return _sqlite_result(error) in _SQLITE_UNUSABLE
-
-
-_SQLITE_UNUSABLE = frozenset({sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_NOTADB})
-
-
-def _sqlite_result(error: BaseException) -> int | None:
-    """SQLite's primary result code for the driver error under `error` (SQLITE_BUSY, ...); None if not SQLite's.
-    Its extended codes (SQLITE_BUSY_SNAPSHOT, ...) share the primary code's low byte."""
-    orig = getattr(error, "orig", None)
-    return (getattr(orig, "sqlite_errorcode", 0) & 0xFF) if isinstance(orig, sqlite3.Error) else None
 
 
 # How PostgreSQL plans the statements psycopg prepares (after 5 runs on a connection): each run is planned for its own
@@ -342,16 +160,6 @@ def migrate(engine: Engine, revision: str = "head") -> None:
     with engine.begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
-
-
-@contextmanager
-def write_transaction(sessions: sessionmaker[Session]) -> Iterator[Session]:
-    """`sessions.begin()` for a transaction that writes; on SQLite, one such transaction at a time on the file
-    (`SqliteWriterLock`: threads and worker processes queue for it). PostgreSQL: no lock."""
-    engine = sessions.kw.get("bind")
-    lock = _SQLITE_WRITERS.get(engine) if isinstance(engine, Engine) else None
-    with lock or nullcontext(), sessions.begin() as session:
-        yield session
 
 
 _AUTOCOMMIT: WeakKeyDictionary[Engine, Engine] = WeakKeyDictionary()

@@ -32,7 +32,8 @@ from typing import Any, Generic, TypeVar
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from gateway.store.db import store_timed_out, write_transaction
+from gateway.store.failures import store_timed_out
+from gateway.store.writer_lock import write_transaction
 
 __all__ = ["GroupCommit", "MAX_BATCH"]
 
