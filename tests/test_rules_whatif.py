@@ -257,6 +257,11 @@ def test_pathway_candidate_moving_the_tt08_clock_names_the_referral_TT_08(databa
     (case,) = report["cases"]
     assert case["rule_ids"] == ["TT-08"] and case["open"] is True
     assert case["before"]["clocks"].startswith("tt-initial-assessment=") and case["after"]["clocks"] != case["before"]["clocks"]
+    # the referral's $explain names the version that routed it, and that it was not activated through the CLI
+    assert _versions(client.get(f"/fhir/{case['case']}/$explain").json()) == [
+        f"north-essex-north-east pathway {live_version}: the rule file shipped with the gateway"
+        " (not activated with `iap-gateway rules activate`)"
+    ]
 
 
 def test_the_replay_transaction_refuses_any_write(app: Any) -> None:

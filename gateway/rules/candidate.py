@@ -24,7 +24,7 @@ from gateway.rules.schema import RuleFileError, RuleRegistry, ServiceRules, load
 from gateway.rules.sender_schema import SenderProfile, load_senders
 from gateway.settings import Settings
 
-__all__ = ["Candidate", "ValueChange", "RuleKind", "load_candidate", "live_file", "flatten", "value_changes"]
+__all__ = ["Candidate", "ValueChange", "RuleKind", "load_candidate", "check_candidate", "live_file", "flatten", "value_changes"]
 
 RuleKind = Literal["cas-queue", "pathway", "sender"]
 AnyRules = ServiceRules | PrimaryCareRules | TalkingTherapiesRules | SenderProfile
@@ -111,14 +111,22 @@ def live_file(kind: RuleKind, service_id: str, settings: Settings) -> Path:
 
 def load_candidate(path: Path, settings: Settings | None = None) -> Candidate:
     """Check `path` as start-up would if it were live; RuleFileError with start-up's message when it is refused."""
-    settings = settings or Settings()
     try:
         text = path.read_text(encoding="utf-8")
-        data = yaml.safe_load(text)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+    except (OSError, UnicodeDecodeError) as exc:
         raise RuleFileError(f"{path.name}: cannot read: {exc}") from None
+    return check_candidate(text, path, settings)
+
+
+def check_candidate(text: str, source: Path, settings: Settings | None = None) -> Candidate:
+    """`text` (a candidate's content, e.g. uploaded on a page; `source` names it) checked as start-up checks a live file."""
+    settings = settings or Settings()
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise RuleFileError(f"{source.name}: cannot read: {exc}") from None
     kind = _kind_of(data)
-    service_id = _service_id(kind, data, path)
+    service_id = _service_id(kind, data, source)
     folder = _folder(kind, settings)
     with tempfile.TemporaryDirectory(prefix="iap-rules-check-") as scratch:
         copy = Path(scratch) / "rules"
@@ -127,12 +135,11 @@ def load_candidate(path: Path, settings: Settings | None = None) -> Candidate:
         else:
             copy.mkdir()
         (copy / f"{service_id}.yaml").write_text(text, encoding="utf-8")
-        loaded = _load_all(kind, copy)  # start-up's loader: its checks, its errors
-        registry = load_rules(copy) if kind == "cas-queue" else None
+        registry = load_rules(copy) if kind == "cas-queue" else None  # start-up's loader: its checks, its errors
+        loaded = dict(registry.services) if registry is not None else _load_all(kind, copy)
     rules = loaded[service_id]
     live = _load_all(kind, folder).get(service_id) if folder.is_dir() else None
-    changes = value_changes(live, rules) if live is not None else value_changes(None, rules)
-    return Candidate(kind, service_id, path, text, rules, live, tuple(changes), registry)
+    return Candidate(kind, service_id, source, text, rules, live, tuple(value_changes(live, rules)), registry)
 
 
 def flatten(rules: BaseModel | None) -> dict[str, str]:
