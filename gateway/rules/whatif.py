@@ -18,11 +18,11 @@ import json
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, select
+from sqlalchemy import Connection, Engine, and_, func, select
 
 from adapters.bars import parse_bars_message
 from adapters.mhpl import parse_mhpl_call
@@ -162,10 +162,12 @@ _CAS_ROWS = (
         ResourceRow.status,
         ResourceRow.breach_at,
         ResourceRow.last_updated,
-        ResourceVersionRow.content,
+        # the decision as intake stored it: the Task's first version (a case stored before its versions were kept, 0007,
+        # has only its current one: compared from that, not left out)
+        func.coalesce(ResourceVersionRow.content, ResourceRow.content).label("content"),
     )
     .join(ResourceRow, and_(ResourceRow.resource_type == "Task", ResourceRow.id == InboundMessage.task_id))
-    .join(
+    .outerjoin(
         ResourceVersionRow,
         and_(
             ResourceVersionRow.resource_type == "Task", ResourceVersionRow.id == InboundMessage.task_id, ResourceVersionRow.version_id == 1
@@ -206,8 +208,6 @@ def _replay_cas(connection: Connection, candidate: Candidate, live: RuleRegistry
 
 
 def _with_counts(report: WhatIfReport, replayed: int, resent: int, unreadable: int) -> WhatIfReport:
-    from dataclasses import replace
-
     return replace(report, replayed=replayed, resent=resent, unreadable=unreadable)
 
 
