@@ -52,14 +52,85 @@ def test_map_of_refused_input_prints_the_operation_outcome_and_fails(tmp_path: P
 @pytest.mark.parametrize("args", [["clients", "list"], ["migrate"], ["serve", "--port", "0"]])
 def test_a_command_on_an_unreachable_database_says_so_in_one_line_and_exits_75_to_be_run_again(args: list[str]) -> None:
     """No 400-line traceback: one line naming the driver's reason, and EX_TEMPFAIL for cron, systemd or a shell."""
-    result = _run(*args, env={"DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/iap_no_such_database"})
+    port = free_port()  # nothing listens there: a server that is down
+    result = _run(*args, env={"DATABASE_URL": f"postgresql://postgres@127.0.0.1:{port}/iap"})
     assert result.returncode == 75, result.stderr
     (line,) = result.stderr.splitlines()
     assert line.startswith("iap-gateway: the database is unavailable (OperationalError: connection failed: ")
-    assert 'database "iap_no_such_database" does not exist' in line
+    assert f"port {port} failed: Connection refused" in line
     assert line.endswith(
         "; check DATABASE_URL if the reason names a wrong database, role or password, else run the command again once it is back"
     )
+
+
+@pytest.mark.parametrize("args", [["clients", "list"], ["migrate"], ["serve", "--port", "0"]])
+@pytest.mark.parametrize("missing", ["database", "role"])
+def test_a_database_or_role_the_server_does_not_have_is_a_setting_to_fix_and_exits_78(args: list[str], missing: str) -> None:
+    """Not 75: the database will not appear by waiting, and systemd told "try later" would loop for ever."""
+    url = {
+        "database": "postgresql://postgres:not-shown@127.0.0.1:5432/iap_no_such_database",
+        "role": "postgresql://iap_no_such_role:not-shown@127.0.0.1:5432/postgres",
+    }[missing]
+    result = _run(*args, env={"DATABASE_URL": url})
+    assert result.returncode == 78, result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("iap-gateway: the database refused the connection (OperationalError: connection failed: ")
+    assert f'{missing} "iap_no_such_{missing}" does not exist' in line and "not-shown" not in line
+    assert line.endswith("; check DATABASE_URL: the database and role it names must exist on that server")
+
+
+def test_a_postgres_url_as_tools_print_it_means_postgresql_through_psycopg(tmp_path: Path) -> None:
+    """`postgres://` (Heroku, RDS, pg_dump) and `postgresql://` both reach PostgreSQL, not NoSuchModuleError."""
+    from tests.conftest import PG_ADMIN_URL
+
+    server = PG_ADMIN_URL.split("://", 1)[1]
+    for scheme in ("postgres", "postgresql", "POSTGRES"):
+        result = _run("migrate", env={"DATABASE_URL": f"{scheme}://{server}"})
+        assert result.returncode == 0 and result.stderr.strip() == "database is at the newest schema", (scheme, result.stderr)
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("hunter2", "DATABASE_URL is not a URL (no scheme://)"),
+        ("postgresql://iap:hunter2@db.example:port/iap", "DATABASE_URL could not be read (check its port and special characters)"),
+        ("mysql://iap:hunter2@db.example/iap", "DATABASE_URL names a database the gateway does not use (mysql://)"),
+        ("postgresql+psycopg2://iap:hunter2@db.example/iap", "DATABASE_URL names a database the gateway does not use"),
+        ("postgresql://iap:hunter2@db.example:5432", "DATABASE_URL names no database (the path after host:port)"),
+    ],
+)
+def test_a_malformed_database_url_says_what_is_wrong_without_quoting_it_and_exits_78(url: str, reason: str) -> None:
+    result = _run("migrate", env={"DATABASE_URL": url})
+    assert result.returncode == 78, result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"iap-gateway: {reason}") and "hunter2" not in line
+    assert line.endswith("expected postgresql://user:password@host:5432/database or sqlite:///path/to/file.db") or "psycopg 3" in line
+
+
+def test_a_setting_settings_refuses_is_named_in_one_line_without_its_value_and_exits_78() -> None:
+    result = _run("migrate", env={"IAP_MLLP_PORT": "hunter2", "DATABASE_URL": "sqlite://"})
+    assert result.returncode == 78, result.stderr
+    assert result.stderr.splitlines() == [
+        "iap-gateway: IAP_MLLP_PORT: Input should be a valid integer, unable to parse string as an integer"
+    ]
+
+
+def test_report_plot_without_the_plot_extra_says_how_to_install_it_before_any_work(tmp_path: Path) -> None:
+    """matplotlib is the `plot` extra (docs/install-weight.md): without it, --plot is refused at once, in one line."""
+    blocked = "import sys; sys.modules['matplotlib'] = None; from gateway.cli import main; sys.argv[0] = 'iap-gateway'; main()"
+    png = tmp_path / "waitlist.png"
+    result = subprocess.run(
+        [sys.executable, "-c", blocked, "report", "waitlist", "--demo", "--plot", str(png)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert result.returncode == 1 and result.stdout == "" and not png.exists()
+    assert result.stderr.splitlines() == [
+        "iap-gateway: --plot needs matplotlib, which is not installed: pip install 'iap-gateway[plot]' (about 120 MB); "
+        "the table, JSON and CSV need nothing more"
+    ]
 
 
 @pytest.mark.parametrize("args", [["clients", "list"], ["migrate"], ["serve", "--port", "0"], ["demo"]])

@@ -49,6 +49,20 @@ def test_compose_sets_only_real_settings_and_holds_no_secret() -> None:
     assert "iap-local-only" not in text and ":?set POSTGRES_PASSWORD" in text
 
 
+def test_the_compose_header_and_the_deployment_page_list_the_same_required_secrets_compose_demands() -> None:
+    """One list: every `${VAR:?...}` compose refuses to start without, named in its header and in docs/deployment.md."""
+    text = (ROOT / "docker-compose.yml").read_text()
+    required = set(re.findall(r"\$\{(\w+):\?", text))
+    assert required == {"POSTGRES_PASSWORD", "IAP_MESH_PASSWORD", "MESH_SHARED_KEY"}
+    header = text.split("\nservices:", 1)[0]
+    listed = set(re.findall(r"^#   ([A-Z_]+)   ", header, re.M))
+    deployment = (ROOT / "docs" / "deployment.md").read_text()
+    table = deployment.split("## Required secrets", 1)[1].split("\n## ", 1)[0]
+    assert listed == required == set(re.findall(r"^\| `([A-Z_]+)` \|", table, re.M))
+    exports = [line for line in (header + deployment).splitlines() if "export " in line]
+    assert exports and all(set(re.findall(r"(\w+)='", line)) == required for line in exports)
+
+
 def test_the_proxy_balances_http_and_mllp_over_the_replicas_and_keeps_the_gateways_limits() -> None:
     nginx = (ROOT / "deploy" / "nginx.conf").read_text()
     assert "server gateway:8080;" in nginx and "server gateway:2575;" in nginx

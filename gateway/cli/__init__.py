@@ -37,13 +37,20 @@ def main() -> None:
     - a SQLite file that cannot be used whatever the time (`gateway.store.db.sqlite_file_unusable`: its folder does
       not exist or may not be written, or it is not a SQLite database): exit 78 (EX_CONFIG: fix DATABASE_URL), naming
       the file;
-    - the database unavailable (`gateway.store.db.store_unavailable`: unreachable, not there, restarting, a lock or
+    - the database unavailable (`gateway.store.db.store_unavailable`: unreachable, restarting, a lock or
       statement timeout): exit 75 (EX_TEMPFAIL: run it again later), with the driver's reason (its first line: it
       names the server, the database or the timeout, never a row);
     - any other database error: exit 1, naming only its type: its message can quote the values of a row (an NHS
       number in PostgreSQL's `DETAIL: Key (...)=(...)`), and a command's output often ends up in a log.
+
+    A setting that no retry will fix exits 78 too, saying which and why, never quoting a value: a DATABASE_URL that is
+    not one the gateway can use (`gateway.store.database_url`), a PostgreSQL database or role that is not there, or any
+    other setting Settings refuses.
     """
+    from pydantic import ValidationError
     from sqlalchemy.exc import SQLAlchemyError
+
+    from gateway.store.database_url import DatabaseUrlInvalid
 
     try:
         app()
@@ -51,10 +58,24 @@ def main() -> None:
         code, line = _database_failure(error)
         typer.echo(f"iap-gateway: {line}", err=True)
         sys.exit(code)
+    except DatabaseUrlInvalid as error:
+        typer.echo(f"iap-gateway: {error}", err=True)
+        sys.exit(EXIT_STORE_MISCONFIGURED)
+    except ValidationError as error:  # Settings: its str() would quote the values (a password among them)
+        for problem in error.errors(include_input=False, include_url=False):
+            typer.echo(f"iap-gateway: {_setting_name(problem['loc'])}: {problem['msg']}", err=True)
+        sys.exit(EXIT_STORE_MISCONFIGURED)
+
+
+def _setting_name(loc: tuple[int | str, ...]) -> str:
+    """The environment variable a Settings error is about: DATABASE_URL as it is, a field as IAP_<FIELD>."""
+    name = str(loc[0]) if loc else "settings"
+    return name if name.isupper() or not loc else f"IAP_{name.upper()}"
 
 
 def _database_failure(error: Exception) -> tuple[int, str]:
     """The exit code and the line for a database error that ended a command (`main`)."""
+    from gateway.store.database_url import database_setting_refused
     from gateway.store.db import sqlite_file_unusable, store_unavailable
 
     name = type(error).__name__
@@ -63,6 +84,11 @@ def _database_failure(error: Exception) -> tuple[int, str]:
         return EXIT_STORE_MISCONFIGURED, (
             f"the SQLite database {_sqlite_file()} cannot be used ({name}: {reason}); check DATABASE_URL: the file's folder"
             " must exist and be writable, and the file, if there, must be a SQLite database"
+        )
+    if database_setting_refused(error):
+        return EXIT_STORE_MISCONFIGURED, (
+            f"the database refused the connection ({name}: {reason}); check DATABASE_URL: the database and role it names"
+            " must exist on that server"
         )
     if store_unavailable(error):
         return EXIT_STORE_UNAVAILABLE, (

@@ -35,10 +35,16 @@ def report_waitlist(
 
     from gateway.clock import FixedClock, SystemClock
     from gateway.settings import Settings
-    from gateway.waitlist import plot_waitlist, reporting_period, waitlist_csv, waitlist_snapshot
+    from gateway.waitlist import PlotExtraMissing, plot_waitlist, reporting_period, require_plot, waitlist_csv, waitlist_snapshot
 
     if fmt not in ("json", "csv", "table"):
         raise typer.BadParameter("--format must be json, csv or table")
+    if plot is not None:
+        try:
+            require_plot()  # before any work: matplotlib is the optional `plot` extra (docs/install-weight.md)
+        except PlotExtraMissing as missing:
+            typer.echo(f"iap-gateway: {missing}", err=True)
+            raise typer.Exit(1) from None
     moment = parse_source_datetime(now) if now else SystemClock().now()
     try:
         period = reporting_period(entered_from, entered_to)

@@ -15,6 +15,7 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
+from gateway.store.database_url import normalise_database_url
 from gateway.store.deferred import send_deferred_writes_together
 from gateway.store.failures import sqlite_file_unusable, store_timed_out, store_unavailable
 from gateway.store.writer_lock import _SQLITE_WRITERS, SqliteWriterLock, WriterLockTimeout, write_transaction
@@ -54,6 +55,7 @@ def make_engine(url: str, statement_timeout_ms: int | None = None) -> Engine:
     Both hide statements' parameters from SQLAlchemy's errors (`hide_parameters`): a failed INSERT's message would
     otherwise carry its values (an NHS number, a name, a raw message) into every traceback that reaches a log.
     """
+    url = normalise_database_url(url)  # DatabaseUrlInvalid for a URL no retry will fix (gateway.store.database_url)
     if url.startswith("sqlite"):
         busy = _SQLITE_DEFAULT_BUSY if statement_timeout_ms is None else (statement_timeout_ms / 1000 or _SQLITE_NO_LIMIT)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": busy}, hide_parameters=True)
@@ -73,8 +75,6 @@ def make_engine(url: str, statement_timeout_ms: int | None = None) -> Engine:
         writer = None if in_memory or database is None else database + "-writer.lock"
         _SQLITE_WRITERS[engine] = SqliteWriterLock(writer, None if busy == _SQLITE_NO_LIMIT else busy)
         return engine
-    if url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url[len("postgresql://") :]
     options = [f"-c plan_cache_mode={PLAN_CACHE_MODE}"]
     if statement_timeout_ms:
         options.append(f"-c statement_timeout={statement_timeout_ms}")
