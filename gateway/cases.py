@@ -12,10 +12,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from adapters.jsonparse import parse_json_object
 from adapters.problems import GatewayInputError, Kind, Problem
-from fhir_mapping import codes
 from fhir_mapping.datetimes import to_fhir_instant
-from fhir_mapping.ids import resource_id
 from fhir_mapping.notifications import consultation_report_id, gp_letter_request, notification_id
+from fhir_mapping.provenance import RULE_SYSTEM, provenance
 from gateway.audit import note
 from gateway.clock import Clock
 from gateway.rules.cas_ops import OPERATIONS, Params, apply_operation, parse_parameters
@@ -29,34 +28,6 @@ from gateway.store.repo import ResourceQuery, get_for_update, get_resource, put_
 __all__ = ["CaseOperations", "provenance", "explain", "explain_resource", "RULE_SYSTEM", "is_specialist_desk"]
 
 log = structlog.get_logger("iap.cases")
-RULE_SYSTEM = f"{codes.GATEWAY_BASE}/CodeSystem/domain-rule"
-
-
-def provenance(
-    target: dict[str, Any],
-    activity: str,
-    who: str,
-    rule_ids: tuple[str, ...] | list[str],
-    summary: str,
-    now: datetime,
-    system: str = codes.CAS_OPERATION,
-    policy: str | None = None,
-) -> dict[str, Any]:
-    """Who did what to which version of a resource, when, under which rules (and rule file version), and why (in words)."""
-    version = (target.get("meta") or {}).get("versionId")
-    ref = f"{target['resourceType']}/{target['id']}"
-    record = {
-        "resourceType": "Provenance",
-        "id": resource_id("Provenance", ref, f"{version or target.get('lastModified') or to_fhir_instant(now)}-{activity}"),
-        "target": [{"reference": f"{ref}/_history/{version}" if version else ref}],
-        "recorded": to_fhir_instant(now),
-        "activity": {"coding": [{"system": system, "code": activity}]},
-        "reason": [{"coding": [{"system": RULE_SYSTEM, "code": rule} for rule in rule_ids], "text": summary}],
-        "agent": [{"who": {"display": who or "IAP gateway"}}],
-    }
-    if policy:
-        record["policy"] = [policy]
-    return record
 
 
 class CaseOperations:

@@ -27,7 +27,7 @@ from fhir_mapping.letters.document import document_bundle, letter_id_for, letter
 from fhir_mapping.letters.pdf import render_pdf
 from fhir_mapping.letters.request import UNKNOWN_PRACTICE, LetterRequest, Recipient, parse_letter_request
 from fhir_mapping.letters.types import LETTER_TYPE_SYSTEM
-from gateway.cases import provenance
+from fhir_mapping.provenance import provenance
 from gateway.outbox import store
 from gateway.outbox.consent import withheld_because
 from gateway.outbox.practices import practice_address
