@@ -274,3 +274,26 @@ def test_the_replay_transaction_refuses_any_write(app: Any) -> None:
         connection.execute(text("UPDATE resources SET version_id = version_id + 1"))
     with app.state.engine.begin() as connection:  # the pooled connection writes again for everyone else
         connection.execute(text("DELETE FROM resources WHERE 1 = 0"))
+
+
+def test_a_sender_profile_has_no_version_and_each_activation_is_kept_by_content(database_url: str, tmp_path: Path) -> None:
+    from gateway.rules.sender_schema import DEFAULT_SENDERS_DIR
+
+    live = tmp_path / "senders"
+    shutil.copytree(DEFAULT_SENDERS_DIR, live)
+    env = {"IAP_SENDERS_DIR": str(live)}
+    original = (DEFAULT_SENDERS_DIR / "rio-awp.yaml").read_text(encoding="utf-8")
+    assert "time_zone: Europe/London" in original
+    changed = tmp_path / "rio-awp-candidate.yaml"
+    changed.write_text(original.replace("name: AWP RiO", "name: AWP RiO (new interface)"), encoding="utf-8")
+    check = _run(database_url, "rules", "check", str(changed), env=env)
+    assert check.exit_code == 0, check.output
+    assert check.stdout.splitlines()[0] == "rio-awp-candidate.yaml: valid sender rule file for rio-awp"
+    assert check.stdout.splitlines()[2].split() == ["name", "AWP", "RiO", "->", "AWP", "RiO", "(new", "interface)"]
+    for path in (changed, DEFAULT_SENDERS_DIR / "rio-awp.yaml"):  # forward, then back: two activations
+        done = _run(database_url, "rules", "activate", str(path), "--by", "Integration lead", "--now", END.isoformat(), env=env)
+        assert done.exit_code == 0, done.output
+    assert (live / "rio-awp.yaml").read_text(encoding="utf-8") == original
+    assert len(_run(database_url, "rules", "history", "--service", "rio-awp", env=env).stdout.splitlines()) == 2
+    refused = _run(database_url, "rules", "what-if", str(changed), env=env)
+    assert refused.exit_code == 2 and "replays CAS queue and pathway rule files" in refused.stderr

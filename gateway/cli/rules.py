@@ -40,10 +40,11 @@ def rules_check(path: CandidateFile) -> None:
     from gateway.settings import Settings
 
     candidate = _candidate(path, Settings())
-    live = candidate.live_version or "(no live file)"
-    typer.echo(f"{path.name}: valid {candidate.kind} rule file for {candidate.service_id}, version {live} -> {candidate.version}")
+    live = candidate.live_version if candidate.live is not None else "(no live file)"
+    versions = "" if candidate.kind == "sender" else f", version {live} -> {candidate.version}"  # profiles carry none
+    typer.echo(f"{path.name}: valid {candidate.kind} rule file for {candidate.service_id}{versions}")
     changed = [c for c in candidate.changes if c.path != "version"]
-    if candidate.live is not None and candidate.version == candidate.live_version and changed:
+    if candidate.kind != "sender" and candidate.live is not None and candidate.version == candidate.live_version and changed:
         typer.echo("warning: values differ under the live version's number; `rules activate` needs a new version", err=True)
     typer.echo(changes_table(candidate.changes))
 

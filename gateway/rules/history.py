@@ -58,7 +58,8 @@ def activate(sessions: sessionmaker[Session], candidate: Candidate, by: str, now
         raise ActivationRefused("activation needs the name of the person activating it (--by)")
     digest = hashlib.sha256(candidate.text.encode("utf-8")).hexdigest()
     changed = [c for c in candidate.changes if c.path != "version"]
-    if candidate.live is not None and candidate.version == candidate.live_version and changed:
+    versioned = candidate.kind != "sender"  # sender profiles carry no version: each activation is kept by its content
+    if versioned and candidate.live is not None and candidate.version == candidate.live_version and changed:
         raise ActivationRefused(
             f"{candidate.source.name}: version {candidate.version} is the live version's, but {len(changed)} value(s) differ "
             f"({', '.join(c.path for c in changed[:5])}): give the changed file a new version"
@@ -79,7 +80,7 @@ def activate(sessions: sessionmaker[Session], candidate: Candidate, by: str, now
 def _record(session: Session, candidate: Candidate, digest: str, by: str, now: datetime) -> Activation:
     """The history row and its AuditEvent, in the caller's transaction."""
     earlier = session.scalars(select(RuleFileVersionRow.sha256).where(RuleFileVersionRow.label == candidate.label)).all()
-    if any(sha != digest for sha in earlier):
+    if candidate.kind != "sender" and any(sha != digest for sha in earlier):
         raise ActivationRefused(
             f"{candidate.source.name}: version {candidate.version} of {candidate.service_id} was activated before with "
             "other content: give the changed file a new version"
