@@ -59,6 +59,15 @@ class Settings(BaseSettings):
     mesh_timeout_seconds: float = Field(default=60.0, gt=0)
     fhir_push_timeout_seconds: float = Field(default=30.0, gt=0)
     print_dir: Path | None = None  # copies for clients: PDFs dropped here for the print-and-post service
+    # email for clients who agreed to it (TT-15; docs/letters.md): no host = no email at all, the letter goes by post
+    smtp_host: str | None = None
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    smtp_security: Literal["starttls", "tls", "none"] = "starttls"  # `none` only for a relay on this host
+    smtp_username: str | None = None
+    smtp_password: str | None = None
+    smtp_from: str | None = None  # required with IAP_SMTP_HOST
+    smtp_ca: Path | None = None  # CA bundle to verify the SMTP server (default: the system's)
+    smtp_timeout_seconds: float = Field(default=30.0, gt=0)
     # MLLP peers allowed to connect: addresses or networks, comma-separated (e.g. "10.20.0.5,10.21.0.0/24")
     mllp_allowed_peers: str = "127.0.0.1,::1"
     mllp_idle_timeout_seconds: float = Field(default=300, gt=0)  # an MLLP connection silent this long is closed
@@ -78,7 +87,7 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_file: Path | None = None  # also append the JSON log lines to this file
 
-    @field_validator("log_file", "token_audience", mode="before")
+    @field_validator("log_file", "token_audience", "smtp_host", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
