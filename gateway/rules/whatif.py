@@ -217,11 +217,13 @@ def _parse(channel: str, raw: bytes, message_id: str, correlation_id: str | None
     return parse_mhpl_call(raw) if channel == "mhpl" else parse_nhs111_case(raw)
 
 
-def _stored(task: dict[str, Any]) -> tuple[str | None, str | None, datetime, tuple[str, ...]]:
-    """(priority, classification, breach time, rule ids) of a stored Task."""
+def _stored(task: dict[str, Any]) -> tuple[str | None, str | None, datetime, tuple[str, ...], str | None]:
+    """(priority, classification, breach time, rule ids, rule set) of a stored Task."""
     coding = ((task.get("businessStatus") or {}).get("coding") or [{}])[0]
-    rules = next((i.get("valueString", "") for i in task.get("input", []) if i["type"]["coding"][0]["code"] == "rules-applied"), "")
-    return task.get("priority"), coding.get("code"), parse_source_datetime(task["restriction"]["period"]["end"]), tuple(rules.split())
+    inputs = {i["type"]["coding"][0]["code"]: i.get("valueString") for i in task.get("input", [])}
+    rules = inputs.get("rules-applied") or ""
+    breach = parse_source_datetime(task["restriction"]["period"]["end"])
+    return task.get("priority"), coding.get("code"), breach, tuple(rules.split()), inputs.get("rule-set")
 
 
 def _compare_case(
@@ -230,7 +232,7 @@ def _compare_case(
     from gateway.intake import decide  # intake's own: the adapter's problems and the rules' refusals alike
 
     assert candidate.registry is not None
-    priority, classification, breach, rule_ids = _stored(json.loads(row.content))
+    priority, classification, breach, rule_ids, rule_set = _stored(json.loads(row.content))
     is_open = row.status in OPEN_STATUSES
     current = row.breach_at or breach
     end = now if is_open else row.last_updated
@@ -241,6 +243,7 @@ def _compare_case(
         "breach_colour": breach_status(current, now, live.breach_status) if is_open else None,
         "safety_calls": safety_calls_due(current, end, live),
         "rules": " ".join(rule_ids),
+        "version": rule_set,  # the version that decided it (not always the live one: an older case keeps its own)
     }
     reason = ""
     try:
@@ -265,6 +268,7 @@ def _compare_case(
         "breach_colour": breach_status(current_after, now, rules.breach_status) if is_open else None,
         "safety_calls": safety_calls_due(current_after, end, rules),
         "rules": " ".join(decision.rule_ids),
+        "version": candidate.label,
     }
     kinds = tuple(
         name

@@ -18,7 +18,19 @@ from gateway.rules.whatif import CaseChange, WhatIfReport
 __all__ = ["as_table", "as_csv", "as_json", "as_dict", "changes_table", "FIELDS"]
 
 # the before/after values a case shows, in this order
-FIELDS = ("priority", "classification", "breach_time", "breach_colour", "safety_calls", "outcome", "step", "route", "clocks", "rules")
+FIELDS = (
+    "priority",
+    "classification",
+    "breach_time",
+    "breach_colour",
+    "safety_calls",
+    "outcome",
+    "step",
+    "route",
+    "clocks",
+    "rules",
+    "version",
+)
 
 
 def changes_table(changes: tuple[ValueChange, ...] | list[ValueChange]) -> str:

@@ -76,6 +76,7 @@ def _stored(response_body: str) -> dict[str, str | None]:
         if p["name"] in _KEYS:
             values[p["name"]] = p.get("valueCode") or p.get("valueString")
     values["rules"] = " ".join(p["valueCode"] for p in params if p["name"] == "rule")
+    values["version"] = next((p["valueString"] for p in params if p["name"] == "rules-version"), None)
     return values
 
 
@@ -115,6 +116,7 @@ def _compare(
         clocks = start_clock(clocks, name, rules, referral.received)
     after = {key: getattr(decision, key) for key in _KEYS}
     after["rules"] = " ".join(decision.rule_ids)
+    after["version"] = rules.label
     after["clocks"] = _clocks(clocks)
     kinds = tuple(
         kind
@@ -138,7 +140,7 @@ def _compare(
 
 def _route(session: Session, referral: PathwayReferral, rules: Rules, catalogue: MeasureCatalogue, patient_id: str | None) -> Decision:
     """The candidate's decision, from the facts the live intake looks up (gateway.pathways.Pathways.refer)."""
-    from gateway.pathways import _dialog_plus_in_force  # the same look-up intake makes (a read)
+    from gateway.pathway_records import _dialog_plus_in_force, _score_codes, wsas_on_file  # the look-ups intake makes (reads)
 
     read = [read_response(qr, f"ServiceRequest.contained.where(id='{str(qr.get('id'))[:64]}')") for qr in referral.questionnaire_responses]
     problems = [p for _, found in read for p in found]
@@ -151,6 +153,9 @@ def _route(session: Session, referral: PathwayReferral, rules: Rules, catalogue:
             top = scored.scores[0]
             measures[scored.measure.id] = MeasureFact(scored.measure.id, top.value, top.band.code if top.band else None)
     dialog_plus = _dialog_plus_in_force(session, patient_id, referral.care_plans) if patient_id else False
+    on_file = wsas_on_file(session, _score_codes(catalogue), patient_id, referral.received, rules) if patient_id else None
+    if on_file and "wsas" not in measures:  # TT-07 functioning column: a WSAS on file, as intake reads it
+        measures["wsas-on-file"] = on_file
     return route_referral(referral, rules, measures, dialog_plus)
 
 
@@ -160,7 +165,7 @@ def _reads(decision: Decision, kinds: tuple[str, ...]) -> tuple[str, ...]:
     if "route" in kinds:
         reads += ["exclusions", "routes", "min_age", "age", "practices"]
     if "step" in kinds:
-        reads += ["service.teams", "step", "triage_coach", "gad", "phq", "bands"]
+        reads += ["service.teams", "step", "triage_coach", "gad", "phq", "bands", "functioning"]
     if "clock" in kinds:
         reads += ["clocks"]
     return tuple(reads)
