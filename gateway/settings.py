@@ -83,6 +83,7 @@ class Settings(BaseSettings):
     token_ttl_seconds: int = Field(default=600, ge=60, le=3600)  # access tokens from /oauth2/token
     # the token endpoint's public URL, which client assertions must name in `aud` (default: as this request reached us)
     token_audience: str | None = None
+    console_idle_minutes: int = Field(default=15, ge=1, le=720)  # an operator console session unused this long is signed out
     log_json: bool = True
     log_level: str = "INFO"
     log_file: Path | None = None  # also append the JSON log lines to this file

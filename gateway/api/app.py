@@ -39,6 +39,7 @@ from gateway.api.responses import AnswerStoreOutages, install_error_handlers
 from gateway.cases import CaseOperations
 from gateway.cleo import CleoLink
 from gateway.clock import Clock, SystemClock
+from gateway.console import install_console
 from gateway.contact_batches import pcmis_batches, systmone_batches
 from gateway.hl7_intake import Hl7Intake
 from gateway.intake import Intake
@@ -178,6 +179,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
     app.include_router(fhir_read.router)
     app.include_router(fhir_search.router)  # the generic /fhir/{type} search, after every type's own
     app.include_router(history.router)
+    install_console(app)  # the operator console's pages, under /console/ (gateway/console)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

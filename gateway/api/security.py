@@ -28,6 +28,7 @@ from gateway.api.deps import SettingsDep
 from gateway.api.ingest import read_body
 from gateway.api.responses import FhirResponse
 from gateway.audit import EVENT_LOGIN, AuditContext, act_as, audit_context, outcome_of, record
+from gateway.console.gate import console_gate
 from gateway.metrics import AUTH_REFUSALS, CREDENTIAL_FAILURES, HTTP_REQUESTS, MAPPING_SECONDS, MESSAGES
 from gateway.security.credentials import ASSERTION_TYPE, AssertionRefused
 from gateway.security.guessing import TooManyFailures
@@ -47,6 +48,9 @@ class SecurityMiddleware(HttpMiddleware):
         rule = rule_for(method, path)
         if rule.public:
             await self.app(scope, receive, send)
+            return
+        if path == "/console" or path.startswith("/console/"):  # the operator console: a signed-in session, same table
+            await console_gate(self.app, scope, receive, send)
             return
         state = scope["app"].state
         client = scope.get("client")

@@ -38,6 +38,8 @@ SCOPES: dict[str, str] = {
     "letters:write": "request letters (POST /fhir/CommunicationRequest): stored with their document, PDF and deliveries",
     "audit:read": "search the audit trail (/fhir/AuditEvent)",
     "metrics:read": "scrape Prometheus metrics (/metrics)",
+    "messages:read": "the operator console's message log, quarantine log and channel counts (no message bodies)",
+    "messages:raw": "the raw body of a message in the operator console (each view audited)",
     ADMIN: "everything, including routes not listed in the scope table",
 }
 
@@ -120,6 +122,23 @@ ROUTES: tuple[RouteRule, ...] = (
     _rule("GET", "/outbox", "outbox:read", "search"),
     _rule("GET", "/outbox/{delivery_id}", "outbox:read", "read"),
     _rule("POST", "/outbox/{delivery_id}/$replay", "outbox:operate", "operation"),
+    # the operator console (gateway/console): pages need what the API routes behind them need; a signed-in session
+    # stands for the bearer credential (gateway.console.gate); a /console/ path not listed needs admin, as anywhere
+    _rule("GET", "/console/static/**", PUBLIC, "none"),
+    _rule("GET,POST", "/console/sign-in", PUBLIC, "login"),  # checks the API key itself (and audits it)
+    _rule("POST", "/console/sign-out", PUBLIC, "none"),  # ends the cookie's session, if any
+    _rule("GET", "/console/", "messages:read cas:operate reports:read outbox:read audit:read", "search"),  # what each may see
+    _rule("GET", "/console", "messages:read cas:operate reports:read outbox:read audit:read", "none"),
+    _rule("GET", "/console/messages/{message_id}/raw", "messages:raw", "read"),
+    _rule("GET", "/console/messages/**", "messages:read", "search"),
+    _rule("GET", "/console/quarantine/**", "messages:read", "search"),
+    _rule("GET", "/console/queue", "cas:operate", "search"),
+    _rule("GET", "/console/cases/{task_id}", "cas:operate", "read"),
+    _rule("GET", "/console/waitlist", "reports:read", "search"),
+    _rule("GET", "/console/letters", "outbox:read", "search"),
+    _rule("GET", "/console/letters/{delivery_id}/**", "outbox:read", "read"),
+    _rule("POST", "/console/letters/{delivery_id}/replay", "outbox:operate", "operation"),
+    _rule("GET", "/console/audit", "audit:read", "search"),
 )
 
 DEFAULT_RULE = RouteRule(_ANY, "(not listed)", (ADMIN,), "operation")

@@ -1,0 +1,232 @@
+"""The operator console in a real headless Chromium (Debian's `chromium`, driven by Playwright; issue 36).
+
+The gateway runs as a real server (uvicorn on a free port, a temporary SQLite file, the delivery worker on); the
+browser signs in with an API key as a person would, and every page it opens is checked with axe-core (vendored under
+tests/vendor/axe-core, MPL-2.0) for serious or critical accessibility violations. Screenshots of each page go to
+the run's artifacts folder (IAP_TEST_ARTIFACTS, else a temporary folder) and, with IAP_CONSOLE_SCREENSHOTS_TO_DOCS=1,
+to docs/console/.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, Page, sync_playwright
+
+from gateway.api.app import create_app
+from gateway.clock import FixedClock
+from tests.conftest import NOW, ROOT, add_test_client, bearer, fixture_bytes, gateway_settings, serving, task_of
+from tests.letter_helpers import completed_case, write_routing
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's package, installed by .ci/run (never `playwright install`)
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+AXE = (ROOT / "tests" / "vendor" / "axe-core" / "axe.min.js").read_text()
+ARTIFACTS = Path(os.environ.get("IAP_TEST_ARTIFACTS") or tempfile.mkdtemp(prefix="iap-console-")) / "console"
+DOCS = ROOT / "docs" / "console"
+EVERY_SCOPE_BUT_ADMIN = {
+    "cas:operate", "fhir:read", "reports:read", "outbox:read", "outbox:operate", "audit:read", "messages:read", "messages:raw",
+    "ingest:nhs111",
+}  # fmt: skip
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    """A GP practice's FHIR endpoint: down (503) until `up` is set, then it takes each document (201)."""
+
+    up = threading.Event()
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        self.send_response(201 if self.up.is_set() else 503)
+        self.send_header("Location", "Bundle/received-1")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@dataclass
+class Console:
+    url: str
+    app: Any
+    system_key: str  # a sender (ingest) with every scope, for the API side
+    operator_key: str  # a person: every page
+    cas_key: str  # a person who may see the CAS pages only
+    bsw_key: str  # a person bound to the bsw service
+
+
+@pytest.fixture(scope="module")
+def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
+    folder = tmp_path_factory.mktemp("console")
+    receiver = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    routing = write_routing(folder, fhir_endpoints={"L81001": f"http://127.0.0.1:{receiver.server_address[1]}/fhir"})
+    settings = gateway_settings(
+        f"sqlite:///{folder}/console.db", routing_file=routing, deliver_seconds=1, outbox_max_attempts=1, outbox_backoff_seconds=1
+    )
+    app = create_app(settings, FixedClock(NOW))
+    keys = (
+        add_test_client(app, EVERY_SCOPE_BUT_ADMIN | {"letters:write", "ingest:referral"}, name="system"),
+        add_test_client(app, EVERY_SCOPE_BUT_ADMIN, name="operator.one"),
+        add_test_client(app, {"cas:operate"}, name="cas.desk"),
+        add_test_client(app, {"cas:operate"}, service="bsw", name="bsw.desk"),
+    )
+    with serving(app) as url:
+        yield Console(url, app, *keys)
+    receiver.shutdown()
+    receiver.server_close()
+    app.state.engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context(bypass_csp=True, viewport={"width": 1280, "height": 900})  # bypass: to inject axe-core
+    yield context.new_page()
+    context.close()
+
+
+def sign_in(page: Page, console: Console, key: str) -> None:
+    page.goto(f"{console.url}/console/")
+    assert page.url.endswith("/console/sign-in?next=/console/")
+    page.fill("#api-key", key)
+    page.click("button[type=submit]")
+    assert page.url == f"{console.url}/console/", page.url
+
+
+def accessible(page: Page, name: str) -> None:
+    """No serious or critical axe-core violation on the page (WCAG 2.2 AA rules); a screenshot of it as an artifact."""
+    page.add_script_tag(content=AXE)
+    result = page.evaluate("axe.run(document, {runOnly: {type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa', 'wcag22aa']}})")
+    bad = [
+        (v["id"], v["impact"], [n["target"] for n in v["nodes"]][:3])
+        for v in result["violations"]
+        if v["impact"] in ("serious", "critical")
+    ]
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+    if os.environ.get("IAP_CONSOLE_SCREENSHOTS_TO_DOCS") == "1":
+        DOCS.mkdir(exist_ok=True)
+        page.screenshot(path=str(DOCS / f"{name}.png"), full_page=True)
+    assert bad == [], (name, bad)
+
+
+def api(console: Console) -> httpx.Client:
+    return httpx.Client(base_url=console.url, headers=bearer(console.system_key), timeout=30)
+
+
+def test_sign_in_with_an_api_key_then_every_page_is_accessible(console: Console, page: Page) -> None:
+    page.goto(f"{console.url}/console/sign-in")
+    accessible(page, "sign-in")
+    page.fill("#api-key", "iapk_not_a_key")
+    page.click("button[type=submit]")
+    assert "Enter a valid API key" in page.content()
+    sign_in(page, console, console.operator_key)
+    assert "Signed in as operator.one" in page.content()
+    cookie = next(c for c in page.context.cookies() if c["name"] == "iap_console")
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    accessible(page, "dashboard")
+    for path, name in (
+        ("/console/queue", "queue"),
+        ("/console/waitlist", "waitlist"),
+        ("/console/letters", "letters"),
+        ("/console/audit", "audit"),
+    ):
+        page.goto(console.url + path)
+        assert page.locator("h1").first.is_visible()
+        accessible(page, name)
+
+
+def test_a_case_page_shows_its_explain_and_its_letters(console: Console, page: Page) -> None:
+    with api(console) as client:
+        task = task_of(client.post("/ingest/nhs111", content=fixture_bytes("option1-dx12.case.json")).json())
+    sign_in(page, console, console.operator_key)
+    page.goto(f"{console.url}/console/queue")
+    page.click(f"a[href='/console/cases/{task['id']}']")
+    assert page.locator("h1").inner_text() == f"Case {task['id']}"
+    assert re.search(r"CAS-0\d", page.locator("#explain + table").inner_text())  # each decision names its rule ids
+    accessible(page, "case")
+
+
+def test_replay_a_dead_letter_and_see_it_sent(console: Console, page: Page) -> None:
+    with api(console) as client:
+        completed_case(client)  # CAS-13: the GP letter, to a practice whose endpoint is down: one attempt, dead
+        dead = _wait_for(client, "dead")
+    sign_in(page, console, console.operator_key)
+    page.goto(f"{console.url}/console/letters?status=dead")
+    row = page.locator("tr", has_text="FHIR receiver answered HTTP 503")
+    assert row.count() == 1  # the reason for each dead letter, on the list
+    accessible(page, "letters-dead")
+    page.goto(f"{console.url}/console/letters/{dead['id']}/pdf")  # the letter's PDF, as stored
+    _Receiver.up.set()
+    page.goto(f"{console.url}/console/letters/{dead['id']}")
+    page.click("text=Replay")
+    assert "Send this letter again?" in page.content()  # the confirm step
+    accessible(page, "letter-replay-confirm")
+    page.click("text=Yes, send it again")
+    with api(console) as client:
+        sent = _wait_for(client, "delivered")
+    assert sent["id"] == dead["id"]
+    page.reload()
+    assert "delivered" in page.locator("#delivery-status").inner_text()
+    assert "by operator.one (console)" in page.content()  # who replayed it, in the delivery's history
+    accessible(page, "letter")
+
+
+def _wait_for(client: httpx.Client, status: str, seconds: float = 20) -> dict[str, Any]:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        entries = client.get("/outbox", params={"status": status}).json()["entries"]
+        if entries:
+            return entries[0]  # type: ignore[no-any-return]
+        time.sleep(0.2)
+    raise AssertionError(f"no delivery became {status}")
+
+
+def test_a_page_needs_its_scope(console: Console, page: Page) -> None:
+    sign_in(page, console, console.cas_key)
+    nav = page.locator("nav[aria-label=Menu]").inner_text()
+    assert "CAS queue" in nav and "Letters" not in nav  # the menu shows only what the scope table allows
+    answer = page.goto(f"{console.url}/console/letters")
+    assert answer is not None and answer.status == 403
+    assert "needs scope outbox:read" in page.content()
+    accessible(page, "refused")
+
+
+def test_a_key_bound_to_one_service_cannot_open_another_services_case(console: Console, page: Page) -> None:
+    with api(console) as client:
+        other = task_of(client.post("/ingest/nhs111", content=fixture_bytes("option2-standard.case.json")).json())
+        own = task_of(client.post("/ingest/nhs111", content=fixture_bytes("third-party-bsw.case.json")).json())
+    sign_in(page, console, console.bsw_key)
+    page.goto(f"{console.url}/console/queue")
+    assert own["id"][:8] in page.content() and other["id"][:8] not in page.content()
+    answer = page.goto(f"{console.url}/console/cases/{other['id']}")
+    assert answer is not None and answer.status == 404
+    assert page.goto(f"{console.url}/console/cases/{own['id']}").status == 200  # type: ignore[union-attr]
