@@ -27,7 +27,7 @@ from adapters.referral import (
     check_nhs_number,
     normalise_dx,
 )
-from fhir_mapping.datetimes import OffsetMissing, parse_source_date, parse_source_datetime
+from common.datetimes import OffsetMissing, parse_source_date, parse_source_datetime
 
 __all__ = ["parse_bars_message", "BARS_BUNDLE_SYSTEM", "EVENT_SYSTEMS", "DX_SYSTEMS"]
 

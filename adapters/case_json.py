@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from adapters.problems import GatewayInputError, Kind, Problem, ProblemList
 from adapters.referral import Demographics, check_nhs_number
-from fhir_mapping.datetimes import OffsetMissing, parse_source_date, parse_source_datetime
+from common.datetimes import OffsetMissing, parse_source_date, parse_source_datetime
 
 __all__ = [
     "OpenModel",

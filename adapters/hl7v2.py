@@ -21,7 +21,7 @@ from hl7apy.parser import parse_message
 from adapters.hl7v2_fields import TimeReading, component, decode, escape, field, read_time, unescape
 from adapters.hl7v2_patient import LocalNumber, PidProblem, read_pid
 from adapters.referral import Demographics
-from fhir_mapping.datetimes import LONDON, Hl7Time
+from common.datetimes import LONDON, Hl7Time
 
 __all__ = [
     "Hl7Error",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from datetime import tzinfo
 
-from fhir_mapping.datetimes import LONDON, Hl7Time, LocalTimeMissing, parse_hl7_time
+from common.datetimes import LONDON, Hl7Time, LocalTimeMissing, parse_hl7_time
 
 __all__ = ["field", "component", "subcomponent", "escape", "unescape", "read_time", "decode", "TimeReading"]
 

@@ -29,8 +29,8 @@ from adapters.json_shapes import CODEABLE, IDENTIFIERS, REFERENCE, JsonShape, pr
 from adapters.jsonparse import parse_json_object
 from adapters.problems import Kind, ProblemList
 from adapters.referral import Demographics, check_nhs_number
-from fhir_mapping import codes
-from fhir_mapping.datetimes import OffsetMissing, parse_source_date, parse_source_datetime
+from common import codes
+from common.datetimes import OffsetMissing, parse_source_date, parse_source_datetime
 
 __all__ = ["PathwayReferral", "parse_pathway_referral", "GATEWAY", "SOURCES", "STEPS"]
 
