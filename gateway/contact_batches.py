@@ -34,6 +34,7 @@ from fhir_mapping.scoring import check_response, score_answers
 from fhir_mapping.systmone import care_plans, systmone_encounter, systmone_responses
 from gateway.clock import Clock
 from gateway.messages import Inbound, Reply, commit_message, previous
+from gateway.quarantine import note_refused, note_resent
 from gateway.responses import response_id, response_resources
 from gateway.store.repo import find_by_identifier, get_resource, open_cas_tasks
 
@@ -121,16 +122,20 @@ class ContactBatches:
                 break
             outcome: dict[str, Any] = {"row": row.number, "contact_id": row.contact_id}
             if row.contact is None:
-                results.append(outcome | {"outcome": "refused", "issues": row_issues(row.problems)})
+                results.append(_refused(row, outcome, row_issues(row.problems)))
                 continue
             original = previous(self.sessions, self.channel, row.contact.contact_id)
             if original is not None:
                 results.append(outcome | _again(row, original.raw))
+                if results[-1]["outcome"] == "duplicate":
+                    note_resent(row.contact_id, original.seq)  # the console counts it (gateway.quarantine)
+                else:
+                    note_refused(row.contact_id, row.source, results[-1]["issues"])
                 continue
             try:
                 stored, notes = self._store(row, now)
             except GatewayInputError as exc:
-                results.append(outcome | {"outcome": "refused", "issues": row_issues(exc.problems)})
+                results.append(_refused(row, outcome, row_issues(exc.problems)))
                 continue
             warnings = [p for p in row.problems if not p.is_error]
             issues = row_issues(warnings) + notes
@@ -157,6 +162,12 @@ class ContactBatches:
 
         made = commit_message(self.sessions, Inbound(self.channel, row.contact.contact_id, row.source), now, write, reply)
         return list(made.body["resources"]), list(made.body.get("issues", []))
+
+
+def _refused(row: Row, outcome: dict[str, Any], issues: list[dict[str, Any]]) -> dict[str, Any]:
+    """A refused row's outcome; the row (header and line) is kept in the quarantine log with its issues."""
+    note_refused(row.contact_id, row.source, issues)
+    return outcome | {"outcome": "refused", "issues": issues}
 
 
 def _again(row: Row, first: bytes) -> dict[str, Any]:

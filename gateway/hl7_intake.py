@@ -32,6 +32,7 @@ from gateway.clock import Clock
 from gateway.hl7_patients import PatientIdentity, find_patient, identity_of
 from gateway.messages import Inbound, Reply, commit_message, previous
 from gateway.outbox.letters import request_letter
+from gateway.quarantine import note_resent
 from gateway.resends import id_reused, same_hl7
 from gateway.rules.sender_schema import SenderProfile, SenderRegistry, load_senders
 from gateway.security.principal import SYSTEM, current_principal
@@ -139,6 +140,7 @@ def _again(original: StoredMessage, raw: bytes, message: Hl7Message, now: dateti
     header = message.header
     if same_hl7(original.raw, raw):
         log.info("hl7.resent", type=f"{header.message_type}^{header.trigger}")
+        note_resent(f"{header.sending_facility}|{header.control_id}", original.seq)  # counted as a re-send (gateway.quarantine)
         return str(json.loads(original.response_body)["ack"]).encode()
     id_reused(CHANNEL_HL7, "MSH-10", original.seq)
     text = "MSH-10 already used by a different message: needs a new id"  # MSA-3 holds 80, ERR 60

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from adapters.problems import GatewayInputError
 from gateway.resends import refuse_reuse, same_json
+from gateway.security.principal import current_principal
 from gateway.store.db import group_commit, one_read, store_timed_out, write_transaction
 from gateway.store.deferred import defer
 from gateway.store.jsontext import dumps
@@ -113,8 +114,11 @@ def commit_message(
     """
     ahead = _ahead(expected, now, make_reply) if expected else None
 
+    principal = current_principal()
+
     def transaction(session: Session) -> Reply:
-        results = put_resources(session, write(session), now, ahead.first if ahead else None, merge)
+        writes = write(session)
+        results = put_resources(session, writes, now, ahead.first if ahead else None, merge)
         stored = [result for result, _ in results]
         if ahead is not None and ahead.matches(results):
             reply = ahead.reply
@@ -137,6 +141,9 @@ def commit_message(
                     "unused": dumps(list(inbound.unused)),
                     "response_status": reply.status,
                     "response_body": reply.text,
+                    # the console's message log: who sent it, and the service it went to (gateway.store.visibility)
+                    "client_id": principal.client_id if principal else None,
+                    "service_id": next((service for _, service in writes if service), principal.service_id if principal else None),
                 }
             ],
         )

@@ -32,6 +32,7 @@ __all__ = [
     "HTTP_REQUESTS",
     "AUTH_REFUSALS",
     "MLLP_REFUSED_CONNECTIONS",
+    "QUARANTINE_FAILURES",
     "CREDENTIAL_FAILURES",
     "DELIVERY_OUTCOMES",
     "count_delivery",
@@ -83,6 +84,12 @@ CREDENTIAL_FAILURES = Counter(
 )
 MLLP_REFUSED_CONNECTIONS = Counter(
     "iap_mllp_refused_connections", "MLLP connections closed unread: busy (IAP_MLLP_MAX_CONNECTIONS sessions open)", ["reason"]
+)
+QUARANTINE_FAILURES = Counter(
+    "iap_quarantine_failures",
+    "Refused or re-sent inbound messages that could not be kept in the quarantine log (the sender had its reply"
+    " unchanged; docs/quarantine.md): a rise means the log is missing refusals",
+    ["channel"],
 )
 
 # the outbox's words (docs/letters.md); `unacknowledged`: sent, no acknowledgement in time (GPCM-SD-095): alert on it

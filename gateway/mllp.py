@@ -36,6 +36,7 @@ from adapters.hl7v2 import Hl7Error, MllpFramer, build_ack, frame, parse_hl7
 from gateway.audit import EVENT_IMPORT, AuditContext, audit_context, record
 from gateway.clock import Clock
 from gateway.metrics import AUTH_REFUSALS, MESSAGES, MLLP_REFUSED_CONNECTIONS
+from gateway.quarantine import MLLP, Receipt, keep, receiving, settle
 from gateway.security.principal import Principal
 from gateway.store.db import store_unavailable
 
@@ -164,8 +165,11 @@ async def start_mllp_server(
 async def _receive_audited(
     receive: Callable[[bytes], bytes], message: bytes, sessions: sessionmaker[Session], context: AuditContext
 ) -> bytes:
-    """One message under its peer's audit context; refusals, re-sends and failures (nothing committed) audited on their own."""
-    with audit_context(context):
+    """One message under its peer's audit context; refusals, re-sends and failures (nothing committed) audited on their own.
+    A refusal (AE/AR) is kept in the quarantine log and a re-send counted once its ACK is made (gateway.quarantine)."""
+    principal = context.principal
+    receipt = Receipt("hl7v2", MLLP, context.clock.now(), principal.client_id if principal else None, None)
+    with audit_context(context), receiving(receipt):
         try:
             ack = await asyncio.to_thread(receive, message)
         except Exception as error:  # nothing was stored (its transaction rolled back): say so, so that the sender sends it again
@@ -175,6 +179,9 @@ async def _receive_audited(
         if not context.recorded:
             outcome = ("0", "answered AA (no change)") if code == "AA" else ("4", f"refused: ACK {code}")
             await asyncio.to_thread(record, sessions, context, *outcome)
+    settle(receipt, status=None, ack_code=code, reply=ack, raw=message, headers={})
+    if receipt.refused or receipt.resent:
+        await asyncio.to_thread(keep, sessions, receipt)
     return ack
 
 

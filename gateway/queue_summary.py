@@ -12,13 +12,15 @@ from collections import Counter
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from fhir_mapping import codes
 from fhir_mapping.datetimes import to_fhir_instant
 from fhir_mapping.ids import resource_id
 from gateway.rules.schema import RiskThresholds, ServiceRules
-from gateway.store.queue_index import QueueCounts
+from gateway.store.queue_index import QueueCounts, latest_tokened, queue_counts, worsening_calls
 
-__all__ = ["queue_summary", "risk_level_observation", "RISK_LEVELS", "RISK_SYSTEM", "SERVICE_ID_SYSTEM"]
+__all__ = ["service_summary", "queue_summary", "risk_level_observation", "RISK_LEVELS", "RISK_SYSTEM", "SERVICE_ID_SYSTEM"]
 
 RISK_LEVELS = ("low", "medium", "high")
 RISK_SYSTEM = f"{codes.GATEWAY_BASE}/CodeSystem/queue-risk-level"
@@ -105,3 +107,32 @@ def risk_level_observation(
         ],
         "note": [{"text": "Evidence: " + "; ".join(suggested["because"])}, *([{"text": note}] if note else [])],
     }
+
+
+def service_summary(session: Session, rules: ServiceRules, now: datetime) -> dict[str, Any]:
+    """CAS-16 from the open cases' indexed columns and counts: no case, patient or call record is read whole."""
+    service_id, risk = rules.service.id, rules.queue_risk
+    limits = risk.extreme_age
+    counts = queue_counts(
+        session,
+        service_id,
+        now,
+        rules.breach_status.amber_within,
+        rules.breach_status.black_after,
+        limits.get("under", 0),
+        limits.get("over", 200),
+    )
+    worsening = worsening_calls(session, service_id, now - risk.worsening_within)
+    latest = latest_tokened(session, "Observation", service_id, RISK_SYSTEM, "queue-risk-level")
+    confirmed = (
+        {
+            "level": latest["valueCodeableConcept"]["coding"][0]["code"],
+            "suggested_then": latest["component"][0]["valueCodeableConcept"]["coding"][0]["code"],
+            "by": latest["performer"][0]["display"],
+            "at": latest["effectiveDateTime"],
+            "observation": f"Observation/{latest['id']}",
+        }
+        if latest
+        else None
+    )
+    return queue_summary(rules, counts, worsening, confirmed, now)

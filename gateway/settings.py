@@ -73,6 +73,7 @@ class Settings(BaseSettings):
     mllp_idle_timeout_seconds: float = Field(default=300, gt=0)  # an MLLP connection silent this long is closed
     mllp_max_connections: int = Field(default=16, ge=1, le=4096)  # MLLP sessions at once; one more is closed unread
     mllp_max_buffer_bytes: int = Field(default=1_048_576, ge=1024)  # an MLLP block longer is answered AR, connection closed
+    quarantine_retention_days: int = Field(default=14, ge=1)  # refused messages are kept this long (docs/quarantine.md)
     batch_max_rows: int = Field(default=1000, ge=1, le=100_000)  # rows in one PCMIS / SystmOne batch; more: the file is refused
     # failed credential checks: after this many in the window from one address, or for one API key id, 429 with Retry-After
     auth_failure_limit: int = Field(default=10, ge=1)

@@ -35,6 +35,7 @@ from gateway.api import (
 from gateway.api.asgi import HttpMiddleware
 from gateway.api.docs_pages import add_docs_pages
 from gateway.api.fhir_http import FhirHttpConventions
+from gateway.api.receipts import KeepReceipts
 from gateway.api.responses import AnswerStoreOutages, install_error_handlers
 from gateway.cases import CaseOperations
 from gateway.cleo import CleoLink
@@ -49,6 +50,7 @@ from gateway.mllp import shared_by_workers, start_mllp_server
 from gateway.outbox.letters import use_services
 from gateway.outbox.worker import deliverer_from_settings, run_deliverer
 from gateway.pathways import Pathways
+from gateway.quarantine import purge as purge_quarantine
 from gateway.responses import ResponseIntake
 from gateway.rules.pathway_schema import load_pathways
 from gateway.rules.schema import load_rules
@@ -115,7 +117,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
                 reuse_port=shared_by_workers(),
             )
         if settings.tick_seconds > 0:
-            ticks = [partial(tick_safety_calls, sessions, registry), app.state.pathways.tick]
+            ticks = [partial(tick_safety_calls, sessions, registry), app.state.pathways.tick, app.state.purge_quarantine]
             worker = asyncio.create_task(run_ticker(ticks, clock, timedelta(seconds=settings.tick_seconds)))
         if settings.deliver_seconds > 0:
             delivering = asyncio.create_task(run_deliverer(deliverer, timedelta(seconds=settings.deliver_seconds)))
@@ -157,8 +159,11 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
     failures = FailedChecks(clock, settings.auth_failure_limit, settings.auth_failure_window_seconds)
     app.state.authenticator = Authenticator(sessions, clock, timedelta(seconds=settings.token_ttl_seconds), failures)
     app.state.metrics = Metrics(sessions, clock)
+    # refused messages and re-send records older than IAP_QUARANTINE_RETENTION_DAYS go, on the ticker (docs/quarantine.md)
+    app.state.purge_quarantine = partial(purge_quarantine, sessions, timedelta(days=settings.quarantine_retention_days))
     app.state.migration_heads = ops.migration_heads()
     install_error_handlers(app)
+    app.add_middleware(KeepReceipts)  # inside the security gate (the sender is known): refusals kept, re-sends counted
     app.add_middleware(security.SecurityMiddleware)  # inside the header echo, so refusals carry X-Request-Id too
     app.add_middleware(FhirHttpConventions)  # outside the security gate: a POST _search is scoped and audited as its GET
     app.add_middleware(AnswerStoreOutages)  # outside the security gate: a credential check the store cannot answer too

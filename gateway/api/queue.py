@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Query, Request
-from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse, Response
 
@@ -21,13 +19,12 @@ from gateway.api.ingest import body_of, read_body
 from gateway.api.responses import FhirResponse
 from gateway.api.search import MAX_COUNT, int_param
 from gateway.audit import note
-from gateway.queue_summary import RISK_LEVELS, RISK_SYSTEM, queue_summary, risk_level_observation
+from gateway.queue_summary import RISK_LEVELS, risk_level_observation, service_summary
 from gateway.rules.cas_ops import parse_parameters
 from gateway.rules.cas_queue import breach_status
-from gateway.rules.schema import ServiceRules
 from gateway.security.principal import allowed_service, require_service
 from gateway.store.db import write_transaction
-from gateway.store.queue_index import latest_tokened, queue_counts, queue_page, worsening_calls
+from gateway.store.queue_index import queue_page
 from gateway.store.repo import put_resource
 
 __all__ = ["router"]
@@ -91,7 +88,7 @@ def summary(session: SessionDep, clock: ClockDep, registry: RegistryDep, service
     rules = registry.services.get(allowed_service(service) or service)
     if rules is None:
         raise GatewayInputError(Problem(Kind.VALUE, "service", f"unknown service {service[:32]!r}; known: {sorted(registry.services)}"))
-    return JSONResponse(_summary(session, rules, clock.now()))
+    return JSONResponse(service_summary(session, rules, clock.now()))
 
 
 @router.post(
@@ -117,38 +114,9 @@ async def confirm_risk_level(request: Request, clock: ClockDep, registry: Regist
 
     def store() -> dict[str, Any]:
         with write_transaction(request.app.state.sessions) as session:
-            suggested = _summary(session, registry.services[service], now)["suggested_risk_level"]
+            suggested = service_summary(session, registry.services[service], now)["suggested_risk_level"]
             # kept under its service: the summary reads the service's latest one alone (gateway.store.queue_index)
             stored, _ = put_resource(session, risk_level_observation(service, suggested, level, who, note, now), now, service)
             return stored
 
     return FhirResponse(await run_in_threadpool(store), status_code=201)
-
-
-def _summary(session: Session, rules: ServiceRules, now: datetime) -> dict[str, Any]:
-    """CAS-16 from the open cases' indexed columns and counts: no case, patient or call record is read whole."""
-    service_id, risk = rules.service.id, rules.queue_risk
-    limits = risk.extreme_age
-    counts = queue_counts(
-        session,
-        service_id,
-        now,
-        rules.breach_status.amber_within,
-        rules.breach_status.black_after,
-        limits.get("under", 0),
-        limits.get("over", 200),
-    )
-    worsening = worsening_calls(session, service_id, now - risk.worsening_within)
-    latest = latest_tokened(session, "Observation", service_id, RISK_SYSTEM, "queue-risk-level")
-    confirmed = (
-        {
-            "level": latest["valueCodeableConcept"]["coding"][0]["code"],
-            "suggested_then": latest["component"][0]["valueCodeableConcept"]["coding"][0]["code"],
-            "by": latest["performer"][0]["display"],
-            "at": latest["effectiveDateTime"],
-            "observation": f"Observation/{latest['id']}",
-        }
-        if latest
-        else None
-    )
-    return queue_summary(rules, counts, worsening, confirmed, now)

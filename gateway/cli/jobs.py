@@ -17,8 +17,11 @@ def tick(
     now: Annotated[str | None, typer.Option(help="The time to tick at (ISO 8601 with offset); default now.")] = None,
 ) -> None:
     """Create the Tasks due now, once: safety calls for amber and red CAS cases (CAS-09) and pathway clocks (PC/TT);
-    safe to run anywhere, any number of times."""
+    purge the quarantine log past its retention; safe to run anywhere, any number of times."""
+    from datetime import timedelta
+
     from gateway.clock import SystemClock
+    from gateway.quarantine import purge as purge_quarantine
     from gateway.rules.schema import load_rules
     from gateway.safety_calls import tick as run_tick
     from gateway.settings import Settings
@@ -37,7 +40,12 @@ def tick(
     sessions = make_sessionmaker(engine)
     created = run_tick(sessions, load_rules(settings.rules_dir), moment)
     due = Pathways(sessions, load_pathways(settings.pathways_dir), load_measures(), FixedClock(moment)).tick(moment)
-    typer.echo(f"tick: {len(created)} safety call(s) created; {len(due)} pathway clock Task(s) created", err=True)
+    purged = purge_quarantine(sessions, timedelta(days=settings.quarantine_retention_days), moment)  # docs/quarantine.md
+    typer.echo(
+        f"tick: {len(created)} safety call(s) created; {len(due)} pathway clock Task(s) created;"
+        f" {purged} quarantine log row(s) past IAP_QUARANTINE_RETENTION_DAYS purged",
+        err=True,
+    )
     engine.dispose()
 
 

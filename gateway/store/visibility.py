@@ -14,7 +14,8 @@ What belongs to a service (issue 31, item 1):
 - a resource written with no service (e.g. a measure sent by an unbound client, about no episode), to
   every service that holds its patient;
 - an AuditEvent, to the service of the client that acted;
-- a letter's deliveries (outbox rows), to the service that owns the letter's DocumentReference.
+- a letter's deliveries (outbox rows), to the service that owns the letter's DocumentReference;
+- an inbound message (stored, quarantined or re-sent), to the service it went to or whose client sent it.
 
 Anything else (a row with neither a service nor a patient) is seen by unbound clients only. A bound
 client asking for another service's resource by id gets 404, as for an id never stored, and searches
@@ -29,7 +30,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Table, and_, event, false, or_, select
 from sqlalchemy.orm import ORMExecuteState, Session, with_loader_criteria
 
-from gateway.store.models import ApiClient, AuditEventRow, OutboxRow, ResourceRow
+from gateway.store.models import ApiClient, AuditEventRow, InboundMessage, OutboxRow, QuarantinedMessage, ResentMessage, ResourceRow
 
 __all__ = ["bind_reads", "bound_service", "resource_visible"]
 
@@ -79,6 +80,11 @@ def _criteria(service_id: str) -> list[Any]:
         with_loader_criteria(ResourceRow, resource_visible(service_id, ResourceRow), include_aliases=True),
         with_loader_criteria(AuditEventRow, AuditEventRow.client_id.in_(clients), include_aliases=True),
         with_loader_criteria(OutboxRow, OutboxRow.letter_id.in_(own_letters), include_aliases=True),
+        # inbound messages, refused ones and re-sends: those sent by the service's clients or that went to the service
+        # (the service their resources were written with; docs/quarantine.md)
+        with_loader_criteria(InboundMessage, InboundMessage.service_id == service_id, include_aliases=True),
+        with_loader_criteria(QuarantinedMessage, QuarantinedMessage.service_id == service_id, include_aliases=True),
+        with_loader_criteria(ResentMessage, ResentMessage.service_id == service_id, include_aliases=True),
         # api clients and tokens are the security gate's, read on sessions of their own: a bound read session sees none
         with_loader_criteria(ApiClient, false(), include_aliases=True),
     ]
