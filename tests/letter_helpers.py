@@ -17,11 +17,13 @@ VALIDATOR = ROOT.parent / "shared" / "tools" / "fhir-validate" / "fhir-validate"
 NOTES = "Synthetic consultation: low mood for three weeks, no current plans to harm self; safety plan agreed; GP review in 2 weeks."
 
 
-def completed_case(client, fixture: str = "option2-standard.case.json", notes: str = NOTES) -> dict[str, Any]:  # type: ignore[no-untyped-def]
-    """A 111 referral -> a CAS case -> a registered practitioner's consultation -> completed (CAS-13)."""
+def completed_case(client, fixture: str = "option2-standard.case.json", notes: str = NOTES, **outcome: str) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """A 111 referral -> a CAS case -> a registered practitioner's consultation -> completed (CAS-13); `outcome`: plan,
+    follow_up, safety_advice."""
     task = task_of(client.post("/ingest/nhs111", content=fixture_bytes(fixture)).json())
     done = client.post(
-        f"/fhir/Task/{task['id']}/$end-assessment", content=params(practitioner="Dr Synthetic Registered", registered=True, notes=notes)
+        f"/fhir/Task/{task['id']}/$end-assessment",
+        content=params(practitioner="Dr Synthetic Registered", registered=True, notes=notes, **outcome),
     )
     assert done.status_code == 200, done.text
     return done.json()  # type: ignore[no-any-return]

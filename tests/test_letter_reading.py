@@ -7,7 +7,8 @@ import json
 import re
 from typing import Any
 
-from tests.letter_helpers import ODS, completed_case, letter_request, outbox, pcmis_contacts
+from tests.conftest import fixture_bytes, task_of
+from tests.letter_helpers import NOTES, ODS, completed_case, fhir_validate, letter_request, outbox, params, pcmis_contacts
 from tests.test_letters import pdf_text, the_letter
 
 RULE_ID = re.compile(r"\b(?:CAS|PC|TT)-\d{2}\b")
@@ -114,3 +115,57 @@ def test_empty_headings_are_left_out_but_prsb_mandatory_ones_say_none_recorded(c
     discharge = _text(reply.json())
     assert "Reason for contact None recorded." in discharge and "Assessment None recorded." in discharge
     assert "Outcome measures" not in discharge and "Safety and risk" not in discharge
+
+
+def _sections(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {s["title"]: s for s in document["entry"][0]["resource"]["section"]}
+
+
+def test_plan_follow_up_and_safety_advice_are_their_own_fields_and_headings_CAS_13(client, tmp_path) -> None:
+    """$end-assessment takes plan, follow-up and safety advice as their own fields; the letter shows each under its
+    heading (the PDF and the R4 sections), not "Plan: Nothing recorded" beside notes that say it."""
+    completed_case(
+        client,
+        plan="GP review in 2 weeks; continue sertraline 50 mg.",
+        follow_up="Crisis team telephone call on 24 November.",
+        safety_advice="Call 111 option 2 or 999 if thoughts of self-harm return.",
+    )
+    _, letter, document = the_letter(client)
+    text = _text(letter)
+    plan, follow, risk = text.index("Plan "), text.index("Follow-up "), text.index("Safety and risk ")
+    assert text.index("GP review in 2 weeks; continue sertraline 50 mg.") > plan
+    assert text.index("Crisis team telephone call on 24 November.") > follow
+    assert text.index("Call 111 option 2 or 999 if thoughts of self-harm return.") > risk
+    sections = _sections(document)
+    assert "GP review in 2 weeks" in sections["Plan"]["text"]["div"] and "emptyReason" not in sections["Plan"]
+    assert "Crisis team telephone call" in sections["Follow-up"]["text"]["div"]
+    assert "Call 111 option 2" in sections["Safety and risk"]["text"]["div"]
+    checked = fhir_validate(tmp_path, "plan-fields", {k: v for k, v in document.items() if k != "meta"})
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_a_ratification_can_give_the_plan_for_an_unregistered_consultation_CAS_13(client) -> None:
+    task = task_of(client.post("/ingest/nhs111", content=fixture_bytes("option2-standard.case.json")).json())
+    first = client.post(
+        f"/fhir/Task/{task['id']}/$end-assessment",
+        content=params(practitioner="Synthetic Student", registered=False, notes=NOTES, plan="Draft plan."),
+    )
+    assert first.status_code == 200, first.text
+    ratified = client.post(
+        f"/fhir/Task/{task['id']}/$ratify",
+        content=params(practitioner="Dr Synthetic Registered", registered=True, plan="GP review in 2 weeks."),
+    )
+    assert ratified.status_code == 200 and ratified.json()["status"] == "completed", ratified.text
+    _, letter, _ = the_letter(client)
+    text = _text(letter)
+    assert "GP review in 2 weeks." in text and "Draft plan." not in text  # the ratifier's replaces the draft
+
+
+def test_a_plan_that_is_not_a_string_is_refused_naming_it_and_changes_nothing_CAS_13(client) -> None:
+    task = task_of(client.post("/ingest/nhs111", content=fixture_bytes("option2-standard.case.json")).json())
+    body = json.loads(params(practitioner="Dr Synthetic Registered", registered=True, notes=NOTES))
+    body["parameter"].append({"name": "safety-advice", "valueBoolean": True})
+    reply = client.post(f"/fhir/Task/{task['id']}/$end-assessment", json=body)
+    assert reply.status_code == 400, reply.text
+    assert reply.json()["issue"][0]["expression"] == ["Parameters.parameter.where(name='safety-advice')"]
+    assert client.get(f"/fhir/Task/{task['id']}").json()["status"] != "completed" and outbox(client) == []

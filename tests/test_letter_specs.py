@@ -103,3 +103,27 @@ def test_a_replacement_letter_carries_the_next_version_GPCM_SD_091_092(client) -
 
 def test_every_r4_system_the_stu3_rendering_maps_is_an_stu3_url() -> None:
     assert all(v.startswith("http://hl7.org/fhir/") for v in STU3_SYSTEMS.values())
+
+
+EMPTY = "http://terminology.hl7.org/CodeSystem/list-empty-reason"
+
+
+def test_a_section_with_nothing_to_say_is_kept_with_its_empty_reason_and_validates(client, tmp_path) -> None:
+    """The R4 Composition keeps all six sections: one with nothing recorded says why (emptyReason `unavailable`, not
+    `nilknown`, which would assert e.g. that there is no risk) and "None recorded."; one with entries has no emptyReason;
+    the PDF leaves the empty heading out (test_letter_reading)."""
+    completed_case(client)
+    delivery = client.get("/outbox").json()["entries"][0]
+    document = client.get(f"/fhir/{delivery['document']}").json()
+    sections = {s["code"]["coding"][0]["code"]: s for s in document["entry"][0]["resource"]["section"]}
+    assert list(sections) == ["reason-for-contact", "assessment", "outcome-measures", "plan", "safety-risk", "follow-up"]
+    measures = sections["outcome-measures"]  # a CAS consultation has no scores
+    assert measures["emptyReason"] == {"coding": [{"system": EMPTY, "code": "unavailable", "display": "Unavailable"}]}
+    assert "entry" not in measures and "None recorded." in measures["text"]["div"]
+    assert all("emptyReason" not in s for s in sections.values() if s.get("entry"))  # cmp-2: only an empty section has one
+    assert all(s.get("entry") or s.get("emptyReason") or "None recorded." not in s["text"]["div"] for s in sections.values())
+    checked = fhir_validate(tmp_path, "empty-reason", {k: v for k, v in document.items() if k != "meta"})
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    stu3 = _by_profile(_itk3(client, "send-document", "SendDocument-ConsultationReport"))[f"{CARECONNECT}CareConnect-Composition-1"]
+    empty = [s for s in stu3["section"] if s.get("emptyReason")]
+    assert empty and all(s["emptyReason"]["coding"][0]["system"] == "http://hl7.org/fhir/list-empty-reason" for s in empty)

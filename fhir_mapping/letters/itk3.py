@@ -55,6 +55,11 @@ STU3_SYSTEMS = {
 }
 XHTML = "http://www.w3.org/1999/xhtml"
 
+
+def _stu3_coding(coding: dict[str, Any]) -> dict[str, Any]:
+    return coding | {"system": STU3_SYSTEMS.get(str(coding.get("system")), coding.get("system"))}
+
+
 # form -> (event code, event display, MessageDefinition) : §4.3 (GPCM SD-039..055); §4.2 (MHTOC) with ITK004D
 # "ITK Mental Health eDischarge" from two ITK3 event tables found in public code (index file ids 97614178, 54347306782)
 _FORMS = {
@@ -173,9 +178,7 @@ def _encounter(encounter: dict[str, Any], patient_url: str) -> dict[str, Any]:
         "subject": {"reference": patient_url},
     }
     if encounter.get("class"):
-        coding = dict(encounter["class"])
-        coding["system"] = STU3_SYSTEMS.get(str(coding.get("system")), coding.get("system"))
-        out["class"] = coding
+        out["class"] = _stu3_coding(encounter["class"])
     if encounter.get("period"):
         out["period"] = encounter["period"]
     return out
@@ -258,7 +261,11 @@ def _message(document: dict[str, Any], pdf: bytes, context: ItkContext) -> Stu3B
         stu3_composition["meta"] = {"profile": [f"{CARECONNECT}CareConnect-Composition-1"]}
         # the PDF first (GPCM-SD-019..022), then each canonical section as readable text
         sections = [{"title": composition["title"], "entry": [{"reference": url(binary)}]}]
-        sections += [{"title": s["title"], "text": {"status": "generated", "div": s["text"]["div"]}} for s in composition["section"]]
+        sections += [
+            {"title": s["title"], "text": {"status": "generated", "div": s["text"]["div"]}}
+            | ({"emptyReason": {"coding": [_stu3_coding(c) for c in s["emptyReason"]["coding"]]}} if s.get("emptyReason") else {})
+            for s in composition["section"]
+        ]
     else:
         stu3_composition["meta"] = {"profile": [f"{CARECONNECT}CareConnect-ITK-MH-Composition-1"]}
         gp = _ods_org(context.gp_ods, f"{CARECONNECT}CareConnect-Organization-1") if context.gp_ods else None

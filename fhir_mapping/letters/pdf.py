@@ -12,8 +12,8 @@ from datetime import datetime
 
 from fpdf import FPDF
 
-from fhir_mapping.letters.document import LetterView, templates
 from fhir_mapping.letters.types import letter_types
+from fhir_mapping.letters.view import LetterView, templates
 
 __all__ = ["render_pdf", "letter_html"]
 

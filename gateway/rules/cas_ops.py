@@ -7,6 +7,9 @@ Operations (FHIR `Task/{id}/$<name>` with a `Parameters` body):
   end-assessment           CAS-13 registered may complete, unregistered awaits ratification; CAS-14 physical health
   ratify                   CAS-13 a registered practitioner ratifies an unregistered consultation
 
+The two that end a consultation also take `plan`, `follow-up` and `safety-advice` (valueString, optional), kept as
+Task inputs of those codes: the GP letter shows each under its own heading (CAS-13, issue 34).
+
 Each takes the Task as stored and returns the new Task plus a plain-words summary naming the rule
 ids; the service layer stores it with a Provenance (who, when, why). Refusals change nothing.
 """
@@ -31,6 +34,8 @@ from gateway.rules.schema import ServiceRules
 __all__ = ["OPERATIONS", "OpResult", "Params", "apply_operation", "awaiting_ratification", "parse_parameters"]
 
 RATIFICATION_MARK = "awaiting-ratification"  # Task.input code: the CAS-13 mark, kept apart from the classification
+# what the consultation concluded, each its own Task.input (parameter name = input code) for the GP letter's headings
+CONSULTATION_OUTCOME = {"plan": "Plan", "follow-up": "Follow-up", "safety-advice": "Safety advice"}
 OPEN = ("requested", "received", "accepted", "ready", "in-progress", "on-hold")
 
 
@@ -142,6 +147,14 @@ def _input_value(task: dict[str, Any], code: str) -> Any:
 def _set_input(task: dict[str, Any], code: str, display: str, **value: Any) -> None:
     task["input"] = [i for i in task.get("input", []) if i["type"]["coding"][0]["code"] != code]
     task["input"].append({"type": {"coding": [{"system": codes.CAS_TASK_INPUT, "code": code, "display": display}]}, **value})
+
+
+def _consultation_outcome(task: dict[str, Any], p: Params) -> None:
+    """CAS-13: the plan, follow-up and safety advice given when the consultation ends (each optional; a later one replaces)."""
+    for code, display in CONSULTATION_OUTCOME.items():
+        value = p.string(code)
+        if value is not None:
+            _set_input(task, code, display, valueString=value)
 
 
 def _refuse(message: str, element: str = "Task.status") -> GatewayInputError:
@@ -273,6 +286,7 @@ def end_assessment(task: dict[str, Any], p: Params, rules: ServiceRules, now: da
     encounter = _consultation(task, who or "", bool(registered), now)
     record = _consultation_notes(task, encounter, who or "", notes or "", now)
     _set_input(task, "consultation-notes", "Consultation notes (for CLEO and RiO)", valueString=notes)
+    _consultation_outcome(task, p)
     if not registered:
         _set_input(task, RATIFICATION_MARK, "Unregistered consultation awaiting ratification (CAS-13)", valueBoolean=True)
     if follow_up:
@@ -305,6 +319,7 @@ def ratify(task: dict[str, Any], p: Params, rules: ServiceRules, now: datetime) 
         raise _refuse("CAS-13: only a registered practitioner may ratify", "Parameters.parameter.where(name='registered')")
     if not awaiting_ratification(task):
         raise _refuse("CAS-13: there is no unregistered consultation awaiting ratification on this case", "Task.businessStatus")
+    _consultation_outcome(task, p)
     task["input"] = [i for i in task.get("input", []) if i["type"]["coding"][0]["code"] != RATIFICATION_MARK]
     if not task["input"]:
         del task["input"]
