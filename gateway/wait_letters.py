@@ -30,8 +30,8 @@ from fhir_mapping.datetimes import london_date, parse_source_datetime
 from fhir_mapping.episodes import episode_clocks, letter_request
 from fhir_mapping.fhir import CommunicationRequest, build, to_json_dict
 from fhir_mapping.ids import resource_id
-from fhir_mapping.pcmis import consent_id
 from gateway.cases import provenance
+from gateway.outbox.consent import email_permitted
 from gateway.outbox.letters import queue_letter
 from gateway.rules.pathway_clocks import referral_to_treatment
 from gateway.rules.pathway_schema import PathwayRegistry, TalkingTherapiesRules
@@ -74,15 +74,6 @@ def _waiting_for_first(episode: dict[str, Any]) -> bool:
 
 def _waited(episode: dict[str, Any], now: datetime) -> int:
     return (london_date(now) - london_date(parse_source_datetime(episode_clocks(episode)["tt-initial-assessment"]["start"]))).days
-
-
-def _email_agreed(session: Session, patient_id: str) -> bool:
-    """TT-15: the patient's contact preferences permit email."""
-    consent = get_resource(session, "Consent", consent_id({"reference": f"Patient/{patient_id}"}))
-    if not consent or consent.get("status") != "active":
-        return False
-    provisions = (consent.get("provision") or {}).get("provision", [])
-    return any(p.get("type") == "permit" and any(a.get("text") == "contact by email" for a in p.get("action", [])) for p in provisions)
 
 
 def send_wait_letters(sessions: sessionmaker[Session], registry: PathwayRegistry, now: datetime) -> list[str]:
@@ -135,7 +126,7 @@ def _letter_once(
             "If you need help urgently: " + "; ".join(support.helplines),
             "Support you can use while you wait: " + "; ".join(support.alternative_support),
         ]
-        email = _email_agreed(session, patient_id)
+        email = email_permitted(session, patient_id)  # TT-15 (checked again when it is sent)
         built = letter_request(
             LETTER_TYPE,
             "Talking Therapies: expected wait for a first appointment",

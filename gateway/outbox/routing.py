@@ -76,7 +76,7 @@ def load_routing(path: Path) -> Routing:
 
 @dataclass(frozen=True)
 class Route:
-    transport: Literal["mesh", "fhir", "print", "mllp"]  # mllp: notes to an EPR (gateway.outbox.epr)
+    transport: Literal["mesh", "fhir", "print", "mllp", "email"]  # mllp: notes to an EPR (gateway.outbox.epr)
     address: str
 
 

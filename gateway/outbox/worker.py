@@ -1,4 +1,5 @@
-"""The delivery worker: claim due deliveries, check consent, route, render, send, record; poll acknowledgements.
+"""The delivery worker: claim due deliveries, check consent, route, render, send, record; poll acknowledgements
+(`acks.py`, which `Deliverer` takes in). Outcomes are recorded through `record.py`.
 
 Runs inside `serve` (every IAP_DELIVER_SECONDS) and as `iap-gateway deliver`. Every attempt is
 recorded before anything is sent and its outcome after; retries follow tenacity's exponential
@@ -16,32 +17,31 @@ import math
 import socket
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import httpx
 import structlog
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from tenacity import RetryCallState, stop_after_attempt, wait_exponential_jitter
 
-from fhir_mapping import codes
 from fhir_mapping.datetimes import to_fhir_instant
-from fhir_mapping.ids import resource_id
 from fhir_mapping.letters.document import letter_version, nhs_number, patient_name
-from fhir_mapping.letters.itk3 import ItkContext, message_header_id, parse_itk_response, render_itk3
+from fhir_mapping.letters.itk3 import ItkContext, message_header_id, render_itk3
 from fhir_mapping.letters.types import LetterType, letter_types
-from gateway.audit import record_delivery
 from gateway.cases import provenance
 from gateway.clock import Clock
 from gateway.failpoints import failpoint
 from gateway.outbox import store
+from gateway.outbox.acks import OUTBOX_TASK_SYSTEM, Acknowledgements, unacknowledged_task
 from gateway.outbox.consent import withheld_because
 from gateway.outbox.epr import RECIPIENT_KIND as EPR
 from gateway.outbox.epr import note_outgoing
 from gateway.outbox.letters import letter_document
 from gateway.outbox.mllp_out import MllpTransport
+from gateway.outbox.record import event, settle
 from gateway.outbox.routing import NoRoute, Route, Routing, load_routing, resolve
+from gateway.outbox.smtp_out import EMAIL_ROUTE, SmtpSettings, SmtpTransport, email_address_for
 from gateway.outbox.transports import (
     FhirPushTransport,
     MeshSettings,
@@ -52,20 +52,15 @@ from gateway.outbox.transports import (
     Sent,
     TransientError,
     Transport,
-    mesh_client,
 )
 from gateway.rules.sender_schema import SenderRegistry, load_senders
 from gateway.settings import Settings
 from gateway.store.jsontext import dumps
-from gateway.store.models import OutboxRow
-from gateway.store.repo import get_for_update, get_resource, put_resource
+from gateway.store.repo import get_resource, put_resource
 
 __all__ = ["RetryPolicy", "Deliverer", "deliverer_from_settings", "run_deliverer", "unacknowledged_task", "OUTBOX_TASK_SYSTEM"]
 
-OUTBOX_TASK_SYSTEM = f"{codes.GATEWAY_BASE}/CodeSystem/outbox-task"  # work the outbox raises for a person
-
 log = structlog.get_logger("iap.outbox")
-DONE = ("delivered", "withheld", "superseded")
 
 
 class RetryPolicy:
@@ -86,7 +81,7 @@ class RetryPolicy:
 
 
 @dataclass
-class Deliverer:
+class Deliverer(Acknowledgements):
     sessions: sessionmaker[Session]
     clock: Clock
     routing: Routing
@@ -144,15 +139,22 @@ class Deliverer:
             if reason is None:
                 letter, document, pdf = letter_document(session, claim.letter_id)
                 patient = get_resource(session, "Patient", claim.patient_id or "") or {}
+                email, by_post = (None, None)
+                if claim.recipient_kind == "patient":  # TT-15: by email where the request asked and it may, else by post
+                    email, by_post = email_address_for(session, letter, claim.patient_id or "", patient, "email" in self.transports)
         if reason is not None:
             return self._withhold(claim, letter_type, reason)
-        route = resolve(self.routing, claim.recipient_kind, claim.recipient, patient, self.print_dir)
+        if by_post:
+            self._note(claim, "post", by_post)
+        route = (
+            Route("email", EMAIL_ROUTE) if email else resolve(self.routing, claim.recipient_kind, claim.recipient, patient, self.print_dir)
+        )
         if isinstance(route, NoRoute):
             return self._dead(claim, route.reason, None, None)
         transport = self.transports.get(route.transport)
         if transport is None:
             return self._dead(claim, f"the {route.transport} transport is not configured (see docs/letters.md)", route, None)
-        outgoing = self._outgoing(claim, letter_type, route, document, pdf, patient)
+        outgoing = self._outgoing(claim, letter_type, route, document, pdf, patient, email)
         failpoint("outbox.before-send")
         if claim.in_doubt:
             already = transport.find_sent(outgoing)
@@ -206,9 +208,27 @@ class Deliverer:
             store.event(session, row.id, "postponed", "pending", f"{why}; next attempt at {to_fhir_instant(later)}", now)
         return "pending"
 
+    def _note(self, claim: store.Claim, outcome: str, why: str) -> None:
+        """A decision about how it goes (e.g. by post, not email), in the delivery's events: not an attempt."""
+        with self.sessions.begin() as session:
+            store.event(session, claim.id, "channel", outcome, why, self.clock.now())
+
     def _outgoing(
-        self, claim: store.Claim, letter_type: LetterType, route: Route, document: dict[str, Any], pdf: bytes, patient: dict[str, Any]
+        self,
+        claim: store.Claim,
+        letter_type: LetterType,
+        route: Route,
+        document: dict[str, Any],
+        pdf: bytes,
+        patient: dict[str, Any],
+        email: str | None = None,
     ) -> Outgoing:
+        if route.transport == "email" and email:
+            service: dict[str, Any] = next(
+                (e["resource"] for e in document["entry"] if e["resource"]["resourceType"] == "Organization"), {}
+            )
+            subject = f"A letter from {service.get('name') or self.routing.sender.name}"  # no clinical detail outside the PDF
+            return Outgoing(claim.id, claim.letter_id, email, pdf, "application/pdf", subject=subject, filename="letter.pdf")
         if route.transport == "print":
             return Outgoing(
                 claim.id, claim.letter_id, route.address, pdf, "application/pdf", filename=f"{claim.letter_id}-{claim.id[:8]}.pdf"
@@ -246,9 +266,6 @@ class Deliverer:
 
     # --- recording outcomes -----------------------------------------------------------------------
 
-    def _row(self, session: Session, delivery: str) -> OutboxRow:
-        return session.execute(select(OutboxRow).where(OutboxRow.id == delivery).with_for_update()).scalar_one()
-
     def _sent(self, claim: store.Claim, route: Route, outgoing: Outgoing, result: Sent) -> str:
         now = self.clock.now()
         with self.sessions.begin() as session:
@@ -257,9 +274,9 @@ class Deliverer:
             row.transport, row.address, row.workflow_id = route.transport, route.address, outgoing.workflow_id
             row.message_id, row.lease_until, row.reason, row.updated_at = result.message_id[:64], None, None, now
             row.itk_message_id = message_header_id(claim.id) if route.transport == "mesh" else None
-            _event(session, row, "attempt", row.status, result.detail or result.message_id, now)
+            event(session, row, "attempt", row.status, result.detail or result.message_id, now)
             if row.status == "delivered":
-                _settle(session, claim.letter_id, now)
+                settle(session, claim.letter_id, now)
         log.info("outbox.sent", delivery=claim.id, transport=route.transport, status=row.status, attempt=claim.attempt)
         return row.status
 
@@ -273,7 +290,7 @@ class Deliverer:
             row.status, row.next_attempt_at, row.lease_until, row.reason, row.updated_at = "pending", now + delay, None, str(error), now
             if route is not None:
                 row.transport, row.address = route.transport, route.address
-            _event(session, row, "attempt", "retry", f"{error}; next attempt at {to_fhir_instant(now + delay)}", now)
+            event(session, row, "attempt", "retry", f"{error}; next attempt at {to_fhir_instant(now + delay)}", now)
         log.info("outbox.retry", delivery=claim.id, attempt=claim.attempt, delay_seconds=int(delay.total_seconds()))
         return "pending"
 
@@ -285,7 +302,7 @@ class Deliverer:
             row.outcome = json.dumps(outcome) if outcome else None
             if route is not None:
                 row.transport, row.address = route.transport, route.address
-            _event(session, row, "attempt", "dead", reason, now)
+            event(session, row, "attempt", "dead", reason, now)
         log.warning("outbox.dead", delivery=claim.id, attempts=claim.attempt)
         return "dead"
 
@@ -295,190 +312,15 @@ class Deliverer:
         with self.sessions.begin() as session:
             row = self._row(session, claim.id)
             row.status, row.reason, row.lease_until, row.updated_at = "withheld", reason, None, now
-            _event(session, row, "consent", "withheld", reason, now)
+            event(session, row, "consent", "withheld", reason, now)
             letter = get_resource(session, "DocumentReference", claim.letter_id)
             if letter is not None:
                 rules = ("TT-14", "TT-15") if claim.recipient_kind == "patient" else ("TT-14",)
                 record = provenance(letter, f"letter-withheld-{claim.recipient_kind}", "iap-gateway delivery worker", rules, reason, now)
                 put_resource(session, record, now)
-            _settle(session, claim.letter_id, now)
+            settle(session, claim.letter_id, now)
         log.info("outbox.withheld", delivery=claim.id, letter_type=letter_type.code)
         return "withheld"
-
-    # --- acknowledgements ------------------------------------------------------------------------
-
-    def poll_acks(self) -> int:
-        """MESH tracking of what we sent, then our inbox: MESH reports and ITK3 acknowledgements, recorded against each letter."""
-        if self.mesh is None:
-            return 0
-        recorded = 0
-        with self.sessions() as session:
-            sent = list(
-                session.execute(
-                    select(OutboxRow.id, OutboxRow.message_id)
-                    .where(OutboxRow.status.in_(("sent", "unacknowledged")), OutboxRow.transport == "mesh")
-                    .limit(500)
-                ).all()
-            )
-        try:
-            with mesh_client(self.mesh) as client:
-                for delivery, message_id in sent:
-                    try:
-                        status = str(client.track_message(message_id).get("status", "")).lower()
-                    except Exception:  # noqa: BLE001 - tracking is best effort; the next pass asks again
-                        continue
-                    if status == "acknowledged":
-                        recorded += self._ack(delivery, "mesh", "delivered", "MESH: downloaded and acknowledged by the recipient")
-                    elif status in ("undeliverable", "error"):
-                        recorded += self._ack(delivery, "mesh", "failed", f"MESH: message {status}")
-                for message_id in client.list_messages():
-                    if message_id in self._skipped:
-                        continue
-                    recorded += self._inbox_message(client, message_id)
-        except Exception as exc:  # noqa: BLE001 - MESH down: acknowledgements wait for the next pass
-            log.warning("outbox.acks_unavailable", error=type(exc).__name__)
-        return recorded
-
-    def _inbox_message(self, client: Any, message_id: str) -> int:
-        message = client.retrieve_message(message_id)
-        try:
-            body = message.read()
-        finally:
-            message.close()
-        workflow = str(message.workflow_id or "")
-        recorded = 0
-        if str(message.message_type).upper() == "REPORT":
-            linked = message.mex_header("linkedmsgid") or ""
-            code, text = message.mex_header("statuscode") or "", message.mex_header("statusdescription") or ""
-            delivery = self._by(OutboxRow.message_id, linked) or self._by_letter(message.local_id)
-            if delivery:
-                recorded = self._ack(delivery, "mesh-report", "failed", f"MESH report {code}: {text}".strip())
-        elif workflow.endswith("_ACK") and (ack := parse_itk_response(body)) is not None:
-            header_id, response_code, itk_code, text = ack
-            delivery = self._by(OutboxRow.itk_message_id, header_id)
-            kind = "itk-business-ack" if itk_code.startswith("3") else "itk-infrastructure-ack"
-            if delivery:
-                outcome = "delivered" if response_code == "ok" else "failed"
-                recorded = self._ack(delivery, kind, outcome, f"ITK {itk_code} {text} ({response_code})".strip())
-        else:
-            self._skipped.add(message_id)  # not ours to read: left in the inbox
-            log.info("outbox.inbox_skipped", workflow=workflow[:40])
-            return 0
-        client.acknowledge_message(message_id)
-        return recorded
-
-    def raise_unacknowledged(self) -> int:
-        """GPCM-SD-095: a letter sent by MESH with no acknowledgement (infrastructure or business) within `ack_due`
-        is shown `unacknowledged`, counted (`iap_deliveries_total{outcome="unacknowledged"}`) and given to a person:
-        a Task for the sending service's desk. Each delivery is raised once."""
-        now = self.clock.now()
-        with self.sessions.begin() as session:
-            rows = (
-                session.execute(
-                    select(OutboxRow)
-                    .where(OutboxRow.status == "sent", OutboxRow.transport == "mesh", OutboxRow.updated_at <= now - self.ack_due)
-                    .with_for_update()
-                    .limit(500)
-                )
-                .scalars()
-                .all()
-            )
-            for row in rows:
-                hours = f"{self.ack_due.total_seconds() / 3600:g}"
-                reason = f"no acknowledgement {hours} hours after sending (GPCM-SD-095): check with the recipient"
-                row.status, row.reason, row.updated_at = "unacknowledged", reason, now
-                _event(session, row, "ack-overdue", "unacknowledged", reason, now)
-                found = get_for_update(session, "DocumentReference", row.letter_id)
-                put_resource(session, unacknowledged_task(row, now), now, found[1] if found else None)
-        for row in rows:
-            log.warning("outbox.unacknowledged", delivery=row.id, transport=row.transport)
-        return len(rows)
-
-    def _by(self, column: Any, value: str | None) -> str | None:
-        if not value:
-            return None
-        with self.sessions() as session:
-            return session.execute(select(OutboxRow.id).where(column == value).limit(1)).scalar_one_or_none()
-
-    def _by_letter(self, letter_id: str | None) -> str | None:
-        if not letter_id:
-            return None
-        with self.sessions() as session:
-            return session.execute(
-                select(OutboxRow.id).where(OutboxRow.letter_id == letter_id, OutboxRow.transport == "mesh").limit(1)
-            ).scalar_one_or_none()
-
-    def _ack(self, delivery: str, kind: str, outcome: str, detail: str) -> int:
-        now = self.clock.now()
-        with self.sessions.begin() as session:
-            row = self._row(session, delivery)
-            _event(session, row, kind, outcome, detail, now)
-            if outcome == "failed" and row.status in ("sent", "unacknowledged", "delivered"):
-                row.status, row.reason, row.updated_at = "failed", detail, now
-            elif outcome == "delivered" and row.status in ("sent", "unacknowledged"):  # a late acknowledgement still counts
-                row.status, row.updated_at = "delivered", now
-                _settle(session, row.letter_id, now)
-        log.info("outbox.ack", delivery=delivery, kind=kind, outcome=outcome)
-        return 1
-
-
-def _event(session: Session, row: OutboxRow, kind: str, outcome: str, detail: str, now: datetime) -> None:
-    """Record what happened to a delivery: its outbox event, and an AuditEvent (and `iap_deliveries_total`) with it."""
-    store.event(session, row.id, kind, outcome, detail, now)
-    destination = (
-        row.address if row.address and row.transport != "print" else (row.recipient if row.recipient_kind == "gp" else row.recipient_kind)
-    )
-    entities = [f"DocumentReference/{row.letter_id}"] + ([f"Patient/{row.patient_id}"] if row.patient_id else [])
-    record_delivery(
-        session,
-        channel=row.transport or "none",
-        destination=destination,
-        entities=entities,
-        outcome=outcome,
-        detail=f"{kind}: {detail}",
-        now=now,
-    )
-
-
-def unacknowledged_task(row: OutboxRow, now: datetime) -> dict[str, Any]:
-    """The service desk's work item for a letter nobody acknowledged (GPCM-SD-095): one per delivery."""
-    task: dict[str, Any] = {
-        "resourceType": "Task",
-        "id": resource_id("Task", f"Outbox/{row.id}", "unacknowledged"),
-        "status": "requested",
-        "intent": "order",
-        "priority": "urgent",
-        "code": {"coding": [{"system": OUTBOX_TASK_SYSTEM, "code": "letter-unacknowledged", "display": "Letter not acknowledged"}]},
-        "description": f"The {row.letter_type} letter sent to {row.recipient_kind} {row.address or ''} was not acknowledged: "
-        "check with the recipient that it arrived, and resend or send it another way",
-        "focus": {"reference": f"DocumentReference/{row.letter_id}"},
-        "authoredOn": to_fhir_instant(now),
-        "reasonCode": {"text": "GPCM-SD-095: the infrastructure and business acknowledgements did not arrive in time"},
-    }
-    if row.patient_id:
-        task["for"] = {"reference": f"Patient/{row.patient_id}"}
-    return task
-
-
-def _settle(session: Session, letter_id: str, now: datetime) -> None:
-    """Once every delivery of a letter is done, its CommunicationRequest is completed (or revoked, if all were withheld)."""
-    statuses = set(session.execute(select(OutboxRow.status).where(OutboxRow.letter_id == letter_id)).scalars())
-    if not statuses or not statuses <= set(DONE):
-        return
-    letter = get_resource(session, "DocumentReference", letter_id) or {}
-    related = ((letter.get("context") or {}).get("related") or [{}])[0].get("reference", "")
-    request = (
-        get_resource(session, "CommunicationRequest", related.split("/", 1)[1]) if related.startswith("CommunicationRequest/") else None
-    )
-    if request is None or request.get("status") != "active" or statuses == {"superseded"}:
-        return
-    body = {k: v for k, v in request.items() if k != "meta"}
-    if "delivered" in statuses:
-        body["status"] = "completed"
-    else:
-        body["status"] = "revoked"
-        body["statusReason"] = {"text": "Not sent: consent (TT-14, TT-15); see the letter's Provenance"}
-    put_resource(session, body, now)
 
 
 def deliverer_from_settings(
@@ -492,6 +334,23 @@ def deliverer_from_settings(
         "print": PrintTransport(),
         "mllp": MllpTransport(senders),
     }
+    if settings.smtp_host:  # TT-15: no host, no email (client letters go by post, the reason recorded)
+        if not settings.smtp_from:
+            raise ValueError("IAP_SMTP_HOST is set but IAP_SMTP_FROM is not")
+        if bool(settings.smtp_username) != bool(settings.smtp_password):
+            raise ValueError("IAP_SMTP_USERNAME and IAP_SMTP_PASSWORD go together")
+        transports["email"] = SmtpTransport(
+            SmtpSettings(
+                host=settings.smtp_host,
+                port=settings.smtp_port,
+                sender=settings.smtp_from,
+                security=settings.smtp_security,
+                username=settings.smtp_username,
+                password=settings.smtp_password,
+                ca=str(settings.smtp_ca) if settings.smtp_ca else None,
+                timeout=settings.smtp_timeout_seconds,
+            )
+        )
     mesh = None
     if settings.mesh_url:
         missing = [name for name in ("mesh_mailbox", "mesh_password", "mesh_shared_key") if not getattr(settings, name)]
