@@ -9,6 +9,7 @@ to docs/console/.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tempfile
@@ -160,6 +161,47 @@ def test_sign_in_with_an_api_key_then_every_page_is_accessible(console: Console,
         page.goto(console.url + path)
         assert page.locator("h1").first.is_visible()
         accessible(page, name)
+
+
+def _count(page: Page, row: str, what: str) -> int:
+    return int(page.locator(f"tr[data-channel='{row}'] td[data-count='{what}'] a").inner_text().split()[0])
+
+
+def test_dashboard_numbers_change_after_a_referral_and_a_refused_message(console: Console, page: Page) -> None:
+    sign_in(page, console, console.operator_key)
+    accepted, refused = _count(page, "nhs111-case-http", "accepted"), _count(page, "nhs111-case-http", "refused")
+    open_cases = int(page.locator("tr[data-service='bsw'] td[data-count='open'] a").inner_text().split()[0])
+    with api(console) as client:
+        assert client.post("/ingest/nhs111", content=fixture_bytes("third-party-bsw.case.json")).status_code == 201
+        broken = json.loads(fixture_bytes("option2-standard.case.json")) | {"case_id": "NHS111-CONSOLE-REFUSED-1"}
+        del broken["call_time"]
+        assert client.post("/ingest/nhs111", content=json.dumps(broken)).status_code == 400
+    page.reload()
+    assert _count(page, "nhs111-case-http", "accepted") == accepted + 1
+    assert _count(page, "nhs111-case-http", "refused") == refused + 1
+    assert int(page.locator("tr[data-service='bsw'] td[data-count='open'] a").inner_text().split()[0]) == open_cases + 1
+    page.click("tr[data-channel='nhs111-case-http'] td[data-count='refused'] a")  # each number opens the list behind it
+    assert page.url.startswith(f"{console.url}/console/quarantine?channel=nhs111-case")
+    accessible(page, "quarantine")
+    page.locator("#message-log tbody tr a").first.click()
+    assert "call_time" in page.locator("#problems").inner_text()  # the problems found, kept with the refusal
+    accessible(page, "message-refused")
+
+
+def test_follow_a_message_from_the_log_to_its_task_and_its_explain(console: Console, page: Page) -> None:
+    with api(console) as client:
+        task = task_of(client.post("/ingest/nhs111", content=fixture_bytes("option1-dx12.case.json")).json())
+    sign_in(page, console, console.operator_key)
+    page.goto(f"{console.url}/console/messages?channel=nhs111-case&outcome=accepted")
+    accessible(page, "messages")
+    page.locator("#message-log tbody tr a").first.click()  # newest first: the referral just sent
+    assert page.locator(f"#resources a[href='/console/cases/{task['id']}']").count() == 1
+    accessible(page, "message")
+    page.click("text=Show the raw body")
+    assert "case_id" in page.locator("#raw-body").inner_text()  # messages:raw: the body as received (the view audited)
+    page.click(f"#resources a[href='/console/cases/{task['id']}#explain']")
+    assert page.locator("h1").inner_text() == f"Case {task['id']}"
+    assert "CAS-01" in page.locator("#explain + table").inner_text()
 
 
 def test_a_case_page_shows_its_explain_and_its_letters(console: Console, page: Page) -> None:

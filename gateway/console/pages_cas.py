@@ -11,8 +11,8 @@ from sqlalchemy.orm import Session
 from starlette.responses import Response
 
 from adapters.problems import GatewayInputError, Kind, Problem
-from fhir_mapping import codes
-from fhir_mapping.datetimes import format_iso_duration
+from common import codes
+from common.datetimes import format_iso_duration
 from gateway.api.deps import ClockDep, RegistryDep, SessionDep
 from gateway.audit import note
 from gateway.cases import explain

@@ -1,84 +1,48 @@
-"""The dashboard: per inbound channel what came in (accepted, refused by reason, duplicates, turned away busy), per
-outbound destination what is waiting, sent and stuck, per CAS service the queue by breach colour and the safety calls
-due (CAS-09), per Talking Therapies service the wait list against its lines (TT-09). Each section is shown to whom
-the scope table lets see the page behind it; each number links to its list. Refreshes itself (console.js)."""
+"""The dashboard: per inbound channel what came in (accepted, refused by reason, duplicates), per outbound destination
+what is waiting, sent, acknowledged and stuck, per CAS service the queue by breach colour and the safety calls due
+(CAS-09), per Talking Therapies service the wait list against its lines (TT-08, TT-09). The numbers are
+gateway.console_data's; each section is shown to whom the scope table lets see the page behind it, and each number
+links to its list. Refreshes itself (static/console.js); without JavaScript, a reload does."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from fastapi import APIRouter, Request
-from sqlalchemy.orm import Session
 from starlette.responses import Response
 
 from gateway.api.deps import ClockDep, RegistryDep, SessionDep
+from gateway.console.pages_messages import CHANNEL_NAMES, WINDOWS
 from gateway.console.web import PageRoute, login_of, may_see, page
-from gateway.outbox import store
-from gateway.rules.schema import RuleRegistry
-from gateway.security.principal import allowed_service
-from gateway.store.queue_index import queue_counts
-from gateway.waitlist import waitlist_snapshot
+from gateway.console_data import BUSY_NOT_STORED, channel_counts, outbound_counts, queue_colours, waitlist_summary
 
 __all__ = ["router"]
 
 router = APIRouter(route_class=PageRoute)
-WINDOWS = {"hour": timedelta(hours=1), "day": timedelta(days=1)}
 REFRESH_SECONDS = 30
+_SHOWN = ("hour", "day")
 
 
 @router.get("/console/", include_in_schema=False)
 def dashboard(request: Request, session: SessionDep, clock: ClockDep, registry: RegistryDep) -> Response:
     login = login_of(request)
-    assert login is not None  # the gate let no one here unsigned
+    assert login is not None  # the gate lets no one here who is not signed in
     who, now = login.principal, clock.now()
-    window = request.query_params.get("window") if request.query_params.get("window") in WINDOWS else "day"
+    asked = request.query_params.get("window") or "day"
+    window = asked if asked in _SHOWN else "day"
     sections: dict[str, Any] = {}
+    if may_see(who, "/console/messages"):
+        # [since, until): a message received this very second counts too
+        sections["inbound"] = channel_counts(session, now - WINDOWS[window], now + timedelta(seconds=1))
     if may_see(who, "/console/letters"):
-        sections["outbound"] = store.summary(session)[0]
+        sections["outbound"] = outbound_counts(session)
     if may_see(who, "/console/queue"):
-        sections["cas"] = _cas(session, registry, now)
+        names = {sid: rules.service.name for sid, rules in registry.services.items()}
+        sections["cas"] = [(names.get(q.service, q.service), q) for q in queue_colours(session, registry, now)]
     if may_see(who, "/console/waitlist"):
-        sections["waitlist"] = _waitlist(request, session, now)
-    return page(request, "dashboard.html", title="Dashboard", window=window, windows=list(WINDOWS), refresh=REFRESH_SECONDS, **sections)
-
-
-def _cas(session: Session, registry: RuleRegistry, now: datetime) -> list[dict[str, Any]]:
-    """Per CAS service the person may see: open cases by breach colour, and the safety calls due (every case not
-    green has one due, CAS-09)."""
-    bound = allowed_service(None)
-    out = []
-    for service_id in [bound] if bound else sorted(registry.services):
-        rules = registry.services[service_id]
-        ages = rules.queue_risk.extreme_age
-        counts = queue_counts(
-            session,
-            service_id,
-            now,
-            rules.breach_status.amber_within,
-            rules.breach_status.black_after,
-            ages.get("under", 0),
-            ages.get("over", 200),
-        )  # the counts GET /queue/summary reads (gateway.store.queue_index), the service's own CAS-09 thresholds
-        colours = {colour: counts.by_breach_status[colour] for colour in ("green", "amber", "red", "black")}
-        out.append(
-            {
-                "id": service_id,
-                "name": rules.service.name,
-                "colours": colours,
-                "open": counts.open_cases,
-                "safety_calls_due": colours["amber"] + colours["red"] + colours["black"],
-            }
-        )
-    return out
-
-
-def _waitlist(request: Request, session: Session, now: datetime) -> list[dict[str, Any]]:
-    """Per pathway service: how many wait for a first and a second appointment, and how many are over each line."""
-    registry = request.app.state.pathway_rules
-    bound = allowed_service(None)
-    out = []
-    for service_id in [bound] if bound in registry.services else [] if bound else sorted(registry.services):
-        summary = waitlist_snapshot(session, registry, now, service_id)["summary"]
-        out.append({"id": service_id, "first": summary["first-appointment"], "second": summary["second-appointment"]})
-    return out
+        sections["waitlist"] = waitlist_summary(session, request.app.state.pathway_rules, now)
+    return page(
+        request, "dashboard.html", title="Dashboard", window=window, windows=_SHOWN, refresh=REFRESH_SECONDS,
+        channels=CHANNEL_NAMES, busy_note=BUSY_NOT_STORED, **sections,
+    )  # fmt: skip
