@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from fhir_mapping import codes
 from fhir_mapping.datetimes import to_fhir_instant
 from fhir_mapping.ids import resource_id
-from fhir_mapping.letters.itk3 import parse_itk_response
+from fhir_mapping.letters.itk_response import parse_itk_response
 from gateway.clock import Clock
 from gateway.outbox.record import event, settle
 from gateway.outbox.transports import MeshSettings, mesh_client
