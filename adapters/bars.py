@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from adapters.json_shapes import CODEABLE, IDENTIFIERS, REFERENCE, JsonShape, Shape, present, under
+from adapters.bars_message import GUID_RE, SHAPES, Entry, Message
+from adapters.json_shapes import present
 from adapters.jsonparse import parse_json_object
 from adapters.problems import GatewayInputError, Kind, Problem, ProblemList
 from adapters.referral import (
@@ -47,206 +47,8 @@ PW_SYSTEMS = (
     "https://fhir.nhs.uk/Id/pathways-template",
 )
 _DOS_ENDPOINT_RE = re.compile(r"^https?://fhir\.nhs\.uk/Id/dos-service-id\|(?P<id>[A-Za-z0-9]+)$")
-_GUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
-_REFERENCE_IN_TEXT = re.compile(rb'"reference"[ \t\r\n]*:[ \t\r\n]*"([^"]*)"')  # no escapes (`_all_sound`)
 _FHIR_ID_RE = re.compile(r"[A-Za-z0-9\-.]{1,64}\Z")
-_TYPE_ID_RE = re.compile(r"[A-Z][A-Za-z]+/[A-Za-z0-9\-.]{1,64}\Z")  # a relative reference, Type/id
 _HANDLED = {"MessageHeader", "ServiceRequest", "Patient", "Encounter", "CarePlan", "Flag", "Organization", "HealthcareService"}
-
-
-@dataclass
-class _Entry:
-    index: int
-    full_url: str | None
-    resource: dict[str, Any]
-
-    @property
-    def path(self) -> str:
-        return f"Bundle.entry[{self.index}].resource"
-
-
-class _Message:
-    """The Bundle's entries with reference resolution that records what it had to forgive."""
-
-    def __init__(self, bundle: dict[str, Any], problems: ProblemList) -> None:
-        self.problems = problems
-        self.entries: list[_Entry] = []
-        self._targets: dict[str, _Entry] = {}  # fullUrl or "Type/id" -> the first entry it names (_lookup)
-        raw_entries = bundle.get("entry")
-        if not isinstance(raw_entries, list) or not raw_entries:
-            problems.error(Kind.REQUIRED, "Bundle.entry", "a message Bundle must have entries, the first a MessageHeader")
-            return
-        for index, item in enumerate(raw_entries):
-            resource = item.get("resource") if isinstance(item, dict) else None
-            if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
-                problems.error(Kind.STRUCTURE, f"Bundle.entry[{index}].resource", "entry has no resource with a resourceType")
-                continue
-            full_url = item.get("fullUrl")
-            if isinstance(full_url, str) and full_url.startswith("urn:uuid:") and not _is_uuid(full_url[9:]):
-                problems.warning(Kind.VALUE, f"Bundle.entry[{index}].fullUrl", "urn:uuid fullUrl is not a UUID")
-            entry = _Entry(index, full_url if isinstance(full_url, str) else None, resource)
-            self.entries.append(entry)
-            if entry.full_url is not None:
-                self._targets.setdefault(entry.full_url, entry)
-            if rid := resource.get("id"):
-                self._targets.setdefault(f"{resource['resourceType']}/{rid}", entry)
-
-    def of_type(self, resource_type: str) -> list[_Entry]:
-        return [e for e in self.entries if e.resource["resourceType"] == resource_type]
-
-    def resolve(self, ref: Any, element: str, expected: str, required: bool) -> _Entry | None:
-        """Find the entry a Reference points at. Lenient on form (with a warning), strict on existence."""
-        target = ref.get("reference") if isinstance(ref, dict) else None
-        if not isinstance(target, str) or not target:
-            if required:
-                self.problems.error(Kind.REQUIRED, element, f"a reference to the {expected} is required")
-            return None
-        found = self._lookup(target)
-        if found is None and _is_uuid(target):
-            found = self._lookup(f"urn:uuid:{target}")
-            if found is not None:
-                self.problems.warning(
-                    Kind.VALUE, element, f"reference {target!r} lacks the 'urn:uuid:' prefix; matched to {found.path} by its UUID"
-                )
-        if found is None:
-            kind = self.problems.error if required else self.problems.warning
-            kind(Kind.INVALID, element, f"reference {target!r} resolves to no entry in the Bundle")
-            return None
-        if found.resource["resourceType"] != expected:
-            self.problems.error(Kind.INVALID, element, f"reference points at a {found.resource['resourceType']}, expected a {expected}")
-            return None
-        return found
-
-    def _lookup(self, target: str) -> _Entry | None:
-        """The first entry whose fullUrl is `target` or whose resource is `target` as "Type/id" (an index made once:
-        a message resolves a score of references)."""
-        return self._targets.get(target)
-
-    def check_all_references(self, raw: bytes | None = None) -> None:
-        """Warn about every reference in the message that is malformed or dangling (never dropped silently).
-
-        `raw`, the message's text, lets a message whose references are all sound skip the walk over every
-        element: its references are read from the text first (`_all_sound`), and the walk, which names each
-        problem's element, runs only if one of them is not sound or the text cannot be read that way."""
-        if raw is not None and self._all_sound(raw):
-            return
-        for entry in self.entries:
-            for element, target in _references(entry.resource, entry.path):
-                if (fault := self._fault(target)) is not None:
-                    self.problems.warning(fault[0], element, fault[1])
-
-    def _fault(self, target: str) -> tuple[Kind, str] | None:
-        """What is wrong with a reference (its kind and the warning's text), or None if it is sound."""
-        if target.startswith(("#", "http://", "https://")):
-            return None
-        if target.startswith("urn:uuid:"):
-            if not _is_uuid(target[9:]):
-                return Kind.VALUE, f"reference {target!r} is not a UUID and resolves to nothing"
-            if self._lookup(target) is None:
-                return Kind.INVALID, f"reference {target!r} resolves to no entry in the Bundle"
-            return None
-        if _is_uuid(target):
-            found = self._lookup(f"urn:uuid:{target}")
-            where = f"read as {found.path}" if found else "resolves to nothing"
-            return Kind.VALUE, f"reference {target!r} lacks the 'urn:uuid:' prefix; {where}"
-        if _TYPE_ID_RE.match(target) is None:
-            return Kind.VALUE, f"reference {target!r} is neither urn:uuid nor Type/id"
-        return None
-
-    def _all_sound(self, raw: bytes) -> bool:
-        """True if no `"reference": "..."` in the text has a fault. The text holds every reference the walk meets
-        (and maybe more; the text is UTF-8, `parse_json_object`), unless a key or value is written with escapes:
-        then False."""
-        if b"\\" in raw:
-            return False
-        return all(self._fault(found.group(1).decode("utf-8", "replace")) is None for found in _REFERENCE_IN_TEXT.finditer(raw))
-
-
-# The JSON type of every element of the message this adapter reads, by resource type (adapters.json_shapes).
-_SHAPE_TABLES: dict[str, Shape] = {
-    "MessageHeader": {
-        "id": str,
-        "eventCoding": dict,
-        "eventCoding.system": str,
-        "eventCoding.code": str,
-        "reason": dict,
-        **under("reason", CODEABLE),
-        "destination": list,
-        "destination[]": dict,
-        "destination[].endpoint": str,
-        "focus": list,
-        "focus[]": dict,
-        **under("focus[]", REFERENCE),
-        "source": dict,
-        "source.endpoint": str,
-    },
-    "ServiceRequest": {
-        "status": str,
-        "subject": dict,
-        **under("subject", REFERENCE),
-        "encounter": dict,
-        **under("encounter", REFERENCE),
-        "basedOn": list,
-        "basedOn[]": dict,
-        **under("basedOn[]", REFERENCE),
-        "reasonCode": list,
-        "reasonCode[]": dict,
-        **under("reasonCode[]", CODEABLE),
-        "authoredOn": str,
-        "occurrencePeriod": dict,
-        "occurrencePeriod.start": str,
-        "occurrencePeriod.end": str,
-    },
-    "Patient": {
-        **IDENTIFIERS,
-        "name": list,
-        "name[]": dict,
-        "name[].use": str,
-        "name[].family": str,
-        "name[].given": list,
-        "name[].given[]": str,
-        "name[].prefix": list,
-        "name[].prefix[]": str,
-        "birthDate": str,
-        "gender": str,
-        "address": list,
-        "address[]": dict,
-        "address[].line": list,
-        "address[].line[]": str,
-        "address[].city": str,
-        "address[].postalCode": str,
-        "telecom": list,
-        "telecom[]": dict,
-        "telecom[].system": str,
-        "telecom[].value": str,
-        "generalPractitioner": list,
-        "generalPractitioner[]": dict,
-        **under("generalPractitioner[]", REFERENCE),
-        "generalPractitioner[].identifier": dict,
-        "generalPractitioner[].identifier.system": str,
-        "generalPractitioner[].identifier.value": str,
-    },
-    "Encounter": {"period": dict, "period.start": str},
-    "CarePlan": {
-        "period": dict,
-        "period.start": str,
-        "activity": list,
-        "activity[]": dict,
-        "activity[].outcomeCodeableConcept": list,
-        "activity[].outcomeCodeableConcept[]": dict,
-        **under("activity[].outcomeCodeableConcept[]", CODEABLE),
-    },
-    "Flag": {
-        "status": str,
-        "category": list,
-        "category[]": dict,
-        **under("category[]", CODEABLE),
-        "code": dict,
-        **under("code", CODEABLE),
-    },
-    "Organization": IDENTIFIERS,
-}
-_SHAPES = {name: JsonShape(shape) for name, shape in _SHAPE_TABLES.items()}
 
 
 def parse_bars_message(raw: bytes, request_id: str | None, correlation_id: str | None) -> Referral:
@@ -255,7 +57,7 @@ def parse_bars_message(raw: bytes, request_id: str | None, correlation_id: str |
     for name, value in (("X-Request-Id", request_id), ("X-Correlation-Id", correlation_id)):
         if not value:
             problems.error(Kind.INVALID, f"header:{name}", f"the {name} header is required (BaRS transaction integrity)")
-        elif not _GUID_RE.match(value):
+        elif not GUID_RE.match(value):
             problems.error(Kind.INVALID, f"header:{name}", f"the {name} header must be a GUID")
     problems.raise_if_errors("parse")
 
@@ -273,9 +75,9 @@ def parse_bars_message(raw: bytes, request_id: str | None, correlation_id: str |
         problems.error(Kind.REQUIRED, "Bundle.id", "the sender's Bundle.id is required (kept across updates of this referral)")
     elif _FHIR_ID_RE.match(bundle_id) is None:  # the reply's MessageHeader.response.identifier echoes it: an id
         problems.error(Kind.VALUE, "Bundle.id", "Bundle.id must be a FHIR id: 1 to 64 of A-Z a-z 0-9 - .")
-    msg = _Message(bundle, problems)
+    msg = Message(bundle, problems)
     for item in msg.entries:  # each element read has its JSON type: a wrong one is a 400 by its path, not a crash
-        if shape := _SHAPES.get(item.resource["resourceType"]):
+        if shape := SHAPES.get(item.resource["resourceType"]):
             shape.check(item.resource, item.path, problems)
     problems.raise_if_errors("parse")
 
@@ -397,7 +199,7 @@ def _destination(hdr: dict[str, Any], path: str, problems: ProblemList) -> str |
     return match.group("id")
 
 
-def _patient(entry: _Entry, msg: _Message, problems: ProblemList) -> Demographics | None:
+def _patient(entry: Entry, msg: Message, problems: ProblemList) -> Demographics | None:
     res = entry.resource
     identifiers = _as_list(res.get("identifier"))
     index = next((i for i, ident in enumerate(identifiers) if isinstance(ident, dict) and ident.get("system") == NHS_NUMBER_SYSTEM), None)
@@ -435,7 +237,7 @@ def _patient(entry: _Entry, msg: _Message, problems: ProblemList) -> Demographic
     )
 
 
-def _gp_ods(entry: _Entry, msg: _Message) -> str | None:
+def _gp_ods(entry: Entry, msg: Message) -> str | None:
     """The registered GP practice's ODS code, from Patient.generalPractitioner (identifier or resolved Organization)."""
     for index, ref in enumerate(entry.resource.get("generalPractitioner") or []):
         if not isinstance(ref, dict):
@@ -452,7 +254,7 @@ def _gp_ods(entry: _Entry, msg: _Message) -> str | None:
     return None
 
 
-def _pathways(careplan: _Entry | None, sr: _Entry, problems: ProblemList) -> PathwaysOutcome:
+def _pathways(careplan: Entry | None, sr: Entry, problems: ProblemList) -> PathwaysOutcome:
     """Pathways SG/SD/Dx codes: CarePlan.activity.outcomeCodeableConcept (BaRS APP1), else ServiceRequest.reasonCode (older senders)."""
     found: dict[str, tuple[str, str | None, str]] = {}
     summary = None
@@ -492,7 +294,7 @@ def _pathways(careplan: _Entry | None, sr: _Entry, problems: ProblemList) -> Pat
     )
 
 
-def _flags(msg: _Message) -> Iterator[RiskFlag]:
+def _flags(msg: Message) -> Iterator[RiskFlag]:
     for entry in msg.of_type("Flag"):
         res = entry.resource
         if res.get("status") not in (None, "active"):
@@ -537,37 +339,5 @@ def _datetime_at(resource: dict[str, Any], dotted: str, base: str, problems: Pro
     return None
 
 
-def _references(node: Any, path: str) -> list[tuple[str, str]]:
-    """Every (element path, reference) in document order; only objects and arrays are descended into.
-
-    The steps down are kept as keys and indexes, and written out as a path only for a reference found
-    (most of a message's objects hold none): this walk runs over every element of every message."""
-    found: list[tuple[str, str]] = []
-    _walk_references(node, [], path, found)
-    return found
-
-
-def _walk_references(node: Any, steps: list[str | int], path: str, found: list[tuple[str, str]]) -> None:
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key == "reference" and isinstance(value, str):
-                found.append((path + "".join(f"[{s}]" if isinstance(s, int) else f".{s}" for s in steps) + ".reference", value))
-            elif isinstance(value, (dict, list)):
-                steps.append(key)
-                _walk_references(value, steps, path, found)
-                steps.pop()
-    else:
-        for index, item in enumerate(node):
-            if isinstance(item, (dict, list)):
-                steps.append(index)
-                _walk_references(item, steps, path, found)
-                steps.pop()
-
-
 def _as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
-
-
-def _is_uuid(value: str) -> bool:
-    """8-4-4-4-12 hex digits, nothing after (so also what `uuid.UUID` reads)."""
-    return _GUID_RE.match(value) is not None

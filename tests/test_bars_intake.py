@@ -166,7 +166,7 @@ def test_public_older_111_example_once_fixed_has_its_reasoncode_dx_understood(cl
 
 def test_every_reference_in_the_message_is_checked_wherever_it_is_nested_and_named_by_its_path() -> None:
     """A dangling or malformed reference deep in an extension is warned about at its exact element;
-    absolute URLs and contained references are left alone (adapters.bars.check_all_references)."""
+    absolute URLs and contained references are left alone (adapters.bars_message.Message.check_all_references)."""
     from adapters.bars import parse_bars_message
 
     bundle = json.loads(fixture_bytes("bars-dx335-immediate.bundle.json"))
@@ -189,7 +189,7 @@ def test_every_reference_in_the_message_is_checked_wherever_it_is_nested_and_nam
 
 
 def test_a_dangling_reference_is_warned_about_however_the_json_spells_it() -> None:
-    """The reference check reads references from the message text when it can (adapters.bars._Message._all_sound);
+    """The reference check reads references from the message text when it can (adapters.bars_message.Message._all_sound);
     a key or a value written with escapes must still have its dangling reference found, by the walk."""
     from adapters.bars import parse_bars_message
 

@@ -85,6 +85,7 @@ def test_every_adapter_has_a_format_document() -> None:
     documented = {
         "nhs111_case": "nhs111-case.md",
         "bars": "bars.md",
+        "bars_message": "bars.md",
         "mhpl": "mhpl-call.md",
         "hl7v2": "rio-hl7v2.md",
         "hl7v2_fields": "rio-hl7v2.md",
