@@ -70,7 +70,12 @@ CAS_OPERATION_EXAMPLES: dict[str, tuple[str, dict[str, Any]]] = {
     "end-assessment": (
         "CAS-13: a registered practitioner completes the consultation",
         parameters(
-            registered=True, practitioner="Dr A Clinician", notes="Assessed by phone; safety plan agreed.", plan="GP review in 1 week"
+            registered=True,
+            practitioner="Dr A Clinician",
+            notes="Assessed by phone; safety plan agreed.",
+            plan="GP review in 1 week",
+            follow_up="Crisis team call tomorrow",
+            safety_advice="Call 111 (option 2) or 999 if thoughts of self-harm return",
         ),
     ),
     "ratify": (
