@@ -40,7 +40,8 @@ from gateway.pathway_records import (
     _summary,
     wsas_on_file,
 )
-from gateway.responses import response_id, response_resources
+from gateway.pathway_risks import refused_referral_risks
+from gateway.responses import ResponseIntake, response_id, response_resources
 from gateway.rules.cas_ops import parse_parameters
 from gateway.rules.pathway_clocks import clock_due_items
 from gateway.rules.pathway_routing import Decision, MeasureFact, route_referral
@@ -63,7 +64,18 @@ class Pathways(EprContacts):
     # --- referral routing ---------------------------------------------------------------------------------
 
     def refer(self, raw: bytes) -> Reply:
-        """Route one referral; a re-sent referral (same identifier) gets its original reply and stores nothing."""
+        """Route one referral; a re-sent referral (same identifier) gets its original reply and stores nothing. A referral
+        refused for any reason has the risk answers of its contained responses acted on all the same (issue 33), and the
+        refusal says how."""
+        try:
+            return self._refer(raw)
+        except GatewayInputError as refused:
+            acted = refused_referral_risks(ResponseIntake(self.sessions, self.catalogue, self.clock), raw)
+            if not acted:
+                raise
+            raise GatewayInputError([*refused.problems, *acted], stage=refused.stage) from None
+
+    def _refer(self, raw: bytes) -> Reply:
         referral = parse_pathway_referral(raw)
         message_id = f"{referral.system}|{referral.value}"
         original = previous(self.sessions, CHANNEL_PATHWAY, message_id)

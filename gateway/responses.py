@@ -211,6 +211,12 @@ class ResponseIntake:
                 raise
             raise GatewayInputError([*refused.problems, *self._act_on_refused(qr, qr_id, hits)], stage=refused.stage) from None
 
+    def act_on_refused_risks(self, qr: dict[str, Any], qr_id: str) -> list[Problem]:
+        """A response another message carried (a pathway referral's contained one) when that message is refused: its risk
+        answers acted on as `receive` acts on a refused response's; the warnings saying so (none without a risk answer)."""
+        hits = risk_answers(qr, self.catalogue)
+        return self._act_on_refused(qr, qr_id, hits) if hits else []
+
     def _act_on_refused(self, qr: dict[str, Any], qr_id: str, hits: list[RiskHit]) -> list[Problem]:
         """Issue 33: a risk answer is never lost. In its own (audited) transaction, the risk items of a refused response
         escalate the patient's open CAS case (CAS-10) or raise a Flag; a re-send finds them done (deterministic ids,
