@@ -112,10 +112,11 @@ def test_the_signposting_letter_tells_the_client_where_to_go_PC_13(client, tmp_p
     _check_shapes(tmp_path, "signposting", letter, document, rows[0])
 
 
-def _tt_episode(client, ref: str) -> str:  # type: ignore[no-untyped-def]
+def _tt_episode(client, ref: str, nhs_number: str = "9990000174") -> str:  # type: ignore[no-untyped-def]
     from gateway.pathway_demo import gad7, phq9
 
-    body = referral("north-essex-mid", ref, "2026-11-02T10:00:00+00:00", "1990-01-01", practice="L81001", responses=(phq9(12), gad7(6)))
+    received = "2026-11-02T10:00:00+00:00"
+    body = referral("north-essex-mid", ref, received, "1990-01-01", nhs_number=nhs_number, practice="L81001", responses=(phq9(12), gad7(6)))
     reply = route(client, body)
     assert reply.status_code == 201, reply.text
     return episode_of(reply.json())
@@ -148,3 +149,37 @@ def test_the_discharge_letter_reports_the_latest_scores_to_gp_and_client_TT_13_T
     assert "PHQ-9" in measures["text"]["div"] and "GAD-7" in measures["text"]["div"]  # TT-14: the latest scores
     assert "PHQ-9" in text and RULE_ID.findall(text) == []
     _check_shapes(tmp_path, "tt-discharge", letter, document, next(r for r in rows if r["recipient_kind"] == "gp"))
+
+
+def test_each_type_reaches_the_practice_mailbox_once_with_its_workflow_and_subject(app, client, clock, mesh, tmp_path) -> None:
+    """Over the real MESH sandbox: the Specialist Desk note (L81007) and the two Talking Therapies letters (L81001)
+    arrive once each, on GPFED_CONSULT_REPORT, subject "Consultation report for ..., Version 1" (GPCM-SD-091/092)."""
+    from tests.mesh_sandbox import PRACTICE_MAILBOX
+    from tests.test_mesh_delivery import mesh_worker
+
+    task = task_of(client.post("/ingest/nhs111", content=fixture_bytes("specialist-desk-ooh.case.json")).json())
+    ended = client.post(f"/fhir/Task/{task['id']}/$end-assessment", content=params(practitioner="Dr D", registered=True, notes="Seen."))
+    assert ended.status_code == 200, ended.text
+    first = _tt_episode(client, "R-MESH-1")
+    assert operate(client, first, "record-contact", contact("assessment", date_="2026-11-05T10:00:00+00:00")).status_code == 200
+    second = _tt_episode(client, "R-MESH-2", nhs_number="9990000166")
+    assert operate(client, second, "record-contact", contact("assessment", "dna", "2026-11-10T10:00:00+00:00")).status_code == 200
+    worker = mesh_worker(app, clock, mesh, tmp_path, mesh_mailboxes={"L81001": PRACTICE_MAILBOX, "L81007": "X26ABC3"})
+    worker.deliver_once()
+    sent = {r["letter_type"]: r for r in outbox(client) if r["recipient_kind"] == "gp"}
+    assert {t: r["status"] for t, r in sent.items()} == {
+        "specialist-desk-notes": "sent",
+        "tt-assessment-outcome": "sent",
+        "tt-discharge": "sent",
+    }
+    practice = sorted(mesh.inbox(PRACTICE_MAILBOX), key=lambda m: str(m["local_id"]))
+    desk = mesh.inbox("X26ABC3")
+    assert len(practice) == 2 and len(desk) == 1
+    for message in [*practice, *desk]:
+        assert message["workflow_id"] == "GPFED_CONSULT_REPORT"
+        assert message["subject"].startswith("Consultation report for ") and message["subject"].endswith(", Version 1")
+        assert ", NHS Number 999" in message["subject"]
+    by_letter = {str(m["local_id"]): m for m in [*practice, *desk]}
+    assert set(by_letter) == {r["letter"].split("/")[1] for r in sent.values()}  # each letter once, at its practice
+    assert by_letter[sent["specialist-desk-notes"]["letter"].split("/")[1]] in desk
+    worker.close()
