@@ -179,9 +179,11 @@ def test_demo_loads_the_fixtures_once_however_often_it_runs(tmp_path: Path) -> N
     first = _run("demo", env=env)
     assert first.returncode == 0, first.stderr
     cases = len(list(FIXTURES.glob("*.json"))) + len(list((FIXTURES.parent / "mhpl").glob("*.json")))
-    assert f"demo: {cases} new case(s) loaded" in first.stderr
-    second = _run("demo", env=env)
-    assert "demo: 0 new case(s) loaded" in second.stderr
+    assert f"demo: {cases} new CAS case(s) (" in first.stderr and "; 60 new Talking Therapies referral(s)" in first.stderr
+    second = _run("demo", env=env)  # later: its times differ, so the cases are left to age, not refused as reused ids
+    assert second.returncode == 0, second.stderr
+    assert f"demo: 0 new CAS case(s); {cases} loaded earlier" in second.stderr and "; 0 new Talking Therapies" in second.stderr
+    assert "warning" not in second.stderr
 
 
 def test_serve_starts_and_answers_on_http(tmp_path: Path) -> None:
@@ -200,7 +202,7 @@ def test_serve_starts_and_answers_on_http(tmp_path: Path) -> None:
         key = demo_key((tmp_path / "serve.log").read_text())
         queue = httpx.get(f"{base}/queue", headers=bearer(key), timeout=5).json()
         assert queue["count"] >= 8
-        # the safety-call worker started with serve: the demo's long-breached summer case has had its safety call
+        # the safety-call worker started with serve: the demo's amber and red cases have had their safety calls (CAS-09)
         deadline = time.monotonic() + 30
         calls = 0
         while time.monotonic() < deadline and not calls:

@@ -1,7 +1,15 @@
-"""`iap-gateway demo`, and the demo fixtures and credential `serve --demo` loads."""
+"""`iap-gateway demo`, and the demo fixtures, settings and credential `serve --demo` loads.
+
+A newcomer's first run: quiet (logs at WARNING unless IAP_LOG_LEVEL says otherwise), a progress bar while the
+demo loads, then one block ending with the line to paste. The demo configures what it needs so nothing it makes
+fails: a print folder under the data directory for the clients' copies of letters, and no remote delivery target
+(no MESH), so every demo letter is delivered to that folder.
+"""
 
 from __future__ import annotations
 
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +20,7 @@ from adapters.problems import GatewayInputError
 app = typer.Typer()
 
 DEMO_CLIENT = "demo-operator"
+DEMO_PRINT_FOLDER = "demo-print"
 
 
 def fixtures_dir() -> Path:
@@ -25,16 +34,108 @@ def fixtures_dir() -> Path:
     return beside_code if beside_code.is_dir() else Path.cwd() / "fixtures"
 
 
+def data_dir(database_url: str) -> Path:
+    """Where the demo keeps its files: the SQLite database's folder, else (PostgreSQL, in memory) the working folder."""
+    from sqlalchemy.engine import make_url
+
+    from gateway.store.database_url import normalise_database_url
+
+    url = make_url(normalise_database_url(database_url))
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        return Path(url.database).resolve().parent
+    return Path.cwd()
+
+
+def demo_settings(settings: Any | None = None) -> Any:
+    """Settings for the demo: the environment's, plus a print folder under the data directory (unless IAP_PRINT_DIR is
+    set), no MESH, and logs at WARNING (unless IAP_LOG_LEVEL is set)."""
+    from gateway.settings import Settings
+
+    settings = settings or Settings()
+    updates: dict[str, Any] = {"mesh_url": None}
+    if settings.print_dir is None:
+        updates["print_dir"] = data_dir(settings.database_url) / DEMO_PRINT_FOLDER
+    if "log_level" not in settings.model_fields_set:
+        updates["log_level"] = "WARNING"
+    return settings.model_copy(update=updates)
+
+
 @app.command()
 def demo() -> None:
-    """Load the demo fixtures (fixtures/nhs111) into the database, through the same intake as HTTP."""
+    """Load the demo: CAS cases (fixtures/nhs111, fixtures/mhpl) spread over the breach colours, and a Talking
+    Therapies wait list, through the same intake as HTTP."""
     from gateway.api.app import create_app
 
-    load_demo(create_app())
+    loaded = load_demo(create_app(demo_settings()))
+    typer.echo(loaded.summary(), err=True)
 
 
-def demo_credential(application: Any, host: str, port: int) -> None:
-    """`serve --demo`: a demo operator client (every scope but admin) with a fresh API key, printed once to the terminal."""
+# the demo wait list's first referral (gateway.pathway_demo: its identifier system and `demo-tt-000`), as the intake keys it
+_FIRST_DEMO_REFERRAL = "https://referrals.example.nhs.uk/id|demo-tt-000"
+
+
+@dataclass
+class DemoLoaded:
+    cases: int = 0
+    already: int = 0  # loaded by an earlier run into this database
+    colours: Counter[str] = field(default_factory=Counter)
+    referrals: int = 0
+    refused: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        from gateway.demo_cases import COLOURS
+
+        spread = ", ".join(f"{self.colours[c]} {c}" for c in COLOURS if self.colours[c])
+        cases = f"{self.cases} new CAS case(s)" + (f" ({spread})" if spread else "")
+        earlier = f"; {self.already} loaded earlier (delete the database for a fresh demo)" if self.already else ""
+        return f"demo: {cases}{earlier}; {self.referrals} new Talking Therapies referral(s) on the wait list"
+
+
+def load_demo(application: Any) -> DemoLoaded:
+    """Send the demo's cases and wait list through the intake, with a progress bar; re-running is harmless (re-sends
+    store nothing new)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from gateway.demo_cases import demo_case, demo_case_files
+    from gateway.messages import previous
+    from gateway.pathway_demo import load_demo_waitlist
+    from gateway.pathways import CHANNEL_PATHWAY
+
+    state = application.state
+    now = state.clock.now()
+    files = demo_case_files(fixtures_dir())
+    if not files:
+        raise typer.BadParameter(f"no demo fixtures at {fixtures_dir()} (set IAP_FIXTURES_DIR)")
+    loaded = DemoLoaded()
+    columns = (TextColumn("{task.description:<30}"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, console=Console(stderr=True)) as progress:
+        cases = progress.add_task("CAS cases", total=len(files))
+        for index, path in enumerate(files):
+            case = demo_case(path, index, state.registry, now)
+            if case.stored(state.sessions):
+                loaded.already += 1
+            else:
+                try:
+                    case.send(state.intake)
+                except GatewayInputError as exc:
+                    loaded.refused.append(f"{path.name}: {exc}")
+                else:
+                    loaded.cases += 1
+                    loaded.colours[case.colour] += 1
+            progress.advance(cases)
+        waitlist = progress.add_task("Talking Therapies wait list", total=1)
+        if previous(state.sessions, CHANNEL_PATHWAY, _FIRST_DEMO_REFERRAL) is None:  # else loaded before: left to age
+            loaded.referrals = load_demo_waitlist(state, now)
+        state.pathways.tick(now)
+        progress.advance(waitlist)
+    for refusal in loaded.refused:  # a fixture the rules no longer take: said, not hidden
+        typer.echo(f"demo: refused {refusal}", err=True)
+    return loaded
+
+
+def demo_credential(application: Any) -> str:
+    """A demo operator client (every scope but admin) with a fresh API key; the key, to print once."""
     from gateway.security.clients import ClientError, add_client, rotate_api_key
     from gateway.security.scopes import ADMIN, SCOPES
 
@@ -45,45 +146,22 @@ def demo_credential(application: Any, host: str, port: int) -> None:
             key = rotate_api_key(session, DEMO_CLIENT)
         except ClientError:
             _, key = add_client(session, DEMO_CLIENT, frozenset(SCOPES) - {ADMIN}, state.clock.now())
-    typer.echo(
-        f"demo operator credential (every scope but admin; shown once, a new one each start):\n"
-        f"  export IAP_TOKEN={key}\n"
-        f'  curl -s -H "Authorization: Bearer $IAP_TOKEN" http://{host}:{port}/queue',
-        err=True,
+    assert key is not None
+    return key
+
+
+def ready_block(loaded: DemoLoaded, base_url: str, print_dir: Path, key: str) -> str:
+    """What `serve --demo` prints once it is ready: where to look, and last the line to paste."""
+    return "\n".join(
+        (
+            "",
+            f"IAP gateway demo on {base_url}",
+            f"  {loaded.summary().removeprefix('demo: ')}",
+            f"  queue:     {base_url}/queue",
+            f"  API docs:  {base_url}/docs",
+            f"  letters:   {print_dir} (the clients' copies, as PDFs)",
+            f'  try:       curl -s -H "Authorization: Bearer $IAP_TOKEN" {base_url}/queue',
+            "Your demo key (every scope but admin; a new one each start):",
+            f"export IAP_TOKEN={key}",
+        )
     )
-
-
-def load_demo(application: object) -> None:
-    """Send every fixture input through the intake; re-running is harmless (re-sends store nothing)."""
-    import uuid
-
-    from gateway.intake import CHANNEL_BARS, Intake, detect_kind
-
-    intake: Intake = application.state.intake  # type: ignore[attr-defined]
-    loaded = 0
-    folder = fixtures_dir() / "nhs111"
-    if not folder.is_dir():
-        raise typer.BadParameter(f"no demo fixtures at {folder} (set IAP_FIXTURES_DIR)")
-    calls = sorted((fixtures_dir() / "mhpl").glob("*.json"))
-    for path in [*sorted(folder.glob("*.json")), *calls]:
-        raw = path.read_bytes()
-        try:
-            if path in calls:
-                reply = intake.receive_mhpl_call(raw)
-            elif detect_kind(raw) == CHANNEL_BARS:
-                request_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"demo:{path.name}"))
-                reply = intake.receive_bars(raw, request_id, request_id)
-            else:
-                reply = intake.receive_nhs111_case(raw)
-        except GatewayInputError as exc:
-            typer.echo(f"demo: {path.name}: refused: {exc}", err=True)
-            continue
-        loaded += 0 if reply.duplicate else 1
-    typer.echo(f"demo: {loaded} new case(s) loaded from {folder}", err=True)
-    from gateway.pathway_demo import load_demo_waitlist
-
-    state = application.state  # type: ignore[attr-defined]
-    now = state.clock.now()
-    referrals = load_demo_waitlist(state, now)
-    state.pathways.tick(now)
-    typer.echo(f"demo: {referrals} new Talking Therapies referral(s) on the demo wait list", err=True)

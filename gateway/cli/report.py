@@ -33,6 +33,7 @@ def report_waitlist(
     the same data as GET /reports/waitlist."""
     import tempfile
 
+    from gateway.cli.demo import demo_settings
     from gateway.clock import FixedClock, SystemClock
     from gateway.settings import Settings
     from gateway.waitlist import PlotExtraMissing, plot_waitlist, reporting_period, require_plot, waitlist_csv, waitlist_snapshot
@@ -52,7 +53,7 @@ def report_waitlist(
         raise typer.BadParameter(f"--{error.problems[0].element}: {error.problems[0].message}") from None
     with tempfile.TemporaryDirectory() as scratch:
         scratch_db = {"DATABASE_URL": f"sqlite:///{scratch}/demo.db", "tick_seconds": 0, "mllp_port": 0}
-        settings = Settings(**scratch_db) if demo else Settings()  # type: ignore[arg-type]
+        settings = demo_settings(Settings(**scratch_db)) if demo else Settings()  # type: ignore[arg-type]
         from gateway.api.app import create_app
 
         application = create_app(settings, FixedClock(moment))

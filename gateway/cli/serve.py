@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
-from gateway.cli.demo import demo_credential, load_demo
+from gateway.cli.demo import demo_credential, demo_settings, load_demo, ready_block
 
 app = typer.Typer()
 
@@ -24,20 +24,28 @@ def serve(
     from gateway.api.app import create_app, settle_heap
     from gateway.logging import uvicorn_log_config
 
-    application = create_app()  # migrates and checks the rule files before anything listens
+    application = create_app(demo_settings() if demo else None)  # migrates and checks the rule files before anything listens
+    settings = application.state.settings
     if demo:
-        load_demo(application)
-        demo_credential(application, host, port)
+        loaded = load_demo(application)
     else:
         _hint_if_no_clients(application)
-    _check_mllp_port_free(application.state.settings, workers)
-    typer.echo(f"IAP gateway on http://{host}:{port}  (FHIR: /fhir/metadata, queue: /queue, API docs: /docs)", err=True)
+    _check_mllp_port_free(settings, workers)
+    if demo:  # the key line last: the one a newcomer pastes
+        typer.echo(ready_block(loaded, f"http://{host}:{port}", settings.print_dir, demo_credential(application)), err=True)
+    else:
+        typer.echo(f"IAP gateway on http://{host}:{port}  (FHIR: /fhir/metadata, queue: /queue, API docs: /docs)", err=True)
     # no access log: a request line holds the query string, which may hold a patient identifier
     options: dict[str, Any] = dict(host=host, port=port, log_level="warning", access_log=False, log_config=uvicorn_log_config())
     if workers == 1:
         settle_heap(application.state.clock)
         uvicorn.run(application, **options)
     else:
+        if demo:  # each worker builds its own app from the environment: the demo's settings go with it
+            import os
+
+            os.environ.pop("IAP_MESH_URL", None)
+            os.environ["IAP_PRINT_DIR"], os.environ["IAP_LOG_LEVEL"] = str(settings.print_dir), settings.log_level
         application.state.engine.dispose()
         uvicorn.run("gateway.api.app:served_app", factory=True, workers=workers, **options)
 
