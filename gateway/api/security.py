@@ -207,6 +207,10 @@ def _count(rule: RouteRule, method: str, status: int, headers: list[tuple[bytes,
 @router.post(
     "/oauth2/token",
     summary="Exchange a signed JWT client assertion (RS512, private_key_jwt) for an access token (OAuth 2.0 client credentials)",
+    description="No credential needed: the assertion is the credential. A form body (grant_type=client_credentials, "
+    "client_assertion_type=urn:ietf:params:oauth:client-assertion-type:jwt-bearer, client_assertion=<JWT signed with a "
+    "key in the client's JWKS; iss = sub = its client id, aud = this URL>). 200 with a Bearer access token (iapt_...) "
+    "for IAP_TOKEN_TTL_SECONDS; 400/401 with an OAuth error (invalid_request, invalid_client, ...). docs/security.md.",
     openapi_extra={
         "requestBody": {
             "required": True,
