@@ -176,10 +176,18 @@ def test_dashboard_numbers_change_after_a_referral_and_a_refused_message(console
         broken = json.loads(fixture_bytes("option2-standard.case.json")) | {"case_id": "NHS111-CONSOLE-REFUSED-1"}
         del broken["call_time"]
         assert client.post("/ingest/nhs111", content=json.dumps(broken)).status_code == 400
+        referral = (ROOT / "fixtures" / "pathways" / "tt-gp-referral-step-3.servicerequest.json").read_bytes()
+        assert client.post("/fhir/ServiceRequest/$route", content=referral).status_code == 201
     page.reload()
+    assert _count(page, "pathway-referral-http", "accepted") == 1
     assert _count(page, "nhs111-case-http", "accepted") == accepted + 1
     assert _count(page, "nhs111-case-http", "refused") == refused + 1
     assert int(page.locator("tr[data-service='bsw'] td[data-count='open'] a").inner_text().split()[0]) == open_cases + 1
+    accessible(page, "dashboard")
+    page.goto(f"{console.url}/console/waitlist")
+    assert page.locator("svg.console-chart").count() >= 2  # drawn in the page: no image round trip
+    accessible(page, "waitlist")
+    page.goto(f"{console.url}/console/")
     page.click("tr[data-channel='nhs111-case-http'] td[data-count='refused'] a")  # each number opens the list behind it
     assert page.url.startswith(f"{console.url}/console/quarantine?channel=nhs111-case")
     accessible(page, "quarantine")

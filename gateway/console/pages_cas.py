@@ -40,11 +40,12 @@ def queue_rows(
 ) -> tuple[list[dict[str, Any]], int]:
     """One page of a service's open cases as the queue page shows them, in CAS-02 order, and how many are open."""
     rows, total = queue_page(session, service_id, count, offset)
-    rules = registry.services.get(service_id)
+    live = registry.services.get(service_id)
     out = []
     for position, row in enumerate(rows, start=offset + 1):
         task = get_resource(session, "Task", row.id)
         remaining = row.breach_at - now
+        rules = registry.history.rules_for(service_id, row.rule_set) if registry.history is not None else live  # issue 37
         out.append(
             {
                 "position": position,

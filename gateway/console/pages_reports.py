@@ -39,9 +39,10 @@ def waitlist(request: Request, session: SessionDep, clock: ClockDep) -> Response
     for waiting_for, line in sorted(snapshot["lines"].items()):
         days = [r["days_waiting"] for r in snapshot["rows"] if r["waiting_for"] == waiting_for]
         labelled = {("target" if k == "target_days" else k.removesuffix("_days").replace("_", " ")): v for k, v in line.items()}
-        charts.append(wait_histogram(f"chart-{waiting_for}", f"Waiting for a {waiting_for.replace('-', ' ')}: days waited", days, labelled))
+        title = f"Waiting for a {waiting_for.replace('-', ' ')}: how many have waited how many days (weeks as bars)"
+        charts.append((title, wait_histogram(f"chart-{waiting_for}", title, days, labelled)))
     by_team = snapshot["summary"]["by_team"]
-    charts.append(count_bars("chart-team", "Waiting, by team", by_team))
+    charts.append(("Waiting, by team", count_bars("chart-team", "Waiting, by team", by_team)))
     return page(
         request,
         "waitlist.html",
