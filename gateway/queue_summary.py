@@ -109,8 +109,10 @@ def risk_level_observation(
     }
 
 
-def service_summary(session: Session, rules: ServiceRules, now: datetime) -> dict[str, Any]:
-    """CAS-16 from the open cases' indexed columns and counts: no case, patient or call record is read whole."""
+def service_summary(session: Session, rules: ServiceRules, now: datetime, versions: Any = None) -> dict[str, Any]:
+    """CAS-16 from the open cases' indexed columns and counts: no case, patient or call record is read whole.
+    `versions` (gateway.rules.versions.RuleVersions): a case decided under another version counts by that version's
+    colour thresholds (CAS-09, issue 37); without it, every case by `rules`'."""
     service_id, risk = rules.service.id, rules.queue_risk
     limits = risk.extreme_age
     counts = queue_counts(
@@ -121,6 +123,7 @@ def service_summary(session: Session, rules: ServiceRules, now: datetime) -> dic
         rules.breach_status.black_after,
         limits.get("under", 0),
         limits.get("over", 200),
+        versions.differing(rules) if versions is not None else None,
     )
     worsening = worsening_calls(session, service_id, now - risk.worsening_within)
     latest = latest_tokened(session, "Observation", service_id, RISK_SYSTEM, "queue-risk-level")

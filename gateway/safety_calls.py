@@ -24,7 +24,7 @@ from gateway.clock import Clock
 from gateway.rules.cas_queue import breach_status, breach_time
 from gateway.rules.schema import RuleRegistry, ServiceRules
 from gateway.store.db import write_transaction
-from gateway.store.repo import get_resource, put_resource, queue_rows
+from gateway.store.repo import case_rule_set, get_resource, put_resource, queue_rows
 
 __all__ = ["tick", "safety_call_for", "run_ticker"]
 
@@ -60,13 +60,17 @@ def safety_call_for(case: dict[str, Any], rules: ServiceRules, now: datetime) ->
 
 
 def tick(sessions: sessionmaker[Session], registry: RuleRegistry, now: datetime) -> list[str]:
-    """Create the safety calls due at `now`; returns the ids created by this call (others' are skipped)."""
+    """Create the safety calls due at `now`; returns the ids created by this call (others' are skipped). Each case by
+    the rule file version that decided it (its interval and amber threshold; issue 37), when the registry has its history."""
+    versions = registry.history
+    if versions is not None:
+        versions.refresh(now)  # a version activated since the last look becomes live here (IAP_RULES_RELOAD_SECONDS)
     with sessions() as session:
         cases = queue_rows(session, None)
     created = []
     for case in cases:
         service_id = case.pop("_service") or ""
-        rules = registry.services.get(service_id)
+        rules = versions.rules_for(service_id, case_rule_set(case)) if versions is not None else registry.services.get(service_id)
         call = safety_call_for(case, rules, now) if rules else None
         if call is None:
             continue

@@ -26,6 +26,8 @@ class Settings(BaseSettings):
     # DATABASE_URL (no prefix, the usual name): SQLite file by default; postgresql://... for several instances
     database_url: str = Field(default="sqlite:///./iap-gateway.db", validation_alias="DATABASE_URL")
     rules_dir: Path = DEFAULT_RULES_DIR
+    # a running gateway looks for newly activated CAS rule file versions this often (issue 37); 0 = only at start
+    rules_reload_seconds: int = Field(default=30, ge=0)
     pathways_dir: Path = DEFAULT_PATHWAYS_DIR  # PC and TT pathway rule files (schema pathway/1)
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     # messages one worker process works on at once; the rest wait their turn (more threads only contend for the GIL:

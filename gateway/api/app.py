@@ -55,6 +55,7 @@ from gateway.responses import ResponseIntake
 from gateway.rules.pathway_schema import load_pathways
 from gateway.rules.schema import load_rules
 from gateway.rules.sender_schema import load_senders
+from gateway.rules.versions import attach as attach_rule_history
 from gateway.safety_calls import run_ticker
 from gateway.safety_calls import tick as tick_safety_calls
 from gateway.security.clients import Authenticator
@@ -144,6 +145,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
     app.state.engine = engine
     app.state.sessions = sessions
     app.state.registry = registry
+    attach_rule_history(sessions, registry, settings.rules_reload_seconds, clock.now())  # versions of open cases; activations
     app.state.clock = clock
     app.state.intake = Intake(sessions, registry, clock)
     app.state.measures = catalogue

@@ -10,6 +10,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from gateway.clock import Clock
 from gateway.intake import Intake
@@ -29,7 +30,18 @@ def _session(request: Request) -> Iterator[Session]:
         yield session
 
 
+async def _fresh_rules(request: Request) -> None:
+    """A CAS rule file version activated since the last look becomes this gateway's live one (issue 37): looked for at
+    most every IAP_RULES_RELOAD_SECONDS, in the thread pool (a read of the history table); otherwise a time comparison."""
+    versions = request.app.state.registry.history
+    if versions is not None:
+        now = request.app.state.clock.now()
+        if versions.due(now):
+            await run_in_threadpool(versions.refresh, now)
+
+
 async def _intake(request: Request) -> Intake:
+    await _fresh_rules(request)
     return request.app.state.intake  # type: ignore[no-any-return]
 
 
@@ -38,6 +50,7 @@ async def _clock(request: Request) -> Clock:
 
 
 async def _registry(request: Request) -> RuleRegistry:
+    await _fresh_rules(request)
     return request.app.state.registry  # type: ignore[no-any-return]
 
 

@@ -55,11 +55,12 @@ def queue(
     size, start = int_param(count, "_count", QUEUE_PAGE, 0, MAX_COUNT), int_param(offset, "_offset", 0, 0, 10_000_000)
     now = clock.now()
     rows, total = queue_page(session, service, size, start)
+    rules_for = registry.history.rules_for if registry.history is not None else lambda s, _: registry.services.get(s or "")
     note(*({"resourceType": "Task", "id": row.id, "for": {"reference": f"Patient/{row.subject_id}"}} for row in rows))
     entries = []
     for position, row in enumerate(rows, start=start + 1):
         remaining = row.breach_at - now
-        rules = registry.services.get(row.service_id or "")
+        rules = rules_for(row.service_id, row.rule_set)  # the version that decided the case (issue 37)
         entries.append(
             {
                 "position": position,
@@ -88,7 +89,7 @@ def summary(session: SessionDep, clock: ClockDep, registry: RegistryDep, service
     rules = registry.services.get(allowed_service(service) or service)
     if rules is None:
         raise GatewayInputError(Problem(Kind.VALUE, "service", f"unknown service {service[:32]!r}; known: {sorted(registry.services)}"))
-    return JSONResponse(service_summary(session, rules, clock.now()))
+    return JSONResponse(service_summary(session, rules, clock.now(), registry.history))
 
 
 @router.post(
@@ -114,7 +115,7 @@ async def confirm_risk_level(request: Request, clock: ClockDep, registry: Regist
 
     def store() -> dict[str, Any]:
         with write_transaction(request.app.state.sessions) as session:
-            suggested = service_summary(session, registry.services[service], now)["suggested_risk_level"]
+            suggested = service_summary(session, registry.services[service], now, registry.history)["suggested_risk_level"]
             # kept under its service: the summary reads the service's latest one alone (gateway.store.queue_index)
             stored, _ = put_resource(session, risk_level_observation(service, suggested, level, who, note, now), now, service)
             return stored

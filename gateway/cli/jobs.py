@@ -23,6 +23,7 @@ def tick(
     from gateway.clock import SystemClock
     from gateway.quarantine import purge as purge_quarantine
     from gateway.rules.schema import load_rules
+    from gateway.rules.versions import attach
     from gateway.safety_calls import tick as run_tick
     from gateway.settings import Settings
     from gateway.store.db import make_engine, make_sessionmaker
@@ -38,7 +39,9 @@ def tick(
     from gateway.rules.pathway_schema import load_pathways
 
     sessions = make_sessionmaker(engine)
-    created = run_tick(sessions, load_rules(settings.rules_dir), moment)
+    registry = load_rules(settings.rules_dir)
+    attach(sessions, registry, 0, moment)  # each open case by the version that decided it (issue 37)
+    created = run_tick(sessions, registry, moment)
     due = Pathways(sessions, load_pathways(settings.pathways_dir), load_measures(), FixedClock(moment)).tick(moment)
     purged = purge_quarantine(sessions, timedelta(days=settings.quarantine_retention_days), moment)  # docs/quarantine.md
     typer.echo(

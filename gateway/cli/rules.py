@@ -95,8 +95,9 @@ def rules_activate(
     by: Annotated[str, typer.Option(help="Who activates it (a person's name or role; recorded and audited).")],
     now: Now = None,
 ) -> None:
-    """Make a checked candidate the live rule file of its service, recorded (who, when) and audited. Gateways take it at
-    their next start; it applies to decisions made from then on (stored decisions keep the version that made them)."""
+    """Make a checked candidate the live rule file of its service, recorded (who, when) and audited. Running gateways
+    take a CAS file within IAP_RULES_RELOAD_SECONDS (others at their next start); it applies to decisions made from then
+    on (open cases keep the version that decided them, colours and safety calls too, unless `apply-to-open`)."""
     from gateway.cli.common import store_sessions
     from gateway.rules.history import activate
     from gateway.rules.schema import RuleFileError
@@ -111,7 +112,38 @@ def rules_activate(
         typer.echo(f"refused: {error}", err=True)
         raise typer.Exit(code=2) from None
     typer.echo(f"activated {activation.label} by {activation.activated_by} at {activation.activated_at.isoformat()}")
-    typer.echo("restart the gateway (its instances) to take it; open cases keep the decisions they have", err=True)
+    taken = (
+        "running gateways take it within IAP_RULES_RELOAD_SECONDS"
+        if candidate.kind == "cas-queue"
+        else "restart the gateway (its instances) to take it"
+    )
+    typer.echo(f"{taken}; open cases keep the version that decided them (`rules apply-to-open` to change that)", err=True)
+
+
+@app.command("apply-to-open")
+def rules_apply_to_open(
+    version: Annotated[str, typer.Argument(help="An activated version of the service's CAS rule file (or the live one).")],
+    service: Annotated[str, typer.Option(help="The CAS service whose open cases are to follow it.")],
+    by: Annotated[str, typer.Option(help="Who asks for it (a person's name or role; recorded and audited).")],
+    now: Now = None,
+) -> None:
+    """Make the service's open cases follow VERSION's breach colours and safety calls (CAS-09) from now on; each case
+    keeps the version that decided it, its priority, classification and breach time. Lists the cases changed."""
+    from gateway.cli.common import store_sessions
+    from gateway.rules.apply_open import apply_to_open
+    from gateway.rules.schema import RuleFileError, load_rules
+    from gateway.settings import Settings
+
+    registry = load_rules(Settings().rules_dir)
+    try:
+        with store_sessions() as sessions:
+            label, changed = apply_to_open(sessions, registry, service, version, by, _clock(now).now())
+    except RuleFileError as error:
+        typer.echo(f"refused: {error}", err=True)
+        raise typer.Exit(code=2) from None
+    for case in changed:
+        typer.echo(f"{case.task}\t{case.was or '(live file)'} -> {label}")
+    typer.echo(f"{len(changed)} open case(s) of {service} now follow {label}", err=True)
 
 
 @app.command("history")

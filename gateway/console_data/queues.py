@@ -87,7 +87,7 @@ def queue_colours(session: Session, registry: RuleRegistry, now: datetime) -> li
     for service_id, rules in sorted(registry.services.items()):
         if bound is not None and service_id != bound:
             continue
-        summary = service_summary(session, rules, now)
+        summary = service_summary(session, rules, now, registry.history)  # each case its own version's colours (CAS-09)
         colours = summary["by_breach_status"]
         due, overdue = _safety_calls(session, service_id, now)
         confirmed = summary["confirmed_risk_level"]

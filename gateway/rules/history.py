@@ -2,10 +2,12 @@
 
 `activate` checks the candidate as start-up does (gateway.rules.candidate), records the version and an AuditEvent in
 one transaction, and puts the file in the live rules folder (an atomic replace, undone if the commit fails). Running
-gateways take it at their next start (start-up loads the folder): it applies to decisions made from then on. Stored
-decisions are never re-decided: a case keeps the priority, classification and breach time its version gave it, and
-names that version (Task input `rule-set`, Provenance policy); `iap-gateway rules what-if` lists the open cases a new
-version would treat differently before anyone activates it.
+gateways take a CAS file within IAP_RULES_RELOAD_SECONDS (gateway.rules.versions), others at their next start: it
+applies to decisions made from then on. Stored decisions are never re-decided: a case keeps the priority,
+classification and breach time its version gave it, and names that version (Task input `rule-set`, Provenance policy);
+its colours and safety calls follow that version too (the content of a live version that predates the history is kept
+at the first activation, KEPT_LIVE). `iap-gateway rules what-if` lists the open cases a new version would treat
+differently before anyone activates it; `rules apply-to-open` moves them on (gateway.rules.apply_open).
 """
 
 from __future__ import annotations
@@ -27,7 +29,11 @@ from gateway.settings import Settings
 from gateway.store.db import write_transaction
 from gateway.store.models import RuleFileVersionRow
 
-__all__ = ["Activation", "activate", "activations", "activation_of", "ActivationRefused"]
+__all__ = ["Activation", "activate", "activations", "activation_of", "ActivationRefused", "KEPT_LIVE"]
+
+# who "activated" the row that keeps the content a first activation replaced (a version in use before history was
+# kept): open cases it decided keep following it (gateway.rules.versions); not listed as an activation
+KEPT_LIVE = "(in use before rule file history)"
 
 
 class ActivationRefused(RuleFileError):
@@ -68,6 +74,8 @@ def activate(sessions: sessionmaker[Session], candidate: Candidate, by: str, now
     replaced: list[str | None] = []
     try:
         with write_transaction(sessions) as session:
+            if candidate.kind == "cas-queue" and candidate.live_version and candidate.live_version != candidate.version and target.exists():
+                _keep_live(session, candidate, target.read_text(encoding="utf-8"), now)
             activation = _record(session, candidate, digest, by, now)
             replaced.append(_replace(target, candidate.text))  # last, so only a failed COMMIT can need it undone
     except BaseException:
@@ -116,6 +124,26 @@ def _record(session: Session, candidate: Candidate, digest: str, by: str, now: d
     return _of(row)
 
 
+def _keep_live(session: Session, candidate: Candidate, text: str, now: datetime) -> None:
+    """The content of the live version being replaced, when the history lacks it: cases it decided follow it still."""
+    label = f"{candidate.service_id} {candidate.kind} {candidate.live_version}"
+    if session.scalars(select(RuleFileVersionRow.seq).where(RuleFileVersionRow.label == label).limit(1)).first() is not None:
+        return
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    session.add(
+        RuleFileVersionRow(
+            kind=candidate.kind,
+            service_id=candidate.service_id,
+            version=candidate.live_version or "-",
+            label=label,
+            sha256=digest,
+            content=text,
+            activated_at=now,
+            activated_by=KEPT_LIVE,
+        )
+    )
+
+
 def _replace(target: Path, text: str) -> str | None:
     """Write `text` to `target` atomically; the text it replaced (None: there was no file)."""
     previous = target.read_text(encoding="utf-8") if target.exists() else None
@@ -134,7 +162,7 @@ def _restore(target: Path, previous: str | None) -> None:
 
 def activations(session: Session, service_id: str | None = None) -> list[Activation]:
     """Every activation, oldest first (of one service when given)."""
-    query = select(RuleFileVersionRow).order_by(RuleFileVersionRow.seq)
+    query = select(RuleFileVersionRow).where(RuleFileVersionRow.activated_by != KEPT_LIVE).order_by(RuleFileVersionRow.seq)
     if service_id:
         query = query.where(RuleFileVersionRow.service_id == service_id)
     return [_of(row) for row in session.scalars(query)]
@@ -143,6 +171,9 @@ def activations(session: Session, service_id: str | None = None) -> list[Activat
 def activation_of(session: Session, label: str) -> Activation | None:
     """The latest activation of the version a decision names (`label`), or None (it came with the code's own files)."""
     row = session.scalars(
-        select(RuleFileVersionRow).where(RuleFileVersionRow.label == label).order_by(RuleFileVersionRow.seq.desc()).limit(1)
+        select(RuleFileVersionRow)
+        .where(RuleFileVersionRow.label == label, RuleFileVersionRow.activated_by != KEPT_LIVE)
+        .order_by(RuleFileVersionRow.seq.desc())
+        .limit(1)
     ).first()
     return _of(row) if row is not None else None

@@ -201,16 +201,30 @@ class RuleRegistry:
 
     def __init__(self, services: list[ServiceRules]) -> None:
         self.services = {s.service.id: s for s in services}
-        self._by_destination: dict[str, ServiceRules] = {}
+        self._by_destination = self._destinations(services)
+        self.history: Any = None  # gateway.rules.versions.RuleVersions, once the gateway has a store (issue 37)
+
+    @staticmethod
+    def _destinations(services: list[ServiceRules]) -> dict[str, ServiceRules]:
+        by_destination: dict[str, ServiceRules] = {}
         for rules in services:
             for dos_id in rules.service.dos_service_ids:
-                other = self._by_destination.get(dos_id)
+                other = by_destination.get(dos_id)
                 if other is not None:
                     raise RuleFileError(f"DoS service id {dos_id} is claimed by both {other.service.id} and {rules.service.id}")
-                self._by_destination[dos_id] = rules
+                by_destination[dos_id] = rules
+        return by_destination
 
     def for_destination(self, dos_service_id: str) -> ServiceRules | None:
         return self._by_destination.get(dos_service_id)
+
+    def replace(self, rules: ServiceRules) -> None:
+        """Make `rules` its service's live version in this running gateway (an activation, issue 37); refused with
+        nothing changed if its DoS ids clash with another service's. Each swap is one assignment: readers see the old
+        version or the new, never a mix."""
+        services = {**self.services, rules.service.id: rules}
+        by_destination = self._destinations(list(services.values()))
+        self.services, self._by_destination = services, by_destination
 
 
 def load_rules(directory: Path = DEFAULT_RULES_DIR) -> RuleRegistry:

@@ -45,12 +45,13 @@ class QueueEntry:
     priority: str | None
     classification: str | None  # Task.businessStatus code
     breach_at: datetime
+    rule_set: str | None = None  # the rule file version its colour follows (CAS-09; gateway.rules.versions)
 
 
 def _page(of_service: bool) -> tuple[Select[Any], Select[Any]]:
     c = _RESOURCES.c
     where = [open_cases(_RESOURCES), *([c.service_id == bindparam("service")] if of_service else [])]
-    page = select(c.id, c.service_id, c.subject_id, c.priority, c.business_status, c.breach_at).where(*where)
+    page = select(c.id, c.service_id, c.subject_id, c.priority, c.business_status, c.breach_at, c.rule_set).where(*where)
     page = page.order_by(c.breach_at.asc(), c.authored_on.asc(), c.id.asc()).limit(bindparam("count")).offset(bindparam("offset"))
     return page, select(func.count()).select_from(_RESOURCES).where(*where)
 
@@ -91,12 +92,23 @@ def years_before(today: date, years: int) -> date:
         return today.replace(year=today.year - years, day=28)
 
 
+Thresholds = tuple[timedelta, timedelta]  # a rule file version's (amber_within, black_after): CAS-09
+
+
 def queue_counts(
-    session: Session, service_id: str, now: datetime, amber_within: timedelta, black_after: timedelta, under: int, over: int
+    session: Session,
+    service_id: str,
+    now: datetime,
+    amber_within: timedelta,
+    black_after: timedelta,
+    under: int,
+    over: int,
+    others: dict[tuple[str, ...], Thresholds] | None = None,
 ) -> QueueCounts:
     """One grouped query over the service's open cases (and their patients' birth dates): CAS-09 breach status as
     `gateway.rules.cas_queue.breach_status` gives it, classification, unallocated Urgent CN Review, and cases whose
-    patient is younger than `under` or older than `over` years today."""
+    patient is younger than `under` or older than `over` years today. `others`: the thresholds of the cases that
+    follow other rule file versions (by `rule_set` label), where they differ from `amber_within`/`black_after`."""
     today = now.date()
     values = {
         "service": service_id,
@@ -106,8 +118,14 @@ def queue_counts(
         "young_after": years_before(today, under).isoformat(),
         "old_from": years_before(today, over + 1).isoformat(),
     }
+    groups = tuple(sorted(others or {}))
+    for index, labels in enumerate(groups):
+        amber, black = (others or {})[labels]
+        values |= {f"black_before_{index}": now - black, f"amber_before_{index}": now + amber}
+        values |= {f"labels_{index}": list(labels)}
+    statement = _COUNTS if not groups else _counts_by_version(groups)
     out = QueueCounts()
-    for breach_status, classification, unallocated, extremes, n in session.connection().execute(_COUNTS, values):
+    for breach_status, classification, unallocated, extremes, n in session.connection().execute(statement, values):
         out.by_breach_status[breach_status] += n
         out.by_classification[classification] += n
         out.extreme_ages_waiting += int(extremes or 0)
@@ -116,16 +134,37 @@ def queue_counts(
     return out
 
 
-def _counts() -> Select[Any]:
-    cases = _RESOURCES.alias("cases")
-    allocated, born = _TOKENS.alias("allocated"), _TOKENS.alias("born")  # Task.performerType; Patient.birthDate (YYYY-MM-DD)
+def _status(cases: FromClause, suffix: str = "") -> ColumnElement[Any]:
+    """CAS-09 breach status from the bound thresholds `black_before{suffix}` and `amber_before{suffix}`."""
     instant = _RESOURCES.c.breach_at.type
-    status = case(
-        (cases.c.breach_at < bindparam("black_before", type_=instant), literal_column("'black'")),
+    return case(
+        (cases.c.breach_at < bindparam(f"black_before{suffix}", type_=instant), literal_column("'black'")),
         (cases.c.breach_at <= bindparam("now", type_=instant), literal_column("'red'")),
-        (cases.c.breach_at <= bindparam("amber_before", type_=instant), literal_column("'amber'")),
+        (cases.c.breach_at <= bindparam(f"amber_before{suffix}", type_=instant), literal_column("'amber'")),
         else_=literal_column("'green'"),
     )
+
+
+_BY_VERSION: dict[tuple[tuple[str, ...], ...], Select[Any]] = {}
+
+
+def _counts_by_version(groups: tuple[tuple[str, ...], ...]) -> Select[Any]:
+    """The counts where some open cases follow other versions' thresholds: built once per set of version groups."""
+    statement = _BY_VERSION.get(groups)
+    if statement is None:
+        if len(_BY_VERSION) > 64:  # activations are rare; a bound, not an eviction policy
+            _BY_VERSION.clear()
+        statement = _BY_VERSION[groups] = _counts(len(groups))
+    return statement
+
+
+def _counts(groups: int = 0) -> Select[Any]:
+    cases = _RESOURCES.alias("cases")
+    allocated, born = _TOKENS.alias("allocated"), _TOKENS.alias("born")  # Task.performerType; Patient.birthDate (YYYY-MM-DD)
+    status = _status(cases)
+    if groups:  # a case following another version takes its thresholds (CAS-09, issue 37)
+        whens = [(cases.c.rule_set.in_(bindparam(f"labels_{i}", expanding=True)), _status(cases, f"_{i}")) for i in range(groups)]
+        status = case(*whens, else_=status)
     extreme = case((born.c.code > bindparam("young_after"), 1), (born.c.code <= bindparam("old_from"), 1), else_=0)
     unallocated = ~exists(
         select(literal(1))

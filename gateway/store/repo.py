@@ -23,6 +23,7 @@ from gateway.store.models import KEPT_VERSIONS, Base, IdentifierRow, InboundMess
 from gateway.store.visibility import bound_service, resource_visible
 
 __all__ = [
+    "case_rule_set",
     "put_resource",
     "put_resources",
     "FirstVersion",
@@ -290,10 +291,23 @@ def _index(res: dict[str, Any], service_id: str | None) -> dict[str, Any]:
         "authored_on": parse_source_datetime(res["authoredOn"]) if res.get("authoredOn") else None,
         "breach_at": parse_source_datetime(end) if end and _is_cas_case(res) else None,
         "effective_at": parse_source_datetime(effective) if isinstance(effective, str) and "T" in effective else None,
+        "rule_set": case_rule_set(res) if _is_cas_case(res) else None,
     }
     if service_id is not None:
         columns["service_id"] = service_id
     return columns
+
+
+def case_rule_set(task: dict[str, Any]) -> str | None:
+    """The rule file version an open CAS case's colours and safety calls follow (CAS-09, issue 37): the one a person
+    applied to it (Task input `rule-set-applied`, `iap-gateway rules apply-to-open`), else the one that last decided
+    it (the last `rule-set` input: a re-sent referral adds the version that decided it again, CAS-08)."""
+    found: dict[str, str] = {}
+    for given in task.get("input") or []:
+        code = (((given.get("type") or {}).get("coding") or [{}])[0]).get("code")
+        if code in ("rule-set", "rule-set-applied") and isinstance(given.get("valueString"), str):
+            found[code] = given["valueString"]
+    return found.get("rule-set-applied") or found.get("rule-set")
 
 
 def _is_cas_case(res: dict[str, Any]) -> bool:
