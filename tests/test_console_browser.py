@@ -207,6 +207,7 @@ def test_follow_a_message_from_the_log_to_its_task_and_its_explain(console: Cons
     accessible(page, "message")
     page.click("text=Show the raw body")
     assert "case_id" in page.locator("#raw-body").inner_text()  # messages:raw: the body as received (the view audited)
+    accessible(page, "message-raw")
     page.click(f"#resources a[href='/console/cases/{task['id']}#explain']")
     assert page.locator("h1").inner_text() == f"Case {task['id']}"
     assert "CAS-01" in page.locator("#explain + table").inner_text()
@@ -279,4 +280,25 @@ def test_a_key_bound_to_one_service_cannot_open_another_services_case(console: C
     assert own["id"][:8] in page.content() and other["id"][:8] not in page.content()
     answer = page.goto(f"{console.url}/console/cases/{other['id']}")
     assert answer is not None and answer.status == 404
+    accessible(page, "not-found")
     assert page.goto(f"{console.url}/console/cases/{own['id']}").status == 200  # type: ignore[union-attr]
+
+
+def test_every_page_works_without_javascript(console: Console, browser: Browser) -> None:
+    context = browser.new_context(java_script_enabled=False)
+    page = context.new_page()
+    try:
+        sign_in(page, console, console.operator_key)
+        for link in ("Messages", "Quarantine", "CAS queue", "Wait list", "Letters", "Audit", "Dashboard"):
+            page.click(f"nav[aria-label=Menu] >> text={link}")
+            assert page.locator("h1").first.inner_text() in (link, "Dashboard"), link
+        page.goto(f"{console.url}/console/audit")
+        page.fill("#client", "operator.one")
+        page.click("text=Search")  # a plain GET form
+        assert "operator.one" in page.locator("table").inner_text()
+        page.click("text=Sign out")  # a plain POST form, with its CSRF token
+        assert page.url.startswith(f"{console.url}/console/sign-in")
+        page.goto(f"{console.url}/console/queue")
+        assert "/console/sign-in" in page.url  # signed out: the session is gone
+    finally:
+        context.close()

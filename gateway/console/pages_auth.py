@@ -12,7 +12,7 @@ from starlette.responses import RedirectResponse, Response
 from adapters.problems import GatewayInputError
 from gateway.audit import EVENT_LOGIN, AuditContext, act_as, audit_context, record
 from gateway.console.gate import COOKIE, SIGN_IN, session_cookie
-from gateway.console.sessions import end_session, start_session
+from gateway.console.sessions import end_session, resume_session, start_session
 from gateway.console.web import HEADERS, PageRoute, check_csrf, page, read_form
 from gateway.security.credentials import API_KEY_PREFIX
 from gateway.security.guessing import TooManyFailures
@@ -85,8 +85,13 @@ async def sign_in(request: Request) -> Response:
 
 @router.post("/console/sign-out", include_in_schema=False)
 async def sign_out(request: Request) -> Response:
-    """End the session (the store forgets it) and clear the cookie. Signing out needs no token: it only takes away."""
-    await run_in_threadpool(end_session, request.app.state.sessions, session_cookie(request.scope))
+    """End the session (the store forgets it) and clear the cookie; the form's token must be the session's."""
+    state, secret = request.app.state, session_cookie(request.scope)
+    idle = timedelta(minutes=state.settings.console_idle_minutes)
+    login = await run_in_threadpool(resume_session, state.sessions, secret, state.clock.now(), idle)
+    if login is not None:
+        check_csrf(login.csrf, await read_form(request))
+    await run_in_threadpool(end_session, state.sessions, secret)
     response = RedirectResponse(SIGN_IN, status_code=303, headers=HEADERS)
     response.delete_cookie(COOKIE, path="/console")
     return response
