@@ -200,7 +200,8 @@ def test_activation_is_recorded_audited_and_applies_to_new_decisions_only_CAS_05
     assert (live / "bnssg.yaml").read_text(encoding="utf-8") == candidate.read_text(encoding="utf-8")
     history = _run(database_url, "rules", "history", env=env)
     assert "bnssg cas-queue 2026.12.99\tService Manager A" in history.stdout
-    events = client.get("/fhir/AuditEvent", params={"entity": "RuleFileVersion/1"}).json()
+    # RuleFileVersion/1 keeps the replaced 2026.12.3's content (open cases it decided follow it: test_rules_versions.py)
+    events = client.get("/fhir/AuditEvent", params={"entity": "RuleFileVersion/2"}).json()
     assert [e["resource"]["outcomeDesc"] for e in events.get("entry", [])] == [
         "rule file bnssg cas-queue 2026.12.99 activated by Service Manager A (was 2026.12.3)"
     ]
