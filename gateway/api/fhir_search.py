@@ -21,7 +21,7 @@ __all__ = ["router", "task_includes"]
 
 router = APIRouter(prefix="/fhir")
 
-# reference search parameters kept in the token table (gateway.store.repo._tokens), by type
+# reference search parameters kept in the token table (gateway.store.writes._tokens), by type
 _REFERENCE_TOKENS = {"Encounter": ("episode-of-care",), "Provenance": ("target",), "DocumentReference": ("related",)}
 
 

@@ -18,7 +18,7 @@ _MOST = 1000  # at most this many resources brought in by one _include or _revin
 
 def referring(session: Session, source_type: str, param: str, references: list[str]) -> list[dict[str, Any]]:
     """The `source_type` resources whose reference parameter `param` names any of `references` ("Task/<id>"):
-    `_revinclude=Provenance:target`. Only parameters kept in the token table (repo._tokens) can be followed."""
+    `_revinclude=Provenance:target`. Only parameters kept in the token table (gateway.store.writes._tokens) can be followed."""
     if not references:
         return []
     ids = session.execute(
