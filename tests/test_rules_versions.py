@@ -30,13 +30,13 @@ BREACH = CALL + timedelta(hours=6)
 OLD, NEW = "bnssg cas-queue 2026.12.3", "bnssg cas-queue 2026.12.99"
 
 
-def _candidate(tmp_path: Path) -> Path:
-    """The live bnssg file with amber widened from 1 h to 3 h, as version 2026.12.99."""
+def _candidate(tmp_path: Path, version: str = "2026.12.99") -> Path:
+    """The live bnssg file with amber widened from 1 h to 3 h, as `version`."""
     text = (DEFAULT_RULES_DIR / "bnssg.yaml").read_text(encoding="utf-8")
-    for old, new in (('version: "2026.12.3"', 'version: "2026.12.99"'), ("amber_within: PT1H ", "amber_within: PT3H ")):
+    for old, new in (('version: "2026.12.3"', f'version: "{version}"'), ("amber_within: PT1H ", "amber_within: PT3H ")):
         assert old in text
         text = text.replace(old, new)
-    path = tmp_path / "bnssg-amber.yaml"
+    path = tmp_path / f"bnssg-{version}.yaml"
     path.write_text(text, encoding="utf-8")
     return path
 
@@ -105,6 +105,10 @@ def test_open_case_keeps_its_versions_colour_and_safety_calls_until_a_person_app
     ticked = _run(database_url, folder, "tick", "--now", moment)
     assert ticked.exit_code == 0, ticked.output
     assert "tick: 1 safety call(s) created" in ticked.stderr  # the new case's alone (CAS-09)
+    # what-if of the same thresholds again: before is each case as the queue shows it, so the old case alone turns amber
+    what_if = _run(database_url, folder, "rules", "what-if", str(_candidate(tmp_path, "2026.12.100")), "--format", "json", "--now", moment)
+    assert what_if.exit_code == 0, what_if.output
+    assert {c["case"] for c in json.loads(what_if.stdout)["cases"] if "breach-colour" in c["changes"]} == {old_ref}
 
     refused = _run(database_url, folder, "rules", "apply-to-open", "2027.1", "--service", "bnssg", "--by", "Service Manager A")
     assert refused.exit_code == 2 and "bnssg cas-queue 2027.1 was never activated" in refused.stderr

@@ -34,8 +34,10 @@ from gateway.clock import Clock
 from gateway.rules.candidate import Candidate, ValueChange
 from gateway.rules.cas_intake import QueueDecision
 from gateway.rules.cas_queue import breach_status
-from gateway.rules.schema import RuleRegistry, ServiceRules
-from gateway.store.models import InboundMessage, ResourceRow, ResourceVersionRow
+from gateway.rules.schema import RuleFileError, RuleRegistry, ServiceRules
+from gateway.rules.versions import parse_cas_version
+from gateway.store.models import InboundMessage, ResourceRow, ResourceVersionRow, RuleFileVersionRow
+from gateway.store.repo import case_rule_set
 
 __all__ = ["WhatIfReport", "CaseChange", "what_if", "read_only", "parse_since", "safety_calls_due", "CAS_CHANNELS"]
 
@@ -190,6 +192,7 @@ def _replay_cas(connection: Connection, candidate: Candidate, live: RuleRegistry
     )
     seen: set[str] = set()
     replayed = resent = unreadable = 0
+    kept = _kept_versions(connection, service)  # "before" is each case as the queue shows it: its own version's colours
     for row in connection.execution_options(stream_results=True, yield_per=500).execute(query):
         if row.task_id in seen:
             resent += 1  # a re-send of a case: its first message decided it (CAS-08 merges only ever upgrade)
@@ -201,10 +204,24 @@ def _replay_cas(connection: Connection, candidate: Candidate, live: RuleRegistry
             unreadable += 1
             continue
         replayed += 1
-        change = _compare_case(row, referral, candidate, live_rules, rules, report.now)
+        change = _compare_case(row, referral, candidate, live_rules, rules, report.now, kept)
         if change is not None:
             report.cases.append(change)
     return _with_counts(report, replayed, resent, unreadable)
+
+
+def _kept_versions(connection: Connection, service: str) -> dict[str, ServiceRules]:
+    """The service's CAS versions in the rule file history, by label (gateway.rules.versions: open cases follow them)."""
+    stored = select(RuleFileVersionRow.label, RuleFileVersionRow.content).where(
+        RuleFileVersionRow.kind == "cas-queue", RuleFileVersionRow.service_id == service
+    )
+    kept = {}
+    for label, content in connection.execute(stored):
+        try:
+            kept[label] = parse_cas_version(content)
+        except RuleFileError:
+            continue  # a version today's schema no longer reads: its cases are shown by the live file, as /queue does
+    return kept
 
 
 def _with_counts(report: WhatIfReport, replayed: int, resent: int, unreadable: int) -> WhatIfReport:
@@ -227,12 +244,20 @@ def _stored(task: dict[str, Any]) -> tuple[str | None, str | None, datetime, tup
 
 
 def _compare_case(
-    row: Any, referral: Referral, candidate: Candidate, live: ServiceRules, rules: ServiceRules, now: datetime
+    row: Any,
+    referral: Referral,
+    candidate: Candidate,
+    live: ServiceRules,
+    rules: ServiceRules,
+    now: datetime,
+    kept: dict[str, ServiceRules] | None = None,
 ) -> CaseChange | None:
     from gateway.intake import decide  # intake's own: the adapter's problems and the rules' refusals alike
 
     assert candidate.registry is not None
-    priority, classification, breach, rule_ids, rule_set = _stored(json.loads(row.content))
+    task = json.loads(row.content)
+    priority, classification, breach, rule_ids, rule_set = _stored(task)
+    own = (kept or {}).get(case_rule_set(task) or "", live)  # the version its colours follow now (issue 37)
     is_open = row.status in OPEN_STATUSES
     current = row.breach_at or breach
     end = now if is_open else row.last_updated
@@ -240,8 +265,8 @@ def _compare_case(
         "priority": priority,
         "classification": classification,
         "breach_time": to_fhir_instant(breach),
-        "breach_colour": breach_status(current, now, live.breach_status) if is_open else None,
-        "safety_calls": safety_calls_due(current, end, live),
+        "breach_colour": breach_status(current, now, own.breach_status) if is_open else None,
+        "safety_calls": safety_calls_due(current, end, own),
         "rules": " ".join(rule_ids),
         "version": rule_set,  # the version that decided it (not always the live one: an older case keeps its own)
     }
