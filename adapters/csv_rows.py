@@ -13,9 +13,19 @@ from adapters.case_json import source_time
 from adapters.problems import GatewayInputError, Kind, Problem, ProblemList
 from adapters.referral import check_nhs_number
 
-__all__ = ["csv_rows", "within", "empty_row", "contact_basics", "changed_columns", "ContactRow"]
+__all__ = ["csv_rows", "within", "empty_row", "contact_basics", "changed_columns", "ContactRow", "RefusedScores"]
 
 C = TypeVar("C")
+
+
+@dataclass(frozen=True)
+class RefusedScores:
+    """What a refused row still records of its measures (issue 33: a risk answer is never lost): the NHS number as given
+    (checked where it is used), the contact time if it could be read, and each measure's item scores that could be read."""
+
+    nhs_number: str
+    contact_time: datetime | None
+    measures: dict[str, list[int | None]]
 
 
 @dataclass(frozen=True)
@@ -27,6 +37,7 @@ class ContactRow(Generic[C]):
     contact: C | None = None
     problems: tuple[Problem, ...] = field(default=())
     source: bytes = b""  # the header and this row as CSV
+    refused_scores: RefusedScores | None = None  # a refused row's item scores, for its risk answers
 
 
 def csv_rows(raw: bytes, columns: tuple[str, ...], export: str) -> Iterator[tuple[int, dict[str, str], bytes]]:

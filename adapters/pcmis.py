@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from adapters.csv_rows import ContactRow, contact_basics, csv_rows, empty_row, within
+from adapters.csv_rows import ContactRow, RefusedScores, contact_basics, csv_rows, empty_row, within
 from adapters.problems import Kind, ProblemList
 
 __all__ = ["PcmisContact", "PcmisRow", "parse_pcmis_csv", "COLUMNS", "MEASURE_COLUMNS"]
@@ -87,8 +87,8 @@ def _row(number: int, value: dict[str, str], source: bytes) -> PcmisRow:
     for column in ("self_referral", "gp_contact_allowed"):
         if flags[column] is None:
             problems.error(Kind.REQUIRED, f"{where}.{column}", f"{column} must be Y or N")
-    if problems.has_errors:
-        return PcmisRow(number, contact_id, None, tuple(problems.items), source)
+    if problems.has_errors:  # the item scores read are kept: a risk answer is acted on all the same (issue 33)
+        return PcmisRow(number, contact_id, None, tuple(problems.items), source, RefusedScores(value["nhs_number"], when, measures))
     assert when is not None and nhs is not None and contact_id is not None
     contact = PcmisContact(
         contact_id=contact_id,

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from adapters.csv_rows import ContactRow, contact_basics, csv_rows, empty_row, within
+from adapters.csv_rows import ContactRow, RefusedScores, contact_basics, csv_rows, empty_row, within
 from adapters.problems import Kind, ProblemList
 
 __all__ = ["SystmOneContact", "SystmOneRow", "parse_systmone_csv", "COLUMNS", "CONTACT_CODES", "MEASURE_COLUMNS"]
@@ -108,8 +108,8 @@ def _row(number: int, value: dict[str, str], source: bytes) -> SystmOneRow:
         problems.warning(
             Kind.INVARIANT, f"{where}.contact_code", "PC-04: a first contact should have a complete PHQ-9 or GAD-7 and a complete DIALOG"
         )
-    if problems.has_errors:
-        return SystmOneRow(number, contact_id, None, tuple(problems.items), source)
+    if problems.has_errors:  # the item scores read are kept: a risk answer is acted on all the same (issue 33)
+        return SystmOneRow(number, contact_id, None, tuple(problems.items), source, RefusedScores(value["nhs_number"], when, measures))
     assert when is not None and nhs is not None and contact_id is not None
     contact = SystmOneContact(
         contact_id=contact_id,

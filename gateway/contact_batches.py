@@ -4,7 +4,7 @@ A bad row never drops the good ones silently: the reply lists every row (accepte
 its issues, duplicate, or conflict: a contact received before whose row has changed, naming the
 columns). Rows share one pipeline: the patient by NHS number, the source's own resources, and
 every measure recorded checked and scored by the gateway's one scorer (risk items acted on as for
-any response: CAS-10 / Flag). A PCMIS row is then recorded on the patient's open Talking
+any response: CAS-10 / Flag; in a row refused, too: gateway.batch_risks). A PCMIS row is then recorded on the patient's open Talking
 Therapies episode, in the same transaction (`Pathways.link_pcmis_contact`: TT-08..TT-13); a SystmOne row on
 the patient's open primary care episode (`Pathways.link_systmone_contact`: PC-04, PC-05, PC-08).
 """
@@ -32,10 +32,11 @@ from fhir_mapping.patients import patient_resource
 from fhir_mapping.pcmis import contact_consent, contact_encounter, employment_observation, measure_responses
 from fhir_mapping.scoring import check_response, score_answers
 from fhir_mapping.systmone import care_plans, systmone_encounter, systmone_responses
+from gateway.batch_risks import refused_row_risks
 from gateway.clock import Clock
 from gateway.messages import Inbound, Reply, commit_message, previous
 from gateway.quarantine import note_refused, note_resent
-from gateway.responses import response_id, response_resources
+from gateway.responses import ResponseIntake, response_id, response_resources
 from gateway.store.repo import find_by_identifier, get_resource, open_cas_tasks
 
 __all__ = [
@@ -122,20 +123,21 @@ class ContactBatches:
                 break
             outcome: dict[str, Any] = {"row": row.number, "contact_id": row.contact_id}
             if row.contact is None:
-                results.append(_refused(row, outcome, row_issues(row.problems)))
+                results.append(_refused(row, outcome, row_issues([*row.problems, *self._risks(row, now)])))
                 continue
             original = previous(self.sessions, self.channel, row.contact.contact_id)
             if original is not None:
                 results.append(outcome | _again(row, original.raw))
                 if results[-1]["outcome"] == "duplicate":
                     note_resent(row.contact_id, original.seq)  # the console counts it (gateway.quarantine)
-                else:
+                else:  # a changed contact is not applied: a risk answer its change brings is acted on all the same (issue 33)
+                    results[-1]["issues"] += row_issues(self._risks(row, now, self.parse(original.raw, None)))
                     note_refused(row.contact_id, row.source, results[-1]["issues"])
                 continue
             try:
                 stored, notes = self._store(row, now)
             except GatewayInputError as exc:
-                results.append(_refused(row, outcome, row_issues(exc.problems)))
+                results.append(_refused(row, outcome, row_issues([*exc.problems, *self._risks(row, now)])))
                 continue
             warnings = [p for p in row.problems if not p.is_error]
             issues = row_issues(warnings) + notes
@@ -143,6 +145,12 @@ class ContactBatches:
         counts = {k: sum(1 for r in results if r["outcome"] == k) for k in ("accepted", "refused", "duplicate", "conflict")}
         log.info("batch.received", channel=self.channel, rows=len(rows), **counts)
         return Reply(200, {"rows": results, **counts})
+
+    def _risks(self, row: Row, now: datetime, first: Sequence[Row] = ()) -> list[Problem]:
+        """Issue 33: a row not stored still acts on its risk answers (gateway.batch_risks); the warnings saying how. For a
+        changed re-send, `first` is the contact as first received: only the answers the export changed are new."""
+        intake = ResponseIntake(self.sessions, self.catalogue, self.clock)
+        return refused_row_risks(intake, self.channel, row, now, first[0] if first else None)
 
     def _store(self, row: Row, now: datetime) -> tuple[list[str], list[dict[str, Any]]]:
         """The row in its own transaction: (the references it stored, the issues of warnings its link raised)."""
