@@ -2,6 +2,7 @@ FROM python:3.11-slim
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY adapters ./adapters
+COPY common ./common
 COPY fhir_mapping ./fhir_mapping
 COPY gateway ./gateway
 COPY fixtures ./fixtures
