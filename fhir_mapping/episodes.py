@@ -284,8 +284,10 @@ def letter_request(
     rule_ids: list[str],
     lines: list[str],
     key: str,
+    signed_by: str | None = None,
 ) -> dict[str, Any]:
-    """A letter the outbox must deliver (TT-14, TT-07 signposting, TT-10 KIT opt-out, TT-13, PC-13 transfer)."""
+    """A letter the outbox must deliver (TT-14, TT-07 signposting, TT-10 KIT opt-out, TT-13, PC-13 transfer); `signed_by`:
+    the practitioner named in the operation, the letter's author (issue 34, GPCM-SD-121)."""
     request = build(
         CommunicationRequest,
         id=resource_id("CommunicationRequest", key, letter_type),
@@ -297,6 +299,7 @@ def letter_request(
         recipient=recipients or None,
         payload=[{"contentString": line} for line in lines] or None,
         authoredOn=to_fhir_instant(moment),
+        requester={"display": signed_by} if signed_by else None,
         reasonCode=_rules_reason(rule_ids, lines[0] if lines else display),
     )
     return to_json_dict(request)

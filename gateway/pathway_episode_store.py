@@ -73,7 +73,7 @@ class PathwayStore:
         request = get_resource(session, "ServiceRequest", episode["referralRequest"][0]["reference"].split("/", 1)[1]) or {}
         patient = get_resource(session, "Patient", patient_ref.split("/", 1)[1]) or {}
         for letter in result.letters:  # through the outbox (issue 7), in this transaction
-            queue_letter(session, _letter(letter, stored, request, patient, now), now, rules.service.id)
+            queue_letter(session, _letter(letter, stored, request, patient, now, signed_by=who or None), now, rules.service.id)
         for work in result.work:
             put_resource(
                 session,

@@ -221,8 +221,10 @@ def _letter(
     patient: dict[str, Any],
     now: datetime,
     about: list[str] | None = None,
+    signed_by: str | None = None,
 ) -> dict[str, Any]:
-    """A letter request addressed from the letter's rule: GP practice, referrer, copy to the patient (TT-14)."""
+    """A letter request addressed from the letter's rule: GP practice, referrer, copy to the patient (TT-14); signed by
+    the practitioner named in the operation, when one was (its author, issue 34)."""
     recipients: list[dict[str, Any]] = []
     gp = next(iter(patient.get("generalPractitioner", [])), None)
     if letter.to_gp and gp:
@@ -245,6 +247,7 @@ def _letter(
         list(letter.rule_ids),
         list(letter.lines),
         key=f"{focus}#{to_fhir_instant(now)}",
+        signed_by=signed_by,
     )
 
 

@@ -124,7 +124,8 @@ def _tt_episode(client, ref: str, nhs_number: str = "9990000174") -> str:  # typ
 
 def test_the_assessment_outcome_letter_goes_to_the_gp_with_a_copy_to_the_client_TT_14(client, tmp_path) -> None:
     episode = _tt_episode(client, "R-OUTCOME")
-    reply = operate(client, episode, "record-contact", contact("assessment", date_="2026-11-05T10:00:00+00:00"))
+    attended = contact("assessment", date_="2026-11-05T10:00:00+00:00", practitioner="PWP Synthetic One")
+    reply = operate(client, episode, "record-contact", attended)
     assert reply.status_code == 200, reply.text
     letter, document, rows = _letter(client, "tt-assessment-outcome")
     assert {r["recipient_kind"] for r in rows} == {"gp", "patient"}
@@ -132,8 +133,10 @@ def test_the_assessment_outcome_letter_goes_to_the_gp_with_a_copy_to_the_client_
     assert "Your patient has had an initial assessment with NHS Talking Therapies" in text
     assert "Initial assessment completed." in text
     assert "To: " in text and "L81001" in text and "Copy: " in text and "(the patient)" in text
-    assert RULE_ID.findall(text) == [] and "NHS number: 999 " in text
-    _check_shapes(tmp_path, "tt-assessment-outcome", letter, document, next(r for r in rows if r["recipient_kind"] == "gp"))
+    assert RULE_ID.findall(text) == [] and "NHS number: 999 " in text and "PWP Synthetic One" in text
+    message = _check_shapes(tmp_path, "tt-assessment-outcome", letter, document, next(r for r in rows if r["recipient_kind"] == "gp"))
+    author = _by_profile(message)[f"{CARECONNECT}CareConnect-Practitioner-1"]
+    assert author["name"][0]["text"] == "PWP Synthetic One"  # the practitioner named in $record-contact (GPCM-SD-121)
 
 
 def test_the_discharge_letter_reports_the_latest_scores_to_gp_and_client_TT_13_TT_14(client, tmp_path) -> None:
