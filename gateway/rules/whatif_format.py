@@ -13,7 +13,7 @@ from typing import Any
 
 from fhir_mapping.datetimes import to_fhir_instant
 from gateway.rules.candidate import ValueChange
-from gateway.rules.whatif import CaseChange, WhatIfReport
+from gateway.rules.whatif_report import CaseChange, WhatIfReport
 
 __all__ = ["as_table", "as_csv", "as_json", "as_dict", "changes_table", "FIELDS"]
 

@@ -28,7 +28,7 @@ from gateway.rules.pathway_clocks import start_clock
 from gateway.rules.pathway_routing import Decision, MeasureFact, route_referral
 from gateway.rules.pathway_schema import PrimaryCareRules, TalkingTherapiesRules
 from gateway.rules.pathway_steps import OPEN_EPISODE
-from gateway.rules.whatif import CaseChange, WhatIfReport
+from gateway.rules.whatif_report import CaseChange, WhatIfReport
 from gateway.store.models import InboundMessage, ResourceRow, ResourceVersionRow
 
 __all__ = ["replay_pathway"]
