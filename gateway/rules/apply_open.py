@@ -26,7 +26,7 @@ from gateway.security.principal import SYSTEM
 from gateway.store.db import write_transaction
 from gateway.store.models import ResourceRow, RuleFileVersionRow
 from gateway.store.queue_index import open_cases
-from gateway.store.repo import put_resource
+from gateway.store.repo import case_rule_set, put_resource
 
 __all__ = ["AppliedCase", "apply_to_open", "APPLIED"]
 
@@ -58,11 +58,10 @@ def apply_to_open(
             raise RuleFileError(f"{label} was never activated (activated: {sorted(set(known)) or 'none'}; live: {live.label})")
         c = _RESOURCES.c
         rows = session.execute(
-            select(c.id, c.content, c.rule_set)
-            .where(open_cases(_RESOURCES), c.service_id == service_id, (c.rule_set.is_(None)) | (c.rule_set != label))
-            .order_by(c.breach_at, c.id)
-        ).all()
-        changed = [_apply(session, json.loads(content), was, label, by, now, service_id) for _, content, was in rows]
+            select(c.content).where(open_cases(_RESOURCES), c.service_id == service_id).order_by(c.breach_at, c.id)
+        ).scalars()
+        tasks = [json.loads(content) for content in rows]
+        changed = [_apply(session, task, case_rule_set(task), label, by, now, service_id) for task in tasks if case_rule_set(task) != label]
         if changed:
             add_event(
                 session,

@@ -1,6 +1,6 @@
 """Which CAS rule file version each open case follows, and activations taken by running gateways (issue 37).
 
-A case keeps the version that decided it (Task input `rule-set`; resources.rule_set): its breach colour and safety
+A case keeps the version that decided it (Task input `rule-set`; its token `rule-set`): its breach colour and safety
 calls (CAS-09, CAS-02) are worked out from that version's thresholds, not the live file's, until a person applies
 another version to it (`iap-gateway rules apply-to-open`, gateway.rules.apply_open). Versions come from the rule file
 history (`rule_file_versions`: each activated version's content), parsed once each; a version the history does not

@@ -92,8 +92,6 @@ class ResourceRow(Base):
     authored_on: Mapped[datetime | None] = mapped_column(UTCDateTime)
     breach_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     effective_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # Observation.effective / QR.authored: `date` search
-    # a CAS case: the rule file version its colours and safety calls follow (CAS-09; gateway.rules.versions.case_rule_set)
-    rule_set: Mapped[str | None] = mapped_column(String(128))
 
     __table_args__ = (
         Index("ix_resources_type_status", "resource_type", "status"),

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from typing import Any, cast
 
@@ -51,13 +51,16 @@ class QueueEntry:
 def _page(of_service: bool) -> tuple[Select[Any], Select[Any]]:
     c = _RESOURCES.c
     where = [open_cases(_RESOURCES), *([c.service_id == bindparam("service")] if of_service else [])]
-    page = select(c.id, c.service_id, c.subject_id, c.priority, c.business_status, c.breach_at, c.rule_set).where(*where)
+    page = select(c.id, c.service_id, c.subject_id, c.priority, c.business_status, c.breach_at).where(*where)
     page = page.order_by(c.breach_at.asc(), c.authored_on.asc(), c.id.asc()).limit(bindparam("count")).offset(bindparam("offset"))
     return page, select(func.count()).select_from(_RESOURCES).where(*where)
 
 
 # statements built once (building one cost more than running it on an empty store): for all services, and for one
 _PAGES = {False: _page(False), True: _page(True)}
+_RULE_SETS = select(_TOKENS.c.resource_id, _TOKENS.c.code).where(
+    _TOKENS.c.resource_type == "Task", _TOKENS.c.resource_id.in_(bindparam("ids", expanding=True)), _TOKENS.c.param == "rule-set"
+)
 
 
 def queue_page(session: Session, service_id: str | None, count: int, offset: int) -> tuple[list[QueueEntry], int]:
@@ -66,6 +69,9 @@ def queue_page(session: Session, service_id: str | None, count: int, offset: int
     page, total = _PAGES[service_id is not None]
     connection = session.connection()
     entries = [QueueEntry(*row) for row in connection.execute(page, {"service": service_id, "count": count, "offset": offset})]
+    if entries:  # the version each follows (token `rule-set`): a lookup by key for the page's cases alone
+        labels = dict(connection.execute(_RULE_SETS, {"ids": [entry.id for entry in entries]}).all())
+        entries = [replace(entry, rule_set=labels.get(entry.id)) for entry in entries]
     return entries, int(connection.execute(total, {"service": service_id}).scalar_one())
 
 
@@ -108,7 +114,7 @@ def queue_counts(
     """One grouped query over the service's open cases (and their patients' birth dates): CAS-09 breach status as
     `gateway.rules.cas_queue.breach_status` gives it, classification, unallocated Urgent CN Review, and cases whose
     patient is younger than `under` or older than `over` years today. `others`: the thresholds of the cases that
-    follow other rule file versions (by `rule_set` label), where they differ from `amber_within`/`black_after`."""
+    follow other rule file versions (by their Task token `rule-set`), where they differ from `amber_within`/`black_after`."""
     today = now.date()
     values = {
         "service": service_id,
@@ -145,26 +151,31 @@ def _status(cases: FromClause, suffix: str = "") -> ColumnElement[Any]:
     )
 
 
-_BY_VERSION: dict[tuple[tuple[str, ...], ...], Select[Any]] = {}
+_BY_VERSION: dict[int, Select[Any]] = {}
 
 
 def _counts_by_version(groups: tuple[tuple[str, ...], ...]) -> Select[Any]:
-    """The counts where some open cases follow other versions' thresholds: built once per set of version groups."""
-    statement = _BY_VERSION.get(groups)
+    """The counts where some open cases follow other versions' thresholds: built once per number of groups."""
+    statement = _BY_VERSION.get(len(groups))
     if statement is None:
-        if len(_BY_VERSION) > 64:  # activations are rare; a bound, not an eviction policy
-            _BY_VERSION.clear()
-        statement = _BY_VERSION[groups] = _counts(len(groups))
+        statement = _BY_VERSION[len(groups)] = _counts(len(groups))
     return statement
 
 
 def _counts(groups: int = 0) -> Select[Any]:
     cases = _RESOURCES.alias("cases")
     allocated, born = _TOKENS.alias("allocated"), _TOKENS.alias("born")  # Task.performerType; Patient.birthDate (YYYY-MM-DD)
+    version = _TOKENS.alias("version")  # Task token `rule-set`: the version the case follows
     status = _status(cases)
     if groups:  # a case following another version takes its thresholds (CAS-09, issue 37)
-        whens = [(cases.c.rule_set.in_(bindparam(f"labels_{i}", expanding=True)), _status(cases, f"_{i}")) for i in range(groups)]
+        whens = [(version.c.code.in_(bindparam(f"labels_{i}", expanding=True)), _status(cases, f"_{i}")) for i in range(groups)]
         status = case(*whens, else_=status)
+    joined = cases.outerjoin(
+        born, and_(born.c.resource_type == "Patient", born.c.resource_id == cases.c.subject_id, born.c.param == "birthdate")
+    )
+    if groups:
+        on = and_(version.c.resource_type == "Task", version.c.resource_id == cases.c.id, version.c.param == "rule-set")
+        joined = joined.outerjoin(version, on)
     extreme = case((born.c.code > bindparam("young_after"), 1), (born.c.code <= bindparam("old_from"), 1), else_=0)
     unallocated = ~exists(
         select(literal(1))
@@ -178,11 +189,7 @@ def _counts(groups: int = 0) -> Select[Any]:
             case((unallocated, 1), else_=0).label("unallocated"),
             extreme.label("extreme"),
         )
-        .select_from(
-            cases.outerjoin(
-                born, and_(born.c.resource_type == "Patient", born.c.resource_id == cases.c.subject_id, born.c.param == "birthdate")
-            )
-        )
+        .select_from(joined)
         .where(open_cases(cases), cases.c.service_id == bindparam("service"))
         .subquery()
     )

@@ -255,7 +255,6 @@ def _index(res: dict[str, Any], service_id: str | None) -> dict[str, Any]:
         "authored_on": parse_source_datetime(res["authoredOn"]) if res.get("authoredOn") else None,
         "breach_at": parse_source_datetime(end) if end and _is_cas_case(res) else None,
         "effective_at": parse_source_datetime(effective) if isinstance(effective, str) and "T" in effective else None,
-        "rule_set": case_rule_set(res) if _is_cas_case(res) else None,
     }
     if service_id is not None:
         columns["service_id"] = service_id
@@ -289,10 +288,15 @@ def _tokens(res: dict[str, Any]) -> list[tuple[str, str, str]]:
         return [("related", "", r["reference"]) for r in (res.get("context") or {}).get("related", []) if r.get("reference")]
     if res["resourceType"] == "Encounter":
         return [("episode-of-care", "", e["reference"]) for e in res.get("episodeOfCare", []) if e.get("reference")]
-    if res["resourceType"] == "Task" and res.get("performerType"):  # a CN's suitability (CAS-07): the case is allocated (CAS-16)
-        return [
-            ("performer-type", c.get("system", ""), c["code"]) for t in res["performerType"] for c in t.get("coding", []) if c.get("code")
+    if res["resourceType"] == "Task":  # a CN's suitability (CAS-07): the case is allocated (CAS-16)
+        rows = [
+            ("performer-type", c.get("system", ""), c["code"])
+            for t in res.get("performerType", [])
+            for c in t.get("coding", [])
+            if c.get("code")
         ]
+        label = case_rule_set(res) if _is_cas_case(res) else None  # the version its colours follow (CAS-09, issue 37)
+        return rows + ([("rule-set", "", label[:255])] if label else [])
     if res["resourceType"] == "Patient" and isinstance(res.get("birthDate"), str) and len(res["birthDate"]) == 10:
         return [("birthdate", "", res["birthDate"])]  # a whole day (YYYY-MM-DD) sorts as text: extremes of age waiting (CAS-16)
     if res["resourceType"] == "Provenance":  # its targets, and the rules it names (the queue summary counts CAS-10 calls)

@@ -1,7 +1,9 @@
-"""resources.rule_set: the rule file version an open CAS case's colours and safety calls follow (issue 37, CAS-09)
+"""the rule file version an open CAS case's colours and safety calls follow (issue 37, CAS-09): a token per case
 
-Filled for the open cases already stored, from their Task's `rule-set` inputs (the last one: the version that last
-decided the case). Not indexed: the queue reads it for one page's rows only (bench/README.md).
+A Task's token `rule-set` (resource_tokens) names it, written with the Task from now on; this fills it for the open
+cases already stored, from their `rule-set` inputs (the last one: the version that last decided the case). A token,
+not a column of `resources`: a wider row changed PostgreSQL's plan for the write path's locking read on an
+unanalysed table (tests/test_store.py).
 
 Revision ID: 0014
 Revises: 0013
@@ -29,18 +31,22 @@ def _label(content: str) -> str | None:
     for given in json.loads(content).get("input") or []:
         if (((given.get("type") or {}).get("coding") or [{}])[0]).get("code") == "rule-set":
             found = given.get("valueString")
-    return found if isinstance(found, str) else None
+    return found[:255] if isinstance(found, str) and found else None
 
 
 def upgrade() -> None:
-    op.add_column("resources", sa.Column("rule_set", sa.String(length=128), nullable=True))
     connection = op.get_bind()
     rows = connection.execute(sa.text(f"SELECT id, content FROM resources WHERE {OPEN_CAS_CASE}")).all()
-    labels = [{"id": rid, "label": label} for rid, content in rows if (label := _label(content))]
-    if labels:
-        connection.execute(sa.text("UPDATE resources SET rule_set = :label WHERE resource_type = 'Task' AND id = :id"), labels)
+    tokens = [{"id": rid, "label": label} for rid, content in rows if (label := _label(content))]
+    if tokens:
+        connection.execute(sa.text("DELETE FROM resource_tokens WHERE resource_type = 'Task' AND param = 'rule-set'"))
+        connection.execute(
+            sa.text(
+                "INSERT INTO resource_tokens (resource_type, resource_id, param, system, code) VALUES ('Task', :id, 'rule-set', '', :label)"
+            ),
+            tokens,
+        )
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("resources") as batch:
-        batch.drop_column("rule_set")
+    op.execute("DELETE FROM resource_tokens WHERE resource_type = 'Task' AND param = 'rule-set'")
