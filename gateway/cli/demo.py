@@ -16,22 +16,12 @@ from typing import Any
 import typer
 
 from adapters.problems import GatewayInputError
+from gateway.api.examples import fixtures_dir  # IAP_FIXTURES_DIR, the repo's fixtures/, or ./fixtures (the image)
 
 app = typer.Typer()
 
 DEMO_CLIENT = "demo-operator"
 DEMO_PRINT_FOLDER = "demo-print"
-
-
-def fixtures_dir() -> Path:
-    """IAP_FIXTURES_DIR, else the repo's fixtures/ (editable install), else ./fixtures (container image)."""
-    import os
-
-    configured = os.environ.get("IAP_FIXTURES_DIR")
-    if configured:
-        return Path(configured)
-    beside_code = Path(__file__).resolve().parents[2] / "fixtures"
-    return beside_code if beside_code.is_dir() else Path.cwd() / "fixtures"
 
 
 def data_dir(database_url: str) -> Path:
