@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from gateway.api.examples import CAS_OPERATION_EXAMPLES, EPISODE_OPERATION_EXAMPLES, RISK_LEVEL_EXAMPLE, fixtures_dir
+from gateway.api.examples import CAS_OPERATION_EXAMPLES, EPISODE_OPERATION_EXAMPLES, RISK_LEVEL_EXAMPLE, fixtures_dir, parameters
 from tests.conftest import FIXTURES, task_of
 
 
@@ -53,7 +53,7 @@ def test_every_route_taking_a_body_has_a_description_and_an_example(anonymous: A
         if path == "/oauth2/token":  # a form whose fields its schema describes; a signed assertion cannot be an example
             continue
         for media, content in operation["requestBody"]["content"].items():
-            assert "example" in content or "examples" in content, f"{method} {path}"
+            assert "example" in content or "examples" in content, f"{method} {path} ({media})"
 
 
 @pytest.mark.parametrize(
@@ -85,8 +85,7 @@ def test_each_cas_operations_example_is_taken_by_the_operation_CAS_07_CAS_11_CAS
         reply = _post(client, f"/fhir/Task/{case}/${name}", CAS_OPERATION_EXAMPLES[name][1])
         assert reply.status_code == 200, (name, reply.text)
     unratified = task_of(client.post("/ingest/nhs111", content=(FIXTURES / "option1-dx12.case.json").read_bytes()).json())["id"]
-    consultation = {"resourceType": "Parameters", "parameter": [{"name": "registered", "valueBoolean": False}]}
-    consultation["parameter"] += [{"name": "practitioner", "valueString": "N Unregistered"}, {"name": "notes", "valueString": "Seen."}]
+    consultation = parameters(registered=False, practitioner="N Unregistered", notes="Seen.")
     assert _post(client, f"/fhir/Task/{unratified}/$end-assessment", consultation).status_code == 200
     reply = _post(client, f"/fhir/Task/{unratified}/$ratify", CAS_OPERATION_EXAMPLES["ratify"][1])
     assert reply.status_code == 200 and reply.json()["status"] == "completed", reply.text
