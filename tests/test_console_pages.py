@@ -154,3 +154,19 @@ def test_a_page_showing_a_case_is_audited_naming_its_patient(app: Any, client: A
     assert len(mine) == 1 and mine[0]["entity"][-1]["description"] == f"GET /console/cases/{task['id']}"
     signed_in = client.get("/fhir/AuditEvent", params={"subtype": "110122"}).json()
     assert any(e["resource"]["agent"][0]["who"].get("display") == "auditor-person" for e in signed_in.get("entry", []))
+
+
+def test_a_key_bound_to_a_pathway_service_opens_every_page_and_is_told_it_has_no_cas_queue(app: Any, browser: TestClient) -> None:
+    assert sign_in(browser, add_test_client(app, EVERY_PAGE | {"messages:raw"}, service="north-essex-mid")).status_code == 303
+    for path in (
+        "/console/",
+        "/console/queue",
+        "/console/letters",
+        "/console/waitlist",
+        "/console/audit",
+        "/console/messages",
+        "/console/quarantine",
+    ):
+        assert browser.get(path).status_code == 200, path
+    assert "which is not a CAS service" in browser.get("/console/queue").text
+    assert browser.get("/console/queue?service=bnssg").status_code == 403  # asking for another service is still refused

@@ -66,7 +66,10 @@ def queue_rows(
 @router.get("/console/queue", include_in_schema=False)
 def queue(request: Request, session: SessionDep, clock: ClockDep, registry: RegistryDep) -> Response:
     """Every service the person may see (a bound key: its own), each service's open cases in breach order."""
-    chosen = allowed_service(request.query_params.get("service") or None)
+    asked = request.query_params.get("service") or None
+    chosen = allowed_service(asked)
+    if chosen is not None and chosen not in registry.services and asked is None:  # bound to a pathway service: no queue
+        return page(request, "queue.html", title="CAS queue", services=[], chosen=None, offset=0, size=PAGE, all_services=[], bound=chosen)
     if chosen is not None and chosen not in registry.services:
         raise GatewayInputError(Problem(Kind.VALUE, "service", f"unknown service {chosen[:32]!r}; known: {sorted(registry.services)}"))
     try:
@@ -87,7 +90,7 @@ def queue(request: Request, session: SessionDep, clock: ClockDep, registry: Regi
         offset=offset,
         size=PAGE,
         all_services=sorted(registry.services),
-        now=now,
+        bound=None,
     )
 
 

@@ -31,7 +31,10 @@ AUDIT_PAGE = 50
 def waitlist(request: Request, session: SessionDep, clock: ClockDep) -> Response:
     """The wait list by service and team: who waits how long against the 28/42 and 28/90 day lines, and TT-08's targets."""
     registry = request.app.state.pathway_rules
-    service = allowed_service(request.query_params.get("service") or None)  # a bound key: its own service only
+    asked = request.query_params.get("service") or None
+    service = allowed_service(asked)  # a bound key: its own service only
+    if service is not None and service not in registry.services and asked is None:  # bound to a CAS service: no wait list
+        return page(request, "waitlist.html", title="Wait list", bound=service)
     if service is not None and service not in registry.services:
         raise GatewayInputError(Problem(Kind.VALUE, "service", f"unknown pathway service; known: {sorted(registry.services)}"))
     snapshot = waitlist_snapshot(session, registry, clock.now(), service)
@@ -52,6 +55,7 @@ def waitlist(request: Request, session: SessionDep, clock: ClockDep) -> Response
         service=service,
         services=sorted(registry.services),
         summary=snapshot["summary"],
+        bound=None,
     )
 
 
