@@ -54,8 +54,9 @@ def queue(
         raise GatewayInputError(Problem(Kind.VALUE, "service", f"unknown service {service[:32]!r}; known: {sorted(registry.services)}"))
     size, start = int_param(count, "_count", QUEUE_PAGE, 0, MAX_COUNT), int_param(offset, "_offset", 0, 0, 10_000_000)
     now = clock.now()
-    rows, total = queue_page(session, service, size, start)
-    rules_for = registry.history.rules_for if registry.history is not None else lambda s, _: registry.services.get(s or "")
+    history = registry.history  # each case by the rule file version that decided it (issue 37)
+    rows, total = queue_page(session, service, size, start, history is not None and history.colours_differ(service))
+    rules_for = history.rules_for if history is not None else lambda s, _: registry.services.get(s or "")
     note(*({"resourceType": "Task", "id": row.id, "for": {"reference": f"Patient/{row.subject_id}"}} for row in rows))
     entries = []
     for position, row in enumerate(rows, start=start + 1):

@@ -39,13 +39,14 @@ def queue_rows(
     session: Session, registry: RuleRegistry, service_id: str, now: datetime, count: int, offset: int
 ) -> tuple[list[dict[str, Any]], int]:
     """One page of a service's open cases as the queue page shows them, in CAS-02 order, and how many are open."""
-    rows, total = queue_page(session, service_id, count, offset)
+    history = registry.history  # each case by the rule file version that decided it (issue 37)
+    rows, total = queue_page(session, service_id, count, offset, history is not None and history.colours_differ(service_id))
     live = registry.services.get(service_id)
     out = []
     for position, row in enumerate(rows, start=offset + 1):
         task = get_resource(session, "Task", row.id)
         remaining = row.breach_at - now
-        rules = registry.history.rules_for(service_id, row.rule_set) if registry.history is not None else live  # issue 37
+        rules = history.rules_for(service_id, row.rule_set) if history is not None else live
         out.append(
             {
                 "position": position,

@@ -70,6 +70,20 @@ class RuleVersions:
                     groups.setdefault(pair, []).append(label)
         return {tuple(sorted(labels)): pair for pair, labels in groups.items()}
 
+    def colours_differ(self, service_id: str | None) -> bool:
+        """Whether some version of the service (of any, for None) colours cases otherwise than its live file: only
+        then does the queue need each case's version (gateway.store.queue_index.queue_page)."""
+        for label, rules in list(self._by_label.items()):
+            live = self.registry.services.get(rules.service.id)
+            if live is None or label == live.label or (service_id is not None and rules.service.id != service_id):
+                continue
+            if (rules.breach_status.amber_within, rules.breach_status.black_after) != (
+                live.breach_status.amber_within,
+                live.breach_status.black_after,
+            ):
+                return True
+        return False
+
     def due(self, now: datetime) -> bool:
         if self._checked is None:
             return True

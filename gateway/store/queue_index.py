@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any, cast
 
@@ -48,30 +48,32 @@ class QueueEntry:
     rule_set: str | None = None  # the rule file version its colour follows (CAS-09; gateway.rules.versions)
 
 
-def _page(of_service: bool) -> tuple[Select[Any], Select[Any]]:
+def _page(of_service: bool, versions: bool) -> tuple[Select[Any], Select[Any]]:
     c = _RESOURCES.c
     where = [open_cases(_RESOURCES), *([c.service_id == bindparam("service")] if of_service else [])]
-    page = select(c.id, c.service_id, c.subject_id, c.priority, c.business_status, c.breach_at).where(*where)
+    version = _TOKENS.alias("version")  # the Task token `rule-set`: the version the case's colour follows (issue 37)
+    on = and_(
+        version.c.resource_type == literal_column("'Task'"), version.c.resource_id == c.id, version.c.param == literal_column("'rule-set'")
+    )
+    columns = (c.id, c.service_id, c.subject_id, c.priority, c.business_status, c.breach_at)
+    page = select(*columns, version.c.code).select_from(_RESOURCES.outerjoin(version, on)) if versions else select(*columns)
+    page = page.where(*where)
     page = page.order_by(c.breach_at.asc(), c.authored_on.asc(), c.id.asc()).limit(bindparam("count")).offset(bindparam("offset"))
     return page, select(func.count()).select_from(_RESOURCES).where(*where)
 
 
 # statements built once (building one cost more than running it on an empty store): for all services, and for one
-_PAGES = {False: _page(False), True: _page(True)}
-_RULE_SETS = select(_TOKENS.c.resource_id, _TOKENS.c.code).where(
-    _TOKENS.c.resource_type == "Task", _TOKENS.c.resource_id.in_(bindparam("ids", expanding=True)), _TOKENS.c.param == "rule-set"
-)
+# (of one service, with each case's rule file version: only needed once versions with other colours exist, issue 37)
+_PAGES = {(one, versions): _page(one, versions) for one in (False, True) for versions in (False, True)}
 
 
-def queue_page(session: Session, service_id: str | None, count: int, offset: int) -> tuple[list[QueueEntry], int]:
+def queue_page(session: Session, service_id: str | None, count: int, offset: int, versions: bool = False) -> tuple[list[QueueEntry], int]:
     """CAS-02: one page of open cases, earliest breach first (breached lead, most overdue first; then the earlier
-    referral, then the id, so the order is total and pages do not overlap), and how many open cases there are."""
-    page, total = _PAGES[service_id is not None]
+    referral, then the id, so the order is total and pages do not overlap), and how many open cases there are.
+    `versions`: with the rule file version each case follows (QueueEntry.rule_set; else None)."""
+    page, total = _PAGES[service_id is not None, versions]
     connection = session.connection()
     entries = [QueueEntry(*row) for row in connection.execute(page, {"service": service_id, "count": count, "offset": offset})]
-    if entries:  # the version each follows (token `rule-set`): a lookup by key for the page's cases alone
-        labels = dict(connection.execute(_RULE_SETS, {"ids": [entry.id for entry in entries]}).all())
-        entries = [replace(entry, rule_set=labels.get(entry.id)) for entry in entries]
     return entries, int(connection.execute(total, {"service": service_id}).scalar_one())
 
 
