@@ -4,6 +4,7 @@ PostgreSQL): counts per channel and destination, the queue by colour, the wait l
 
 from __future__ import annotations
 
+import base64
 import json
 import socket
 from collections.abc import Iterator
@@ -215,3 +216,28 @@ def test_outbound_counts_show_deliveries_per_destination(app: Any, client: Any, 
     assert sum(n for _, n in moved) >= 1 and sum(d.pending for d in after) < waiting["unrouted"].pending + 1
     with read_session(app, "bsw") as session:  # a bound session: its own service's letters only
         assert all(d.pending == d.dead == d.sent == 0 for d in outbound_counts(session))
+
+
+def test_the_ops_api_reads_the_log_by_scope_and_a_raw_body_needs_messages_raw(app: Any, client: Any, client_with: Any) -> None:
+    body = refused_case()
+    client.post("/ingest/nhs111", content=body)
+    reader, raw_reader = client_with({"messages:read"}), client_with({"messages:read", "messages:raw"})
+    stranger, bound = client_with({"fhir:read"}), client_with({"messages:read"}, service="bnssg")
+    (entry,) = reader.get("/ops/messages").json()["entries"]
+    assert (entry["outcome"], entry["message_id"], entry["reply_status"], entry["reason"]) == (
+        "refused",
+        "NHS111-QUARANTINE-0001",
+        400,
+        "required",
+    )
+    channels = {(c["channel"], c["transport"]): c for c in reader.get("/ops/channels").json()["channels"]}
+    assert channels[("nhs111-case", "http")]["refused"] == 1 and channels[("nhs111-case", "http")]["busy"] is None
+    detail = reader.get(f"/ops/messages/{entry['key']}").json()
+    assert "raw_base64" not in detail and detail["raw_size"] == len(body) and detail["problems"][0]["expression"] == ["call_time"]
+    assert reader.get(f"/ops/messages/{entry['key']}", params={"raw": "true"}).status_code == 403
+    shown = raw_reader.get(f"/ops/messages/{entry['key']}", params={"raw": "true"}).json()
+    assert base64.b64decode(shown["raw_base64"]) == body
+    assert stranger.get("/ops/messages").status_code == 403 and stranger.get("/ops/channels").status_code == 403
+    assert bound.get("/ops/messages").json()["entries"] == [] and bound.get(f"/ops/messages/{entry['key']}").status_code == 404
+    assert reader.get("/ops/messages", params={"outcome": "lost"}).status_code == 400
+    assert reader.get("/ops/outbound").json()["destinations"][0]["destination"] == "mesh"

@@ -25,6 +25,7 @@ from gateway.api import (
     history,
     ingest,
     measures,
+    message_log,
     ops,
     outbox,
     pathways,
@@ -181,6 +182,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
     app.include_router(pathways.router)
     app.include_router(reports.router)
     app.include_router(outbox.router)
+    app.include_router(message_log.router)  # /ops/...: the console's data for ops tools (docs/quarantine.md)
     app.include_router(audit.router)  # before fhir_read's generic /fhir/{type}/{id}
     app.include_router(capability.router)  # /fhir/OperationDefinition/{id}, likewise
     app.include_router(fhir_read.router)

@@ -122,6 +122,11 @@ ROUTES: tuple[RouteRule, ...] = (
     _rule("GET", "/outbox", "outbox:read", "search"),
     _rule("GET", "/outbox/{delivery_id}", "outbox:read", "read"),
     _rule("POST", "/outbox/{delivery_id}/$replay", "outbox:operate", "operation"),
+    # the console's data for ops tools (gateway/api/message_log.py): a raw body also needs messages:raw (checked there)
+    _rule("GET", "/ops/channels", "messages:read", "search"),
+    _rule("GET", "/ops/outbound", "messages:read outbox:read", "search"),
+    _rule("GET", "/ops/messages", "messages:read", "search"),
+    _rule("GET", "/ops/messages/{key}", "messages:read", "read"),
     # the operator console (gateway/console): pages need what the API routes behind them need; a signed-in session
     # stands for the bearer credential (gateway.console.gate); a /console/ path not listed needs admin, as anywhere
     _rule("GET", "/console/static/**", PUBLIC, "none"),
