@@ -39,11 +39,11 @@ from fhir_mapping.datetimes import to_fhir_instant
 from gateway.clock import Clock
 from gateway.metrics import DELIVERY_OUTCOMES, count_delivery
 from gateway.security.principal import SYSTEM, Principal, acting
-from gateway.store.writer_lock import write_transaction
 from gateway.store.deferred import defer
 from gateway.store.jsontext import dumps
 from gateway.store.models import AuditEntityRow, AuditEventRow, ResourceRow
 from gateway.store.repo import WRITES_KEY, note_write
+from gateway.store.writer_lock import write_transaction
 
 __all__ = [
     "AuditContext",
