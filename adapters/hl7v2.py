@@ -152,7 +152,7 @@ def parse_hl7(raw: bytes, reading_for: Callable[[str, str], Hl7Reading] | None =
     """Parse one ER7 message; raises Hl7Error naming what is wrong.
 
     `reading_for(MSH-3, MSH-4)` says how this sender is read (its time zone, NHS number placement): the
-    gateway's sender profiles (gateway.rules.sender_schema); without it, `Hl7Reading()` (Europe/London, any placement).
+    gateway's sender profiles (gateway.epr.rules.sender_schema); without it, `Hl7Reading()` (Europe/London, any placement).
     """
     text = decode(raw).replace("\r\n", "\r").replace("\n", "\r").strip("\r")
     if not text.startswith("MSH"):

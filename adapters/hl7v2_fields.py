@@ -84,7 +84,7 @@ class TimeReading(Exception):
 
 
 def read_time(value: str, local_zone: tzinfo = LONDON) -> Hl7Time:
-    """An HL7 TS in a sender's zone (fhir_mapping.datetimes.parse_hl7_time); TimeReading says why not."""
+    """An HL7 TS in a sender's zone (common.datetimes.parse_hl7_time); TimeReading says why not."""
     try:
         return parse_hl7_time(value, local_zone)
     except LocalTimeMissing as missing:

@@ -2,7 +2,7 @@
 
 POST /ingest: read the body, parse the JSON (the gateway must too), insert one row
 (message id, receipt time, raw bytes) and commit, then answer 201. Same engine set-up as the
-gateway (gateway.store.db.make_engine: the same SQLite pragmas, the same PostgreSQL pool) and
+gateway (gateway.platform.store.db.make_engine: the same SQLite pragmas, the same PostgreSQL pool) and
 served the same way (uvicorn, same workers), so the ratio measures the gateway's own work.
 Run by bench/ingest.py: `uvicorn bench.bare_app:create_app --factory` with DATABASE_URL set.
 """
@@ -18,7 +18,7 @@ from sqlalchemy import Column, DateTime, Integer, LargeBinary, MetaData, String,
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse, Response
 
-from gateway.store.db import make_engine
+from gateway.platform.store.db import make_engine
 
 metadata = MetaData()
 messages = Table(

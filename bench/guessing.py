@@ -33,8 +33,8 @@ __all__ = ["main", "run"]
 
 def _client_key(database_url: str) -> str:
     """A client allowed to read FHIR resources, in the store (migrated first): its API key."""
-    from gateway.security.clients import add_client
-    from gateway.store.db import make_engine, make_sessionmaker, migrate
+    from gateway.platform.security.clients import add_client
+    from gateway.platform.store.db import make_engine, make_sessionmaker, migrate
 
     engine = make_engine(database_url)
     try:

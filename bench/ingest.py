@@ -116,7 +116,7 @@ def _admin_url(pg_url: str) -> str:
 def _count(database_url: str, table: str) -> int:
     from sqlalchemy import text
 
-    from gateway.store.db import make_engine
+    from gateway.platform.store.db import make_engine
 
     engine = make_engine(database_url)
     try:
@@ -128,7 +128,7 @@ def _count(database_url: str, table: str) -> int:
 
 def _prepare_bare(database_url: str) -> None:
     from bench.bare_app import metadata
-    from gateway.store.db import make_engine
+    from gateway.platform.store.db import make_engine
 
     engine = make_engine(database_url)
     metadata.create_all(engine)
@@ -139,8 +139,8 @@ def _bench_client(database_url: str) -> str:
     """A client allowed to submit NHS 111 referrals, in the gateway's store (migrated first): its API key.
 
     The bare endpoint is sent the same header, so both targets get the same request bytes."""
-    from gateway.security.clients import add_client
-    from gateway.store.db import make_engine, make_sessionmaker, migrate
+    from gateway.platform.security.clients import add_client
+    from gateway.platform.store.db import make_engine, make_sessionmaker, migrate
 
     engine = make_engine(database_url)
     try:

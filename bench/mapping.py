@@ -1,15 +1,15 @@
 """Mapping throughput per source, one process on one core: no database, no HTTP.
 
 Every source the gateway maps on its own, each the way the gateway maps it, offline:
-* NHS 111 flat case JSON, BaRS message Bundles and MHPL calls: `gateway.intake.map_offline` (adapter
+* NHS 111 flat case JSON, BaRS message Bundles and MHPL calls: `gateway.cas.intake.map_offline` (adapter
   parse and validation, intake rules, FHIR mapping, the collection Bundle).
 * RiO HL7 v2: ADT (A04 register, A31 update), and notes, documents and referrals (ORU^R01, MDM^T02,
-  REF^I12): `gateway.hl7_intake.map_hl7_offline` (ER7 parse and checks, the UK Core Patient and the
+  REF^I12): `gateway.epr.hl7_intake.map_hl7_offline` (ER7 parse and checks, the UK Core Patient and the
   message's resources, the Bundle) against an empty store.
 * PCMIS and SystmOne contacts, a one-row CSV batch each: the adapter's CSV parse, then the row's
-  resources as the batch intake builds them (`gateway.contact_batches.map_row_offline`: Encounter,
+  resources as the batch intake builds them (`gateway.epr.contact_batches.map_row_offline`: Encounter,
   measures checked and scored, consents or care plans) against an empty store, in a Bundle.
-* Outcome measures (QuestionnaireResponse, PHQ-9 and GAD-7): `gateway.responses.score_offline`
+* Outcome measures (QuestionnaireResponse, PHQ-9 and GAD-7): `gateway.measures.responses.score_offline`
   (checked against the Questionnaire, scored, Observations, risk items acted on).
 
 Not here: pathway referrals and CLEO updates. Routing a pathway referral reads the patient's stored
@@ -146,11 +146,11 @@ def sources() -> list[tuple[str, Callable[[int], list[bytes]], Callable[[bytes],
     from adapters.pcmis import parse_pcmis_csv
     from adapters.systmone import parse_systmone_csv
     from fhir_mapping.measures import load_measures
-    from gateway.contact_batches import build_pcmis, build_systmone
-    from gateway.hl7_intake import map_hl7_offline
-    from gateway.intake import CHANNEL_MHPL, map_offline
-    from gateway.responses import score_offline
-    from gateway.rules.schema import load_rules
+    from gateway.cas.intake import CHANNEL_MHPL, map_offline
+    from gateway.cas.rules.schema import load_rules
+    from gateway.epr.contact_batches import build_pcmis, build_systmone
+    from gateway.epr.hl7_intake import map_hl7_offline
+    from gateway.measures.responses import score_offline
 
     registry = load_rules()
     catalogue = load_measures()
@@ -168,10 +168,10 @@ def sources() -> list[tuple[str, Callable[[int], list[bytes]], Callable[[bytes],
 
 def _rows_bundle(rows: Sequence[Any], build: Any, catalogue: Any) -> dict[str, Any]:
     """The batch's rows mapped as the batch intake maps them, in a collection Bundle; a refused row is an error."""
+    from common.datetimes import to_fhir_instant
     from fhir_mapping.bundles import bundle_of
-    from fhir_mapping.datetimes import to_fhir_instant
     from fhir_mapping.ids import resource_id
-    from gateway.contact_batches import map_row_offline
+    from gateway.epr.contact_batches import map_row_offline
 
     resources = []
     for row in rows:

@@ -3,7 +3,7 @@
 For each backend, on a new store, with the gateway served as in production (`iap-gateway serve`, loopback):
 1. measure the requests below on the empty store (one client connection, one request after another);
 2. load N referrals (default 100,000) as the gateway stores them: each NHS 111 case mapped by the gateway's own
-   intake (`gateway.intake.decide`, `fhir_mapping.cas_referral.map_cas_referral`: Task, Patient, ServiceRequest and
+   intake (`gateway.cas.intake.decide`, `fhir_mapping.cas_referral.map_cas_referral`: Task, Patient, ServiceRequest and
    the rest, with its rule-trace Provenance) and written with the gateway's write function (`put_resources`,
    500 referrals a transaction). Every case has its own patient; call times are spread over the past year and
    those cases are closed (`completed`), as a region's history is; one in `--open-every` is open, called in the
@@ -69,13 +69,13 @@ def load(database_url: str, tasks: int, open_every: int, now: datetime) -> int:
 
     from adapters.nhs111_case import parse_nhs111_case
     from fhir_mapping.cas_referral import map_cas_referral
-    from gateway.cases import provenance
-    from gateway.intake import decide, plan_for
-    from gateway.rules.schema import load_rules
-    from gateway.store.db import make_engine, make_sessionmaker, write_transaction
-    from gateway.store.models import ResourceRow
-    from gateway.store.queue_index import open_cases
-    from gateway.store.repo import put_resources
+    from gateway.cas.cases import provenance
+    from gateway.cas.intake import decide, plan_for
+    from gateway.cas.rules.schema import load_rules
+    from gateway.platform.store.db import make_engine, make_sessionmaker, write_transaction
+    from gateway.platform.store.models import ResourceRow
+    from gateway.platform.store.queue_index import open_cases
+    from gateway.platform.store.repo import put_resources
 
     registry = load_rules()
     templates = [json.loads((REPO / "fixtures" / "nhs111" / name).read_bytes()) for name in TEMPLATES]
@@ -118,8 +118,8 @@ def load(database_url: str, tasks: int, open_every: int, now: datetime) -> int:
 
 def _client_key(database_url: str) -> str:
     """A client that reads the queue and searches FHIR resources, in the migrated store: its API key."""
-    from gateway.security.clients import add_client
-    from gateway.store.db import make_engine, make_sessionmaker, migrate
+    from gateway.platform.security.clients import add_client
+    from gateway.platform.store.db import make_engine, make_sessionmaker, migrate
 
     engine = make_engine(database_url)
     try:

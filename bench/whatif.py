@@ -5,7 +5,7 @@
 
 For each backend, on a new store:
 1. store N BNSSG referrals as the gateway stores them: each NHS 111 case (Dx12, 6-hour, red flag, 111 online Dx92,
-   in turn) decided by the gateway's intake (`gateway.intake.decide`), mapped (`map_cas_referral`) and written with the
+   in turn) decided by the gateway's intake (`gateway.cas.intake.decide`), mapped (`map_cas_referral`) and written with the
    store's write function (`put_resources`, its Task versions kept), 500 a transaction, with its inbound message (raw
    body, reply) as intake keeps it. Call times spread over the last 30 days; one case in ten is open, called in the
    last five hours;
@@ -52,12 +52,12 @@ def load(database_url: str, n: int, now: datetime) -> None:
 
     from adapters.nhs111_case import parse_nhs111_case
     from fhir_mapping.cas_referral import map_cas_referral
-    from gateway.cases import provenance
-    from gateway.intake import CHANNEL_NHS111, decide, plan_for
-    from gateway.rules.schema import load_rules
-    from gateway.store.db import make_engine, make_sessionmaker, migrate, write_transaction
-    from gateway.store.models import InboundMessage
-    from gateway.store.repo import put_resources
+    from gateway.cas.cases import provenance
+    from gateway.cas.intake import CHANNEL_NHS111, decide, plan_for
+    from gateway.cas.rules.schema import load_rules
+    from gateway.platform.store.db import make_engine, make_sessionmaker, migrate, write_transaction
+    from gateway.platform.store.models import InboundMessage
+    from gateway.platform.store.repo import put_resources
 
     registry = load_rules()
     templates = [json.loads((REPO / "fixtures" / "nhs111" / name).read_bytes()) for name in TEMPLATES]
@@ -105,7 +105,7 @@ def load(database_url: str, n: int, now: datetime) -> None:
 
 def candidate(folder: Path) -> Path:
     """The live BNSSG file with a shorter Dx12 window (PT2H -> PT1H) and a wider amber band (PT1H -> PT3H)."""
-    text = (REPO / "gateway" / "rules" / "services" / "bnssg.yaml").read_text(encoding="utf-8")
+    text = (REPO / "gateway" / "cas" / "rules" / "services" / "bnssg.yaml").read_text(encoding="utf-8")
     text = text.replace("Dx12:  {within: PT2H,", "Dx12:  {within: PT1H,").replace("amber_within: PT1H ", "amber_within: PT3H ")
     path = folder / "bnssg-candidate.yaml"
     path.write_text(text.replace('version: "', 'version: "bench-', 1), encoding="utf-8")

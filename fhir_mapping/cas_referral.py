@@ -15,8 +15,8 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from adapters.referral import Referral
-from fhir_mapping import codes
-from fhir_mapping.datetimes import to_fhir_instant
+from common import codes
+from common.datetimes import to_fhir_instant
 from fhir_mapping.fhir import (
     Built,
     Encounter,

@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from fhir_mapping import codes
-from fhir_mapping.datetimes import to_fhir_instant
+from common import codes
+from common.datetimes import to_fhir_instant
 from fhir_mapping.ids import resource_id
 
 __all__ = ["contact_encounter_ref", "contact_encounter_json"]

@@ -23,8 +23,8 @@ from adapters.pathway_referral import (
     STEP_SYSTEM,
     PathwayReferral,
 )
-from fhir_mapping import codes
-from fhir_mapping.datetimes import to_fhir_instant
+from common import codes
+from common.datetimes import to_fhir_instant
 from fhir_mapping.fhir import CommunicationRequest, EpisodeOfCare, ServiceRequest, Task, build, to_json_dict
 from fhir_mapping.ids import resource_id
 

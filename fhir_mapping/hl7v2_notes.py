@@ -19,8 +19,8 @@ from zoneinfo import ZoneInfo
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.core import Field, Segment
 
-from fhir_mapping import codes
-from fhir_mapping.datetimes import parse_source_datetime
+from common import codes
+from common.datetimes import parse_source_datetime
 
 __all__ = ["NoteEnvelope", "build_note_message", "control_id_for", "escape_text", "note_text"]
 
@@ -31,7 +31,7 @@ _ESCAPES = (("\\", "\\E\\"), ("|", "\\F\\"), ("^", "\\S\\"), ("~", "\\R\\"), ("&
 
 @dataclass(frozen=True)
 class NoteEnvelope:
-    """Who sends to whom, and in which message: from the destination's file (gateway/outbox/epr.py)."""
+    """Who sends to whom, and in which message: from the destination's file (gateway/letters/outbox/epr.py)."""
 
     message: Literal["MDM^T02", "ORU^R01"]
     sending_application: str

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from fhir_mapping.datetimes import to_fhir_instant
+from common.datetimes import to_fhir_instant
 from fhir_mapping.measures import MeasureCatalogue
 from fhir_mapping.scoring import unanswered_required
 

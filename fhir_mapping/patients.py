@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from adapters.referral import Demographics
-from fhir_mapping import codes
+from common import codes
 from fhir_mapping.fhir import Built, Patient, build
 from fhir_mapping.ids import resource_id
 
@@ -22,7 +22,7 @@ def patient_resource(
 ) -> Built[Patient]:
     """UK Core Patient from demographics; its id comes from the NHS number, so every source maps to one patient.
 
-    An HL7 v2 sender may give more (gateway.hl7_patients): `identifiers` (the NHS number with its verification
+    An HL7 v2 sender may give more (gateway.epr.hl7_patients): `identifiers` (the NHS number with its verification
     status, local numbers) and `patient_id` (the id the patient already has, or one minted from a local number).
     """
     name: dict[str, Any] = {"use": "official"}

@@ -11,9 +11,9 @@ from datetime import datetime
 from typing import Any
 
 from adapters.pcmis import PcmisContact
-from fhir_mapping import codes
+from common import codes
+from common.datetimes import to_fhir_instant
 from fhir_mapping.contacts import contact_encounter_json, contact_encounter_ref
-from fhir_mapping.datetimes import to_fhir_instant
 from fhir_mapping.ids import resource_id
 from fhir_mapping.measure_answers import responses_from_item_scores
 from fhir_mapping.measures import MeasureCatalogue
@@ -32,7 +32,7 @@ __all__ = [
 
 PCMIS_CONTACT_SYSTEM = f"{codes.GATEWAY_BASE}/Id/pcmis-contact"
 _CS = f"{codes.GATEWAY_BASE}/CodeSystem"
-GP_CONTACT_ACTION = "contact the GP practice"  # TT-02 / TT-14: read again when a letter is sent (gateway/outbox/consent.py)
+GP_CONTACT_ACTION = "contact the GP practice"  # TT-02 / TT-14: read again when a letter is sent (gateway/letters/outbox/consent.py)
 CLIENT_COPY_ACTION = "send the client copies of letters"  # TT-14: "cc the client unless they prefer not"
 
 

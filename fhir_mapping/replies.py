@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from adapters.problems import Problem
-from fhir_mapping import codes
+from common import codes
 from fhir_mapping.bundles import bundle_of, entry_full_url
 from fhir_mapping.fhir import Bundle, MessageHeader, OperationOutcome, build, checking, to_json_dict
 from fhir_mapping.ids import resource_id

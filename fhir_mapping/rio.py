@@ -11,8 +11,8 @@ import base64
 from datetime import datetime
 
 from adapters.hl7v2 import Hl7Message, Hl7Note
-from fhir_mapping import codes
-from fhir_mapping.datetimes import to_fhir_instant
+from common import codes
+from common.datetimes import to_fhir_instant
 from fhir_mapping.fhir import Built, DocumentReference, ServiceRequest, build
 from fhir_mapping.ids import resource_id
 

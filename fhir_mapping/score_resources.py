@@ -13,8 +13,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from fhir_mapping import codes
-from fhir_mapping.datetimes import to_fhir_instant
+from common import codes
+from common.datetimes import to_fhir_instant
 from fhir_mapping.fhir import Flag, Observation, QuestionnaireResponse, build, to_json_dict
 from fhir_mapping.ids import resource_id
 from fhir_mapping.scoring import RiskHit, ScoredResponse

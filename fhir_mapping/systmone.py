@@ -8,9 +8,9 @@ from __future__ import annotations
 from typing import Any
 
 from adapters.systmone import CONTACT_CODES, SystmOneContact
-from fhir_mapping import codes
+from common import codes
+from common.datetimes import to_fhir_instant
 from fhir_mapping.contacts import contact_encounter_json, contact_encounter_ref
-from fhir_mapping.datetimes import to_fhir_instant
 from fhir_mapping.ids import resource_id
 from fhir_mapping.measure_answers import responses_from_item_scores
 from fhir_mapping.measures import MeasureCatalogue

@@ -27,13 +27,13 @@ from sqlalchemy import create_engine, select, text
 os.environ["IAP_CHECK_FHIR"] = "1"
 
 from gateway.api.app import create_app  # noqa: E402
-from gateway.clock import FixedClock  # noqa: E402
-from gateway.security.clients import add_client  # noqa: E402
-from gateway.security.credentials import new_api_key  # noqa: E402
-from gateway.security.scopes import SCOPES  # noqa: E402
-from gateway.settings import Settings  # noqa: E402
-from gateway.store.models import ApiClient  # noqa: E402
-from gateway.store.repo import count_rows  # noqa: E402
+from gateway.platform.clock import FixedClock  # noqa: E402
+from gateway.platform.security.clients import add_client  # noqa: E402
+from gateway.platform.security.credentials import new_api_key  # noqa: E402
+from gateway.platform.security.scopes import SCOPES  # noqa: E402
+from gateway.platform.settings import Settings  # noqa: E402
+from gateway.platform.store.models import ApiClient  # noqa: E402
+from gateway.platform.store.repo import count_rows  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures" / "nhs111"

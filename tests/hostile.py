@@ -81,8 +81,8 @@ def hostile_json(draw: st.DrawFn, documents: list[bytes]) -> bytes:
 def filled_paths(template: str) -> list[str]:
     """An OpenAPI path template's parameters filled so a route reads its body: an operation each kind (CAS case,
     pathway episode) knows, a resource type for `{type}`, and an id nothing has for any other parameter."""
-    from gateway.rules.cas_ops import OPERATIONS
-    from gateway.rules.pathway_steps import EPISODE_OPERATIONS
+    from gateway.cas.rules.ops import OPERATIONS
+    from gateway.pathways.rules.steps import EPISODE_OPERATIONS
 
     urls = [re.sub(r"\{(?!operation\})(\w+)\}", lambda found: "Task" if found.group(1) == "type" else "no-such", template)]
     if "{operation}" in template:

@@ -108,6 +108,6 @@ def write_routing(
 
 def make_deliverer(app, clock, **settings: Any):  # type: ignore[no-untyped-def]
     """The delivery worker on the test app's database, configured with `settings` (routing file, MESH, retries)."""
-    from gateway.outbox.worker import deliverer_from_settings
+    from gateway.letters.outbox.worker import deliverer_from_settings
 
     return deliverer_from_settings(app.state.sessions, clock, app.state.settings.model_copy(update=settings))

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
-from gateway.audit import record_delivery
-from gateway.safety_calls import tick
+from gateway.cas.safety_calls import tick
+from gateway.platform.audit import record_delivery
 from tests.conftest import NOW, fixture_bytes, task_of
 from tests.test_cas_operations import op
 
@@ -65,12 +65,12 @@ def test_an_operation_is_audited_in_its_transaction_and_a_refused_one_as_a_failu
 
 
 def test_a_crash_mid_change_leaves_no_create_event_only_the_failure(client, monkeypatch) -> None:
-    import gateway.intake
+    import gateway.cas.intake
 
     def explode(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(gateway.intake, "batch_response", explode)
+    monkeypatch.setattr(gateway.cas.intake, "batch_response", explode)
     assert client.post("/ingest/nhs111", content=fixture_bytes("option2-standard.case.json")).status_code == 500
     assert events(client, action="C", outcome="0") == []  # the attempt is audited (below), no committed create
     (failure,) = events(client, outcome="8")

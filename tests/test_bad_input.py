@@ -167,13 +167,13 @@ def test_unknown_fields_are_kept_as_warnings_not_dropped_silently(client) -> Non
 
 
 def test_crash_mid_request_stores_nothing(client, stored, monkeypatch) -> None:
-    import gateway.intake
+    import gateway.cas.intake
 
     def explode(*args, **kwargs):  # type: ignore[no-untyped-def]
         raise RuntimeError("disk on fire")
 
     # the reply is built inside the transaction, after the resources are written: crash there
-    monkeypatch.setattr(gateway.intake, "batch_response", explode)
+    monkeypatch.setattr(gateway.cas.intake, "batch_response", explode)
     response = client.post("/ingest/nhs111", content=fixture_bytes(CASE))
     assert response.status_code == 500
     ((severity, _, text),) = issues(response.json())

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.messages import previous
+from gateway.platform.messages import previous
 from tests.conftest import bearer, serving
 from tests.test_pcmis import CONTACTS, post, rows, to_csv
 

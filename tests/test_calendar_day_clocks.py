@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from fhir_mapping.episodes import episode_clocks
-from gateway.pathway_demo import contact
+from gateway.pathways.demo import contact
 from tests.test_pathway_api import _tasks, operate, tt_episode
 
 RECEIVED = "2026-10-10T09:00:00+01:00"  # BST; the clocks go back on 25 October, so day 28 (7 November) is GMT

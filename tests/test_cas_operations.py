@@ -51,7 +51,7 @@ def test_breach_status_walks_green_amber_red_black_CAS_09(client, clock) -> None
 
 def test_one_safety_call_per_amber_or_red_case_per_interval_CAS_09(client, app, clock) -> None:
     """CAS-09: every amber and red case gets a safety call; hourly (rule file) while it stays amber or red."""
-    from gateway.safety_calls import tick
+    from gateway.cas.safety_calls import tick
 
     task = new_case(client)  # breach 15:15: amber from 14:15
     sessions, registry = app.state.sessions, app.state.registry
@@ -69,7 +69,7 @@ def test_one_safety_call_per_amber_or_red_case_per_interval_CAS_09(client, app, 
 
 def test_safety_call_finding_new_concern_sets_urgent_cn_review_and_completes_the_call_CAS_10(client, app) -> None:
     """CAS-10: a safety call that finds new or worsening concern -> Urgent CN Review."""
-    from gateway.safety_calls import tick
+    from gateway.cas.safety_calls import tick
 
     task = new_case(client)
     (call_id,) = tick(app.state.sessions, app.state.registry, NOW.replace(hour=14, minute=20))

@@ -46,7 +46,7 @@ def test_round_trip_a_111_case_exported_updated_in_cleo_shows_the_consultation_a
 def _consultation_encounter(client, task: dict[str, Any]) -> str:  # type: ignore[no-untyped-def]
     from sqlalchemy import select
 
-    from gateway.store.models import ResourceRow
+    from gateway.platform.store.models import ResourceRow
 
     with client.app.state.sessions() as session:
         rows = session.execute(select(ResourceRow).where(ResourceRow.resource_type == "Encounter")).scalars()

@@ -63,7 +63,7 @@ def test_different_cases_for_one_patient_racing_all_land(server_url, stored, all
 _HOLD_WRITE_LOCK = """
 import sys, time
 from sqlalchemy import text
-from gateway.store.db import make_engine, write_transaction
+from gateway.platform.store.db import make_engine, write_transaction
 from sqlalchemy.orm import sessionmaker
 with write_transaction(sessionmaker(make_engine(sys.argv[1]))) as session:
     session.execute(text("INSERT INTO turns (who) VALUES ('other process')"))
@@ -82,7 +82,7 @@ def test_sqlite_write_transactions_of_two_worker_processes_take_turns(tmp_path) 
     from sqlalchemy import text
     from sqlalchemy.orm import sessionmaker
 
-    from gateway.store.db import make_engine, write_transaction
+    from gateway.platform.store.db import make_engine, write_transaction
 
     url = f"sqlite:///{tmp_path / 'turns.db'}"
     engine = make_engine(url)
@@ -103,7 +103,7 @@ def test_sqlite_write_transactions_of_two_worker_processes_take_turns(tmp_path) 
 def test_pcmis_contacts_racing_on_one_episode_are_counted_under_its_lock_TT_12(server_url, app, all_scopes_key) -> None:  # type: ignore[no-untyped-def]
     """Step 2 allows 7 contacts without the supervisor's agreement: after the assessment, 7 treatment sessions
     sent at once (each its own export) leave exactly one refused by TT-12, whatever order they land in."""
-    from gateway.pathway_demo import gad7, phq9, referral
+    from gateway.pathways.demo import gad7, phq9, referral
     from tests.test_pathway_api import _pcmis, episode_of
 
     with httpx.Client(timeout=60, headers=bearer(all_scopes_key)) as http:
@@ -131,7 +131,7 @@ def test_pcmis_contacts_racing_on_one_episode_are_counted_under_its_lock_TT_12(s
     refused = [r for r in rows if "issues" in r]
     assert len(refused) == 1 and "TT-12" in refused[0]["issues"][0]["diagnostics"]
     with app.state.sessions() as session:
-        from gateway.store.repo import ResourceQuery, search_resources
+        from gateway.platform.store.repo import ResourceQuery, search_resources
 
         on_episode, _ = search_resources(session, ResourceQuery("Encounter", tokens=[("episode-of-care", None, episode)], count=100))
     assert len(on_episode) == 1 + len(sessions)  # every contact joined the episode; 7 recorded on it, the refused one not

@@ -70,7 +70,7 @@ def _collect(client) -> dict[str, Any]:  # type: ignore[no-untyped-def]
 
 def _cas_scenario(client) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     """Operations, safety calls, MHPL, Specialist Desk, risk level: what they emit."""
-    from gateway.safety_calls import tick
+    from gateway.cas.safety_calls import tick
     from tests.conftest import NOW, task_of
     from tests.test_cas_operations import op, params
 
@@ -104,7 +104,7 @@ def _pathway_scenario(client) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     """Every pathway fixture routed, then episode operations and clocks (PC and TT), so all they write is validated."""
     from datetime import datetime
 
-    from gateway.pathway_demo import contact
+    from gateway.pathways.demo import contact
 
     out: dict[str, Any] = {}
     episodes = {}
@@ -181,7 +181,7 @@ def _letters(client) -> dict[str, Any]:  # type: ignore[no-untyped-def]
 def _everything_stored(app) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     from sqlalchemy import select
 
-    from gateway.store.models import ResourceRow
+    from gateway.platform.store.models import ResourceRow
 
     with app.state.sessions() as session:
         return {f"stored-all-{r.resource_type}-{r.id}": json.loads(r.content) for r in session.execute(select(ResourceRow)).scalars()}
@@ -191,8 +191,8 @@ def _audit_trail(client, anonymous) -> dict[str, Any]:  # type: ignore[no-untype
     """Every AuditEvent the scenario left (creates, reads, searches, operations, refusals, a delivery), and a search of them."""
     from sqlalchemy import select
 
-    from gateway.audit import record_delivery
-    from gateway.store.models import AuditEventRow
+    from gateway.platform.audit import record_delivery
+    from gateway.platform.store.models import AuditEventRow
     from tests.conftest import NOW
 
     assert anonymous.get("/fhir/Task").status_code == 401

@@ -25,7 +25,7 @@ import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
 from gateway.api.app import create_app
-from gateway.clock import FixedClock
+from gateway.platform.clock import FixedClock
 from tests.conftest import NOW, ROOT, add_test_client, bearer, fixture_bytes, gateway_settings, serving, task_of
 from tests.letter_helpers import completed_case, write_routing
 

@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from adapters.hl7v2 import frame
-from gateway.clock import FixedClock
+from gateway.cas.safety_calls import tick
 from gateway.console_data import (
     ChannelCounts,
     channel_counts,
@@ -27,10 +27,10 @@ from gateway.console_data import (
     queue_colours,
     waitlist_summary,
 )
-from gateway.safety_calls import tick
-from gateway.security.principal import Principal, acting
-from gateway.store.models import AuditEventRow
-from gateway.store.visibility import bind_reads
+from gateway.platform.clock import FixedClock
+from gateway.platform.security.principal import Principal, acting
+from gateway.platform.store.models import AuditEventRow
+from gateway.platform.store.visibility import bind_reads
 from tests.conftest import NOW, ROOT, fixture_bytes
 from tests.letter_helpers import completed_case, make_deliverer
 from tests.test_hl7v2 import read_acks, rio, running_mllp
@@ -168,7 +168,7 @@ def test_a_bound_service_sees_only_its_own_messages(app: Any, client: Any, clien
         everyone = message_log(session).entries
     assert [(e.outcome, e.message_id) for e in bnssg] == [("accepted", "NHS111-BNSSG-20261123-0001")]
     assert [(e.outcome, e.message_id) for e in bsw] == [("refused", "NHS111-BSW-REFUSED")]
-    assert bsw[0].client_name is None  # a bound session reads no clients (gateway.store.visibility)
+    assert bsw[0].client_name is None  # a bound session reads no clients (gateway.platform.store.visibility)
     assert len(everyone) == 3
     assert counts_of(app, "nhs111-case", service="bsw").refused == 1 and counts_of(app, "nhs111-case", service="bsw").accepted == 0
     assert counts_of(app, "nhs111-case", service="bnssg").accepted == 1

@@ -15,9 +15,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from gateway.api.app import create_app
-from gateway.clock import FixedClock
-from gateway.security.clients import revoke_client
-from gateway.store.models import AuditEntityRow, AuditEventRow
+from gateway.platform.clock import FixedClock
+from gateway.platform.security.clients import revoke_client
+from gateway.platform.store.models import AuditEntityRow, AuditEventRow
 from tests.conftest import NOW, add_test_client, fixture_bytes, task_of
 
 EVERY_PAGE = {"cas:operate", "reports:read", "outbox:read", "outbox:operate", "audit:read", "messages:read"}

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-import gateway.security.clients
-from gateway.security.guessing import FailedChecks
+import gateway.platform.security.clients
+from gateway.platform.security.guessing import FailedChecks
 from tests.conftest import add_test_client, bearer, metric_value
 
 LIMIT = 3
@@ -73,13 +73,13 @@ def test_a_guess_costs_one_scrypt_whether_or_not_its_key_id_exists_and_a_repeat_
     """Uniform work: the same slow check (scrypt with the same cost parameters) for an unknown key id, a revoked or
     unknown client and a wrong secret for a known one; a failed credential sent again within the window is not checked."""
     checked: list[str] = []
-    verify = gateway.security.clients.verify_secret
+    verify = gateway.platform.security.clients.verify_secret
 
     def counting(secret: str, stored: str) -> bool:
         checked.append(stored.rsplit("$", 2)[0])  # scheme, n, r, p: the cost
         return verify(secret, stored)
 
-    monkeypatch.setattr(gateway.security.clients, "verify_secret", counting)
+    monkeypatch.setattr(gateway.platform.security.clients, "verify_secret", counting)
     key = add_test_client(guarded, {"fhir:read"})
     with TestClient(guarded) as anyone:
         assert anyone.get("/queue", headers=bearer(_guess(key, 1))).status_code == 401  # known key id, wrong secret

@@ -1,4 +1,4 @@
-"""Writes kept for the commit (gateway.store.deferred): fewer round trips to PostgreSQL, and nothing else changes."""
+"""Writes kept for the commit (gateway.platform.store.deferred): fewer round trips to PostgreSQL, and nothing else changes."""
 
 from __future__ import annotations
 
@@ -17,11 +17,11 @@ from sqlalchemy import bindparam, event, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from gateway.api.app import create_app
-from gateway.clock import FixedClock
-from gateway.store.db import write_transaction
-from gateway.store.deferred import defer
-from gateway.store.models import InboundMessage, ResourceRow
-from gateway.store.repo import find_by_identifier, get_resource, put_resources
+from gateway.platform.clock import FixedClock
+from gateway.platform.store.db import write_transaction
+from gateway.platform.store.deferred import defer
+from gateway.platform.store.models import InboundMessage, ResourceRow
+from gateway.platform.store.repo import find_by_identifier, get_resource, put_resources
 from tests.conftest import NOW, add_test_client, bearer, empty_postgres, fixture_json, gateway_settings
 
 NHS = "https://fhir.nhs.uk/Id/nhs-number"
@@ -100,7 +100,7 @@ def test_a_referrals_writes_reach_postgresql_together_with_its_commit(pg_url: st
 
 
 def test_a_big_batchs_kept_rows_all_arrive(app: Any) -> None:
-    """More rows than one multi-row INSERT takes (gateway.store.deferred._MOST_ROWS): every one stored, on both stores."""
+    """More rows than one multi-row INSERT takes (gateway.platform.store.deferred._MOST_ROWS): every one stored, on both stores."""
     patients = [(_patient(f"many-{n}", f"999{n:07d}"), None) for n in range(1234)]
     with write_transaction(app.state.sessions) as session:
         put_resources(session, patients, NOW)
@@ -139,7 +139,7 @@ def test_a_write_kept_for_the_commit_is_seen_by_the_transactions_next_read(app: 
 
 def test_a_kept_write_that_fails_fails_its_commit_and_nothing_of_its_transaction_is_stored(app: Any) -> None:
     """A duplicate message id met at the commit, not at the insert: the same IntegrityError, and the whole transaction
-    rolled back (a racing copy of a message is answered from this, gateway.messages)."""
+    rolled back (a racing copy of a message is answered from this, gateway.platform.messages)."""
     with write_transaction(app.state.sessions) as session:
         defer(session.connection(), _INSERT_INBOUND, [_inbound("m-1")])
     with pytest.raises(IntegrityError), write_transaction(app.state.sessions) as session:

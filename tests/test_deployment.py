@@ -11,8 +11,8 @@ import re
 
 import yaml
 
-from gateway.security.scopes import ROUTES, SCOPES
-from gateway.settings import Settings
+from gateway.platform.security.scopes import ROUTES, SCOPES
+from gateway.platform.settings import Settings
 from tests.conftest import ROOT
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())

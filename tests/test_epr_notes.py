@@ -24,8 +24,8 @@ import yaml
 
 from adapters.hl7v2 import Hl7Error, MllpFramer, build_ack, frame, parse_hl7
 from fhir_mapping.hl7v2_notes import NoteEnvelope, build_note_message
-from gateway.rules.sender_schema import load_senders
-from gateway.settings import Settings
+from gateway.epr.rules.sender_schema import load_senders
+from gateway.platform.settings import Settings
 from tests.conftest import NOW, ROOT, fixture_bytes, gateway_settings, task_of
 from tests.letter_helpers import make_deliverer, outbox
 from tests.test_cas_operations import new_case, op
@@ -159,7 +159,7 @@ def deliver_notes(worker) -> list[str]:  # type: ignore[no-untyped-def]
 def worker_note_ids(worker) -> set[str]:  # type: ignore[no-untyped-def]
     from sqlalchemy import select
 
-    from gateway.store.models import OutboxRow
+    from gateway.platform.store.models import OutboxRow
 
     with worker.sessions() as session:
         return set(session.execute(select(OutboxRow.id).where(OutboxRow.recipient_kind == "epr")).scalars())

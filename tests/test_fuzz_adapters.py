@@ -94,8 +94,8 @@ def _fuzz(source: str, examples: int) -> None:
 @cache
 def intake_mapping(source: str) -> Callable[[bytes], dict[str, Any]]:
     """The intake's offline mapping (adapter, rules, FHIR mapping, Bundle) of the "nhs111" or "bars" samples."""
-    from gateway.intake import CHANNEL_BARS, CHANNEL_NHS111, map_offline
-    from gateway.rules.schema import load_rules
+    from gateway.cas.intake import CHANNEL_BARS, CHANNEL_NHS111, map_offline
+    from gateway.cas.rules.schema import load_rules
     from tests.conftest import NOW
 
     registry, kind = load_rules(), {"nhs111": CHANNEL_NHS111, "bars": CHANNEL_BARS}[source]

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.intake import map_offline
-from gateway.rules.schema import load_rules
+from gateway.cas.intake import map_offline
+from gateway.cas.rules.schema import load_rules
 from tests.conftest import FIXTURES
 
 RECEIVED_AT = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)

@@ -1,4 +1,4 @@
-"""Group commit on SQLite (gateway.store.group_commit): messages waiting for the writer share one commit,
+"""Group commit on SQLite (gateway.platform.store.group_commit): messages waiting for the writer share one commit,
 each with its own reply and its own AuditEvent, a failing one fails alone, and a failed shared COMMIT stores none
 of its messages and answers none of them from it. Over real HTTP."""
 
@@ -19,9 +19,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import event, text
 
 from gateway.api.app import create_app
-from gateway.store.db import group_commit, make_engine, make_sessionmaker
-from gateway.store.group_commit import GroupCommit
-from gateway.store.repo import count_rows
+from gateway.platform.store.db import group_commit, make_engine, make_sessionmaker
+from gateway.platform.store.group_commit import GroupCommit
+from gateway.platform.store.repo import count_rows
 from tests.conftest import (
     ALL_SCOPES,
     add_test_client,

@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 
 import adapters.hl7v2
 from adapters.hl7v2 import MLLP_END, MLLP_START, Hl7Error, MllpFramer, frame, parse_hl7
-from gateway.mllp import PortInUse, start_mllp_server
-from gateway.settings import Settings
+from gateway.epr.mllp import PortInUse, start_mllp_server
+from gateway.platform.settings import Settings
 from tests.conftest import ROOT, fixture_bytes, metric_value, refusing_nhs_numbers, task_of
 from tests.test_cas_operations import op
 
@@ -74,7 +74,7 @@ def test_ref_i12_becomes_a_service_request_and_notes_become_documents(client) ->
 def _id(client, rtype: str, nhs: str) -> str:  # type: ignore[no-untyped-def]
     from sqlalchemy import select
 
-    from gateway.store.models import ResourceRow
+    from gateway.platform.store.models import ResourceRow
 
     pid = patient(client, nhs)["id"]
     with client.app.state.sessions() as session:

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from adapters.hl7v2 import Hl7Error, Hl7Reading, MllpFramer, frame, parse_hl7
 from adapters.hl7v2_fields import escape, unescape
-from fhir_mapping.datetimes import LocalTimeMissing, parse_hl7_time
+from common.datetimes import LocalTimeMissing, parse_hl7_time
 from tests.conftest import ROOT
 from tests.test_hl7v2 import mllp_port, msa  # noqa: F401 - the MLLP listener fixture
 

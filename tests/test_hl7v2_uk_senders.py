@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from gateway.store.models import InboundMessage
+from gateway.platform.store.models import InboundMessage
 from tests.conftest import ROOT
 
 UK = ROOT / "fixtures" / "uk-hl7v2"
@@ -33,7 +33,7 @@ def patients(client: Any, identifier: str) -> list[dict[str, Any]]:
 
 
 def every_patient(app: Any) -> list[str]:
-    from gateway.store.models import ResourceRow
+    from gateway.platform.store.models import ResourceRow
 
     with app.state.sessions() as session:
         return list(session.execute(select(ResourceRow.id).where(ResourceRow.resource_type == "Patient")).scalars())
@@ -143,7 +143,7 @@ def test_an_update_about_an_unknown_patient_creates_it_and_a_registration_of_a_k
 
 
 def test_a_message_type_the_senders_profile_does_not_allow_is_AR(client, app, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from gateway.rules.sender_schema import load_senders
+    from gateway.epr.rules.sender_schema import load_senders
 
     (tmp_path / "pas-only.yaml").write_text("id: pas-only\nname: ADT only\nmatch: {sending_facility: [RVN]}\nmessage_types: [ADT^A04]\n")
     app.state.hl7.senders = load_senders(tmp_path)

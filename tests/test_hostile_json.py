@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 from jwt.api_jws import PyJWS
 
 from adapters.jsonparse import MAX_DEPTH
-from gateway.security.clients import add_client
+from gateway.platform.security.clients import add_client
 from tests.conftest import NOW, ROOT, bars_headers, issues
 from tests.hostile import filled_paths
 from tests.test_cas_operations import new_case

@@ -1,4 +1,4 @@
-"""gateway.store.jsontext: the one encoder of stored and sent JSON writes what the standard library would."""
+"""gateway.platform.store.jsontext: the one encoder of stored and sent JSON writes what the standard library would."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from gateway.store.jsontext import dumps
+from gateway.platform.store.jsontext import dumps
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -57,7 +57,7 @@ def _imported(name: str, path: Path) -> Iterator[str]:
                 base = ".".join(package[: len(package) - node.level + 1] + ([base] if base else []))
             targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in MODULES else base for alias in node.names]
         for target in targets:
-            while target and target not in MODULES:  # `import gateway.store.db` names a module; a name in it, its module
+            while target and target not in MODULES:  # `import gateway.platform.store.db` names a module; a name in it, its module
                 target = target.rpartition(".")[0]
             if target and target != name:
                 yield target
@@ -104,9 +104,9 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_the_layout_check_reads_the_packages_and_their_imports() -> None:
     """The checks below see what they check: the packages' modules, and imports written each way."""
-    assert {"adapters.bars", "common.datetimes", "fhir_mapping.provenance", "gateway.store.db", "gateway.cli"} <= set(MODULES)
+    assert {"adapters.bars", "common.datetimes", "fhir_mapping.provenance", "gateway.platform.store.db", "gateway.cli"} <= set(MODULES)
     assert "common.datetimes" in GRAPH["adapters.bars"]  # module level, `from x.y import name`
-    assert "gateway.store.group_commit" in GRAPH["gateway.store.db"]  # inside a function
+    assert "gateway.platform.store.group_commit" in GRAPH["gateway.platform.store.db"]  # inside a function
     assert "gateway.cli.clients" in GRAPH["gateway.cli"]  # `from package import submodule`
     loop = {"a": {"b"}, "b": {"c"}, "c": {"a", "d"}, "d": set(), "e": {"a"}}
     assert _cycles(loop) == [["a", "b", "c"]]

@@ -7,7 +7,7 @@ from datetime import timedelta
 from typing import Any
 
 from fhir_mapping.ids import resource_id
-from gateway.outbox.worker import OUTBOX_TASK_SYSTEM
+from gateway.letters.outbox.worker import OUTBOX_TASK_SYSTEM
 from tests.conftest import metric_value
 from tests.letter_helpers import completed_case, outbox
 from tests.mesh_sandbox import GATEWAY_MAILBOX, PRACTICE_MAILBOX

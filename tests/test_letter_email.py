@@ -19,8 +19,8 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from pypdf import PdfReader
 
-from gateway.outbox.smtp_out import EMAIL_ROUTE
-from gateway.store.repo import get_resource, put_resource
+from gateway.letters.outbox.smtp_out import EMAIL_ROUTE
+from gateway.platform.store.repo import get_resource, put_resource
 from tests.conftest import NOW, free_port
 from tests.letter_helpers import make_deliverer, outbox, write_routing
 from tests.test_pathway_api import tt_episode

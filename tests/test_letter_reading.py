@@ -20,7 +20,7 @@ def _text(letter: dict[str, Any]) -> str:
 
 def _pathway_letter(client, **referral_args: Any) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     """A Talking Therapies episode (Mid-Essex) and its $progress-letter (TT-14): the letter as stored."""
-    from gateway.pathway_demo import gad7, phq9, referral
+    from gateway.pathways.demo import gad7, phq9, referral
 
     body = referral(
         "north-essex-mid",

@@ -16,7 +16,7 @@ from typing import Any
 
 from fhir_mapping.letters.itk3 import ItkContext, itk3_message_json
 from fhir_mapping.letters.types import letter_types
-from gateway.pathway_demo import contact, referral
+from gateway.pathways.demo import contact, referral
 from tests.conftest import fixture_bytes, task_of
 from tests.letter_helpers import fhir_validate, outbox, params
 from tests.test_letter_specs import _systems
@@ -113,7 +113,7 @@ def test_the_signposting_letter_tells_the_client_where_to_go_PC_13(client, tmp_p
 
 
 def _tt_episode(client, ref: str, nhs_number: str = "9990000174") -> str:  # type: ignore[no-untyped-def]
-    from gateway.pathway_demo import gad7, phq9
+    from gateway.pathways.demo import gad7, phq9
 
     received = "2026-11-02T10:00:00+00:00"
     body = referral("north-essex-mid", ref, received, "1990-01-01", nhs_number=nhs_number, practice="L81001", responses=(phq9(12), gad7(6)))

@@ -223,7 +223,7 @@ def test_mesh_down_for_the_first_attempts_delivers_once_when_it_returns(app, cli
 
 def test_pathway_progress_letter_reaches_the_practice_with_the_latest_scores_TT_14(app, client, clock, mesh, tmp_path) -> None:
     """The pathway rules' letters (issue 6) go through the outbox: a TT progress letter with the latest PHQ-9 and GAD-7."""
-    from gateway.pathway_demo import gad7, phq9, referral
+    from gateway.pathways.demo import gad7, phq9, referral
 
     body = referral(
         "north-essex-mid", "R-LETTER", "2026-11-02T10:00:00+00:00", "1990-01-01", practice="L81001", responses=(phq9(12), gad7(6))
@@ -248,7 +248,7 @@ def test_pathway_progress_letter_reaches_the_practice_with_the_latest_scores_TT_
 
 
 def test_self_referral_that_refused_gp_contact_gets_no_pathway_letter_to_the_gp_TT_02_TT_14(app, client, clock, mesh, tmp_path) -> None:
-    from gateway.pathway_demo import gad7, phq9, referral
+    from gateway.pathways.demo import gad7, phq9, referral
 
     body = referral(
         "north-essex-mid",

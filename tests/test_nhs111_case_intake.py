@@ -8,9 +8,9 @@ from datetime import timedelta
 import pytest
 
 from adapters.nhs111_case import parse_nhs111_case
-from fhir_mapping.datetimes import parse_source_datetime
-from gateway.rules.cas_intake import QueueDecision, decide_intake
-from gateway.rules.schema import RuleRegistry, load_rules
+from common.datetimes import parse_source_datetime
+from gateway.cas.rules.intake import QueueDecision, decide_intake
+from gateway.cas.rules.schema import RuleRegistry, load_rules
 from tests.conftest import fixture_bytes, fixture_json, task_of
 
 RULES = load_rules()

@@ -2,7 +2,7 @@
 and PostgreSQL alike.
 
 No standard caps a sender's ids at the store's column sizes (HL7 v2.5 allows a 199-character MSH-10; an EI in
-OBR-3 or TXA-12 may be longer), nor keeps a NUL out of them. Before gateway/store/keys.py, PostgreSQL answered
+OBR-3 or TXA-12 may be longer), nor keeps a NUL out of them. Before gateway/platform/store/keys.py, PostgreSQL answered
 such a message 500 while SQLite took it. Now such an id or identifier is indexed by its digest: taken,
 de-duplicated and found like any other. JSON's lone surrogate escapes ("\ud800") are refused naming the element
 (adapters/jsonparse.py): no UTF-8 store or reply can hold one.
@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 
-from gateway.pathway_demo import contact
-from gateway.store.db import migrate
-from gateway.store.keys import identifier_key, message_key
+from gateway.pathways.demo import contact
+from gateway.platform.store.db import migrate
+from gateway.platform.store.keys import identifier_key, message_key
 from tests.conftest import ROOT, bars_headers, issues
 from tests.letter_helpers import letter_request, pcmis_contacts
 from tests.test_cas_operations import new_case, params

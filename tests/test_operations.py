@@ -10,8 +10,8 @@ import respx
 from alembic import command
 from sqlalchemy import create_engine
 
-from gateway.rules.schema import RuleRegistry
-from gateway.store.db import alembic_config
+from gateway.cas.rules.schema import RuleRegistry
+from gateway.platform.store.db import alembic_config
 from tests.conftest import ALL_SCOPES, NOW, add_test_client, bars_headers, fixture_bytes, free_port, issues, metric_value, serving
 from tests.letter_helpers import completed_case, make_deliverer, outbox, write_routing
 
@@ -49,7 +49,7 @@ def test_not_ready_until_the_migrations_are_at_head(app, anonymous) -> None:
     assert response.status_code == 503
     ((_, element, diagnostics),) = issues(response.json())
     assert element == "database.schema" and "iap-gateway migrate" in diagnostics and "0002" in diagnostics
-    from gateway.store.db import migrate
+    from gateway.platform.store.db import migrate
 
     migrate(app.state.engine)
     assert anonymous.get("/readyz").status_code == 200
@@ -153,7 +153,7 @@ def test_a_served_app_leaves_its_start_up_objects_out_of_the_collectors_scans(se
     walk the ~240,000 objects of the FHIR models and rule files (they held a worker 15-150 ms: bench/README.md)."""
     import gc
 
-    from fhir_mapping.datetimes import _england_bank_holidays
+    from common.datetimes import _england_bank_holidays
     from gateway.api.app import served_app
 
     monkeypatch.setenv("DATABASE_URL", settings.database_url)

@@ -14,11 +14,11 @@ import httpx
 import pytest
 import respx
 
-from fhir_mapping.datetimes import parse_source_datetime
+from common.datetimes import parse_source_datetime
 from fhir_mapping.pcmis import CLIENT_COPY_ACTION, consent_id
-from gateway.outbox import store
-from gateway.outbox.worker import RetryPolicy
-from gateway.store.repo import ResourceQuery, get_resource, put_resource, search_resources
+from gateway.letters.outbox import store
+from gateway.letters.outbox.worker import RetryPolicy
+from gateway.platform.store.repo import ResourceQuery, get_resource, put_resource, search_resources
 from tests.conftest import NOW
 from tests.letter_helpers import completed_case, letter_request, make_deliverer, outbox, pcmis_contacts, write_routing
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from fhir_mapping.datetimes import to_fhir_instant
-from gateway.pathway_demo import contact, gad7, phq9, referral
+from common.datetimes import to_fhir_instant
+from gateway.pathways.demo import contact, gad7, phq9, referral
 from tests.conftest import NOW, ROOT
 from tests.test_pcmis import rows, to_csv
 
@@ -90,7 +90,7 @@ def test_urgent_self_referral_makes_a_duty_screening_task_and_records_the_gp_wis
 def _all(client, rtype: str) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
     from sqlalchemy import select
 
-    from gateway.store.models import ResourceRow
+    from gateway.platform.store.models import ResourceRow
 
     with client.app.state.sessions() as session:
         rows_ = session.execute(select(ResourceRow).where(ResourceRow.resource_type == rtype)).scalars()

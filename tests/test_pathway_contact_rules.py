@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from gateway.pathway_demo import contact, gad7, phq9, referral
+from gateway.pathways.demo import contact, gad7, phq9, referral
 from tests.conftest import NOW
 from tests.test_pathway_api import _all, _explained, _tasks, episode_of, operate, route, tt_episode
 
@@ -145,7 +145,7 @@ def _other_patient(client, received: str) -> str:  # type: ignore[no-untyped-def
 def _agree_email(app, episode: str) -> None:  # type: ignore[no-untyped-def]
     """TT-15: the patient's contact preferences permit email (as a PCMIS row or a self-referral records them)."""
     from fhir_mapping.pcmis import contact_preferences
-    from gateway.store.repo import get_resource, put_resource
+    from gateway.platform.store.repo import get_resource, put_resource
 
     with app.state.sessions.begin() as session:
         stored = get_resource(session, "EpisodeOfCare", episode)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.pathway_demo import gad7, phq9, referral
+from gateway.pathways.demo import gad7, phq9, referral
 from tests.conftest import fixture_bytes, issues, task_of
 from tests.test_pathway_api import route
 from tests.test_questionnaire_api import NHS as CASE_NHS

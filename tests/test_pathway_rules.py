@@ -11,11 +11,11 @@ import yaml
 
 from adapters.pathway_referral import parse_pathway_referral
 from adapters.problems import GatewayInputError, Kind
-from gateway.pathway_demo import gad7, phq9, referral
-from gateway.rules.pathway_clocks import Pc08Facts, due_time, pc08_stop_time
-from gateway.rules.pathway_routing import MeasureFact, route_referral
-from gateway.rules.pathway_schema import load_pathways
-from gateway.rules.schema import RuleFileError
+from gateway.cas.rules.schema import RuleFileError
+from gateway.pathways.demo import gad7, phq9, referral
+from gateway.pathways.rules.clocks import Pc08Facts, due_time, pc08_stop_time
+from gateway.pathways.rules.routing import MeasureFact, route_referral
+from gateway.pathways.rules.schema import load_pathways
 
 REGISTRY = load_pathways()
 RECEIVED = "2026-11-23T12:00:00+00:00"
@@ -237,7 +237,7 @@ def test_every_locality_has_its_rule_file_with_a_version() -> None:
 
 
 def test_a_rule_change_is_a_data_change_TT_01(tmp_path: Path) -> None:
-    folder = Path(__file__).resolve().parent.parent / "gateway" / "rules" / "pathways"
+    folder = Path(__file__).resolve().parent.parent / "gateway" / "pathways" / "rules" / "pathways"
     for path in folder.glob("*.yaml"):
         (tmp_path / path.name).write_text(path.read_text())
     mid = tmp_path / "north-essex-mid.yaml"
@@ -260,7 +260,7 @@ def test_a_rule_change_is_a_data_change_TT_01(tmp_path: Path) -> None:
     ],
 )
 def test_a_bad_rule_file_stops_loading_naming_the_field(tmp_path: Path, edit, message: str) -> None:  # type: ignore[no-untyped-def]
-    folder = Path(__file__).resolve().parent.parent / "gateway" / "rules" / "pathways"
+    folder = Path(__file__).resolve().parent.parent / "gateway" / "pathways" / "rules" / "pathways"
     base = yaml.safe_load((folder / "north-essex.base.yaml").read_text())
     local = yaml.safe_load((folder / "north-essex-mid.yaml").read_text())
     local.pop("extends")
@@ -273,7 +273,7 @@ def test_a_bad_rule_file_stops_loading_naming_the_field(tmp_path: Path, edit, me
 
 
 def test_a_primary_care_file_asking_for_more_outcome_measures_than_it_lists_is_refused_PC_14(tmp_path: Path) -> None:
-    folder = Path(__file__).resolve().parent.parent / "gateway" / "rules" / "pathways"
+    folder = Path(__file__).resolve().parent.parent / "gateway" / "pathways" / "rules" / "pathways"
     merged = yaml.safe_load((folder / "rdash.base.yaml").read_text()) | yaml.safe_load((folder / "rdash-rotherham.yaml").read_text())
     merged.pop("extends")
     (tmp_path / "rdash-rotherham.yaml").write_text(yaml.safe_dump(merged | {"baseline_measures": ["gbo"]}))

@@ -57,7 +57,7 @@ def test_a_dna_contact_is_a_cancelled_encounter_and_consents_are_recorded_TT_15(
     consent_ref = next(r for r in reply["rows"][0]["resources"] if r.startswith("Consent/"))
     from sqlalchemy import select
 
-    from gateway.store.models import ResourceRow
+    from gateway.platform.store.models import ResourceRow
 
     with client.app.state.sessions() as session:
         consent = session.execute(select(ResourceRow.content).where(ResourceRow.id == consent_ref.split("/")[1])).scalar_one()

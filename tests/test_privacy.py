@@ -23,8 +23,8 @@ import httpx
 import pytest
 
 from adapters.hl7v2 import frame
-from gateway.security.clients import add_client
-from gateway.store.db import make_engine, make_sessionmaker, migrate
+from gateway.platform.security.clients import add_client
+from gateway.platform.store.db import make_engine, make_sessionmaker, migrate
 from tests.conftest import BARS_EXAMPLES, FIXTURES, ROOT, RUN_LOG, bars_headers, bearer, free_port, refusing_nhs_numbers
 from tests.test_cli import wait_healthy
 from tests.test_hl7v2 import read_acks

@@ -17,8 +17,8 @@ from sqlalchemy import select, text
 
 from adapters.hl7v2 import frame
 from gateway.api.app import create_app
-from gateway.clock import FixedClock
-from gateway.store.models import QuarantinedMessage, ResentMessage
+from gateway.platform.clock import FixedClock
+from gateway.platform.store.models import QuarantinedMessage, ResentMessage
 from tests.conftest import (
     ALL_SCOPES,
     NOW,

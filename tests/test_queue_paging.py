@@ -15,10 +15,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Table, create_engine, insert, text
 
 from gateway.api.app import create_app
-from gateway.queue_summary import RISK_SYSTEM, risk_level_observation
-from gateway.store.db import make_engine, migrate
-from gateway.store.models import ResourceRow, TokenRow
-from gateway.store.repo import sortable_task_params
+from gateway.cas.queue_summary import RISK_SYSTEM, risk_level_observation
+from gateway.platform.store.db import make_engine, migrate
+from gateway.platform.store.models import ResourceRow, TokenRow
+from gateway.platform.store.repo import sortable_task_params
 from tests.conftest import ALL_SCOPES, NOW, PG_ADMIN_URL, add_test_client, bearer, fixture_json, gateway_settings, issues, task_of
 from tests.test_cas_operations import op
 
@@ -183,9 +183,9 @@ def test_the_open_queue_indexes_hold_exactly_the_cases_the_queue_reads() -> None
     the same statuses: were they to drift apart, the queue would read past its indexes, or miss cases."""
     from sqlalchemy.dialects import postgresql
 
-    from gateway.store.models import OPEN_CAS_CASE
-    from gateway.store.queue_index import open_cases
-    from gateway.store.repo import ACTIVE_TASK_STATUSES
+    from gateway.platform.store.models import OPEN_CAS_CASE
+    from gateway.platform.store.queue_index import open_cases
+    from gateway.platform.store.repo import ACTIVE_TASK_STATUSES
 
     assert OPEN_CAS_CASE.endswith("status IN (" + ", ".join(f"'{s}'" for s in ACTIVE_TASK_STATUSES) + ")")
     written = str(open_cases(ResourceRow.__table__).compile(dialect=postgresql.dialect()))

@@ -10,10 +10,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from adapters.referral import normalise_dx
-from fhir_mapping.datetimes import add_working_days
+from common.datetimes import add_working_days
 from gateway.api.app import create_app
-from gateway.rules.schema import DEFAULT_RULES_DIR, RuleFileError, load_rules
-from gateway.settings import Settings
+from gateway.cas.rules.schema import DEFAULT_RULES_DIR, RuleFileError, load_rules
+from gateway.platform.settings import Settings
 from tests.conftest import ALL_SCOPES, add_test_client, bearer, fixture_bytes, task_of
 
 

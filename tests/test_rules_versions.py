@@ -20,9 +20,9 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from gateway.api.app import create_app
+from gateway.cas.rules.schema import DEFAULT_RULES_DIR
 from gateway.cli import app as cli
-from gateway.clock import FixedClock
-from gateway.rules.schema import DEFAULT_RULES_DIR
+from gateway.platform.clock import FixedClock
 from tests.conftest import ALL_SCOPES, add_test_client, bearer, empty_postgres, fixture_json, gateway_settings, task_of
 
 CALL = datetime(2026, 11, 30, 6, 0, tzinfo=UTC)  # option2-standard: a 6-hour window, breach at 12:00

@@ -18,10 +18,10 @@ from sqlalchemy import create_engine, func, inspect, select, text
 from typer.testing import CliRunner
 
 from gateway.api.app import create_app
+from gateway.cas.rules.schema import DEFAULT_RULES_DIR, RuleFileError
 from gateway.cli import app as cli
-from gateway.clock import FixedClock
-from gateway.rules.schema import DEFAULT_RULES_DIR, RuleFileError
-from gateway.store.models import ResourceRow
+from gateway.platform.clock import FixedClock
+from gateway.platform.store.models import ResourceRow
 from tests.conftest import ALL_SCOPES, add_test_client, bars_headers, bearer, fixture_bytes, fixture_json, gateway_settings, task_of
 
 END = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)  # "now" for every what-if run below
@@ -238,7 +238,7 @@ def _versions(explained: dict[str, Any]) -> list[str]:
 
 
 def test_pathway_candidate_moving_the_tt08_clock_names_the_referral_TT_08(database_url: str, client: Any, tmp_path: Path) -> None:
-    base = Path(__file__).parent.parent / "gateway/rules/pathways/north-essex-north-east.yaml"
+    base = Path(__file__).parent.parent / "gateway/pathways/rules/pathways/north-essex-north-east.yaml"
     text_ = base.read_text(encoding="utf-8")
     live_version = text_.split('version: "', 1)[1].split('"', 1)[0]
     candidate = tmp_path / "north-essex-north-east.yaml"
@@ -278,7 +278,7 @@ def test_the_replay_transaction_refuses_any_write(app: Any) -> None:
 
 
 def test_a_sender_profile_has_no_version_and_each_activation_is_kept_by_content(database_url: str, tmp_path: Path) -> None:
-    from gateway.rules.sender_schema import DEFAULT_SENDERS_DIR
+    from gateway.epr.rules.sender_schema import DEFAULT_SENDERS_DIR
 
     live = tmp_path / "senders"
     shutil.copytree(DEFAULT_SENDERS_DIR, live)

@@ -21,8 +21,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi.testclient import TestClient
 from jwt.algorithms import RSAAlgorithm
 
-from gateway.security.clients import ClientError, add_client, revoke_client, rotate_api_key
-from gateway.security.scopes import ADMIN, DEFAULT_RULE, ROUTES, SCOPES, rule_for
+from gateway.platform.security.clients import ClientError, add_client, revoke_client, rotate_api_key
+from gateway.platform.security.scopes import ADMIN, DEFAULT_RULE, ROUTES, SCOPES, rule_for
 from tests.conftest import NOW, ROOT, bars_headers, bearer, fixture_bytes, issues, task_of
 from tests.letter_helpers import letter_request
 from tests.test_cas_operations import params
@@ -200,7 +200,7 @@ def test_rio_notes_from_a_bound_client_relate_only_to_its_services_cases(client,
 def _only_document(client: TestClient) -> str:
     from sqlalchemy import select
 
-    from gateway.store.models import ResourceRow
+    from gateway.platform.store.models import ResourceRow
 
     with client.app.state.sessions() as session:  # type: ignore[attr-defined]
         return session.execute(select(ResourceRow.id).where(ResourceRow.resource_type == "DocumentReference")).scalars().one()
@@ -264,7 +264,7 @@ def test_rotating_a_key_stops_the_old_one_and_revoking_stops_the_client(app, ano
 def test_keys_are_stored_hashed_never_in_clear(app) -> None:
     from sqlalchemy import select
 
-    from gateway.store.models import ApiClient
+    from gateway.platform.store.models import ApiClient
 
     with app.state.sessions.begin() as session:
         _, key = add_client(session, "hashed", frozenset({"fhir:read"}), NOW)
@@ -417,7 +417,7 @@ def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 
 def test_clients_add_prints_the_key_once_and_the_gateway_accepts_it(tmp_path: Path, clock) -> None:  # type: ignore[no-untyped-def]
     from gateway.api.app import create_app
-    from gateway.settings import Settings
+    from gateway.platform.settings import Settings
 
     env = {"DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}"}
     added = _cli("clients", "add", "nhs111-provider-x", "--scopes", "ingest:nhs111", env=env)

@@ -1,4 +1,4 @@
-"""HL7 v2 sender profiles (gateway/rules/senders/*.yaml): validated at load, matched by MSH-3/MSH-4 or peer, safe defaults."""
+"""HL7 v2 sender profiles (gateway/epr/rules/senders/*.yaml): validated at load, matched by MSH-3/MSH-4 or peer, safe defaults."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.rules.schema import RuleFileError
-from gateway.rules.sender_schema import UNKNOWN_SENDER, load_senders
+from gateway.cas.rules.schema import RuleFileError
+from gateway.epr.rules.sender_schema import UNKNOWN_SENDER, load_senders
 
 
 def test_the_shipped_profiles_load_and_rio_is_found_by_its_application_and_facility() -> None:

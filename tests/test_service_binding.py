@@ -1,6 +1,6 @@
 """Service binding on every read (issue 31, item 1): a client bound to a service sees only its service's data.
 
-The binding is applied below the routes (gateway.store.visibility), so the main test here walks every GET
+The binding is applied below the routes (gateway.platform.store.visibility), so the main test here walks every GET
 route and every `$operation` the OpenAPI description lists, as a bound client, with the ids of another
 service's resources: a route added later is walked without anyone remembering to add it.
 """
@@ -15,10 +15,10 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from gateway.rules.cas_ops import OPERATIONS
-from gateway.rules.pathway_steps import EPISODE_OPERATIONS
-from gateway.security.scopes import ADMIN, SCOPES
-from gateway.store.models import AuditEventRow, OutboxRow, ResourceRow
+from gateway.cas.rules.ops import OPERATIONS
+from gateway.pathways.rules.steps import EPISODE_OPERATIONS
+from gateway.platform.security.scopes import ADMIN, SCOPES
+from gateway.platform.store.models import AuditEventRow, OutboxRow, ResourceRow
 from tests.conftest import fixture_bytes, task_of
 from tests.letter_helpers import completed_case
 from tests.test_pathway_api import tt_episode

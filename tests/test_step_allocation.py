@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.pathway_demo import gad7, phq9, referral, wsas
+from gateway.pathways.demo import gad7, phq9, referral, wsas
 from tests.test_pathway_api import param, route
 
 

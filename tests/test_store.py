@@ -14,9 +14,9 @@ from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 
-from gateway.store import db
-from gateway.store.models import Base
-from gateway.store.repo import first_versions, get_resource, put_resource, put_resources
+from gateway.platform.store import db
+from gateway.platform.store.models import Base
+from gateway.platform.store.repo import first_versions, get_resource, put_resource, put_resources
 from tests.conftest import NOW, PG_ADMIN_URL, empty_postgres
 
 
@@ -70,7 +70,7 @@ def test_first_versions_made_ahead_store_exactly_what_the_transaction_would(app:
 
 
 def test_migrating_twice_is_harmless(app: Any) -> None:
-    from gateway.store.db import migrate
+    from gateway.platform.store.db import migrate
 
     migrate(app.state.engine)
     migrate(app.state.engine)

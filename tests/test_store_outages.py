@@ -26,7 +26,7 @@ from sqlalchemy import create_engine, text
 
 from adapters.hl7v2 import frame
 from gateway.api.app import create_app
-from gateway.clock import FixedClock
+from gateway.platform.clock import FixedClock
 from tests.conftest import (
     ALL_SCOPES,
     NOW,

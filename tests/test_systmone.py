@@ -16,7 +16,7 @@ def post(client, body: bytes):  # type: ignore[no-untyped-def]
 def _resources(client, refs: list[str], rtype: str) -> list[dict]:  # type: ignore[no-untyped-def,type-arg]
     from sqlalchemy import select
 
-    from gateway.store.models import ResourceRow
+    from gateway.platform.store.models import ResourceRow
 
     ids = [r.split("/")[1] for r in refs if r.startswith(rtype + "/")]
     with client.app.state.sessions() as session:

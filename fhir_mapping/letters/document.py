@@ -13,9 +13,9 @@ import json
 from datetime import datetime
 from typing import Any
 
-from fhir_mapping import codes
+from common import codes
+from common.datetimes import to_fhir_instant
 from fhir_mapping.bundles import bundle_of
-from fhir_mapping.datetimes import to_fhir_instant
 from fhir_mapping.ids import resource_id
 from fhir_mapping.letters.request import LetterRequest
 from fhir_mapping.letters.types import LETTER_TYPE_SYSTEM

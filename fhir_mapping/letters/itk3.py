@@ -21,7 +21,7 @@ from typing import Any
 
 from fhir.resources.STU3.bundle import Bundle as Stu3Bundle
 
-from fhir_mapping import codes
+from common import codes
 from fhir_mapping.ids import resource_id
 
 __all__ = [

@@ -1,5 +1,5 @@
 """ITK3 responses (event ITK008M) as a GP system sends them back: infrastructure (2xxxx) and business (3xxxx)
-acknowledgements, read by the outbox (gateway/outbox/acks.py)."""
+acknowledgements, read by the outbox (gateway/letters/outbox/acks.py)."""
 
 from __future__ import annotations
 

@@ -19,8 +19,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from adapters.problems import GatewayInputError, Kind, ProblemList
-from fhir_mapping import codes
-from fhir_mapping.datetimes import parse_source_datetime
+from common import codes
+from common.datetimes import parse_source_datetime
 from fhir_mapping.fhir import CommunicationRequest
 from fhir_mapping.letters.types import LETTER_TYPE_SYSTEM, LetterType, letter_types
 

@@ -15,8 +15,8 @@ from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from fhir_mapping import codes
-from fhir_mapping.datetimes import LONDON, parse_source_datetime
+from common import codes
+from common.datetimes import LONDON, parse_source_datetime
 from fhir_mapping.letters.request import LetterRequest, Recipient
 from fhir_mapping.letters.types import TEMPLATES_DIR
 
@@ -36,7 +36,7 @@ __all__ = [
 
 UKCORE_HEADINGS = "https://fhir.hl7.org.uk/CodeSystem/UKCore-RecordStandardHeadings"
 RULE_SYSTEM = f"{codes.GATEWAY_BASE}/CodeSystem/domain-rule"
-CONSULTATION_OUTCOME = ("plan", "follow-up", "safety-advice")  # Task.input codes (gateway/rules/cas_ops.py)
+CONSULTATION_OUTCOME = ("plan", "follow-up", "safety-advice")  # Task.input codes (gateway/cas/rules/ops.py)
 # rule ids and their traces belong in $explain, never in a letter (issue 34): "(TT-14)", "TT-10: ", "(PC-13, PC-14)"
 _RULE_IN_BRACKETS = re.compile(r"\s*\((?:(?:CAS|PC|TT)-\d{2}(?:,\s*)?)+\)")
 _RULE_PREFIX = re.compile(r"\b(?:CAS|PC|TT)-\d{2}(?:,\s*(?:CAS|PC|TT)-\d{2})*:\s*")

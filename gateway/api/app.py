@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from starlette.types import Message, Receive, Scope, Send
 
-from fhir_mapping.datetimes import is_england_bank_holiday
+from common.datetimes import is_england_bank_holiday
 from fhir_mapping.measures import load_measures
 from gateway.api import (
     audit,
@@ -38,31 +38,31 @@ from gateway.api.docs_pages import add_docs_pages
 from gateway.api.fhir_http import FhirHttpConventions
 from gateway.api.receipts import KeepReceipts
 from gateway.api.responses import AnswerStoreOutages, install_error_handlers
-from gateway.cases import CaseOperations
-from gateway.cleo import CleoLink
-from gateway.clock import Clock, SystemClock
+from gateway.cas.cases import CaseOperations
+from gateway.cas.cleo import CleoLink
+from gateway.cas.intake import Intake
+from gateway.cas.rules.schema import load_rules
+from gateway.cas.safety_calls import run_ticker
+from gateway.cas.safety_calls import tick as tick_safety_calls
 from gateway.console import install_console
-from gateway.contact_batches import pcmis_batches, systmone_batches
-from gateway.hl7_intake import Hl7Intake
-from gateway.intake import Intake
-from gateway.logging import configure_logging
-from gateway.metrics import Metrics
-from gateway.mllp import shared_by_workers, start_mllp_server
-from gateway.outbox.letters import use_services
-from gateway.outbox.worker import deliverer_from_settings, run_deliverer
-from gateway.pathways import Pathways
-from gateway.quarantine import purge as purge_quarantine
-from gateway.responses import ResponseIntake
-from gateway.rules.pathway_schema import load_pathways
-from gateway.rules.schema import load_rules
-from gateway.rules.sender_schema import load_senders
+from gateway.epr.contact_batches import pcmis_batches, systmone_batches
+from gateway.epr.hl7_intake import Hl7Intake
+from gateway.epr.mllp import shared_by_workers, start_mllp_server
+from gateway.epr.rules.sender_schema import load_senders
+from gateway.letters.outbox.letters import use_services
+from gateway.letters.outbox.worker import deliverer_from_settings, run_deliverer
+from gateway.measures.responses import ResponseIntake
+from gateway.pathways.rules.schema import load_pathways
+from gateway.pathways.service import Pathways
+from gateway.platform.clock import Clock, SystemClock
+from gateway.platform.logging import configure_logging
+from gateway.platform.metrics import Metrics
+from gateway.platform.quarantine import purge as purge_quarantine
+from gateway.platform.security.clients import Authenticator
+from gateway.platform.security.guessing import FailedChecks
+from gateway.platform.settings import Settings
+from gateway.platform.store.db import make_engine, make_sessionmaker, migrate
 from gateway.rules.versions import attach as attach_rule_history
-from gateway.safety_calls import run_ticker
-from gateway.safety_calls import tick as tick_safety_calls
-from gateway.security.clients import Authenticator
-from gateway.security.guessing import FailedChecks
-from gateway.settings import Settings
-from gateway.store.db import make_engine, make_sessionmaker, migrate
 
 __all__ = ["create_app", "served_app", "settle_heap"]
 

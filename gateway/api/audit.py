@@ -9,7 +9,7 @@ from adapters.problems import GatewayInputError, Kind, Problem
 from gateway.api.deps import SessionDep
 from gateway.api.responses import FhirResponse
 from gateway.api.search import Search, date_filter, split_list
-from gateway.store.audit_store import AuditQuery, get_audit_event, search_audit_events
+from gateway.platform.store.audit_store import AuditQuery, get_audit_event, search_audit_events
 
 __all__ = ["router"]
 

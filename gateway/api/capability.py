@@ -15,8 +15,8 @@ from fhir_mapping.fhir import CapabilityStatement, build, to_json_dict
 from gateway.api.fhir_types import READABLE_TYPES, VERSIONED_TYPES
 from gateway.api.responses import FhirResponse
 from gateway.api.search_params import SEARCHES
-from gateway.rules.cas_ops import OPERATIONS
-from gateway.rules.pathway_steps import EPISODE_OPERATIONS
+from gateway.cas.rules.ops import OPERATIONS
+from gateway.pathways.rules.steps import EPISODE_OPERATIONS
 
 __all__ = ["router", "capability_statement", "OPERATION_DEFINITIONS", "SERVED_OPERATIONS", "CREATABLE_TYPES"]
 

@@ -11,8 +11,8 @@ from gateway.api.deps import SessionDep, SettingsDep
 from gateway.api.examples import CAS_OPERATION_EXAMPLES
 from gateway.api.ingest import body_of, read_body
 from gateway.api.responses import FhirResponse
-from gateway.cases import explain
-from gateway.rules.cas_ops import OPERATIONS
+from gateway.cas.cases import explain
+from gateway.cas.rules.ops import OPERATIONS
 
 __all__ = ["router"]
 

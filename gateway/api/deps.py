@@ -12,18 +12,18 @@ from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from gateway.clock import Clock
-from gateway.intake import Intake
-from gateway.rules.schema import RuleRegistry
-from gateway.security.principal import current_principal
-from gateway.settings import Settings
-from gateway.store.visibility import bind_reads
+from gateway.cas.intake import Intake
+from gateway.cas.rules.schema import RuleRegistry
+from gateway.platform.clock import Clock
+from gateway.platform.security.principal import current_principal
+from gateway.platform.settings import Settings
+from gateway.platform.store.visibility import bind_reads
 
 __all__ = ["SessionDep", "IntakeDep", "ClockDep", "RegistryDep", "SettingsDep"]
 
 
 def _session(request: Request) -> Iterator[Session]:
-    """The request's read session, bound to the acting client's service if it has one (gateway.store.visibility)."""
+    """The request's read session, bound to the acting client's service if it has one (gateway.platform.store.visibility)."""
     principal = current_principal()
     with request.app.state.sessions() as session:
         bind_reads(session, principal.service_id if principal else None)

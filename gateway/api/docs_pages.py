@@ -20,7 +20,7 @@ from starlette.responses import HTMLResponse
 __all__ = ["ASSETS", "ASSETS_URL", "add_docs_pages"]
 
 ASSETS = Path(fastapi_offline.__file__).parent / "static"
-ASSETS_URL = "/docs/assets"  # under /docs/**: public, as the pages are (gateway.security.scopes)
+ASSETS_URL = "/docs/assets"  # under /docs/**: public, as the pages are (gateway.platform.security.scopes)
 _REDIRECT_URL = "/docs/oauth2-redirect"
 
 

@@ -1,7 +1,7 @@
 """Example request bodies for the API description (/docs, /redoc): each inbound format's example is one of the
 synthetic fixtures the golden tests also send (999-range NHS numbers), read from fixtures/; each operation's
 example is a `Parameters` body the operation takes (the parameter tables: docs/formats/pathway-referral.md,
-gateway/rules/cas_ops.py). tests/test_api_docs.py sends them.
+gateway/cas/rules/ops.py). tests/test_api_docs.py sends them.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from starlette.types import Message, Receive, Scope, Send
 from adapters.problems import Kind, Problem
 from fhir_mapping.replies import operation_outcome
 from gateway.api.asgi import HttpMiddleware
-from gateway.store.jsontext import dumps
+from gateway.platform.store.jsontext import dumps
 
 __all__ = ["FhirHttpConventions", "MAX_SEARCH_BODY_BYTES"]
 

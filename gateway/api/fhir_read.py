@@ -7,14 +7,14 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from adapters.problems import GatewayInputError, Kind, Problem
-from fhir_mapping.datetimes import to_fhir_instant
+from common.datetimes import to_fhir_instant
 from gateway.api.capability import capability_statement
 from gateway.api.deps import ClockDep, SessionDep
 from gateway.api.fhir_search import task_includes
 from gateway.api.fhir_types import READABLE_TYPES, not_served, served_read, valid_id
 from gateway.api.responses import FhirResponse
 from gateway.api.search import Search, split_list
-from gateway.store.repo import (
+from gateway.platform.store.repo import (
     ResourceQuery,
     TaskQuery,
     find_by_identifier,

@@ -15,13 +15,13 @@ from gateway.api.fhir_types import READABLE_TYPES, not_served
 from gateway.api.responses import FhirResponse
 from gateway.api.search import Search, split_list
 from gateway.api.search_params import GENERIC_TYPES
-from gateway.store.search_any import referring, resolve
+from gateway.platform.store.search_any import referring, resolve
 
 __all__ = ["router", "task_includes"]
 
 router = APIRouter(prefix="/fhir")
 
-# reference search parameters kept in the token table (gateway.store.writes._tokens), by type
+# reference search parameters kept in the token table (gateway.platform.store.writes._tokens), by type
 _REFERENCE_TOKENS = {"Encounter": ("episode-of-care",), "Provenance": ("target",), "DocumentReference": ("related",)}
 
 

@@ -10,8 +10,8 @@ from starlette.responses import Response
 
 from adapters.problems import GatewayInputError, Kind, Problem
 from gateway.api.responses import FhirResponse
-from gateway.audit import note
-from gateway.store.models import KEPT_VERSIONS
+from gateway.platform.audit import note
+from gateway.platform.store.models import KEPT_VERSIONS
 
 __all__ = ["READABLE_TYPES", "VERSIONED_TYPES", "not_served", "valid_id", "etag", "not_modified", "served_read"]
 
@@ -31,7 +31,7 @@ READABLE_TYPES = (
     "CarePlan",
     "Bundle",
 )
-# the types whose every version is kept (gateway.store.history): vread and _history; a Task's history shows it was
+# the types whose every version is kept (gateway.platform.store.history): vread and _history; a Task's history shows it was
 # never downgraded (CAS-08)
 VERSIONED_TYPES: tuple[str, ...] = KEPT_VERSIONS
 _ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")

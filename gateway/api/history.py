@@ -13,8 +13,8 @@ from gateway.api.deps import SessionDep
 from gateway.api.fhir_types import READABLE_TYPES, VERSIONED_TYPES, not_served, served_read, valid_id
 from gateway.api.responses import FhirResponse
 from gateway.api.search import handling, paging
-from gateway.audit import note
-from gateway.store.history import history, version
+from gateway.platform.audit import note
+from gateway.platform.store.history import history, version
 
 __all__ = ["router"]
 

@@ -1,4 +1,4 @@
-"""Inbound NHS 111: the flat case JSON and the BaRS $process-message endpoint. HTTP only; work is in gateway.intake."""
+"""Inbound NHS 111: the flat case JSON and the BaRS $process-message endpoint. HTTP only; work is in gateway.cas.intake."""
 
 from __future__ import annotations
 
@@ -17,12 +17,12 @@ from adapters.problems import GatewayInputError, Kind, Problem
 from gateway.api.deps import IntakeDep, SessionDep, SettingsDep
 from gateway.api.examples import fixture_example
 from gateway.api.responses import FHIR_JSON, Busy, FhirResponse, SenderGone
-from gateway.audit import not_audited
-from gateway.cleo import export_case
-from gateway.contact_batches import ContactBatches
-from gateway.messages import Reply
-from gateway.metrics import INGEST_WAIT_SECONDS
-from gateway.settings import Settings
+from gateway.cas.cleo import export_case
+from gateway.epr.contact_batches import ContactBatches
+from gateway.platform.audit import not_audited
+from gateway.platform.messages import Reply
+from gateway.platform.metrics import INGEST_WAIT_SECONDS
+from gateway.platform.settings import Settings
 
 __all__ = ["router", "read_body", "answer", "SenderGone", "body_of"]
 
@@ -87,7 +87,7 @@ async def in_worker_thread(request: Request, work: Callable[[bytes], T], raw: by
         with anyio.fail_after(wait or None):
             await limiter.acquire()
     except TimeoutError:
-        not_audited()  # turned away unread: logged and counted, no write (gateway.audit.not_audited)
+        not_audited()  # turned away unread: logged and counted, no write (gateway.platform.audit.not_audited)
         raise Busy(wait) from None
     finally:
         INGEST_WAIT_SECONDS.observe(time.perf_counter() - queued)

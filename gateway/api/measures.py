@@ -9,15 +9,15 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from adapters.problems import GatewayInputError, Kind, Problem
-from fhir_mapping.datetimes import LONDON, parse_source_datetime
+from common.datetimes import LONDON, parse_source_datetime
 from fhir_mapping.parameters import to_parameters
 from gateway.api.deps import SessionDep, SettingsDep
 from gateway.api.ingest import answer, body_of
 from gateway.api.responses import FhirResponse
 from gateway.api.search import Search, date_filter
-from gateway.audit import note
-from gateway.outcome_summary import outcome_summary
-from gateway.store.repo import ResourceQuery, get_resource, search_resources
+from gateway.measures.outcome_summary import outcome_summary
+from gateway.platform.audit import note
+from gateway.platform.store.repo import ResourceQuery, get_resource, search_resources
 
 __all__ = ["router"]
 

@@ -13,14 +13,14 @@ from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response
 
 from adapters.problems import GatewayInputError, Kind, Problem
-from fhir_mapping.datetimes import parse_source_datetime, to_fhir_instant
+from common.datetimes import parse_source_datetime, to_fhir_instant
 from gateway.api.deps import ClockDep, SessionDep
 from gateway.api.search import int_param, refuse_unknown
-from gateway.audit import note
 from gateway.console_data import OUTCOMES, PAGE_SIZE, channel_counts, message_detail, message_log, outbound_counts
 from gateway.console_data.counts import BUSY_NOT_STORED
-from gateway.security.principal import current_principal
-from gateway.security.scopes import ADMIN
+from gateway.platform.audit import note
+from gateway.platform.security.principal import current_principal
+from gateway.platform.security.scopes import ADMIN
 
 __all__ = ["router"]
 

@@ -13,8 +13,8 @@ from starlette.responses import JSONResponse, Response
 
 from adapters.problems import Kind, Problem
 from gateway.api.responses import unavailable
-from gateway.metrics import CONTENT_TYPE
-from gateway.store.db import alembic_config
+from gateway.platform.metrics import CONTENT_TYPE
+from gateway.platform.store.db import alembic_config
 
 __all__ = ["router", "migration_heads", "readiness_problems"]
 

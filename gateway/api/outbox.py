@@ -15,10 +15,10 @@ from gateway.api.examples import LETTER_REQUEST_EXAMPLE
 from gateway.api.ingest import body_of, read_body
 from gateway.api.responses import FhirResponse
 from gateway.api.search import paging, refuse_unknown, split_list
-from gateway.outbox import store
-from gateway.outbox.letters import request_letter
-from gateway.security.principal import SYSTEM, current_principal
-from gateway.store.models import OutboxRow
+from gateway.letters.outbox import store
+from gateway.letters.outbox.letters import request_letter
+from gateway.platform.security.principal import SYSTEM, current_principal
+from gateway.platform.store.models import OutboxRow
 
 __all__ = ["router"]
 

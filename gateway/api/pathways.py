@@ -12,8 +12,8 @@ from gateway.api.examples import EPISODE_OPERATION_EXAMPLES
 from gateway.api.ingest import answer, body_of, read_body
 from gateway.api.responses import FhirResponse
 from gateway.api.search import Search, split_list
-from gateway.cases import explain_resource
-from gateway.rules.pathway_steps import EPISODE_OPERATIONS
+from gateway.cas.cases import explain_resource
+from gateway.pathways.rules.steps import EPISODE_OPERATIONS
 
 __all__ = ["router"]
 

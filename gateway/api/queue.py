@@ -11,21 +11,21 @@ from starlette.responses import JSONResponse, Response
 
 from adapters.jsonparse import parse_json_object
 from adapters.problems import GatewayInputError, Kind, Problem
-from fhir_mapping import codes
-from fhir_mapping.datetimes import format_iso_duration, to_fhir_instant
+from common import codes
+from common.datetimes import format_iso_duration, to_fhir_instant
 from gateway.api.deps import ClockDep, RegistryDep, SessionDep, SettingsDep
 from gateway.api.examples import RISK_LEVEL_EXAMPLE
 from gateway.api.ingest import body_of, read_body
 from gateway.api.responses import FhirResponse
 from gateway.api.search import MAX_COUNT, int_param
-from gateway.audit import note
-from gateway.queue_summary import RISK_LEVELS, risk_level_observation, service_summary
-from gateway.rules.cas_ops import parse_parameters
-from gateway.rules.cas_queue import breach_status
-from gateway.security.principal import allowed_service, require_service
-from gateway.store.db import write_transaction
-from gateway.store.queue_index import queue_page
-from gateway.store.repo import put_resource
+from gateway.cas.queue_summary import RISK_LEVELS, risk_level_observation, service_summary
+from gateway.cas.rules.ops import parse_parameters
+from gateway.cas.rules.queue import breach_status
+from gateway.platform.audit import note
+from gateway.platform.security.principal import allowed_service, require_service
+from gateway.platform.store.db import write_transaction
+from gateway.platform.store.queue_index import queue_page
+from gateway.platform.store.repo import put_resource
 
 __all__ = ["router"]
 
@@ -48,7 +48,7 @@ def queue(
     count: Annotated[str | None, Query(alias="_count")] = None,
     offset: Annotated[str | None, Query(alias="_offset")] = None,
 ) -> Response:
-    """One page of the queue from the cases' indexed columns (gateway.store.queue_index): no case is read whole."""
+    """One page of the queue from the cases' indexed columns (gateway.platform.store.queue_index): no case is read whole."""
     service = allowed_service(service)
     if service is not None and service not in registry.services:
         raise GatewayInputError(Problem(Kind.VALUE, "service", f"unknown service {service[:32]!r}; known: {sorted(registry.services)}"))
@@ -117,7 +117,7 @@ async def confirm_risk_level(request: Request, clock: ClockDep, registry: Regist
     def store() -> dict[str, Any]:
         with write_transaction(request.app.state.sessions) as session:
             suggested = service_summary(session, registry.services[service], now, registry.history)["suggested_risk_level"]
-            # kept under its service: the summary reads the service's latest one alone (gateway.store.queue_index)
+            # kept under its service: the summary reads the service's latest one alone (gateway.platform.store.queue_index)
             stored, _ = put_resource(session, risk_level_observation(service, suggested, level, who, note, now), now, service)
             return stored
 

@@ -2,7 +2,7 @@
 
 A plain ASGI middleware inside the security gate (so the sender is known), on the intake routes alone (the scope
 table's rows with a `source`), for POST. It keeps a reference to each body chunk as the route reads it (no copy),
-passes the reply on unchanged, and once the reply has gone hands the outcome to `gateway.quarantine` (a write of
+passes the reply on unchanged, and once the reply has gone hands the outcome to `gateway.platform.quarantine` (a write of
 its own, in a worker thread, only for a refusal or a re-send). A message taken costs a few attribute reads.
 """
 
@@ -12,9 +12,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import Message, Receive, Scope, Send
 
 from gateway.api.asgi import HttpMiddleware
-from gateway.quarantine import CHANNEL_OF_SOURCE, HTTP, Receipt, keep, receiving, settle
-from gateway.security.principal import current_principal
-from gateway.security.scopes import rule_for
+from gateway.platform.quarantine import CHANNEL_OF_SOURCE, HTTP, Receipt, keep, receiving, settle
+from gateway.platform.security.principal import current_principal
+from gateway.platform.security.scopes import rule_for
 
 __all__ = ["KeepReceipts"]
 

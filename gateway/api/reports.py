@@ -8,8 +8,8 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from adapters.problems import GatewayInputError, Kind, Problem
 from gateway.api.deps import ClockDep, SessionDep
 from gateway.api.search import refuse_unknown
-from gateway.security.principal import allowed_service
-from gateway.waitlist import reporting_period, waitlist_csv, waitlist_snapshot
+from gateway.pathways.waitlist import reporting_period, waitlist_csv, waitlist_snapshot
+from gateway.platform.security.principal import allowed_service
 
 __all__ = ["router"]
 

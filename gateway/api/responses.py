@@ -15,10 +15,10 @@ from starlette.types import Message, Receive, Scope, Send
 from adapters.problems import GatewayInputError, Kind, Problem
 from fhir_mapping.replies import operation_outcome, server_error_outcome
 from gateway.api.asgi import HttpMiddleware
-from gateway.audit import current_audit
-from gateway.security.scopes import rule_for
-from gateway.store.db import store_unavailable
-from gateway.store.jsontext import dumps
+from gateway.platform.audit import current_audit
+from gateway.platform.security.scopes import rule_for
+from gateway.platform.store.db import store_unavailable
+from gateway.platform.store.jsontext import dumps
 
 __all__ = [
     "FhirResponse",
@@ -74,7 +74,7 @@ def unavailable(problems: list[Problem]) -> FhirResponse:
 
 
 class AnswerStoreOutages(HttpMiddleware):
-    """A request the store could not serve just now (`gateway.store.db.store_unavailable`: unreachable, restarting,
+    """A request the store could not serve just now (`gateway.platform.store.db.store_unavailable`: unreachable, restarting,
     a lock or statement timeout, no pooled connection) is answered **503** `REC_SERVICE_UNAVAILABLE` `transient`
     with `Retry-After`, not 500: a BaRS sender retries a 503 and does not retry a 500 (BaRS error handling), so a
     referral sent during a database restart is sent again rather than lost. Sending again is safe: a message that

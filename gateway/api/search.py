@@ -12,11 +12,11 @@ from sqlalchemy.orm import Session
 from starlette.datastructures import QueryParams
 
 from adapters.problems import GatewayInputError, Kind, Problem
-from fhir_mapping.datetimes import LONDON, parse_source_datetime
+from common.datetimes import LONDON, parse_source_datetime
 from fhir_mapping.replies import operation_outcome
 from gateway.api.search_params import SEARCHES
-from gateway.audit import note
-from gateway.store.repo import ResourceQuery, search_resources
+from gateway.platform.audit import note
+from gateway.platform.store.repo import ResourceQuery, search_resources
 
 __all__ = ["refuse_unknown", "int_param", "split_list", "searchset", "MAX_COUNT", "paging", "date_filter", "Search", "handling"]
 

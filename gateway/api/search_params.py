@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gateway.store.repo import sortable_task_params
+from gateway.platform.store.repo import sortable_task_params
 
 __all__ = ["SearchSpec", "SEARCHES", "RESULT_PARAMS", "COMMON", "GENERIC_TYPES"]
 

@@ -3,7 +3,7 @@
 A pure ASGI middleware, so it sees every request (including paths no route serves: default-deny
 means an unknown path needs `admin`, so nothing about the API is learnt without a credential).
 Unauthenticated -> 401, not allowed -> 403, both as OperationOutcome, both audited. Requests that
-pass are audited too: with their change when they make one (gateway.audit's transaction hooks),
+pass are audited too: with their change when they make one (gateway.platform.audit's transaction hooks),
 otherwise just before the reply is sent. Also here: the OAuth 2.0 token endpoint (signed JWT
 client assertions, NHS England's pattern).
 """
@@ -27,13 +27,13 @@ from gateway.api.asgi import HttpMiddleware
 from gateway.api.deps import SettingsDep
 from gateway.api.ingest import read_body
 from gateway.api.responses import FhirResponse
-from gateway.audit import EVENT_LOGIN, AuditContext, act_as, audit_context, outcome_of, record
 from gateway.console.gate import console_gate
-from gateway.metrics import AUTH_REFUSALS, CREDENTIAL_FAILURES, HTTP_REQUESTS, MAPPING_SECONDS, MESSAGES
-from gateway.security.credentials import ASSERTION_TYPE, AssertionRefused
-from gateway.security.guessing import TooManyFailures
-from gateway.security.scopes import RouteRule, check_scopes, rule_for
-from gateway.store.db import store_unavailable
+from gateway.platform.audit import EVENT_LOGIN, AuditContext, act_as, audit_context, outcome_of, record
+from gateway.platform.metrics import AUTH_REFUSALS, CREDENTIAL_FAILURES, HTTP_REQUESTS, MAPPING_SECONDS, MESSAGES
+from gateway.platform.security.credentials import ASSERTION_TYPE, AssertionRefused
+from gateway.platform.security.guessing import TooManyFailures
+from gateway.platform.security.scopes import RouteRule, check_scopes, rule_for
+from gateway.platform.store.db import store_unavailable
 
 __all__ = ["SecurityMiddleware", "router"]
 

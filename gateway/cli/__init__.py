@@ -34,23 +34,23 @@ EXIT_STORE_MISCONFIGURED = 78
 def main() -> None:
     """The `iap-gateway` command. A database error ends it with one line on stderr, not a traceback:
 
-    - a SQLite file that cannot be used whatever the time (`gateway.store.db.sqlite_file_unusable`: its folder does
+    - a SQLite file that cannot be used whatever the time (`gateway.platform.store.db.sqlite_file_unusable`: its folder does
       not exist or may not be written, or it is not a SQLite database): exit 78 (EX_CONFIG: fix DATABASE_URL), naming
       the file;
-    - the database unavailable (`gateway.store.db.store_unavailable`: unreachable, restarting, a lock or
+    - the database unavailable (`gateway.platform.store.db.store_unavailable`: unreachable, restarting, a lock or
       statement timeout): exit 75 (EX_TEMPFAIL: run it again later), with the driver's reason (its first line: it
       names the server, the database or the timeout, never a row);
     - any other database error: exit 1, naming only its type: its message can quote the values of a row (an NHS
       number in PostgreSQL's `DETAIL: Key (...)=(...)`), and a command's output often ends up in a log.
 
     A setting that no retry will fix exits 78 too, saying which and why, never quoting a value: a DATABASE_URL that is
-    not one the gateway can use (`gateway.store.database_url`), a PostgreSQL database or role that is not there, or any
+    not one the gateway can use (`gateway.platform.store.database_url`), a PostgreSQL database or role that is not there, or any
     other setting Settings refuses.
     """
     from pydantic import ValidationError
     from sqlalchemy.exc import SQLAlchemyError
 
-    from gateway.store.database_url import DatabaseUrlInvalid
+    from gateway.platform.store.database_url import DatabaseUrlInvalid
 
     try:
         app()
@@ -75,8 +75,8 @@ def _setting_name(loc: tuple[int | str, ...]) -> str:
 
 def _database_failure(error: Exception) -> tuple[int, str]:
     """The exit code and the line for a database error that ended a command (`main`)."""
-    from gateway.store.database_url import database_setting_refused
-    from gateway.store.db import sqlite_file_unusable, store_unavailable
+    from gateway.platform.store.database_url import database_setting_refused
+    from gateway.platform.store.db import sqlite_file_unusable, store_unavailable
 
     name = type(error).__name__
     reason = (str(getattr(error, "orig", None) or "").strip().splitlines() or ["no reason given"])[0]
@@ -102,6 +102,6 @@ def _sqlite_file() -> str:
     """The SQLite file DATABASE_URL names, as an absolute path (a relative one is from the working directory)."""
     from sqlalchemy.engine import make_url
 
-    from gateway.settings import Settings
+    from gateway.platform.settings import Settings
 
     return str(Path(make_url(Settings().database_url).database or "").resolve())

@@ -30,11 +30,11 @@ def clients_add(
     api_key: Annotated[bool, typer.Option("--api-key/--no-api-key", help="Also issue an API key (default yes).")] = True,
 ) -> None:
     """Create a client. Prints its API key (or, with --no-api-key, its client id) on stdout, once; details on stderr."""
-    from gateway.clock import SystemClock
-    from gateway.rules.pathway_schema import load_pathways
-    from gateway.rules.schema import load_rules
-    from gateway.security.clients import ClientError, add_client, parse_scopes
-    from gateway.settings import Settings
+    from gateway.cas.rules.schema import load_rules
+    from gateway.pathways.rules.schema import load_pathways
+    from gateway.platform.clock import SystemClock
+    from gateway.platform.security.clients import ClientError, add_client, parse_scopes
+    from gateway.platform.settings import Settings
 
     try:
         granted = parse_scopes(scopes)
@@ -62,7 +62,7 @@ def clients_add(
 @app.command("list")
 def clients_list() -> None:
     """The clients: name, id, active or revoked, service, credentials, scopes (never a secret)."""
-    from gateway.security.clients import list_clients
+    from gateway.platform.security.clients import list_clients
 
     with store_sessions() as sessions, sessions() as session:
         for client in list_clients(session):
@@ -74,8 +74,8 @@ def clients_list() -> None:
 @app.command("revoke")
 def clients_revoke(name: Annotated[str, typer.Argument(help="The client's name.")]) -> None:
     """Refuse a client from now on (its API key, its assertions and its access tokens), on every instance."""
-    from gateway.clock import SystemClock
-    from gateway.security.clients import ClientError, revoke_client
+    from gateway.platform.clock import SystemClock
+    from gateway.platform.security.clients import ClientError, revoke_client
 
     try:
         with store_sessions() as sessions, sessions.begin() as session:
@@ -88,7 +88,7 @@ def clients_revoke(name: Annotated[str, typer.Argument(help="The client's name."
 @app.command("rotate-key")
 def clients_rotate_key(name: Annotated[str, typer.Argument(help="The client's name.")]) -> None:
     """A new API key for a client (printed once on stdout); the old one stops working at once."""
-    from gateway.security.clients import ClientError, rotate_api_key
+    from gateway.platform.security.clients import ClientError, rotate_api_key
 
     try:
         with store_sessions() as sessions, sessions.begin() as session:
@@ -101,7 +101,7 @@ def clients_rotate_key(name: Annotated[str, typer.Argument(help="The client's na
 @app.command("scopes")
 def clients_scopes() -> None:
     """Every scope and what it allows."""
-    from gateway.security.scopes import SCOPES
+    from gateway.platform.security.scopes import SCOPES
 
     for scope, meaning in SCOPES.items():
         typer.echo(f"{scope:<16} {meaning}")

@@ -12,16 +12,16 @@ from typing import Any
 import typer
 
 from adapters.problems import GatewayInputError
-from fhir_mapping.datetimes import parse_source_datetime
+from common.datetimes import parse_source_datetime
 from fhir_mapping.replies import operation_outcome
 
 
 @contextmanager
 def store_sessions() -> Iterator[Any]:
     """Sessions on DATABASE_URL, migrated first; the engine is closed afterwards."""
-    from gateway.settings import Settings
-    from gateway.store.db import make_engine, make_sessionmaker
-    from gateway.store.db import migrate as run_migrations
+    from gateway.platform.settings import Settings
+    from gateway.platform.store.db import make_engine, make_sessionmaker
+    from gateway.platform.store.db import migrate as run_migrations
 
     settings = Settings()
     engine = make_engine(settings.database_url)
@@ -34,11 +34,11 @@ def store_sessions() -> Iterator[Any]:
 
 def worker_context(now: str | None = None):  # type: ignore[no-untyped-def]
     """(engine, deliverer) on DATABASE_URL, migrated; the clock fixed at `now` when given."""
-    from gateway.clock import FixedClock, SystemClock
-    from gateway.outbox.worker import deliverer_from_settings
-    from gateway.settings import Settings
-    from gateway.store.db import make_engine, make_sessionmaker
-    from gateway.store.db import migrate as run_migrations
+    from gateway.letters.outbox.worker import deliverer_from_settings
+    from gateway.platform.clock import FixedClock, SystemClock
+    from gateway.platform.settings import Settings
+    from gateway.platform.store.db import make_engine, make_sessionmaker
+    from gateway.platform.store.db import migrate as run_migrations
 
     settings = Settings()
     engine = make_engine(settings.database_url)
@@ -54,7 +54,7 @@ def worker_context(now: str | None = None):  # type: ignore[no-untyped-def]
 
 def print_offline(produce: Callable[[datetime], dict[str, Any]], received_at: str | None) -> None:
     """Print what `produce` returns as JSON, or the OperationOutcome on stderr and exit 1."""
-    from gateway.clock import SystemClock
+    from gateway.platform.clock import SystemClock
 
     moment = parse_source_datetime(received_at) if received_at else SystemClock().now()
     try:

@@ -28,7 +28,7 @@ def data_dir(database_url: str) -> Path:
     """Where the demo keeps its files: the SQLite database's folder, else (PostgreSQL, in memory) the working folder."""
     from sqlalchemy.engine import make_url
 
-    from gateway.store.database_url import normalise_database_url
+    from gateway.platform.store.database_url import normalise_database_url
 
     url = make_url(normalise_database_url(database_url))
     if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
@@ -39,7 +39,7 @@ def data_dir(database_url: str) -> Path:
 def demo_settings(settings: Any | None = None) -> Any:
     """Settings for the demo: the environment's, plus a print folder under the data directory (unless IAP_PRINT_DIR is
     set), no MESH, and logs at WARNING (unless IAP_LOG_LEVEL is set)."""
-    from gateway.settings import Settings
+    from gateway.platform.settings import Settings
 
     settings = settings or Settings()
     updates: dict[str, Any] = {"mesh_url": None}
@@ -60,7 +60,7 @@ def demo() -> None:
     typer.echo(loaded.summary(), err=True)
 
 
-# the demo wait list's first referral (gateway.pathway_demo: its identifier system and `demo-tt-000`), as the intake keys it
+# the demo wait list's first referral (gateway.pathways.demo: its identifier system and `demo-tt-000`), as the intake keys it
 _FIRST_DEMO_REFERRAL = "https://referrals.example.nhs.uk/id|demo-tt-000"
 
 
@@ -73,7 +73,7 @@ class DemoLoaded:
     refused: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        from gateway.demo_cases import COLOURS
+        from gateway.cas.demo_cases import COLOURS
 
         spread = ", ".join(f"{self.colours[c]} {c}" for c in COLOURS if self.colours[c])
         cases = f"{self.cases} new CAS case(s)" + (f" ({spread})" if spread else "")
@@ -87,10 +87,10 @@ def load_demo(application: Any) -> DemoLoaded:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from gateway.demo_cases import demo_case, demo_case_files
-    from gateway.messages import previous
-    from gateway.pathway_demo import load_demo_waitlist
-    from gateway.pathways import CHANNEL_PATHWAY
+    from gateway.cas.demo_cases import demo_case, demo_case_files
+    from gateway.pathways.demo import load_demo_waitlist
+    from gateway.pathways.service import CHANNEL_PATHWAY
+    from gateway.platform.messages import previous
 
     state = application.state
     now = state.clock.now()
@@ -126,8 +126,8 @@ def load_demo(application: Any) -> DemoLoaded:
 
 def demo_credential(application: Any) -> str:
     """A demo operator client (every scope but admin) with a fresh API key; the key, to print once."""
-    from gateway.security.clients import ClientError, add_client, rotate_api_key
-    from gateway.security.scopes import ADMIN, SCOPES
+    from gateway.platform.security.clients import ClientError, add_client, rotate_api_key
+    from gateway.platform.security.scopes import ADMIN, SCOPES
 
     state = application.state
     key: str | None

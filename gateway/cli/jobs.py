@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from fhir_mapping.datetimes import parse_source_datetime
+from common.datetimes import parse_source_datetime
 from gateway.cli.common import worker_context
 
 app = typer.Typer()
@@ -20,23 +20,23 @@ def tick(
     purge the quarantine log past its retention; safe to run anywhere, any number of times."""
     from datetime import timedelta
 
-    from gateway.clock import SystemClock
-    from gateway.quarantine import purge as purge_quarantine
-    from gateway.rules.schema import load_rules
+    from gateway.cas.rules.schema import load_rules
+    from gateway.cas.safety_calls import tick as run_tick
+    from gateway.platform.clock import SystemClock
+    from gateway.platform.quarantine import purge as purge_quarantine
+    from gateway.platform.settings import Settings
+    from gateway.platform.store.db import make_engine, make_sessionmaker
+    from gateway.platform.store.db import migrate as run_migrations
     from gateway.rules.versions import attach
-    from gateway.safety_calls import tick as run_tick
-    from gateway.settings import Settings
-    from gateway.store.db import make_engine, make_sessionmaker
-    from gateway.store.db import migrate as run_migrations
 
     settings = Settings()
     engine = make_engine(settings.database_url)
     run_migrations(engine)
     moment = parse_source_datetime(now) if now else SystemClock().now()
     from fhir_mapping.measures import load_measures
-    from gateway.clock import FixedClock
-    from gateway.pathways import Pathways
-    from gateway.rules.pathway_schema import load_pathways
+    from gateway.pathways.rules.schema import load_pathways
+    from gateway.pathways.service import Pathways
+    from gateway.platform.clock import FixedClock
 
     sessions = make_sessionmaker(engine)
     registry = load_rules(settings.rules_dir)

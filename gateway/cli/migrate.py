@@ -10,9 +10,9 @@ app = typer.Typer()
 @app.command()
 def migrate() -> None:
     """Create or upgrade the database schema (Alembic) on DATABASE_URL."""
-    from gateway.settings import Settings
-    from gateway.store.db import make_engine
-    from gateway.store.db import migrate as run_migrations
+    from gateway.platform.settings import Settings
+    from gateway.platform.store.db import make_engine
+    from gateway.platform.store.db import migrate as run_migrations
 
     run_migrations(make_engine(Settings().database_url))
     typer.echo("database is at the newest schema", err=True)

@@ -22,9 +22,9 @@ def map_file(
     mhpl: Annotated[bool, typer.Option("--mhpl", help="The file is an MHPL call (docs/formats/mhpl-call.md).")] = False,
 ) -> None:
     """Print the FHIR Bundle a given input becomes (no server, no database)."""
-    from gateway.intake import CHANNEL_MHPL, map_offline
-    from gateway.rules.schema import load_rules
-    from gateway.settings import Settings
+    from gateway.cas.intake import CHANNEL_MHPL, map_offline
+    from gateway.cas.rules.schema import load_rules
+    from gateway.platform.settings import Settings
 
     rules = load_rules(Settings().rules_dir)
     kind = CHANNEL_MHPL if mhpl else None
@@ -38,7 +38,7 @@ def score(
 ) -> None:
     """Print, as a FHIR Bundle, the resources the gateway would store for a QuestionnaireResponse (no server)."""
     from fhir_mapping.measures import load_measures
-    from gateway.responses import score_offline
+    from gateway.measures.responses import score_offline
 
     catalogue = load_measures()
     print_offline(lambda moment: score_offline(file.read_bytes(), catalogue, moment), received_at)

@@ -17,7 +17,7 @@ def outbox_list(
     status: Annotated[str | None, typer.Option(help="Comma-separated statuses, e.g. dead,failed.")] = None,
 ) -> None:
     """Deliveries (newest first) as JSON lines."""
-    from gateway.outbox import store
+    from gateway.letters.outbox import store
 
     engine, deliverer = worker_context()
     try:
@@ -33,8 +33,8 @@ def outbox_list(
 @app.command("show")
 def outbox_show(delivery_id: Annotated[str, typer.Argument(help="The delivery id (GET /outbox).")]) -> None:
     """One delivery with every attempt, acknowledgement and decision."""
-    from gateway.outbox import store
-    from gateway.store.models import OutboxRow
+    from gateway.letters.outbox import store
+    from gateway.platform.store.models import OutboxRow
 
     engine, deliverer = worker_context()
     try:
@@ -54,7 +54,7 @@ def outbox_replay(
     who: Annotated[str, typer.Option(help="Who asked for the replay (recorded).")] = "iap-gateway outbox replay",
 ) -> None:
     """Re-send a delivery from the stored letter now (dead, failed, withheld or sent); prints its new status."""
-    from gateway.outbox import store
+    from gateway.letters.outbox import store
 
     engine, deliverer = worker_context()
     try:
@@ -80,7 +80,7 @@ def outbox_purge(
     now: Annotated[str | None, typer.Option(help="The time to purge at (ISO 8601 with offset); default now.")] = None,
 ) -> None:
     """Retention: delete delivered deliveries older than IAP_OUTBOX_RETENTION_DAYS (never failed, dead or withheld ones)."""
-    from gateway.outbox import store
+    from gateway.letters.outbox import store
 
     engine, deliverer = worker_context(now)
     try:

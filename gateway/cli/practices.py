@@ -16,8 +16,8 @@ app = typer.Typer(no_args_is_help=True, help="The GP practice directory (NHS Eng
 def practices_load(path: Annotated[Path, typer.Argument(help="An epraccur.csv (ODS GP practices); run again to refresh.")]) -> None:
     """Load or refresh the GP practice directory that letters to a practice are addressed from (issue 34)."""
     from adapters.epraccur import read_epraccur
-    from gateway.clock import SystemClock
-    from gateway.outbox.practices import load_practices
+    from gateway.letters.outbox.practices import load_practices
+    from gateway.platform.clock import SystemClock
 
     practices, problems = read_epraccur(path.read_bytes())
     for problem in problems[:20]:

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from adapters.problems import GatewayInputError
-from fhir_mapping.datetimes import parse_source_datetime
+from common.datetimes import parse_source_datetime
 
 app = typer.Typer(no_args_is_help=True, help="Reports from the gateway's database.")
 
@@ -34,9 +34,9 @@ def report_waitlist(
     import tempfile
 
     from gateway.cli.demo import demo_settings
-    from gateway.clock import FixedClock, SystemClock
-    from gateway.settings import Settings
-    from gateway.waitlist import PlotExtraMissing, plot_waitlist, reporting_period, require_plot, waitlist_csv, waitlist_snapshot
+    from gateway.pathways.waitlist import PlotExtraMissing, plot_waitlist, reporting_period, require_plot, waitlist_csv, waitlist_snapshot
+    from gateway.platform.clock import FixedClock, SystemClock
+    from gateway.platform.settings import Settings
 
     if fmt not in ("json", "csv", "table"):
         raise typer.BadParameter("--format must be json, csv or table")
@@ -59,7 +59,7 @@ def report_waitlist(
         application = create_app(settings, FixedClock(moment))
         state = application.state
         if demo:
-            from gateway.pathway_demo import load_demo_waitlist
+            from gateway.pathways.demo import load_demo_waitlist
 
             load_demo_waitlist(state, moment)
             state.pathways.tick(moment)

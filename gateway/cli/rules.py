@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from fhir_mapping.datetimes import parse_source_datetime
+from common.datetimes import parse_source_datetime
 
 app = typer.Typer(no_args_is_help=True, help="Rule files: check a candidate, preview it on real traffic (what-if), activate it.")
 
@@ -16,15 +16,15 @@ Now = Annotated[str | None, typer.Option(help="The time to work at (ISO 8601 wit
 
 
 def _clock(now: str | None) -> Any:
-    from gateway.clock import FixedClock, SystemClock
+    from gateway.platform.clock import FixedClock, SystemClock
 
     return FixedClock(parse_source_datetime(now)) if now else SystemClock()
 
 
 def _candidate(path: Path, settings: Any) -> Any:
     """The candidate as start-up would take it, or its errors (start-up's own text) and exit 2."""
+    from gateway.cas.rules.schema import RuleFileError
     from gateway.rules.candidate import load_candidate
-    from gateway.rules.schema import RuleFileError
 
     try:
         return load_candidate(path, settings)
@@ -36,8 +36,8 @@ def _candidate(path: Path, settings: Any) -> Any:
 @app.command("check")
 def rules_check(path: CandidateFile) -> None:
     """Validate a candidate exactly as start-up does; print what it changes against the live version, value by value."""
+    from gateway.platform.settings import Settings
     from gateway.rules.whatif_format import changes_table
-    from gateway.settings import Settings
 
     candidate = _candidate(path, Settings())
     live = candidate.live_version if candidate.live is not None else "(no live file)"
@@ -59,12 +59,12 @@ def rules_what_if(
 ) -> None:
     """Replay the service's stored messages through the same adapters and rules with the candidate, read-only (nothing
     is written, nothing sent), and compare each decision with the one stored."""
-    from gateway.rules.pathway_schema import load_pathways
-    from gateway.rules.schema import load_rules
+    from gateway.cas.rules.schema import load_rules
+    from gateway.pathways.rules.schema import load_pathways
+    from gateway.platform.settings import Settings
+    from gateway.platform.store.db import make_engine
     from gateway.rules.whatif import parse_since, what_if
     from gateway.rules.whatif_format import as_csv, as_json, as_table
-    from gateway.settings import Settings
-    from gateway.store.db import make_engine
 
     if fmt not in ("table", "csv", "json"):
         raise typer.BadParameter("--format is table, csv or json")
@@ -98,10 +98,10 @@ def rules_activate(
     """Make a checked candidate the live rule file of its service, recorded (who, when) and audited. Running gateways
     take a CAS file within IAP_RULES_RELOAD_SECONDS (others at their next start); it applies to decisions made from then
     on (open cases keep the version that decided them, colours and safety calls too, unless `apply-to-open`)."""
+    from gateway.cas.rules.schema import RuleFileError
     from gateway.cli.common import store_sessions
+    from gateway.platform.settings import Settings
     from gateway.rules.history import activate
-    from gateway.rules.schema import RuleFileError
-    from gateway.settings import Settings
 
     settings = Settings()
     candidate = _candidate(path, settings)
@@ -129,10 +129,10 @@ def rules_apply_to_open(
 ) -> None:
     """Make the service's open cases follow VERSION's breach colours and safety calls (CAS-09) from now on; each case
     keeps the version that decided it, its priority, classification and breach time. Lists the cases changed."""
+    from gateway.cas.rules.schema import RuleFileError, load_rules
     from gateway.cli.common import store_sessions
+    from gateway.platform.settings import Settings
     from gateway.rules.apply_open import apply_to_open
-    from gateway.rules.schema import RuleFileError, load_rules
-    from gateway.settings import Settings
 
     registry = load_rules(Settings().rules_dir)
     try:

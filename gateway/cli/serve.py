@@ -22,7 +22,7 @@ def serve(
     import uvicorn
 
     from gateway.api.app import create_app, settle_heap
-    from gateway.logging import uvicorn_log_config
+    from gateway.platform.logging import uvicorn_log_config
 
     application = create_app(demo_settings() if demo else None)  # migrates and checks the rule files before anything listens
     settings = application.state.settings
@@ -54,7 +54,7 @@ def _check_mllp_port_free(settings: Any, workers: int) -> None:
     """A busy MLLP port ends `serve` in one line (exit 1), as a busy HTTP port does; `--workers N` share it, no one else."""
     import os
 
-    from gateway.mllp import SHARED_BY_WORKERS, PortInUse, check_port_free
+    from gateway.epr.mllp import SHARED_BY_WORKERS, PortInUse, check_port_free
 
     if settings.mllp_port <= 0:
         return
@@ -68,7 +68,7 @@ def _check_mllp_port_free(settings: Any, workers: int) -> None:
 
 
 def _hint_if_no_clients(application: Any) -> None:
-    from gateway.security.clients import list_clients
+    from gateway.platform.security.clients import list_clients
 
     with application.state.sessions() as session:
         if not any(client.active for client in list_clients(session)):

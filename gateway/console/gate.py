@@ -2,9 +2,9 @@
 
 `gateway.api.security.SecurityMiddleware` hands every /console/ request whose scope-table row is not public to
 `console_gate`. It finds the session from the cookie (none, idle or revoked: to the sign-in page), acts as the
-client signed in (so reads are bound to its service as an API key's are: gateway.store.visibility), asks the same
+client signed in (so reads are bound to its service as an API key's are: gateway.platform.store.visibility), asks the same
 scope table (default deny: a console path with no row needs `admin`) and audits the page view as the API audits
-a read, naming what the page showed (`gateway.audit.note`).
+a read, naming what the page showed (`gateway.platform.audit.note`).
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.audit import AuditContext, act_as, audit_context, outcome_of, record
 from gateway.console.sessions import resume_session
 from gateway.console.web import page
-from gateway.metrics import HTTP_REQUESTS
-from gateway.security.scopes import check_scopes, rule_for
-from gateway.store.db import store_unavailable
+from gateway.platform.audit import AuditContext, act_as, audit_context, outcome_of, record
+from gateway.platform.metrics import HTTP_REQUESTS
+from gateway.platform.security.scopes import check_scopes, rule_for
+from gateway.platform.store.db import store_unavailable
 
 __all__ = ["console_gate", "COOKIE", "SIGN_IN"]
 

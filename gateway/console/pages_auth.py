@@ -10,12 +10,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import RedirectResponse, Response
 
 from adapters.problems import GatewayInputError
-from gateway.audit import EVENT_LOGIN, AuditContext, act_as, audit_context, record
 from gateway.console.gate import COOKIE, SIGN_IN, session_cookie
 from gateway.console.sessions import end_session, resume_session, start_session
 from gateway.console.web import HEADERS, PageRoute, check_csrf, page, read_form
-from gateway.security.credentials import API_KEY_PREFIX
-from gateway.security.guessing import TooManyFailures
+from gateway.platform.audit import EVENT_LOGIN, AuditContext, act_as, audit_context, record
+from gateway.platform.security.credentials import API_KEY_PREFIX
+from gateway.platform.security.guessing import TooManyFailures
 
 __all__ = ["router"]
 

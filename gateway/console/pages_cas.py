@@ -14,15 +14,15 @@ from adapters.problems import GatewayInputError, Kind, Problem
 from common import codes
 from common.datetimes import format_iso_duration
 from gateway.api.deps import ClockDep, RegistryDep, SessionDep
-from gateway.audit import note
-from gateway.cases import explain
+from gateway.cas.cases import explain
+from gateway.cas.rules.queue import breach_status
+from gateway.cas.rules.schema import RuleRegistry
 from gateway.console.web import PageRoute, page
-from gateway.outbox import store
-from gateway.rules.cas_queue import breach_status
-from gateway.rules.schema import RuleRegistry
-from gateway.security.principal import allowed_service
-from gateway.store.queue_index import queue_page
-from gateway.store.repo import get_resource
+from gateway.letters.outbox import store
+from gateway.platform.audit import note
+from gateway.platform.security.principal import allowed_service
+from gateway.platform.store.queue_index import queue_page
+from gateway.platform.store.repo import get_resource
 
 __all__ = ["router", "queue_rows"]
 

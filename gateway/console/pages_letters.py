@@ -9,12 +9,12 @@ from starlette.responses import RedirectResponse, Response
 
 from adapters.problems import GatewayInputError, Kind, Problem
 from gateway.api.deps import ClockDep, SessionDep
-from gateway.audit import note
 from gateway.console.web import HEADERS, PageRoute, check_csrf, login_of, page, read_form
-from gateway.outbox import store
-from gateway.outbox.letters import letter_document
-from gateway.store.db import write_transaction
-from gateway.store.models import OutboxRow
+from gateway.letters.outbox import store
+from gateway.letters.outbox.letters import letter_document
+from gateway.platform.audit import note
+from gateway.platform.store.db import write_transaction
+from gateway.platform.store.models import OutboxRow
 
 __all__ = ["router"]
 
@@ -75,7 +75,7 @@ def confirm_replay(delivery_id: str, request: Request, session: SessionDep) -> R
 
 @router.post("/console/letters/{delivery_id}/replay", include_in_schema=False)
 async def replay(delivery_id: str, request: Request, session: SessionDep, clock: ClockDep) -> Response:
-    """Send again from the stored letter (gateway.outbox.store.replay, as POST /outbox/{id}/$replay): due now, its
+    """Send again from the stored letter (gateway.letters.outbox.store.replay, as POST /outbox/{id}/$replay): due now, its
     earlier state kept in its history; audited by the gate as this person's operation."""
     login = login_of(request)
     check_csrf(login.csrf if login else None, await read_form(request))

@@ -15,10 +15,10 @@ from gateway.api.deps import ClockDep, SessionDep
 from gateway.api.search import day_filter
 from gateway.console.svg import count_bars, wait_histogram
 from gateway.console.web import PageRoute, page
-from gateway.security.principal import allowed_service
-from gateway.store.audit_store import AuditQuery, search_audit_events
-from gateway.store.models import ApiClient
-from gateway.waitlist import waitlist_snapshot
+from gateway.pathways.waitlist import waitlist_snapshot
+from gateway.platform.security.principal import allowed_service
+from gateway.platform.store.audit_store import AuditQuery, search_audit_events
+from gateway.platform.store.models import ApiClient
 
 __all__ = ["router"]
 

@@ -16,9 +16,9 @@ from datetime import datetime, timedelta
 from sqlalchemy import ForeignKey, String, delete, select, update
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
-from gateway.security.principal import Principal
-from gateway.store.db import write_transaction
-from gateway.store.models import ApiClient, Base, UTCDateTime
+from gateway.platform.security.principal import Principal
+from gateway.platform.store.db import write_transaction
+from gateway.platform.store.models import ApiClient, Base, UTCDateTime
 
 __all__ = ["ConsoleSessionRow", "ConsoleLogin", "start_session", "resume_session", "end_session"]
 

@@ -16,8 +16,8 @@ from starlette.responses import HTMLResponse, Response
 from adapters.problems import GatewayInputError, Kind, Problem
 from gateway.api.ingest import read_body
 from gateway.console.sessions import ConsoleLogin
-from gateway.security.principal import Principal
-from gateway.security.scopes import check_scopes, rule_for
+from gateway.platform.security.principal import Principal
+from gateway.platform.security.scopes import check_scopes, rule_for
 
 __all__ = ["PageRoute", "page", "login_of", "read_form", "check_csrf", "TEMPLATES", "HEADERS"]
 

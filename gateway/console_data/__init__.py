@@ -1,6 +1,6 @@
 """The operator console's data: service-layer reads for its pages (gateway/console) and ops tools (docs/quarantine.md).
 
-Each function takes the request's read session (bound to the caller's service when it has one: gateway.store.visibility)
+Each function takes the request's read session (bound to the caller's service when it has one: gateway.platform.store.visibility)
 and returns typed dataclasses; none writes, except `message_detail`'s audit of a raw-body view.
 """
 

@@ -1,6 +1,6 @@
 """The dashboard's numbers: inbound messages per channel in a window, and deliveries per outbound destination.
 
-Reads only, through the request's read session: a session bound to a service (gateway.store.visibility) counts only
+Reads only, through the request's read session: a session bound to a service (gateway.platform.store.visibility) counts only
 the messages and deliveries of that service, with no code here to say so.
 """
 
@@ -13,7 +13,7 @@ from datetime import datetime
 from sqlalchemy import case, func, literal_column, select
 from sqlalchemy.orm import Session
 
-from gateway.store.models import InboundMessage, OutboxRow, QuarantinedMessage, ResentMessage
+from gateway.platform.store.models import InboundMessage, OutboxRow, QuarantinedMessage, ResentMessage
 
 __all__ = ["CHANNELS", "DESTINATIONS", "ChannelCounts", "DestinationCounts", "channel_counts", "outbound_counts", "BUSY_NOT_STORED"]
 
@@ -30,12 +30,12 @@ CHANNELS: tuple[tuple[str, str], ...] = (
     ("questionnaire-response", "http"),
     ("pathway-referral", "http"),
 )
-DESTINATIONS = ("mesh", "fhir", "print", "mllp", "email")  # outbox.transport values (gateway.outbox.worker's transports)
+DESTINATIONS = ("mesh", "fhir", "print", "mllp", "email")  # outbox.transport values (gateway.letters.outbox.worker's transports)
 UNROUTED = "unrouted"  # a delivery not yet given a route (pending its first attempt, or withheld before routing)
 BUSY_NOT_STORED = (
     "messages turned away busy (503, IAP_INGEST_QUEUE_SECONDS; MLLP connections closed unread) are not stored: they are "
     'counted in iap_messages_total{outcome="unavailable"} (with store outages) and iap_mllp_refused_connections_total'
-    '{reason="busy"}, and logged as request.busy / mllp.busy (gateway.metrics)'
+    '{reason="busy"}, and logged as request.busy / mllp.busy (gateway.platform.metrics)'
 )
 
 

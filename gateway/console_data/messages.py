@@ -19,10 +19,10 @@ from typing import Any
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from gateway.audit import EVENT_REST, add_event, audit_event
-from gateway.security.principal import current_principal
-from gateway.store.db import write_transaction
-from gateway.store.models import ApiClient, InboundMessage, QuarantinedMessage, ResentMessage, ResourceRow
+from gateway.platform.audit import EVENT_REST, add_event, audit_event
+from gateway.platform.security.principal import current_principal
+from gateway.platform.store.db import write_transaction
+from gateway.platform.store.models import ApiClient, InboundMessage, QuarantinedMessage, ResentMessage, ResourceRow
 
 __all__ = ["OUTCOMES", "LogEntry", "MessagePage", "MessageDetail", "message_log", "message_detail", "PAGE_SIZE"]
 
@@ -42,7 +42,7 @@ class LogEntry:
     received_at: datetime
     client_id: str | None
     client_name: str | None  # None when the session may not read clients (a bound session) or the client is gone
-    message_id: str | None  # as stored: a long id is its sha256: digest (gateway.store.keys)
+    message_id: str | None  # as stored: a long id is its sha256: digest (gateway.platform.store.keys)
     outcome: str  # accepted | refused | duplicate
     reply_status: int | None  # HTTP status of the reply (None over MLLP)
     ack_code: str | None  # HL7 v2 MSA-1
@@ -218,7 +218,7 @@ def _entries(session: Session, rows: list[Any]) -> list[LogEntry]:
 
 
 def _client_names(session: Session, client_ids: set[str]) -> dict[str, str]:
-    """Client names by id (a bound session reads no clients: gateway.store.visibility)."""
+    """Client names by id (a bound session reads no clients: gateway.platform.store.visibility)."""
     if not client_ids:
         return {}
     return dict(session.execute(select(ApiClient.id, ApiClient.name).where(ApiClient.id.in_(client_ids))).all())

@@ -1,8 +1,8 @@
 """The dashboard's queues: each CAS service's open cases by breach colour (CAS-09) with its safety calls due, and each
 Talking Therapies service's wait list against its targets (TT-08, TT-09).
 
-Both reuse the API's own reads: `gateway.queue_summary.service_summary` (what /queue/summary answers) and
-`gateway.waitlist.waitlist_snapshot` (what /reports/waitlist answers). The queue counts are read from the queue's
+Both reuse the API's own reads: `gateway.cas.queue_summary.service_summary` (what /queue/summary answers) and
+`gateway.pathways.waitlist.waitlist_snapshot` (what /reports/waitlist answers). The queue counts are read from the queue's
 indexes, which a read session's service binding does not filter, so a bound session is given its own service alone
 here, as /queue/summary does with `allowed_service`.
 """
@@ -17,15 +17,15 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from fhir_mapping import codes
-from fhir_mapping.datetimes import parse_source_datetime
-from gateway.queue_summary import service_summary
-from gateway.rules.pathway_schema import PathwayRegistry, TalkingTherapiesRules
-from gateway.rules.schema import RuleRegistry
-from gateway.store.models import ResourceRow
-from gateway.store.repo import ACTIVE_TASK_STATUSES
-from gateway.store.visibility import bound_service
-from gateway.waitlist import waitlist_snapshot
+from common import codes
+from common.datetimes import parse_source_datetime
+from gateway.cas.queue_summary import service_summary
+from gateway.cas.rules.schema import RuleRegistry
+from gateway.pathways.rules.schema import PathwayRegistry, TalkingTherapiesRules
+from gateway.pathways.waitlist import waitlist_snapshot
+from gateway.platform.store.models import ResourceRow
+from gateway.platform.store.repo import ACTIVE_TASK_STATUSES
+from gateway.platform.store.visibility import bound_service
 
 __all__ = ["ServiceQueue", "WaitLine", "TreatmentTarget", "WaitlistService", "queue_colours", "waitlist_summary"]
 

@@ -17,16 +17,16 @@ from typing import cast
 from sqlalchemy import Table, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from fhir_mapping import codes
-from fhir_mapping.datetimes import to_fhir_instant
+from common import codes
+from common.datetimes import to_fhir_instant
 from fhir_mapping.provenance import provenance
-from gateway.audit import EVENT_APPLICATION, add_event, audit_event
-from gateway.rules.schema import RuleFileError, RuleRegistry
-from gateway.security.principal import SYSTEM
-from gateway.store.db import write_transaction
-from gateway.store.models import ResourceRow, RuleFileVersionRow
-from gateway.store.queue_index import open_cases
-from gateway.store.repo import case_rule_set, put_resource
+from gateway.cas.rules.schema import RuleFileError, RuleRegistry
+from gateway.platform.audit import EVENT_APPLICATION, add_event, audit_event
+from gateway.platform.security.principal import SYSTEM
+from gateway.platform.store.db import write_transaction
+from gateway.platform.store.models import ResourceRow, RuleFileVersionRow
+from gateway.platform.store.queue_index import open_cases
+from gateway.platform.store.repo import case_rule_set, put_resource
 
 __all__ = ["AppliedCase", "apply_to_open", "APPLIED"]
 

@@ -1,6 +1,6 @@
 """A candidate rule file, checked exactly as start-up checks the live ones, and what it changes, value by value.
 
-Start-up loads every file of a rules folder through its schema (gateway.rules.schema.load_rules, pathway_schema.
+Start-up loads every file of a rules folder through its schema (gateway.cas.rules.schema.load_rules, pathway_schema.
 load_pathways, sender_schema.load_senders) and refuses the first bad one with its name and every failing field. A
 candidate is checked by that same loader, on a copy of the live folder with the candidate in place of the live file
 of its service: the errors are start-up's own, including those only the whole folder shows (a DoS service id claimed
@@ -19,10 +19,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel
 
-from gateway.rules.pathway_schema import PrimaryCareRules, TalkingTherapiesRules, load_pathways
-from gateway.rules.schema import RuleFileError, RuleRegistry, ServiceRules, load_rules
-from gateway.rules.sender_schema import SenderProfile, load_senders
-from gateway.settings import Settings
+from gateway.cas.rules.schema import RuleFileError, RuleRegistry, ServiceRules, load_rules
+from gateway.epr.rules.sender_schema import SenderProfile, load_senders
+from gateway.pathways.rules.schema import PrimaryCareRules, TalkingTherapiesRules, load_pathways
+from gateway.platform.settings import Settings
 
 __all__ = ["Candidate", "ValueChange", "RuleKind", "load_candidate", "check_candidate", "live_file", "flatten", "value_changes"]
 

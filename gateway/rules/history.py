@@ -21,13 +21,13 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from gateway.audit import EVENT_APPLICATION, add_event, audit_event
+from gateway.cas.rules.schema import RuleFileError
+from gateway.platform.audit import EVENT_APPLICATION, add_event, audit_event
+from gateway.platform.security.principal import SYSTEM
+from gateway.platform.settings import Settings
+from gateway.platform.store.db import write_transaction
+from gateway.platform.store.models import RuleFileVersionRow
 from gateway.rules.candidate import Candidate, live_file
-from gateway.rules.schema import RuleFileError
-from gateway.security.principal import SYSTEM
-from gateway.settings import Settings
-from gateway.store.db import write_transaction
-from gateway.store.models import RuleFileVersionRow
 
 __all__ = ["Activation", "activate", "activations", "activation_of", "ActivationRefused", "KEPT_LIVE"]
 

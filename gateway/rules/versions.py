@@ -23,9 +23,9 @@ from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from gateway.rules.schema import RuleFileError, RuleRegistry, ServiceRules
-from gateway.store.models import RuleFileVersionRow
-from gateway.store.repo import case_rule_set
+from gateway.cas.rules.schema import RuleFileError, RuleRegistry, ServiceRules
+from gateway.platform.store.models import RuleFileVersionRow
+from gateway.platform.store.repo import case_rule_set
 
 __all__ = ["RuleVersions", "case_rule_set", "parse_cas_version", "attach"]
 
@@ -60,7 +60,7 @@ class RuleVersions:
 
     def differing(self, live: ServiceRules) -> dict[tuple[str, ...], tuple[timedelta, timedelta]]:
         """The service's other versions whose colour thresholds differ from `live`'s, grouped by their thresholds:
-        (labels) -> (amber_within, black_after), for the queue summary's counts (gateway.store.queue_index)."""
+        (labels) -> (amber_within, black_after), for the queue summary's counts (gateway.platform.store.queue_index)."""
         mine = (live.breach_status.amber_within, live.breach_status.black_after)
         groups: dict[tuple[timedelta, timedelta], list[str]] = {}
         for label, rules in list(self._by_label.items()):
@@ -72,7 +72,7 @@ class RuleVersions:
 
     def colours_differ(self, service_id: str | None) -> bool:
         """Whether some version of the service (of any, for None) colours cases otherwise than its live file: only
-        then does the queue need each case's version (gateway.store.queue_index.queue_page)."""
+        then does the queue need each case's version (gateway.platform.store.queue_index.queue_page)."""
         for label, rules in list(self._by_label.items()):
             live = self.registry.services.get(rules.service.id)
             if live is None or label == live.label or (service_id is not None and rules.service.id != service_id):
@@ -139,7 +139,7 @@ class RuleVersions:
             taken.append(rules.label)
             log.info("rules.activation_taken", label=rules.label, was=live.label)
         if taken:
-            from gateway.outbox.letters import use_services  # late: letter heads follow the live service details
+            from gateway.letters.outbox.letters import use_services  # late: letter heads follow the live service details
 
             use_services(self.registry)
         return taken

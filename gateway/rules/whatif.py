@@ -29,16 +29,16 @@ from adapters.mhpl import parse_mhpl_call
 from adapters.nhs111_case import parse_nhs111_case
 from adapters.problems import GatewayInputError
 from adapters.referral import Referral
-from fhir_mapping.datetimes import parse_source_datetime, to_fhir_instant
-from gateway.clock import Clock
+from common.datetimes import parse_source_datetime, to_fhir_instant
+from gateway.cas.rules.intake import QueueDecision
+from gateway.cas.rules.queue import breach_status
+from gateway.cas.rules.schema import RuleFileError, RuleRegistry, ServiceRules
+from gateway.platform.clock import Clock
+from gateway.platform.store.models import InboundMessage, ResourceRow, ResourceVersionRow, RuleFileVersionRow
+from gateway.platform.store.repo import case_rule_set
 from gateway.rules.candidate import Candidate, ValueChange
-from gateway.rules.cas_intake import QueueDecision
-from gateway.rules.cas_queue import breach_status
-from gateway.rules.schema import RuleFileError, RuleRegistry, ServiceRules
 from gateway.rules.versions import parse_cas_version
 from gateway.rules.whatif_report import CaseChange, WhatIfReport
-from gateway.store.models import InboundMessage, ResourceRow, ResourceVersionRow, RuleFileVersionRow
-from gateway.store.repo import case_rule_set
 
 __all__ = ["WhatIfReport", "CaseChange", "what_if", "read_only", "parse_since", "safety_calls_due", "CAS_CHANNELS"]
 
@@ -53,7 +53,7 @@ def parse_since(text: str) -> timedelta:
     if match:
         amount, unit = int(match.group(1)), match.group(2)
         return {"h": timedelta(hours=amount), "d": timedelta(days=amount), "w": timedelta(weeks=amount)}[unit]
-    from fhir_mapping.datetimes import parse_iso_duration
+    from common.datetimes import parse_iso_duration
 
     try:
         return parse_iso_duration(text.strip())
@@ -85,7 +85,7 @@ def read_only(engine: Engine) -> Iterator[Connection]:
 
 def safety_calls_due(breach: datetime, end: datetime, rules: ServiceRules) -> int:
     """CAS-09: safety calls due for a case with this breach time while it was open (until `end`): one per
-    `safety_calls.every` from the moment it turned amber (gateway.safety_calls numbers them the same way)."""
+    `safety_calls.every` from the moment it turned amber (gateway.cas.safety_calls numbers them the same way)."""
     amber_from = breach - rules.breach_status.amber_within
     return 0 if end < amber_from else int((end - amber_from) / rules.safety_calls.every) + 1
 
@@ -208,7 +208,7 @@ def _compare_case(
     now: datetime,
     kept: dict[str, ServiceRules] | None = None,
 ) -> CaseChange | None:
-    from gateway.intake import decide  # intake's own: the adapter's problems and the rules' refusals alike
+    from gateway.cas.intake import decide  # intake's own: the adapter's problems and the rules' refusals alike
 
     assert candidate.registry is not None
     task = json.loads(row.content)

@@ -11,7 +11,7 @@ import io
 import json
 from typing import Any
 
-from fhir_mapping.datetimes import to_fhir_instant
+from common.datetimes import to_fhir_instant
 from gateway.rules.candidate import ValueChange
 from gateway.rules.whatif_report import CaseChange, WhatIfReport
 

@@ -1,7 +1,7 @@
 """What-if for a pathway rule file (issue 37): stored pathway referrals routed again with the candidate.
 
 Each referral stored in the window (channel `pathway-referral`) is read from its raw body by the same adapter, its
-measures scored by the same scorer, and routed by the same rules (gateway.rules.pathway_routing.route_referral) with
+measures scored by the same scorer, and routed by the same rules (gateway.pathways.rules.routing.route_referral) with
 the candidate, inside the caller's read-only transaction. The decision is compared with the one stored: outcome,
 step, team and route from the reply the referrer got; the clocks started at referral (PC-06, PC-07, TT-08) from the
 episode's first version. Later episode events are not replayed: an episode's operations are people's decisions,
@@ -23,17 +23,17 @@ from fhir_mapping.episodes import episode_clocks
 from fhir_mapping.ids import resource_id
 from fhir_mapping.measures import MeasureCatalogue, load_measures
 from fhir_mapping.scoring import check_response, read_response, score_answers
+from gateway.pathways.rules.clocks import start_clock
+from gateway.pathways.rules.routing import Decision, MeasureFact, route_referral
+from gateway.pathways.rules.schema import PrimaryCareRules, TalkingTherapiesRules
+from gateway.pathways.rules.steps import OPEN_EPISODE
+from gateway.platform.store.models import InboundMessage, ResourceRow, ResourceVersionRow
 from gateway.rules.candidate import Candidate, ValueChange
-from gateway.rules.pathway_clocks import start_clock
-from gateway.rules.pathway_routing import Decision, MeasureFact, route_referral
-from gateway.rules.pathway_schema import PrimaryCareRules, TalkingTherapiesRules
-from gateway.rules.pathway_steps import OPEN_EPISODE
 from gateway.rules.whatif_report import CaseChange, WhatIfReport
-from gateway.store.models import InboundMessage, ResourceRow, ResourceVersionRow
 
 __all__ = ["replay_pathway"]
 
-CHANNEL_PATHWAY = "pathway-referral"  # gateway.pathways.CHANNEL_PATHWAY (not imported: that module writes)
+CHANNEL_PATHWAY = "pathway-referral"  # gateway.pathways.service.CHANNEL_PATHWAY (not imported: that module writes)
 Rules = PrimaryCareRules | TalkingTherapiesRules
 _KEYS = ("outcome", "step", "team", "route", "where")
 
@@ -139,8 +139,8 @@ def _compare(
 
 
 def _route(session: Session, referral: PathwayReferral, rules: Rules, catalogue: MeasureCatalogue, patient_id: str | None) -> Decision:
-    """The candidate's decision, from the facts the live intake looks up (gateway.pathways.Pathways.refer)."""
-    from gateway.pathway_records import _dialog_plus_in_force, _score_codes, wsas_on_file  # the look-ups intake makes (reads)
+    """The candidate's decision, from the facts the live intake looks up (gateway.pathways.service.Pathways.refer)."""
+    from gateway.pathways.records import _dialog_plus_in_force, _score_codes, wsas_on_file  # the look-ups intake makes (reads)
 
     read = [read_response(qr, f"ServiceRequest.contained.where(id='{str(qr.get('id'))[:64]}')") for qr in referral.questionnaire_responses]
     problems = [p for _, found in read for p in found]

@@ -1,0 +1,2 @@
+"""The pathways' rules: the rule file schema (pathways/ holds one file per locality), routing, clocks, episode
+operations."""

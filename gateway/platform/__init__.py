@@ -1,0 +1,1 @@
+"""The shared platform: store, security, audit, inbound messages and re-sends, settings, clock, logging, metrics."""
