@@ -14,7 +14,7 @@ from fastapi import APIRouter, FastAPI
 from starlette.responses import RedirectResponse
 from starlette.staticfiles import StaticFiles
 
-from gateway.console import pages_auth, pages_cas, pages_dashboard, pages_letters, pages_messages, pages_reports
+from gateway.console import pages_auth, pages_cas, pages_dashboard, pages_letters, pages_messages, pages_reports, pages_rules
 
 __all__ = ["install_console"]
 
@@ -24,7 +24,7 @@ STATIC = Path(__file__).parent / "static"
 def install_console(app: FastAPI) -> None:
     """Serve the console's pages and its static files (CSS, JS, icons) on `app`."""
     router = APIRouter()
-    for pages in (pages_auth, pages_dashboard, pages_messages, pages_cas, pages_letters, pages_reports):
+    for pages in (pages_auth, pages_dashboard, pages_messages, pages_cas, pages_letters, pages_reports, pages_rules):
         router.include_router(pages.router)
     router.add_api_route("/console", lambda: RedirectResponse("/console/", status_code=308), include_in_schema=False)
     app.include_router(router)

@@ -47,6 +47,7 @@ NAV = (
     ("/console/waitlist", "Wait list"),
     ("/console/letters", "Letters"),
     ("/console/audit", "Audit"),
+    ("/console/rules", "Rules"),
 )
 
 

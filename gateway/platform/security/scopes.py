@@ -40,6 +40,7 @@ SCOPES: dict[str, str] = {
     "metrics:read": "scrape Prometheus metrics (/metrics)",
     "messages:read": "the operator console's message log, quarantine log and channel counts (no message bodies)",
     "messages:raw": "the raw body of a message in the operator console (each view audited)",
+    "rules:preview": "preview a candidate rule file on stored traffic in the operator console (what-if, read-only, audited)",
     ADMIN: "everything, including routes not listed in the scope table",
 }
 
@@ -144,6 +145,8 @@ ROUTES: tuple[RouteRule, ...] = (
     _rule("GET", "/console/letters/{delivery_id}/**", "outbox:read", "read"),
     _rule("POST", "/console/letters/{delivery_id}/replay", "outbox:operate", "operation"),
     _rule("GET", "/console/audit", "audit:read", "search"),
+    _rule("GET,POST", "/console/rules", "rules:preview", "search"),  # a what-if run reads stored traffic: audited
+    _rule("POST", "/console/rules/csv", "rules:preview", "search"),
 )
 
 DEFAULT_RULE = RouteRule(_ANY, "(not listed)", (ADMIN,), "operation")
