@@ -302,3 +302,26 @@ def test_every_page_works_without_javascript(console: Console, browser: Browser)
         assert "/console/sign-in" in page.url  # signed out: the session is gone
     finally:
         context.close()
+
+
+def test_preview_a_rule_change_on_stored_traffic_and_download_its_csv_CAS_05(console: Console, page: Page, tmp_path: Path) -> None:
+    from gateway.cas.rules.schema import DEFAULT_RULES_DIR
+
+    with api(console) as client:
+        task = task_of(client.post("/ingest/nhs111", content=fixture_bytes("option1-dx12.case.json")).json())
+    live = (DEFAULT_RULES_DIR / "bnssg.yaml").read_text(encoding="utf-8")
+    candidate = tmp_path / "bnssg.yaml"  # the Dx12 window shortened: every stored Dx12 case's breach time moves
+    candidate.write_text(
+        live.replace('version: "2026.12.3"', 'version: "2026.12.99"').replace("Dx12:  {within: PT2H,", "Dx12:  {within: PT1H,")
+    )
+    page.goto(f"{console.url}/console/")
+    page.fill("#api-key", add_test_client(console.app, {"rules:preview"}, name="rules.manager"))
+    page.click("button[type=submit]")
+    page.click("nav[aria-label=Menu] >> text=Rules")
+    page.set_input_files("#upload", str(candidate))
+    page.click("button:has-text('Preview')")
+    assert f"Task/{task['id']}" in page.locator("#changed-cases").inner_text()
+    accessible(page, "rules")
+    with page.expect_download() as download:
+        page.click("button:has-text('Download CSV')")
+    assert f"Task/{task['id']}" in Path(download.value.path()).read_text(encoding="utf-8")
