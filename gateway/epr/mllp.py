@@ -137,6 +137,7 @@ async def start_mllp_server(
                     writer.write(frame(build_ack(None, "", error, _now())))
                     await writer.drain()
                     MESSAGES.labels(source="hl7v2", outcome="refused").inc()
+                    await _lingering_close(reader, writer)
                     break
                 for message in messages:  # in order: the ACK for one message before the next is read
                     writer.write(
@@ -160,6 +161,19 @@ async def start_mllp_server(
         raise
     log.info("mllp.listening", port=server.sockets[0].getsockname()[1], allowed=[str(n) for n in allowed_peers])
     return server
+
+
+async def _lingering_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seconds: float = 2.0) -> None:
+    """Half-close, then read and drop what the peer is still sending (bounded in time), so that closing a socket with
+    unread input does not reset the connection before the peer has read its AR (a lingering close, as web servers do)."""
+    try:
+        if writer.can_write_eof():
+            writer.write_eof()
+        async with asyncio.timeout(seconds):
+            while await reader.read(65536):
+                pass
+    except (TimeoutError, ConnectionResetError, BrokenPipeError):
+        pass
 
 
 async def _receive_audited(
