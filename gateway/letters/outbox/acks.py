@@ -10,6 +10,7 @@ Two cases are raised, each once per delivery, each as `unacknowledged` (the deli
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -128,13 +129,9 @@ class Acknowledgements:
                 .scalars()
                 .all()
             )
-            for row in rows:
-                hours = f"{self.ack_due.total_seconds() / 3600:g}"
-                reason = f"no acknowledgement {hours} hours after sending (GPCM-SD-095): check with the recipient"
-                row.status, row.reason, row.updated_at = "unacknowledged", reason, now
-                event(session, row, "ack-overdue", "unacknowledged", reason, now)
-                found = get_for_update(session, "DocumentReference", row.letter_id)
-                put_resource(session, unacknowledged_task(row, now), now, found[1] if found else None)
+            hours = f"{self.ack_due.total_seconds() / 3600:g}"
+            reason = f"no acknowledgement {hours} hours after sending (GPCM-SD-095): check with the recipient"
+            _mark_unacknowledged(session, rows, "ack-overdue", reason, now, filed=None)
         for row in rows:
             log.warning("outbox.unacknowledged", delivery=row.id, transport=row.transport)
         return len(rows) + self._raise_not_filed(now)
@@ -158,13 +155,9 @@ class Acknowledgements:
                 .scalars()
                 .all()
             )
-            for row in rows:
-                hours = f"{self.ack_due.total_seconds() / 3600:g}"
-                reason = f"{NOT_FILED} {hours} hours later (GPCM-SD-095): check with the practice that it was filed"
-                row.status, row.reason, row.updated_at = "unacknowledged", reason, now
-                event(session, row, "business-ack-overdue", "unacknowledged", reason, now)
-                found = get_for_update(session, "DocumentReference", row.letter_id)
-                put_resource(session, unacknowledged_task(row, now, filed=False), now, found[1] if found else None)
+            hours = f"{self.ack_due.total_seconds() / 3600:g}"
+            reason = f"{NOT_FILED} {hours} hours later (GPCM-SD-095): check with the practice that it was filed"
+            _mark_unacknowledged(session, rows, "business-ack-overdue", reason, now, filed=False)
         for row in rows:
             log.warning("outbox.not_filed", delivery=row.id, transport=row.transport)
         return len(rows)
@@ -243,3 +236,12 @@ def _not_filed_task(row: OutboxRow, now: datetime) -> dict[str, Any]:
     if row.patient_id:
         task["for"] = {"reference": f"Patient/{row.patient_id}"}
     return task
+
+
+def _mark_unacknowledged(session: Session, rows: Sequence[OutboxRow], code: str, reason: str, now: datetime, *, filed: bool | None) -> None:
+    """GPCM-SD-095: each overdue delivery `unacknowledged` with `reason`, its event, and a Task for the desk."""
+    for row in rows:
+        row.status, row.reason, row.updated_at = "unacknowledged", reason, now
+        event(session, row, code, "unacknowledged", reason, now)
+        found = get_for_update(session, "DocumentReference", row.letter_id)
+        put_resource(session, unacknowledged_task(row, now, filed), now, found[1] if found else None)
