@@ -28,7 +28,7 @@ from gateway.api.deps import SettingsDep
 from gateway.api.ingest import read_body
 from gateway.api.responses import FhirResponse
 from gateway.console.gate import console_gate
-from gateway.platform.audit import EVENT_LOGIN, AuditContext, act_as, audit_context, outcome_of, record
+from gateway.platform.audit import EVENT_LOGIN, AuditContext, act_as, audit_context, outcome_of, record, request_context
 from gateway.platform.metrics import AUTH_REFUSALS, CREDENTIAL_FAILURES, HTTP_REQUESTS, MAPPING_SECONDS, MESSAGES
 from gateway.platform.security.credentials import ASSERTION_TYPE, AssertionRefused
 from gateway.platform.security.guessing import TooManyFailures
@@ -53,15 +53,7 @@ class SecurityMiddleware(HttpMiddleware):
             await console_gate(self.app, scope, receive, send)
             return
         state = scope["app"].state
-        client = scope.get("client")
-        context = AuditContext(
-            principal=None,
-            address=client[0] if client else None,
-            description=f"{method} {path}",
-            interaction=rule.interaction,
-            clock=state.clock,
-            query=scope.get("query_string", b"").decode("latin-1"),
-        )
+        context = request_context(scope, rule.interaction, state.clock)
         started = time.perf_counter()
         with audit_context(context):
             credential = _bearer(scope)

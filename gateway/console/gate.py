@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.console.sessions import resume_session
 from gateway.console.web import page
-from gateway.platform.audit import AuditContext, act_as, audit_context, outcome_of, record
+from gateway.platform.audit import act_as, audit_context, outcome_of, record, request_context
 from gateway.platform.metrics import HTTP_REQUESTS
 from gateway.platform.security.scopes import check_scopes, rule_for
 from gateway.platform.store.db import store_unavailable
@@ -51,15 +51,7 @@ async def console_gate(app: ASGIApp, scope: Scope, receive: Receive, send: Send)
     state = scope["app"].state
     method, path = scope["method"], scope["path"]
     rule = rule_for(method, path)
-    client = scope.get("client")
-    context = AuditContext(
-        principal=None,
-        address=client[0] if client else None,
-        description=f"{method} {path}",
-        interaction=rule.interaction,
-        clock=state.clock,
-        query=scope.get("query_string", b"").decode("latin-1"),
-    )
+    context = request_context(scope, rule.interaction, state.clock)
     started = time.perf_counter()
     with audit_context(context):
         idle = timedelta(minutes=state.settings.console_idle_minutes)

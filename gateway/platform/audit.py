@@ -25,7 +25,7 @@ from __future__ import annotations
 import base64
 import socket
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -103,6 +103,20 @@ class AuditContext:
     def client(self) -> str | None:
         """The acting client's name, for logs; None before it is known."""
         return self.principal.name if self.principal else None
+
+
+def request_context(scope: Mapping[str, Any], interaction: str, clock: Clock) -> AuditContext:
+    """The audit context of one HTTP request (API or console), before anyone is authenticated: the peer's address,
+    method and path as its description, the raw query kept apart."""
+    client = scope.get("client")
+    return AuditContext(
+        principal=None,
+        address=client[0] if client else None,
+        description=f"{scope['method']} {scope['path']}",
+        interaction=interaction,
+        clock=clock,
+        query=scope.get("query_string", b"").decode("latin-1"),
+    )
 
 
 def current_audit() -> AuditContext | None:
